@@ -1,0 +1,244 @@
+"""Parallel block gzip: fixed raw blocks deflated on a thread pool into one gzip member.
+
+Each block is deflated independently with ISA-L, primed with the 32 KiB of raw data
+before it as dictionary and ended with a sync flush, so the concatenation is one
+valid deflate stream and the output depends only on (input, level, block size, isal
+build), never on the thread count or timing (pigz's scheme). That independence is
+what lets a crashed archive restart from any block boundary: a `Checkpoint` after
+each block is all the state needed.
+
+Members the tar stream marks as already compressed are emitted as deflate *stored*
+blocks: no CPU is spent deflating CBCL or JPEG data for a 0–3 % gain.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import google_crc32c
+from isal import isal_zlib
+
+from .tarstream import Cursor, RawBlock
+
+__all__ = [
+    "WINDOW",
+    "Checkpoint",
+    "Codec",
+    "CompressedBlock",
+    "GzipCodec",
+    "PlainTarCodec",
+    "compressed_stream",
+]
+
+WINDOW = 32 * 1024  # deflate's window: the dictionary a block needs from before it
+_STORED_MAX = 0xFFFF
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # mtime 0, OS unknown
+_FINAL_EMPTY_BLOCK = b"\x03\x00"  # last-block bit, fixed Huffman, end-of-block
+
+
+class Codec(Protocol):
+    """How raw blocks become output bytes. Implementations are stateless and thread-safe."""
+
+    name: str
+    extension: str
+
+    def header(self) -> bytes: ...
+
+    def encode(self, block: RawBlock, dictionary: bytes) -> bytes: ...
+
+    def trailer(self, crc32: int, raw_size: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class PlainTarCodec:
+    """`compression: none`: the tar stream as it is (sruns-monitor 1.2's .tar)."""
+
+    name: str = "none"
+    extension: str = ".tar"
+
+    def header(self) -> bytes:
+        return b""
+
+    def encode(self, block: RawBlock, dictionary: bytes) -> bytes:
+        return bytes(block.data)
+
+    def trailer(self, crc32: int, raw_size: int) -> bytes:
+        return b""
+
+
+@dataclass(frozen=True)
+class GzipCodec:
+    """One gzip member of independently deflated blocks; stored runs where marked."""
+
+    level: int = 1
+    auto: bool = True
+    extension: str = ".tar.gz"
+
+    def __post_init__(self) -> None:
+        if self.level not in (1, 2, 3):
+            # isal level 0 codes everything with one static Huffman table and never
+            # falls back to stored blocks: incompressible data grows by about 23 %.
+            raise ValueError(f"gzip level must be 1, 2 or 3 (got {self.level})")
+
+    @property
+    def name(self) -> str:
+        return f"auto (level {self.level})" if self.auto else f"level {self.level}"
+
+    def header(self) -> bytes:
+        return _GZIP_HEADER
+
+    def encode(self, block: RawBlock, dictionary: bytes) -> bytes:
+        data = memoryview(block.data)
+        if not block.stored:
+            return self._deflate(data, dictionary)
+        out = []
+        pos = 0
+        for start, end in block.stored:
+            if start > pos:
+                out.append(self._deflate(data[pos:start], _window_before(dictionary, data, pos)))
+            out.append(_stored(data[start:end]))
+            pos = end
+        if pos < len(data):
+            out.append(self._deflate(data[pos:], _window_before(dictionary, data, pos)))
+        return b"".join(out)
+
+    def _deflate(self, data: memoryview, zdict: bytes) -> bytes:
+        if zdict:
+            c = isal_zlib.compressobj(self.level, isal_zlib.DEFLATED, -15, zdict=zdict)
+        else:
+            c = isal_zlib.compressobj(self.level, isal_zlib.DEFLATED, -15)
+        # A sync flush ends on a byte boundary, so the next block (deflated or stored)
+        # can simply be appended.
+        return c.compress(data) + c.flush(isal_zlib.Z_SYNC_FLUSH)
+
+    def trailer(self, crc32: int, raw_size: int) -> bytes:
+        return _FINAL_EMPTY_BLOCK + struct.pack("<II", crc32, raw_size & 0xFFFFFFFF)
+
+
+def _window_before(dictionary: bytes, data: memoryview, pos: int) -> bytes:
+    """The 32 KiB of raw stream just before ``pos`` in this block."""
+    if pos >= WINDOW:
+        return bytes(data[pos - WINDOW : pos])
+    return (dictionary + bytes(data[:pos]))[-WINDOW:]
+
+
+def _stored(data: memoryview) -> bytes:
+    # Non-final stored blocks: header byte 0 (BFINAL=0, BTYPE=00, padding), LEN, NLEN.
+    parts = []
+    for i in range(0, len(data), _STORED_MAX):
+        piece = data[i : i + _STORED_MAX]
+        parts.append(struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF))
+        parts.append(piece)
+    return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What the stream knows after a block: enough to restart right after it."""
+
+    raw_offset: int
+    gz_offset: int
+    crc32: int  # of the raw tar bytes before raw_offset
+    crc32c: int  # of the output bytes before gz_offset
+    cursor: Cursor = field(default_factory=Cursor)
+
+    @classmethod
+    def start(cls) -> Checkpoint:
+        return cls(0, 0, 0, 0, Cursor())
+
+
+@dataclass(slots=True)
+class CompressedBlock:
+    """Output bytes to emit, the checkpoint after them, and the members they finished."""
+
+    data: bytes
+    checkpoint: Checkpoint
+    files_done: list[tuple[int, int]]
+    raw_len: int = 0
+    stored_bytes: int = 0
+
+
+def _encode(codec: Codec, block: RawBlock, dictionary: bytes) -> tuple[bytes, int]:
+    return codec.encode(block, dictionary), isal_zlib.crc32(block.data)
+
+
+class _Running:
+    """The running offsets and checksums that become each block's checkpoint."""
+
+    def __init__(self, start: Checkpoint) -> None:
+        self.cp = start
+
+    def emit(
+        self,
+        data: bytes,
+        raw_len: int,
+        block_crc: int,
+        cursor: Cursor,
+        files_done: list[tuple[int, int]] | None = None,
+        stored_bytes: int = 0,
+    ) -> CompressedBlock:
+        cp = self.cp
+        self.cp = Checkpoint(
+            raw_offset=cp.raw_offset + raw_len,
+            gz_offset=cp.gz_offset + len(data),
+            crc32=isal_zlib.crc32_combine(cp.crc32, block_crc, raw_len),
+            crc32c=google_crc32c.extend(cp.crc32c, data),
+            cursor=cursor,
+        )
+        return CompressedBlock(data, self.cp, files_done or [], raw_len, stored_bytes)
+
+
+def compressed_stream(
+    codec: Codec,
+    blocks: Iterator[RawBlock],
+    start: Checkpoint,
+    dictionary: bytes,
+    raw_size: int,
+    threads: int = 1,
+) -> Iterator[CompressedBlock]:
+    """Encode ``blocks`` (which begin at ``start.raw_offset``) in order.
+
+    ``dictionary`` is the raw data just before the first block. The header is
+    emitted when starting at 0 and the trailer once ``raw_size`` is reached, each as a
+    block of its own with its own checkpoint.
+    """
+    running = _Running(start)
+    if start.gz_offset == 0 and codec.header():
+        yield running.emit(codec.header(), 0, 0, start.cursor)
+
+    # Bounded in-flight work gives backpressure: at most two blocks per thread wait,
+    # and output leaves in block order whatever order the threads finish in.
+    pending: deque[tuple[RawBlock, Future[tuple[bytes, int]]]] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate") as pool:
+        try:
+            for block in blocks:
+                pending.append((block, pool.submit(_encode, codec, block, dictionary)))
+                dictionary = (dictionary + bytes(block.data[-WINDOW:]))[-WINDOW:]
+                while len(pending) > 2 * threads:
+                    yield _finish(running, *pending.popleft())
+            while pending:
+                yield _finish(running, *pending.popleft())
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+    if running.cp.raw_offset == raw_size:
+        trailer = codec.trailer(running.cp.crc32, raw_size)
+        if trailer:
+            yield running.emit(trailer, 0, 0, running.cp.cursor)
+
+
+def _finish(running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]]) -> CompressedBlock:
+    data, block_crc = fut.result()
+    return running.emit(
+        data,
+        len(block.data),
+        block_crc,
+        block.cursor,
+        block.files_done,
+        sum(end - start for start, end in block.stored),
+    )

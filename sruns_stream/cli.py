@@ -1,0 +1,180 @@
+"""`sruns-stream` command line: parses arguments, wires the parts, maps errors to exit codes.
+
+Exit codes (documented in the README):
+  0  success
+  1  failure: the run could not be archived (the journal keeps its progress)
+  2  usage or configuration error
+  130  interrupted (SIGINT/SIGTERM); run the same command again to resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from . import __version__
+from .config import ArchiveOptions, Config, load_config, with_overrides
+from .errors import EXIT_FAILURE, EXIT_OK, SrunsError, UsageError
+from .journal import Journal
+from .progress import NoProgress, Progress, TerminalProgress, human_bytes
+from .workflow import archive_run
+
+__all__ = ["EXIT_INTERRUPTED", "main", "main_cli"]
+
+EXIT_INTERRUPTED = 130
+DEFAULT_DEST = "archives"
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1M, 256K, 16777216)") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sruns-stream",
+        description="Stream Illumina run folders as tar.gz to GCS or a local directory, resumably.",
+    )
+    p.add_argument("--version", action="version", version=f"sruns-stream {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("archive", help="archive one run folder (resumes an interrupted attempt)")
+    a.add_argument("rundir", type=Path, help="the run folder")
+    a.add_argument("--dest", help=f"DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: config, else ./{DEFAULT_DEST})")
+    a.add_argument("--threads", type=int, help="compression threads (default: all cores)")
+    a.add_argument("--level", type=int, help="gzip level 1-3 (ISA-L); alone it deflates every member")
+    a.add_argument("--compression", choices=["auto", "level", "none"],
+                   help="auto: store already-compressed members, deflate the rest (default); "
+                        "level: deflate everything; none: plain .tar")
+    a.add_argument("--block-size", type=_size, help="raw block size (default 1M)")
+    a.add_argument("--sync-interval", type=_size, help="local destination: fsync every this many bytes (default 64M)")
+    a.add_argument("--chunk-size", type=_size, help="GCS upload chunk, a multiple of 256K (default 16M)")
+    a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
+    a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
+    a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    s = sub.add_parser("status", help="runs in the journal")
+    s.add_argument("run", nargs="?", help="one run's name")
+    s.add_argument("--config", type=Path)
+    s.add_argument("--journal", type=Path)
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config) if args.config else Config()
+
+
+def _journal(args: argparse.Namespace, config: Config) -> Journal:
+    return Journal(args.journal or config.sqlite_db)
+
+
+def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args)
+    compression = args.compression or ("level" if args.level is not None else None)
+    options: ArchiveOptions = with_overrides(
+        config.archive,
+        threads=args.threads,
+        level=args.level,
+        compression=compression,
+        block_size=args.block_size,
+        sync_interval=args.sync_interval,
+        chunk_size=args.chunk_size,
+    )
+    dest = args.dest or config.destination or DEFAULT_DEST
+    progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
+    journal = _journal(args, config)
+    try:
+        result = archive_run(args.rundir, dest, options, journal, progress, force=args.force)
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps(result.as_dict(), sort_keys=True), file=out)
+    else:
+        print(result.summary(), file=out)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace, out: TextIO) -> int:
+    config = _load(args)
+    journal = _journal(args, config)
+    try:
+        tasks = [t for t in journal.tasks() if args.run is None or t.name == args.run]
+    finally:
+        journal.close()
+    if args.run and not tasks:
+        raise UsageError(f"run {args.run!r} is not in the journal")
+    if args.json:
+        rows = [
+            {
+                "name": t.name, "status": t.status, "location": t.location, "gcp_tarfile": t.gcp_tarfile,
+                "durable_offset": t.durable_offset, "raw_done": t.checkpoint.raw_offset,
+                "raw_bytes": t.raw_bytes, "archive_bytes": t.archive_bytes, "crc32c": t.crc32c,
+                "attempts": t.attempts, "last_error": t.last_error, "updated_at": t.updated_at,
+            }
+            for t in tasks
+        ]
+        print(json.dumps(rows, indent=2), file=out)
+        return EXIT_OK
+    print(f"{'RUN':40} {'STATUS':18} {'DONE':>10} {'ARCHIVE':>10}  WHERE / LAST ERROR", file=out)
+    for t in tasks:
+        where = t.location or (f"error: {t.last_error}" if t.last_error else "")
+        print(
+            f"{t.name:40} {t.status:18} {human_bytes(t.checkpoint.raw_offset):>10} "
+            f"{human_bytes(t.archive_bytes or t.durable_offset):>10}  {where}",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the journal and the destination are left resumable.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code (callable from tests)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage line
+        return int(exc.code or 0)
+    try:
+        if args.command == "archive":
+            return _archive(args, out, err)
+        return _status(args, out)
+    except SrunsError as exc:
+        print(f"sruns-stream: error: {exc}", file=err)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sruns-stream: interrupted; run the same command again to resume", file=err)
+        return EXIT_INTERRUPTED
+
+
+def main_cli() -> None:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = main()
+    except Exception as exc:  # a bug: still one line, and the traceback for a report
+        import traceback
+
+        traceback.print_exc()
+        print(f"sruns-stream: internal error: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
+    sys.exit(code)
+
+

@@ -1,0 +1,228 @@
+"""Typed configuration: sruns-monitor's JSON keys plus the pipeline's own, defaults here.
+
+An existing sruns-monitor config file loads as it is (keys starting with ``#`` are
+comments, as there). Anything wrong is refused at start with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_CHUNK_SIZE",
+    "ArchiveOptions",
+    "Config",
+    "MailConfig",
+    "default_threads",
+    "load_config",
+    "parse_config",
+    "with_overrides",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+DEFAULT_BLOCK_SIZE = 1 * MiB
+DEFAULT_CHUNK_SIZE = 16 * MiB
+DEFAULT_SYNC_INTERVAL = 64 * MiB
+GCS_CHUNK_QUANTUM = 256 * KiB
+COMPRESSIONS = ("auto", "level", "none")
+
+
+def default_threads() -> int:
+    """Cores this process may use (cgroup/affinity aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    """How one run is streamed: what `archive` flags and the config file set."""
+
+    threads: int = field(default_factory=default_threads)
+    compression: str = "auto"  # auto: deflate what compresses, store the rest
+    level: int = 1
+    block_size: int = DEFAULT_BLOCK_SIZE
+    sync_interval: int = DEFAULT_SYNC_INTERVAL
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    upload_retries: int = 8
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {self.compression!r}")
+        if self.level not in (1, 2, 3):
+            raise ConfigError(
+                f"level must be 1, 2 or 3, not {self.level!r} (level 0 grows incompressible "
+                "data by about 23 %; use compression 'none' for no compression)"
+            )
+        if not 1 <= self.threads <= 256:
+            raise ConfigError(f"threads must be between 1 and 256, not {self.threads!r}")
+        if self.block_size < 64 * KiB or self.block_size > 64 * MiB or self.block_size % (4 * KiB):
+            raise ConfigError(
+                f"block_size must be a multiple of 4 KiB between 64 KiB and 64 MiB, not {self.block_size!r}"
+            )
+        if self.chunk_size <= 0 or self.chunk_size % GCS_CHUNK_QUANTUM:
+            raise ConfigError(
+                f"chunk_size must be a positive multiple of 256 KiB (262144), not {self.chunk_size!r}"
+            )
+        if self.sync_interval < self.block_size:
+            raise ConfigError(f"sync_interval must be at least block_size ({self.block_size})")
+        if self.upload_retries < 0:
+            raise ConfigError(f"upload_retries must be 0 or more, not {self.upload_retries!r}")
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    """sruns-monitor's ``mail`` block, extended with port, TLS and login."""
+
+    host: str
+    from_addr: str
+    to_addrs: tuple[str, ...]
+    port: int = 25
+    tls: str = "none"  # none | starttls | ssl
+    user: str | None = None
+    password_env: str | None = None  # the password is read from this variable, never the file
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon and `archive --config` read from the JSON file."""
+
+    watchdirs: tuple[Path, ...] = ()
+    completed_runs_dir: Path | None = None
+    sqlite_db: Path = Path("sruns.db")
+    firestore_collection: str | None = None
+    gcp_bucket_name: str | None = None
+    gcp_bucket_basedir: str = ""
+    local_dest: Path | None = None
+    cycle_pause_sec: int = 60
+    task_runtime_limit_sec: int | None = None
+    sentinal_file_age_minutes: int = 0
+    sweep_age_sec: int | None = None
+    max_concurrent_runs: int = 1
+    max_attempts: int = 5
+    mail: MailConfig | None = None
+    archive: ArchiveOptions = field(default_factory=ArchiveOptions)
+
+    @property
+    def destination(self) -> str | None:
+        """The configured destination in `--dest` form, or None."""
+        if self.gcp_bucket_name:
+            base = self.gcp_bucket_basedir.strip("/")
+            return f"gs://{self.gcp_bucket_name}/{base}" if base else f"gs://{self.gcp_bucket_name}"
+        return str(self.local_dest) if self.local_dest else None
+
+
+_ARCHIVE_KEYS = {f.name for f in fields(ArchiveOptions)}
+
+
+def _expect(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ConfigError(f"config key {key!r} must be {what}, not {value!r}")
+    return value
+
+
+def _positive_int(key: str, value: Any, allow_zero: bool = False) -> int:
+    _expect(key, value, int, "a whole number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config key {key!r} must be {'0 or more' if allow_zero else 'positive'}, not {value}")
+    return int(value)
+
+
+def _mail(value: Any) -> MailConfig:
+    _expect("mail", value, dict, "an object")
+    known = {"host", "from", "to", "port", "tls", "user", "password_env"}
+    unknown = sorted(k for k in value if k not in known and not k.startswith("#"))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in 'mail' (known: {', '.join(sorted(known))})")
+    for key in ("host", "from", "to"):
+        if key not in value:
+            raise ConfigError(f"config key 'mail' needs {key!r}")
+    to = value["to"]
+    to_addrs = (to,) if isinstance(to, str) else tuple(_expect("mail.to", to, list, "a list of addresses"))
+    tls = value.get("tls", "none")
+    if tls not in ("none", "starttls", "ssl"):
+        raise ConfigError(f"config key 'mail.tls' must be none, starttls or ssl, not {tls!r}")
+    return MailConfig(
+        host=_expect("mail.host", value["host"], str, "a host name"),
+        from_addr=_expect("mail.from", value["from"], str, "an address"),
+        to_addrs=to_addrs,
+        port=_positive_int("mail.port", value.get("port", 465 if tls == "ssl" else 25)),
+        tls=tls,
+        user=value.get("user"),
+        password_env=value.get("password_env"),
+    )
+
+
+def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
+    """Build a Config from parsed JSON (relative paths resolve against ``base``)."""
+    base = base or Path.cwd()
+    data = {k: v for k, v in raw.items() if not k.startswith("#")}
+
+    def path(key: str) -> Path:
+        p = Path(_expect(key, data[key], str, "a path"))
+        return p if p.is_absolute() else base / p
+
+    kw: dict[str, Any] = {}
+    archive: dict[str, Any] = {}
+    for key in list(data):
+        value = data[key]
+        if key == "watchdir":
+            kw["watchdirs"] = (path(key),)
+        elif key == "watchdirs":
+            _expect(key, value, list, "a list of paths")
+            kw["watchdirs"] = tuple(
+                Path(_expect(key, v, str, "a list of paths")) if Path(v).is_absolute() else base / v
+                for v in value
+            )
+        elif key in ("completed_runs_dir", "sqlite_db", "local_dest"):
+            kw[key] = path(key)
+        elif key in ("firestore_collection", "gcp_bucket_name", "gcp_bucket_basedir"):
+            kw[key] = _expect(key, value, str, "a string") if value is not None else None
+        elif key in ("cycle_pause_sec", "max_concurrent_runs", "max_attempts"):
+            kw[key] = _positive_int(key, value)
+        elif key in ("task_runtime_limit_sec", "sweep_age_sec"):
+            kw[key] = None if value is None else _positive_int(key, value)
+        elif key == "sentinal_file_age_minutes":
+            kw[key] = _positive_int(key, value, allow_zero=True)
+        elif key == "mail":
+            kw[key] = _mail(value) if value else None
+        elif key == "compression" and isinstance(value, int) and not isinstance(value, bool):
+            archive["compression"], archive["level"] = "level", value  # "compression": 2
+        elif key in _ARCHIVE_KEYS:
+            archive[key] = _expect(key, value, str if key == "compression" else int,
+                                   "a string" if key == "compression" else "a whole number")
+        else:
+            raise ConfigError(f"unknown config key {key!r}: check its spelling (comments start with '#')")
+    if "gcp_bucket_name" in kw and kw["gcp_bucket_name"] == "":
+        raise ConfigError("config key 'gcp_bucket_name' is empty: remove it or name a bucket")
+    kw["archive"] = ArchiveOptions(**archive)
+    return Config(**kw)
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return parse_config(raw, base=path.parent.absolute())
+
+
+def with_overrides(options: ArchiveOptions, **changes: Any) -> ArchiveOptions:
+    """ArchiveOptions with the given fields replaced, skipping None (flags not given)."""
+    return replace(options, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,115 @@
+"""One exception tree for sruns-stream, and the exit codes it maps to.
+
+::
+
+    SrunsError                       exit 1 unless stated
+    ├── UsageError                   exit 2: bad arguments or configuration
+    │   ├── ConfigError              a config key is missing, unknown or out of range
+    │   └── RunFolderMissing         RUNDIR does not exist or is not a directory
+    ├── RunFolderError               a run folder cannot be read as it must be
+    │   ├── UnreadableEntry          a file or directory cannot be read (names the path)
+    │   └── RunFolderChanged         a file no longer matches its manifest entry
+    ├── DestinationError             the destination cannot take the archive
+    │   ├── DestinationNotWritable
+    │   ├── DiskFull                 ENOSPC/EDQUOT while writing; progress is kept
+    │   ├── UploadError              a permanent upload failure (403, 404, 400, …)
+    │   └── IntegrityError           the stored object does not match what was sent
+    ├── JournalError                 SQLite state cannot be read or written
+    └── RunLocked                    another process is archiving the same run
+
+Library errors (OSError, sqlite3.Error, google.api_core exceptions) are converted at
+the boundary where they happen, with ``raise X from exc``, so the CLI only ever
+has to map this tree to an exit code and a single line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "ConfigError",
+    "DestinationError",
+    "DestinationNotWritable",
+    "DiskFull",
+    "IntegrityError",
+    "JournalError",
+    "RunFolderChanged",
+    "RunFolderError",
+    "RunFolderMissing",
+    "RunLocked",
+    "SrunsError",
+    "UnreadableEntry",
+    "UploadError",
+    "UsageError",
+    "exit_code_for",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class SrunsError(Exception):
+    """Base of every error sruns-stream raises on purpose."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(SrunsError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class RunFolderMissing(UsageError):
+    pass
+
+
+class RunFolderError(SrunsError):
+    pass
+
+
+class UnreadableEntry(RunFolderError):
+    pass
+
+
+class RunFolderChanged(RunFolderError):
+    pass
+
+
+class DestinationError(SrunsError):
+    pass
+
+
+class DestinationNotWritable(DestinationError):
+    pass
+
+
+class DiskFull(DestinationError):
+    pass
+
+
+class UploadError(DestinationError):
+    pass
+
+
+class IntegrityError(DestinationError):
+    pass
+
+
+class JournalError(SrunsError):
+    pass
+
+
+class RunLocked(SrunsError):
+    pass
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an exception (1 for anything unexpected)."""
+    if isinstance(exc, SrunsError):
+        return exc.exit_code
+    return EXIT_FAILURE

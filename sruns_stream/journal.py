@@ -1,0 +1,281 @@
+"""The journal: SQLite state of every run, authoritative and local.
+
+Table ``tasks`` keeps sruns-monitor's columns (``name``, ``pid``, ``tarfile``,
+``gcp_tarfile``) so existing tools keep reading it, and adds what streaming needs:
+the workflow status, where the archive goes, the destination's resumable state and
+the newest checkpoint at or below its durable offset. Table ``manifest`` holds each
+run's ordered entries and, as checkpoints land, each finished member's crc32c.
+
+One transaction per durable advance, never per block. The file is created 0600: a
+GCS session URI in it is a bearer credential.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .blockgzip import Checkpoint
+from .errors import JournalError
+from .runfolder import Entry
+from .tarstream import Cursor
+
+__all__ = ["STATUSES", "Journal", "Task"]
+
+# sruns-monitor's workflow_status values, in their order.
+STATUSES = (
+    "new",
+    "starting",
+    "tarring",
+    "tarring_complete",
+    "uploading",
+    "uploading_complete",
+    "complete",
+    "not_running",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    name TEXT PRIMARY KEY,
+    pid INTEGER,
+    tarfile TEXT,
+    gcp_tarfile TEXT,
+    status TEXT NOT NULL DEFAULT 'new',
+    rundir TEXT,
+    destination TEXT,
+    location TEXT,
+    sink_state TEXT,
+    params TEXT,
+    manifest_id TEXT,
+    durable_offset INTEGER NOT NULL DEFAULT 0,
+    ck_raw INTEGER NOT NULL DEFAULT 0,
+    ck_gz INTEGER NOT NULL DEFAULT 0,
+    ck_crc32 INTEGER NOT NULL DEFAULT 0,
+    ck_crc32c INTEGER NOT NULL DEFAULT 0,
+    ck_member INTEGER NOT NULL DEFAULT 0,
+    ck_member_crc32c INTEGER NOT NULL DEFAULT 0,
+    raw_bytes INTEGER,
+    archive_bytes INTEGER,
+    file_count INTEGER,
+    crc32c TEXT,
+    compression TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    session_started_at REAL,
+    created_at REAL,
+    updated_at REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS manifest (
+    task TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    path BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    linkname BLOB NOT NULL,
+    crc32c INTEGER,
+    PRIMARY KEY (task, idx)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One row of ``tasks``."""
+
+    name: str
+    pid: int | None
+    tarfile: str | None
+    gcp_tarfile: str | None
+    status: str
+    rundir: str | None
+    destination: str | None
+    location: str | None
+    sink_state: str | None
+    params: dict[str, Any]
+    manifest_id: str | None
+    durable_offset: int
+    checkpoint: Checkpoint
+    raw_bytes: int | None
+    archive_bytes: int | None
+    file_count: int | None
+    crc32c: str | None
+    compression: str | None
+    attempts: int
+    last_error: str | None
+    session_started_at: float | None
+    created_at: float | None
+    updated_at: float | None
+    finished_at: float | None
+
+
+class Journal:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            if not self.path.exists():
+                # Create it 0600 before SQLite does: it will hold session URIs.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash; a power loss can lose the
+            # last transactions, which only makes a resume start a little earlier.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def get(self, name: str) -> Task | None:
+        try:
+            cur = self._db.execute("SELECT * FROM tasks WHERE name = ?", (name,))
+            row = cur.fetchone()
+            cols = [d[0] for d in cur.description]
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+        return _task(dict(zip(cols, row, strict=True))) if row else None
+
+    def tasks(self) -> list[Task]:
+        try:
+            cur = self._db.execute("SELECT * FROM tasks ORDER BY name")
+            cols = [d[0] for d in cur.description]
+            return [_task(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def start_fresh(
+        self,
+        name: str,
+        *,
+        rundir: str,
+        destination: str,
+        tarfile: str,
+        params: dict[str, Any],
+        manifest_id: str,
+        entries: Iterable[Entry],
+    ) -> None:
+        """Record a new attempt from zero: the manifest, and no checkpoint yet."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM manifest WHERE task = ?", (name,))
+            db.executemany(
+                "INSERT INTO manifest (task, idx, path, kind, size, mode, mtime_ns, uid, gid,"
+                " linkname) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (name, i, e.path, e.kind, e.size, e.mode, e.mtime_ns, e.uid, e.gid, e.linkname)
+                    for i, e in enumerate(entries)
+                ),
+            )
+            db.execute(
+                "INSERT INTO tasks (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+                (name, now),
+            )
+            db.execute(
+                "UPDATE tasks SET pid = ?, tarfile = ?, gcp_tarfile = NULL, status = 'starting',"
+                " rundir = ?, destination = ?, location = NULL, sink_state = NULL, params = ?,"
+                " manifest_id = ?, durable_offset = 0, ck_raw = 0, ck_gz = 0, ck_crc32 = 0,"
+                " ck_crc32c = 0, ck_member = 0, ck_member_crc32c = 0, raw_bytes = NULL,"
+                " archive_bytes = NULL, file_count = NULL, crc32c = NULL, compression = NULL,"
+                " last_error = NULL, session_started_at = NULL, finished_at = NULL,"
+                " updated_at = ? WHERE name = ?",
+                (os.getpid(), tarfile, rundir, destination, json.dumps(params, sort_keys=True),
+                 manifest_id, now, name),
+            )
+
+    def entries(self, name: str) -> list[Entry]:
+        try:
+            rows = self._db.execute(
+                "SELECT path, kind, size, mode, mtime_ns, uid, gid, linkname FROM manifest"
+                " WHERE task = ? ORDER BY idx",
+                (name,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+        return [Entry(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7])) for r in rows]
+
+    def member_crcs(self, name: str) -> list[int | None]:
+        try:
+            rows = self._db.execute(
+                "SELECT crc32c FROM manifest WHERE task = ? ORDER BY idx", (name,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+        return [r[0] for r in rows]
+
+    def update(self, name: str, **fields: Any) -> None:
+        """Set named columns of a task (names are ours, never user input)."""
+        fields["updated_at"] = time.time()
+        unknown = set(fields) - _COLUMNS
+        if unknown:
+            raise ValueError(f"unknown task columns {sorted(unknown)}")
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE tasks SET {assignments} WHERE name = ?", (*fields.values(), name))
+
+    def record_checkpoint(
+        self,
+        name: str,
+        durable: int,
+        cp: Checkpoint,
+        files_done: list[tuple[int, int]],
+        sink_state: str | None,
+    ) -> None:
+        """One durable advance: the offset, the checkpoint under it, members finished."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE manifest SET crc32c = ? WHERE task = ? AND idx = ?",
+                ((crc, name, idx) for idx, crc in files_done),
+            )
+            db.execute(
+                "UPDATE tasks SET durable_offset = ?, ck_raw = ?, ck_gz = ?, ck_crc32 = ?,"
+                " ck_crc32c = ?, ck_member = ?, ck_member_crc32c = ?, sink_state = ?,"
+                " updated_at = ? WHERE name = ?",
+                (durable, cp.raw_offset, cp.gz_offset, cp.crc32, cp.crc32c, cp.cursor.index,
+                 cp.cursor.crc32c, sink_state, time.time(), name),
+            )
+
+
+_COLUMNS = {
+    "pid", "tarfile", "gcp_tarfile", "status", "rundir", "destination", "location",
+    "sink_state", "params", "manifest_id", "durable_offset", "raw_bytes", "archive_bytes",
+    "file_count", "crc32c", "compression", "attempts", "last_error", "session_started_at",
+    "updated_at", "finished_at",
+}
+
+
+def _task(row: dict[str, Any]) -> Task:
+    cp = Checkpoint(
+        row.pop("ck_raw"),
+        row.pop("ck_gz"),
+        row.pop("ck_crc32"),
+        row.pop("ck_crc32c"),
+        Cursor(row.pop("ck_member"), row.pop("ck_member_crc32c")),
+    )
+    row["params"] = json.loads(row["params"]) if row["params"] else {}
+    return Task(checkpoint=cp, **row)

@@ -1,0 +1,70 @@
+"""The small interface every destination implements, and what it is told and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ArchiveInfo", "Sink", "Stored"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveInfo:
+    """What a destination records with a finished archive (GCS custom metadata)."""
+
+    run: str
+    size: int  # archive bytes
+    crc32c: int  # of the archive bytes, as we computed them while streaming
+    raw_bytes: int
+    file_count: int
+    tar_crc32: int
+    compression: str
+    tool_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where a finished archive lives, as the destination itself reports it."""
+
+    location: str  # a path, "bucket/blob", or "null"
+    size: int
+    crc32c: int  # read back from the destination, not copied from ArchiveInfo
+    manifest_location: str | None = None
+
+
+class Sink(Protocol):
+    """A destination for one archive's bytes.
+
+    The workflow writes bytes in order and, after each write, looks at
+    ``durable_offset``: what would survive a crash of this process (and, for local
+    files, of the machine). Whatever opaque ``state()`` returns is kept in the
+    journal so that a new process can ``open()`` the same destination again.
+    """
+
+    description: str  # for messages, never holding a credential
+    archive_name: str  # the archive's path or blob name as users see it
+
+    def open(self, state: str | None, durable: int) -> int:
+        """Prepare to write; resume from ``state`` if given.
+
+        ``durable`` is the journal's last durable offset for ``state``. Returns the
+        offset the next write() continues at, which may be ahead of ``durable``
+        (GCS had the chunk in flight) or 0 when nothing usable is there.
+        """
+        ...
+
+    def state(self) -> str | None: ...
+
+    @property
+    def durable_offset(self) -> int: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
+        """Make every byte durable, commit the archive and its manifest, read back its
+        checksum. The archive must not appear under its final name before this."""
+        ...
+
+    def abort(self) -> None:
+        """Release resources; keep what is needed to resume."""
+        ...

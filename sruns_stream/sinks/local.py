@@ -1,0 +1,132 @@
+"""A local (or NFS) directory destination: `<dest>/<run>/<run>.tar.gz`, resumable.
+
+Bytes go to `<name>.part`; fsync makes them durable every ``sync_interval`` bytes, at
+a block boundary, so the journal's checkpoint sits exactly at the durable offset. On
+resume the part file is cut back to that offset: anything after it was written but
+never synced, and could be garbage after a power loss. The final name appears only
+after the trailer is synced and the file read back and checked.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import google_crc32c
+
+from ..errors import DestinationNotWritable, DiskFull, IntegrityError
+from .base import ArchiveInfo, Stored
+
+__all__ = ["LocalSink"]
+
+_READ_BACK = 4 << 20
+
+
+class LocalSink:
+    def __init__(self, directory: Path, run: str, extension: str, sync_interval: int = 64 << 20):
+        self.dir = Path(directory) / run
+        self.final = self.dir / f"{run}{extension}"
+        self.part = self.final.with_name(self.final.name + ".part")
+        self.manifest_path = self.dir / f"{run}.manifest.tsv"
+        self.description = str(self.final)
+        self.archive_name = str(self.final)
+        self._sync_interval = sync_interval
+        self._fd: int | None = None
+        self._offset = 0
+        self._durable = 0
+
+    def open(self, state: str | None, durable: int) -> int:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._error(exc, f"cannot write to {self.dir}") from exc
+        self._fd = fd
+        size = os.fstat(fd).st_size
+        # Resume only from the part file this journal row wrote and synced.
+        keep = durable if state == str(self.part) and size >= durable else 0
+        os.ftruncate(fd, keep)
+        os.lseek(fd, keep, os.SEEK_SET)
+        self._offset = self._durable = keep
+        return keep
+
+    def state(self) -> str | None:
+        return str(self.part)
+
+    @property
+    def durable_offset(self) -> int:
+        return self._durable
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None, "open() first"
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            raise self._error(exc, f"cannot write {self.part}") from exc
+        self._offset += len(data)
+        if self._offset - self._durable >= self._sync_interval:
+            self._sync()
+
+    def _sync(self) -> None:
+        assert self._fd is not None
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise self._error(exc, f"cannot sync {self.part}") from exc
+        self._durable = self._offset
+
+    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
+        self._sync()
+        crc = self._read_back_crc32c()
+        if crc != info.crc32c or self._durable != info.size:
+            raise IntegrityError(
+                f"{self.part} reads back {self._durable} bytes with crc32c {crc:08x}, "
+                f"expected {info.size} bytes with {info.crc32c:08x}: the disk lost data"
+            )
+        # The manifest lands first, so an archive under its final name always has one.
+        tmp = self.manifest_path.with_name(self.manifest_path.name + ".part")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(manifest_tsv)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.manifest_path)
+            os.replace(self.part, self.final)
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise self._error(exc, f"cannot finish {self.final}") from exc
+        self.abort()
+        return Stored(str(self.final), self._durable, crc, str(self.manifest_path))
+
+    def _read_back_crc32c(self) -> int:
+        # Reading back what the disk holds is the local twin of GCS's stored crc32c.
+        crc = 0
+        with open(self.part, "rb") as f:
+            while chunk := f.read(_READ_BACK):
+                crc = google_crc32c.extend(crc, chunk)
+        return crc
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _error(self, exc: OSError, what: str) -> Exception:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(
+                f"{what}: no space left on the device; free space and run the same "
+                "command again to resume"
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return DestinationNotWritable(
+                f"{what}: {exc.strerror}; choose a writable --dest or fix its permissions"
+            )
+        return DestinationNotWritable(f"{what}: {exc.strerror}")
