@@ -1,0 +1,1 @@
+"""GCS emulator fixtures (filled in by the gs:// destination work)."""
