@@ -14,11 +14,12 @@ blocks: no CPU is spent deflating CBCL or JPEG data for a 0–3 % gain.
 from __future__ import annotations
 
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import google_crc32c
 from isal import isal_zlib
@@ -108,16 +109,39 @@ class GzipCodec:
         return b"".join(out)
 
     def _deflate(self, data: memoryview, zdict: bytes) -> bytes:
+        # Both paths end with a sync flush, on a byte boundary, so the next block
+        # (deflated or stored) can simply be appended.
+        if _ParallelCompress is not None:
+            return _parallel_compressor(self.level, len(data)).compress_and_crc(data, zdict)[0]
         if zdict:
             c = isal_zlib.compressobj(self.level, isal_zlib.DEFLATED, -15, zdict=zdict)
         else:
             c = isal_zlib.compressobj(self.level, isal_zlib.DEFLATED, -15)
-        # A sync flush ends on a byte boundary, so the next block (deflated or stored)
-        # can simply be appended.
         return c.compress(data) + c.flush(isal_zlib.Z_SYNC_FLUSH)
 
     def trailer(self, crc32: int, raw_size: int) -> bytes:
         return _FINAL_EMPTY_BLOCK + struct.pack("<II", crc32, raw_size & 0xFFFFFFFF)
+
+
+# isal's own threaded writer deflates blocks with this class: one call, no compressor
+# object to set up, about 10 % faster than compressobj. It is private, so it is used
+# only where present; the isal version is part of the stream parameters, so a resume
+# never mixes the two paths' bytes.
+_ParallelCompress = getattr(isal_zlib, "_ParallelCompress", None)
+_local = threading.local()
+
+
+def _parallel_compressor(level: int, size: int) -> Any:
+    """This thread's compressor, with an output buffer that holds ``size`` bytes deflated."""
+    # Deflate grows incompressible data by well under 1 %; 10 % + 500 bytes is isal's margin.
+    need = size + max(size // 10, 500)
+    cache: dict[int, tuple[int, Any]] = _local.__dict__.setdefault("compressors", {})
+    capacity, comp = cache.get(level, (0, None))
+    if need > capacity:
+        capacity = max(need, (1 << 20) + (1 << 17))
+        comp = _ParallelCompress(buffersize=capacity, level=level)
+        cache[level] = (capacity, comp)
+    return comp
 
 
 def _window_before(dictionary: bytes, data: memoryview, pos: int) -> bytes:

@@ -20,7 +20,7 @@ from typing import Any
 import isal
 
 from . import __version__
-from .blockgzip import WINDOW, Checkpoint, Codec, CompressedBlock, GzipCodec, PlainTarCodec, compressed_stream
+from .blockgzip import WINDOW, Checkpoint, Codec, GzipCodec, PlainTarCodec, compressed_stream
 from .config import ArchiveOptions
 from .errors import IntegrityError
 from .journal import Journal, Task
@@ -132,7 +132,8 @@ class _Attempt:
         self.name = name
         self.sink = sink
         self.layout = layout
-        self.pending: deque[CompressedBlock] = deque()
+        # Checkpoints written but not yet durable (never the data: memory stays small).
+        self.pending: deque[tuple[Checkpoint, list[tuple[int, int]]]] = deque()
         self.crcs: dict[int, int] = {}
         self.last_durable = -1
 
@@ -143,10 +144,9 @@ class _Attempt:
             return
         newest: Checkpoint | None = None
         done: list[tuple[int, int]] = []
-        while self.pending and self.pending[0].checkpoint.gz_offset <= durable:
-            cb = self.pending.popleft()
-            newest = cb.checkpoint
-            done.extend(cb.files_done)
+        while self.pending and self.pending[0][0].gz_offset <= durable:
+            newest, files_done = self.pending.popleft()
+            done.extend(files_done)
         self.last_durable = durable
         if newest is not None:
             self.journal.record_checkpoint(self.name, durable, newest, done, self.sink.state())
@@ -300,7 +300,7 @@ def _run(
                     data, skip = data[cut:], skip - cut
                 if data:
                     sink.write(data)
-                attempt.pending.append(cb)
+                attempt.pending.append((cb.checkpoint, cb.files_done))
                 attempt.commit_durable()
                 stored_bytes += cb.stored_bytes
                 last = cb.checkpoint
@@ -309,8 +309,8 @@ def _run(
 
         # Every member's crc32c: committed ones from the journal, the rest from memory.
         crcs = journal.member_crcs(name)
-        for cb in attempt.pending:
-            for idx, crc in cb.files_done:
+        for _, files_done in attempt.pending:
+            for idx, crc in files_done:
                 crcs[idx] = crc
         info = ArchiveInfo(
             run=name,

@@ -1,7 +1,9 @@
 """A local (or NFS) directory destination: `<dest>/<run>/<run>.tar.gz`, resumable.
 
 Bytes go to `<name>.part`; fsync makes them durable every ``sync_interval`` bytes, at
-a block boundary, so the journal's checkpoint sits exactly at the durable offset. On
+a block boundary, so the journal's checkpoint sits exactly at the durable offset. The
+fsync runs on a helper thread while later blocks are written (it covers what was
+written before it started), so the disk's writeback never stalls the compressors. On
 resume the part file is cut back to that offset: anything after it was written but
 never synced, and could be garbage after a power loss. The final name appears only
 after the trailer is synced and the file read back and checked.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -35,6 +38,9 @@ class LocalSink:
         self._fd: int | None = None
         self._offset = 0
         self._durable = 0
+        self._syncer: ThreadPoolExecutor | None = None
+        self._sync: tuple[int, Future[None]] | None = None
+        self._sync_started = 0
 
     def open(self, state: str | None, durable: int) -> int:
         try:
@@ -48,7 +54,7 @@ class LocalSink:
         keep = durable if state == str(self.part) and size >= durable else 0
         os.ftruncate(fd, keep)
         os.lseek(fd, keep, os.SEEK_SET)
-        self._offset = self._durable = keep
+        self._offset = self._durable = self._sync_started = keep
         return keep
 
     def state(self) -> str | None:
@@ -56,6 +62,8 @@ class LocalSink:
 
     @property
     def durable_offset(self) -> int:
+        if self._sync is not None and self._sync[1].done():
+            self._collect_sync()
         return self._durable
 
     def write(self, data: bytes) -> None:
@@ -68,11 +76,31 @@ class LocalSink:
         except OSError as exc:
             raise self._error(exc, f"cannot write {self.part}") from exc
         self._offset += len(data)
-        if self._offset - self._durable >= self._sync_interval:
-            self._sync()
+        # A sync starts every half interval, after the previous one finished, so what a
+        # crash can lose (written, not yet synced) stays under one interval plus a block.
+        if self._offset - self._sync_started >= self._sync_interval // 2:
+            if self._sync is not None:
+                self._collect_sync()
+            if self._syncer is None:
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="fsync")
+            self._sync_started = self._offset
+            self._sync = (self._offset, self._syncer.submit(os.fsync, self._fd))
 
-    def _sync(self) -> None:
+    def _collect_sync(self) -> None:
+        """Wait for the fsync in flight; what was written before it started is durable."""
+        assert self._sync is not None
+        offset, fut = self._sync
+        self._sync = None
+        try:
+            fut.result()
+        except OSError as exc:
+            raise self._error(exc, f"cannot sync {self.part}") from exc
+        self._durable = offset
+
+    def _sync_now(self) -> None:
         assert self._fd is not None
+        if self._sync is not None:
+            self._collect_sync()
         try:
             os.fsync(self._fd)
         except OSError as exc:
@@ -80,7 +108,7 @@ class LocalSink:
         self._durable = self._offset
 
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
-        self._sync()
+        self._sync_now()
         crc = self._read_back_crc32c()
         if crc != info.crc32c or self._durable != info.size:
             raise IntegrityError(
@@ -115,6 +143,10 @@ class LocalSink:
         return crc
 
     def abort(self) -> None:
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)  # never close the fd under a running fsync
+            self._syncer = None
+            self._sync = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -1,0 +1,611 @@
+"""The gs:// destination: one GCS resumable upload per archive, resumable across processes.
+
+Blob ``<prefix>/<run>/<run>.tar.gz`` (sruns-monitor's layout) with
+``<run>.manifest.tsv`` beside it. The session is created through the public
+google-cloud-storage API; chunks are PUT through the client's authorized session,
+because the library offers no public way to continue a saved session URI in a new
+process.
+
+Protocol, as DESIGN.md sets it out:
+
+- Pending bytes are buffered until one chunk (``chunk_size``, a multiple of 256 KiB)
+  is full; that chunk goes out as ``Content-Range: bytes a-b/*``. The last request
+  carries the total (``bytes a-b/TOTAL``, or ``bytes */TOTAL`` when nothing remains)
+  and the whole object's crc32c in ``X-Goog-Hash``.
+- ``durable_offset`` is what the server acknowledged (308 + ``Range``, or 200/201 at
+  the end). Acknowledged bytes leave the buffer; memory stays about one chunk.
+- After any failed or unanswered request, a status query (``bytes */*``) says what the
+  server holds, and the upload continues from there: never from what we assume.
+- Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried with
+  jittered exponential backoff, a bounded number of times; permanent ones (400, 401,
+  403, a missing bucket) fail at once with one line naming bucket and blob.
+- ``state()`` is the session URI and its creation time. ``open(state)`` asks the server
+  how much it holds, which may be ahead of the journal. Sessions live a week: an older
+  one, or one the server no longer knows (404/410), starts a new session from zero.
+- ``finalize`` uploads the manifest first (so an archive under its final name always
+  has one), sends the last request, and compares size and crc32c *as GCS reports them*
+  with what was streamed. A mismatch deletes the object and raises IntegrityError.
+
+The session URI is a bearer credential: it goes into the journal (created 0600) and
+nowhere else. Messages name a session by the first characters of its upload id.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import google_crc32c
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage  # type: ignore[import-untyped]  # google-cloud-storage ships no type information
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from .. import __version__
+from ..config import ArchiveOptions
+from ..errors import IntegrityError, UploadError
+from .base import ArchiveInfo, Stored
+
+__all__ = ["SESSION_LIFETIME", "GcsSink", "blob_name", "make_client"]
+
+# GCS forgets a resumable session a week after it was created.
+SESSION_LIFETIME = 7 * 24 * 3600.0
+# Connect, then read: the read timeout starts once a chunk is sent, and GCS answers a
+# committed chunk in well under a minute even when it is busy.
+DEFAULT_TIMEOUT = (30.0, 120.0)
+# Full-jitter backoff: 1, 2, 4, ... 32 s caps; the default 8 retries span a few minutes,
+# about what a GCS front-end hiccup or a VM's network blip lasts.
+BACKOFF_MULTIPLIER = 1.0
+BACKOFF_MAX = 32.0
+
+_RESUME_INCOMPLETE = 308
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_RANGE = re.compile(r"bytes=0-(\d+)$")
+_UPLOAD_ID = re.compile(r"(upload_id=)[^&\s'\"]+")
+
+T = TypeVar("T")
+Note = Callable[[str], None]
+
+
+class _Transient(UploadError):
+    """A failure worth retrying (connection, timeout, 408/429/5xx). Private: after the
+    last attempt it is re-raised as a plain UploadError saying how often we tried."""
+
+
+class _SessionGone(UploadError):
+    """The server no longer knows the session (404/410): expired or cancelled."""
+
+
+def blob_name(prefix: str, run: str, extension: str) -> str:
+    """``<prefix>/<run>/<run><extension>``, without a leading slash when prefix is empty."""
+    prefix = prefix.strip("/")
+    name = f"{run}/{run}{extension}"
+    return f"{prefix}/{name}" if prefix else name
+
+
+def make_client() -> storage.Client:
+    """A storage client: the emulator's when STORAGE_EMULATOR_HOST is set, else Google's
+    default credentials (a service account on a VM, or `gcloud auth application-default`)."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # The client sends every request to the emulator itself; it wants no credentials.
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "test"
+        return storage.Client(project=project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    try:
+        return storage.Client()
+    except auth_exceptions.DefaultCredentialsError as exc:
+        raise UploadError(
+            "no Google credentials found: run on a VM with a service account, set "
+            "GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth application-default login`"
+        ) from exc
+
+
+def _stderr_note(message: str) -> None:
+    print(f"sruns-stream: {message}", file=sys.stderr)
+
+
+def _b64_crc32c(value: int) -> str:
+    return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
+
+
+def _crc32c_from_b64(text: str | None) -> int | None:
+    if not text:
+        return None
+    raw = base64.b64decode(text)
+    return int.from_bytes(raw, "big") if len(raw) == 4 else None
+
+
+def _short_reason(resp: requests.Response) -> str:
+    """The server's own error message, one line, short."""
+    text = ""
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            text = str(body["error"].get("message") or "")
+    except ValueError:
+        text = resp.text
+    text = " ".join(text.split())[:200]
+    return f"HTTP {resp.status_code}" + (f" {text}" if text else "")
+
+
+class GcsSink:
+    """Streams one archive into a GCS resumable upload session; see the module docstring."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        run: str,
+        extension: str,
+        options: ArchiveOptions,
+        *,
+        client: storage.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.time,
+        note: Note | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.bucket_name = bucket
+        self.blob_name = blob_name(prefix, run, extension)
+        self.manifest_name = self.blob_name.rsplit("/", 1)[0] + f"/{run}.manifest.tsv"
+        self.description = f"gs://{bucket}/{self.blob_name}"
+        self.archive_name = self.blob_name
+        self.run = run
+        self.compression = options.compression
+        self.content_type = "application/x-tar" if extension == ".tar" else "application/gzip"
+        self._chunk = options.chunk_size
+        self._attempts = options.upload_retries + 1
+        self._client = client
+        self._own_client = client is None
+        self._sleep = sleep
+        self._now = now
+        self._note = note or _stderr_note
+        self._timeout = timeout
+        self._uri: str | None = None
+        self._created = 0.0
+        self._fresh = False  # a session this process created, nothing sent to it yet
+        self._base = 0  # bytes the server acknowledged; self._buf starts there
+        self._buf = bytearray()
+        self._finished: dict[str, Any] | None = None  # the object, once GCS committed it
+        self._final_crc32c: int | None = None
+
+    # -- the Sink protocol ----------------------------------------------------------
+
+    def open(self, state: str | None, durable: int) -> int:
+        if self._client is None:
+            self._client = make_client()
+        self._buf.clear()
+        self._finished = None
+        if state is not None:
+            resumed = self._resume(state)
+            if resumed is not None:
+                return resumed
+        if self._uri is not None and self._fresh:
+            # The workflow opens twice when a resume falls back to zero; reuse the empty
+            # session made a moment ago rather than leaving it orphaned.
+            self._base = 0
+            return 0
+        self._create_session()
+        return 0
+
+    def state(self) -> str | None:
+        if self._uri is None:
+            return None
+        return json.dumps(
+            {"session": self._uri, "created": self._created, "bucket": self.bucket_name, "blob": self.blob_name},
+            sort_keys=True,
+        )
+
+    @property
+    def durable_offset(self) -> int:
+        return self._base
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._finished is not None:
+            raise IntegrityError(
+                f"{self.description} was already committed with {self._base} bytes, but the "
+                "stream goes on: the stored object is not this archive"
+            )
+        self._buf += data
+        while len(self._buf) >= self._chunk:
+            self._send(total=None)
+
+    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
+        if self._uri is None:
+            raise UploadError(f"{self.description}: finalize() before open()")
+        if self._finished is None and self._base + len(self._buf) != info.size:
+            raise IntegrityError(
+                f"{self.description}: {self._base + len(self._buf)} bytes were streamed, "
+                f"but the archive has {info.size}"
+            )
+        manifest_location = self._upload_manifest(manifest_tsv)
+        if self._finished is None:
+            self._final_crc32c = info.crc32c
+            try:
+                self._send(total=info.size)
+            except _SessionGone:
+                # The last request may have committed the object and lost its answer;
+                # a server that then forgets the session (the emulator does) leaves the
+                # object itself as the only witness.
+                self._finished = self._existing_object(info)
+        assert self._finished is not None
+        resource = self._finished
+        size = int(resource.get("size", -1))
+        crc = _crc32c_from_b64(resource.get("crc32c"))
+        generation = int(resource.get("generation") or 0) or None
+        if size != info.size or crc != info.crc32c:
+            self._reject(size, crc, info, generation)
+        size, crc = self._set_metadata(info, generation)
+        if size != info.size or crc != info.crc32c:
+            self._reject(size, crc, info, generation)
+        assert crc is not None
+        self._close_client()
+        return Stored(
+            location=f"{self.bucket_name}/{self.blob_name}",
+            size=size,
+            crc32c=crc,
+            manifest_location=manifest_location,
+        )
+
+    def abort(self) -> None:
+        # The session stays on the server and in the journal: the next run resumes it.
+        self._buf = bytearray()
+        self._close_client()
+
+    # -- sessions -------------------------------------------------------------------
+
+    def _short(self) -> str:
+        """A session's name for messages: never the URI, which is a bearer credential."""
+        if not self._uri:
+            return "(none)"
+        ids = parse_qs(urlsplit(self._uri).query).get("upload_id", [""])
+        return (ids[0][:8] or "?") + "…"
+
+    def _resume(self, state: str) -> int | None:
+        """The server's offset for the saved session, or None when a new one is needed."""
+        try:
+            saved = json.loads(state)
+            uri, created = str(saved["session"]), float(saved["created"])
+            same = saved.get("bucket") == self.bucket_name and saved.get("blob") == self.blob_name
+        except (ValueError, KeyError, TypeError):
+            self._note(f"{self.run}: the journal's upload state is unreadable: starting a new upload session from zero")
+            return None
+        if not same:
+            self._note(f"{self.run}: the journal's upload session was for another object: starting a new session from zero")
+            return None
+        self._uri, self._created, self._fresh, self._base = uri, created, False, 0
+        age = self._now() - created
+        if age > SESSION_LIFETIME:
+            self._note(
+                f"{self.run}: upload session {self._short()} was created {age / 86400:.1f} days ago and "
+                "has expired (GCS keeps sessions 7 days): starting a new session from zero"
+            )
+            self._uri = None
+            return None
+        try:
+            self._with_retries("status query", lambda _: self._resync_from_zero())
+        except _SessionGone:
+            self._note(
+                f"{self.run}: GCS no longer knows upload session {self._short()} (expired or "
+                "cancelled): starting a new session from zero"
+            )
+            self._uri = None
+            return None
+        return self._base
+
+    def _resync_from_zero(self) -> None:
+        self._base = 0
+        self._buf.clear()
+        self._finished = None
+        self._resync(resuming=True)
+
+    def _create_session(self) -> None:
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        # What is known now; the sizes and checksums are added once the object exists.
+        blob.metadata = {"run": self.run, "compression": self.compression, "tool_version": __version__}
+        blob.content_type = self.content_type
+
+        def create() -> str:
+            uri: str = self._api(
+                "cannot start the upload",
+                lambda: blob.create_resumable_upload_session(
+                    content_type=self.content_type, size=None, timeout=self._timeout, retry=None
+                ),
+            )
+            return uri
+
+        self._uri = self._with_retries("session creation", lambda _: create())
+        self._created = self._now()
+        self._fresh = True
+        self._base = 0
+
+    # -- requests on the session ----------------------------------------------------
+
+    def _send(self, total: int | None) -> None:
+        """Have the server acknowledge the first chunk of the buffer (all of it, and
+        commit the object, when ``total`` is given). Every retry starts with a status query."""
+
+        def attempt(number: int) -> None:
+            if number > 1:
+                self._resync()
+            self._put_pending(total)
+
+        self._with_retries("chunk upload", attempt)
+        # A final request the server answered with 308 after keeping part of it: send
+        # the rest. Each round made progress (see _put_pending), so this ends.
+        while total is not None and self._finished is None:
+            self._with_retries("chunk upload", attempt)
+
+    def _put_pending(self, total: int | None) -> None:
+        if self._finished is not None:
+            if total is None:
+                self._committed_early()
+            return
+        if total is None and len(self._buf) < self._chunk:
+            return  # the server kept part of the chunk; the rest waits for more bytes
+        n = len(self._buf) if total is not None else self._chunk
+        start = self._base
+        if n:
+            content_range = f"bytes {start}-{start + n - 1}/{'*' if total is None else total}"
+        else:
+            content_range = f"bytes */{total}"
+        headers = {"Content-Range": content_range}
+        if total is not None and self._final_crc32c is not None:
+            headers["X-Goog-Hash"] = f"crc32c={_b64_crc32c(self._final_crc32c)}"
+        # The chunk goes out as a view of the buffer: no second copy of up to 64 MiB.
+        with memoryview(self._buf) as view, view[:n] as body:
+            resp = self._put(body if n else None, headers)
+        if resp.status_code == _RESUME_INCOMPLETE:
+            self._acknowledge(self._persisted(resp), limit=start + n)
+            if self._base == start:
+                # Nothing kept (or, for the last request, nothing committed): count it as a
+                # failed attempt, so a server that never takes the bytes cannot loop us.
+                raise _Transient(f"{self.description}: GCS kept none of the bytes sent at {start}")
+        elif resp.status_code in (200, 201):
+            self._commit(resp)
+            if total is None:
+                self._committed_early()
+        elif resp.status_code == 400 and total is not None and "X-Goog-Hash" in headers:
+            raise IntegrityError(
+                f"GCS refused to commit {self.description}: {_short_reason(resp)} (the crc32c sent "
+                f"with the last request is {self._final_crc32c:08x}): the upload was corrupted"
+            )
+        else:
+            self._fail(resp, "chunk upload")
+
+    def _resync(self, resuming: bool = False) -> None:
+        """Status query: drop what the server already holds from the buffer."""
+        resp = self._put(None, {"Content-Range": "bytes */*"})
+        if resp.status_code == _RESUME_INCOMPLETE:
+            # Resuming, nothing is buffered yet and any amount is plausible.
+            self._acknowledge(self._persisted(resp), limit=None if resuming else self._base + len(self._buf))
+        elif resp.status_code in (200, 201):
+            self._commit(resp)
+        else:
+            self._fail(resp, "status query")
+
+    def _persisted(self, resp: requests.Response) -> int:
+        """How many bytes a 308 answer says the server holds."""
+        header = resp.headers.get("Range")
+        if not header:
+            return 0  # no Range: nothing persisted
+        match = _RANGE.match(header.strip())
+        if not match:
+            raise UploadError(f"GCS answered {self.description} with an unreadable Range {header!r}")
+        last = int(match.group(1))
+        # "bytes=0-0" would mean one byte. GCS keeps the data of an unfinished upload in
+        # 256 KiB units (why chunks are multiples of it), so a lone first byte is never
+        # persisted; gcp-storage-emulator answers "0-0" for an empty session. Taking it
+        # as 0 is safe both ways: real GCS cannot be in that state, and the emulator
+        # rejects a chunk that does not start at its offset.
+        return 0 if last == 0 and self._base == 0 else last + 1
+
+    def _acknowledge(self, persisted: int, limit: int | None) -> None:
+        if persisted < self._base:
+            raise UploadError(
+                f"GCS holds {persisted} bytes of {self.description} after acknowledging {self._base} "
+                f"(session {self._short()}): the session lost data; run with --force to start over"
+            )
+        if limit is not None and persisted > limit:
+            raise IntegrityError(
+                f"GCS holds {persisted} bytes of {self.description}, more than the {limit} sent "
+                f"(session {self._short()}): the session is not this archive's"
+            )
+        del self._buf[: min(persisted - self._base, len(self._buf))]
+        self._base = persisted
+        self._fresh = False
+
+    def _commit(self, resp: requests.Response) -> None:
+        try:
+            resource = resp.json()
+            size = int(resource["size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UploadError(f"GCS committed {self.description} but its answer is unreadable") from exc
+        self._finished = resource
+        drop = min(max(size - self._base, 0), len(self._buf))
+        del self._buf[:drop]
+        self._base = size
+        self._fresh = False
+
+    def _committed_early(self) -> NoReturn:
+        raise IntegrityError(
+            f"GCS committed {self.description} at {self._base} bytes before the stream ended "
+            f"(session {self._short()}): the session is not this archive's"
+        )
+
+    def _put(self, body: memoryview | None, headers: dict[str, str]) -> requests.Response:
+        assert self._client is not None and self._uri is not None
+        try:
+            resp: requests.Response = self._client._http.request(
+                "PUT", self._uri, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            )
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                auth_exceptions.TransportError) as exc:
+            raise _Transient(self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        except auth_exceptions.RefreshError as exc:
+            raise UploadError(f"cannot refresh Google credentials for {self.description}: {exc}") from None
+        if resp.status_code in _TRANSIENT_STATUS:
+            raise _Transient(f"{self.description}: {_short_reason(resp)}")
+        return resp
+
+    def _fail(self, resp: requests.Response, what: str) -> NoReturn:
+        reason = _short_reason(resp)
+        if resp.status_code in (404, 410):
+            raise _SessionGone(
+                f"{what} for {self.description}: GCS no longer knows upload session {self._short()} "
+                f"({reason}); run the same command again to start a new session from zero"
+            )
+        if resp.status_code in (401, 403):
+            raise UploadError(
+                f"permission denied writing {self.description} in bucket {self.bucket_name!r}: {reason}"
+            )
+        raise UploadError(f"{what} for {self.description} failed: {reason}")
+
+    def _scrub(self, text: str) -> str:
+        """A library message without the session URI's secret part."""
+        if self._uri:
+            text = text.replace(self._uri, f"<session {self._short()}>")
+        text = _UPLOAD_ID.sub(lambda m: m.group(1) + "…", text)
+        return " ".join(text.split())[:300]
+
+    def _with_retries(self, what: str, fn: Callable[[int], T]) -> T:
+        """``fn(attempt_number)`` with bounded, jittered exponential backoff on transient
+        failures (``_Transient``); anything else goes straight through."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
+            retry=retry_if_exception_type(_Transient),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return fn(attempt.retry_state.attempt_number)
+        except _Transient as exc:
+            # Not `from exc`: the chained error could carry the session URI.
+            raise UploadError(
+                f"{what} for {self.description} failed {self._attempts} times, last: {exc}; "
+                "run the same command again to resume"
+            ) from None
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    # -- calls through google-cloud-storage ----------------------------------------------
+
+    def _api(self, what: str, fn: Callable[[], T], missing: str | None = None) -> T:
+        """A google-cloud-storage call with its errors mapped to ours."""
+        try:
+            return fn()
+        except api_exceptions.GoogleAPICallError as exc:
+            code = exc.code or 0
+            message = " ".join(str(getattr(exc, "message", "") or exc).split())[:200]
+            if code in _TRANSIENT_STATUS:
+                raise _Transient(f"{what} for {self.description}: HTTP {code} {message}") from exc
+            if code == 404:
+                raise UploadError(
+                    missing or f"bucket {self.bucket_name!r} does not exist ({what} for {self.description})"
+                ) from exc
+            if code in (401, 403):
+                raise UploadError(
+                    f"permission denied: {what} for {self.description} in bucket {self.bucket_name!r}: {message}"
+                ) from exc
+            raise UploadError(f"{what} for {self.description}: HTTP {code} {message}") from exc
+        except (requests.ConnectionError, requests.Timeout, auth_exceptions.TransportError) as exc:
+            raise _Transient(f"{what} for {self.description}: {type(exc).__name__}: {exc}") from exc
+
+    def _upload_manifest(self, manifest_tsv: bytes) -> str:
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.manifest_name)
+
+        def upload(_: int) -> None:
+            self._api(
+                "manifest upload",
+                lambda: blob.upload_from_string(
+                    manifest_tsv, content_type="text/tab-separated-values; charset=utf-8",
+                    timeout=self._timeout, checksum="crc32c", retry=None,
+                ),
+            )
+
+        self._with_retries("manifest upload", upload)
+        stored = _crc32c_from_b64(blob.crc32c)
+        expected = google_crc32c.value(manifest_tsv)
+        if stored != expected:
+            raise IntegrityError(
+                f"gs://{self.bucket_name}/{self.manifest_name} reads back with crc32c "
+                f"{stored if stored is None else f'{stored:08x}'}, expected {expected:08x}"
+            )
+        return f"{self.bucket_name}/{self.manifest_name}"
+
+    def _existing_object(self, info: ArchiveInfo) -> dict[str, Any]:
+        """The committed object, when the session is gone after our last request."""
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        missing = (
+            f"GCS forgot upload session {self._short()} of {self.description} before it was "
+            "committed; run the same command again to start a new session from zero"
+        )
+        self._with_retries(
+            "read back",
+            lambda _: self._api("read back", lambda: blob.reload(timeout=self._timeout, retry=None), missing),
+        )
+        # Same size and crc32c as what we streamed: these are our bytes, whichever
+        # request committed them.
+        if blob.size != info.size or _crc32c_from_b64(blob.crc32c) != info.crc32c:
+            raise UploadError(missing)
+        return {"size": blob.size, "crc32c": blob.crc32c, "generation": blob.generation}
+
+    def _set_metadata(self, info: ArchiveInfo, generation: int | None) -> tuple[int, int | None]:
+        """Add what only the end knows to the object's metadata; returns (size, crc32c)
+        as GCS reports them in its answer: the read-back the run is judged by."""
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        blob.metadata = {
+            "run": info.run,
+            "raw_bytes": str(info.raw_bytes),
+            "file_count": str(info.file_count),
+            "tar_crc32": f"{info.tar_crc32:08x}",
+            "compression": info.compression,
+            "tool_version": info.tool_version,
+            "manifest": self.manifest_name.rsplit("/", 1)[-1],
+        }
+        missing = f"{self.description} disappeared right after it was committed"
+        self._with_retries(
+            "metadata update",
+            lambda _: self._api(
+                "metadata update",
+                lambda: blob.patch(if_generation_match=generation, timeout=self._timeout, retry=None),
+                missing,
+            ),
+        )
+        return (blob.size if blob.size is not None else -1), _crc32c_from_b64(blob.crc32c)
+
+    def _reject(self, size: int, crc: int | None, info: ArchiveInfo, generation: int | None) -> NoReturn:
+        """A committed object that is not what we streamed must not stay under its name."""
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        try:
+            self._api("delete", lambda: blob.delete(if_generation_match=generation, timeout=self._timeout, retry=None))
+            fate = "it was deleted"
+        except UploadError as exc:
+            fate = f"deleting it failed too ({exc})"
+        shown = f"{crc:08x}" if crc is not None else "none"
+        raise IntegrityError(
+            f"{self.description} holds {size} bytes with crc32c {shown}, but {info.size} bytes with "
+            f"crc32c {info.crc32c:08x} were sent; {fate}: run with --force to upload again"
+        )
+
+    def _close_client(self) -> None:
+        if self._own_client and self._client is not None:
+            self._client.close()
+            self._client = None

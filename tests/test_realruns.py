@@ -1,0 +1,28 @@
+"""The real run-folder pieces in ../shared/realruns round-trip through our archive."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import gnu_untar, gzip_ok, realruns_dir, run_cli, tree
+
+REALRUNS = realruns_dir()
+PIECES = sorted(p.name for p in REALRUNS.iterdir() if p.is_dir()) if REALRUNS else []
+
+
+@pytest.mark.skipif(REALRUNS is None, reason="../shared/realruns (or $SRUNS_REALRUNS) is absent")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("piece", PIECES)
+def test_real_run_piece_round_trips(piece: str, tmp_path: Path) -> None:
+    assert REALRUNS is not None
+    run = tmp_path / piece
+    shutil.copytree(REALRUNS / piece, run, symlinks=True)
+    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "d"), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    archive = Path(json.loads(proc.stdout)["location"])
+    gzip_ok(archive)
+    gnu_untar(archive, tmp_path / "out")
+    assert tree(tmp_path / "out" / piece) == tree(run)

@@ -1,0 +1,131 @@
+"""Crashes are part of the contract: kill -9 at any moment, run again, get the same bytes.
+
+These tests SIGKILL a real `sruns-stream archive` process while it writes, then run
+the same command again, and compare against an uninterrupted run of the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from helpers import REPO, gnu_untar, run_cli, tree
+
+BLOCK = 64 * 1024
+SYNC = 1 << 20
+FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--json")
+
+
+def _start(run: Path, dest: Path, cwd: Path, *extra: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", str(dest), *FLAGS, *extra],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _kill_when_part_reaches(proc: subprocess.Popen[str], part: Path, size: int) -> int:
+    """SIGKILL the process once the .part file holds at least ``size`` bytes; its size then."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"archive finished before the kill point ({size} bytes): {proc.stderr.read()}")
+        try:
+            if part.stat().st_size >= size:
+                break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return part.stat().st_size
+
+
+def _raw_len(gz_prefix: bytes) -> int:
+    """How many raw bytes a prefix of the archive decodes to (the oracle for redone work)."""
+    return len(zlib.decompressobj(31).decompress(gz_prefix))
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_twice_then_resume_gives_identical_bytes_and_bounded_rework(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 40 << 20, seed=3)
+    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
+                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    reference = Path(json.loads(ref.stdout)["location"]).read_bytes()
+
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    final = part.with_name(f"{run.name}.tar.gz")
+    for fraction in (0.25, 0.6):
+        proc = _start(run, dest, tmp_path)
+        at_kill = _kill_when_part_reaches(proc, part, int(len(reference) * fraction))
+        assert not final.exists()  # nothing half-written is ever under the final name
+        # What was on disk at the kill is a prefix of the right archive.
+        assert part.read_bytes()[: at_kill] == reference[: at_kill] or part.stat().st_size < at_kill
+
+    proc = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert final.read_bytes() == reference
+    assert result["resumed_from_archive"] > 0
+    # Work redone: what was written after the last durable checkpoint, at most one
+    # sync interval plus one block, whatever the size of the run.
+    redone_archive = at_kill - result["resumed_from_archive"]
+    assert 0 <= redone_archive <= SYNC + BLOCK + 1024
+    redone_raw = _raw_len(reference[:at_kill]) - result["resumed_from_raw"]
+    assert redone_raw <= (SYNC + BLOCK) * 3  # miseq-style data compresses < 3x
+    assert result["raw_processed"] == result["raw_bytes"] - result["resumed_from_raw"]
+    gnu_untar(final, tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(run)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", ["novaseq", "hiseq"])
+def test_resume_with_stored_members_and_many_small_files(make_run, tmp_path: Path, kind: str) -> None:
+    run = make_run(kind, 16 << 20, seed=5)
+    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
+                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    reference = Path(json.loads(ref.stdout)["location"]).read_bytes()
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    proc = _start(run, dest, tmp_path)
+    _kill_when_part_reaches(proc, part, len(reference) // 2)
+    done = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["resumed_from_archive"] > 0
+    assert part.with_name(f"{run.name}.tar.gz").read_bytes() == reference
+
+
+@pytest.mark.timeout(120)
+def test_changed_run_folder_or_parameters_restart_from_zero_and_say_so(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 12 << 20, seed=7)
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    proc = _start(run, dest, tmp_path)
+    _kill_when_part_reaches(proc, part, 2 << 20)
+
+    # A different level changes the bytes: resuming would splice two streams.
+    again = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--level", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "starting from zero" in again.stderr and "level" in again.stderr
+    assert json.loads(again.stdout)["resumed_from_archive"] == 0
+
+    proc = _start(run, dest, tmp_path, "--force")  # the level 2 archive finished
+    _kill_when_part_reaches(proc, part, 2 << 20)
+    victim = next(p for p in sorted(run.rglob("*.bcl")))
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    os.utime(victim, (1, 1))
+    again = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "changed since its manifest" in again.stderr and victim.name in again.stderr
+    gnu_untar(Path(json.loads(again.stdout)["location"]), tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(run)
