@@ -27,7 +27,7 @@ from .errors import JournalError
 from .runfolder import Entry
 from .tarstream import Cursor
 
-__all__ = ["STATUSES", "Journal", "Task"]
+__all__ = ["STATUSES", "Journal", "OutboxItem", "Task"]
 
 # sruns-monitor's workflow_status values, in their order.
 STATUSES = (
@@ -87,6 +87,15 @@ CREATE TABLE IF NOT EXISTS manifest (
     crc32c INTEGER,
     PRIMARY KEY (task, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
 """
 
 
@@ -259,6 +268,46 @@ class Journal:
                 (durable, cp.raw_offset, cp.gz_offset, cp.crc32, cp.crc32c, cp.cursor.index,
                  cp.cursor.crc32c, sink_state, time.time(), name),
             )
+
+    # The Firestore outbox: status updates wait here, in order, until delivered, so a
+    # Firestore outage never stops or fails an archive.
+
+    def enqueue(self, collection: str, doc_id: str, payload: dict[str, Any]) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO outbox (collection, doc_id, payload, created_at) VALUES (?, ?, ?, ?)",
+                (collection, doc_id, json.dumps(payload, sort_keys=True), time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def outbox(self, limit: int = 100) -> list[OutboxItem]:
+        try:
+            rows = self._db.execute(
+                "SELECT seq, collection, doc_id, payload, attempts FROM outbox ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+        return [OutboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+    def delivered(self, seq: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def delivery_failed(self, seq: int, error: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", (error[:500], seq)
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    seq: int
+    collection: str
+    doc_id: str
+    payload: dict[str, Any]
+    attempts: int
 
 
 _COLUMNS = {
