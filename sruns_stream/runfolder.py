@@ -15,10 +15,28 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import RunFolderChanged, RunFolderMissing, UnreadableEntry
 
-__all__ = ["DIR", "FILE", "SYMLINK", "Entry", "Manifest", "check_unchanged", "scan_run_folder"]
+__all__ = [
+    "DIR",
+    "FILE",
+    "SUCCESS_STATUSES",
+    "SYMLINK",
+    "CompletionRules",
+    "Entry",
+    "Manifest",
+    "RunInfo",
+    "RunState",
+    "check_unchanged",
+    "instrument_family",
+    "parameters_file",
+    "read_completion_status",
+    "read_run_info",
+    "run_state",
+    "scan_run_folder",
+]
 
 FILE = "f"
 DIR = "d"
@@ -202,3 +220,176 @@ def _first(items: Iterable[str], n: int) -> list[str]:
         if len(out) >= n:
             break
     return out
+
+
+# ---------------------------------------------------------------------------
+# Completion detection: is a run folder finished, by its instrument's rules?
+# Precedence as in ILLUMINA.md: RunCompletionStatus.xml, else CopyComplete.txt, else an
+# RTA/sequencing marker plus a quiet period; always a parseable RunInfo.xml.
+
+SUCCESS_STATUSES = ("RunCompleted", "CompletedAsPlanned")
+
+
+@dataclass(frozen=True)
+class CompletionRules:
+    """Which files mark a run finished, and how old they must be (configurable)."""
+
+    marker_age_s: float = 0.0  # sruns-monitor's sentinal_file_age_minutes, in seconds
+    quiet_period_s: float = 1800.0  # RTA-only runs: no change in the folder for this long
+    status_file: str = "RunCompletionStatus.xml"
+    copy_markers: tuple[str, ...] = ("CopyComplete.txt",)
+    rta_markers: tuple[str, ...] = (
+        "RTAComplete.txt",
+        "RTAComplete.xml",
+        "SequenceComplete.txt",
+        "SequencingComplete.txt",
+    )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    instrument: str
+    flowcell: str | None
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the folder says about itself right now."""
+
+    complete: bool
+    reason: str  # why it is or is not complete, for logs and `status`
+    run_info: RunInfo | None = None
+    instrument: str | None = None  # family, e.g. "NovaSeq 6000"
+    instrument_status: str | None = None  # RunCompletionStatus value, e.g. RunErrored
+    instrument_error: str | None = None
+    marker: str | None = None
+
+    @property
+    def errored(self) -> bool:
+        return self.instrument_status is not None and self.instrument_status not in SUCCESS_STATUSES
+
+
+def _xml_root(path: Path) -> Any:
+    import xml.etree.ElementTree as ET
+
+    try:
+        return ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+
+
+def read_run_info(rundir: Path) -> RunInfo | None:
+    """Run id, instrument serial and flow cell from RunInfo.xml; None if absent or broken."""
+    root = _xml_root(Path(rundir) / "RunInfo.xml")
+    run = root.find("Run") if root is not None else None
+    if run is None or not run.get("Id"):
+        return None
+    return RunInfo(
+        run_id=run.get("Id"),
+        instrument=(run.findtext("Instrument") or "").strip(),
+        flowcell=(run.findtext("Flowcell") or "").strip() or None,
+    )
+
+
+_SERIAL_FAMILIES = (  # longest prefixes first; ILLUMINA.md "Instrument-serial prefixes"
+    ("ST-E", "HiSeq X"), ("NDX", "NextSeq 550Dx"), ("LH", "NovaSeq X"), ("VH", "NextSeq 1000/2000"),
+    ("VL", "NextSeq 1000/2000"), ("MN", "MiniSeq"), ("ML", "MiniSeq"), ("FS", "iSeq 100"),
+    ("NS", "NextSeq 500/550"), ("NB", "NextSeq 500/550"), ("SN", "HiSeq 2000/2500"),
+    ("D", "HiSeq 2000/2500"), ("J", "HiSeq 3000/4000"), ("K", "HiSeq 3000/4000"), ("E", "HiSeq X"),
+    ("A", "NovaSeq 6000"), ("M", "MiSeq"),
+)
+
+
+def parameters_file(rundir: Path) -> Path | None:
+    """RunParameters.xml or runParameters.xml (older HiSeq and MiSeq)."""
+    for name in ("RunParameters.xml", "runParameters.xml"):
+        if (Path(rundir) / name).is_file():
+            return Path(rundir) / name
+    return None
+
+
+def instrument_family(rundir: Path, run_info: RunInfo | None = None) -> str | None:
+    """The instrument family, from RunParameters.xml first and the serial's prefix second."""
+    params = parameters_file(rundir)
+    root = _xml_root(params) if params else None
+    if root is not None:
+        app = " ".join(
+            (root.findtext(f".//{tag}") or "")
+            for tag in ("ApplicationName", "Application", "InstrumentType", "RunParametersVersion")
+        )
+        for needle, family in (
+            ("HiSeq", ""),  # before "iSeq", which it contains; the serial tells which HiSeq
+            ("NovaSeqX", "NovaSeq X"), ("NovaSeq", "NovaSeq 6000"), ("NextSeq 1000/2000", "NextSeq 1000/2000"),
+            ("NextSeq", "NextSeq 500/550"), ("MiniSeq", "MiniSeq"), ("MiSeq", "MiSeq"), ("iSeq", "iSeq 100"),
+        ):
+            if needle in app:
+                if family:
+                    return family
+                break
+        if "control-software" in app:  # NovaSeq X production writes only this
+            return "NovaSeq X"
+    serial = (run_info or read_run_info(rundir) or RunInfo("", "", None)).instrument
+    for prefix, family in _SERIAL_FAMILIES:
+        if serial.startswith(prefix):
+            return family
+    return None
+
+
+def read_completion_status(path: Path) -> tuple[str | None, str | None]:
+    """(status, error message) from RunCompletionStatus.xml, NovaSeq or NextSeq style."""
+    root = _xml_root(path)
+    if root is None:
+        return None, None
+    status = (root.findtext(".//RunStatus") or root.findtext(".//CompletionStatus") or "").strip() or None
+    error = (root.findtext(".//RunError/Message") or root.findtext(".//ErrorDescription") or "").strip()
+    return status, (error if error and error != "None" else None)
+
+
+def _newest_mtime(rundir: Path) -> float:
+    newest = 0.0
+    for dirpath, dirnames, filenames in os.walk(rundir):
+        for name in dirnames + filenames:
+            try:
+                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
+def run_state(rundir: Path, rules: CompletionRules, now: float) -> RunState:
+    """Whether ``rundir`` is a finished run, by the precedence in ILLUMINA.md."""
+    rundir = Path(rundir)
+    info = read_run_info(rundir)
+    if info is None:
+        return RunState(False, "no parseable RunInfo.xml yet")
+    family = instrument_family(rundir, info)
+
+    def aged(marker: Path) -> float:
+        try:
+            return now - marker.stat().st_mtime
+        except OSError:
+            return -1.0
+
+    status_path = rundir / rules.status_file
+    if status_path.is_file():
+        status, error = read_completion_status(status_path)
+        if status is not None:
+            if aged(status_path) < rules.marker_age_s:
+                return RunState(False, f"{rules.status_file} is younger than the marker age", info, family)
+            return RunState(True, f"{rules.status_file}: {status}", info, family, status, error, rules.status_file)
+    for name in rules.copy_markers:
+        if (rundir / name).is_file():
+            if aged(rundir / name) < rules.marker_age_s:
+                return RunState(False, f"{name} is younger than the marker age", info, family)
+            return RunState(True, f"{name} present", info, family, marker=name)
+    for name in rules.rta_markers:
+        if (rundir / name).is_file():
+            wait = max(rules.marker_age_s, rules.quiet_period_s)
+            if aged(rundir / name) < wait:
+                return RunState(False, f"{name} present; waiting for the quiet period", info, family)
+            quiet_for = now - _newest_mtime(rundir)
+            if quiet_for < rules.quiet_period_s:
+                return RunState(False, f"{name} present but files changed {quiet_for:.0f} s ago", info, family)
+            return RunState(True, f"{name} present and quiet for {quiet_for:.0f} s", info, family, marker=name)
+    return RunState(False, "no completion marker yet", info, family)
