@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -66,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    m = sub.add_parser("monitor", help="the daemon: archive every finished run in the watch directories")
+    m.add_argument("--config", type=Path, required=True, help="JSON config file (sruns-monitor's works as it is)")
+    m.add_argument("--once", action="store_true", help="one cycle, wait for its archives, then exit")
+    m.add_argument("-v", "--verbose", action="store_true", help="log every step")
+
     s = sub.add_parser("status", help="runs in the journal")
     s.add_argument("run", nargs="?", help="one run's name")
     s.add_argument("--config", type=Path)
@@ -106,6 +112,36 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         print(result.summary(), file=out)
     return EXIT_OK
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    import logging
+    import threading
+
+    from .monitor import Monitor
+    from .wiring import daemon_parts
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or not args.once else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_config(args.config)
+    journal = Journal(config.sqlite_db)
+    mirror, notifier, events = daemon_parts(config, journal)
+    monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier, events=events)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        if args.once:
+            return monitor.run_once(stop)
+        return monitor.run(stop)
+    finally:
+        journal.close()
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
@@ -156,6 +192,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     try:
         if args.command == "archive":
             return _archive(args, out, err)
+        if args.command == "monitor":
+            return _monitor(args)
         return _status(args, out)
     except SrunsError as exc:
         print(f"sruns-stream: error: {exc}", file=err)
@@ -165,8 +203,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_INTERRUPTED
 
 
+def _die_with_parent() -> None:
+    """A daemon's child stops (at a checkpoint, via SIGTERM) when the daemon dies, even by kill -9."""
+    parent = os.environ.get("SRUNS_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the daemon died before prctl took effect
+        sys.exit(EXIT_INTERRUPTED)
+
+
 def main_cli() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    _die_with_parent()
     try:
         code = main()
     except Exception as exc:  # a bug: still one line, and the traceback for a report

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -71,7 +72,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     session_started_at REAL,
     created_at REAL,
     updated_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    rundir_found TEXT,
+    run_id TEXT,
+    instrument TEXT,
+    instrument_status TEXT,
+    pid_start INTEGER,
+    failures INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    gave_up_at REAL,
+    moved_to TEXT,
+    moved_at REAL,
+    swept_at REAL,
+    published TEXT
 );
 CREATE TABLE IF NOT EXISTS manifest (
     task TEXT NOT NULL,
@@ -127,6 +140,18 @@ class Task:
     created_at: float | None
     updated_at: float | None
     finished_at: float | None
+    rundir_found: str | None
+    run_id: str | None
+    instrument: str | None
+    instrument_status: str | None
+    pid_start: int | None
+    failures: int
+    next_attempt_at: float | None
+    gave_up_at: float | None
+    moved_to: str | None
+    moved_at: float | None
+    swept_at: float | None
+    published: str | None
 
 
 class Journal:
@@ -142,11 +167,26 @@ class Journal:
             # last transactions, which only makes a resume start a little earlier.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Add our columns to a `tasks` table an older tool made (sruns-monitor's has four)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        body = _SCHEMA.split("CREATE TABLE IF NOT EXISTS tasks (", 1)[1].split(");", 1)[0]
+        for line in body.strip().splitlines():
+            m = re.match(r"\s*(\w+) (.*?),?$", line)
+            if m and m.group(1) not in have and "PRIMARY KEY" not in m.group(2):
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {m.group(1)} {m.group(2)}")
+        if "status" not in have:
+            # sruns-monitor set gcp_tarfile once a tarball was uploaded: those runs are done.
+            self._db.execute(
+                "UPDATE tasks SET status = 'complete', location = gcp_tarfile WHERE gcp_tarfile IS NOT NULL"
+            )
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -160,6 +200,17 @@ class Journal:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def ensure(self, name: str, **fields: Any) -> None:
+        """Create the task row as `new` if it does not exist, then set ``fields``."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tasks (name, status, created_at) VALUES (?, 'new', ?)"
+                " ON CONFLICT(name) DO NOTHING",
+                (name, time.time()),
+            )
+        if fields:
+            self.update(name, **fields)
 
     def get(self, name: str) -> Task | None:
         try:
@@ -314,7 +365,9 @@ _COLUMNS = {
     "pid", "tarfile", "gcp_tarfile", "status", "rundir", "destination", "location",
     "sink_state", "params", "manifest_id", "durable_offset", "raw_bytes", "archive_bytes",
     "file_count", "crc32c", "compression", "attempts", "last_error", "session_started_at",
-    "updated_at", "finished_at",
+    "updated_at", "finished_at", "rundir_found", "run_id", "instrument", "instrument_status",
+    "pid_start", "failures", "next_attempt_at", "gave_up_at", "moved_to", "moved_at", "swept_at",
+    "published",
 }
 
 

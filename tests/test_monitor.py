@@ -1,0 +1,133 @@
+"""The daemon end to end in real processes: detection, archiving, moves, retries, limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, gnu_untar, run_cli, tree
+
+
+def _config(tmp_path: Path, **extra) -> Path:
+    conf = {
+        "# an sruns-monitor style config": "comments are keys starting with #",
+        "watchdir": str(tmp_path / "watch"),
+        "completed_runs_dir": str(tmp_path / "completed"),
+        "sqlite_db": str(tmp_path / "sruns.db"),
+        "local_dest": str(tmp_path / "archives"),
+        "cycle_pause_sec": 1,
+        "sentinal_file_age_minutes": 0,
+        "threads": 2,
+    }
+    conf.update(extra)
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    return path
+
+
+def _rows(tmp_path: Path) -> dict[str, dict]:
+    db = sqlite3.connect(tmp_path / "sruns.db")
+    db.row_factory = sqlite3.Row
+    return {r["name"]: dict(r) for r in db.execute("SELECT * FROM tasks")}
+
+
+@pytest.fixture
+def watch(make_run, tmp_path: Path) -> dict[str, Path]:
+    import make_fake_run
+
+    w = tmp_path / "watch"
+    w.mkdir()
+    runs = {
+        "miseq": w / "240101_M00001_0001_000000000-AAAAA",
+        "novaseq": w / "240101_A00001_0001_BHAAAAAAXX",
+        "incomplete": w / "240101_M00001_0002_000000000-BBBBB",
+        "errored": w / "240101_A00001_0002_AHBBBBBBXX",
+    }
+    make_fake_run.make_run(runs["miseq"], "miseq", 3 << 20, seed=1)
+    make_fake_run.make_run(runs["novaseq"], "novaseq", 3 << 20, seed=2)
+    make_fake_run.make_run(runs["incomplete"], "miseq", 1 << 20, seed=3, markers=False)
+    make_fake_run.make_run(runs["errored"], "novaseq", 2 << 20, seed=4, errored=True)
+    return runs
+
+
+@pytest.mark.timeout(180)
+def test_once_archives_complete_runs_moves_them_and_leaves_the_rest(watch, tmp_path: Path) -> None:
+    copies = {k: tree(p) for k, p in watch.items()}
+    proc = run_cli("monitor", "--config", str(_config(tmp_path)), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(tmp_path)
+    for kind in ("miseq", "novaseq", "errored"):
+        name = watch[kind].name
+        row = rows[name]
+        assert row["status"] == "complete", (kind, row)
+        archive = tmp_path / "archives" / name / f"{name}.tar.gz"
+        assert row["location"] == str(archive)
+        assert not watch[kind].exists() and row["moved_to"] == str(tmp_path / "completed" / name)
+        gnu_untar(archive, tmp_path / "out" / kind)
+        assert tree(tmp_path / "out" / kind / name) == copies[kind]
+    assert rows[watch["errored"].name]["instrument_status"] == "RunErrored"
+    assert rows[watch["novaseq"].name]["instrument_status"] == "RunCompleted"
+    assert watch["incomplete"].name not in rows and tree(watch["incomplete"]) == copies["incomplete"]
+
+
+@pytest.mark.timeout(180)
+def test_failures_back_off_then_give_up(tmp_path: Path, make_run) -> None:
+    import make_fake_run
+
+    (tmp_path / "watch").mkdir()
+    run = tmp_path / "watch" / "240101_M00001_0009_000000000-FAILS"
+    make_fake_run.make_run(run, "miseq", 1 << 20, seed=9)
+    # The destination is a regular file: every attempt fails with a clear error.
+    (tmp_path / "archives").write_text("not a directory")
+    conf = _config(tmp_path, max_attempts=2)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = _rows(tmp_path)[run.name]
+    assert row["status"] == "not_running" and row["failures"] == 1
+    assert "cannot write" in row["last_error"]
+    assert row["next_attempt_at"] > time.time() + 30  # backed off, not retried every cycle
+    again = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert again.returncode == 0
+    assert _rows(tmp_path)[run.name]["failures"] == 1  # still backing off
+    db = sqlite3.connect(tmp_path / "sruns.db")
+    db.execute("UPDATE tasks SET next_attempt_at = 0")
+    db.commit()
+    run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    row = _rows(tmp_path)[run.name]
+    assert row["failures"] == 2 and row["gave_up_at"] is not None
+    assert run.exists()  # never moved: it was never archived
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_stops_children_at_a_checkpoint_and_the_next_start_resumes(make_run, tmp_path: Path) -> None:
+    import make_fake_run
+
+    (tmp_path / "watch").mkdir()
+    run = tmp_path / "watch" / "240101_M00001_0010_000000000-LARGE"
+    make_fake_run.make_run(run, "miseq", 60 << 20, seed=10)
+    conf = _config(tmp_path, threads=1, block_size=65536, sync_interval=1 << 20)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf)],
+                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    part = tmp_path / "archives" / run.name / f"{run.name}.tar.gz.part"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 4 << 20):
+        time.sleep(0.01)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    row = _rows(tmp_path)[run.name]
+    assert row["status"] == "not_running" and row["durable_offset"] > 0
+    assert row["failures"] == 0  # an interruption is not a failure
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = _rows(tmp_path)[run.name]
+    assert row["status"] == "complete"
+    log = (tmp_path / "sruns.db.logs" / f"{run.name}.log").read_text()
+    assert '"resumed_from_archive": 0' not in log.splitlines()[-1]
