@@ -127,8 +127,8 @@ def _monitor(args: argparse.Namespace) -> int:
     )
     config = load_config(args.config)
     journal = Journal(config.sqlite_db)
-    mirror, notifier, events = daemon_parts(config, journal)
-    monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier, events=events)
+    mirror, notifier = daemon_parts(config, journal)
+    monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier)  # type: ignore[arg-type]
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -110,6 +110,7 @@ class Config:
     max_concurrent_runs: int = 1
     max_attempts: int = 5
     mail: MailConfig | None = None
+    name: str | None = None  # sruns-monitor's monitor name: the mail subject prefix, log tag
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
 
     @property
@@ -139,15 +140,31 @@ def _positive_int(key: str, value: Any, allow_zero: bool = False) -> int:
 
 def _mail(value: Any) -> MailConfig:
     _expect("mail", value, dict, "an object")
-    known = {"host", "from", "to", "port", "tls", "user", "password_env"}
+    # sruns-monitor's schema: {"from", "host", "tos"} with "tos" a list; "to" is our spelling.
+    known = {"host", "from", "to", "tos", "port", "tls", "user", "password_env"}
     unknown = sorted(k for k in value if k not in known and not k.startswith("#"))
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in 'mail' (known: {', '.join(sorted(known))})")
-    for key in ("host", "from", "to"):
+    if "to" in value and "tos" in value:
+        raise ConfigError("config key 'mail' has both 'to' and 'tos': keep one")
+    to_key = "tos" if "tos" in value else "to"
+    for key in ("host", "from", to_key):
         if key not in value:
             raise ConfigError(f"config key 'mail' needs {key!r}")
-    to = value["to"]
-    to_addrs = (to,) if isinstance(to, str) else tuple(_expect("mail.to", to, list, "a list of addresses"))
+    to = value[to_key]
+    to_addrs = (to,) if isinstance(to, str) else tuple(
+        _expect(f"mail.{to_key}", a, str, "a list of addresses")
+        for a in _expect(f"mail.{to_key}", to, list, "a list of addresses")
+    )
+    if not to_addrs:
+        raise ConfigError(f"config key 'mail.{to_key}' must name at least one address")
+    user = None if value.get("user") is None else _expect("mail.user", value["user"], str, "a user name")
+    password_env = (
+        None if value.get("password_env") is None
+        else _expect("mail.password_env", value["password_env"], str, "an environment variable name")
+    )
+    if user and not password_env:
+        raise ConfigError("config key 'mail.user' needs 'mail.password_env' (the variable holding the password)")
     tls = value.get("tls", "none")
     if tls not in ("none", "starttls", "ssl"):
         raise ConfigError(f"config key 'mail.tls' must be none, starttls or ssl, not {tls!r}")
@@ -157,8 +174,8 @@ def _mail(value: Any) -> MailConfig:
         to_addrs=to_addrs,
         port=_positive_int("mail.port", value.get("port", 465 if tls == "ssl" else 25)),
         tls=tls,
-        user=value.get("user"),
-        password_env=value.get("password_env"),
+        user=user,
+        password_env=password_env,
     )
 
 
@@ -185,7 +202,7 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
             )
         elif key in ("completed_runs_dir", "sqlite_db", "local_dest"):
             kw[key] = path(key)
-        elif key in ("firestore_collection", "gcp_bucket_name", "gcp_bucket_basedir"):
+        elif key in ("firestore_collection", "gcp_bucket_name", "gcp_bucket_basedir", "name"):
             kw[key] = _expect(key, value, str, "a string") if value is not None else None
         elif key in ("cycle_pause_sec", "max_concurrent_runs", "max_attempts"):
             kw[key] = _positive_int(key, value)

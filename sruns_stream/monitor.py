@@ -32,9 +32,10 @@ from typing import Any, Protocol
 from .config import Config
 from .errors import ConfigError
 from .journal import Journal, Task
+from .notify import MailEvent, Notifier, NullNotifier
 from .runfolder import CompletionRules, run_state
 
-__all__ = ["Mirror", "Monitor", "Notifier", "process_start_time"]
+__all__ = ["Mirror", "Monitor", "process_start_time"]
 
 log = logging.getLogger("sruns_stream.monitor")
 
@@ -52,22 +53,13 @@ class Mirror(Protocol):
     def flush(self, deadline_s: float = 5.0) -> None: ...
 
 
-class Notifier(Protocol):
-    """Where operator mail goes; never raises."""
-
-    def send(self, event: Any) -> None: ...
-
-
-class _Quiet:
-    """The no-op mirror and notifier (no Firestore, no mail configured)."""
+class _NoMirror:
+    """No Firestore configured."""
 
     def publish(self, name: str, **fields: Any) -> None:
         pass
 
     def flush(self, deadline_s: float = 5.0) -> None:
-        pass
-
-    def send(self, event: Any) -> None:
         pass
 
 
@@ -103,7 +95,6 @@ class Monitor:
         *,
         mirror: Mirror | None = None,
         notifier: Notifier | None = None,
-        events: Any = None,
         clock: Callable[[], float] = time.time,
         python: str = sys.executable,
         host: str | None = None,
@@ -115,9 +106,8 @@ class Monitor:
         self.config = config
         self.config_path = config_path.absolute()
         self.journal = journal
-        self.mirror: Mirror = mirror or _Quiet()
-        self.notifier: Notifier = notifier or _Quiet()
-        self.events = events  # sruns_stream.notify's event constructors (module), or None
+        self.mirror: Mirror = mirror or _NoMirror()
+        self.notifier: Notifier = notifier or NullNotifier()
         self.clock = clock
         self.python = python
         self.host = host or socket.gethostname()
@@ -145,6 +135,7 @@ class Monitor:
                 break
             while self.children and not stop.is_set():
                 stop.wait(0.2)
+                self.enforce_limits()
                 self.reap()
         self.shutdown("stop requested" if stop.is_set() else "--once finished")
         return 0
@@ -180,7 +171,7 @@ class Monitor:
                 self._signal(child, signal.SIGKILL)
                 child.proc.wait()
         self.reap()
-        self._mail("daemon_stopping", host=self.host, reason=why, interrupted=names)
+        self.notifier.send(MailEvent.stopping(sig=why, interrupted=names))
         self.publish()
         self.mirror.flush(deadline_s=10.0)
 
@@ -195,16 +186,27 @@ class Monitor:
             task = self.journal.get(name)
             if code == 0 and task is not None and task.status == "complete":
                 self.journal.update(name, failures=0, next_attempt_at=None, pid_start=None)
-                self._mail("archived", task=task, host=self.host)
+                self.notifier.send(
+                    MailEvent.archived(
+                        name,
+                        raw_bytes=task.raw_bytes or 0,
+                        archive_bytes=task.archive_bytes or 0,
+                        seconds=(task.finished_at or 0) - (task.session_started_at or task.finished_at or 0),
+                        location=task.gcp_tarfile or task.location or "",
+                        crc32c=task.crc32c,
+                        files=task.file_count,
+                        instrument_status=task.instrument_status,
+                    )
+                )
                 continue
             if code == EXIT_INTERRUPTED and not child.killed:
                 continue  # stopped on purpose (daemon shutdown): resumes next start
             error = (task.last_error if task else None) or _last_line(child.log_path) or f"exit code {code}"
             if child.killed:
                 error = f"killed after exceeding task_runtime_limit_sec ({self.config.task_runtime_limit_sec} s)"
-            self._failed(name, error, killed=child.killed)
+            self._failed(name, error, child if child.killed else None)
 
-    def _failed(self, name: str, error: str, killed: bool = False) -> None:
+    def _failed(self, name: str, error: str, killed: _Child | None = None) -> None:
         task = self.journal.get(name)
         failures = (task.failures if task else 0) + 1
         now = self.clock()
@@ -217,13 +219,29 @@ class Monitor:
             fields["next_attempt_at"] = now + delay
             log.warning("%s: attempt %d failed (%s); retrying in %.0f s", name, failures, error, delay)
         self.journal.update(name, **fields)
-        if killed:
-            self._mail("killed", run=name, host=self.host, error=error)
-        elif failures >= self.config.max_attempts:
-            self._mail("gave_up", run=name, host=self.host, error=error, attempts=failures)
-        elif failures == 1:
-            self._mail("failed", run=name, host=self.host, error=error, attempt=failures,
-                       max_attempts=self.config.max_attempts)
+        # Mail once per kill, on the first failure and on giving up: never every cycle.
+        if killed is not None:
+            self.notifier.send(
+                MailEvent.killed(
+                    name,
+                    pid=killed.proc.pid,
+                    runtime_sec=now - killed.started,
+                    limit_sec=float(self.config.task_runtime_limit_sec or 0),
+                )
+            )
+        if failures >= self.config.max_attempts:
+            self.notifier.send(MailEvent.gave_up(name, error=error, attempts=failures))
+        elif failures == 1 and killed is None:
+            self.notifier.send(
+                MailEvent.failed(
+                    name,
+                    error=error,
+                    attempt=failures,
+                    max_attempts=self.config.max_attempts,
+                    will_retry=True,
+                    retry_in_sec=fields["next_attempt_at"] - now,
+                )
+            )
 
     def enforce_limits(self) -> None:
         limit = self.config.task_runtime_limit_sec
@@ -297,7 +315,15 @@ class Monitor:
         self.children[name] = _Child(name, rundir, proc, ticks, self.clock(), log_path)
         self.journal.update(name, pid_start=ticks, next_attempt_at=None)
         log.info("%s: archiving (pid %d)", name, proc.pid)
-        self._mail("started", run=name, host=self.host, destination=self.config.destination)
+        task = self.journal.get(name)
+        self.notifier.send(
+            MailEvent.started(
+                name,
+                host=self.host,
+                destination=self.config.destination or "",
+                resumed=bool(task and task.durable_offset),
+            )
+        )
 
     def move_completed(self) -> None:
         target = self.config.completed_runs_dir
@@ -346,16 +372,6 @@ class Monitor:
                 continue
             self.mirror.publish(task.name, **_record_fields(task, self.host))
             self.journal.update(task.name, published=key)
-
-    def _mail(self, kind: str, **facts: Any) -> None:
-        if self.events is None:
-            return
-        try:
-            event = getattr(self.events, kind)(**facts)
-        except (TypeError, AttributeError):
-            log.exception("cannot build the %s mail", kind)
-            return
-        self.notifier.send(event)
 
 
 def _record_fields(task: Task, host: str) -> dict[str, Any]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .config import Config
 from .journal import Journal
+from .notify import DEFAULT_SUBJECT_PREFIX, Notifier, make_notifier
 
 __all__ = ["daemon_parts"]
 
 
-def daemon_parts(config: Config, journal: Journal) -> tuple[Any, Any, Any]:
-    """(mirror, notifier, event constructors) for the monitor; None where not configured."""
-    return None, None, None
+def daemon_parts(config: Config, journal: Journal) -> tuple[object | None, Notifier]:
+    """(Firestore mirror or None, notifier) for the monitor."""
+    notifier = make_notifier(config.mail, subject_prefix=config.name or DEFAULT_SUBJECT_PREFIX)
+    return None, notifier

@@ -131,3 +131,59 @@ def test_sigterm_stops_children_at_a_checkpoint_and_the_next_start_resumes(make_
     assert row["status"] == "complete"
     log = (tmp_path / "sruns.db.logs" / f"{run.name}.log").read_text()
     assert '"resumed_from_archive": 0' not in log.splitlines()[-1]
+
+
+class _Inbox:
+    """A real SMTP server's handler (aiosmtpd) that keeps every message."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        import email
+
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp():
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+@pytest.mark.timeout(180)
+def test_runtime_limit_kills_once_and_mails_once(smtp, tmp_path: Path) -> None:
+    import make_fake_run
+
+    inbox, port = smtp
+    (tmp_path / "watch").mkdir()
+    run = tmp_path / "watch" / "240101_M00001_0011_000000000-SLOWW"
+    make_fake_run.make_run(run, "miseq", 150 << 20, seed=11)
+    conf = _config(
+        tmp_path, threads=1, compression="level", level=3, task_runtime_limit_sec=1,
+        mail={"host": "127.0.0.1", "port": port, "from": "sruns@test.example", "tos": ["ops@test.example"]},
+    )
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = _rows(tmp_path)[run.name]
+    assert row["status"] == "not_running" and "task_runtime_limit_sec" in row["last_error"]
+    assert row["failures"] == 1 and run.exists()
+    # A second pass inside the backoff neither restarts nor mails again.
+    run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    subjects = [m["Subject"] for m in inbox.messages]
+    assert sum("killed" in s for s in subjects) == 1, subjects
+    assert sum("started" in s for s in subjects) == 1, subjects
+    killed = next(m for m in inbox.messages if "killed" in m["Subject"])
+    assert killed["From"] == "sruns@test.example" and killed["To"] == "ops@test.example"
+    assert killed["Date"] and killed["Message-ID"] and run.name in killed["Subject"]
