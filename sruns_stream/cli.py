@@ -128,7 +128,7 @@ def _monitor(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     journal = Journal(config.sqlite_db)
     mirror, notifier = daemon_parts(config, journal)
-    monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier)  # type: ignore[arg-type]
+    monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

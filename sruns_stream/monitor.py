@@ -27,15 +27,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .config import Config
 from .errors import ConfigError
-from .journal import Journal, Task
+from .firestore import NoMirror, StatusMirror, fields_from_task
+from .journal import Journal
 from .notify import MailEvent, Notifier, NullNotifier
 from .runfolder import CompletionRules, run_state
 
-__all__ = ["Mirror", "Monitor", "process_start_time"]
+__all__ = ["Monitor", "process_start_time"]
 
 log = logging.getLogger("sruns_stream.monitor")
 
@@ -43,24 +44,6 @@ EXIT_INTERRUPTED = 130
 _BACKOFF_BASE_S = 60.0
 _BACKOFF_MAX_S = 6 * 3600.0
 _KILL_GRACE_S = 30.0
-
-
-class Mirror(Protocol):
-    """Where status changes go (Firestore through the outbox); never raises."""
-
-    def publish(self, name: str, **fields: Any) -> None: ...
-
-    def flush(self, deadline_s: float = 5.0) -> None: ...
-
-
-class _NoMirror:
-    """No Firestore configured."""
-
-    def publish(self, name: str, **fields: Any) -> None:
-        pass
-
-    def flush(self, deadline_s: float = 5.0) -> None:
-        pass
 
 
 def process_start_time(pid: int) -> int | None:
@@ -93,7 +76,7 @@ class Monitor:
         config_path: Path,
         journal: Journal,
         *,
-        mirror: Mirror | None = None,
+        mirror: StatusMirror | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
         python: str = sys.executable,
@@ -106,7 +89,7 @@ class Monitor:
         self.config = config
         self.config_path = config_path.absolute()
         self.journal = journal
-        self.mirror: Mirror = mirror or _NoMirror()
+        self.mirror: StatusMirror = mirror or NoMirror()
         self.notifier: Notifier = notifier or NullNotifier()
         self.clock = clock
         self.python = python
@@ -147,7 +130,8 @@ class Monitor:
                 step()
             except Exception:  # noqa: BLE001 - the daemon must outlive any one step's bug
                 log.exception("monitor step %s failed", step.__name__)
-        self.mirror.flush(deadline_s=5.0)
+        # Firestore gets at most half a cycle: a slow one must not stall archiving.
+        self.mirror.flush(deadline_s=min(10.0, max(1.0, self.config.cycle_pause_sec / 2)))
 
     def recover(self) -> None:
         """At start: rows left "in progress" by a crash become not_running (resumable)."""
@@ -174,6 +158,7 @@ class Monitor:
         self.notifier.send(MailEvent.stopping(sig=why, interrupted=names))
         self.publish()
         self.mirror.flush(deadline_s=10.0)
+        self.mirror.close()
 
     # -- steps ----------------------------------------------------------------------
 
@@ -370,26 +355,11 @@ class Monitor:
             key = f"{task.status}|{task.location}|{task.durable_offset}|{task.moved_to}|{task.last_error}"
             if key == task.published:
                 continue
-            self.mirror.publish(task.name, **_record_fields(task, self.host))
+            fields = fields_from_task(task, host=self.host, instrument_status=task.instrument_status)
+            if task.status == "tarring":
+                fields["archive_bytes"] = task.durable_offset  # progress while streaming
+            self.mirror.publish(task.name, **fields)
             self.journal.update(task.name, published=key)
-
-
-def _record_fields(task: Task, host: str) -> dict[str, Any]:
-    storage = task.gcp_tarfile or task.location
-    return {
-        "workflow_status": task.status,
-        "storage": storage,
-        "raw_bytes": task.raw_bytes,
-        "archive_bytes": task.archive_bytes or task.durable_offset,
-        "crc32c": task.crc32c,
-        "file_count": task.file_count,
-        "host": host,
-        "attempts": task.attempts,
-        "last_error": task.last_error,
-        "instrument_status": task.instrument_status,
-        "run_id": task.run_id,
-        "moved_to": task.moved_to,
-    }
 
 
 def _last_line(path: Path) -> str | None:

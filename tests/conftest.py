@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-pytest_plugins = ["conftest_gcs"]
+pytest_plugins = ["conftest_gcs", "conftest_firestore"]
 
 
 @pytest.fixture

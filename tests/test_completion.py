@@ -42,6 +42,8 @@ def _copy(folder: str, tmp_path: Path) -> Path:
     run = tmp_path / folder
     shutil.copytree(XML / folder, run)
     (run / "RTAComplete.txt").unlink(missing_ok=True)  # start from an unfinished run
+    for f in run.iterdir():  # written just now, as in a run being sequenced
+        os.utime(f)
     return run
 
 

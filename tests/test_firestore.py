@@ -1,0 +1,378 @@
+"""Firestore mirror, reader and leases, against the real Cloud Firestore emulator.
+
+The emulator comes from conftest_firestore.py (started once, reset per test). Faults are
+real too: the emulator process is killed (Firestore down), then started again on the
+same port (back), or SIGSTOPped (hung: connections open, nothing answers). The only
+stand-in is a plain listening socket in the no-collection test, used as a tripwire to
+prove nothing connects at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast, get_args
+
+import pytest
+from conftest_firestore import FirestoreEmulator
+from google.cloud import firestore as gfs
+
+from sruns_stream.config import Config
+from sruns_stream.errors import ConfigError, SrunsError
+from sruns_stream.firestore import (
+    BATCH_SIZE,
+    FirestoreMirror,
+    Leases,
+    NoMirror,
+    RunFields,
+    RunRecord,
+    WorkflowStatus,
+    fields_from_task,
+    lookup,
+    open_mirror,
+)
+from sruns_stream.journal import STATUSES, Journal
+
+COLL = "sruns"
+RUN = "240101_M00001_0001_000000000-ABCDE"
+T0 = dt.datetime(2024, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+FULL: RunFields = {
+    "storage": f"bucket/runs/{RUN}/{RUN}.tar.gz",
+    "workflow_status": "uploading_complete",
+    "raw_bytes": 123_456_789_012,
+    "archive_bytes": 45_678_901_234,
+    "crc32c": "0a1b2c3d",
+    "file_count": 4321,
+    "host": "archiver-1",
+    "created_at": T0,
+    "updated_at": T0 + dt.timedelta(hours=2),
+    "started_at": (T0 + dt.timedelta(minutes=1)).timestamp(),  # epoch seconds, as the journal holds them
+    "finished_at": T0 + dt.timedelta(hours=2),
+    "throughput_mb_s": 512.5,
+    "attempts": 2,
+    "last_error": None,
+    "instrument_status": "RunErrored",
+}
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Any:
+    j = Journal(tmp_path / "sruns.db")
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def mirror(journal: Journal, firestore: FirestoreEmulator) -> Any:
+    # Generous: the emulator's first commit after a (re)start takes seconds (JVM warm-up).
+    m = FirestoreMirror(journal, COLL, call_timeout_s=10.0)
+    yield m
+    m.close()
+
+
+def test_record_fields_match_the_update_fields_and_statuses() -> None:
+    assert {f.name for f in dataclasses.fields(RunRecord)} - {"name"} == set(RunFields.__annotations__)
+    assert get_args(WorkflowStatus) == STATUSES
+
+
+@pytest.mark.timeout(60)
+def test_publish_then_flush_writes_every_field_under_sruns_monitor_names(
+    mirror: FirestoreMirror, journal: Journal, firestore: FirestoreEmulator
+) -> None:
+    mirror.publish(RUN, **FULL)
+    assert firestore.document(COLL, RUN) is None  # publish alone never reaches Firestore
+    result = mirror.flush(deadline_s=20)
+    assert (result.delivered, result.drained, result.error) == (1, True, None)
+    assert journal.outbox() == []
+
+    doc = firestore.document(COLL, RUN)
+    assert doc == {
+        "name": RUN,
+        "storage": f"bucket/runs/{RUN}/{RUN}.tar.gz",
+        "workflow_status": "uploading_complete",
+        "raw_bytes": 123_456_789_012,
+        "archive_bytes": 45_678_901_234,
+        "crc32c": "0a1b2c3d",
+        "file_count": 4321,
+        "host": "archiver-1",
+        # Firestore timestamps (the REST reader turns timestampValue into datetimes).
+        "created_at": T0,
+        "updated_at": T0 + dt.timedelta(hours=2),
+        "started_at": T0 + dt.timedelta(minutes=1),
+        "finished_at": T0 + dt.timedelta(hours=2),
+        "throughput_mb_s": 512.5,
+        "attempts": 2,
+        "last_error": None,
+        "instrument_status": "RunErrored",
+    }
+
+    rec = lookup(RUN, COLL)
+    assert rec is not None
+    assert rec.archived and rec.archive_uri == f"gs://bucket/runs/{RUN}/{RUN}.tar.gz"
+    assert rec.started_at == T0 + dt.timedelta(minutes=1)
+    assert rec == RunRecord(name=RUN, **{k: doc[k] for k in doc if k != "name"})
+    assert lookup("no-such-run", COLL) is None
+
+
+@pytest.mark.timeout(60)
+def test_updates_arrive_in_order_across_batches_and_runs(
+    mirror: FirestoreMirror, journal: Journal, firestore: FirestoreEmulator
+) -> None:
+    other = "240102_M00001_0002_000000000-FGHIJ"
+    mirror.publish(RUN, workflow_status="new", host="archiver-1", last_error="disk hiccup")
+    # More updates than one commit takes, interleaving two runs.
+    for i in range(BATCH_SIZE + 30):
+        mirror.publish(RUN, workflow_status=cast(WorkflowStatus, STATUSES[1 + i % 5]), attempts=i)
+        mirror.publish(other, workflow_status="tarring", attempts=i)
+    mirror.publish(RUN, workflow_status="complete", last_error=None, storage="bucket/x.tar.gz")
+
+    result = mirror.flush(deadline_s=30)
+    assert result.drained and result.error is None
+    assert result.delivered == 2 * (BATCH_SIZE + 30) + 2
+    doc = firestore.document(COLL, RUN)
+    assert doc is not None
+    assert doc["workflow_status"] == "complete"  # the last one wins, not any earlier
+    assert doc["attempts"] == BATCH_SIZE + 29
+    assert doc["host"] == "archiver-1"  # set once, kept by later partial updates
+    assert doc["last_error"] is None  # an explicit None clears a field
+    other_doc = firestore.document(COLL, other)
+    assert other_doc is not None and other_doc["attempts"] == BATCH_SIZE + 29
+
+
+@pytest.mark.timeout(60)
+def test_merge_keeps_fields_written_by_downstream_tools(
+    mirror: FirestoreMirror, firestore: FirestoreEmulator
+) -> None:
+    # sruns-monitor's downstream pipelines add their own fields to the run's document.
+    client = gfs.Client(project=firestore.project)
+    client.collection(COLL).document(RUN).set({"name": RUN, "samplesheet_pubsub_data": "{}"})
+    client.close()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
+    mirror.publish(RUN, workflow_status="complete")
+    assert mirror.flush(deadline_s=20).drained
+    doc = firestore.document(COLL, RUN)
+    assert doc is not None
+    assert doc["samplesheet_pubsub_data"] == "{}" and doc["workflow_status"] == "complete"
+
+
+@pytest.mark.timeout(60)
+def test_firestore_down_then_back_the_document_catches_up(
+    mirror: FirestoreMirror, journal: Journal, firestore: FirestoreEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror.publish(RUN, workflow_status="starting")
+    assert mirror.flush(deadline_s=20).drained
+
+    firestore.stop(crash=True)  # kill -9: connections refused from now on
+    for status in ("tarring", "tarring_complete", "uploading", "uploading_complete"):
+        mirror.publish(RUN, workflow_status=status)  # returns: only the journal is written
+    mirror.publish(RUN, workflow_status="complete", archive_bytes=42)
+    caplog.set_level(logging.DEBUG, logger="sruns_stream.firestore")
+    t = time.monotonic()
+    first = mirror.flush(deadline_s=3)
+    second = mirror.flush(deadline_s=3)
+    assert time.monotonic() - t < 6 + 1
+    for result in (first, second):
+        assert result.delivered == 0 and not result.drained
+        assert result.error is not None and "ServiceUnavailable" in result.error
+    queued = journal.outbox()
+    assert [item.payload["workflow_status"] for item in queued] == [
+        "tarring", "tarring_complete", "uploading", "uploading_complete", "complete"
+    ]
+    assert queued[0].attempts == 2  # the head records each failed delivery
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "stay queued" in warnings[0].getMessage()  # logged once per outage
+
+    firestore.start()  # back, on the same port
+    result = mirror.flush(deadline_s=20)
+    assert (result.delivered, result.drained, result.error) == (5, True, None)
+    assert journal.outbox() == []
+    doc = firestore.document(COLL, RUN)
+    assert doc is not None and doc["workflow_status"] == "complete" and doc["archive_bytes"] == 42
+    assert any("reachable again" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+
+
+@pytest.mark.timeout(60)
+def test_hung_firestore_cannot_hold_a_flush_past_its_deadline(
+    journal: Journal, firestore: FirestoreEmulator
+) -> None:
+    mirror = FirestoreMirror(journal, COLL, call_timeout_s=1.0)
+    try:
+        mirror.publish(RUN, workflow_status="starting")
+        assert mirror.flush(deadline_s=20).drained  # connected and warm
+        firestore.pause()  # SIGSTOP: the socket accepts, nothing answers
+        mirror.publish(RUN, workflow_status="tarring")
+        t = time.monotonic()
+        result = mirror.flush(deadline_s=2)
+        assert time.monotonic() - t < 2 + 1
+        assert result.delivered == 0 and result.error is not None and "DeadlineExceeded" in result.error
+        assert len(journal.outbox()) == 1
+
+        firestore.resume()
+        assert mirror.flush(deadline_s=20).drained
+        doc = firestore.document(COLL, RUN)
+        assert doc is not None and doc["workflow_status"] == "tarring"
+    finally:
+        mirror.close()
+
+
+@pytest.mark.timeout(30)
+def test_without_a_collection_nothing_is_queued_or_sent(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tripwire: a listening socket that would see any connection attempt.
+    with socket.socket() as tripwire:
+        tripwire.bind(("127.0.0.1", 0))
+        tripwire.listen()
+        tripwire.setblocking(False)
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{tripwire.getsockname()[1]}")
+        mirror = open_mirror(Config(), journal)
+        assert isinstance(mirror, NoMirror)
+        mirror.publish(RUN, workflow_status="complete")
+        assert mirror.flush(deadline_s=1).drained
+        mirror.close()
+        with pytest.raises(BlockingIOError):
+            tripwire.accept()
+    assert journal.outbox() == []
+    assert isinstance(open_mirror(Config(firestore_collection=COLL), journal), FirestoreMirror)
+    with pytest.raises(ConfigError, match="'firestore_collection' must be a collection name"):
+        open_mirror(Config(firestore_collection="a/b"), journal)
+
+
+def test_publish_refuses_what_it_could_never_deliver(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    mirror = FirestoreMirror(journal, COLL)  # no network: publish only writes the journal
+    with pytest.raises(TypeError, match="unknown run field 'status'"):
+        mirror.publish(RUN, status="complete")  # type: ignore[call-arg]  # the mistake under test
+    with pytest.raises(ValueError, match="workflow_status must be one of"):
+        mirror.publish(RUN, workflow_status="done")  # type: ignore[arg-type]  # the mistake under test
+    with pytest.raises(TypeError, match="raw_bytes must be an integer"):
+        mirror.publish(RUN, raw_bytes="12")  # type: ignore[arg-type]  # the mistake under test
+    mirror.publish("a/b", workflow_status="new")
+    assert "cannot be mirrored" in caplog.text
+    assert journal.outbox() == []
+    mirror.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_journal_task_republished_brings_the_document_up_to_date(
+    mirror: FirestoreMirror, journal: Journal, firestore: FirestoreEmulator
+) -> None:
+    journal.ensure(
+        RUN, status="complete", gcp_tarfile=f"b/{RUN}/{RUN}.tar.gz", location=f"b/{RUN}/{RUN}.tar.gz",
+        raw_bytes=1000, archive_bytes=600, file_count=7, crc32c="deadbeef", attempts=1,
+        session_started_at=T0.timestamp(), finished_at=T0.timestamp() + 60,
+    )
+    task = journal.get(RUN)
+    assert task is not None
+    mirror.publish(RUN, **fields_from_task(task, host="archiver-1", instrument_status="RunCompleted"))
+    assert mirror.flush(deadline_s=20).drained
+    rec = lookup(RUN, COLL)
+    assert rec is not None and rec.archived
+    assert (rec.storage, rec.raw_bytes, rec.archive_bytes, rec.file_count, rec.crc32c) == (
+        f"b/{RUN}/{RUN}.tar.gz", 1000, 600, 7, "deadbeef"
+    )
+    assert rec.started_at == T0 and rec.finished_at == T0 + dt.timedelta(seconds=60)
+    assert rec.instrument_status == "RunCompleted" and rec.host == "archiver-1"
+
+
+@pytest.mark.timeout(30)
+def test_lookup_raises_a_clear_error_when_firestore_is_down(
+    firestore: FirestoreEmulator,
+) -> None:
+    firestore.stop(crash=True)
+    with pytest.raises(SrunsError, match=f"cannot read run {RUN} from Firestore collection 'sruns'"):
+        lookup(RUN, COLL, timeout_s=2)
+
+
+# --- leases ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_two_claimers_only_one_wins(firestore: FirestoreEmulator) -> None:
+    hosts = ["host-a", "host-b"]
+    leases = [Leases(COLL, call_timeout_s=5) for _ in hosts]
+    barrier = threading.Barrier(len(hosts))
+    won: dict[str, bool] = {}
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        won[hosts[i]] = leases[i].claim(RUN, hosts[i], lease_s=60)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(hosts))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    try:
+        assert sorted(won.values()) == [False, True]
+        winner = next(h for h, ok in won.items() if ok)
+        loser = next(h for h, ok in won.items() if not ok)
+        w, lo = leases[hosts.index(winner)], leases[hosts.index(loser)]
+        doc = firestore.document(COLL, RUN)
+        assert doc is not None and doc["lease"]["host"] == winner
+
+        assert lo.claim(RUN, loser, 60) is False  # still live
+        assert lo.renew(RUN, loser, 60) is False  # not its lease
+        assert lo.release(RUN, loser) is False
+        assert w.renew(RUN, winner, 60) is True
+        assert w.claim(RUN, winner, 60) is True  # its own lease: a restarted daemon gets it back
+        assert w.release(RUN, winner) is True
+        assert "lease" not in (firestore.document(COLL, RUN) or {})
+        assert lo.claim(RUN, loser, 60) is True  # free now
+    finally:
+        for lease in leases:
+            lease.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_expired_lease_is_taken_over_and_its_owner_told(
+    mirror: FirestoreMirror, firestore: FirestoreEmulator
+) -> None:
+    # The run document exists with status fields, and a lease its owner stopped renewing.
+    mirror.publish(RUN, workflow_status="tarring", host="dead-host")
+    assert mirror.flush(deadline_s=20).drained
+    client = gfs.Client(project=firestore.project)
+    client.collection(COLL).document(RUN).update(
+        {"lease": {"host": "dead-host", "expires_at": dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)}}
+    )
+    client.close()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
+
+    leases = Leases(COLL)
+    try:
+        assert leases.claim(RUN, "live-host", lease_s=60) is True
+        doc = firestore.document(COLL, RUN)
+        assert doc is not None
+        assert doc["lease"]["host"] == "live-host" and doc["workflow_status"] == "tarring"
+        assert doc["lease"]["expires_at"] > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
+        assert leases.renew(RUN, "dead-host", 60) is False  # the old owner must stop
+
+        # Status updates after the claim do not disturb the lease.
+        mirror.publish(RUN, workflow_status="complete", host="live-host")
+        assert mirror.flush(deadline_s=20).drained
+        doc = firestore.document(COLL, RUN)
+        assert doc is not None and doc["lease"]["host"] == "live-host"
+    finally:
+        leases.close()
+
+
+@pytest.mark.timeout(60)
+def test_leases_while_firestore_is_down(firestore: FirestoreEmulator) -> None:
+    now = [0.0]
+    leases = Leases(COLL, call_timeout_s=1, clock=lambda: now[0])
+    try:
+        assert leases.claim(RUN, "host-a", lease_s=60)
+        firestore.stop(crash=True)
+        assert leases.claim("another-run", "host-a", 60) is False  # no new claims
+        now[0] = 59.0
+        assert leases.renew(RUN, "host-a", 60) is True  # still guaranteed by the last claim
+        now[0] = 61.0
+        assert leases.renew(RUN, "host-a", 60) is False  # not any more: stop working
+        assert leases.release(RUN, "host-a") is False
+    finally:
+        leases.close()
