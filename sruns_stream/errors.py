@@ -15,6 +15,7 @@
     │   ├── UploadError              a permanent upload failure (403, 404, 400, …)
     │   └── IntegrityError           the stored object does not match what was sent
     ├── JournalError                 SQLite state cannot be read or written
+    ├── FirestoreError               Firestore cannot be read (lookups; updates never raise)
     └── RunLocked                    another process is archiving the same run
 
 Library errors (OSError, sqlite3.Error, google.api_core exceptions) are converted at
@@ -32,6 +33,7 @@ __all__ = [
     "DestinationError",
     "DestinationNotWritable",
     "DiskFull",
+    "FirestoreError",
     "IntegrityError",
     "JournalError",
     "RunFolderChanged",
@@ -101,6 +103,10 @@ class IntegrityError(DestinationError):
 
 
 class JournalError(SrunsError):
+    pass
+
+
+class FirestoreError(SrunsError):
     pass
 
 

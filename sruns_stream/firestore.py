@@ -84,7 +84,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from .config import Config
-from .errors import ConfigError, JournalError, SrunsError
+from .errors import ConfigError, FirestoreError, JournalError
 from .journal import Journal, OutboxItem, Task
 
 if TYPE_CHECKING:
@@ -537,7 +537,7 @@ def lookup(
         else:
             print("not archived yet:", rec and rec.workflow_status)
 
-    Raises SrunsError (exit 1) when Firestore cannot be read.
+    Raises FirestoreError (exit 1) when Firestore cannot be read.
     """
     why = check_document_id(name)
     if why:
@@ -546,7 +546,7 @@ def lookup(
     try:
         snap = conn.get().collection(collection).document(name).get(retry=None, timeout=timeout_s)
     except _FIRESTORE_ERRORS as exc:
-        raise SrunsError(f"cannot read run {name} from Firestore collection {collection!r}: "
+        raise FirestoreError(f"cannot read run {name} from Firestore collection {collection!r}: "
                          f"{_one_line(exc)}") from exc
     finally:
         conn.close()
