@@ -187,3 +187,92 @@ def test_runtime_limit_kills_once_and_mails_once(smtp, tmp_path: Path) -> None:
     killed = next(m for m in inbox.messages if "killed" in m["Subject"])
     assert killed["From"] == "sruns@test.example" and killed["To"] == "ops@test.example"
     assert killed["Date"] and killed["Message-ID"] and run.name in killed["Subject"]
+
+
+@pytest.mark.timeout(300)
+def test_daemon_with_gcs_firestore_and_mail_end_to_end(watch, gcs, firestore, smtp, tmp_path: Path) -> None:
+    """The issue's scenario with real parts: GCS and Firestore emulators, an SMTP server."""
+    inbox, port = smtp
+    conf = _config(
+        tmp_path, local_dest=None, gcp_bucket_name=gcs.bucket, gcp_bucket_basedir="runs",
+        firestore_collection="sruns", chunk_size=256 * 1024,
+        mail={"host": "127.0.0.1", "port": port, "from": "sruns@test.example", "tos": ["ops@test.example"]},
+    )
+    conf.write_text(json.dumps({k: v for k, v in json.loads(conf.read_text()).items() if v is not None}))
+    copies = {k: tree(p) for k, p in watch.items()}
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(tmp_path)
+    for kind in ("miseq", "novaseq", "errored"):
+        name = watch[kind].name
+        blob = f"runs/{name}/{name}.tar.gz"
+        assert rows[name]["status"] == "complete" and rows[name]["gcp_tarfile"] == f"{gcs.bucket}/{blob}"
+        doc = firestore.document("sruns", name)
+        assert doc is not None and doc["workflow_status"] == "complete", doc
+        assert doc["storage"] == f"{gcs.bucket}/{blob}" and doc["name"] == name
+        archive = tmp_path / f"{kind}.tar.gz"
+        archive.write_bytes(gcs.download(blob))
+        gnu_untar(archive, tmp_path / "out" / kind)
+        assert tree(tmp_path / "out" / kind / name) == copies[kind]
+        assert not watch[kind].exists()  # moved after verification
+    assert firestore.document("sruns", watch["errored"].name)["instrument_status"] == "RunErrored"
+    assert firestore.document("sruns", watch["incomplete"].name) is None
+    assert tree(watch["incomplete"]) == copies["incomplete"]
+    archived = [m for m in inbox.messages if m["Subject"].endswith(": archived")]
+    assert len(archived) == 3 and all(m["Date"] and m["From"] == "sruns@test.example" for m in archived)
+
+    # Firestore down during a run: the archive completes; the document catches up later.
+    import make_fake_run
+
+    late = tmp_path / "watch" / "240101_M00001_0003_000000000-LATER"
+    make_fake_run.make_run(late, "miseq", 2 << 20, seed=12)
+    firestore.stop()
+    try:
+        proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert _rows(tmp_path)[late.name]["status"] == "complete"
+    finally:
+        firestore.start()
+    assert firestore.document("sruns", late.name) is None
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert firestore.document("sruns", late.name)["workflow_status"] == "complete"
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_daemon_mid_upload_then_restart_finishes_without_resending(gcs, tmp_path: Path) -> None:
+    import make_fake_run
+
+    (tmp_path / "watch").mkdir()
+    run = tmp_path / "watch" / "240101_M00001_0012_000000000-KILLD"
+    make_fake_run.make_run(run, "novaseq", 24 << 20, seed=13)
+    conf = _config(tmp_path, local_dest=None, gcp_bucket_name=gcs.bucket, chunk_size=256 * 1024, threads=1)
+    conf.write_text(json.dumps({k: v for k, v in json.loads(conf.read_text()).items() if v is not None}))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf)],
+                              cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    durable = 0
+    while time.monotonic() < deadline and durable < 4 << 20:
+        time.sleep(0.05)
+        if (tmp_path / "sruns.db").exists():
+            durable = (_rows(tmp_path).get(run.name) or {}).get("durable_offset") or 0
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    # The archive child dies with the daemon (PR_SET_PDEATHSIG) and stops at a checkpoint.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _rows(tmp_path)[run.name]["status"] != "not_running":
+        time.sleep(0.1)
+    stored = _rows(tmp_path)[run.name]["durable_offset"]
+    assert stored >= 4 << 20
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = _rows(tmp_path)[run.name]
+    assert row["status"] == "complete"
+    result = json.loads((tmp_path / "sruns.db.logs" / f"{run.name}.log").read_text().splitlines()[-1])
+    assert result["resumed_from_archive"] >= stored  # nothing stored was sent again
+    blob = f"{run.name}/{run.name}.tar.gz"
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(gcs.download(blob))
+    gnu_untar(archive, tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(tmp_path / "completed" / run.name)
