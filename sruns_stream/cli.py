@@ -221,7 +221,7 @@ def main_cli() -> None:
     _die_with_parent()
     try:
         code = main()
-    except Exception as exc:  # a bug: still one line, and the traceback for a report
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, and the traceback for a report
         import traceback
 
         traceback.print_exc()

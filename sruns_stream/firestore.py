@@ -76,7 +76,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, cast, get_args
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast, get_args
 
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
@@ -85,7 +85,7 @@ from google.cloud import firestore
 
 from .config import Config
 from .errors import ConfigError, FirestoreError, JournalError
-from .journal import Journal, OutboxItem, Task
+from .journal import Journal, OutboxItem, Task, WorkflowStatus
 
 if TYPE_CHECKING:
     # Only for annotations (they are strings at run time): no runtime dependency on
@@ -112,16 +112,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WorkflowStatus = Literal[
-    "new",
-    "starting",
-    "tarring",
-    "tarring_complete",
-    "uploading",
-    "uploading_complete",
-    "complete",
-    "not_running",
-]
 
 # A few seconds: long enough for a healthy Firestore across the world (tens of ms), short
 # enough that a hung one costs the daemon loop little.

@@ -21,17 +21,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .blockgzip import Checkpoint
 from .errors import JournalError
 from .runfolder import Entry
 from .tarstream import Cursor
 
-__all__ = ["STATUSES", "Journal", "OutboxItem", "Task"]
+__all__ = ["STATUSES", "Journal", "OutboxItem", "Task", "WorkflowStatus"]
 
 # sruns-monitor's workflow_status values, in their order.
-STATUSES = (
+WorkflowStatus = Literal[
     "new",
     "starting",
     "tarring",
@@ -40,7 +40,8 @@ STATUSES = (
     "uploading_complete",
     "complete",
     "not_running",
-)
+]
+STATUSES: tuple[str, ...] = get_args(WorkflowStatus)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (

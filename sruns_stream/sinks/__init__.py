@@ -28,7 +28,7 @@ def normalize_destination(dest: str) -> str:
         return dest.rstrip("/")
     if "://" in dest and not dest.startswith("file://"):
         raise UsageError(f"destination {dest!r}: use a directory, file://DIR, gs://BUCKET[/PREFIX] or null")
-    path = dest[len("file://") :] if dest.startswith("file://") else dest
+    path = dest.removeprefix("file://")
     return str(Path(path).expanduser().absolute())
 
 
