@@ -127,8 +127,8 @@ def _monitor(args: argparse.Namespace) -> int:
     )
     config = load_config(args.config)
     journal = Journal(config.sqlite_db)
-    mirror, notifier = daemon_parts(config, journal)
-    monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier)
+    mirror, notifier, leases = daemon_parts(config, journal)
+    monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier, leases=leases)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -109,6 +109,8 @@ class Config:
     sweep_age_sec: int | None = None
     max_concurrent_runs: int = 1
     max_attempts: int = 5
+    host_id: str | None = None  # this daemon's identity in Firestore leases (default: host name)
+    lease_sec: int = 600  # how long a claim on a run lasts without renewal
     mail: MailConfig | None = None
     name: str | None = None  # sruns-monitor's monitor name: the mail subject prefix, log tag
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
@@ -202,9 +204,9 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
             )
         elif key in ("completed_runs_dir", "sqlite_db", "local_dest"):
             kw[key] = path(key)
-        elif key in ("firestore_collection", "gcp_bucket_name", "gcp_bucket_basedir", "name"):
+        elif key in ("firestore_collection", "gcp_bucket_name", "gcp_bucket_basedir", "name", "host_id"):
             kw[key] = _expect(key, value, str, "a string") if value is not None else None
-        elif key in ("cycle_pause_sec", "max_concurrent_runs", "max_attempts"):
+        elif key in ("cycle_pause_sec", "max_concurrent_runs", "max_attempts", "lease_sec"):
             kw[key] = _positive_int(key, value)
         elif key in ("task_runtime_limit_sec", "sweep_age_sec"):
             kw[key] = None if value is None else _positive_int(key, value)

@@ -614,7 +614,7 @@ class Leases:
         not be asked (the lease then expires by itself)."""
         self._held_until.pop((name, host), None)
 
-        def decide(lease: dict[str, Any] | None, now: dt.datetime) -> tuple[bool, object]:
+        def decide(lease: dict[str, Any] | None, now: dt.datetime, data: dict[str, Any]) -> tuple[bool, object]:
             if lease is None or lease.get("host") != host:
                 return False, _NO_WRITE
             return True, firestore.DELETE_FIELD
@@ -634,7 +634,9 @@ class Leases:
             raise ValueError(f"lease_s must be positive, not {lease_s!r}")
         started = self._clock()
 
-        def decide(lease: dict[str, Any] | None, now: dt.datetime) -> tuple[bool, object]:
+        def decide(lease: dict[str, Any] | None, now: dt.datetime, data: dict[str, Any]) -> tuple[bool, object]:
+            if take_free and data.get("workflow_status") == "complete":
+                return False, _NO_WRITE  # archived already, by whichever host
             owner = lease.get("host") if lease else None
             expires = lease.get("expires_at") if lease else None
             live = isinstance(expires, dt.datetime) and expires > now
@@ -666,9 +668,11 @@ class Leases:
         return ok
 
     def _compare_and_set(
-        self, name: str, decide: Callable[[dict[str, Any] | None, dt.datetime], tuple[bool, object]]
+        self,
+        name: str,
+        decide: Callable[[dict[str, Any] | None, dt.datetime, dict[str, Any]], tuple[bool, object]],
     ) -> bool | None:
-        """Apply ``decide(lease, server_now) -> (result, new lease | _NO_WRITE)`` atomically;
+        """Apply ``decide(lease, server_now, document) -> (result, new lease | _NO_WRITE)`` atomically;
         its result, or None when other writers won every round."""
         client = self._conn.get()
         ref = client.collection(self.collection).document(name)
@@ -676,7 +680,7 @@ class Leases:
             snap = ref.get(retry=None, timeout=self._call_timeout_s)
             data = (snap.to_dict() or {}) if snap.exists else {}
             lease = data.get("lease") if isinstance(data.get("lease"), dict) else None
-            ok, value = decide(lease, snap.read_time)
+            ok, value = decide(lease, snap.read_time, data)
             if value is _NO_WRITE:
                 return ok
             try:

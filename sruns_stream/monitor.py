@@ -31,7 +31,7 @@ from typing import Any
 
 from .config import Config
 from .errors import ConfigError
-from .firestore import NoMirror, StatusMirror, fields_from_task
+from .firestore import Leases, NoMirror, StatusMirror, fields_from_task
 from .journal import Journal
 from .notify import MailEvent, Notifier, NullNotifier
 from .runfolder import CompletionRules, run_state
@@ -78,6 +78,7 @@ class Monitor:
         *,
         mirror: StatusMirror | None = None,
         notifier: Notifier | None = None,
+        leases: Leases | None = None,
         clock: Callable[[], float] = time.time,
         python: str = sys.executable,
         host: str | None = None,
@@ -93,7 +94,9 @@ class Monitor:
         self.notifier: Notifier = notifier or NullNotifier()
         self.clock = clock
         self.python = python
-        self.host = host or socket.gethostname()
+        self.host = host or config.host_id or socket.gethostname()
+        # With several daemons on one share, a run is started only under a Firestore lease.
+        self.leases = leases
         self.children: dict[str, _Child] = {}
         self.rules = CompletionRules(marker_age_s=config.sentinal_file_age_minutes * 60.0)
         self.log_dir = Path(f"{journal.path}.logs")
@@ -125,7 +128,8 @@ class Monitor:
 
     def cycle(self) -> None:
         # Each step guards itself: one run's trouble must not stop the others.
-        for step in (self.reap, self.enforce_limits, self.scan, self.move_completed, self.sweep, self.publish):
+        for step in (self.reap, self.enforce_limits, self.renew_leases, self.scan, self.move_completed,
+                     self.sweep, self.publish):
             try:
                 step()
             except Exception:  # noqa: BLE001 - the daemon must outlive any one step's bug
@@ -169,8 +173,11 @@ class Monitor:
                 continue
             del self.children[name]
             task = self.journal.get(name)
-            if code == 0 and task is not None and task.status == "complete":
+            # The journal is the authority: "complete" is written only after the archive
+            # was verified, whatever exit code a signal during exit may have caused.
+            if task is not None and task.status == "complete":
                 self.journal.update(name, failures=0, next_attempt_at=None, pid_start=None)
+                self._release_after_publishing(name)
                 self.notifier.send(
                     MailEvent.archived(
                         name,
@@ -184,8 +191,10 @@ class Monitor:
                     )
                 )
                 continue
+            if self.leases is not None:
+                self.leases.release(name, self.host)
             if code == EXIT_INTERRUPTED and not child.killed:
-                continue  # stopped on purpose (daemon shutdown): resumes next start
+                continue  # stopped on purpose (shutdown, lease lost): resumes when started again
             error = (task.last_error if task else None) or _last_line(child.log_path) or f"exit code {code}"
             if child.killed:
                 error = f"killed after exceeding task_runtime_limit_sec ({self.config.task_runtime_limit_sec} s)"
@@ -227,6 +236,25 @@ class Monitor:
                     retry_in_sec=fields["next_attempt_at"] - now,
                 )
             )
+
+    def _release_after_publishing(self, name: str) -> None:
+        """Give up the lease only once Firestore says `complete`: another daemon that
+        finds the run unleased but not yet marked complete would archive it again."""
+        if self.leases is None:
+            return
+        self.publish()
+        if self.mirror.flush(deadline_s=10.0).drained:
+            self.leases.release(name, self.host)
+        # Otherwise the lease runs out by itself, by when the outbox has usually caught up.
+
+    def renew_leases(self) -> None:
+        if self.leases is None:
+            return
+        for child in self.children.values():
+            if not self.leases.renew(child.name, self.host, self.config.lease_sec):
+                log.error("%s: lost the lease (another daemon took it, or Firestore is unreachable);"
+                          " stopping at a checkpoint", child.name)
+                self._signal(child, signal.SIGTERM)
 
     def enforce_limits(self) -> None:
         limit = self.config.task_runtime_limit_sec
@@ -276,6 +304,8 @@ class Monitor:
         state = run_state(rundir, self.rules, now)
         if not state.complete:
             return
+        if self.leases is not None and not self.leases.claim(name, self.host, self.config.lease_sec):
+            return  # another daemon has it, it is archived, or Firestore cannot say: no double work
         self.journal.ensure(
             name,
             rundir_found=str(rundir),
