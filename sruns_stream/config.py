@@ -111,6 +111,9 @@ class Config:
     max_attempts: int = 5
     host_id: str | None = None  # this daemon's identity in Firestore leases (default: host name)
     lease_sec: int = 600  # how long a claim on a run lasts without renewal
+    # Claim runs in Firestore before starting them (several daemons on one share). With
+    # Firestore down no new run starts; a single daemon can turn this off.
+    leases: bool = True
     mail: MailConfig | None = None
     name: str | None = None  # sruns-monitor's monitor name: the mail subject prefix, log tag
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
@@ -212,6 +215,8 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
             kw[key] = None if value is None else _positive_int(key, value)
         elif key == "sentinal_file_age_minutes":
             kw[key] = _positive_int(key, value, allow_zero=True)
+        elif key == "leases":
+            kw[key] = _expect(key, value, bool, "true or false")
         elif key == "mail":
             kw[key] = _mail(value) if value else None
         elif key == "compression" and isinstance(value, int) and not isinstance(value, bool):

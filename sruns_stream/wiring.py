@@ -15,5 +15,5 @@ def daemon_parts(config: Config, journal: Journal) -> tuple[StatusMirror, Notifi
     without mail) and the run leases (only with Firestore: they live there)."""
     notifier = make_notifier(config.mail, subject_prefix=config.name or DEFAULT_SUBJECT_PREFIX)
     mirror = open_mirror(config, journal)
-    leases = Leases(config.firestore_collection) if config.firestore_collection else None
+    leases = Leases(config.firestore_collection) if config.firestore_collection and config.leases else None
     return mirror, notifier, leases

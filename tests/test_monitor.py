@@ -224,16 +224,25 @@ def test_daemon_with_gcs_firestore_and_mail_end_to_end(watch, gcs, firestore, sm
     # Firestore down during a run: the archive completes; the document catches up later.
     import make_fake_run
 
-    late = tmp_path / "watch" / "240101_M00001_0003_000000000-LATER"
-    make_fake_run.make_run(late, "miseq", 2 << 20, seed=12)
-    firestore.stop()
+    late = tmp_path / "watch" / "240101_A00001_0003_BHLATERXXX"
+    make_fake_run.make_run(late, "novaseq", 24 << 20, seed=12)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf)],
+                              cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     try:
-        proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (_rows(tmp_path).get(late.name) or {}).get("durable_offset"):
+            time.sleep(0.05)
+        firestore.stop()
+        while time.monotonic() < deadline and (_rows(tmp_path).get(late.name) or {}).get("status") != "complete":
+            time.sleep(0.1)
         assert _rows(tmp_path)[late.name]["status"] == "complete"
     finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
         firestore.start()
-    assert firestore.document("sruns", late.name) is None
+    doc = firestore.document("sruns", late.name)
+    assert doc is None or doc["workflow_status"] != "complete"
     proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert firestore.document("sruns", late.name)["workflow_status"] == "complete"
