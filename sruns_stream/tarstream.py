@@ -11,6 +11,7 @@ manifest that `verify` and `restore` check against.
 from __future__ import annotations
 
 import os
+import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -84,29 +85,33 @@ def _pax_records(entry: Entry) -> bytes:
     return b"".join(records)
 
 
+# name mode uid gid size mtime chksum typeflag linkname magic+version uname gname
+# devmajor devminor prefix pad: the ustar header, 512 bytes; "s" fields pad with NULs.
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
+_ZERO8 = _octal(0, 8)
+
+
 def _ustar(name: bytes, entry: Entry, typeflag: bytes, size: int, linkname: bytes) -> bytes:
     mtime = entry.mtime_ns // 1_000_000_000
-    fields = [
-        name[:100].ljust(100, b"\0"),
-        _octal(entry.mode & 0o7777, 8),
-        _octal(entry.uid if entry.uid <= _MAX_ID else 0, 8),
-        _octal(entry.gid if entry.gid <= _MAX_ID else 0, 8),
-        _octal(size if size <= _MAX_SIZE else 0, 12),
-        _octal(mtime if 0 <= mtime <= _MAX_MTIME else 0, 12),
+    header = _USTAR.pack(
+        name[:100],
+        b"%07o\0" % (entry.mode & 0o7777),
+        b"%07o\0" % (entry.uid if entry.uid <= _MAX_ID else 0),
+        b"%07o\0" % (entry.gid if entry.gid <= _MAX_ID else 0),
+        b"%011o\0" % (size if size <= _MAX_SIZE else 0),
+        b"%011o\0" % (mtime if 0 <= mtime <= _MAX_MTIME else 0),
         b" " * 8,  # checksum placeholder, counted as spaces
         typeflag,
-        linkname[:100].ljust(100, b"\0"),
+        linkname[:100],
         b"ustar\x0000",
-        b"\0" * 32,  # uname: numeric ids only; name lookups per file cost and mislead
-        b"\0" * 32,  # gname
-        _octal(0, 8),
-        _octal(0, 8),
-        b"\0" * 155,
-        b"\0" * 12,
-    ]
-    header = b"".join(fields)
-    checksum = b"%06o\0 " % sum(header)
-    return header[:148] + checksum + header[156:]
+        b"",  # uname: numeric ids only; name lookups per file cost and mislead
+        b"",  # gname
+        _ZERO8,
+        _ZERO8,
+        b"",
+        b"",
+    )
+    return header[:148] + b"%06o\0 " % sum(header) + header[156:]
 
 
 def render_header(entry: Entry, pax: bytes | None = None) -> bytes:
