@@ -125,6 +125,17 @@ def render_header(entry: Entry, pax: bytes | None = None) -> bytes:
     return pax_header + pax + b"\0" * _pad(len(pax)) + main
 
 
+_O_NOATIME = os.O_RDONLY | getattr(os, "O_NOATIME", 0)  # reading must not touch atimes
+
+
+def _add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
+    """Append [start, end) to sorted ranges, merging with the last when adjacent."""
+    if ranges and ranges[-1][1] == start:
+        ranges[-1] = (ranges[-1][0], end)
+    else:
+        ranges.append((start, end))
+
+
 class TarLayout:
     """Where every member starts in the tar stream, computed once from the manifest."""
 
@@ -132,10 +143,15 @@ class TarLayout:
         self.manifest = manifest
         entries = manifest.entries
         starts = array("q", [0]) * (len(entries) + 1)
+        # The few entries that need pax records (long or non-ASCII names, huge sizes),
+        # kept so that rendering a header never computes them twice.
+        self.pax: dict[int, bytes] = {}
         pos = 0
         for i, entry in enumerate(entries):
             starts[i] = pos
             pax = _pax_records(entry)
+            if pax:
+                self.pax[i] = pax
             header_len = BLOCK + (BLOCK + len(pax) + _pad(len(pax)) if pax else 0)
             pos += header_len + entry.size + _pad(entry.size)
         starts[len(entries)] = pos
@@ -240,9 +256,19 @@ class TarReader:
                 self.pos += take
                 break
             start = layout.starts[i]
+            end = layout.starts[i + 1]
+            if self.pos == start and end - start <= len(view) - filled:
+                # Fast path for a member that fits whole in this block, as most
+                # run-folder files do: no per-piece bookkeeping.
+                self._whole_member(i, view, filled, block)
+                filled += end - start
+                self.pos = end
+                self.index = i + 1
+                self._crc = 0
+                continue
             data_start, data_end = layout.data_span(i)
             if self.pos < data_start:
-                header = render_header(entries[i])
+                header = render_header(entries[i], layout.pax.get(i, b""))
                 piece = header[self.pos - start :][: len(view) - filled]
                 view[filled : filled + len(piece)] = piece
                 filled += len(piece)
@@ -253,10 +279,7 @@ class TarReader:
                 take = min(data_end - self.pos, len(view) - filled)
                 self._read_data(i, self.pos - data_start, view[filled : filled + take])
                 if self._stored_member:
-                    if block.stored and block.stored[-1][1] == filled:
-                        block.stored[-1] = (block.stored[-1][0], filled + take)
-                    else:
-                        block.stored.append((filled, filled + take))
+                    _add_range(block.stored, filled, filled + take)
                 filled += take
                 self.pos += take
                 if self.pos == data_end:
@@ -272,13 +295,27 @@ class TarReader:
         block.cursor = Cursor(self.index, self._crc)
         return block
 
+    def _whole_member(self, i: int, view: memoryview, at: int, block: RawBlock) -> None:
+        entry = self.layout.manifest.entries[i]
+        header = render_header(entry, self.layout.pax.get(i, b""))
+        data_at = at + len(header)
+        view[at:data_at] = header
+        if entry.kind != FILE:
+            return
+        if entry.size:
+            self._read_data(i, 0, view[data_at : data_at + entry.size])
+            if self._stored_member:
+                _add_range(block.stored, data_at, data_at + entry.size)
+            self._finish_member(i)
+        block.files_done.append((i, self._crc))
+
     def _open_member(self, i: int, offset: int) -> None:
         self.close()
         manifest = self.layout.manifest
         entry = manifest.entries[i]
         path = manifest.source_path(entry)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+            fd = os.open(path, _O_NOATIME)
         except PermissionError:
             # O_NOATIME needs ownership; fall back rather than fail on shared folders.
             try:
