@@ -47,7 +47,8 @@ import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage  # type: ignore[import-untyped]  # google-cloud-storage ships no type information
+from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # type: ignore[import-untyped]
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .. import __version__
@@ -59,11 +60,13 @@ __all__ = ["SESSION_LIFETIME", "GcsSink", "blob_name", "make_client"]
 
 # GCS forgets a resumable session a week after it was created.
 SESSION_LIFETIME = 7 * 24 * 3600.0
-# Connect, then read: the read timeout starts once a chunk is sent, and GCS answers a
-# committed chunk in well under a minute even when it is busy.
+# Connect, then each socket operation: sending a whole 64 MiB chunk must fit in it too
+# (Python's sendall timeout covers the whole call), which asks for about 0.6 MB/s, and
+# GCS answers a committed chunk in well under a minute even when it is busy.
 DEFAULT_TIMEOUT = (30.0, 120.0)
-# Full-jitter backoff: 1, 2, 4, ... 32 s caps; the default 8 retries span a few minutes,
-# about what a GCS front-end hiccup or a VM's network blip lasts.
+# Full-jitter backoff: each wait is random below 1, 2, 4, ... 32 s; the default 8
+# retries wait two minutes at most in all, about what a GCS front-end hiccup or a VM's
+# network blip lasts, before the run fails and can be resumed later.
 BACKOFF_MULTIPLIER = 1.0
 BACKOFF_MAX = 32.0
 
@@ -92,15 +95,15 @@ def blob_name(prefix: str, run: str, extension: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def make_client() -> storage.Client:
+def make_client() -> Client:
     """A storage client: the emulator's when STORAGE_EMULATOR_HOST is set, else Google's
     default credentials (a service account on a VM, or `gcloud auth application-default`)."""
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         # The client sends every request to the emulator itself; it wants no credentials.
         project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "test"
-        return storage.Client(project=project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+        return Client(project=project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
     try:
-        return storage.Client()
+        return Client()
     except auth_exceptions.DefaultCredentialsError as exc:
         raise UploadError(
             "no Google credentials found: run on a VM with a service account, set "
@@ -147,7 +150,7 @@ class GcsSink:
         extension: str,
         options: ArchiveOptions,
         *,
-        client: storage.Client | None = None,
+        client: Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], float] = time.time,
         note: Note | None = None,
@@ -182,7 +185,7 @@ class GcsSink:
     def open(self, state: str | None, durable: int) -> int:
         if self._client is None:
             self._client = make_client()
-        self._buf.clear()
+        self._buf = bytearray()
         self._finished = None
         if state is not None:
             resumed = self._resume(state)
@@ -305,7 +308,7 @@ class GcsSink:
 
     def _resync_from_zero(self) -> None:
         self._base = 0
-        self._buf.clear()
+        self._buf = bytearray()
         self._finished = None
         self._resync(resuming=True)
 
@@ -371,7 +374,7 @@ class GcsSink:
             if self._base == start:
                 # Nothing kept (or, for the last request, nothing committed): count it as a
                 # failed attempt, so a server that never takes the bytes cannot loop us.
-                raise _Transient(f"{self.description}: GCS kept none of the bytes sent at {start}")
+                raise _Transient(f"GCS kept none of the bytes sent at offset {start}")
         elif resp.status_code in (200, 201):
             self._commit(resp)
             if total is None:
@@ -404,11 +407,12 @@ class GcsSink:
         if not match:
             raise UploadError(f"GCS answered {self.description} with an unreadable Range {header!r}")
         last = int(match.group(1))
-        # "bytes=0-0" would mean one byte. GCS keeps the data of an unfinished upload in
-        # 256 KiB units (why chunks are multiples of it), so a lone first byte is never
-        # persisted; gcp-storage-emulator answers "0-0" for an empty session. Taking it
-        # as 0 is safe both ways: real GCS cannot be in that state, and the emulator
-        # rejects a chunk that does not start at its offset.
+        # "bytes=0-0" would mean one byte. gcp-storage-emulator answers it for an empty
+        # session. Real GCS is not expected to hold a lone first byte of an unfinished
+        # upload (it persists non-final data in 256 KiB units, hence the chunk rule);
+        # were it ever to, the chunk sent from 0 would overlap by one byte, GCS would
+        # refuse or ignore it, and the crc32c read back at the end still decides: a
+        # wrong object is never reported as stored.
         return 0 if last == 0 and self._base == 0 else last + 1
 
     def _acknowledge(self, persisted: int, limit: int | None) -> None:
@@ -422,7 +426,7 @@ class GcsSink:
                 f"GCS holds {persisted} bytes of {self.description}, more than the {limit} sent "
                 f"(session {self._short()}): the session is not this archive's"
             )
-        del self._buf[: min(persisted - self._base, len(self._buf))]
+        self._drop(persisted - self._base)
         self._base = persisted
         self._fresh = False
 
@@ -433,10 +437,18 @@ class GcsSink:
         except (ValueError, KeyError, TypeError) as exc:
             raise UploadError(f"GCS committed {self.description} but its answer is unreadable") from exc
         self._finished = resource
-        drop = min(max(size - self._base, 0), len(self._buf))
-        del self._buf[:drop]
+        self._drop(size - self._base)
         self._base = size
         self._fresh = False
+
+    def _drop(self, n: int) -> None:
+        """Forget the first ``n`` buffered bytes: the server has them."""
+        if n > 0:
+            # A fresh buffer rather than `del buf[:n]`: a library may still hold a view
+            # of the old one (an exception's frames), and a viewed bytearray cannot be
+            # resized. The copy is what follows the acknowledged bytes: usually less than
+            # one write, at most one chunk.
+            self._buf = self._buf[n:]
 
     def _committed_early(self) -> NoReturn:
         raise IntegrityError(
@@ -456,7 +468,7 @@ class GcsSink:
         except auth_exceptions.RefreshError as exc:
             raise UploadError(f"cannot refresh Google credentials for {self.description}: {exc}") from None
         if resp.status_code in _TRANSIENT_STATUS:
-            raise _Transient(f"{self.description}: {_short_reason(resp)}")
+            raise _Transient(_short_reason(resp))
         return resp
 
     def _fail(self, resp: requests.Response, what: str) -> NoReturn:
@@ -511,7 +523,7 @@ class GcsSink:
             code = exc.code or 0
             message = " ".join(str(getattr(exc, "message", "") or exc).split())[:200]
             if code in _TRANSIENT_STATUS:
-                raise _Transient(f"{what} for {self.description}: HTTP {code} {message}") from exc
+                raise _Transient(f"{what}: HTTP {code} {message}") from exc
             if code == 404:
                 raise UploadError(
                     missing or f"bucket {self.bucket_name!r} does not exist ({what} for {self.description})"
@@ -522,7 +534,13 @@ class GcsSink:
                 ) from exc
             raise UploadError(f"{what} for {self.description}: HTTP {code} {message}") from exc
         except (requests.ConnectionError, requests.Timeout, auth_exceptions.TransportError) as exc:
-            raise _Transient(f"{what} for {self.description}: {type(exc).__name__}: {exc}") from exc
+            raise _Transient(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except DataCorruption as exc:
+            # The library compared the server's checksum with its own and they differ.
+            raise IntegrityError(f"{what} for {self.description}: {exc}") from exc
+        except InvalidResponse as exc:
+            # A status the library did not map to an API error (e.g. a 308 where it wants 200).
+            raise UploadError(f"{what} for {self.description}: unexpected answer from GCS ({exc})") from exc
 
     def _upload_manifest(self, manifest_tsv: bytes) -> str:
         assert self._client is not None

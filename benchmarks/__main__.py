@@ -1,0 +1,232 @@
+"""``python -m benchmarks [--quick]``: parse the command line and wire the suite together.
+
+Progress goes to stderr; the markdown report is printed to stdout and written, with its
+charts and a JSON file of every sample, to ``benchmarks/results/<date>-<label>.*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .competitors import Competitor, Tools, check_local_tools, probe_gcloud
+from .data import DEFAULT_CACHE, REPO, Dataset, GeneratorMissing, prepare, warm_page_cache
+from .machine import describe_machine
+from .measure import RssProbe
+from .plan import block_rows, chunk_rows, make_plan, scaling_rows
+from .report import Report, evaluate_targets, render_markdown, slug, write_charts
+from .resume import ResumeSetting, measure_resume
+from .suite import ByteCounter, Row, interleave
+
+__all__ = ["main"]
+
+SECTIONS = ("main", "scaling", "blocks", "chunks", "resume")
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Throughput of sruns-stream against every alternative, on the same generated data.",
+    )
+    p.add_argument("--quick", action="store_true", help="small data, fewer rows (a few minutes on 2 cores)")
+    p.add_argument("--reps", type=int, help="interleaved repetitions per row (default 3)")
+    p.add_argument("--threads", type=int, help="threads for pigz and the ceiling (default: all usable cores)")
+    p.add_argument("--label", help="names the results file (default: the host name)")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    p.add_argument("--datasets", help="comma-separated data set kinds to run (miseq,novaseq,hiseq; default all)")
+    p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated run folders are kept")
+    p.add_argument("--tmpdir", type=Path, help="parent of the one temporary directory (default: system temp)")
+    return p
+
+
+def _start_loopback(stack: contextlib.ExitStack, tools: Tools) -> ByteCounter | None:
+    try:
+        from .gcs_loopback import LoopbackGcsServer
+    except ImportError as exc:
+        tools.missing["loopback"] = f"no loopback GCS server: benchmarks/gcs_loopback.py cannot be imported ({exc})"
+        return None
+    try:
+        server = stack.enter_context(LoopbackGcsServer())
+    # Any failure of this optional part only disables the upload rows, visibly.
+    except Exception as exc:  # noqa: BLE001
+        tools.missing["loopback"] = f"the loopback GCS server did not start: {exc.__class__.__name__}: {exc}"
+        return None
+    tools.loopback_url = server.url
+    _log(f"loopback GCS server at {server.url}")
+    return server
+
+
+def _check_sruns_gs(tools: Tools) -> None:
+    try:
+        found = importlib.util.find_spec("sruns_stream.sinks.gcs") is not None
+    except ImportError:
+        found = False
+    if not found:
+        tools.missing["sruns-gs"] = "sruns-stream has no gs:// destination yet (sruns_stream/sinks/gcs.py is missing)"
+
+
+def _notes_for(rows_by_section: dict[str, list[Row]], tools: Tools) -> list[str]:
+    notes = []
+    for need, why in sorted(tools.missing.items()):
+        affected = sorted({r.competitor.name for rows in rows_by_section.values() for r in rows
+                           if need in r.competitor.needs})
+        if affected:
+            notes.append(f"{why}: skipped {', '.join(affected)}")
+    for section, rows in rows_by_section.items():
+        for r in rows:
+            if r.skipped and not r.competitor.unavailable(tools):
+                notes.append(f"{section}: {r.competitor.name} on {r.dataset.spec.label}: {r.skipped}")
+    return notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        _parser().error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if args.reps is not None and args.reps < 1:
+        _parser().error("--reps must be at least 1")
+    started = time.perf_counter()
+    cores = len(os.sched_getaffinity(0))
+    plan = make_plan(args.quick, args.reps, cores)
+    kinds = {k.strip() for k in args.datasets.split(",")} if args.datasets else None
+    specs = [d for d in plan.datasets if kinds is None or d.kind in kinds]
+    label = args.label or describe_machine()["host"]
+    today = datetime.date.today().isoformat()
+    stem = f"{today}-{slug(label)}"
+    notes: list[str] = []
+    if plan.reps < 3:
+        notes.append(f"only {plan.reps} repetition(s): fewer than the 3 the method asks for")
+
+    _log(f"sruns-stream benchmark ({'quick' if plan.quick else 'full'}): {plan.reps} repetitions, "
+         f"sections {','.join(s for s in SECTIONS if s in sections)}")
+    _log("data:")
+    try:
+        datasets = [prepare(spec, args.cache, log=_log) for spec in specs]
+    except GeneratorMissing as exc:
+        _log(f"error: {exc}")
+        return 2
+    for ds in datasets:
+        _log(f"  {ds.describe()}")
+    by_label = {ds.spec.label: ds for ds in datasets}
+
+    machine = describe_machine()
+    probe = RssProbe()
+    workroot = Path(tempfile.mkdtemp(prefix="sruns-bench-", dir=args.tmpdir))
+    report = Report(
+        label=label, date=today, command="python -m benchmarks " + shlex.join(argv_list), machine=machine,
+        rss_method=probe.description, quick=plan.quick, reps=plan.reps, datasets=datasets,
+        main={}, left_out={}, resume_on=plan.resume_on,
+    )
+    sections_rows: dict[str, list[Row]] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            tools = Tools(threads=args.threads or cores, scratch=workroot / "tools")
+            tools.scratch.mkdir(parents=True)
+            check_local_tools(tools)
+            _check_sruns_gs(tools)
+            server = _start_loopback(stack, tools)
+            if server is not None:
+                _log("probing gcloud against the loopback server ...")
+                probe_gcloud(tools)
+            for need, why in sorted(tools.missing.items()):
+                _log(f"  unavailable ({need}): {why}")
+
+            def run(rows: Sequence[Competitor], ds: Dataset, reps: int = plan.reps) -> list[Row]:
+                warm_page_cache(ds.path)
+                return interleave(rows, ds, tools, reps, probe, workroot / "runs", server, _log)
+
+            if "main" in sections:
+                for ds in datasets:
+                    _log(f"\n== {ds.spec.label}: {len(plan.rows[ds.spec.label])} competitors × {plan.reps}")
+                    report.main[ds.spec.label] = run(plan.rows[ds.spec.label], ds)
+                    sections_rows[f"main/{ds.spec.label}"] = report.main[ds.spec.label]
+                    if plan.left_out[ds.spec.label]:
+                        report.left_out[ds.spec.label] = plan.left_out[ds.spec.label]
+            if "scaling" in sections:
+                for name in plan.scaling_on:
+                    if name in by_label:
+                        _log(f"\n== thread scaling on {name}: threads {plan.threads}")
+                        report.scaling[name] = run(scaling_rows(plan.threads), by_label[name])
+                        sections_rows[f"scaling/{name}"] = report.scaling[name]
+            sweep_ds = by_label.get(plan.resume_on)
+            if "blocks" in sections and sweep_ds:
+                _log(f"\n== block size sweep on {sweep_ds.spec.label}: {plan.block_sizes}")
+                report.blocks = run(block_rows(plan.block_sizes), sweep_ds)
+                sections_rows["block size"] = report.blocks
+            if "chunks" in sections and sweep_ds:
+                _log(f"\n== chunk size sweep on {sweep_ds.spec.label} to loopback-gs: {plan.chunk_sizes}")
+                report.chunks = run(chunk_rows(plan.chunk_sizes), sweep_ds)
+                sections_rows["chunk size"] = report.chunks
+            if "resume" in sections and sweep_ds:
+                _log(f"\n== resume cost on {sweep_ds.spec.label}: kill -9 at half, then again")
+                warm_page_cache(sweep_ds.path)
+                report.resume = measure_resume(sweep_ds, tools, probe, workroot / "resume", RESUME_SETTINGS,
+                                               plan.reps, server, _log)
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
+
+    machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report.notes = notes + _notes_for(sections_rows, tools)
+    if report.left_out:
+        report.notes.append("--quick leaves some rows out (listed under each table); the full mode runs them")
+    report.wall_seconds = time.perf_counter() - started
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    report.notes += write_charts(report, args.results_dir, stem)
+    targets = evaluate_targets(report)
+    text = render_markdown(report, targets)
+    md = args.results_dir / f"{stem}.md"
+    md.write_text(text)
+    raw = {
+        "label": label, "date": today, "command": report.command, "machine": machine,
+        "rss_method": probe.description, "reps": plan.reps, "quick": plan.quick,
+        "datasets": [{"label": d.spec.label, "kind": d.spec.kind, "size": d.spec.size, "seed": d.spec.seed,
+                      "files_requested": d.spec.files, "files": d.files, "raw_bytes": d.raw_bytes,
+                      "generator_sha": d.generator_sha} for d in datasets],
+        "rows": {section: [r.as_dict() for r in rows] for section, rows in sections_rows.items()},
+        "resume": [{"setting": vars(r.setting), "full_seconds": r.full_seconds,
+                    "full_archive_bytes": r.full_archive_bytes, "full_crc32c": r.full_crc32c,
+                    "attempts": [vars(a) for a in r.attempts], "error": r.error} for r in report.resume],
+        "targets": [{"target": t.text, "value": t.value, "status": t.status} for t in targets],
+        "notes": report.notes,
+    }
+    (args.results_dir / f"{stem}.json").write_text(json.dumps(raw, indent=1, default=str))
+    print(text)
+    _log(f"written: {md}" + "".join(f", {args.results_dir / c}" for c in report.charts.values())
+         + f", {args.results_dir / (stem + '.json')}")
+    return 0
+
+
+RESUME_SETTINGS = [
+    ResumeSetting("local, defaults", "local"),
+    # Defaults sync a local archive every 64 MiB: a smaller interval shows the design's bound.
+    ResumeSetting("local, --sync-interval 8M", "local", ("--sync-interval", "8M")),
+    ResumeSetting("loopback-gs, defaults", "loopback-gs"),
+]
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # children and the temporary directory are already cleaned up
+        print("interrupted: no results written", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,170 @@
+"""One timed child command (a pipeline of processes) with each process's peak RSS.
+
+Time is wall-clock around the whole command, process start-up included: that is what a
+user waits for, and every competitor pays its own start-up. A command that writes a local
+archive has that file fsync'ed *inside* the timed region (sruns-stream syncs its own
+output too; syncing again is then nearly free), so every local output reaches the disk
+under the same rule.
+
+Peak RSS comes from GNU ``/usr/bin/time -f %M`` around each process of the pipeline when
+it is installed, else from a tiny Python wrapper reading ``getrusage(RUSAGE_CHILDREN)``
+after its one child exits. A pipeline's processes run at the same time, so its peak is
+reported as the *sum* of its processes' peaks (an upper bound, never an underestimate).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Command", "RssProbe", "Sample", "median", "run_command"]
+
+_RUSAGE_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+class RssProbe:
+    """How a process's peak RSS is read: GNU time if present, else a getrusage wrapper."""
+
+    def __init__(self, prefer_gnu_time: bool = True) -> None:
+        self.gnu_time = shutil.which("time", path="/usr/bin:/bin") if prefer_gnu_time else None
+        if self.gnu_time:
+            self.description = f"GNU time ({self.gnu_time} -f %M) around each process"
+        else:
+            self.description = "resource.getrusage(RUSAGE_CHILDREN).ru_maxrss in a wrapper around each process"
+
+    def prefix(self, report: Path) -> list[str]:
+        if self.gnu_time:
+            return [self.gnu_time, "-f", "%M", "-o", str(report)]
+        return [sys.executable, "-c", _RUSAGE_WRAPPER, str(report)]
+
+    @staticmethod
+    def read(report: Path) -> int | None:
+        """Peak RSS in KiB, or None if the wrapper wrote nothing (e.g. the process was killed)."""
+        try:
+            lines = report.read_text().split()
+        except OSError:
+            return None
+        # GNU time writes "Command exited with non-zero status N" before the value.
+        return int(lines[-1]) if lines and lines[-1].isdigit() else None
+
+
+@dataclass(frozen=True)
+class Command:
+    """A pipeline: each stage's stdout feeds the next; the last one's goes to ``stdout_file``.
+
+    ``output`` is the local archive the command leaves behind (sized, fsync'ed, timed);
+    with ``stdout_file`` unset the last stage's stdout is captured (sruns-stream's JSON).
+    """
+
+    stages: tuple[tuple[str, ...], ...]
+    stdout_file: Path | None = None
+    output: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def shell(self, rss_reports: Sequence[Path] | None = None, probe: RssProbe | None = None) -> str:
+        parts = []
+        for i, stage in enumerate(self.stages):
+            prefix = probe.prefix(rss_reports[i]) if probe and rss_reports else []
+            parts.append(shlex.join([*prefix, *stage]))
+        script = " | ".join(parts)
+        if self.stdout_file is not None:
+            script += " > " + shlex.quote(str(self.stdout_file))
+        return script
+
+    def display(self) -> str:
+        """The command as a person would type it (no measurement wrappers, no env)."""
+        return self.shell()
+
+
+@dataclass
+class Sample:
+    """One execution of one command."""
+
+    seconds: float
+    peak_rss_kib: int | None
+    stage_rss_kib: list[int | None]
+    output_bytes: int | None
+    stdout: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _fsync(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3600.0) -> Sample:
+    """Run ``cmd`` once under bash (``pipefail``), timed, with per-process peak RSS."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    reports = [scratch / f"rss{i}" for i in range(len(cmd.stages))]
+    for r in reports:
+        r.unlink(missing_ok=True)
+    err_path = scratch / "stderr"
+    env = dict(os.environ)
+    env.update(cmd.env)
+    script = "set -o pipefail; " + cmd.shell(reports, probe)
+    with open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        # Own session: a timeout kills the whole pipeline by its process group id.
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return Sample(time.perf_counter() - t0, None, [], None, "", f"timed out after {timeout:.0f} s")
+        except BaseException:  # Ctrl-C: its own session did not get the signal, so end it here
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        size = None
+        error = None
+        if proc.returncode == 0 and cmd.output is not None:
+            try:
+                size = _fsync(cmd.output)
+            except OSError as exc:
+                error = f"no output {cmd.output}: {exc.strerror}"
+        seconds = time.perf_counter() - t0
+    stage_rss = [probe.read(r) for r in reports]
+    known = [r for r in stage_rss if r is not None]
+    peak = sum(known) if len(known) == len(stage_rss) else None
+    if proc.returncode != 0:
+        tail = [
+            line for line in err_path.read_text(errors="replace").splitlines()
+            if line.strip() and not line.startswith("Command exited with non-zero status")
+        ]
+        error = f"exit {proc.returncode}: " + (tail[-1].strip() if tail else "(no message)")
+    return Sample(seconds, peak, stage_rss, size, out.decode(errors="replace"), error)

@@ -1,0 +1,182 @@
+"""The benchmark driver's pieces work: statistics, tables, targets, one real tiny run.
+
+No timing is asserted anywhere: speed is the benchmark's business, not the tests'.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import it from the checkout
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.competitors import REFERENCE, Competitor, Tools, main_competitors, sruns_stream
+from benchmarks.data import Dataset, DatasetSpec, prepare
+from benchmarks.measure import Command, RssProbe, Sample, median, run_command
+from benchmarks.plan import make_plan, thread_counts
+from benchmarks.report import (
+    Report,
+    evaluate_targets,
+    markdown_table,
+    ratio,
+    render_markdown,
+    slug,
+    write_charts,
+)
+from benchmarks.suite import Row, interleave, sruns_json
+
+
+def test_median_and_ratio() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert ratio(8.0, 2.0) == 4.0  # the row takes 4x as long: sruns-stream is 4x faster
+    assert ratio(None, 2.0) is None
+    assert ratio(1.0, 0.0) is None
+
+
+def test_markdown_table_aligns_columns() -> None:
+    text = markdown_table(["name", "MB/s"], [["a", "12"], ["longer name", None]])
+    lines = text.splitlines()
+    assert lines[0] == "| name        | MB/s |"
+    assert lines[1] == "|:------------|-----:|"
+    assert lines[2] == "| a           |   12 |"
+    assert lines[3] == "| longer name |      |"
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_slug_and_thread_counts() -> None:
+    assert slug("development run, machine busy") == "development-run-machine-busy"
+    assert thread_counts(2) == [1, 2]
+    assert thread_counts(32) == [1, 2, 4, 8, 16, 32]
+    assert thread_counts(12) == [1, 2, 4, 8, 12]
+
+
+def test_quick_plan_lists_what_it_leaves_out() -> None:
+    plan = make_plan(quick=True, cores=2)
+    everyone = {c.name for c in main_competitors()}
+    for label, rows in plan.rows.items():
+        assert rows[0].name == REFERENCE
+        assert {c.name for c in rows} | set(plan.left_out[label]) == everyone
+    assert plan.reps >= 3
+
+
+def _fake_dataset(tmp_path: Path, label: str) -> Dataset:
+    return Dataset(DatasetSpec(label, label.lower(), 100), tmp_path, 10, 12, 100_000_000, 0.0, "x")
+
+
+def _row(competitor: Competitor, ds: Dataset, seconds: list[float], rss_kib: int = 50_000) -> Row:
+    row = Row(competitor, ds)
+    row.samples = [Sample(s, rss_kib, [rss_kib], 1000, "") for s in seconds]
+    row.archive_sizes = [50_000_000] * len(seconds)
+    return row
+
+
+def test_targets_met_not_met_and_not_measured(tmp_path: Path) -> None:
+    by_name = {c.name: c for c in main_competitors()}
+    miseq, nova = _fake_dataset(tmp_path, "MiSeq"), _fake_dataset(tmp_path, "NovaSeq")
+    failed = _row(by_name["sruns-stream auto → loopback-gs"], miseq, [])
+    failed.skipped = "no loopback GCS server"
+    report = Report(
+        label="t", date="2024-01-01", command="python -m benchmarks", machine={"cores": "2"},
+        rss_method="test", quick=True, reps=3, datasets=[miseq, nova], left_out={},
+        main={
+            "MiSeq": [
+                _row(by_name[REFERENCE], miseq, [1.0, 1.1, 0.9]),
+                _row(by_name["tar | isal igzip_threaded -1 (ceiling)"], miseq, [0.95, 0.95, 0.95]),
+                _row(by_name["tar | pigz -1"], miseq, [3.0, 3.0, 3.0]),
+                _row(by_name["sruns-stream auto → null"], miseq, [0.9, 0.9, 0.9], rss_kib=400 * 1024),
+                failed,
+            ],
+            "NovaSeq": [_row(by_name[REFERENCE], nova, [1.0, 1.0, 1.0])],
+        },
+    )
+    status = {t.text: t.status for t in evaluate_targets(report)}
+    assert status["MiSeq: sruns-stream (auto, local) ≥ 0.9× the isal ceiling"] == "met"
+    assert status["MiSeq: sruns-stream (auto, local) ≥ 4× tar | pigz -1"] == "**NOT met**"
+    assert status["MiSeq: sruns-stream (auto, local) ≥ 8× sruns-monitor's way"].startswith("not measured")
+    assert "not run on NovaSeq" in status["NovaSeq: sruns-stream (auto, local) ≥ 1.5× the isal ceiling"]
+    assert status["peak RSS ≤ 300 MiB at defaults"] == "**NOT met**"
+    assert "no loopback GCS server" in status["MiSeq: sruns-stream auto → loopback-gs ≥ 0.8× → null"]
+    text = render_markdown(report, evaluate_targets(report))
+    assert "skipped: no loopback GCS server" in text
+    assert "| sruns-stream auto → local" in text
+    notes = write_charts(report, tmp_path, "t")
+    if not notes:  # matplotlib installed (the bench extra)
+        assert (tmp_path / "t-throughput.png").stat().st_size > 0
+
+
+def test_rss_fallback_reads_a_child_peak(tmp_path: Path) -> None:
+    cmd = Command(((sys.executable, "-c", "b = b'x' * (64 << 20)"),))
+    sample = run_command(cmd, tmp_path / "s", RssProbe(prefer_gnu_time=False))
+    assert sample.ok, sample.error
+    assert sample.peak_rss_kib is not None and sample.peak_rss_kib >= 60 * 1024
+
+
+def test_failure_is_recorded_not_raised(tmp_path: Path) -> None:
+    ds = _fake_dataset(tmp_path, "MiSeq")
+    broken = Competitor("broken", "sh", "-", "local", lambda d, t, s: Command((("sh", "-c", "echo nope >&2; exit 3"),)))
+    tools = Tools(threads=1, scratch=tmp_path / "tools")
+    rows = interleave([broken], ds, tools, 3, RssProbe(), tmp_path / "runs", log=lambda _: None)
+    assert len(rows[0].samples) == 1  # not retried after the failure
+    assert rows[0].skipped == "failed in repetition 1: exit 3: nope"
+
+
+def test_a_failing_upload_path_is_not_retried_by_other_rows(tmp_path: Path) -> None:
+    def fails(d: Dataset, t: Tools, s: Path) -> Command:
+        return Command((("sh", "-c", "echo 501 >&2; exit 1"),))
+
+    first = Competitor("gs a", "x", "-", "loopback-gs", fails, ("gs",), fragile="gs")
+    second = Competitor("gs b", "x", "-", "loopback-gs", fails, ("gs",), fragile="gs")
+    tools = Tools(threads=1, scratch=tmp_path / "tools")
+    rows = interleave([first, second], _fake_dataset(tmp_path, "MiSeq"), tools, 3, RssProbe(), tmp_path / "runs",
+                      log=lambda _: None)
+    assert [len(r.samples) for r in rows] == [1, 0]
+    assert rows[1].skipped == tools.missing["gs"]
+    assert tools.missing["gs"].startswith("gs a failed on MiSeq (failed in repetition 1: exit 1: 501)")
+
+
+def test_unavailable_tool_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    gs = sruns_stream("auto", "loopback-gs")
+    tools = Tools(threads=1, scratch=tmp_path, missing={"loopback": "no server here"})
+    rows = interleave([gs], _fake_dataset(tmp_path, "MiSeq"), tools, 3, RssProbe(), tmp_path, log=lambda _: None)
+    assert rows[0].samples == [] and rows[0].skipped == "no server here"
+
+
+@pytest.mark.timeout(180)
+def test_tiny_real_run_of_sruns_stream_and_the_ceiling(tmp_path: Path) -> None:
+    ds = prepare(DatasetSpec("MiSeq", "miseq", 2 << 20), cache=tmp_path / "cache", log=lambda _: None)
+    assert ds.raw_bytes > 1 << 20 and ds.files > 10
+    again = prepare(ds.spec, cache=tmp_path / "cache", log=lambda _: None)  # reused from the cache
+    assert again.path == ds.path
+    by_name = {c.name: c for c in main_competitors()}
+    chosen = [by_name[REFERENCE], by_name["tar | isal igzip_threaded -1 (ceiling)"]]
+    if shutil.which("pigz"):
+        chosen.append(by_name["tar | pigz -1"])
+    tools = Tools(threads=2, scratch=tmp_path / "tools")
+    rows = interleave(chosen, ds, tools, 1, RssProbe(), tmp_path / "runs", log=lambda _: None)
+    for row in rows:
+        assert row.complete, (row.competitor.name, row.skipped)
+        assert row.archive_bytes and row.archive_bytes < ds.raw_bytes
+        assert row.peak_rss_kib and row.peak_rss_kib > 1024
+    summary = sruns_json(rows[0].samples[0].stdout)
+    assert summary and summary["raw_processed"] == summary["raw_bytes"]
+    assert not list((tmp_path / "runs").iterdir())  # every scratch directory was removed
+
+
+def test_ceiling_program_writes_valid_gzip(tmp_path: Path) -> None:
+    data = b"ACGT" * 300_000 + bytes(range(256)) * 1000
+    (tmp_path / "in").write_bytes(data)
+    out = tmp_path / "out.gz"
+    ceiling = (sys.executable, "-m", "benchmarks.baselines", "igzip-threaded", "-T", "2")
+    cmd = Command((("cat", str(tmp_path / "in")), ceiling), stdout_file=out, output=out,
+                  env={"PYTHONPATH": str(REPO)})
+    sample = run_command(cmd, tmp_path / "s", RssProbe())
+    assert sample.ok, sample.error
+    assert sample.output_bytes == out.stat().st_size
+    assert gzip.decompress(out.read_bytes()) == data
