@@ -72,6 +72,23 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--once", action="store_true", help="one cycle, wait for its archives, then exit")
     m.add_argument("-v", "--verbose", action="store_true", help="log every step")
 
+    v = sub.add_parser("verify", help="check an archive against its manifest (and the run folder)")
+    v.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
+    v.add_argument("--against", type=Path, help="also compare with the files in this run folder")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--config", type=Path)
+    v.add_argument("--journal", type=Path)
+
+    r = sub.add_parser("restore", help="download, check and safely extract an archive")
+    r.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
+    r.add_argument("dest", type=Path, help="directory to extract into")
+    r.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="restore only members matching this pattern (repeatable), e.g. RUN/InterOp")
+    r.add_argument("--force", action="store_true", help="overwrite existing files")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--config", type=Path)
+    r.add_argument("--journal", type=Path)
+
     s = sub.add_parser("status", help="runs in the journal")
     s.add_argument("run", nargs="?", help="one run's name")
     s.add_argument("--config", type=Path)
@@ -144,6 +161,29 @@ def _monitor(args: argparse.Namespace) -> int:
         journal.close()
 
 
+def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .restore import RestoreReport, VerifyReport, restore_archive, verify_archive
+
+    config = _load(args)
+    progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
+    # A journal is only needed to find a run by name; never create one for a path or URL.
+    db = args.journal or config.sqlite_db
+    journal = Journal(db) if "/" not in args.source and Path(db).exists() else None
+    report: VerifyReport | RestoreReport
+    try:
+        if args.command == "verify":
+            report = verify_archive(args.source, against=args.against, journal=journal,
+                                    collection=config.firestore_collection, progress=progress)
+        else:
+            report = restore_archive(args.source, args.dest, include=args.include, force=args.force,
+                                     journal=journal, collection=config.firestore_collection, progress=progress)
+    finally:
+        if journal is not None:
+            journal.close()
+    print(json.dumps(report.as_dict(), sort_keys=True) if args.json else report.summary(), file=out)
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
 def _status(args: argparse.Namespace, out: TextIO) -> int:
     config = _load(args)
     journal = _journal(args, config)
@@ -194,6 +234,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _archive(args, out, err)
         if args.command == "monitor":
             return _monitor(args)
+        if args.command in ("verify", "restore"):
+            return _read_back(args, out, err)
         return _status(args, out)
     except SrunsError as exc:
         print(f"sruns-stream: error: {exc}", file=err)

@@ -1,0 +1,387 @@
+"""`restore`: streaming download → inflate → safe extraction, each file checked as it lands.
+
+The oracle for a round trip is the input folder itself (helpers.tree: names, types,
+bytes, link targets, modes, mtimes). Unsafe archives are crafted with Python's tarfile,
+and what must not happen is checked on the filesystem.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import shutil
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from helpers import realruns_dir, run_cli, tree
+
+from sruns_stream.archive_source import ConnectionDropped, ResumableReader
+from sruns_stream.errors import DestinationError, UsageError
+from sruns_stream.progress import NoProgress
+from sruns_stream.restore import RestoreReport, restore_archive
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker needs it
+
+REALRUNS = realruns_dir()
+
+
+def _archive(run: Path, dest: str, cwd: Path, *extra: str) -> Path:
+    proc = run_cli("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *extra, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return Path(json.loads(proc.stdout)["location"])
+
+
+def _restore(source: str, dest: Path, *, include: list[str] | None = None, force: bool = False) -> RestoreReport:
+    return restore_archive(
+        source, dest, include=include or [], force=force, journal=None, collection=None, progress=NoProgress()
+    )
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir() or p.is_symlink()}
+
+
+def _odd_names(run: Path) -> None:
+    """Names that need pax records and manifest escapes: long, unicode, tab and newline,
+    and bytes that are not UTF-8."""
+    deep = run / "Logs" / ("d" * 90) / ("e" * 90)
+    deep.mkdir(parents=True)
+    (deep / ("f" * 120 + ".log")).write_text("long path")
+    (run / "Logs" / "résumé ✓.txt").write_text("unicode")
+    (run / "Logs" / "tab\tand\nnewline\\.txt").write_text("escapes")
+    (run / "Logs" / os.fsdecode(b"latin1-\xe9.txt")).write_text("not utf-8")
+    for p in (deep, deep.parent, run / "Logs"):
+        os.utime(p, (1704067200, 1704067200))
+
+
+@pytest.fixture
+def novaseq(make_run) -> Path:
+    run = make_run("novaseq", 3 << 20, seed=7)
+    os.symlink("RunInfo.xml", run / "link_to_runinfo")
+    _odd_names(run)
+    (run / "an_empty_dir").mkdir()
+    os.utime(run / "an_empty_dir", (1704067200, 1704067200))
+    os.utime(run, (1704067200, 1704067200))
+    return run
+
+
+@pytest.mark.skipif(REALRUNS is None, reason="../shared/realruns (or $SRUNS_REALRUNS) is absent")
+@pytest.mark.timeout(60)
+def test_realruns_pieces_round_trip(tmp_path: Path) -> None:
+    assert REALRUNS is not None
+    # Every piece in one folder: one archive and one restore keep the test quick.
+    run = tmp_path / "src" / "REALRUNS_ALL"
+    for piece in sorted(p for p in REALRUNS.iterdir() if p.is_dir()):
+        shutil.copytree(piece, run / piece.name, symlinks=True)
+    archive = _archive(run, str(tmp_path / "d"), tmp_path)
+    report = _restore(str(archive), tmp_path / "out")
+    assert report.ok, report.problems
+    assert report.checked == report.files > 0
+    assert tree(tmp_path / "out" / run.name) == tree(run)
+
+
+@pytest.mark.timeout(60)
+def test_generated_run_round_trips_through_gcs_and_a_local_dir(novaseq: Path, gcs, tmp_path: Path) -> None:
+    _archive(novaseq, f"gs://{gcs.bucket}/p", tmp_path)
+    local = _archive(novaseq, str(tmp_path / "d"), tmp_path, "--compression", "none", "--force")
+    for source, out in ((f"gs://{gcs.bucket}/p/{novaseq.name}", tmp_path / "from_gcs"), (str(local), tmp_path / "from_tar")):
+        report = _restore(source, out)
+        assert report.ok, report.problems
+        assert tree(out / novaseq.name) == tree(novaseq)
+        assert report.links == 1 and report.files == report.checked
+        assert report.summary().startswith("OK: restored ")
+        assert not [p for p in out.rglob(".sruns-restore.*")]
+
+
+@pytest.mark.timeout(60)
+def test_include_restores_only_matching_members(novaseq: Path, tmp_path: Path) -> None:
+    archive = _archive(novaseq, str(tmp_path / "d"), tmp_path)
+    name = novaseq.name
+
+    report = _restore(str(archive), tmp_path / "interop", include=[f"{name}/InterOp"])
+    assert report.ok, report.problems
+    assert os.listdir(tmp_path / "interop") == [name]
+    assert os.listdir(tmp_path / "interop" / name) == ["InterOp"]
+    assert tree(tmp_path / "interop" / name / "InterOp") == tree(novaseq / "InterOp")
+    assert report.excluded > 0
+
+    lane = f"{name}/Data/Intensities/BaseCalls/L001"
+    report = _restore(str(archive), tmp_path / "lane", include=["*/Data/Intensities/BaseCalls/L001/*"])
+    assert report.ok, report.problems
+    restored = {f for f in _files(tmp_path / "lane")}
+    assert restored and all(f.startswith(lane + "/") for f in restored)
+    assert restored == {f"{name}/{p.relative_to(novaseq)}" for p in (novaseq / lane.split("/", 1)[1]).rglob("*")
+                        if p.is_file()}
+
+    report = _restore(str(archive), tmp_path / "typo", include=["InterOp"])
+    assert not report.ok and report.files == 0
+    assert "--include 'InterOp' matched no member" in report.problems[0]
+    assert _files(tmp_path / "typo") == set()
+
+
+def _add(tf: tarfile.TarFile, name: str, *, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    info.mtime = 1704067200
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    tf.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+@pytest.mark.timeout(30)
+def test_crafted_archive_cannot_write_outside_dest(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("keep me")
+    dest = tmp_path / "dest"
+    (dest / "run").mkdir(parents=True)
+    # A DEST that already holds a symlink pointing out: writing through it is refused too.
+    os.symlink(outside, dest / "run" / "hatch")
+    before = {str(p) for p in tmp_path.rglob("*")}
+    crafted = tmp_path / "evil" / "evil.tar.gz"
+    crafted.parent.mkdir()
+    with tarfile.open(crafted, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        _add(tf, "run", kind=tarfile.DIRTYPE)
+        _add(tf, "run/good.txt", data=b"fine")
+        _add(tf, "../escape", data=b"dot-dot")
+        _add(tf, "run/../../escape2", data=b"dot-dot")
+        _add(tf, str(outside / "abs.txt"), data=b"absolute")
+        _add(tf, "run/link_out", kind=tarfile.SYMTYPE, link="../../outside")
+        _add(tf, "run/link_abs", kind=tarfile.SYMTYPE, link=str(outside))
+        _add(tf, "run/hard_out", kind=tarfile.LNKTYPE, link=os.path.relpath(outside / "secret.txt", dest))
+        _add(tf, "run/link_out/planted.txt", data=b"through a refused link")
+        _add(tf, "run/hatch/planted.txt", data=b"through DEST's own link")
+        _add(tf, "run/dev", kind=tarfile.CHRTYPE)
+        _add(tf, "run/fifo", kind=tarfile.FIFOTYPE)
+        _add(tf, "run/link_in", kind=tarfile.SYMTYPE, link="good.txt")
+        _add(tf, "run/dangling", kind=tarfile.SYMTYPE, link="nowhere")  # inside DEST: allowed
+        _add(tf, "run/dangling/x.txt", data=b"through a dangling link")
+
+    report = _restore(str(crafted), dest)
+
+    assert not report.ok
+    assert {str(p) for p in tmp_path.rglob("*") if not str(p).startswith(str(dest))} == {
+        p for p in before if not p.startswith(str(dest))
+    } | {str(crafted.parent), str(crafted)}
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "keep me" and os.stat(outside / "secret.txt").st_nlink == 1
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "escape2").exists()
+    assert (dest / "run" / "good.txt").read_bytes() == b"fine"
+    assert os.readlink(dest / "run" / "link_in") == "good.txt"
+    # The refused symlink is not there; a directory of that name inside DEST is harmless.
+    assert not (dest / "run" / "link_out").is_symlink()
+    assert not (dest / "run" / "dev").exists() and not (dest / "run" / "fifo").exists()
+    text = "\n".join(report.problems)
+    for name, why in (
+        ("../escape", "'..' component"),
+        ("run/../../escape2", "'..' component"),
+        (str(outside / "abs.txt"), "absolute path"),
+        ("run/link_out", "outside"),
+        ("run/link_abs", "absolute path"),
+        ("run/hard_out", "outside"),
+        ("run/hatch/planted.txt", "symlink to"),
+        ("run/dev", "device files and fifos are never restored"),
+        ("run/fifo", "device files and fifos are never restored"),
+        ("run/dangling/x.txt", "which does not exist"),
+    ):
+        assert any(p.startswith(f"refused {name}: ") and why in p for p in report.problems), (name, text)
+    assert report.refused == 10
+    assert os.readlink(dest / "run" / "dangling") == "nowhere" and not (dest / "run" / "nowhere").exists()
+
+
+@pytest.mark.timeout(60)
+def test_existing_files_need_force(novaseq: Path, tmp_path: Path) -> None:
+    archive = _archive(novaseq, str(tmp_path / "d"), tmp_path)
+    out = tmp_path / "out"
+    assert _restore(str(archive), out).ok
+    runinfo = out / novaseq.name / "RunInfo.xml"
+    runinfo.write_text("edited after the restore")
+    with pytest.raises(UsageError, match=r"of the files to restore already exist, e\.g\. .*: add --force"):
+        _restore(str(archive), out)
+    assert runinfo.read_text() == "edited after the restore"  # refused before anything was written
+    report = _restore(str(archive), out, force=True)
+    assert report.ok, report.problems
+    assert tree(out / novaseq.name) == tree(novaseq)
+
+
+@pytest.mark.timeout(60)
+def test_a_file_that_does_not_match_the_manifest_is_removed(novaseq: Path, tmp_path: Path) -> None:
+    archive = _archive(novaseq, str(tmp_path / "d"), tmp_path)
+    manifest = archive.with_name(f"{novaseq.name}.manifest.tsv")
+    member = f"{novaseq.name}/RunInfo.xml"
+    lines = manifest.read_text(errors="surrogateescape").splitlines(keepends=True)
+    cols = next(line for line in lines if line.startswith(member + "\t")).split("\t")
+    wrong = "\t".join([*cols[:2], "deadbeef", *cols[3:]])
+    edited = "".join(wrong if line.startswith(member + "\t") else line for line in lines)
+    manifest.write_text(edited, errors="surrogateescape")
+
+    report = _restore(str(archive), tmp_path / "out")
+    assert not report.ok and report.failed == 1
+    assert report.problems == [f"{member}: crc32c {cols[2]} in the archive, deadbeef in the manifest: removed, not restored"]
+    assert not (tmp_path / "out" / member).exists()
+    expected = tree(novaseq)
+    del expected["RunInfo.xml"]
+    assert tree(tmp_path / "out" / novaseq.name) == expected
+
+
+# --- resuming an interrupted download -----------------------------------------------------
+
+
+class _FlakySource:
+    """A fake ByteSource that drops the connection after ``cut`` bytes of its first
+    stream: a fault the GCS emulator cannot produce."""
+
+    def __init__(self, data: bytes, cut: int, drops: int = 1) -> None:
+        self.data = data
+        self.size = len(data)
+        self.description = "fake://flaky"
+        self.cut = cut
+        self.drops = drops
+        self.starts: list[int] = []
+
+    def open_at(self, start: int) -> Iterator[bytes]:
+        self.starts.append(start)
+        pos = start
+        while pos < self.size:
+            if self.drops and pos >= self.cut:
+                self.drops -= 1
+                raise ConnectionDropped("connection reset by peer")
+            piece = self.data[pos : min(pos + 1000, self.size)]
+            pos += len(piece)
+            yield piece
+
+
+@pytest.mark.timeout(10)
+def test_reader_resumes_at_the_byte_it_stopped_at_and_gives_up_after_bounded_retries() -> None:
+    data = os.urandom(10_000)
+    source = _FlakySource(data, cut=3000, drops=2)
+    waits: list[float] = []
+    reader = ResumableReader(source, sleep=waits.append)
+    got = b"".join(iter(reader.read_piece, b""))
+    assert got == data
+    assert source.starts == [0, 3000, 3000]  # never from zero again
+    assert len(waits) == 2 and reader.reconnects == 2
+
+    dead = _FlakySource(data, cut=5000, drops=100)
+    waits = []
+    reader = ResumableReader(dead, attempts=4, sleep=waits.append)
+    with pytest.raises(DestinationError, match=r"reading fake://flaky failed 4 times at byte 5000 of 10000"):
+        while reader.read_piece():
+            pass
+    assert dead.starts == [0, 5000, 5000, 5000] and len(waits) == 3
+
+
+class _CuttingProxy:
+    """Forwards GETs to the GCS emulator; the first download of ``target`` is cut after
+    ``cut`` body bytes (the connection closes mid-body). A fake, because the emulator
+    cannot drop a download half-way. Records each download's Range header."""
+
+    def __init__(self, upstream: str, target: str, cut: int) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        proxy = self
+        self.ranges: list[str | None] = []
+        self.cuts = 1
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request("GET", self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                download = "alt=media" in self.path and target in self.path
+                if download:
+                    proxy.ranges.append(self.headers.get("Range"))
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if download and proxy.cuts and len(body) > cut:
+                    proxy.cuts -= 1
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_gcs_download_cut_mid_body_resumes_with_a_ranged_get(
+    novaseq: Path, gcs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _archive(novaseq, f"gs://{gcs.bucket}/p", tmp_path)
+    archive_size = len(gcs.download(f"p/{novaseq.name}/{novaseq.name}.tar.gz"))
+    cut = (1 << 20) + 300_000
+    assert archive_size > cut
+    with _CuttingProxy(gcs.url, f"{novaseq.name}.tar.gz", cut) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        notes = io.StringIO()
+        report = restore_archive(
+            f"gs://{gcs.bucket}/p/{novaseq.name}/{novaseq.name}.tar.gz", tmp_path / "out", include=[], force=False,
+            journal=None, collection=None, progress=NoProgress(notes),
+        )
+    assert report.ok, report.problems
+    assert report.reconnects == 1 and report.archive_bytes == archive_size
+    assert tree(tmp_path / "out" / novaseq.name) == tree(novaseq)
+    # The second request asked for the rest only: from the last byte received, not zero.
+    assert len(proxy.ranges) == 2 and proxy.ranges[0] is None
+    resumed_at = int(proxy.ranges[1].removeprefix("bytes=").removesuffix("-"))
+    assert 1 << 20 <= resumed_at <= cut
+    assert f"again from byte {resumed_at}" in notes.getvalue()
+
+
+# --- the CLI (the lead wires `restore` into cli.py) --------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cli_restore_round_trip_include_and_force(novaseq: Path, tmp_path: Path) -> None:
+    archive = _archive(novaseq, str(tmp_path / "d"), tmp_path)
+    out = tmp_path / "out"
+    proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("OK: restored ")
+    assert tree(out / novaseq.name) == tree(novaseq)
+
+    again = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    assert again.returncode == 2 and "add --force" in again.stderr
+    assert run_cli("restore", str(archive), str(out), "--force", cwd=tmp_path).returncode == 0
+
+    part = tmp_path / "part"
+    proc = run_cli("restore", novaseq.name, str(part), "--include", f"{novaseq.name}/InterOp",
+                   "--journal", str(tmp_path / "sruns.db"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (part / novaseq.name).iterdir()) == ["InterOp"]
+
+    typo = run_cli("restore", str(archive), str(tmp_path / "typo"), "--include", "nothing/*", cwd=tmp_path)
+    assert typo.returncode == 1 and "matched no member" in typo.stdout + typo.stderr
