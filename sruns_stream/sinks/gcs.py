@@ -12,8 +12,13 @@ Protocol, as DESIGN.md sets it out:
   is full; that chunk goes out as ``Content-Range: bytes a-b/*``. The last request
   carries the total (``bytes a-b/TOTAL``, or ``bytes */TOTAL`` when nothing remains)
   and the whole object's crc32c in ``X-Goog-Hash``.
+- Full chunks go to one background uploader thread through a queue of depth 1, so
+  compression goes on while a chunk is in flight. ``write()`` hands a full chunk over
+  once the previous one is acknowledged: memory stays about two chunks (one
+  uploading, one filling), and bytes go out in the order they were written. An error
+  in the uploader is kept and raised by the next ``write()`` or ``finalize()``.
 - ``durable_offset`` is what the server acknowledged (308 + ``Range``, or 200/201 at
-  the end). Acknowledged bytes leave the buffer; memory stays about one chunk.
+  the end). Acknowledged bytes leave the buffer.
 - After any failed or unanswered request, a status query (``bytes */*``) says what the
   server holds, and the upload continues from there: never from what we assume.
 - Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried with
@@ -35,8 +40,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -74,6 +81,8 @@ _RESUME_INCOMPLETE = 308
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _RANGE = re.compile(r"bytes=0-(\d+)$")
 _UPLOAD_ID = re.compile(r"(upload_id=)[^&\s'\"]+")
+# How often a waiting thread looks at the stop flag and the uploader's error.
+_POLL = 0.1
 
 T = TypeVar("T")
 Note = Callable[[str], None]
@@ -175,17 +184,30 @@ class GcsSink:
         self._uri: str | None = None
         self._created = 0.0
         self._fresh = False  # a session this process created, nothing sent to it yet
+        # Uploader state (the caller's thread touches it only while no uploader runs):
         self._base = 0  # bytes the server acknowledged; self._buf starts there
         self._buf = bytearray()
+        self._base_lock = threading.Lock()  # durable_offset is read from the caller's thread
+        # Caller state: bytes written since the last hand-over; they follow self._buf.
+        self._fill = bytearray()
+        self._queue: queue.Queue[bytearray] = queue.Queue(maxsize=1)
+        self._idle = threading.Event()  # the uploader holds no chunk it has not sent
+        self._idle.set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # the uploader's, raised by the next call
         self._finished: dict[str, Any] | None = None  # the object, once GCS committed it
         self._final_crc32c: int | None = None
 
     # -- the Sink protocol ----------------------------------------------------------
 
     def open(self, state: str | None, durable: int) -> int:
+        self._stop_uploader()
+        self._raise_error()
         if self._client is None:
             self._client = make_client()
         self._buf = bytearray()
+        self._fill = bytearray()
         self._finished = None
         if state is not None:
             resumed = self._resume(state)
@@ -209,23 +231,33 @@ class GcsSink:
 
     @property
     def durable_offset(self) -> int:
-        return self._base
+        with self._base_lock:
+            return self._base
 
     def write(self, data: bytes) -> None:
         if not data:
             return
+        self._raise_error()
         if self._finished is not None:
             raise IntegrityError(
-                f"{self.description} was already committed with {self._base} bytes, but the "
+                f"{self.description} was already committed with {self.durable_offset} bytes, but the "
                 "stream goes on: the stored object is not this archive"
             )
-        self._buf += data
-        while len(self._buf) >= self._chunk:
-            self._send(total=None)
+        self._fill += data
+        if len(self._fill) >= self._chunk:
+            self._hand_over()
 
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
+        self._raise_error()
         if self._uri is None:
             raise UploadError(f"{self.description}: finalize() before open()")
+        # Wait for the chunk in flight; from here on everything runs on this thread.
+        self._wait_idle()
+        self._stop_uploader()
+        self._raise_error()
+        if self._fill:
+            self._buf = self._fill if not self._buf else self._buf + self._fill
+            self._fill = bytearray()
         if self._finished is None and self._base + len(self._buf) != info.size:
             raise IntegrityError(
                 f"{self.description}: {self._base + len(self._buf)} bytes were streamed, "
@@ -262,8 +294,70 @@ class GcsSink:
 
     def abort(self) -> None:
         # The session stays on the server and in the journal: the next run resumes it.
+        # Safe to call twice: the uploader is stopped once, the client closed once.
+        self._stop_uploader()
         self._buf = bytearray()
+        self._fill = bytearray()
         self._close_client()
+
+    # -- the uploader thread -----------------------------------------------------------
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _wait_idle(self) -> None:
+        """Until the uploader has sent what it was given (or failed; then raise)."""
+        while not self._idle.wait(_POLL):
+            self._raise_error()
+            if self._thread is None or not self._thread.is_alive():
+                break
+        self._raise_error()
+
+    def _hand_over(self) -> None:
+        """Give the filled bytes to the uploader once it is idle; returns at once then."""
+        self._wait_idle()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._upload_loop, name=f"gcs-upload-{self.run}", daemon=True)
+            self._thread.start()
+        chunk, self._fill = self._fill, bytearray()
+        self._idle.clear()
+        while True:
+            try:
+                self._queue.put(chunk, timeout=_POLL)
+                return
+            except queue.Full:
+                self._raise_error()
+
+    def _upload_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    chunk = self._queue.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
+                self._buf = chunk if not self._buf else self._buf + chunk
+                del chunk
+                while len(self._buf) >= self._chunk and not self._stop.is_set():
+                    self._send(total=None)
+                self._idle.set()
+        except BaseException as exc:  # noqa: BLE001  # kept for the caller's next write() or finalize()
+            self._error = exc
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._idle.set()
+
+    def _stop_uploader(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+            self._stop.clear()
+        self._idle.set()
 
     # -- sessions -------------------------------------------------------------------
 
@@ -340,6 +434,8 @@ class GcsSink:
         commit the object, when ``total`` is given). Every retry starts with a status query."""
 
         def attempt(number: int) -> None:
+            if self._stop.is_set():
+                raise UploadError(f"the upload of {self.description} was stopped")
             if number > 1:
                 self._resync()
             self._put_pending(total)
@@ -427,7 +523,8 @@ class GcsSink:
                 f"(session {self._short()}): the session is not this archive's"
             )
         self._drop(persisted - self._base)
-        self._base = persisted
+        with self._base_lock:
+            self._base = persisted
         self._fresh = False
 
     def _commit(self, resp: requests.Response) -> None:
@@ -438,7 +535,8 @@ class GcsSink:
             raise UploadError(f"GCS committed {self.description} but its answer is unreadable") from exc
         self._finished = resource
         self._drop(size - self._base)
-        self._base = size
+        with self._base_lock:
+            self._base = size
         self._fresh = False
 
     def _drop(self, n: int) -> None:
@@ -491,6 +589,13 @@ class GcsSink:
         text = _UPLOAD_ID.sub(lambda m: m.group(1) + "…", text)
         return " ".join(text.split())[:300]
 
+    def _pause(self, seconds: float) -> None:
+        """The backoff between attempts; a stop (abort) cuts the real one short."""
+        if self._sleep is time.sleep:
+            self._stop.wait(seconds)
+        else:
+            self._sleep(seconds)
+
     def _with_retries(self, what: str, fn: Callable[[int], T]) -> T:
         """``fn(attempt_number)`` with bounded, jittered exponential backoff on transient
         failures (``_Transient``); anything else goes straight through."""
@@ -498,7 +603,7 @@ class GcsSink:
             stop=stop_after_attempt(self._attempts),
             wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
             retry=retry_if_exception_type(_Transient),
-            sleep=self._sleep,
+            sleep=self._pause,
             reraise=True,
         )
         try:
