@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: store already-compressed members, deflate the rest (default); "
                         "level: deflate everything; none: plain .tar")
     a.add_argument("--block-size", type=_size, help="raw block size (default 1M)")
-    a.add_argument("--sync-interval", type=_size, help="local destination: fsync every this many bytes (default 64M)")
+    a.add_argument("--sync-interval", type=_size, help="local destination: fsync every this many bytes (default 16M)")
     a.add_argument("--chunk-size", type=_size, help="GCS upload chunk, a multiple of 256K (default 16M)")
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")

@@ -30,7 +30,7 @@ KiB = 1024
 MiB = 1024 * KiB
 DEFAULT_BLOCK_SIZE = 1 * MiB
 DEFAULT_CHUNK_SIZE = 16 * MiB
-DEFAULT_SYNC_INTERVAL = 64 * MiB
+DEFAULT_SYNC_INTERVAL = 16 * MiB  # a crash redoes at most this much; fsyncs run off the hot path
 GCS_CHUNK_QUANTUM = 256 * KiB
 COMPRESSIONS = ("auto", "level", "none")
 

@@ -27,7 +27,7 @@ _READ_BACK = 4 << 20
 
 
 class LocalSink:
-    def __init__(self, directory: Path, run: str, extension: str, sync_interval: int = 64 << 20):
+    def __init__(self, directory: Path, run: str, extension: str, sync_interval: int = 16 << 20):
         self.dir = Path(directory) / run
         self.final = self.dir / f"{run}{extension}"
         self.part = self.final.with_name(self.final.name + ".part")

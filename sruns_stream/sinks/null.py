@@ -11,7 +11,7 @@ class NullSink:
     description = "null (discarded)"
     archive_name = "null"
 
-    def __init__(self, interval: int = 64 << 20) -> None:
+    def __init__(self, interval: int = 16 << 20) -> None:
         self._offset = 0
         self._durable = 0
         self._interval = interval
