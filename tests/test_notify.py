@@ -485,6 +485,7 @@ def test_server_down_is_logged_not_raised(log: pytest.LogCaptureFixture) -> None
     assert "ConnectionRefusedError" in record.getMessage()
 
 
+@pytest.mark.timeout(10)  # a hang fails here; the log shows the client's own timeout fired
 @pytest.mark.parametrize("tls", ["none", "ssl"])
 def test_server_that_never_answers_costs_only_the_timeout(tls: str, log: pytest.LogCaptureFixture) -> None:
     # A listening socket that never accepts: the kernel completes the TCP handshake, then
@@ -493,10 +494,7 @@ def test_server_that_never_answers_costs_only_the_timeout(tls: str, log: pytest.
         tarpit.bind(("127.0.0.1", 0))
         tarpit.listen(4)
         port = tarpit.getsockname()[1]
-        start = time.monotonic()
         assert notifier(mail_config(port, tls=tls), timeout=0.3).send(archived_event()) is False
-        elapsed = time.monotonic() - start
-    assert 0.25 <= elapsed < 5
     assert "timed out" in log.text
 
 
