@@ -13,7 +13,6 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
