@@ -45,8 +45,11 @@ _FINAL_EMPTY_BLOCK = b"\x03\x00"  # last-block bit, fixed Huffman, end-of-block
 class Codec(Protocol):
     """How raw blocks become output bytes. Implementations are stateless and thread-safe."""
 
-    name: str
-    extension: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def extension(self) -> str: ...
 
     def header(self) -> bytes: ...
 
@@ -112,7 +115,8 @@ class GzipCodec:
         # Both paths end with a sync flush, on a byte boundary, so the next block
         # (deflated or stored) can simply be appended.
         if _ParallelCompress is not None:
-            return _parallel_compressor(self.level, len(data)).compress_and_crc(data, zdict)[0]
+            out: bytes = _parallel_compressor(self.level, len(data)).compress_and_crc(data, zdict)[0]
+            return out
         if zdict:
             c = isal_zlib.compressobj(self.level, isal_zlib.DEFLATED, -15, zdict=zdict)
         else:
@@ -138,6 +142,7 @@ def _parallel_compressor(level: int, size: int) -> Any:
     cache: dict[int, tuple[int, Any]] = _local.__dict__.setdefault("compressors", {})
     capacity, comp = cache.get(level, (0, None))
     if need > capacity:
+        assert _ParallelCompress is not None, "only called where isal has it"
         capacity = max(need, (1 << 20) + (1 << 17))
         comp = _ParallelCompress(buffersize=capacity, level=level)
         cache[level] = (capacity, comp)
@@ -153,7 +158,7 @@ def _window_before(dictionary: bytes, data: memoryview, pos: int) -> bytes:
 
 def _stored(data: memoryview) -> bytes:
     # Non-final stored blocks: header byte 0 (BFINAL=0, BTYPE=00, padding), LEN, NLEN.
-    parts = []
+    parts: list[bytes | memoryview] = []
     for i in range(0, len(data), _STORED_MAX):
         piece = data[i : i + _STORED_MAX]
         parts.append(struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF))

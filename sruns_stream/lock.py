@@ -39,7 +39,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> RunLock:  # noqa: PYI034 - typing.Self needs Python 3.11; we support 3.10
         self.acquire()
         return self
 

@@ -132,7 +132,7 @@ class Monitor:
                      self.sweep, self.publish):
             try:
                 step()
-            except Exception:  # noqa: BLE001 - the daemon must outlive any one step's bug
+            except Exception:  # the daemon must outlive any one step's bug
                 log.exception("monitor step %s failed", step.__name__)
         # Firestore gets at most half a cycle: a slow one must not stall archiving.
         self.mirror.flush(deadline_s=min(10.0, max(1.0, self.config.cycle_pause_sec / 2)))

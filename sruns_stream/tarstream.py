@@ -235,7 +235,7 @@ class TarReader:
             self._fd = None
             self._fd_index = -1
 
-    def __enter__(self) -> TarReader:
+    def __enter__(self) -> TarReader:  # noqa: PYI034 - typing.Self needs Python 3.11; we support 3.10
         return self
 
     def __exit__(self, *exc: object) -> None:

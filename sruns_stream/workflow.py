@@ -269,6 +269,7 @@ def _run(
         )
         task = journal.get(name)
         assert task is not None
+    assert task is not None  # resumed, or just written by start_fresh
     attempts = task.attempts + 1
     journal.update(name, pid=os.getpid(), status="starting", attempts=attempts, last_error=None)
 

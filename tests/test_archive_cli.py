@@ -136,7 +136,7 @@ def test_unreadable_file_is_named_and_nothing_is_declared_done(make_run, tmp_pat
     proc = subprocess.run(
         [*_without_dac_override(), sys.executable, "-m", "sruns_stream", "archive", str(run),
          "--dest", str(tmp_path / "d")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
     )
     _error(proc, 1, "secret.log", "permission")
     assert not list((tmp_path / "d").rglob("*.tar.gz")) if (tmp_path / "d").exists() else True
@@ -162,7 +162,7 @@ def test_disk_full_keeps_progress_and_resumes_once_there_is_space(make_run, tmp_
         pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
     small = tmp_path / "small"
     small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)])
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=False)
     if mounted.returncode != 0:
         pytest.skip("mount -t tmpfs is not permitted here")
     try:

@@ -139,7 +139,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.messages: list = []
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd calls this name
         import email
 
         self.messages.append(email.message_from_bytes(envelope.content))

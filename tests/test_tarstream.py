@@ -68,7 +68,7 @@ def test_member_crc32c_is_kept_across_a_restart(awkward_run: Path) -> None:
     manifest = scan_run_folder(awkward_run)
     layout = TarLayout(manifest)
     big = next(i for i, e in enumerate(manifest.entries) if e.path.endswith(b"big.bin"))
-    start, end = layout.data_span(big)
+    start, _end = layout.data_span(big)
     with TarReader(layout) as reader:
         first = reader.read_block(start + 100_000)  # stops inside big.bin
         cursor = first.cursor
