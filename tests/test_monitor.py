@@ -35,7 +35,12 @@ def _config(tmp_path: Path, **extra) -> Path:
 def _rows(tmp_path: Path) -> dict[str, dict]:
     db = sqlite3.connect(tmp_path / "sruns.db")
     db.row_factory = sqlite3.Row
-    return {r["name"]: dict(r) for r in db.execute("SELECT * FROM tasks")}
+    try:
+        return {r["name"]: dict(r) for r in db.execute("SELECT * FROM tasks")}
+    except sqlite3.OperationalError:  # polled while the daemon is still creating its tables
+        return {}
+    finally:
+        db.close()
 
 
 @pytest.fixture

@@ -47,6 +47,8 @@ def _complete(db: Path) -> set[str]:
     con = sqlite3.connect(db)
     try:
         return {r[0] for r in con.execute("SELECT name FROM tasks WHERE status = 'complete'")}
+    except sqlite3.OperationalError:  # the daemon has created the file, not yet its tables
+        return set()
     finally:
         con.close()
 
@@ -104,6 +106,8 @@ def test_a_dead_daemons_run_is_taken_over_after_its_lease(gcs, firestore, tmp_pa
         con = sqlite3.connect(tmp_path / "hostA.db")
         try:
             row = con.execute("SELECT durable_offset FROM tasks WHERE name = ?", (run.name,)).fetchone()
+        except sqlite3.OperationalError:  # the daemon has created the file, not yet its tables
+            return False
         finally:
             con.close()
         return bool(row and row[0] >= 1 << 20)
