@@ -112,9 +112,11 @@ def test_a_dead_daemons_run_is_taken_over_after_its_lease(gcs, firestore, tmp_pa
             con.close()
         return bool(row and row[0] >= 1 << 20)
 
-    assert _wait(a_stored_some, 120)
-    a.send_signal(signal.SIGKILL)
-    a.wait()
+    try:
+        assert _wait(a_stored_some, 120)
+    finally:
+        a.send_signal(signal.SIGKILL)  # also when the wait failed: never leave a daemon behind
+        a.wait()
     b = _daemon(_conf(tmp_path, gcs, "hostB", lease_sec=3), tmp_path)
     try:
         assert _wait(lambda: run.name in _complete(tmp_path / "hostB.db"), 180)
