@@ -44,7 +44,6 @@ __all__ = [
     "UnreadableEntry",
     "UploadError",
     "UsageError",
-    "exit_code_for",
 ]
 
 EXIT_OK = 0
@@ -113,9 +112,3 @@ class FirestoreError(SrunsError):
 class RunLocked(SrunsError):
     pass
 
-
-def exit_code_for(exc: BaseException) -> int:
-    """The documented exit code for an exception (1 for anything unexpected)."""
-    if isinstance(exc, SrunsError):
-        return exc.exit_code
-    return EXIT_FAILURE

@@ -247,9 +247,9 @@ def _run(
     manifest: Manifest | None = None
     if restart_reason == "" and task is not None:
         manifest = Manifest(root=rundir, entries=journal.entries(name))
-        changes = list(manifest.changed_entries())
-        if changes:
-            restart_reason = f"the run folder changed since its manifest ({changes[0]})"
+        change = next(manifest.changed_entries(), None)  # the first one decides: stop there
+        if change is not None:
+            restart_reason = f"the run folder changed since its manifest ({change})"
             manifest = None
     sink = sink_factory(destination, name, codec.extension, options)
     if manifest is None:
