@@ -218,6 +218,9 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     # SIGTERM unwinds like Ctrl-C, so the journal and the destination are left resumable.
+    # Once: a second SIGTERM must not cut the unwinding short (the daemon's answer to a
+    # child that does not stop is SIGKILL after a grace period, never another SIGTERM).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

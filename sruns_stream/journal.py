@@ -192,6 +192,11 @@ class Journal:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         try:
+            if self._db.in_transaction:
+                # A signal (SIGTERM unwinds as KeyboardInterrupt) landed between our BEGIN
+                # and its try, or before a ROLLBACK: drop that half-done transaction, or
+                # the row could never again be marked resumable.
+                self._db.execute("ROLLBACK")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db

@@ -66,7 +66,8 @@ class _Child:
     start_ticks: int | None
     started: float
     log_path: Path
-    killed: bool = False
+    killed: bool = False  # by task_runtime_limit_sec: a failure
+    stopping: bool = False  # by shutdown or a lost lease: an interruption, not a failure
 
 
 class Monitor:
@@ -150,6 +151,7 @@ class Monitor:
         """SIGTERM every child (they stop at a checkpoint), wait, mail, flush."""
         names = list(self.children)
         for child in self.children.values():
+            child.stopping = True
             self._signal(child, signal.SIGTERM)
         deadline = time.monotonic() + _KILL_GRACE_S
         for child in self.children.values():
@@ -193,8 +195,12 @@ class Monitor:
                 continue
             if self.leases is not None:
                 self.leases.release(name, self.host)
-            if code == EXIT_INTERRUPTED and not child.killed:
-                continue  # stopped on purpose (shutdown, lease lost): resumes when started again
+            if (code == EXIT_INTERRUPTED or child.stopping) and not child.killed:
+                # Stopped on purpose (shutdown, lease lost), even if it needed SIGKILL:
+                # it resumes when started again and its attempts are not used up.
+                if task is not None and task.status != "not_running":
+                    self.journal.update(name, status="not_running", pid=None)
+                continue
             error = (task.last_error if task else None) or _last_line(child.log_path) or f"exit code {code}"
             if child.killed:
                 error = f"killed after exceeding task_runtime_limit_sec ({self.config.task_runtime_limit_sec} s)"
@@ -254,6 +260,7 @@ class Monitor:
             if not self.leases.renew(child.name, self.host, self.config.lease_sec):
                 log.error("%s: lost the lease (another daemon took it, or Firestore is unreachable);"
                           " stopping at a checkpoint", child.name)
+                child.stopping = True
                 self._signal(child, signal.SIGTERM)
 
     def enforce_limits(self) -> None:

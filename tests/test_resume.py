@@ -129,3 +129,59 @@ def test_changed_run_folder_or_parameters_restart_from_zero_and_say_so(make_run,
     assert "changed since its manifest" in again.stderr and victim.name in again.stderr
     gnu_untar(Path(json.loads(again.stdout)["location"]), tmp_path / "out")
     assert tree(tmp_path / "out" / run.name) == tree(run)
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_at_many_moments_always_exits_130_resumable_and_ends_identical(make_run, tmp_path: Path) -> None:
+    """SIGTERM (what a daemon and systemd send) is an interruption, never a failure:
+    exit 130 with one line, the journal row resumable, and the same bytes at the end."""
+    import sqlite3
+
+    run = make_run("miseq", 24 << 20, seed=11)
+    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
+                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    reference = Path(json.loads(ref.stdout)["location"]).read_bytes()
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    stopped = 0
+    for fraction in (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75):
+        proc = _start(run, dest, tmp_path)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if part.exists() and part.stat().st_size >= len(reference) * fraction:
+                break
+            time.sleep(0.001)
+        if proc.poll() is not None:
+            break  # resumed past this fraction already: finished
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines()[-1] == "sruns-stream: interrupted; run the same command again to resume"
+        db = sqlite3.connect(tmp_path / "sruns.db")
+        (status,) = db.execute("SELECT status FROM tasks WHERE name = ?", (run.name,)).fetchone()
+        db.close()
+        assert status == "not_running"
+        stopped += 1
+    assert stopped >= 3
+    done = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert part.with_name(f"{run.name}.tar.gz").read_bytes() == reference
+
+
+def test_a_transaction_cut_short_by_a_signal_does_not_wedge_the_journal(tmp_path: Path) -> None:
+    """A KeyboardInterrupt between BEGIN and the try that rolls back leaves the connection
+    inside a transaction; the next write must still land (the SIGTERM path relies on it)."""
+    import sqlite3
+
+    from sruns_stream.journal import Journal
+
+    journal = Journal(tmp_path / "j.db")
+    journal.ensure("RUN1", status="uploading")
+    journal._db.execute("BEGIN IMMEDIATE")  # what the interrupted write left behind
+    journal._db.execute("UPDATE tasks SET status = 'tarring' WHERE name = 'RUN1'")
+    journal.update("RUN1", status="not_running", last_error="signal 15")
+    other = sqlite3.connect(tmp_path / "j.db")
+    assert other.execute("SELECT status, last_error FROM tasks").fetchone() == ("not_running", "signal 15")
+    other.close()
+    journal.close()
