@@ -19,17 +19,17 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from . import __version__
+from . import __version__, stopping
 from .config import ArchiveOptions, Config, load_config, with_overrides
-from .errors import EXIT_FAILURE, EXIT_OK, SrunsError, UsageError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError
 from .journal import Journal
 from .progress import NoProgress, Progress, TerminalProgress, human_bytes
 from .workflow import archive_run
 
 __all__ = ["EXIT_INTERRUPTED", "main", "main_cli"]
 
-EXIT_INTERRUPTED = 130
 DEFAULT_DEST = "archives"
+_INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"
 
 
 def _size(text: str) -> int:
@@ -120,6 +120,8 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     dest = args.dest or config.destination or DEFAULT_DEST
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
     journal = _journal(args, config)
+    # From here a signal stops the archive at its next block, never mid-statement.
+    stopping.install()
     try:
         result = archive_run(args.rundir, dest, options, journal, progress, force=args.force)
     finally:
@@ -217,9 +219,8 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the journal and the destination are left resumable.
-    # Once: a second SIGTERM must not cut the unwinding short (the daemon's answer to a
-    # child that does not stop is SIGKILL after a grace period, never another SIGTERM).
+    # Until a command installs its own handling (archive: stopping.install), SIGTERM
+    # unwinds like Ctrl-C. Once: a second one must not cut the unwinding short.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -240,11 +241,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         if args.command in ("verify", "restore"):
             return _read_back(args, out, err)
         return _status(args, out)
+    except Interrupted:
+        print(_INTERRUPTED_LINE, file=err)
+        return EXIT_INTERRUPTED
     except SrunsError as exc:
         print(f"sruns-stream: error: {exc}", file=err)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("sruns-stream: interrupted; run the same command again to resume", file=err)
+        print(_INTERRUPTED_LINE, file=err)
         return EXIT_INTERRUPTED
 
 

@@ -16,7 +16,9 @@
     │   └── IntegrityError           the stored object does not match what was sent
     ├── JournalError                 SQLite state cannot be read or written
     ├── FirestoreError               Firestore cannot be read (lookups; updates never raise)
-    └── RunLocked                    another process is archiving the same run
+    ├── RunLocked                    another process is archiving the same run
+    └── Interrupted                  exit 130: SIGTERM/SIGINT stopped the work at a safe
+                                     point; the same command resumes it
 
 Library errors (OSError, sqlite3.Error, google.api_core exceptions) are converted at
 the boundary where they happen, with ``raise X from exc``, so the CLI only ever
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
     "ConfigError",
@@ -35,6 +38,7 @@ __all__ = [
     "DiskFull",
     "FirestoreError",
     "IntegrityError",
+    "Interrupted",
     "JournalError",
     "RunFolderChanged",
     "RunFolderError",
@@ -49,6 +53,7 @@ __all__ = [
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class SrunsError(Exception):
@@ -112,3 +117,7 @@ class FirestoreError(SrunsError):
 class RunLocked(SrunsError):
     pass
 
+
+
+class Interrupted(SrunsError):
+    exit_code = EXIT_INTERRUPTED

@@ -36,8 +36,8 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None  # forgotten first: a signal here must not double-close
+            os.close(fd)
 
     def __enter__(self) -> RunLock:  # noqa: PYI034 - typing.Self needs Python 3.11; we support 3.10
         self.acquire()

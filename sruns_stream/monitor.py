@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import ConfigError
+from .errors import EXIT_INTERRUPTED, ConfigError
 from .firestore import Leases, NoMirror, StatusMirror, fields_from_task
 from .journal import Journal
 from .notify import MailEvent, Notifier, NullNotifier
@@ -40,7 +40,6 @@ __all__ = ["Monitor", "process_start_time"]
 
 log = logging.getLogger("sruns_stream.monitor")
 
-EXIT_INTERRUPTED = 130
 _BACKOFF_BASE_S = 60.0
 _BACKOFF_MAX_S = 6 * 3600.0
 _KILL_GRACE_S = 30.0
@@ -257,6 +256,8 @@ class Monitor:
         if self.leases is None:
             return
         for child in self.children.values():
+            if child.stopping:
+                continue
             if not self.leases.renew(child.name, self.host, self.config.lease_sec):
                 log.error("%s: lost the lease (another daemon took it, or Firestore is unreachable);"
                           " stopping at a checkpoint", child.name)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunFolderChanged, RunFolderMissing, UnreadableEntry
+from .stopping import STOP
 
 __all__ = [
     "DIR",
@@ -167,6 +168,7 @@ def scan_run_folder(rundir: Path | str) -> Manifest:
 
 def _walk(abs_dir: bytes, rel_dir: bytes, entries: list[Entry], skipped: list[str]) -> None:
     # Recursion depth is the folder depth (about 8 in a run folder), so recursion is fine.
+    STOP.check()  # a walk over NFS can take minutes
     try:
         with os.scandir(abs_dir) as it:
             children = sorted(it, key=lambda d: d.name)

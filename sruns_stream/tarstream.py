@@ -231,9 +231,11 @@ class TarReader:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            # Forget the fd before closing it: a signal between the two must not leave a
+            # closed fd that the unwinding closes again (EBADF instead of "interrupted").
+            fd, self._fd = self._fd, None
             self._fd_index = -1
+            os.close(fd)
 
     def __enter__(self) -> TarReader:  # noqa: PYI034 - typing.Self needs Python 3.11; we support 3.10
         return self

@@ -29,6 +29,7 @@ from .lock import RunLock
 from .progress import NoProgress, Progress
 from .runfolder import FILE, Manifest, scan_run_folder
 from .sinks import ArchiveInfo, Sink, Stored, make_sink, normalize_destination
+from .stopping import STOP
 from .tarstream import TarLayout, TarReader
 
 __all__ = ["ArchiveResult", "archive_run", "make_codec", "manifest_tsv", "stream_params"]
@@ -303,6 +304,7 @@ def _run(
             for cb in compressed_stream(
                 codec, reader.blocks(options.block_size), start, dictionary, layout.size, options.threads
             ):
+                STOP.check()  # between blocks: the one place a stop request is honoured mid-stream
                 data = cb.data
                 if skip:
                     cut = min(skip, len(data))

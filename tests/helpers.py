@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +64,53 @@ def realruns_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"
+
+
+def _durable(db: Path, run: str) -> int | None:
+    try:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT durable_offset FROM tasks WHERE name = ?", (run,)).fetchone()
+    except sqlite3.Error:  # not created yet
+        return None
+    return row[0] if row else None
+
+
+def _status(db: Path, run: str) -> str | None:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT status FROM tasks WHERE name = ?", (run,)).fetchone()
+    return row[0] if row else None
+
+
+def sigterm_once_past(proc: subprocess.Popen[str], db: Path, run: str, at: int | None) -> bool:
+    """SIGTERM ``proc`` once this process has made the journal's durable offset pass
+    ``at`` (None: 0.3 s after start, in start-up); check the outcome. True if it
+    interrupted work; False if the archive had finished first.
+
+    Stopped while working: exit 130, one line, the row resumable. Python runs no handler
+    before it has installed ours (start-up) or once it has begun to exit (finalization
+    resets handlers); there the default action (-15) is right, and the row must not be
+    left in progress either.
+    """
+    before = _durable(db, run) or 0
+    deadline = time.monotonic() + (0.3 if at is None else 60)
+    while proc.poll() is None and time.monotonic() < deadline:
+        if at is not None and (_durable(db, run) or 0) > max(before, at - 1):
+            break
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        _, err = proc.communicate()
+        assert proc.returncode == 0, err
+        return False
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    status = _status(db, run)
+    if proc.returncode == 130:
+        assert err.strip().splitlines()[-1] == INTERRUPTED_LINE, err
+        assert status in (None, "not_running", "complete"), status
+        return True
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert status in (None, "not_running", "complete"), (proc.returncode, status, err)
+    return False

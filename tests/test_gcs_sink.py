@@ -21,7 +21,7 @@ from typing import Any
 import google_crc32c
 import pytest
 from faultproxy import Exchange, Fault, FaultProxy
-from helpers import REPO, gnu_untar, gzip_ok, run_cli, tree
+from helpers import REPO, gnu_untar, gzip_ok, run_cli, sigterm_once_past, tree
 
 from sruns_stream import __version__
 from sruns_stream.config import ArchiveOptions
@@ -279,6 +279,31 @@ def test_a_crash_after_the_last_request_committed_finishes_without_sending_again
     assert proxy.exchanges("chunk", epoch=1) == [] and proxy.exchanges("final", epoch=1) == []
     assert gcs.download(_blob(run)) == reference
     assert _task(db, run)["status"] == "complete"
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_mid_upload_at_many_moments_exits_130_and_ends_in_the_same_object(
+    gcs, make_run, tmp_path: Path
+) -> None:
+    """SIGTERM lands wherever it lands (a chunk in flight on the uploader thread, a status
+    query, a journal write): always exit 130, resumable, and finally the same object."""
+    run = make_run("miseq", 8 << 20, seed=4)
+    reference = _local_archive(run, tmp_path)
+    db = tmp_path / "sruns.db"
+    dest = f"gs://{gcs.bucket}/{PREFIX}"
+    env = {"STORAGE_EMULATOR_HOST": gcs.url}
+    stopped = 0
+    # The first stop comes during start-up; the others once this process has moved the
+    # journal's durable offset past a given fraction of the object.
+    for fraction in (None, 0.1, 0.3, 0.5, 0.7, 0.9):
+        at = None if fraction is None else int(fraction * len(reference))
+        if not sigterm_once_past(_start(run, dest, db, env, tmp_path), db, run.name, at) and at:
+            break
+        stopped += 1
+    assert stopped >= 2
+    proc = run_cli("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert gcs.download(_blob(run)) == reference
 
 
 # -- (c) faults the emulator cannot produce ----------------------------------------------

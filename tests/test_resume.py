@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, run_cli, tree
+from helpers import REPO, gnu_untar, run_cli, sigterm_once_past, tree
 
 BLOCK = 64 * 1024
 SYNC = 1 << 20
@@ -135,7 +135,6 @@ def test_changed_run_folder_or_parameters_restart_from_zero_and_say_so(make_run,
 def test_sigterm_at_many_moments_always_exits_130_resumable_and_ends_identical(make_run, tmp_path: Path) -> None:
     """SIGTERM (what a daemon and systemd send) is an interruption, never a failure:
     exit 130 with one line, the journal row resumable, and the same bytes at the end."""
-    import sqlite3
 
     run = make_run("miseq", 24 << 20, seed=11)
     ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
@@ -147,21 +146,8 @@ def test_sigterm_at_many_moments_always_exits_130_resumable_and_ends_identical(m
     stopped = 0
     for fraction in (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75):
         proc = _start(run, dest, tmp_path)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            if part.exists() and part.stat().st_size >= len(reference) * fraction:
-                break
-            time.sleep(0.001)
-        if proc.poll() is not None:
-            break  # resumed past this fraction already: finished
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130, err
-        assert err.strip().splitlines()[-1] == "sruns-stream: interrupted; run the same command again to resume"
-        db = sqlite3.connect(tmp_path / "sruns.db")
-        (status,) = db.execute("SELECT status FROM tasks WHERE name = ?", (run.name,)).fetchone()
-        db.close()
-        assert status == "not_running"
+        if not sigterm_once_past(proc, tmp_path / "sruns.db", run.name, int(fraction * len(reference))):
+            break
         stopped += 1
     assert stopped >= 3
     done = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)

@@ -61,6 +61,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from .. import __version__
 from ..config import ArchiveOptions
 from ..errors import IntegrityError, UploadError
+from ..stopping import STOP
 from .base import ArchiveInfo, Stored
 
 __all__ = ["SESSION_LIFETIME", "GcsSink", "blob_name", "make_client"]
@@ -310,6 +311,7 @@ class GcsSink:
         """Until the uploader has sent what it was given (or failed; then raise)."""
         while not self._idle.wait(_POLL):
             self._raise_error()
+            STOP.check()
             if self._thread is None or not self._thread.is_alive():
                 break
         self._raise_error()
@@ -329,6 +331,7 @@ class GcsSink:
                 return
             except queue.Full:
                 self._raise_error()
+                STOP.check()
 
     def _upload_loop(self) -> None:
         try:
@@ -590,11 +593,16 @@ class GcsSink:
         return " ".join(text.split())[:300]
 
     def _pause(self, seconds: float) -> None:
-        """The backoff between attempts; a stop (abort) cuts the real one short."""
-        if self._sleep is time.sleep:
-            self._stop.wait(seconds)
-        else:
+        """The backoff between attempts; a stop (abort, or a signal's stop request) cuts
+        the real one short."""
+        if self._sleep is not time.sleep:
             self._sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not self._stop.wait(min(_POLL, max(0.0, deadline - time.monotonic()))):
+            STOP.check()
+            if time.monotonic() >= deadline:
+                return
 
     def _with_retries(self, what: str, fn: Callable[[int], T]) -> T:
         """``fn(attempt_number)`` with bounded, jittered exponential backoff on transient

@@ -19,6 +19,7 @@ from pathlib import Path
 import google_crc32c
 
 from ..errors import DestinationNotWritable, DiskFull, IntegrityError
+from ..stopping import STOP
 from .base import ArchiveInfo, Stored
 
 __all__ = ["LocalSink"]
@@ -139,6 +140,7 @@ class LocalSink:
         crc = 0
         with open(self.part, "rb") as f:
             while chunk := f.read(_READ_BACK):
+                STOP.check()  # reading back a TB archive takes minutes
                 crc = google_crc32c.extend(crc, chunk)
         return crc
 
@@ -148,8 +150,8 @@ class LocalSink:
             self._syncer = None
             self._sync = None
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None  # forgotten first: a signal here must not double-close
+            os.close(fd)
 
     def _error(self, exc: OSError, what: str) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
