@@ -215,8 +215,12 @@ def _already_complete(task: Task) -> ArchiveResult:
 
 def _resume_problem(task: Task | None, rundir: Path, destination: str, params: dict[str, Any], force: bool) -> str | None:
     """Why the journal row cannot be resumed, or None if it can."""
-    if task is None or task.status in ("new", "complete") or not task.manifest_id:
-        return None if task is None or task.status == "new" else "the last archive finished"
+    if task is None or task.status == "new":
+        return None
+    if task.status == "complete":
+        return "the last archive finished"
+    if not task.manifest_id:
+        return "the journal holds no resumable attempt (the last archive failed its integrity check)"
     if force:
         return "--force was given"
     if task.rundir != str(rundir):
@@ -337,6 +341,11 @@ def _run(
         stored = sink.finalize(info, manifest_tsv(manifest, crcs))
         _verify(stored, info)
         attempt.commit_durable()
+    except IntegrityError:
+        sink.abort()
+        # Resuming would rebuild on the bytes that failed: the next attempt starts from zero.
+        journal.update(name, manifest_id=None)
+        raise
     except BaseException:
         sink.abort()
         raise

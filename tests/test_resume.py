@@ -171,3 +171,42 @@ def test_a_transaction_cut_short_by_a_signal_does_not_wedge_the_journal(tmp_path
     assert other.execute("SELECT status, last_error FROM tasks").fetchone() == ("not_running", "signal 15")
     other.close()
     journal.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_starts_over(
+    make_run, tmp_path: Path
+) -> None:
+    """The part file's synced prefix is read back into the crc32c that finalize checks:
+    a flipped byte there is never reported as archived, and the next attempt, which
+    cannot trust those bytes, starts from zero and ends in the right archive."""
+    import sqlite3
+
+    run = make_run("miseq", 12 << 20, seed=13)
+    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
+                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    reference = Path(json.loads(ref.stdout)["location"]).read_bytes()
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    final = part.with_name(f"{run.name}.tar.gz")
+    _kill_when_part_reaches(_start(run, dest, tmp_path), part, len(reference) // 2)
+    with sqlite3.connect(tmp_path / "sruns.db") as db:
+        (durable,) = db.execute("SELECT durable_offset FROM tasks").fetchone()
+    assert durable > 4096
+    with open(part, "r+b") as f:  # the disk hands back another byte than was synced
+        f.seek(durable // 2)
+        byte = f.read(1)
+        f.seek(durable // 2)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+    failed = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "the disk lost data" in failed.stderr.strip().splitlines()[-1]
+    assert not final.exists()
+
+    again = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["resumed_from_archive"] == 0 and "integrity" in result["restart_reason"]
+    assert final.read_bytes() == reference

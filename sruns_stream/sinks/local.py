@@ -1,19 +1,23 @@
 """A local (or NFS) directory destination: `<dest>/<run>/<run>.tar.gz`, resumable.
 
-Bytes go to `<name>.part`; fsync makes them durable every ``sync_interval`` bytes, at
-a block boundary, so the journal's checkpoint sits exactly at the durable offset. The
-fsync runs on a helper thread while later blocks are written (it covers what was
-written before it started), so the disk's writeback never stalls the compressors. On
-resume the part file is cut back to that offset: anything after it was written but
-never synced, and could be garbage after a power loss. The final name appears only
-after the trailer is synced and the file read back and checked.
+Bytes go to `<name>.part` through one writer thread, so the copy into the page cache
+and the disk's writeback never stall the tar reader and the compressors (a NovaSeq
+run is mostly stored data: there the disk, not the CPU, is the limit). The writer
+fsyncs every half ``sync_interval``; what it has synced is the durable offset the
+journal's checkpoints are recorded against. On resume the part file is cut back to
+that offset: anything after it was written but never synced, and could be garbage
+after a power loss. After each fsync the writer reads the synced range back and
+extends a crc32c over it, the local twin of GCS's stored crc32c, compared with the
+stream's own at the end. The final name appears only after the trailer is synced
+and the whole file has read back right.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
 from pathlib import Path
 
 import google_crc32c
@@ -25,6 +29,8 @@ from .base import ArchiveInfo, Stored
 __all__ = ["LocalSink"]
 
 _READ_BACK = 4 << 20
+_QUEUE_BYTES = 32 << 20  # written by the main thread, not yet by the writer: bounds memory
+_POLL = 0.1  # seconds between looks at errors and stop requests while waiting
 
 
 class LocalSink:
@@ -37,11 +43,19 @@ class LocalSink:
         self.archive_name = str(self.final)
         self._sync_interval = sync_interval
         self._fd: int | None = None
-        self._offset = 0
+        self._offset = 0  # handed to the writer
+        # Set by the writer thread only; plain ints are read atomically under the GIL.
         self._durable = 0
-        self._syncer: ThreadPoolExecutor | None = None
-        self._sync: tuple[int, Future[None]] | None = None
-        self._sync_started = 0
+        self._read_back = 0
+        self._read_back_crc = 0
+        # None, queued after the last write, means: sync, read back, report.
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._room = threading.Condition()
+        self._queued_bytes = 0
+        self._writer: threading.Thread | None = None
+        self._finished = threading.Event()
+        self._abandon = threading.Event()
+        self._failure: BaseException | None = None
 
     def open(self, state: str | None, durable: int) -> int:
         try:
@@ -55,7 +69,9 @@ class LocalSink:
         keep = durable if state == str(self.part) and size >= durable else 0
         os.ftruncate(fd, keep)
         os.lseek(fd, keep, os.SEEK_SET)
-        self._offset = self._durable = self._sync_started = keep
+        self._offset = self._durable = keep
+        self._writer = threading.Thread(target=self._write_loop, args=(keep,), name="local-writer", daemon=True)
+        self._writer.start()
         return keep
 
     def state(self) -> str | None:
@@ -63,57 +79,36 @@ class LocalSink:
 
     @property
     def durable_offset(self) -> int:
-        if self._sync is not None and self._sync[1].done():
-            self._collect_sync()
         return self._durable
 
     def write(self, data: bytes) -> None:
-        assert self._fd is not None, "open() first"
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-        except OSError as exc:
-            raise self._error(exc, f"cannot write {self.part}") from exc
-        self._offset += len(data)
-        # A sync starts every half interval, after the previous one finished, so what a
-        # crash can lose (written, not yet synced) stays under one interval plus a block.
-        if self._offset - self._sync_started >= self._sync_interval // 2:
-            if self._sync is not None:
-                self._collect_sync()
-            if self._syncer is None:
-                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="fsync")
-            self._sync_started = self._offset
-            self._sync = (self._offset, self._syncer.submit(os.fsync, self._fd))
-
-    def _collect_sync(self) -> None:
-        """Wait for the fsync in flight; what was written before it started is durable."""
-        assert self._sync is not None
-        offset, fut = self._sync
-        self._sync = None
-        try:
-            fut.result()
-        except OSError as exc:
-            raise self._error(exc, f"cannot sync {self.part}") from exc
-        self._durable = offset
-
-    def _sync_now(self) -> None:
-        assert self._fd is not None
-        if self._sync is not None:
-            self._collect_sync()
-        try:
-            os.fsync(self._fd)
-        except OSError as exc:
-            raise self._error(exc, f"cannot sync {self.part}") from exc
-        self._durable = self._offset
+        assert self._writer is not None, "open() first"
+        self._raise_failure()
+        if not data:
+            return
+        piece = bytes(data)
+        with self._room:
+            # One piece always fits, whatever its size; beyond that the budget holds.
+            while self._queued_bytes and self._queued_bytes + len(piece) > _QUEUE_BYTES:
+                self._room.wait(_POLL)
+                self._raise_failure()
+                STOP.check()
+            self._queued_bytes += len(piece)
+        self._queue.put(piece)
+        self._offset += len(piece)
 
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
-        self._sync_now()
-        crc = self._read_back_crc32c()
-        if crc != info.crc32c or self._durable != info.size:
+        assert self._writer is not None, "open() first"
+        self._queue.put(None)
+        while not self._finished.wait(_POLL):
+            STOP.check()  # syncing and reading back the rest of a large archive takes a while
+        self._raise_failure()
+        self._writer.join()
+        self._writer = None
+        crc = self._read_back_crc
+        if crc != info.crc32c or self._read_back != info.size or self._durable != info.size:
             raise IntegrityError(
-                f"{self.part} reads back {self._durable} bytes with crc32c {crc:08x}, "
+                f"{self.part} reads back {self._read_back} bytes with crc32c {crc:08x}, "
                 f"expected {info.size} bytes with {info.crc32c:08x}: the disk lost data"
             )
         # The manifest lands first, so an archive under its final name always has one.
@@ -135,23 +130,81 @@ class LocalSink:
         self.abort()
         return Stored(str(self.final), self._durable, crc, str(self.manifest_path))
 
-    def _read_back_crc32c(self) -> int:
-        # Reading back what the disk holds is the local twin of GCS's stored crc32c.
-        crc = 0
-        with open(self.part, "rb") as f:
-            while chunk := f.read(_READ_BACK):
-                STOP.check()  # reading back a TB archive takes minutes
-                crc = google_crc32c.extend(crc, chunk)
-        return crc
-
     def abort(self) -> None:
-        if self._syncer is not None:
-            self._syncer.shutdown(wait=True)  # never close the fd under a running fsync
-            self._syncer = None
-            self._sync = None
+        # What was synced stays: the journal's checkpoint points into it.
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._abandon.set()
+            writer.join()  # never close the fd under a running write or fsync
         if self._fd is not None:
             fd, self._fd = self._fd, None  # forgotten first: a signal here must not double-close
             os.close(fd)
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _write_loop(self, start: int) -> None:
+        fd = self._fd
+        assert fd is not None
+        written = start
+        try:
+            self._read_back_to(fd, start)  # the resumed prefix counts in the read-back crc32c
+            while not self._abandon.is_set():
+                try:
+                    piece = self._queue.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
+                if piece is None:
+                    self._sync(fd, written)
+                    break
+                view = memoryview(piece)
+                try:
+                    while view:
+                        view = view[os.write(fd, view):]
+                except OSError as exc:
+                    raise self._error(exc, f"cannot write {self.part}") from exc
+                written += len(piece)
+                with self._room:
+                    self._queued_bytes -= len(piece)
+                    self._room.notify()
+                # What a crash can lose (written, not yet synced) stays under one interval.
+                if written - self._durable >= self._sync_interval // 2:
+                    self._sync(fd, written)
+        except BaseException as exc:  # noqa: BLE001 - raised on the main thread by its next call
+            self._failure = exc
+        finally:
+            self._finished.set()
+
+    def _sync(self, fd: int, written: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise self._error(exc, f"cannot sync {self.part}") from exc
+        self._durable = written
+        self._read_back_to(fd, written)
+
+    def _read_back_to(self, fd: int, end: int) -> None:
+        # pread on the write-only fd is not allowed: read through a second descriptor.
+        if end <= self._read_back:
+            return
+        try:
+            rfd = os.open(self.part, os.O_RDONLY)
+        except OSError as exc:
+            raise self._error(exc, f"cannot read back {self.part}") from exc
+        try:
+            crc, at = self._read_back_crc, self._read_back
+            while at < end and not self._abandon.is_set():
+                chunk = os.pread(rfd, min(_READ_BACK, end - at), at)
+                if not chunk:
+                    raise IntegrityError(f"{self.part} ends at {at} bytes, but {end} were synced: the disk lost data")
+                crc = google_crc32c.extend(crc, chunk)
+                at += len(chunk)
+            self._read_back_crc, self._read_back = crc, at
+        finally:
+            os.close(rfd)
 
     def _error(self, exc: OSError, what: str) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
