@@ -190,10 +190,18 @@ def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_star
     dest = tmp_path / "dest"
     part = dest / run.name / f"{run.name}.tar.gz.part"
     final = part.with_name(f"{run.name}.tar.gz")
-    _kill_when_part_reaches(_start(run, dest, tmp_path), part, len(reference) // 2)
-    with sqlite3.connect(tmp_path / "sruns.db") as db:
-        (durable,) = db.execute("SELECT durable_offset FROM tasks").fetchone()
-    assert durable > 4096
+    proc = _start(run, dest, tmp_path)
+    durable, deadline = 0, time.monotonic() + 60
+    while durable < len(reference) // 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+        try:
+            with sqlite3.connect(tmp_path / "sruns.db") as db:
+                durable = (db.execute("SELECT durable_offset FROM tasks").fetchone() or (0,))[0]
+        except sqlite3.Error:  # not created yet
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert durable >= len(reference) // 3, "the archive ended before the crash point"
     with open(part, "r+b") as f:  # the disk hands back another byte than was synced
         f.seek(durable // 2)
         byte = f.read(1)

@@ -1,15 +1,15 @@
 """A local (or NFS) directory destination: `<dest>/<run>/<run>.tar.gz`, resumable.
 
-Bytes go to `<name>.part` through one writer thread, so the copy into the page cache
-and the disk's writeback never stall the tar reader and the compressors (a NovaSeq
-run is mostly stored data: there the disk, not the CPU, is the limit). The writer
-fsyncs every half ``sync_interval``; what it has synced is the durable offset the
-journal's checkpoints are recorded against. On resume the part file is cut back to
-that offset: anything after it was written but never synced, and could be garbage
-after a power loss. After each fsync the writer reads the synced range back and
-extends a crc32c over it, the local twin of GCS's stored crc32c, compared with the
-stream's own at the end. The final name appears only after the trailer is synced
-and the whole file has read back right.
+Bytes go to `<name>.part` through a writer thread, so the copy into the page cache
+never stalls the tar reader and the compressors. An fsync every half ``sync_interval``
+runs on a third thread while later pieces are written; what it has synced is the
+durable offset the journal's checkpoints are recorded against. On resume the part
+file is cut back to that offset: anything after it was written but never synced, and
+could be garbage after a power loss. After each fsync the synced range is read back
+(while the page cache still holds it: a multi-TB archive is never read from disk a
+second time) into a crc32c, the local twin of GCS's stored crc32c, compared with the
+stream's own at the end. The final name appears only after the trailer is synced and
+the whole file has read back right.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import errno
 import os
 import queue
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -149,15 +150,21 @@ class LocalSink:
     def _write_loop(self, start: int) -> None:
         fd = self._fd
         assert fd is not None
-        written = start
+        written = synced_from = start
+        # fsync and read-back run on a third thread while later pieces are written (an
+        # fsync covers what was written before it started), so the disk always has
+        # writeback queued and never waits for the writer.
+        syncer = ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        in_flight: Future[None] | None = syncer.submit(self._read_back_to, start)  # the resumed prefix
         try:
-            self._read_back_to(fd, start)  # the resumed prefix counts in the read-back crc32c
             while not self._abandon.is_set():
                 try:
                     piece = self._queue.get(timeout=_POLL)
                 except queue.Empty:
                     continue
                 if piece is None:
+                    if in_flight is not None:
+                        in_flight.result()
                     self._sync(fd, written)
                     break
                 view = memoryview(piece)
@@ -170,12 +177,20 @@ class LocalSink:
                 with self._room:
                     self._queued_bytes -= len(piece)
                     self._room.notify()
-                # What a crash can lose (written, not yet synced) stays under one interval.
-                if written - self._durable >= self._sync_interval // 2:
-                    self._sync(fd, written)
+                if in_flight is not None and in_flight.done():
+                    finished, in_flight = in_flight, None
+                    finished.result()  # its error, if any, is ours now
+                # A sync starts every half interval, after the previous one finished, so
+                # what a crash can lose (written, not yet synced) stays under one interval.
+                if written - synced_from >= self._sync_interval // 2:
+                    if in_flight is not None:
+                        in_flight.result()
+                    synced_from = written
+                    in_flight = syncer.submit(self._sync, fd, written)
         except BaseException as exc:  # noqa: BLE001 - raised on the main thread by its next call
             self._failure = exc
         finally:
+            syncer.shutdown(wait=True)  # never leave an fsync on a descriptor about to close
             self._finished.set()
 
     def _sync(self, fd: int, written: int) -> None:
@@ -184,9 +199,9 @@ class LocalSink:
         except OSError as exc:
             raise self._error(exc, f"cannot sync {self.part}") from exc
         self._durable = written
-        self._read_back_to(fd, written)
+        self._read_back_to(written)
 
-    def _read_back_to(self, fd: int, end: int) -> None:
+    def _read_back_to(self, end: int) -> None:
         # pread on the write-only fd is not allowed: read through a second descriptor.
         if end <= self._read_back:
             return
