@@ -30,6 +30,11 @@ __all__ = ["EXIT_INTERRUPTED", "main", "main_cli"]
 
 DEFAULT_DEST = "archives"
 _INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"
+_STOPPED_LINE = {
+    "verify": "sruns-stream: interrupted; the archive was not fully verified",
+    "restore": "sruns-stream: interrupted; the files restored so far were checked against the manifest;"
+               " run again into an empty DEST, or with --force",
+}
 
 
 def _size(text: str) -> int:
@@ -172,6 +177,7 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     db = args.journal or config.sqlite_db
     journal = Journal(db) if "/" not in args.source and Path(db).exists() else None
     report: VerifyReport | RestoreReport
+    stopping.install()  # a signal stops between pieces, and the temp files are cleaned up
     try:
         if args.command == "verify":
             report = verify_archive(args.source, against=args.against, journal=journal,
@@ -242,7 +248,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _read_back(args, out, err)
         return _status(args, out)
     except Interrupted:
-        print(_INTERRUPTED_LINE, file=err)
+        print(_INTERRUPTED_LINE if args.command == "archive" else _STOPPED_LINE[args.command], file=err)
         return EXIT_INTERRUPTED
     except SrunsError as exc:
         print(f"sruns-stream: error: {exc}", file=err)

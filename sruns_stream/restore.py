@@ -49,6 +49,7 @@ from .archive_source import (
 )
 from .errors import DestinationNotWritable, DiskFull, RunFolderMissing, UsageError
 from .progress import Progress, human_bytes
+from .stopping import STOP
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -176,6 +177,7 @@ class _Stream:
         self.raw = 0
 
         def pull() -> bytes:
+            STOP.check()  # every piece: a signal stops a verify or restore here, cleanly
             piece = inner()
             self.raw += len(piece)
             progress.update(self.reader.pos, self.raw)

@@ -385,3 +385,37 @@ def test_cli_restore_round_trip_include_and_force(novaseq: Path, tmp_path: Path)
 
     typo = run_cli("restore", str(archive), str(tmp_path / "typo"), "--include", "nothing/*", cwd=tmp_path)
     assert typo.returncode == 1 and "matched no member" in typo.stdout + typo.stderr
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_stops_a_restore_cleanly_and_what_it_wrote_is_whole(make_run, tmp_path: Path) -> None:
+    """A signal mid-restore: exit 130 with one line, no temp file left behind, and every
+    file already under its name is complete (it was checked before it was renamed)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    run = make_run("hiseq", 24 << 20, seed=9, files=8000)
+    archive = _archive(run, str(tmp_path / "a"), tmp_path)
+    dest = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "sruns_stream", "restore", str(archive), str(dest)],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if dest.exists() and sum(1 for _ in dest.rglob("*.bcl*")) > 200:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the restore ended before the signal"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("sruns-stream: interrupted; the files restored so far")
+    restored = [p for p in dest.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert not [p for p in restored if p.name.startswith(".sruns-restore.")]
+    assert len(restored) < sum(1 for p in run.rglob("*") if p.is_file())  # it did stop early
+    for p in restored:
+        assert p.read_bytes() == (run.parent / p.relative_to(dest)).read_bytes(), p
