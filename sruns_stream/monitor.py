@@ -15,6 +15,7 @@ checkpoint, so the next start resumes them without re-uploading what was stored.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -98,6 +99,8 @@ class Monitor:
         # With several daemons on one share, a run is started only under a Firestore lease.
         self.leases = leases
         self.children: dict[str, _Child] = {}
+        self._move_refused: set[str] = set()  # logged once per run, not every cycle
+        self._sweep_refused: set[str] = set()
         self.rules = CompletionRules(marker_age_s=config.sentinal_file_age_minutes * 60.0)
         self.log_dir = Path(f"{journal.path}.logs")
 
@@ -366,9 +369,17 @@ class Monitor:
                 continue
             target.mkdir(parents=True, exist_ok=True)
             try:
-                shutil.move(str(src), str(dst))
+                # Rename only: across filesystems a move is a copy of up to terabytes that
+                # would stall this loop for hours and, if interrupted, leave a half copy
+                # that later cycles cannot tell from a finished one.
+                os.rename(src, dst)
             except OSError as exc:
-                log.error("%s: cannot move to %s: %s", task.name, dst, exc)
+                if task.name not in self._move_refused:
+                    self._move_refused.add(task.name)
+                    fix = (f"; put completed_runs_dir on the same filesystem as {src.parent}"
+                           if exc.errno == errno.EXDEV else "")
+                    log.error("%s: not moved to %s: %s%s (the run folder stays where it is)",
+                              task.name, dst, exc.strerror, fix)
                 continue
             self.journal.update(task.name, moved_to=str(dst), moved_at=self.clock())
             log.info("%s: moved to %s", task.name, dst)
@@ -383,7 +394,15 @@ class Monitor:
                 continue
             if self.clock() - task.moved_at < age:
                 continue
-            shutil.rmtree(task.moved_to, ignore_errors=False)
+            try:
+                shutil.rmtree(task.moved_to)
+            except FileNotFoundError:
+                pass  # removed by hand already: nothing left to sweep
+            except OSError as exc:
+                if task.name not in self._sweep_refused:
+                    self._sweep_refused.add(task.name)
+                    log.error("%s: cannot sweep %s: %s (tried again every cycle)", task.name, task.moved_to, exc)
+                continue
             self.journal.update(task.name, swept_at=self.clock())
             log.info("%s: swept %s", task.name, task.moved_to)
 

@@ -290,3 +290,34 @@ def test_kill_9_daemon_mid_upload_then_restart_finishes_without_resending(gcs, t
     archive.write_bytes(gcs.download(blob))
     gnu_untar(archive, tmp_path / "out")
     assert tree(tmp_path / "out" / run.name) == tree(tmp_path / "completed" / run.name)
+
+
+@pytest.mark.timeout(180)
+def test_completed_runs_dir_on_another_filesystem_is_refused_once_and_the_run_stays(
+    make_run, tmp_path: Path
+) -> None:
+    """A move across filesystems would be a long copy; the daemon renames only, says why
+    once, and leaves the archived run folder where it is, whole."""
+    import make_fake_run
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (CI runs as root)")
+    other = tmp_path / "completed"
+    other.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(other)], check=False).returncode:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        (tmp_path / "watch").mkdir()
+        run = tmp_path / "watch" / "240101_M00001_0003_000000000-CCCCC"
+        make_fake_run.make_run(run, "miseq", 1 << 20, seed=5)
+        copy = tree(run)
+        conf = _config(tmp_path)
+        first = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        row = _rows(tmp_path)[run.name]
+        assert row["status"] == "complete" and row["moved_to"] is None
+        assert tree(run) == copy and not list(other.iterdir())
+        refusals = [line for line in first.stderr.splitlines() if "not moved" in line]
+        assert len(refusals) == 1 and "same filesystem" in refusals[0], first.stderr
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
