@@ -69,7 +69,8 @@ def realruns_dir() -> Path | None:
 INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"
 
 
-def _durable(db: Path, run: str) -> int | None:
+def durable_offset(db: Path, run: str) -> int | None:
+    """The journal's durable offset for ``run``, read while another process writes it."""
     try:
         with sqlite3.connect(db) as conn:
             row = conn.execute("SELECT durable_offset FROM tasks WHERE name = ?", (run,)).fetchone()
@@ -94,10 +95,10 @@ def sigterm_once_past(proc: subprocess.Popen[str], db: Path, run: str, at: int |
     resets handlers); there the default action (-15) is right, and the row must not be
     left in progress either.
     """
-    before = _durable(db, run) or 0
+    before = durable_offset(db, run) or 0
     deadline = time.monotonic() + (0.3 if at is None else 60)
     while proc.poll() is None and time.monotonic() < deadline:
-        if at is not None and (_durable(db, run) or 0) > max(before, at - 1):
+        if at is not None and (durable_offset(db, run) or 0) > max(before, at - 1):
             break
         time.sleep(0.005)
     if proc.poll() is not None:

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, run_cli, sigterm_once_past, tree
+from helpers import REPO, durable_offset, gnu_untar, run_cli, sigterm_once_past, tree
 
 BLOCK = 64 * 1024
 SYNC = 1 << 20
@@ -48,6 +48,14 @@ def _kill_when_part_reaches(proc: subprocess.Popen[str], part: Path, size: int) 
     return part.stat().st_size
 
 
+def _reference(run: Path, tmp_path: Path) -> bytes:
+    """The archive of an uninterrupted run with the same flags: the oracle for resumes."""
+    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
+                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    return Path(json.loads(ref.stdout)["location"]).read_bytes()
+
+
 def _raw_len(gz_prefix: bytes) -> int:
     """How many raw bytes a prefix of the archive decodes to (the oracle for redone work)."""
     return len(zlib.decompressobj(31).decompress(gz_prefix))
@@ -56,10 +64,7 @@ def _raw_len(gz_prefix: bytes) -> int:
 @pytest.mark.timeout(240)
 def test_kill_9_twice_then_resume_gives_identical_bytes_and_bounded_rework(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 40 << 20, seed=3)
-    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
-                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
-    reference = Path(json.loads(ref.stdout)["location"]).read_bytes()
+    reference = _reference(run, tmp_path)
 
     dest = tmp_path / "dest"
     part = dest / run.name / f"{run.name}.tar.gz.part"
@@ -91,10 +96,7 @@ def test_kill_9_twice_then_resume_gives_identical_bytes_and_bounded_rework(make_
 @pytest.mark.parametrize("kind", ["novaseq", "hiseq"])
 def test_resume_with_stored_members_and_many_small_files(make_run, tmp_path: Path, kind: str) -> None:
     run = make_run(kind, 16 << 20, seed=5)
-    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
-                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
-    reference = Path(json.loads(ref.stdout)["location"]).read_bytes()
+    reference = _reference(run, tmp_path)
     dest = tmp_path / "dest"
     part = dest / run.name / f"{run.name}.tar.gz.part"
     proc = _start(run, dest, tmp_path)
@@ -137,10 +139,7 @@ def test_sigterm_at_many_moments_always_exits_130_resumable_and_ends_identical(m
     exit 130 with one line, the journal row resumable, and the same bytes at the end."""
 
     run = make_run("miseq", 24 << 20, seed=11)
-    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
-                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
-    reference = Path(json.loads(ref.stdout)["location"]).read_bytes()
+    reference = _reference(run, tmp_path)
     dest = tmp_path / "dest"
     part = dest / run.name / f"{run.name}.tar.gz.part"
     stopped = 0
@@ -156,8 +155,9 @@ def test_sigterm_at_many_moments_always_exits_130_resumable_and_ends_identical(m
 
 
 def test_a_transaction_cut_short_by_a_signal_does_not_wedge_the_journal(tmp_path: Path) -> None:
-    """A KeyboardInterrupt between BEGIN and the try that rolls back leaves the connection
-    inside a transaction; the next write must still land (the SIGTERM path relies on it)."""
+    """A KeyboardInterrupt (a second Ctrl-C lands wherever it lands) between BEGIN and the
+    try that rolls back leaves the connection inside a transaction; the next write, the
+    one that marks the row resumable, must still land."""
     import sqlite3
 
     from sruns_stream.journal import Journal
@@ -180,13 +180,9 @@ def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_star
     """The part file's synced prefix is read back into the crc32c that finalize checks:
     a flipped byte there is never reported as archived, and the next attempt, which
     cannot trust those bytes, starts from zero and ends in the right archive."""
-    import sqlite3
 
     run = make_run("miseq", 12 << 20, seed=13)
-    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
-                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
-    reference = Path(json.loads(ref.stdout)["location"]).read_bytes()
+    reference = _reference(run, tmp_path)
     dest = tmp_path / "dest"
     part = dest / run.name / f"{run.name}.tar.gz.part"
     final = part.with_name(f"{run.name}.tar.gz")
@@ -194,11 +190,7 @@ def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_star
     durable, deadline = 0, time.monotonic() + 60
     while durable < len(reference) // 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)
-        try:
-            with sqlite3.connect(tmp_path / "sruns.db") as db:
-                durable = (db.execute("SELECT durable_offset FROM tasks").fetchone() or (0,))[0]
-        except sqlite3.Error:  # not created yet
-            pass
+        durable = durable_offset(tmp_path / "sruns.db", run.name) or 0
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert durable >= len(reference) // 3, "the archive ended before the crash point"
