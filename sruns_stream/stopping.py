@@ -62,6 +62,9 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """Route SIGTERM and SIGINT to the stop flag (main thread only, as Python requires)."""
+    """Route SIGTERM and SIGINT to the stop flag. Python lets only the main thread set
+    handlers; called from another (an embedding program's worker), it leaves them be."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
