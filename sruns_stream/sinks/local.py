@@ -30,7 +30,6 @@ from .base import ArchiveInfo, Stored
 __all__ = ["LocalSink"]
 
 _READ_BACK = 4 << 20
-_QUEUE_BYTES = 32 << 20  # written by the main thread, not yet by the writer: bounds memory
 _POLL = 0.1  # seconds between looks at errors and stop requests while waiting
 
 
@@ -43,6 +42,10 @@ class LocalSink:
         self.description = str(self.final)
         self.archive_name = str(self.final)
         self._sync_interval = sync_interval
+        # Handed over but not yet written: one piece. The journal records durable progress
+        # only between the main thread's writes, so a producer running ahead of the writer
+        # would let the journal lag the disk, and a crash redo more than one interval.
+        self._queue_limit = 1
         self._fd: int | None = None
         self._offset = 0  # handed to the writer
         # Set by the writer thread only; plain ints are read atomically under the GIL.
@@ -89,8 +92,9 @@ class LocalSink:
             return
         piece = bytes(data)
         with self._room:
-            # One piece always fits, whatever its size; beyond that the budget holds.
-            while self._queued_bytes and self._queued_bytes + len(piece) > _QUEUE_BYTES:
+            # One piece always fits, whatever its size: the writer writes it while the
+            # main thread reads and compresses the next.
+            while self._queued_bytes and self._queued_bytes + len(piece) > self._queue_limit:
                 self._room.wait(_POLL)
                 self._raise_failure()
                 STOP.check()
