@@ -42,10 +42,6 @@ class LocalSink:
         self.description = str(self.final)
         self.archive_name = str(self.final)
         self._sync_interval = sync_interval
-        # Handed over but not yet written: one piece. The journal records durable progress
-        # only between the main thread's writes, so a producer running ahead of the writer
-        # would let the journal lag the disk, and a crash redo more than one interval.
-        self._queue_limit = 1
         self._fd: int | None = None
         self._offset = 0  # handed to the writer
         # Set by the writer thread only; plain ints are read atomically under the GIL.
@@ -68,11 +64,14 @@ class LocalSink:
         except OSError as exc:
             raise self._error(exc, f"cannot write to {self.dir}") from exc
         self._fd = fd
-        size = os.fstat(fd).st_size
-        # Resume only from the part file this journal row wrote and synced.
-        keep = durable if state == str(self.part) and size >= durable else 0
-        os.ftruncate(fd, keep)
-        os.lseek(fd, keep, os.SEEK_SET)
+        try:
+            size = os.fstat(fd).st_size
+            # Resume only from the part file this journal row wrote and synced.
+            keep = durable if state == str(self.part) and size >= durable else 0
+            os.ftruncate(fd, keep)
+            os.lseek(fd, keep, os.SEEK_SET)
+        except OSError as exc:
+            raise self._error(exc, f"cannot prepare {self.part}") from exc
         self._offset = self._durable = keep
         self._writer = threading.Thread(target=self._write_loop, args=(keep,), name="local-writer", daemon=True)
         self._writer.start()
@@ -92,9 +91,11 @@ class LocalSink:
             return
         piece = bytes(data)
         with self._room:
-            # One piece always fits, whatever its size: the writer writes it while the
-            # main thread reads and compresses the next.
-            while self._queued_bytes and self._queued_bytes + len(piece) > self._queue_limit:
+            # One piece at a time: the writer writes it while the main thread reads and
+            # compresses the next. The journal records durable progress only between the
+            # main thread's writes, so a producer running further ahead would let the
+            # journal lag the disk, and a crash redo more than one sync interval.
+            while self._queued_bytes:
                 self._room.wait(_POLL)
                 self._raise_failure()
                 STOP.check()
