@@ -26,7 +26,7 @@ from .journal import Journal
 from .progress import NoProgress, Progress, TerminalProgress, human_bytes
 from .workflow import archive_run
 
-__all__ = ["EXIT_INTERRUPTED", "main", "main_cli"]
+__all__ = ["main", "main_cli"]
 
 DEFAULT_DEST = "archives"
 _INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"

@@ -41,10 +41,6 @@ class StopRequest:
         if self._event.is_set():
             raise Interrupted(f"stopped by {signal.Signals(self._signum).name}")
 
-    def clear(self) -> None:
-        self._event.clear()
-        self._signum = 0
-
 
 STOP = StopRequest()
 

@@ -341,13 +341,11 @@ def _run(
         stored = sink.finalize(info, manifest_tsv(manifest, crcs))
         _verify(stored, info)
         attempt.commit_durable()
-    except IntegrityError:
+    except BaseException as exc:
         sink.abort()
-        # Resuming would rebuild on the bytes that failed: the next attempt starts from zero.
-        journal.update(name, manifest_id=None)
-        raise
-    except BaseException:
-        sink.abort()
+        if isinstance(exc, IntegrityError):
+            # Resuming would rebuild on the bytes that failed: the next attempt starts from zero.
+            journal.update(name, manifest_id=None)
         raise
     journal.update(
         name,

@@ -43,7 +43,6 @@ class LocalSink:
         self.archive_name = str(self.final)
         self._sync_interval = sync_interval
         self._fd: int | None = None
-        self._offset = 0  # handed to the writer
         # Set by the writer thread only; plain ints are read atomically under the GIL.
         self._durable = 0
         self._read_back = 0
@@ -53,14 +52,14 @@ class LocalSink:
         self._room = threading.Condition()
         self._queued_bytes = 0
         self._writer: threading.Thread | None = None
-        self._finished = threading.Event()
         self._abandon = threading.Event()
         self._failure: BaseException | None = None
 
     def open(self, state: str | None, durable: int) -> int:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
+            # Read and write: the read-back preads the synced ranges through the same fd.
+            fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise self._error(exc, f"cannot write to {self.dir}") from exc
         self._fd = fd
@@ -72,7 +71,7 @@ class LocalSink:
             os.lseek(fd, keep, os.SEEK_SET)
         except OSError as exc:
             raise self._error(exc, f"cannot prepare {self.part}") from exc
-        self._offset = self._durable = keep
+        self._durable = keep
         self._writer = threading.Thread(target=self._write_loop, args=(keep,), name="local-writer", daemon=True)
         self._writer.start()
         return keep
@@ -101,16 +100,16 @@ class LocalSink:
                 STOP.check()
             self._queued_bytes += len(piece)
         self._queue.put(piece)
-        self._offset += len(piece)
 
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
         assert self._writer is not None, "open() first"
         self._queue.put(None)
-        while not self._finished.wait(_POLL):
+        self._writer.join(_POLL)
+        while self._writer.is_alive():
             STOP.check()  # syncing and reading back the rest of a large archive takes a while
-        self._raise_failure()
-        self._writer.join()
+            self._writer.join(_POLL)
         self._writer = None
+        self._raise_failure()
         crc = self._read_back_crc
         if crc != info.crc32c or self._read_back != info.size or self._durable != info.size:
             raise IntegrityError(
@@ -160,7 +159,7 @@ class LocalSink:
         # fsync covers what was written before it started), so the disk always has
         # writeback queued and never waits for the writer.
         syncer = ThreadPoolExecutor(1, thread_name_prefix="fsync")
-        in_flight: Future[None] | None = syncer.submit(self._read_back_to, start)  # the resumed prefix
+        in_flight: Future[None] | None = syncer.submit(self._read_back_to, fd, start)  # the resumed prefix
         try:
             while not self._abandon.is_set():
                 try:
@@ -196,7 +195,6 @@ class LocalSink:
             self._failure = exc
         finally:
             syncer.shutdown(wait=True)  # never leave an fsync on a descriptor about to close
-            self._finished.set()
 
     def _sync(self, fd: int, written: int) -> None:
         try:
@@ -204,27 +202,21 @@ class LocalSink:
         except OSError as exc:
             raise self._error(exc, f"cannot sync {self.part}") from exc
         self._durable = written
-        self._read_back_to(written)
+        self._read_back_to(fd, written)
 
-    def _read_back_to(self, end: int) -> None:
-        # pread on the write-only fd is not allowed: read through a second descriptor.
-        if end <= self._read_back:
-            return
+    def _read_back_to(self, fd: int, end: int) -> None:
+        # pread leaves the file position, which the writer's os.write uses, untouched.
+        crc, at = self._read_back_crc, self._read_back
         try:
-            rfd = os.open(self.part, os.O_RDONLY)
-        except OSError as exc:
-            raise self._error(exc, f"cannot read back {self.part}") from exc
-        try:
-            crc, at = self._read_back_crc, self._read_back
             while at < end and not self._abandon.is_set():
-                chunk = os.pread(rfd, min(_READ_BACK, end - at), at)
+                chunk = os.pread(fd, min(_READ_BACK, end - at), at)
                 if not chunk:
                     raise IntegrityError(f"{self.part} ends at {at} bytes, but {end} were synced: the disk lost data")
                 crc = google_crc32c.extend(crc, chunk)
                 at += len(chunk)
-            self._read_back_crc, self._read_back = crc, at
-        finally:
-            os.close(rfd)
+        except OSError as exc:
+            raise self._error(exc, f"cannot read back {self.part}") from exc
+        self._read_back_crc, self._read_back = crc, at
 
     def _error(self, exc: OSError, what: str) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
