@@ -175,10 +175,13 @@ class Checkpoint:
     crc32: int  # of the raw tar bytes before raw_offset
     crc32c: int  # of the output bytes before gz_offset
     cursor: Cursor = field(default_factory=Cursor)
+    # crc32 of the raw bytes just before raw_offset (at most WINDOW): the dictionary a
+    # resume re-reads from the run folder must be the one these bytes were deflated with.
+    window_crc32: int = 0
 
     @classmethod
     def start(cls) -> Checkpoint:
-        return cls(0, 0, 0, 0, Cursor())
+        return cls(0, 0, 0, 0, Cursor(), 0)
 
 
 @dataclass(slots=True)
@@ -210,6 +213,7 @@ class _Running:
         cursor: Cursor,
         files_done: list[tuple[int, int]] | None = None,
         stored_bytes: int = 0,
+        window_crc32: int | None = None,
     ) -> CompressedBlock:
         cp = self.cp
         self.cp = Checkpoint(
@@ -218,6 +222,7 @@ class _Running:
             crc32=isal_zlib.crc32_combine(cp.crc32, block_crc, raw_len),
             crc32c=google_crc32c.extend(cp.crc32c, data),
             cursor=cursor,
+            window_crc32=cp.window_crc32 if window_crc32 is None else window_crc32,
         )
         return CompressedBlock(data, self.cp, files_done or [], raw_len, stored_bytes)
 
@@ -242,18 +247,19 @@ def compressed_stream(
 
     # Bounded in-flight work gives backpressure: at most two blocks per thread wait,
     # and output leaves in block order whatever order the threads finish in.
-    pending: deque[tuple[RawBlock, Future[tuple[bytes, int]]]] = deque()
+    pending: deque[tuple[RawBlock, Future[tuple[bytes, int]], int]] = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate") as pool:
         try:
             for block in blocks:
-                pending.append((block, pool.submit(_encode, codec, block, dictionary)))
+                future = pool.submit(_encode, codec, block, dictionary)
                 dictionary = (dictionary + bytes(block.data[-WINDOW:]))[-WINDOW:]
+                pending.append((block, future, isal_zlib.crc32(dictionary)))
                 while len(pending) > 2 * threads:
                     yield _finish(running, *pending.popleft())
             while pending:
                 yield _finish(running, *pending.popleft())
         finally:
-            for _, fut in pending:
+            for _, fut, _ in pending:
                 fut.cancel()
     if running.cp.raw_offset == raw_size:
         trailer = codec.trailer(running.cp.crc32, raw_size)
@@ -261,7 +267,7 @@ def compressed_stream(
             yield running.emit(trailer, 0, 0, running.cp.cursor)
 
 
-def _finish(running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]]) -> CompressedBlock:
+def _finish(running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]], window_crc32: int) -> CompressedBlock:
     data, block_crc = fut.result()
     return running.emit(
         data,
@@ -270,4 +276,5 @@ def _finish(running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]]) 
         block.cursor,
         block.files_done,
         sum(end - start for start, end in block.stored),
+        window_crc32,
     )

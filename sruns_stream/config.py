@@ -17,6 +17,7 @@ from .errors import ConfigError
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_CHUNK_SIZE",
+    "GCS_CHUNK_QUANTUM",
     "ArchiveOptions",
     "Config",
     "MailConfig",
@@ -54,6 +55,11 @@ class ArchiveOptions:
     sync_interval: int = DEFAULT_SYNC_INTERVAL
     chunk_size: int = DEFAULT_CHUNK_SIZE
     upload_retries: int = 8
+    # A durable point is asked for after this much raw tar (or this long) without one,
+    # whatever the sync interval or chunk: a run that compresses 100:1 otherwise fills a
+    # 16 MiB interval once per 1.6 GB, and a crash would redo all of it.
+    checkpoint_raw_interval: int = 256 * MiB
+    checkpoint_seconds: int = 30
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -77,6 +83,10 @@ class ArchiveOptions:
             raise ConfigError(f"sync_interval must be at least block_size ({self.block_size})")
         if self.upload_retries < 0:
             raise ConfigError(f"upload_retries must be 0 or more, not {self.upload_retries!r}")
+        if self.checkpoint_raw_interval < self.block_size:
+            raise ConfigError(f"checkpoint_raw_interval must be at least block_size ({self.block_size})")
+        if self.checkpoint_seconds < 1:
+            raise ConfigError(f"checkpoint_seconds must be 1 or more, not {self.checkpoint_seconds!r}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,10 @@ class Config:
     task_runtime_limit_sec: int | None = None
     sentinal_file_age_minutes: int = 0
     sweep_age_sec: int | None = None
+    # RTA-marker-only runs, and runs found changed after a scan (analysis software writes
+    # into run folders after the instrument is done): archived once nothing in the
+    # folder changed for this long.
+    quiet_period_sec: int = 1800
     max_concurrent_runs: int = 1
     max_attempts: int = 5
     host_id: str | None = None  # this daemon's identity in Firestore leases (default: host name)
@@ -209,7 +223,7 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
             kw[key] = path(key)
         elif key in ("firestore_collection", "gcp_bucket_name", "gcp_bucket_basedir", "name", "host_id"):
             kw[key] = _expect(key, value, str, "a string") if value is not None else None
-        elif key in ("cycle_pause_sec", "max_concurrent_runs", "max_attempts", "lease_sec"):
+        elif key in ("cycle_pause_sec", "max_concurrent_runs", "max_attempts", "lease_sec", "quiet_period_sec"):
             kw[key] = _positive_int(key, value)
         elif key in ("task_runtime_limit_sec", "sweep_age_sec"):
             kw[key] = None if value is None else _positive_int(key, value)

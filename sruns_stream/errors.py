@@ -8,7 +8,8 @@
     │   └── RunFolderMissing         RUNDIR does not exist or is not a directory
     ├── RunFolderError               a run folder cannot be read as it must be
     │   ├── UnreadableEntry          a file or directory cannot be read (names the path)
-    │   └── RunFolderChanged         a file no longer matches its manifest entry
+    │   └── RunFolderChanged         exit 3: an entry appeared, vanished or changed while the
+    │                                run was archived; run again once the folder is quiet
     ├── DestinationError             the destination cannot take the archive
     │   ├── DestinationNotWritable
     │   ├── DiskFull                 ENOSPC/EDQUOT while writing; progress is kept
@@ -28,6 +29,7 @@ has to map this tree to an exit code and a single line.
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_CHANGED",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -53,6 +55,7 @@ __all__ = [
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_CHANGED = 3  # the run folder changed under the archive: not a failure, a "not yet"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
@@ -83,7 +86,7 @@ class UnreadableEntry(RunFolderError):
 
 
 class RunFolderChanged(RunFolderError):
-    pass
+    exit_code = EXIT_CHANGED
 
 
 class DestinationError(SrunsError):
@@ -116,7 +119,6 @@ class FirestoreError(SrunsError):
 
 class RunLocked(SrunsError):
     pass
-
 
 
 class Interrupted(SrunsError):

@@ -6,12 +6,24 @@ the workflow status, where the archive goes, the destination's resumable state a
 the newest checkpoint at or below its durable offset. Table ``manifest`` holds each
 run's ordered entries and, as checkpoints land, each finished member's crc32c.
 
-One transaction per durable advance, never per block. The file is created 0600: a
-GCS session URI in it is a bearer credential.
+One transaction per durable advance, never per block. Each checkpoint row carries a
+digest of itself (``ck_sum``): a resume trusts a checkpoint only if the digest matches,
+so one wrong value (a bad disk block, a hand edit) restarts the archive from zero
+instead of building a corrupt gzip that checks out. The journal and its ``-wal`` and
+``-shm`` files are made 0600 whenever the tool opens them: a GCS session URI in them
+is a bearer credential.
+
+A `tasks` table made by sruns-monitor (0.1.9: four columns; 1.x adds ``rundir_path``)
+is migrated in place: our columns are added, theirs are kept as they are (sruns-monitor
+may read them again after a roll-back) and read where they help. A row it finished
+(``gcp_tarfile`` set) is ``complete``; a row it left half-way (``tarfile`` set: a local
+tarball may still be on disk, perhaps partial) is archived afresh, and the old
+tarball's path is kept in ``legacy_tarfile`` so `status` can say it may be deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,16 +31,18 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+import google_crc32c
 
 from .blockgzip import Checkpoint
 from .errors import JournalError
 from .runfolder import Entry
 from .tarstream import Cursor
 
-__all__ = ["STATUSES", "Journal", "OutboxItem", "Task", "WorkflowStatus"]
+__all__ = ["STATUSES", "Journal", "OutboxItem", "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c"]
 
 # sruns-monitor's workflow_status values, in their order.
 WorkflowStatus = Literal[
@@ -63,6 +77,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     ck_crc32c INTEGER NOT NULL DEFAULT 0,
     ck_member INTEGER NOT NULL DEFAULT 0,
     ck_member_crc32c INTEGER NOT NULL DEFAULT 0,
+    ck_window_crc32 INTEGER NOT NULL DEFAULT 0,
+    ck_files_crc32c INTEGER NOT NULL DEFAULT 0,
+    ck_sum TEXT,
     raw_bytes INTEGER,
     archive_bytes INTEGER,
     file_count INTEGER,
@@ -85,7 +102,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     moved_to TEXT,
     moved_at REAL,
     swept_at REAL,
-    published TEXT
+    published TEXT,
+    changed_at REAL,
+    legacy_tarfile TEXT
 );
 CREATE TABLE IF NOT EXISTS manifest (
     task TEXT NOT NULL,
@@ -99,6 +118,8 @@ CREATE TABLE IF NOT EXISTS manifest (
     gid INTEGER NOT NULL,
     linkname BLOB NOT NULL,
     crc32c INTEGER,
+    ino INTEGER NOT NULL DEFAULT 0,
+    ctime_ns INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (task, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
@@ -130,6 +151,8 @@ class Task:
     manifest_id: str | None
     durable_offset: int
     checkpoint: Checkpoint
+    files_crc32c: int  # running crc32c over the members the checkpoint has finished
+    ck_sum: str | None
     raw_bytes: int | None
     archive_bytes: int | None
     file_count: int | None
@@ -153,6 +176,28 @@ class Task:
     moved_at: float | None
     swept_at: float | None
     published: str | None
+    changed_at: float | None  # when the run folder was last found changed after a scan
+    legacy_tarfile: str | None  # sruns-monitor's local tarball of a run it left half-way
+
+    def checkpoint_intact(self) -> bool:
+        """Whether the checkpoint fields are the ones `record_checkpoint` wrote."""
+        return self.ck_sum == checkpoint_sum(
+            self.name, self.durable_offset, self.checkpoint, self.files_crc32c, self.sink_state,
+            self.params, self.manifest_id,
+        )
+
+
+def checkpoint_sum(
+    name: str, durable: int, cp: Checkpoint, files_crc32c: int, sink_state: str | None,
+    params: dict[str, Any], manifest_id: str | None,
+) -> str:
+    """A digest over everything a resume builds on."""
+    text = json.dumps(
+        [name, durable, cp.raw_offset, cp.gz_offset, cp.crc32, cp.crc32c, cp.cursor.index, cp.cursor.crc32c,
+         cp.window_crc32, files_crc32c, sink_state, params, manifest_id],
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Journal:
@@ -169,24 +214,61 @@ class Journal:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._migrate()
+            # After the first statements: SQLite has made -wal and -shm by now. A journal
+            # that sruns-monitor (or an older sruns-stream) made is 0644 until here.
+            self._restrict()
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()
 
-    def _migrate(self) -> None:
-        """Add our columns to a `tasks` table an older tool made (sruns-monitor's has four)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
-        body = _SCHEMA.split("CREATE TABLE IF NOT EXISTS tasks (", 1)[1].split(");", 1)[0]
+    def _restrict(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{self.path}{suffix}")
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_mode & 0o077 and st.st_uid == os.getuid():
+                path.chmod(0o600)
+
+    def _add_columns(self, table: str) -> set[str]:
+        """Add the columns of ``table`` in _SCHEMA that an older journal lacks; returns
+        the columns it had before."""
+        have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        body = _SCHEMA.split(f"CREATE TABLE IF NOT EXISTS {table} (", 1)[1].split("\n)", 1)[0]
         for line in body.strip().splitlines():
             m = re.match(r"\s*(\w+) (.*?),?$", line)
-            if m and m.group(1) not in have and "PRIMARY KEY" not in m.group(2):
-                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {m.group(1)} {m.group(2)}")
-        if "status" not in have:
-            # sruns-monitor set gcp_tarfile once a tarball was uploaded: those runs are done.
-            self._db.execute(
-                "UPDATE tasks SET status = 'complete', location = gcp_tarfile WHERE gcp_tarfile IS NOT NULL"
+            if m and m.group(1) not in have and "PRIMARY KEY" not in m.group(2) and m.group(1) != "PRIMARY":
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {m.group(1)} {m.group(2)}")
+        return have
+
+    def _migrate(self) -> None:
+        """Bring a journal an older tool made up to this schema (see the module docstring)."""
+        self._add_columns("manifest")
+        have = self._add_columns("tasks")
+        if "status" in have:
+            return
+        with self._tx() as db:
+            # sruns-monitor wrote '' (not NULL) for what it had not done yet, and pid 0.
+            db.execute("UPDATE tasks SET pid = NULL")
+            if "rundir_path" in have:  # 1.x: where the run folder was
+                db.execute(
+                    "UPDATE tasks SET rundir_found = rundir_path WHERE rundir_path IS NOT NULL AND rundir_path != ''"
+                )
+            # It uploaded, then set gcp_tarfile ("bucket/blob"): those runs are archived.
+            db.execute(
+                "UPDATE tasks SET status = 'complete', location = gcp_tarfile, destination = 'gs://' ||"
+                " substr(gcp_tarfile, 1, instr(gcp_tarfile, '/') - 1) WHERE gcp_tarfile IS NOT NULL"
+                " AND gcp_tarfile != ''"
+            )
+            # It tarred to local disk, then stopped: start again by streaming, and keep the
+            # old tarball's path so status can say it is no longer needed.
+            db.execute(
+                "UPDATE tasks SET legacy_tarfile = tarfile, last_error = 'sruns-monitor left this run half-way;"
+                " it is archived again by streaming' WHERE status != 'complete' AND tarfile IS NOT NULL"
+                " AND tarfile != ''"
             )
 
     @contextmanager
@@ -252,9 +334,10 @@ class Journal:
             db.execute("DELETE FROM manifest WHERE task = ?", (name,))
             db.executemany(
                 "INSERT INTO manifest (task, idx, path, kind, size, mode, mtime_ns, uid, gid,"
-                " linkname) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " linkname, ino, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (name, i, e.path, e.kind, e.size, e.mode, e.mtime_ns, e.uid, e.gid, e.linkname)
+                    (name, i, e.path, e.kind, e.size, e.mode, e.mtime_ns, e.uid, e.gid, e.linkname,
+                     e.ino, e.ctime_ns)
                     for i, e in enumerate(entries)
                 ),
             )
@@ -266,24 +349,26 @@ class Journal:
                 "UPDATE tasks SET pid = ?, tarfile = ?, gcp_tarfile = NULL, status = 'starting',"
                 " rundir = ?, destination = ?, location = NULL, sink_state = NULL, params = ?,"
                 " manifest_id = ?, durable_offset = 0, ck_raw = 0, ck_gz = 0, ck_crc32 = 0,"
-                " ck_crc32c = 0, ck_member = 0, ck_member_crc32c = 0, raw_bytes = NULL,"
+                " ck_crc32c = 0, ck_member = 0, ck_member_crc32c = 0, ck_window_crc32 = 0,"
+                " ck_files_crc32c = 0, ck_sum = ?, raw_bytes = NULL,"
                 " archive_bytes = NULL, file_count = NULL, crc32c = NULL, compression = NULL,"
-                " last_error = NULL, session_started_at = NULL, finished_at = NULL,"
+                " last_error = NULL, session_started_at = NULL, finished_at = NULL, changed_at = NULL,"
                 " updated_at = ? WHERE name = ?",
                 (os.getpid(), tarfile, rundir, destination, json.dumps(params, sort_keys=True),
-                 manifest_id, now, name),
+                 manifest_id, checkpoint_sum(name, 0, Checkpoint.start(), 0, None, params, manifest_id),
+                 now, name),
             )
 
     def entries(self, name: str) -> list[Entry]:
         try:
             rows = self._db.execute(
-                "SELECT path, kind, size, mode, mtime_ns, uid, gid, linkname FROM manifest"
+                "SELECT path, kind, size, mode, mtime_ns, uid, gid, linkname, ino, ctime_ns FROM manifest"
                 " WHERE task = ? ORDER BY idx",
                 (name,),
             ).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
-        return [Entry(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7])) for r in rows]
+        return [Entry(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), r[8], r[9]) for r in rows]
 
     def member_crcs(self, name: str) -> list[int | None]:
         try:
@@ -306,24 +391,29 @@ class Journal:
 
     def record_checkpoint(
         self,
-        name: str,
+        task: Task,
         durable: int,
         cp: Checkpoint,
         files_done: list[tuple[int, int]],
+        files_crc32c: int,
         sink_state: str | None,
     ) -> None:
-        """One durable advance: the offset, the checkpoint under it, members finished."""
+        """One durable advance: the offset, the checkpoint under it, members finished.
+
+        ``task`` is the attempt's row as `start_fresh` left it: its params and manifest
+        id go into the checkpoint's digest."""
+        ck_sum = checkpoint_sum(task.name, durable, cp, files_crc32c, sink_state, task.params, task.manifest_id)
         with self._tx() as db:
             db.executemany(
                 "UPDATE manifest SET crc32c = ? WHERE task = ? AND idx = ?",
-                ((crc, name, idx) for idx, crc in files_done),
+                ((crc, task.name, idx) for idx, crc in files_done),
             )
             db.execute(
                 "UPDATE tasks SET durable_offset = ?, ck_raw = ?, ck_gz = ?, ck_crc32 = ?,"
-                " ck_crc32c = ?, ck_member = ?, ck_member_crc32c = ?, sink_state = ?,"
-                " updated_at = ? WHERE name = ?",
+                " ck_crc32c = ?, ck_member = ?, ck_member_crc32c = ?, ck_window_crc32 = ?,"
+                " ck_files_crc32c = ?, ck_sum = ?, sink_state = ?, updated_at = ? WHERE name = ?",
                 (durable, cp.raw_offset, cp.gz_offset, cp.crc32, cp.crc32c, cp.cursor.index,
-                 cp.cursor.crc32c, sink_state, time.time(), name),
+                 cp.cursor.crc32c, cp.window_crc32, files_crc32c, ck_sum, sink_state, time.time(), task.name),
             )
 
     # The Firestore outbox: status updates wait here, in order, until delivered, so a
@@ -373,8 +463,17 @@ _COLUMNS = {
     "file_count", "crc32c", "compression", "attempts", "last_error", "session_started_at",
     "updated_at", "finished_at", "rundir_found", "run_id", "instrument", "instrument_status",
     "pid_start", "failures", "next_attempt_at", "gave_up_at", "moved_to", "moved_at", "swept_at",
-    "published",
+    "published", "changed_at", "legacy_tarfile",
 }
+_TASK_FIELDS = frozenset(f.name for f in fields(Task))
+
+
+def files_crc32c(crc: int, files_done: list[tuple[int, int]]) -> int:
+    """Extend the running crc32c over finished members (index and crc32c, in order)."""
+    if not files_done:
+        return crc
+    out: int = google_crc32c.extend(crc, b"".join(b"%d %08x\n" % pair for pair in files_done))
+    return out
 
 
 def _task(row: dict[str, Any]) -> Task:
@@ -384,6 +483,12 @@ def _task(row: dict[str, Any]) -> Task:
         row.pop("ck_crc32"),
         row.pop("ck_crc32c"),
         Cursor(row.pop("ck_member"), row.pop("ck_member_crc32c")),
+        row.pop("ck_window_crc32"),
     )
-    row["params"] = json.loads(row["params"]) if row["params"] else {}
-    return Task(checkpoint=cp, **row)
+    row["files_crc32c"] = row.pop("ck_files_crc32c")
+    try:
+        row["params"] = json.loads(row["params"]) if row["params"] else {}
+    except ValueError:
+        row["params"] = {"unreadable": row["params"]}  # a damaged row: it resumes nothing
+    # Columns another tool added (sruns-monitor 1.x's rundir_path) stay in the table.
+    return Task(checkpoint=cp, **{k: v for k, v in row.items() if k in _TASK_FIELDS})

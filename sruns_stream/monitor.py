@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .completion import CompletionRules, run_state
 from .config import Config
 from .errors import EXIT_INTERRUPTED, ConfigError
 from .firestore import Leases, NoMirror, StatusMirror, fields_from_task
 from .journal import Journal
 from .notify import MailEvent, Notifier, NullNotifier
-from .runfolder import CompletionRules, run_state
 
 __all__ = ["Monitor", "process_start_time"]
 

@@ -10,7 +10,9 @@ manifest that `verify` and `restore` check against.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 from array import array
 from bisect import bisect_right
@@ -22,6 +24,7 @@ import google_crc32c
 from . import classify
 from .errors import RunFolderChanged, UnreadableEntry
 from .runfolder import DIR, FILE, SYMLINK, Entry, Manifest
+from .safefs import Tree
 
 __all__ = ["BLOCK", "Cursor", "RawBlock", "TarLayout", "TarReader", "render_header"]
 
@@ -134,9 +137,6 @@ def render_header(entry: Entry, pax: bytes | None = None) -> bytes:
     return pax_header + pax + b"\0" * _pad(len(pax)) + main
 
 
-_O_NOATIME = os.O_RDONLY | getattr(os, "O_NOATIME", 0)  # reading must not touch atimes
-
-
 def _add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
     """Append [start, end) to sorted ranges, merging with the last when adjacent."""
     if ranges and ranges[-1][1] == start:
@@ -224,12 +224,19 @@ class TarReader:
         if cursor is not None and cursor.index == self.index:
             self._crc = cursor.crc32c
         self._store = store_precompressed
+        self._tree: Tree | None = None
         self._fd: int | None = None
         self._fd_index = -1
         self._stored_member = False
         self.bytes_read_from_files = 0
 
     def close(self) -> None:
+        self._close_member()
+        if self._tree is not None:
+            tree, self._tree = self._tree, None
+            tree.close()
+
+    def _close_member(self) -> None:
         if self._fd is not None:
             # Forget the fd before closing it: a signal between the two must not leave a
             # closed fd that the unwinding closes again (EBADF instead of "interrupted").
@@ -328,24 +335,15 @@ class TarReader:
         block.files_done.append((i, self._crc))
 
     def _open_member(self, i: int, offset: int, check_first: bool = True) -> None:
-        self.close()
+        self._close_member()
         manifest = self.layout.manifest
         entry = manifest.entries[i]
-        path = manifest.source_path(entry)
         try:
-            fd = os.open(path, _O_NOATIME)
-        except PermissionError:
-            # O_NOATIME needs ownership; fall back rather than fail on shared folders.
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as exc:
-                raise UnreadableEntry(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
-        except FileNotFoundError:
-            raise RunFolderChanged(
-                f"{os.fsdecode(path)} disappeared after the run folder was scanned"
-            ) from None
+            if self._tree is None:
+                self._tree = self._open_tree()
+            fd = self._tree.open_file(entry.rel)
         except OSError as exc:
-            raise UnreadableEntry(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
+            raise _open_error(entry, exc) from exc
         self._fd = fd
         self._fd_index = i
         self._stored_member = False
@@ -361,35 +359,71 @@ class TarReader:
         if offset:
             os.lseek(fd, offset, os.SEEK_SET)
 
+    def _open_tree(self) -> Tree:
+        manifest = self.layout.manifest
+        tree = Tree(manifest.root)
+        root = manifest.entries[0]
+        if root.ino and tree.root_stat().st_ino != root.ino:
+            tree.close()
+            raise RunFolderChanged(f"{manifest.root} is no longer the folder that was scanned (its inode changed)")
+        return tree
+
     def _check_stat(self, i: int, when: str) -> None:
+        """The open member is still the regular file the scan saw, unchanged."""
         assert self._fd is not None
         entry = self.layout.manifest.entries[i]
         st = os.fstat(self._fd)
-        if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
-            raise RunFolderChanged(
-                f"{entry.display} changed {when} (size {entry.size} -> {st.st_size}, "
-                f"mtime changed: {st.st_mtime_ns != entry.mtime_ns}); "
-                "a run folder must not change while it is archived: run again to start over"
-            )
+        if not stat.S_ISREG(st.st_mode):
+            problem = "is no longer a regular file (replaced by a directory, FIFO or device)"
+        elif entry.ino and st.st_ino != entry.ino:
+            problem = "was replaced by another file (its inode changed)"
+        elif st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+            problem = f"changed {when} (size {entry.size} -> {st.st_size}, mtime changed: {st.st_mtime_ns != entry.mtime_ns})"
+        elif entry.ctime_ns and st.st_ctime_ns != entry.ctime_ns:
+            problem = f"was rewritten in place {when} (its ctime changed; size and mtime were kept)"
+        else:
+            return
+        raise RunFolderChanged(
+            f"{entry.display} {problem}; a run folder must not change while it is archived: run again to start over"
+        )
 
     def _read_data(self, i: int, offset: int, out: memoryview) -> None:
         if self._fd_index != i:
             self._open_member(i, offset)
         assert self._fd is not None
         got = 0
-        while got < len(out):
-            n = os.readv(self._fd, [out[got:]])
-            if n == 0:
-                entry = self.layout.manifest.entries[i]
-                raise RunFolderChanged(
-                    f"{entry.display} shrank while being read (expected {entry.size} bytes); "
-                    "a run folder must not change while it is archived"
-                )
-            got += n
+        entry = self.layout.manifest.entries[i]
+        try:
+            while got < len(out):
+                n = os.readv(self._fd, [out[got:]])
+                if n == 0:
+                    if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                        self._check_stat(i, "while being read")  # a FIFO or device reads as empty
+                    raise RunFolderChanged(
+                        f"{entry.display} shrank while being read (expected {entry.size} bytes); "
+                        "a run folder must not change while it is archived"
+                    )
+                got += n
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.EAGAIN, errno.EINVAL):
+                self._check_stat(i, "while being read")
+            raise UnreadableEntry(f"cannot read {entry.display}: {exc.strerror}") from exc
         # google_crc32c takes only read-only bytes; the copy costs ~0.1 ms a MiB.
         self._crc = google_crc32c.extend(self._crc, bytes(out))
         self.bytes_read_from_files += got
 
     def _finish_member(self, i: int) -> None:
         self._check_stat(i, "while being read")
-        self.close()
+        self._close_member()
+
+
+def _open_error(entry: Entry, exc: OSError) -> Exception:
+    """What a failed open of a member means: the folder changed, or we may not read it."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return RunFolderChanged(f"{entry.display} disappeared after the run folder was scanned")
+    if exc.errno == errno.ELOOP:
+        return RunFolderChanged(
+            f"{entry.display} (or a directory on its path) became a symlink after the run folder was "
+            "scanned: links are never followed"
+        )
+    return UnreadableEntry(f"cannot read {entry.display}: {exc.strerror}")

@@ -1,10 +1,19 @@
 """One run, end to end: manifest, stream, destination, checkpoints, verification.
 
-Start or resume: a run whose journal row has a checkpoint, the same stream parameters,
-the same destination and an unchanged run folder resumes from the newest checkpoint
-at or below what the destination durably holds; anything else starts from zero and
-says why. Only an archive whose bytes the destination reads back with our crc32c is
-reported done.
+Start or resume: a run whose journal row has an intact checkpoint (its digest checks
+out, the manifest in the journal matches its fingerprint, the 32 KiB dictionary read
+back from the folder has the crc the checkpoint recorded), the same stream parameters,
+the same destination and an unchanged run folder resumes from the newest checkpoint at
+or below what the destination durably holds; anything else starts from zero and says
+why.
+
+Only an archive whose bytes the destination reads back with our crc32c is reported
+done, and only if the run folder, walked again once the archive is stored, still holds
+exactly what was archived: a file that appeared, vanished or changed meanwhile means
+the run is not reported archived (`RunFolderChanged`, exit 3) and must be archived
+again. "Already archived" is answered only after the same checks: same folder (path
+and contents), archive present with the recorded size (and crc32c where the store
+reports it without a read).
 """
 
 from __future__ import annotations
@@ -19,22 +28,25 @@ from pathlib import Path
 from typing import Any
 
 import isal
+from isal import isal_zlib
 
 from . import __version__
 from .blockgzip import WINDOW, Checkpoint, Codec, GzipCodec, PlainTarCodec, compressed_stream
 from .config import ArchiveOptions
-from .errors import IntegrityError
-from .journal import Journal, Task
+from .errors import IntegrityError, RunFolderChanged
+from .journal import Journal, Task, files_crc32c
 from .lock import RunLock
 from .progress import NoProgress, Progress
-from .runfolder import FILE, Manifest, scan_run_folder
-from .sinks import ArchiveInfo, Sink, Stored, make_sink, normalize_destination
+from .runfolder import FILE, Manifest, compare, fingerprint, resolve_run_folder, scan_run_folder
+from .sinks import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
 from .stopping import STOP
 from .tarstream import TarLayout, TarReader
 
 __all__ = ["ArchiveResult", "archive_run", "make_codec", "manifest_tsv", "stream_params"]
 
 SinkFactory = Callable[[str, str, str, ArchiveOptions], Sink]
+# (destination, location) -> (size, crc32c if the store reports it) or None when absent
+Probe = Callable[[str, str], "tuple[int, int | None] | None"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class ArchiveResult:
     skipped: list[str] = field(default_factory=list)
     restart_reason: str | None = None
     already_complete: bool = False
+    note: str | None = None  # about an "already archived" answer
 
     @property
     def ratio(self) -> float:
@@ -76,7 +89,8 @@ class ArchiveResult:
 
     def summary(self) -> str:
         if self.already_complete:
-            return f"{self.run}: already archived at {self.location} (crc32c {self.crc32c})"
+            note = f"; {self.note}" if self.note else ""
+            return f"{self.run}: already archived at {self.location} (crc32c {self.crc32c}){note}"
         resumed = f", resumed at {self.resumed_from_archive} bytes" if self.resumed_from_archive else ""
         return (
             f"{self.run}: {self.files} files, {self.raw_bytes} raw bytes -> {self.archive_bytes} "
@@ -136,15 +150,16 @@ def manifest_tsv(manifest: Manifest, crcs: list[int | None]) -> bytes:
 class _Attempt:
     """State of one archive attempt in this process."""
 
-    def __init__(self, journal: Journal, name: str, sink: Sink, layout: TarLayout) -> None:
+    def __init__(self, journal: Journal, task: Task, sink: Sink, start: Checkpoint, files_crc: int) -> None:
         self.journal = journal
-        self.name = name
+        self.task = task
         self.sink = sink
-        self.layout = layout
         # Checkpoints written but not yet durable (never the data: memory stays small).
         self.pending: deque[tuple[Checkpoint, list[tuple[int, int]]]] = deque()
-        self.crcs: dict[int, int] = {}
         self.last_durable = -1
+        self.files_crc = files_crc  # over the members the newest recorded checkpoint finished
+        self.durable_raw = start.raw_offset  # raw offset of the newest recorded checkpoint
+        self.durable_at = time.monotonic()
 
     def commit_durable(self) -> None:
         """Record the newest checkpoint at or below the sink's durable offset."""
@@ -158,7 +173,22 @@ class _Attempt:
             done.extend(files_done)
         self.last_durable = durable
         if newest is not None:
-            self.journal.record_checkpoint(self.name, durable, newest, done, self.sink.state())
+            self.files_crc = files_crc32c(self.files_crc, done)
+            self.journal.record_checkpoint(self.task, durable, newest, done, self.files_crc, self.sink.state())
+            self.durable_raw = newest.raw_offset
+            self.durable_at = time.monotonic()
+
+    def space_checkpoints(self, raw_offset: int, options: ArchiveOptions) -> None:
+        """Ask for a durable point when much raw work (or time) went by without one: a
+        run that compresses 100:1 would otherwise fill a sync interval only rarely, and
+        a crash would redo all of it."""
+        if (
+            raw_offset - self.durable_raw >= options.checkpoint_raw_interval
+            or time.monotonic() - self.durable_at >= options.checkpoint_seconds
+        ):
+            self.sink.request_durable()
+            self.durable_raw = raw_offset  # one request per interval, not one per block
+            self.durable_at = time.monotonic()
 
 
 def archive_run(
@@ -170,23 +200,36 @@ def archive_run(
     *,
     force: bool = False,
     sink_factory: SinkFactory = make_sink,
+    probe: Probe = probe_archive,
     clock: Callable[[], float] = time.monotonic,
 ) -> ArchiveResult:
     """Archive one run folder to ``destination``, resuming where the journal allows."""
     progress = progress or NoProgress()
-    rundir = Path(rundir).absolute()
+    root = resolve_run_folder(rundir)
     destination = normalize_destination(destination)
-    name = rundir.name
+    name = root.name
     with RunLock(journal.path, name):
         task = journal.get(name)
-        if task and task.status == "complete" and not force and task.destination == destination:
-            return _already_complete(task)
         t0 = clock()
         try:
-            return _run(rundir, destination, options, journal, progress, task, force, sink_factory, clock, t0)
+            restart_reason: str | None = None
+            scan: Manifest | None = None
+            if task and task.status == "complete" and not force and task.destination == destination:
+                if task.manifest_id is None:  # only sruns-monitor's rows are complete without one
+                    return _legacy_complete(task, probe)
+                scan = scan_run_folder(root)
+                restart_reason = _not_archived_because(task, root, scan, journal, probe)
+                if restart_reason is None:
+                    return _already_complete(task)
+            return _run(root, destination, options, journal, progress, task, force, sink_factory, clock, t0,
+                        scan, restart_reason)
         except BaseException as exc:
             # KeyboardInterrupt/SystemExit too: the row must never stay "in progress".
-            journal.update(name, status="not_running", pid=None, last_error=_one_line(exc))
+            if journal.get(name) is not None:
+                fields: dict[str, Any] = {"status": "not_running", "pid": None, "last_error": _one_line(exc)}
+                if isinstance(exc, RunFolderChanged):
+                    fields["changed_at"] = time.time()  # the daemon waits for a quiet folder
+                journal.update(name, **fields)
             raise
         finally:
             progress.close()
@@ -197,7 +240,7 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0][:500]
 
 
-def _already_complete(task: Task) -> ArchiveResult:
+def _already_complete(task: Task, note: str | None = None) -> ArchiveResult:
     return ArchiveResult(
         run=task.name,
         location=task.location or "",
@@ -210,19 +253,58 @@ def _already_complete(task: Task) -> ArchiveResult:
         compression=task.compression or "",
         seconds=0.0,
         already_complete=True,
+        note=note,
     )
 
 
+def _legacy_complete(task: Task, probe: Probe) -> ArchiveResult:
+    """A run sruns-monitor archived: it kept no manifest, so only the object can be checked."""
+    assert task.destination is not None and task.location is not None
+    if probe(task.destination, task.location) is None:
+        raise IntegrityError(
+            f"the journal says sruns-monitor archived {task.name} at gs://{task.location}, but that object "
+            "is gone: run again with --force to archive the run folder with sruns-stream"
+        )
+    return _already_complete(
+        task,
+        note="archived by sruns-monitor, which kept no manifest: its contents cannot be compared with the "
+        "folder; --force archives it again with sruns-stream",
+    )
+
+
+def _not_archived_because(
+    task: Task, root: Path, scan: Manifest, journal: Journal, probe: Probe
+) -> str | None:
+    """Why a `complete` row does not prove ``root`` archived now, or None if it does."""
+    if task.destination == "null":
+        return "the null destination keeps nothing"
+    if task.rundir != str(root):
+        return f"the journal's archive of {task.name} was made from {task.rundir}, not {root}"
+    diff = compare(journal.entries(task.name), scan)
+    if diff:
+        return f"the run folder changed since it was archived: {diff.summary()}"
+    assert task.destination is not None
+    where = task.location or "?"
+    found = probe(task.destination, where) if task.location else None
+    if found is None:
+        return f"the archive recorded at {where} no longer exists"
+    size, crc = found
+    if size != task.archive_bytes:
+        return f"{where} holds {size} bytes, but the archive had {task.archive_bytes}"
+    if crc is not None and task.crc32c is not None and f"{crc:08x}" != task.crc32c:
+        return f"{where} has crc32c {crc:08x}, but the archive had {task.crc32c}"
+    return None
+
+
 def _resume_problem(task: Task | None, rundir: Path, destination: str, params: dict[str, Any], force: bool) -> str | None:
-    """Why the journal row cannot be resumed, or None if it can."""
-    if task is None or task.status == "new":
+    """Why the journal row cannot be resumed, "" if it may be (after the checks on the
+    folder), or None when there is nothing to resume."""
+    if task is None or task.status == "new" and not task.manifest_id:
         return None
-    if task.status == "complete":
-        return "the last archive finished"
-    if not task.manifest_id:
-        return "the journal holds no resumable attempt (the last archive failed its integrity check)"
     if force:
         return "--force was given"
+    if not task.manifest_id:
+        return "the journal holds no resumable attempt"
     if task.rundir != str(rundir):
         return f"the journal's attempt was for {task.rundir}"
     if task.destination != destination:
@@ -230,7 +312,25 @@ def _resume_problem(task: Task | None, rundir: Path, destination: str, params: d
     if task.params != params:
         changed = sorted(k for k in params if task.params.get(k) != params[k])
         return f"stream parameters changed ({', '.join(changed)})"
+    if not task.checkpoint_intact():
+        return "the journal's checkpoint fails its checksum (damaged, or written by an older version)"
     return ""
+
+
+def _resumable_manifest(task: Task, rundir: Path, journal: Journal) -> tuple[Manifest | None, str]:
+    """The journal's manifest if the folder still matches it, else (None, why not)."""
+    entries = journal.entries(task.name)
+    if fingerprint(entries) != task.manifest_id:
+        return None, "the journal's manifest does not match its fingerprint (damaged)"
+    crcs = journal.member_crcs(task.name)
+    done = [(i, crc) for i, crc in enumerate(crcs) if crc is not None]
+    if files_crc32c(0, done) != task.files_crc32c:
+        return None, "the journal's member checksums do not match the checkpoint (damaged)"
+    manifest = Manifest(root=rundir, entries=entries)
+    change = next(manifest.changed_entries(), None)  # the first one decides: stop there
+    if change is not None:
+        return None, f"the run folder changed since its manifest ({change})"
+    return manifest, ""
 
 
 def _run(
@@ -244,23 +344,27 @@ def _run(
     sink_factory: SinkFactory,
     clock: Callable[[], float],
     t0: float,
+    scan: Manifest | None,
+    restart_reason: str | None,
 ) -> ArchiveResult:
     name = rundir.name
     params = stream_params(options)
     codec = make_codec(options)
-    restart_reason = _resume_problem(task, rundir, destination, params, force)
+    if restart_reason is None:
+        restart_reason = _resume_problem(task, rundir, destination, params, force)
     manifest: Manifest | None = None
     if restart_reason == "" and task is not None:
-        manifest = Manifest(root=rundir, entries=journal.entries(name))
-        change = next(manifest.changed_entries(), None)  # the first one decides: stop there
-        if change is not None:
-            restart_reason = f"the run folder changed since its manifest ({change})"
-            manifest = None
+        manifest, restart_reason = _resumable_manifest(task, rundir, journal)
+    if task is not None and task.legacy_tarfile:
+        progress.note(
+            f"{name}: sruns-monitor's local tarball {task.legacy_tarfile} is not used (it may be partial); "
+            "delete it by hand once this archive is verified"
+        )
     sink = sink_factory(destination, name, codec.extension, options)
     if manifest is None:
         if restart_reason:
             progress.note(f"{name}: starting from zero: {restart_reason}")
-        manifest = scan_run_folder(rundir)
+        manifest = scan or scan_run_folder(rundir)
         for skipped in manifest.skipped:
             progress.note(f"skipped {skipped}")
         journal.start_fresh(
@@ -272,30 +376,37 @@ def _run(
             manifest_id=manifest.fingerprint(),
             entries=manifest.entries,
         )
-        task = journal.get(name)
-        assert task is not None
+    task = journal.get(name)
     assert task is not None  # resumed, or just written by start_fresh
-    attempts = task.attempts + 1
-    journal.update(name, pid=os.getpid(), status="starting", attempts=attempts, last_error=None)
+    journal.update(name, pid=os.getpid(), status="starting", attempts=task.attempts + 1, last_error=None)
 
     layout = TarLayout(manifest)
+    start, files_crc = task.checkpoint, task.files_crc32c
     offset = sink.open(task.sink_state, task.durable_offset)
-    start = task.checkpoint
-    if offset < start.gz_offset:
-        # The destination holds less than the journal's checkpoint: it lost data.
-        progress.note(f"{name}: destination holds {offset} bytes, less than the checkpoint: starting from zero")
-        start = Checkpoint.start()
-        offset = sink.open(None, 0)
-    if offset:
-        progress.note(f"{name}: resuming at archive byte {offset} (raw byte {start.raw_offset})")
-    journal.update(name, status="tarring", sink_state=sink.state(), session_started_at=time.time())
-
-    attempt = _Attempt(journal, name, sink, layout)
-    attempt.last_durable = offset
     dictionary = b""
-    if start.raw_offset:
+    if offset >= start.gz_offset and start.raw_offset:
         with TarReader(layout, max(0, start.raw_offset - WINDOW)) as dict_reader:
             dictionary = dict_reader.read_range(min(WINDOW, start.raw_offset))
+        if isal_zlib.crc32(dictionary) != start.window_crc32:
+            progress.note(
+                f"{name}: the 32 KiB before the checkpoint read back differently from the run folder "
+                "(a file was rewritten in place): starting from zero"
+            )
+            offset = -1
+    if offset < start.gz_offset:
+        if offset >= 0:
+            # The destination holds less than the journal's checkpoint: it lost data.
+            progress.note(f"{name}: destination holds {offset} bytes, less than the checkpoint: starting from zero")
+        start, files_crc, dictionary = Checkpoint.start(), 0, b""
+        offset = sink.open(None, 0)
+    elif offset:
+        progress.note(f"{name}: resuming at archive byte {offset} (raw byte {start.raw_offset})")
+    # The session the sink has now (new, or resumed) is recorded before any byte goes out.
+    journal.record_checkpoint(task, offset, start, [], files_crc, sink.state())
+    journal.update(name, status="tarring", session_started_at=time.time())
+
+    attempt = _Attempt(journal, task, sink, start, files_crc)
+    attempt.last_durable = offset
     skip = offset - start.gz_offset
     discarded = skip
     stored_bytes = 0
@@ -317,6 +428,7 @@ def _run(
                     sink.write(data)
                 attempt.pending.append((cb.checkpoint, cb.files_done))
                 attempt.commit_durable()
+                attempt.space_checkpoints(cb.checkpoint.raw_offset, options)
                 stored_bytes += cb.stored_bytes
                 last = cb.checkpoint
                 progress.update(last.raw_offset, last.gz_offset)
@@ -347,6 +459,17 @@ def _run(
             # Resuming would rebuild on the bytes that failed: the next attempt starts from zero.
             journal.update(name, manifest_id=None)
         raise
+    # The archive is stored and verified. It proves the run archived only if the folder
+    # still holds exactly what it holds: anything written meanwhile (analysis software
+    # writes into run folders after the instrument is done) is in no archive.
+    diff = compare(manifest.entries, scan_run_folder(rundir))
+    if diff:
+        journal.update(name, location=stored.location, manifest_id=None)
+        raise RunFolderChanged(
+            f"{name}: the run folder changed while it was archived: {diff.summary()}; the archive at "
+            f"{stored.location} holds the folder as it was scanned and is not reported as the run's archive: "
+            "run again once the folder no longer changes"
+        )
     journal.update(
         name,
         status="uploading_complete",
@@ -359,6 +482,8 @@ def _run(
         compression=codec.name,
     )
     journal.update(name, status="complete", pid=None, finished_at=time.time())
+    if task.legacy_tarfile:
+        progress.note(f"{name}: archived; sruns-monitor's local tarball {task.legacy_tarfile} can be deleted")
     return ArchiveResult(
         run=name,
         location=stored.location,
@@ -386,4 +511,3 @@ def _verify(stored: Stored, info: ArchiveInfo) -> None:
             f"{stored.location} holds {stored.size} bytes with crc32c {stored.crc32c:08x}, but "
             f"{info.size} bytes with crc32c {info.crc32c:08x} were sent: the archive is not trusted"
         )
-

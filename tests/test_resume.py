@@ -15,8 +15,11 @@ import time
 import zlib
 from pathlib import Path
 
+import google_crc32c
 import pytest
 from helpers import REPO, durable_offset, gnu_untar, run_cli, sigterm_once_past, tree
+
+from sruns_stream.journal import Journal
 
 BLOCK = 64 * 1024
 SYNC = 1 << 20
@@ -180,9 +183,12 @@ def test_a_transaction_cut_short_by_a_signal_does_not_wedge_the_journal(tmp_path
 def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_starts_over(
     make_run, tmp_path: Path
 ) -> None:
-    """The part file's synced prefix is read back into the crc32c that finalize checks:
-    a flipped byte there is never reported as archived, and the next attempt, which
-    cannot trust those bytes, starts from zero and ends in the right archive."""
+    """The part file's synced bytes are read back into the crc32c that finalize checks.
+    The read-back position is saved with each checkpoint, so a resume reads back only
+    what the killed process had not (here: the second half of the durable prefix, as if
+    it was killed between an fsync and its read-back). A flipped byte there is never
+    reported as archived, and the next attempt, which cannot trust those bytes, starts
+    from zero and ends in the right archive."""
 
     run = make_run("miseq", 12 << 20, seed=13)
     reference = _reference(run, tmp_path)
@@ -197,10 +203,19 @@ def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_star
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert durable >= len(reference) // 3, "the archive ended before the crash point"
+    journal = Journal(tmp_path / "sruns.db")
+    task = journal.get(run.name)
+    assert task is not None and task.sink_state is not None
+    state = json.loads(task.sink_state)
+    half = task.durable_offset // 2
+    with open(part, "rb") as f:
+        state["read_back"] = [half, google_crc32c.value(f.read(half))]
+    journal.record_checkpoint(task, task.durable_offset, task.checkpoint, [], task.files_crc32c, json.dumps(state))
+    journal.close()
     with open(part, "r+b") as f:  # the disk hands back another byte than was synced
-        f.seek(durable // 2)
+        f.seek(half + 100)
         byte = f.read(1)
-        f.seek(durable // 2)
+        f.seek(half + 100)
         f.write(bytes([byte[0] ^ 0x01]))
 
     failed = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
@@ -211,5 +226,5 @@ def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_star
     again = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
-    assert result["resumed_from_archive"] == 0 and "integrity" in result["restart_reason"]
+    assert result["resumed_from_archive"] == 0 and "no resumable attempt" in result["restart_reason"]
     assert final.read_bytes() == reference

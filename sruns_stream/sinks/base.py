@@ -60,6 +60,11 @@ class Sink(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def request_durable(self) -> None:
+        """Make what was written durable soon, short of the usual interval if need be
+        (the workflow asks when much raw work went by without a checkpoint)."""
+        ...
+
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
         """Make every byte durable, commit the archive and its manifest, read back its
         checksum. The archive must not appear under its final name before this."""

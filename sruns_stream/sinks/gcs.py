@@ -59,12 +59,12 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # t
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .. import __version__
-from ..config import ArchiveOptions
-from ..errors import IntegrityError, UploadError
+from ..config import GCS_CHUNK_QUANTUM, ArchiveOptions
+from ..errors import DestinationError, IntegrityError, UploadError
 from ..stopping import STOP
 from .base import ArchiveInfo, Stored
 
-__all__ = ["SESSION_LIFETIME", "GcsSink", "blob_name", "make_client"]
+__all__ = ["SESSION_LIFETIME", "GcsSink", "blob_name", "make_client", "probe_object"]
 
 # GCS forgets a resumable session a week after it was created.
 SESSION_LIFETIME = 7 * 24 * 3600.0
@@ -119,6 +119,29 @@ def make_client() -> Client:
             "no Google credentials found: run on a VM with a service account, set "
             "GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth application-default login`"
         ) from exc
+
+
+def probe_object(bucket: str, name: str, client: Client | None = None) -> tuple[int, int | None] | None:
+    """(size, crc32c) of ``gs://bucket/name`` from its metadata (no download), or None
+    when the object (or the bucket) does not exist."""
+    own = client is None
+    client = client or make_client()
+    where = f"gs://{bucket}/{name}"
+    try:
+        blob = client.bucket(bucket).get_blob(name, timeout=DEFAULT_TIMEOUT)
+    except api_exceptions.NotFound:
+        return None
+    except api_exceptions.GoogleAPICallError as exc:
+        message = " ".join(str(getattr(exc, "message", "") or exc).split())[:200]
+        raise DestinationError(f"cannot look at {where}: HTTP {exc.code} {message}") from exc
+    except (requests.ConnectionError, requests.Timeout, auth_exceptions.TransportError) as exc:
+        raise DestinationError(f"cannot reach GCS to look at {where}: {type(exc).__name__}") from exc
+    finally:
+        if own:
+            client.close()
+    if blob is None:
+        return None
+    return int(blob.size or 0), _crc32c_from_b64(blob.crc32c)
 
 
 def _stderr_note(message: str) -> None:
@@ -191,7 +214,9 @@ class GcsSink:
         self._base_lock = threading.Lock()  # durable_offset is read from the caller's thread
         # Caller state: bytes written since the last hand-over; they follow self._buf.
         self._fill = bytearray()
-        self._queue: queue.Queue[bytearray] = queue.Queue(maxsize=1)
+        # (bytes, flush): with flush, the uploader also sends what whole 256 KiB units it
+        # holds beyond the last full chunk, so the next checkpoint need not wait for one.
+        self._queue: queue.Queue[tuple[bytearray, bool]] = queue.Queue(maxsize=1)
         self._idle = threading.Event()  # the uploader holds no chunk it has not sent
         self._idle.set()
         self._stop = threading.Event()
@@ -247,6 +272,10 @@ class GcsSink:
         self._fill += data
         if len(self._fill) >= self._chunk:
             self._hand_over()
+
+    def request_durable(self) -> None:
+        if self._uri is not None and self._finished is None:
+            self._hand_over(flush=True)
 
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
         self._raise_error()
@@ -316,7 +345,7 @@ class GcsSink:
                 break
         self._raise_error()
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, flush: bool = False) -> None:
         """Give the filled bytes to the uploader once it is idle; returns at once then."""
         self._wait_idle()
         if self._thread is None:
@@ -327,7 +356,7 @@ class GcsSink:
         self._idle.clear()
         while True:
             try:
-                self._queue.put(chunk, timeout=_POLL)
+                self._queue.put((chunk, flush), timeout=_POLL)
                 return
             except queue.Full:
                 self._raise_error()
@@ -337,13 +366,15 @@ class GcsSink:
         try:
             while not self._stop.is_set():
                 try:
-                    chunk = self._queue.get(timeout=_POLL)
+                    chunk, flush = self._queue.get(timeout=_POLL)
                 except queue.Empty:
                     continue
                 self._buf = chunk if not self._buf else self._buf + chunk
                 del chunk
                 while len(self._buf) >= self._chunk and not self._stop.is_set():
                     self._send(total=None)
+                if flush and len(self._buf) >= GCS_CHUNK_QUANTUM and not self._stop.is_set():
+                    self._send(total=None, partial=True)
                 self._idle.set()
         except BaseException as exc:  # noqa: BLE001  # kept for the caller's next write() or finalize()
             self._error = exc
@@ -432,16 +463,17 @@ class GcsSink:
 
     # -- requests on the session ----------------------------------------------------
 
-    def _send(self, total: int | None) -> None:
+    def _send(self, total: int | None, partial: bool = False) -> None:
         """Have the server acknowledge the first chunk of the buffer (all of it, and
-        commit the object, when ``total`` is given). Every retry starts with a status query."""
+        commit the object, when ``total`` is given; its whole 256 KiB units when
+        ``partial``). Every retry starts with a status query."""
 
         def attempt(number: int) -> None:
             if self._stop.is_set():
                 raise UploadError(f"the upload of {self.description} was stopped")
             if number > 1:
                 self._resync()
-            self._put_pending(total)
+            self._put_pending(total, partial)
 
         self._with_retries("chunk upload", attempt)
         # A final request the server answered with 308 after keeping part of it: send
@@ -449,14 +481,21 @@ class GcsSink:
         while total is not None and self._finished is None:
             self._with_retries("chunk upload", attempt)
 
-    def _put_pending(self, total: int | None) -> None:
+    def _put_pending(self, total: int | None, partial: bool = False) -> None:
         if self._finished is not None:
             if total is None:
                 self._committed_early()
             return
-        if total is None and len(self._buf) < self._chunk:
+        if total is not None:
+            n = len(self._buf)
+        elif partial:
+            n = len(self._buf) // GCS_CHUNK_QUANTUM * GCS_CHUNK_QUANTUM
+            if not n:
+                return  # the server kept enough already
+        elif len(self._buf) < self._chunk:
             return  # the server kept part of the chunk; the rest waits for more bytes
-        n = len(self._buf) if total is not None else self._chunk
+        else:
+            n = self._chunk
         start = self._base
         if n:
             content_range = f"bytes {start}-{start + n - 1}/{'*' if total is None else total}"

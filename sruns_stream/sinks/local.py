@@ -2,28 +2,41 @@
 
 Bytes go to `<name>.part` through a writer thread, so the copy into the page cache
 never stalls the tar reader and the compressors. An fsync every half ``sync_interval``
-runs on a third thread while later pieces are written; what it has synced is the
-durable offset the journal's checkpoints are recorded against. On resume the part
-file is cut back to that offset: anything after it was written but never synced, and
-could be garbage after a power loss. After each fsync the synced range is read back
-(while the page cache still holds it: a multi-TB archive is never read from disk a
-second time) into a crc32c, the local twin of GCS's stored crc32c, compared with the
-stream's own at the end. The final name appears only after the trailer is synced and
-the whole file has read back right.
+(or sooner, when the workflow asks for a durable point) runs on a third thread while
+later pieces are written; what it has synced is the durable offset the journal's
+checkpoints are recorded against. On resume the part file is cut back to that offset:
+anything after it was written but never synced, and could be garbage after a power
+loss. After each fsync the synced range is read back (while the page cache still holds
+it: a multi-TB archive is never read from disk a second time) into a crc32c, the local
+twin of GCS's stored crc32c, compared with the stream's own at the end. The read-back
+position and crc32c are part of ``state()``, so a resume continues the read-back where
+it stood instead of reading the whole prefix again. The final name appears only after
+the trailer is synced and the whole file has read back right.
+
+The destination's run directory may be writable by others. Every file in it is opened
+through a descriptor of that directory with ``O_NOFOLLOW``: a symlink planted at
+`<run>.tar.gz.part` or at the manifest's temporary name is refused, never followed, and
+a part file with other hard links is refused too (writing it would change them). The
+part file is ``flock``ed while written, so a second process (an archive of the same run
+with another journal) is told so instead of interleaving its bytes.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 import queue
+import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
 
-from ..errors import DestinationNotWritable, DiskFull, IntegrityError
+from ..errors import DestinationNotWritable, DiskFull, IntegrityError, RunLocked
+from ..safefs import DIR_FLAGS
 from ..stopping import STOP
 from .base import ArchiveInfo, Stored
 
@@ -31,6 +44,8 @@ __all__ = ["LocalSink"]
 
 _READ_BACK = 4 << 20
 _POLL = 0.1  # seconds between looks at errors and stop requests while waiting
+_SYNC_NOW = b""  # queued by request_durable(); write() never queues empty pieces
+_FINISH = None  # queued by finalize(): sync, read back, stop
 
 
 class LocalSink:
@@ -42,12 +57,11 @@ class LocalSink:
         self.description = str(self.final)
         self.archive_name = str(self.final)
         self._sync_interval = sync_interval
+        self._dir_fd: int | None = None
         self._fd: int | None = None
-        # Set by the writer thread only; plain ints are read atomically under the GIL.
+        # Set by the writer threads only; each is one object, read atomically under the GIL.
         self._durable = 0
-        self._read_back = 0
-        self._read_back_crc = 0
-        # None, queued after the last write, means: sync, read back, report.
+        self._read_back: tuple[int, int] = (0, 0)  # (offset, crc32c of the bytes before it)
         self._queue: queue.Queue[bytes | None] = queue.Queue()
         self._room = threading.Condition()
         self._queued_bytes = 0
@@ -56,28 +70,61 @@ class LocalSink:
         self._failure: BaseException | None = None
 
     def open(self, state: str | None, durable: int) -> int:
+        # A second open (a resume that falls back to zero) replaces the first: never two
+        # writer threads on one queue.
+        self.abort()
+        self._failure = None
+        self._abandon.clear()
+        self._queue = queue.Queue()
+        self._queued_bytes = 0
+        saved_part, saved_read_back = _parse_state(state)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self._dir_fd = os.open(self.dir, DIR_FLAGS)
             # Read and write: the read-back preads the synced ranges through the same fd.
-            fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(
+                self.part.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=self._dir_fd
+            )
         except OSError as exc:
+            self.abort()
+            if exc.errno == errno.ELOOP or self.dir.is_symlink():
+                raise self._planted(self.part if self.dir.is_dir() and not self.dir.is_symlink() else self.dir) from exc
             raise self._error(exc, f"cannot write to {self.dir}") from exc
-        self._fd = fd
+        fd = self._fd
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                self.abort()
+                raise DestinationNotWritable(
+                    f"{self.part} is not a plain file of its own (it has {st.st_nlink} hard links): "
+                    "refusing to write through it; remove it and run again"
+                )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.abort()
+                raise RunLocked(
+                    f"another process is writing {self.part} (an archive of the same run, perhaps with "
+                    "another journal): wait for it to finish or stop it first"
+                ) from None
             # Resume only from the part file this journal row wrote and synced.
-            keep = durable if state == str(self.part) and size >= durable else 0
+            keep = durable if saved_part == str(self.part) and st.st_size >= durable else 0
             os.ftruncate(fd, keep)
             os.lseek(fd, keep, os.SEEK_SET)
         except OSError as exc:
+            self.abort()
             raise self._error(exc, f"cannot prepare {self.part}") from exc
         self._durable = keep
+        # The read-back went as far as the state says; what lies between there and the
+        # durable offset (at most one sync interval) is read back once more now.
+        self._read_back = saved_read_back if saved_read_back[0] <= keep else (0, 0)
         self._writer = threading.Thread(target=self._write_loop, args=(keep,), name="local-writer", daemon=True)
         self._writer.start()
         return keep
 
     def state(self) -> str | None:
-        return str(self.part)
+        at, crc = self._read_back
+        return json.dumps({"part": str(self.part), "read_back": [at, crc]}, sort_keys=True)
 
     @property
     def durable_offset(self) -> int:
@@ -101,35 +148,41 @@ class LocalSink:
             self._queued_bytes += len(piece)
         self._queue.put(piece)
 
+    def request_durable(self) -> None:
+        if self._writer is not None:
+            self._queue.put(_SYNC_NOW)
+
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
-        assert self._writer is not None, "open() first"
-        self._queue.put(None)
+        assert self._writer is not None and self._dir_fd is not None, "open() first"
+        self._queue.put(_FINISH)
         self._writer.join(_POLL)
         while self._writer.is_alive():
             STOP.check()  # syncing and reading back the rest of a large archive takes a while
             self._writer.join(_POLL)
         self._writer = None
         self._raise_failure()
-        crc = self._read_back_crc
-        if crc != info.crc32c or self._read_back != info.size or self._durable != info.size:
+        at, crc = self._read_back
+        if crc != info.crc32c or at != info.size or self._durable != info.size:
             raise IntegrityError(
-                f"{self.part} reads back {self._read_back} bytes with crc32c {crc:08x}, "
+                f"{self.part} reads back {at} bytes with crc32c {crc:08x}, "
                 f"expected {info.size} bytes with {info.crc32c:08x}: the disk lost data"
             )
         # The manifest lands first, so an archive under its final name always has one.
-        tmp = self.manifest_path.with_name(self.manifest_path.name + ".part")
+        dfd = self._dir_fd
+        tmp = self.manifest_path.name + ".part"
         try:
-            with open(tmp, "wb") as f:
+            try:
+                os.unlink(tmp, dir_fd=dfd)  # a leftover, or a planted link: removed, never followed
+            except FileNotFoundError:
+                pass
+            mfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+            with open(mfd, "wb") as f:
                 f.write(manifest_tsv)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.manifest_path)
-            os.replace(self.part, self.final)
-            dir_fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            os.replace(tmp, self.manifest_path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.replace(self.part.name, self.final.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
         except OSError as exc:
             raise self._error(exc, f"cannot finish {self.final}") from exc
         self.abort()
@@ -141,9 +194,11 @@ class LocalSink:
         if writer is not None:
             self._abandon.set()
             writer.join()  # never close the fd under a running write or fsync
-        if self._fd is not None:
-            fd, self._fd = self._fd, None  # forgotten first: a signal here must not double-close
-            os.close(fd)
+        for attr in ("_fd", "_dir_fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                setattr(self, attr, None)  # forgotten first: a signal here must not double-close
+                os.close(fd)
 
     # -- the writer thread -------------------------------------------------------------
 
@@ -166,27 +221,30 @@ class LocalSink:
                     piece = self._queue.get(timeout=_POLL)
                 except queue.Empty:
                     continue
-                if piece is None:
+                if piece is _FINISH:
                     if in_flight is not None:
                         in_flight.result()
                     self._sync(fd, written)
                     break
-                view = memoryview(piece)
-                try:
-                    while view:
-                        view = view[os.write(fd, view):]
-                except OSError as exc:
-                    raise self._error(exc, f"cannot write {self.part}") from exc
-                written += len(piece)
-                with self._room:
-                    self._queued_bytes -= len(piece)
-                    self._room.notify()
+                if piece:
+                    view = memoryview(piece)
+                    try:
+                        while view:
+                            view = view[os.write(fd, view):]
+                    except OSError as exc:
+                        raise self._error(exc, f"cannot write {self.part}") from exc
+                    written += len(piece)
+                    with self._room:
+                        self._queued_bytes -= len(piece)
+                        self._room.notify()
                 if in_flight is not None and in_flight.done():
                     finished, in_flight = in_flight, None
                     finished.result()  # its error, if any, is ours now
                 # A sync starts every half interval, after the previous one finished, so
-                # what a crash can lose (written, not yet synced) stays under one interval.
-                if written - synced_from >= self._sync_interval // 2:
+                # what a crash can lose (written, not yet synced) stays under one interval;
+                # or at once when asked for a durable point.
+                due = written - synced_from >= self._sync_interval // 2 or (not piece and written > synced_from)
+                if due:
                     if in_flight is not None:
                         in_flight.result()
                     synced_from = written
@@ -206,7 +264,7 @@ class LocalSink:
 
     def _read_back_to(self, fd: int, end: int) -> None:
         # pread leaves the file position, which the writer's os.write uses, untouched.
-        crc, at = self._read_back_crc, self._read_back
+        at, crc = self._read_back
         try:
             while at < end and not self._abandon.is_set():
                 chunk = os.pread(fd, min(_READ_BACK, end - at), at)
@@ -214,9 +272,15 @@ class LocalSink:
                     raise IntegrityError(f"{self.part} ends at {at} bytes, but {end} were synced: the disk lost data")
                 crc = google_crc32c.extend(crc, chunk)
                 at += len(chunk)
+                self._read_back = (at, crc)
         except OSError as exc:
             raise self._error(exc, f"cannot read back {self.part}") from exc
-        self._read_back_crc, self._read_back = crc, at
+
+    def _planted(self, path: Path) -> Exception:
+        return DestinationNotWritable(
+            f"{path} is a symlink: refusing to write through it (someone else may own what it points to); "
+            "remove it and run again"
+        )
 
     def _error(self, exc: OSError, what: str) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -229,3 +293,16 @@ class LocalSink:
                 f"{what}: {exc.strerror}; choose a writable --dest or fix its permissions"
             )
         return DestinationNotWritable(f"{what}: {exc.strerror}")
+
+
+def _parse_state(state: str | None) -> tuple[str | None, tuple[int, int]]:
+    """(part path, (read-back offset, crc32c)) from ``state()``; a bare path is what
+    earlier versions saved (no read-back position: read the prefix back again)."""
+    if not state:
+        return None, (0, 0)
+    try:
+        saved = json.loads(state)
+        at, crc = saved["read_back"]
+        return str(saved["part"]), (int(at), int(crc))
+    except (ValueError, KeyError, TypeError):
+        return state, (0, 0)

@@ -35,6 +35,9 @@ class NullSink:
         if self._offset - self._durable >= self._interval:
             self._durable = self._offset
 
+    def request_durable(self) -> None:
+        self._durable = self._offset
+
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
         self._durable = self._offset
         return Stored(location="null", size=self._offset, crc32c=info.crc32c)

@@ -1,0 +1,239 @@
+"""Is a run folder finished, by its instrument's rules? (Used by the daemon only.)
+
+Precedence, covering every Illumina family: ``RunCompletionStatus.xml`` when present
+(``RunCompleted``/``CompletedAsPlanned`` succeed; ``RunErrored``, ``UserEndedEarly``…
+end the run too and are recorded), else ``CopyComplete.txt`` (the instrument's copy
+service finished writing the folder), else an RTA or sequencing marker plus a quiet
+period with no change in the folder; always a parseable ``RunInfo.xml``.
+
+Marker and XML files are read like everything else in a run folder: through
+`safefs.Tree`, never through a link, never a FIFO (a FIFO named ``RunInfo.xml`` would
+otherwise hang the daemon in ``open()``), and never more than ``_XML_LIMIT`` bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .safefs import Tree
+
+__all__ = [
+    "SUCCESS_STATUSES",
+    "CompletionRules",
+    "RunInfo",
+    "RunState",
+    "instrument_family",
+    "newest_change",
+    "parameters_file",
+    "read_completion_status",
+    "read_run_info",
+    "run_state",
+]
+
+SUCCESS_STATUSES = ("RunCompleted", "CompletedAsPlanned")
+# RunInfo.xml of a NovaSeq X 25B flow cell lists every tile: well under a MiB.
+_XML_LIMIT = 16 << 20
+
+
+@dataclass(frozen=True)
+class CompletionRules:
+    """Which files mark a run finished, and how old they must be (configurable)."""
+
+    marker_age_s: float = 0.0  # sruns-monitor's sentinal_file_age_minutes, in seconds
+    quiet_period_s: float = 1800.0  # RTA-only runs, and runs that changed: no change for this long
+    status_file: str = "RunCompletionStatus.xml"
+    copy_markers: tuple[str, ...] = ("CopyComplete.txt",)
+    rta_markers: tuple[str, ...] = (
+        "RTAComplete.txt",
+        "RTAComplete.xml",
+        "SequenceComplete.txt",
+        "SequencingComplete.txt",
+    )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    instrument: str
+    flowcell: str | None
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the folder says about itself right now."""
+
+    complete: bool
+    reason: str  # why it is or is not complete, for logs and `status`
+    run_info: RunInfo | None = None
+    instrument: str | None = None  # family, e.g. "NovaSeq 6000"
+    instrument_status: str | None = None  # RunCompletionStatus value, e.g. RunErrored
+    instrument_error: str | None = None
+    marker: str | None = None
+
+    @property
+    def errored(self) -> bool:
+        return self.instrument_status is not None and self.instrument_status not in SUCCESS_STATUSES
+
+
+def _marker_stat(rundir: Path, name: str) -> os.stat_result | None:
+    """The stat of a regular file ``name`` directly in ``rundir`` (links are not markers)."""
+    try:
+        st = os.lstat(Path(rundir) / name)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _read_small(rundir: Path, name: str) -> bytes | None:
+    """The bytes of regular file ``name`` in ``rundir``, or None (absent, a link, a FIFO,
+    unreadable, or too large to be an instrument's XML)."""
+    try:
+        with Tree(rundir) as tree:
+            fd = tree.open_file(os.fsencode(name))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _XML_LIMIT:
+            return None
+        return os.read(fd, _XML_LIMIT + 1)[:_XML_LIMIT]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _xml_root(rundir: Path, name: str) -> Any:
+    data = _read_small(rundir, name)
+    if data is None:
+        return None
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError:
+        return None
+
+
+def read_run_info(rundir: Path) -> RunInfo | None:
+    """Run id, instrument serial and flow cell from RunInfo.xml; None if absent or broken."""
+    root = _xml_root(Path(rundir), "RunInfo.xml")
+    run = root.find("Run") if root is not None else None
+    if run is None or not run.get("Id"):
+        return None
+    return RunInfo(
+        run_id=run.get("Id"),
+        instrument=(run.findtext("Instrument") or "").strip(),
+        flowcell=(run.findtext("Flowcell") or "").strip() or None,
+    )
+
+
+_SERIAL_FAMILIES = (  # longest prefixes first
+    ("ST-E", "HiSeq X"), ("NDX", "NextSeq 550Dx"), ("LH", "NovaSeq X"), ("VH", "NextSeq 1000/2000"),
+    ("VL", "NextSeq 1000/2000"), ("MN", "MiniSeq"), ("ML", "MiniSeq"), ("FS", "iSeq 100"),
+    ("NS", "NextSeq 500/550"), ("NB", "NextSeq 500/550"), ("SN", "HiSeq 2000/2500"),
+    ("D", "HiSeq 2000/2500"), ("J", "HiSeq 3000/4000"), ("K", "HiSeq 3000/4000"), ("E", "HiSeq X"),
+    ("A", "NovaSeq 6000"), ("M", "MiSeq"),
+)
+
+
+def parameters_file(rundir: Path) -> str | None:
+    """RunParameters.xml or runParameters.xml (older HiSeq and MiSeq), by name."""
+    for name in ("RunParameters.xml", "runParameters.xml"):
+        if _marker_stat(rundir, name) is not None:
+            return name
+    return None
+
+
+def instrument_family(rundir: Path, run_info: RunInfo | None = None) -> str | None:
+    """The instrument family, from RunParameters.xml first and the serial's prefix second."""
+    params = parameters_file(rundir)
+    root = _xml_root(Path(rundir), params) if params else None
+    if root is not None:
+        app = " ".join(
+            (root.findtext(f".//{tag}") or "")
+            for tag in ("ApplicationName", "Application", "InstrumentType", "RunParametersVersion")
+        )
+        for needle, family in (
+            ("HiSeq", ""),  # before "iSeq", which it contains; the serial tells which HiSeq
+            ("NovaSeqX", "NovaSeq X"), ("NovaSeq", "NovaSeq 6000"), ("NextSeq 1000/2000", "NextSeq 1000/2000"),
+            ("NextSeq", "NextSeq 500/550"), ("MiniSeq", "MiniSeq"), ("MiSeq", "MiSeq"), ("iSeq", "iSeq 100"),
+        ):
+            if needle in app:
+                if family:
+                    return family
+                break
+        if "control-software" in app:  # NovaSeq X production writes only this
+            return "NovaSeq X"
+    serial = (run_info or read_run_info(rundir) or RunInfo("", "", None)).instrument
+    for prefix, family in _SERIAL_FAMILIES:
+        if serial.startswith(prefix):
+            return family
+    return None
+
+
+def read_completion_status(rundir: Path, name: str = "RunCompletionStatus.xml") -> tuple[str | None, str | None]:
+    """(status, error message) from RunCompletionStatus.xml, NovaSeq or NextSeq style."""
+    root = _xml_root(Path(rundir), name)
+    if root is None:
+        return None, None
+    status = (root.findtext(".//RunStatus") or root.findtext(".//CompletionStatus") or "").strip() or None
+    error = (root.findtext(".//RunError/Message") or root.findtext(".//ErrorDescription") or "").strip()
+    return status, (error if error and error != "None" else None)
+
+
+def newest_change(rundir: Path) -> float:
+    """The latest mtime or ctime of anything in the folder, links not followed.
+
+    ctime as well as mtime: a file copied in with its original mtime kept (``rsync -t``,
+    ``cp -p``) still gets a new ctime.
+    """
+    newest = 0.0
+    for dirpath, dirnames, filenames in os.walk(rundir):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            newest = max(newest, st.st_mtime, st.st_ctime)
+    return newest
+
+
+def run_state(rundir: Path, rules: CompletionRules, now: float) -> RunState:
+    """Whether ``rundir`` is a finished run, by the precedence in the module docstring."""
+    rundir = Path(rundir)
+    info = read_run_info(rundir)
+    if info is None:
+        return RunState(False, "no parseable RunInfo.xml yet")
+    family = instrument_family(rundir, info)
+
+    def aged(st: os.stat_result) -> float:
+        return now - st.st_mtime
+
+    status_st = _marker_stat(rundir, rules.status_file)
+    if status_st is not None:
+        status, error = read_completion_status(rundir, rules.status_file)
+        if status is not None:
+            if aged(status_st) < rules.marker_age_s:
+                return RunState(False, f"{rules.status_file} is younger than the marker age", info, family)
+            return RunState(True, f"{rules.status_file}: {status}", info, family, status, error, rules.status_file)
+    for name in rules.copy_markers:
+        st = _marker_stat(rundir, name)
+        if st is not None:
+            if aged(st) < rules.marker_age_s:
+                return RunState(False, f"{name} is younger than the marker age", info, family)
+            return RunState(True, f"{name} present", info, family, marker=name)
+    for name in rules.rta_markers:
+        st = _marker_stat(rundir, name)
+        if st is not None:
+            wait = max(rules.marker_age_s, rules.quiet_period_s)
+            if aged(st) < wait:
+                return RunState(False, f"{name} present; waiting for the quiet period", info, family)
+            quiet_for = now - newest_change(rundir)
+            if quiet_for < rules.quiet_period_s:
+                return RunState(False, f"{name} present but files changed {quiet_for:.0f} s ago", info, family)
+            return RunState(True, f"{name} present and quiet for {quiet_for:.0f} s", info, family, marker=name)
+    return RunState(False, "no completion marker yet", info, family)

@@ -1,0 +1,136 @@
+"""Reading inside one folder without ever leaving it.
+
+A run folder lives on a share other users can write to. Between the scan and the read
+any entry can be swapped: a file for a symlink to ``/etc/shadow``, a directory for a
+symlink to another user's home, a file for a FIFO that blocks ``open()`` forever. So
+everything below the root is reached through directory descriptors, one component at
+a time, with ``O_NOFOLLOW``: a symlink where a directory or file should be fails with
+ELOOP (or ENOTDIR) instead of being followed. Files are opened ``O_NONBLOCK``, so a
+FIFO or device opens at once and is then refused by its type (``fstat``), never read.
+
+Only the root itself is opened by its path, following links: the user named it.
+
+Paths handed to a `Tree` are bytes relative to its root (``b""`` is the root,
+``b"Data/Intensities"`` a directory below it). Errors are plain ``OSError``s: callers
+decide what a missing or swapped entry means for them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["DIR_FLAGS", "FILE_FLAGS", "Tree", "kind_of"]
+
+# O_NOFOLLOW on every component below the root; O_CLOEXEC so the daemon's children
+# inherit none of them.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever. On regular
+# files (local, NFS, SMB) it changes nothing.
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Reading must not touch atimes; the kernel allows O_NOATIME only on files we own.
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def kind_of(mode: int) -> str | None:
+    """``"f"``, ``"d"``, ``"l"`` for the types a run folder may hold, else None."""
+    if stat.S_ISREG(mode):
+        return "f"
+    if stat.S_ISDIR(mode):
+        return "d"
+    if stat.S_ISLNK(mode):
+        return "l"
+    return None
+
+
+class Tree:
+    """Descriptor-based access below ``root``.
+
+    The descriptors of the directories on the current path are kept open and reused:
+    a depth-first walk, or reading members in manifest order, opens each directory
+    once. ``close()`` releases them; a `Tree` is also a context manager.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._chain: list[tuple[bytes, int]] = []  # (component, fd) below the root
+        self._noatime = _O_NOATIME
+
+    def close(self) -> None:
+        self._truncate(0)
+        if self._root_fd >= 0:
+            fd, self._root_fd = self._root_fd, -1  # forgotten first: a signal must not double-close
+            os.close(fd)
+
+    def __enter__(self) -> Tree:  # noqa: PYI034 - typing.Self needs Python 3.11; we support 3.10
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def root_stat(self) -> os.stat_result:
+        return os.fstat(self._root_fd)
+
+    def dir_fd(self, rel_dir: bytes) -> int:
+        """A descriptor of directory ``rel_dir``, reached without following any link.
+
+        The descriptor belongs to the tree: valid until the next call or ``close()``.
+        """
+        parts = rel_dir.split(b"/") if rel_dir else []
+        common = 0
+        for (have, _), want in zip(self._chain, parts):
+            if have != want:
+                break
+            common += 1
+        self._truncate(common)
+        fd = self._chain[-1][1] if self._chain else self._root_fd
+        for part in parts[common:]:
+            if part in (b"", b".", b".."):
+                raise OSError(22, f"invalid path component {part!r}")
+            fd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            self._chain.append((part, fd))
+        return fd
+
+    def _truncate(self, keep: int) -> None:
+        while len(self._chain) > keep:
+            _, fd = self._chain.pop()
+            os.close(fd)
+
+    def split(self, rel: bytes) -> tuple[int, bytes]:
+        """(descriptor of the parent directory, last component) of ``rel``."""
+        parent, _, name = rel.rpartition(b"/")
+        if not name or name in (b".", b".."):
+            raise OSError(22, f"invalid path {rel!r}")
+        return self.dir_fd(parent), name
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        if not rel:
+            return self.root_stat()
+        fd, name = self.split(rel)
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+    def readlink(self, rel: bytes) -> bytes:
+        fd, name = self.split(rel)
+        return os.readlink(name, dir_fd=fd)
+
+    def open_file(self, rel: bytes) -> int:
+        """A read-only descriptor of ``rel``: never through a link, never blocking.
+
+        The caller must check the type with ``fstat``: a FIFO or device opens too.
+        """
+        fd, name = self.split(rel)
+        if self._noatime:
+            try:
+                return os.open(name, FILE_FLAGS | self._noatime, dir_fd=fd)
+            except PermissionError:
+                # Not our file: the share's files belong to the instrument's account.
+                # Stop asking for every file rather than paying two opens each.
+                self._noatime = 0
+        return os.open(name, FILE_FLAGS, dir_fd=fd)
+
+    def readable(self, rel: bytes, directory: bool = False) -> bool:
+        """Whether we may read (and, for a directory, list) ``rel``."""
+        fd, name = self.split(rel)
+        return os.access(name, os.R_OK | (os.X_OK if directory else 0), dir_fd=fd)
