@@ -24,7 +24,7 @@ from .config import ArchiveOptions, Config, load_config, with_overrides
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError
 from .journal import Journal
 from .progress import NoProgress, Progress, TerminalProgress, human_bytes
-from .workflow import archive_run
+from .workflow import archive_run, check_places
 
 __all__ = ["main", "main_cli"]
 
@@ -124,6 +124,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     dest = args.dest or config.destination or DEFAULT_DEST
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
+    check_places(args.rundir, dest, args.journal or config.sqlite_db)  # before the journal is created
     journal = _journal(args, config)
     # From here a signal stops the archive at its next block, never mid-statement.
     stopping.install()
@@ -208,6 +209,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
                 "durable_offset": t.durable_offset, "raw_done": t.checkpoint.raw_offset,
                 "raw_bytes": t.raw_bytes, "archive_bytes": t.archive_bytes, "crc32c": t.crc32c,
                 "attempts": t.attempts, "last_error": t.last_error, "updated_at": t.updated_at,
+                "legacy_tarfile": t.legacy_tarfile,
             }
             for t in tasks
         ]
@@ -216,6 +218,11 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     print(f"{'RUN':40} {'STATUS':18} {'DONE':>10} {'ARCHIVE':>10}  WHERE / LAST ERROR", file=out)
     for t in tasks:
         where = t.location or (f"error: {t.last_error}" if t.last_error else "")
+        if t.legacy_tarfile:
+            where += (
+                f"{'; ' if where else ''}sruns-monitor's local tarball {t.legacy_tarfile} is not used: "
+                + ("delete it" if t.status == "complete" else "delete it once this run is archived")
+            )
         print(
             f"{t.name:40} {t.status:18} {human_bytes(t.checkpoint.raw_offset):>10} "
             f"{human_bytes(t.archive_bytes or t.durable_offset):>10}  {where}",

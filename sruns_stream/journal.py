@@ -257,12 +257,13 @@ class Journal:
                 db.execute(
                     "UPDATE tasks SET rundir_found = rundir_path WHERE rundir_path IS NOT NULL AND rundir_path != ''"
                 )
-            # It uploaded, then set gcp_tarfile ("bucket/blob"): those runs are archived.
-            db.execute(
-                "UPDATE tasks SET status = 'complete', location = gcp_tarfile, destination = 'gs://' ||"
-                " substr(gcp_tarfile, 1, instr(gcp_tarfile, '/') - 1) WHERE gcp_tarfile IS NOT NULL"
-                " AND gcp_tarfile != ''"
-            )
+            # It uploaded, then set gcp_tarfile ("bucket/basedir/run/file"): archived.
+            done = db.execute("SELECT name, gcp_tarfile FROM tasks WHERE gcp_tarfile IS NOT NULL AND gcp_tarfile != ''")
+            for name, gcp_tarfile in done.fetchall():
+                db.execute(
+                    "UPDATE tasks SET status = 'complete', location = gcp_tarfile, destination = ? WHERE name = ?",
+                    (_legacy_destination(name, gcp_tarfile), name),
+                )
             # It tarred to local disk, then stopped: start again by streaming, and keep the
             # old tarball's path so status can say it is no longer needed.
             db.execute(
@@ -474,6 +475,14 @@ def files_crc32c(crc: int, files_done: list[tuple[int, int]]) -> int:
         return crc
     out: int = google_crc32c.extend(crc, b"".join(b"%d %08x\n" % pair for pair in files_done))
     return out
+
+
+def _legacy_destination(name: str, gcp_tarfile: str) -> str:
+    """The ``--dest`` sruns-monitor used for ``bucket/[basedir/]run/file``."""
+    parts = gcp_tarfile.split("/")
+    if len(parts) >= 3 and parts[-2] == name:
+        return "gs://" + "/".join(parts[:-2])
+    return "gs://" + parts[0]
 
 
 def _task(row: dict[str, Any]) -> Task:

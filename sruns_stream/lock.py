@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 
-from .errors import RunLocked
+from .errors import JournalError, RunLocked
 
 __all__ = ["RunLock"]
 
@@ -19,8 +20,16 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            # O_NOFOLLOW: the lock is truncated and rewritten below; a link planted in its
+            # place must not make that happen to the file it points to.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot open lock file {self.path}: {exc.strerror}"
+                + ("; it is a symlink: remove it" if exc.errno == errno.ELOOP else "")
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

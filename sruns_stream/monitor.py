@@ -9,6 +9,16 @@ from there by the time of the move, and mirrors every status change to Firestore
 through the journal's outbox. A failing run is retried with exponential backoff up to
 ``max_attempts``, then left alone and mailed once.
 
+Nothing is moved or deleted unless every entry of the folder at that moment is in the
+verified archive: right before the move, and again right before the sweep, the folder
+is walked and compared with the archive's manifest, and before the sweep the archive
+itself must still be there with its size and crc32c. A folder that changed after its
+archive (analysis software writes FASTQs and ``Alignment_*`` folders into run folders
+after the instrument is done) is archived again, from where it is now, once nothing
+in it changed for ``quiet_period_sec``; until the new archive replaces the old one the
+old one stays where it was, and the run's status says it is not archived. The same
+wait follows an archive that stopped because the folder changed under it (exit 3).
+
 Children die with the daemon (SIGTERM through PR_SET_PDEATHSIG) and stop at a
 checkpoint, so the next start resumes them without re-uploading what was stored.
 """
@@ -26,16 +36,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .completion import CompletionRules, run_state
+from .completion import CompletionRules, newest_change, run_state
 from .config import Config
-from .errors import EXIT_INTERRUPTED, ConfigError
+from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, SrunsError
 from .firestore import Leases, NoMirror, StatusMirror, fields_from_task
-from .journal import Journal
+from .journal import Journal, Task
 from .notify import MailEvent, Notifier, NullNotifier
+from .runfolder import compare, scan_run_folder
+from .sinks import probe_archive
 
 __all__ = ["Monitor", "process_start_time"]
 
@@ -101,7 +114,14 @@ class Monitor:
         self.children: dict[str, _Child] = {}
         self._move_refused: set[str] = set()  # logged once per run, not every cycle
         self._sweep_refused: set[str] = set()
-        self.rules = CompletionRules(marker_age_s=config.sentinal_file_age_minutes * 60.0)
+        self._waiting: set[str] = set()  # runs waiting for a quiet folder, logged once
+        # Local archives are read whole before their run folder is swept: off the loop.
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="archive-check")
+        self._checks: dict[str, Future[tuple[int, int | None] | None]] = {}
+        self._cancel_checks = threading.Event()
+        self.rules = CompletionRules(
+            marker_age_s=config.sentinal_file_age_minutes * 60.0, quiet_period_s=float(config.quiet_period_sec)
+        )
         self.log_dir = Path(f"{journal.path}.logs")
 
     # -- the loop -------------------------------------------------------------------
@@ -126,6 +146,12 @@ class Monitor:
                 stop.wait(0.2)
                 self.enforce_limits()
                 self.reap()
+        # Sweeps waiting on a local archive's read-back finish in this run too.
+        while self._checks and not stop.is_set():
+            stop.wait(0.2)
+            if all(check.done() for check in self._checks.values()):
+                self.sweep()
+                break
         self.shutdown("stop requested" if stop.is_set() else "--once finished")
         return 0
 
@@ -143,11 +169,10 @@ class Monitor:
     def recover(self) -> None:
         """At start: rows left "in progress" by a crash become not_running (resumable)."""
         for task in self.journal.tasks():
-            if task.status in ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete"):
-                alive = task.pid is not None and process_start_time(task.pid) == task.pid_start
-                if not alive:
-                    self.journal.update(task.name, status="not_running", pid=None,
-                                        last_error=task.last_error or "interrupted (daemon restart)")
+            in_progress = task.status in ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
+            if in_progress and not _alive(task.pid, task.pid_start):
+                self.journal.update(task.name, status="not_running", pid=None,
+                                    last_error=task.last_error or "interrupted (daemon restart)")
 
     def shutdown(self, why: str) -> None:
         """SIGTERM every child (they stop at a checkpoint), wait, mail, flush."""
@@ -163,6 +188,8 @@ class Monitor:
                 self._signal(child, signal.SIGKILL)
                 child.proc.wait()
         self.reap()
+        self._cancel_checks.set()
+        self._checker.shutdown(wait=True, cancel_futures=True)
         self.notifier.send(MailEvent.stopping(sig=why, interrupted=names))
         self.publish()
         self.mirror.flush(deadline_s=10.0)
@@ -202,6 +229,12 @@ class Monitor:
                 # it resumes when started again and its attempts are not used up.
                 if task is not None and task.status != "not_running":
                     self.journal.update(name, status="not_running", pid=None)
+                continue
+            if code == EXIT_CHANGED and not child.killed:
+                # Not a failure: the folder is still being written. Archived again once quiet.
+                log.warning("%s: %s; archived again once nothing in it changed for %d s", name,
+                            (task.last_error if task else None) or "the run folder changed while it was archived",
+                            self.config.quiet_period_sec)
                 continue
             error = (task.last_error if task else None) or _last_line(child.log_path) or f"exit code {code}"
             if child.killed:
@@ -289,16 +322,33 @@ class Monitor:
 
     def scan(self) -> None:
         now = self.clock()
+        for rundir in self._candidates():
+            if len(self.children) >= self.config.max_concurrent_runs:
+                return
+            self._consider(rundir, now)
+
+    def _candidates(self) -> list[Path]:
+        """Run folders in the watch directories, then folders found changed after they
+        were moved (archived again from where they are)."""
+        found: dict[str, Path] = {}
         for watchdir in self.config.watchdirs:
             try:
-                candidates = sorted(p for p in watchdir.iterdir() if p.is_dir() and not p.name.startswith("."))
+                # Not through links: a link planted in a watch directory must not make us
+                # archive (read) a folder elsewhere on the machine.
+                children = sorted(
+                    p for p in watchdir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                )
             except OSError as exc:
                 log.error("cannot read watchdir %s: %s", watchdir, exc.strerror)
                 continue
-            for rundir in candidates:
-                if len(self.children) >= self.config.max_concurrent_runs:
-                    return
-                self._consider(rundir, now)
+            for p in children:
+                found.setdefault(p.name, p)
+        for task in self.journal.tasks():
+            if task.status != "complete" and task.name not in found and task.rundir_found:
+                p = Path(task.rundir_found)
+                if task.changed_at is not None and p.is_dir() and not p.is_symlink():
+                    found[task.name] = p
+        return list(found.values())
 
     def _consider(self, rundir: Path, now: float) -> None:
         name = rundir.name
@@ -306,12 +356,16 @@ class Monitor:
             return
         task = self.journal.get(name)
         if task is not None:
+            if task.rundir_found is None:  # archived by hand with this journal: ours to move now
+                self.journal.update(name, rundir_found=str(rundir))
             if task.status == "complete" or task.gave_up_at is not None:
                 return
             if task.next_attempt_at is not None and task.next_attempt_at > now:
                 return
-            if task.pid is not None and process_start_time(task.pid) == task.pid_start:
+            if _alive(task.pid, task.pid_start):
                 return  # a live archive of it that we did not start (another daemon, a person)
+            if task.changed_at is not None and not self._quiet(task.name, rundir, task.changed_at, now):
+                return
         state = run_state(rundir, self.rules, now)
         if not state.complete:
             return
@@ -329,14 +383,34 @@ class Monitor:
                         state.instrument_status, state.instrument_error or "no message")
         self._start(name, rundir)
 
+    def _quiet(self, name: str, rundir: Path, changed_at: float, now: float) -> bool:
+        """Whether a folder found changed has been quiet for ``quiet_period_sec``. The walk
+        (every entry's mtime and ctime) runs at most about once per quiet period."""
+        quiet = self.config.quiet_period_sec
+        if now - changed_at >= quiet:
+            newest = newest_change(rundir)
+            if now - newest >= quiet:
+                self._waiting.discard(name)
+                return True
+            self.journal.update(name, changed_at=newest)
+        if name not in self._waiting:
+            self._waiting.add(name)
+            log.info("%s: the run folder changed after it was scanned; waiting until nothing in it changed for %d s",
+                     name, quiet)
+        return False
+
     def _start(self, name: str, rundir: Path) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         cmd = [self.python, "-m", "sruns_stream", "archive", str(rundir), "--config", str(self.config_path),
                "--journal", str(self.journal.path), "--json"]
         env = dict(os.environ, SRUNS_PARENT_PID=str(os.getpid()))
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        # O_NOFOLLOW: a link planted at the log's name must not make us append elsewhere.
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            proc = subprocess.Popen(cmd, stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        finally:
+            os.close(log_fd)
         ticks = process_start_time(proc.pid)
         self.children[name] = _Child(name, rundir, proc, ticks, self.clock(), log_path)
         self.journal.update(name, pid_start=ticks, next_attempt_at=None)
@@ -364,8 +438,13 @@ class Monitor:
             if not src.is_dir():
                 continue
             dst = target / task.name
+            if not self._still_archived(task, src, "moved"):
+                continue
+            if src == dst:  # archived again where an earlier move had put it
+                self.journal.update(task.name, moved_to=str(dst), moved_at=self.clock())
+                continue
             if dst.exists():
-                log.error("%s: cannot move to %s: it exists already", task.name, dst)
+                self._refuse(self._move_refused, task.name, f"cannot move to {dst}: it exists already")
                 continue
             target.mkdir(parents=True, exist_ok=True)
             try:
@@ -374,12 +453,10 @@ class Monitor:
                 # that later cycles cannot tell from a finished one.
                 os.rename(src, dst)
             except OSError as exc:
-                if task.name not in self._move_refused:
-                    self._move_refused.add(task.name)
-                    fix = (f"; put completed_runs_dir on the same filesystem as {src.parent}"
-                           if exc.errno == errno.EXDEV else "")
-                    log.error("%s: not moved to %s: %s%s (the run folder stays where it is)",
-                              task.name, dst, exc.strerror, fix)
+                fix = (f"; put completed_runs_dir on the same filesystem as {src.parent}"
+                       if exc.errno == errno.EXDEV else "")
+                self._refuse(self._move_refused, task.name,
+                             f"not moved to {dst}: {exc.strerror}{fix} (the run folder stays where it is)")
                 continue
             self.journal.update(task.name, moved_to=str(dst), moved_at=self.clock())
             log.info("%s: moved to %s", task.name, dst)
@@ -394,17 +471,87 @@ class Monitor:
                 continue
             if self.clock() - task.moved_at < age:
                 continue
+            folder = Path(task.moved_to)
+            if not os.path.lexists(folder):
+                self.journal.update(task.name, swept_at=self.clock())  # removed by hand already
+                continue
+            if not self._still_archived(task, folder, "deleted") or not self._archive_intact(task):
+                continue
             try:
-                shutil.rmtree(task.moved_to)
-            except FileNotFoundError:
-                pass  # removed by hand already: nothing left to sweep
+                shutil.rmtree(folder)
             except OSError as exc:
-                if task.name not in self._sweep_refused:
-                    self._sweep_refused.add(task.name)
-                    log.error("%s: cannot sweep %s: %s (tried again every cycle)", task.name, task.moved_to, exc)
+                self._refuse(self._sweep_refused, task.name, f"cannot sweep {folder}: {exc} (tried again every cycle)")
                 continue
             self.journal.update(task.name, swept_at=self.clock())
-            log.info("%s: swept %s", task.name, task.moved_to)
+            log.info("%s: swept %s", task.name, folder)
+
+    def _still_archived(self, task: Task, folder: Path, what: str) -> bool:
+        """Walk ``folder`` and compare it with the archive's manifest. A difference means
+        the folder is archived again from where it is (once quiet): never moved or deleted."""
+        if not task.manifest_id:
+            self._refuse(self._move_refused, task.name,
+                         f"archived by sruns-monitor, which kept no manifest to compare {folder} with: not {what}")
+            return False
+        try:
+            diff = compare(self.journal.entries(task.name), scan_run_folder(folder))
+        except SrunsError as exc:
+            self._refuse(self._move_refused, task.name, f"cannot compare {folder} with its archive ({exc}): not {what}")
+            return False
+        if diff:
+            self._archive_again(task, folder, f"the run folder changed after it was archived: {diff.summary()}",
+                                changed=True)
+        return not diff
+
+    def _archive_intact(self, task: Task) -> bool:
+        """The archive is still where the journal says, with its size and crc32c. GCS says
+        both at once; a local archive is read whole for its crc32c, on a thread (the loop
+        goes on meanwhile; the sweep happens on a later cycle): this is the last look
+        before the only other copy is deleted."""
+        assert task.destination is not None
+        location = task.location or ""
+        try:
+            if task.destination.startswith("gs://"):
+                found = probe_archive(task.destination, location)
+            else:
+                check = self._checks.get(task.name)
+                if check is None:
+                    self._checks[task.name] = self._checker.submit(
+                        probe_archive, task.destination, location, read=True, cancel=self._cancel_checks
+                    )
+                    return False
+                if not check.done():
+                    return False
+                del self._checks[task.name]
+                found = check.result()
+                # Read a while ago: it must still be there, the same size, right now.
+                if found is not None and probe_archive(task.destination, location) != (found[0], None):
+                    return False  # changed meanwhile: looked at again next cycle
+        except SrunsError as exc:
+            self._refuse(self._sweep_refused, task.name, f"cannot check its archive ({exc}): not swept")
+            return False
+        expected = (task.archive_bytes, int(task.crc32c, 16) if task.crc32c else None)
+        if found == expected:
+            return True
+        if found is None:
+            problem = "is gone"
+        else:
+            problem = f"holds {found[0]} bytes" + (f" with crc32c {found[1]:08x}" if found[1] is not None else "")
+        self._archive_again(task, Path(task.moved_to or ""), f"its archive {location} {problem}: not swept",
+                            changed=False)
+        return False
+
+    def _archive_again(self, task: Task, folder: Path, why: str, changed: bool) -> None:
+        log.error("%s: %s; archiving it again from %s", task.name, why, folder)
+        self.journal.update(
+            task.name, status="not_running", manifest_id=None, last_error=why, rundir_found=str(folder),
+            moved_to=None, moved_at=None, failures=0, next_attempt_at=None,
+            changed_at=self.clock() if changed else 0.0,
+        )
+
+    def _refuse(self, seen: set[str], name: str, message: str) -> None:
+        if name not in seen:
+            seen.add(name)
+            log.error("%s: %s", name, message)
 
     def publish(self) -> None:
         """Mirror each task whose status or location changed since it was last published."""
@@ -417,6 +564,11 @@ class Monitor:
                 fields["archive_bytes"] = task.durable_offset  # progress while streaming
             self.mirror.publish(task.name, **fields)
             self.journal.update(task.name, published=key)
+
+
+def _alive(pid: int | None, start_ticks: int | None) -> bool:
+    """Whether ``pid`` is still the process whose start time was recorded."""
+    return pid is not None and start_ticks is not None and process_start_time(pid) == start_ticks
 
 
 def _last_line(path: Path) -> str | None:

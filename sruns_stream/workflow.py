@@ -33,7 +33,7 @@ from isal import isal_zlib
 from . import __version__
 from .blockgzip import WINDOW, Checkpoint, Codec, GzipCodec, PlainTarCodec, compressed_stream
 from .config import ArchiveOptions
-from .errors import IntegrityError, RunFolderChanged
+from .errors import IntegrityError, RunFolderChanged, UsageError
 from .journal import Journal, Task, files_crc32c
 from .lock import RunLock
 from .progress import NoProgress, Progress
@@ -42,7 +42,7 @@ from .sinks import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, 
 from .stopping import STOP
 from .tarstream import TarLayout, TarReader
 
-__all__ = ["ArchiveResult", "archive_run", "make_codec", "manifest_tsv", "stream_params"]
+__all__ = ["ArchiveResult", "archive_run", "check_places", "make_codec", "manifest_tsv", "stream_params"]
 
 SinkFactory = Callable[[str, str, str, ArchiveOptions], Sink]
 # (destination, location) -> (size, crc32c if the store reports it) or None when absent
@@ -191,6 +191,25 @@ class _Attempt:
             self.durable_at = time.monotonic()
 
 
+def check_places(rundir: Path | str, destination: str, journal_path: Path | str) -> Path:
+    """The run folder's resolved path, once the destination and the journal are known to
+    lie outside it: what we write inside a run folder would make it change under its own
+    archive (and end up in the next one)."""
+    root = resolve_run_folder(rundir)
+    destination = normalize_destination(destination)
+    places = [("the journal", Path(journal_path))]
+    if destination.startswith("/"):
+        places.append(("the destination", Path(destination)))
+    for what, path in places:
+        real = path.expanduser().absolute().resolve()
+        if real == root or root in real.parents:
+            raise UsageError(
+                f"{what} {path} is inside the run folder {root}: put it elsewhere "
+                "(--dest DIR, --journal FILE or the config's sqlite_db)"
+            )
+    return root
+
+
 def archive_run(
     rundir: Path | str,
     destination: str,
@@ -205,7 +224,7 @@ def archive_run(
 ) -> ArchiveResult:
     """Archive one run folder to ``destination``, resuming where the journal allows."""
     progress = progress or NoProgress()
-    root = resolve_run_folder(rundir)
+    root = check_places(rundir, destination, journal.path)
     destination = normalize_destination(destination)
     name = root.name
     with RunLock(journal.path, name):

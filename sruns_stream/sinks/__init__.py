@@ -8,13 +8,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 
+import google_crc32c
+
 from ..config import ArchiveOptions
-from ..errors import DestinationError, UsageError
+from ..errors import DestinationError, Interrupted, UsageError
 from .base import ArchiveInfo, Sink, Stored
 from .local import LocalSink
 from .null import NullSink
@@ -25,6 +29,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # GCS bucket names: 3-63 characters (222 with dots, 63 between dots), lowercase letters,
 # digits, '-', '_' and '.', starting and ending with a letter or digit.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_READ = 4 << 20
 _FORMS = "a directory, file://DIR, gs://BUCKET[/PREFIX] or null"
 
 
@@ -72,10 +77,15 @@ def make_sink(dest: str, run: str, extension: str, options: ArchiveOptions) -> S
     return LocalSink(Path(dest), run, extension, options.sync_interval)
 
 
-def probe_archive(destination: str, location: str) -> tuple[int, int | None] | None:
-    """(size, crc32c if the store reports it without a read) of a stored archive, or None
-    when it is not there. ``location`` is what `Stored.location` said: a path, or
-    ``bucket/blob`` for GCS."""
+def probe_archive(
+    destination: str, location: str, *, read: bool = False, cancel: threading.Event | None = None
+) -> tuple[int, int | None] | None:
+    """(size, crc32c) of a stored archive, or None when it is not there.
+
+    ``location`` is what `Stored.location` said: a path, or ``bucket/blob`` for GCS. GCS
+    reports the crc32c with the object's metadata; a local archive's crc32c is None
+    unless ``read``, which reads the whole file (``cancel`` stops it: Interrupted).
+    """
     if destination == "null":
         return None
     if destination.startswith("gs://"):
@@ -84,9 +94,27 @@ def probe_archive(destination: str, location: str) -> tuple[int, int | None] | N
         bucket, _, blob = location.partition("/")
         return probe_object(bucket, blob)
     try:
-        st = os.lstat(location)
+        fd = os.open(location, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None  # a link where the archive was is not the archive
         raise DestinationError(f"cannot look at {location}: {exc.strerror}") from exc
-    return (st.st_size, None) if stat.S_ISREG(st.st_mode) else None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if not read:
+            return st.st_size, None
+        crc, size = 0, 0
+        while piece := os.read(fd, _READ):
+            if cancel is not None and cancel.is_set():
+                raise Interrupted(f"stopped reading {location}")
+            crc = google_crc32c.extend(crc, piece)
+            size += len(piece)
+        return size, crc
+    except OSError as exc:
+        raise DestinationError(f"cannot read {location}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)

@@ -1,0 +1,159 @@
+"""The journal: its own schema, and sruns-monitor's journals taken over in place.
+
+sruns-monitor 0.1.9 (PyPI) made ``tasks(name, pid, tarfile, gcp_tarfile)``; 1.x adds an
+untyped ``rundir_path``. It wrote ``''`` for what it had not done yet and ``pid`` 0, set
+``tarfile`` once a local tarball was written (possibly partial when killed), and
+``gcp_tarfile`` (``bucket/blob``) once it was uploaded. Its Firestore documents hold
+``name``, ``workflow_status`` and ``storage``, and other tools add fields of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from helpers import gnu_untar, run_cli, tree
+
+from sruns_stream.journal import Journal
+
+SCHEMAS = {
+    "0.1.9": "CREATE TABLE IF NOT EXISTS tasks (name text PRIMARY KEY, pid integer, tarfile text, gcp_tarfile text)",
+    "1.x": "CREATE TABLE IF NOT EXISTS tasks (name text PRIMARY KEY, pid integer, tarfile text, gcp_tarfile text,"
+           " rundir_path)",
+}
+FINISHED = "230101_M00001_0001_000000000-DONE1"
+HALFWAY = "230101_M00001_0002_000000000-HALF2"
+NEW = "230101_M00001_0003_000000000-NEW03"
+
+
+def _legacy_journal(path: Path, version: str, watch: Path, bucket: str, basedir: str = "runs") -> None:
+    """A journal as sruns-monitor leaves it: one run uploaded, one tarred (its tarball
+    still on disk), one just seen."""
+    with sqlite3.connect(path) as db:
+        db.execute(SCHEMAS[version])
+        rows = [
+            (FINISHED, 0, f"{FINISHED}.tar.gz", f"{bucket}/{basedir}/{FINISHED}/{FINISHED}.tar.gz"),
+            (HALFWAY, 4242, str(watch.parent / f"{HALFWAY}.tar.gz"), ""),
+            (NEW, 0, "", ""),
+        ]
+        for name, pid, tarfile, gcp in rows:
+            if version == "1.x":
+                db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?)", (name, pid, tarfile, gcp, str(watch / name)))
+            else:
+                db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?)", (name, pid, tarfile, gcp))
+    os.chmod(path, 0o644)
+
+
+@pytest.mark.parametrize("version", ["0.1.9", "1.x"])
+def test_an_sruns_monitor_journal_migrates_and_keeps_its_columns(tmp_path: Path, version: str) -> None:
+    db = tmp_path / "sruns.db"
+    _legacy_journal(db, version, tmp_path / "watch", "bkt")
+    proc = run_cli("status", "--journal", str(db), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows[FINISHED]["status"] == "complete"
+    assert rows[FINISHED]["location"] == f"bkt/runs/{FINISHED}/{FINISHED}.tar.gz"
+    assert rows[HALFWAY]["status"] == "new" and rows[HALFWAY]["legacy_tarfile"].endswith(f"{HALFWAY}.tar.gz")
+    assert rows[NEW]["status"] == "new" and rows[NEW]["legacy_tarfile"] is None
+    text = run_cli("status", "--journal", str(db), cwd=tmp_path).stdout
+    assert "sruns-monitor's local tarball" in text and f"{HALFWAY}.tar.gz" in text
+
+    journal = Journal(db)
+    finished = journal.get(FINISHED)
+    assert finished is not None and finished.destination == "gs://bkt/runs" and finished.pid is None
+    if version == "1.x":
+        assert finished.rundir_found == str(tmp_path / "watch" / FINISHED)
+    journal.close()
+    # Its own columns are kept, with the values it reads after a roll-back.
+    with sqlite3.connect(db) as conn:
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(tasks)")]
+        assert cols[:4] == ["name", "pid", "tarfile", "gcp_tarfile"]
+        if version == "1.x":
+            assert cols[4] == "rundir_path"
+            assert conn.execute("SELECT rundir_path FROM tasks WHERE name = ?", (NEW,)).fetchone()[0] == str(
+                tmp_path / "watch" / NEW)
+        assert conn.execute("SELECT tarfile, gcp_tarfile FROM tasks WHERE name = ?", (FINISHED,)).fetchone() == (
+            f"{FINISHED}.tar.gz", f"bkt/runs/{FINISHED}/{FINISHED}.tar.gz")
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def _upload(gcs, blob: str, data: bytes) -> None:
+    """Put an object in the emulator the way sruns-monitor's upload left it."""
+    import urllib.parse
+    import urllib.request
+
+    url = f"{gcs.url}/upload/storage/v1/b/{gcs.bucket}/o?uploadType=media&name={urllib.parse.quote(blob, safe='')}"
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/gzip"})
+    urllib.request.urlopen(req, timeout=30).close()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("version", ["0.1.9", "1.x"])
+def test_an_upgraded_daemon_archives_what_sruns_monitor_had_not_and_leaves_the_rest(
+    gcs, firestore, tmp_path: Path, version: str
+) -> None:
+    import make_fake_run
+    from google.cloud import firestore as gfs
+
+    watch = tmp_path / "watch"
+    for i, name in enumerate((FINISHED, HALFWAY, NEW)):
+        make_fake_run.make_run(watch / name, "miseq", 1 << 20, seed=40 + i)
+    copies = {name: tree(watch / name) for name in (FINISHED, HALFWAY, NEW)}
+    db = tmp_path / "sruns.db"
+    _legacy_journal(db, version, watch, gcs.bucket)
+    old_blob = f"runs/{FINISHED}/{FINISHED}.tar.gz"
+    _upload(gcs, old_blob, b"sruns-monitor's tarball")
+    (tmp_path / f"{HALFWAY}.tar.gz").write_bytes(b"a partial tarball")  # left on local disk
+    client = gfs.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"])
+    for name, status, storage in ((FINISHED, "complete", f"{gcs.bucket}/{old_blob}"), (HALFWAY, "tarring", None)):
+        doc = {"name": name, "workflow_status": status, "samplesheet_pubsub_data": {"from": "another tool"}}
+        if storage:
+            doc["storage"] = storage
+        client.collection("sruns").document(name).set(doc)
+
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({
+        "watchdirs": [str(watch)], "completed_runs_dir": str(tmp_path / "completed"), "sqlite_db": str(db),
+        "gcp_bucket_name": gcs.bucket, "gcp_bucket_basedir": "runs", "firestore_collection": "sruns",
+        "cycle_pause_sec": 1, "sentinal_file_age_minutes": 0, "chunk_size": 262144, "leases": False,
+    }))
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+    journal = Journal(db)
+    finished, halfway, new = (journal.get(n) for n in (FINISHED, HALFWAY, NEW))
+    journal.close()
+    assert finished is not None and halfway is not None and new is not None
+    # Finished by sruns-monitor: not archived again (its object is untouched), not moved
+    # (no manifest to compare the folder with).
+    assert finished.status == "complete" and gcs.download(old_blob) == b"sruns-monitor's tarball"
+    assert not (db.parent / "sruns.db.logs" / f"{FINISHED}.log").exists()
+    assert (watch / FINISHED).is_dir()
+    # Half-way and new: archived by streaming, verified, moved; the old tarball is kept.
+    for name in (HALFWAY, NEW):
+        row = halfway if name == HALFWAY else new
+        assert row.status == "complete" and row.gcp_tarfile == f"{gcs.bucket}/runs/{name}/{name}.tar.gz", row
+        archive = tmp_path / f"{name}.tgz"
+        archive.write_bytes(gcs.download(f"runs/{name}/{name}.tar.gz"))
+        gnu_untar(archive, tmp_path / "out" / name)
+        assert tree(tmp_path / "out" / name / name) == copies[name]
+    assert (tmp_path / f"{HALFWAY}.tar.gz").read_bytes() == b"a partial tarball"
+    log = (tmp_path / "sruns.db.logs" / f"{HALFWAY}.log").read_text()
+    assert f"sruns-monitor's local tarball {tmp_path / HALFWAY}.tar.gz" in log and "can be deleted" in log
+    # The documents it wrote are updated in place: other tools' fields survive.
+    doc = firestore.document("sruns", HALFWAY)
+    assert doc is not None and doc["workflow_status"] == "complete"
+    assert doc["storage"] == f"{gcs.bucket}/runs/{HALFWAY}/{HALFWAY}.tar.gz"
+    assert doc["samplesheet_pubsub_data"] == {"from": "another tool"}
+    doc = firestore.document("sruns", FINISHED)
+    assert doc is not None and doc["storage"] == f"{gcs.bucket}/{old_blob}"
+    assert doc["workflow_status"] == "complete" and doc["samplesheet_pubsub_data"] == {"from": "another tool"}
+
+    # By hand, too: a finished run is reported archived (by sruns-monitor), not redone.
+    again = run_cli("archive", str(watch / FINISHED), "--config", str(conf), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "already archived" in again.stdout and "sruns-monitor" in again.stdout

@@ -1,0 +1,530 @@
+"""Trust: nothing reported archived, moved or deleted that is not in a verified archive;
+nothing read outside the run folder or written outside the destination.
+
+Every test here drives real `sruns-stream` processes on real files and checks the
+outcome with an oracle (GNU tar, gzip -t, the input tree byte for byte, the files a
+planted link points to). The daemon's tests are in test_trust_daemon.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import REPO, durable_offset, gnu_untar, gzip_ok, run_cli, tree
+
+from sruns_stream.journal import Journal
+
+FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--json")
+
+
+def _archive(run: Path, dest: Path | str, cwd: Path, *extra: str, db: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(db or cwd / "sruns.db"),
+                   *extra, cwd=cwd)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _one_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def _start(run: Path, dest: Path, cwd: Path, *extra: str, db: Path | None = None) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", str(dest), *FLAGS,
+         "--journal", str(db or cwd / "sruns.db"), *extra],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _stop_when_part_reaches(proc: subprocess.Popen[str], part: Path, size: int, sig: int) -> None:
+    """Send ``sig`` once the .part file holds at least ``size`` bytes."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"archive finished before the stop point: {proc.communicate()}")
+        if part.exists() and part.stat().st_size >= size:
+            break
+        time.sleep(0.002)
+    proc.send_signal(sig)
+
+
+def _reference(run: Path, tmp_path: Path, name: str = "ref") -> bytes:
+    result = _ok(_archive(run, tmp_path / name, tmp_path, db=tmp_path / f"{name}.db"))
+    return Path(result["location"]).read_bytes()
+
+
+def _big_run(tmp_path: Path, name: str = "240101_M00001_0001_000000000-TRUST") -> Path:
+    """A run whose first file in archive order is large and incompressible (the reader
+    is inside it for a while) and whose later files are small."""
+    run = tmp_path / name
+    (run / "Data").mkdir(parents=True)
+    (run / "Data" / "aaa_big.bin").write_bytes(os.urandom(24 << 20))
+    (run / "RunInfo.xml").write_text('<RunInfo><Run Id="X"><Instrument>M00001</Instrument></Run></RunInfo>')
+    (run / "zzz").mkdir()
+    (run / "zzz" / "late.txt").write_text("late file " * 100)
+    return run
+
+
+# -- 1. "already archived" only when it is -------------------------------------------------
+
+
+def test_already_archived_is_checked_against_the_archive_and_the_folder(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 2 << 20)
+    dest = tmp_path / "dest"
+    first = _ok(_archive(run, dest, tmp_path))
+    archive = Path(first["location"])
+    again = _ok(_archive(run, dest, tmp_path))
+    assert again["already_complete"] and again["location"] == str(archive)
+
+    archive.unlink()  # the archive was deleted
+    redone = _archive(run, dest, tmp_path)
+    result = _ok(redone)
+    assert not result["already_complete"] and "no longer exists" in result["restart_reason"]
+    assert archive.exists() and not _ok(_archive(run, dest, tmp_path)).get("restart_reason")
+
+    with open(archive, "ab") as f:  # truncated or grown: not the archive that was verified
+        f.write(b"x")
+    assert "holds" in _ok(_archive(run, dest, tmp_path))["restart_reason"]
+
+    (run / "Logs" / "added_after.txt").write_text("new")  # the folder changed
+    result = _ok(_archive(run, dest, tmp_path))
+    assert not result["already_complete"] and "1 new" in result["restart_reason"]
+    gnu_untar(archive, tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(run)
+
+
+def test_a_run_folder_that_is_gone_is_exit_2_even_when_the_journal_knows_it(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    _ok(_archive(run, tmp_path / "dest", tmp_path))
+    moved = tmp_path / "elsewhere"
+    run.rename(moved)
+    _one_error(_archive(run, tmp_path / "dest", tmp_path), 2, "does not exist")
+
+
+def test_another_folder_with_the_same_name_is_archived_again(make_run, tmp_path: Path) -> None:
+    import make_fake_run
+
+    run = make_run("miseq", 2 << 20, seed=1)
+    dest = tmp_path / "dest"
+    _ok(_archive(run, dest, tmp_path))
+    other = tmp_path / "other" / run.name
+    make_fake_run.make_run(other, "miseq", 2 << 20, seed=2)
+    result = _ok(_archive(other, dest, tmp_path))
+    assert not result["already_complete"] and str(run) in result["restart_reason"]
+    proc = run_cli("verify", result["location"], "--against", str(other), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_deleted_gcs_object_is_archived_again(gcs, make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    dest = f"gs://{gcs.bucket}/runs"
+    first = _ok(_archive(run, dest, tmp_path, "--chunk-size", "256K"))
+    blob = first["location"].split("/", 1)[1]
+    assert _ok(_archive(run, dest, tmp_path))["already_complete"]
+    quoted = urllib.parse.quote(blob, safe="")
+    urllib.request.urlopen(urllib.request.Request(
+        f"{gcs.url}/storage/v1/b/{gcs.bucket}/o/{quoted}", method="DELETE"), timeout=30).close()
+    result = _ok(_archive(run, dest, tmp_path, "--chunk-size", "256K"))
+    assert not result["already_complete"] and "no longer exists" in result["restart_reason"]
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(gcs.download(blob))
+    gnu_untar(archive, tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(run)
+
+
+# -- 2. the folder must still hold what was archived ----------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_file_written_while_the_run_streams_means_not_archived_exit_3(tmp_path: Path) -> None:
+    run = _big_run(tmp_path)
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    proc = _start(run, dest, tmp_path)
+    _stop_when_part_reaches(proc, part, 1 << 20, signal.SIGSTOP)
+    try:
+        (run / "Alignment_1").mkdir()  # as MiSeq Reporter does after RTAComplete
+        (run / "Alignment_1" / "sample.fastq.gz").write_bytes(b"@r\nACGT\n+\nIIII\n")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "changed while it was archived" in err and "Alignment_1" in err
+    row = Journal(tmp_path / "sruns.db").get(run.name)
+    assert row is not None and row.status == "not_running" and row.changed_at
+    # The next attempt archives everything there is.
+    result = _ok(_archive(run, dest, tmp_path))
+    assert result["resumed_from_archive"] == 0
+    gnu_untar(Path(result["location"]), tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(run)
+
+
+# -- 3. checkpoints are checked before they are trusted --------------------------------------
+
+
+def _killed_half_way(run: Path, tmp_path: Path, reference: bytes) -> Path:
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    proc = _start(run, dest, tmp_path)
+    _stop_when_part_reaches(proc, part, len(reference) // 2, signal.SIGKILL)
+    proc.communicate()
+    assert (durable_offset(tmp_path / "sruns.db", run.name) or 0) > 0
+    return dest
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage", ["ck_crc32", "ck_raw", "durable_offset", "member_crc", "manifest_size"])
+def test_one_wrong_value_in_the_journal_restarts_from_zero(make_run, tmp_path: Path, damage: str) -> None:
+    run = make_run("miseq", 12 << 20, seed=21)
+    reference = _reference(run, tmp_path)
+    dest = _killed_half_way(run, tmp_path, reference)
+    with sqlite3.connect(tmp_path / "sruns.db") as db:
+        if damage == "member_crc":
+            db.execute("UPDATE manifest SET crc32c = crc32c + 1 WHERE crc32c IS NOT NULL AND idx = "
+                       "(SELECT MIN(idx) FROM manifest WHERE crc32c IS NOT NULL)")
+        elif damage == "manifest_size":
+            db.execute("UPDATE manifest SET size = size + 1 WHERE idx = (SELECT MAX(idx) FROM manifest)")
+        else:
+            db.execute(f"UPDATE tasks SET {damage} = {damage} + 1")
+    result = _ok(_archive(run, dest, tmp_path))
+    assert result["resumed_from_archive"] == 0 and "damaged" in result["restart_reason"]
+    final = Path(result["location"])
+    gzip_ok(final)
+    assert final.read_bytes() == reference
+
+
+@pytest.mark.timeout(120)
+def test_a_file_rewritten_in_place_with_size_and_mtime_kept_restarts_from_zero(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 12 << 20, seed=22)
+    reference = _reference(run, tmp_path)
+    dest = _killed_half_way(run, tmp_path, reference)
+    # A file the stream already passed: rewritten in place, its size and mtime put back.
+    entries = Journal(tmp_path / "sruns.db").entries(run.name)
+    victim = next(run.parent / os.fsdecode(e.path) for e in entries if e.kind == "f" and e.size > 100)
+    st = victim.stat()
+    victim.write_bytes(bytes(b ^ 0xFF for b in victim.read_bytes()))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = _ok(_archive(run, dest, tmp_path))
+    assert result["resumed_from_archive"] == 0 and "rewritten in place" in result["restart_reason"]
+    final = Path(result["location"])
+    gzip_ok(final)
+    gnu_untar(final, tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(run)
+
+
+@pytest.mark.timeout(120)
+def test_a_dictionary_that_reads_back_differently_restarts_from_zero(make_run, tmp_path: Path) -> None:
+    """The 32 KiB before the checkpoint are deflate's dictionary; the checkpoint keeps
+    their crc. A journal whose recorded crc no longer matches the folder (here: set so,
+    through the journal API, with a valid checksum) must not be resumed."""
+    run = make_run("miseq", 12 << 20, seed=23)
+    reference = _reference(run, tmp_path)
+    dest = _killed_half_way(run, tmp_path, reference)
+    journal = Journal(tmp_path / "sruns.db")
+    t = journal.get(run.name)
+    assert t is not None and t.checkpoint.raw_offset > 0
+    from dataclasses import replace
+
+    wrong = replace(t.checkpoint, window_crc32=t.checkpoint.window_crc32 ^ 1)
+    journal.record_checkpoint(t, t.durable_offset, wrong, [], t.files_crc32c, t.sink_state)
+    journal.close()
+    proc = _archive(run, dest, tmp_path)
+    result = _ok(proc)
+    assert result["resumed_from_archive"] == 0 and "32 KiB before the checkpoint" in proc.stderr
+    assert Path(result["location"]).read_bytes() == reference
+
+
+# -- 4. destinations that look like URLs ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dest", ["gs:/bucket/x", "gs:bucket", "s3://bucket/x", "http://host/x",
+                                  "gs://Bad_Bucket!/x", "gs://ab"])
+def test_a_destination_that_is_no_known_form_is_a_usage_error(make_run, tmp_path: Path, dest: str) -> None:
+    run = make_run("miseq", 1 << 20)
+    _one_error(run_cli("archive", str(run), "--dest", dest, cwd=tmp_path), 2, dest.split("/")[0][:3])
+    assert not any(p.name.startswith(("gs", "s3", "http")) for p in tmp_path.iterdir())
+
+
+# -- 5. links are never followed, FIFOs never opened, swaps never read -------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("swap", ["file-to-symlink", "dir-to-symlink", "file-to-fifo", "file-to-dir"])
+def test_an_entry_swapped_mid_archive_is_never_read(tmp_path: Path, swap: str) -> None:
+    run = _big_run(tmp_path)
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    late = run / "zzz" / "late.txt"
+    secret.write_bytes(b"S" * late.stat().st_size)  # same size: only a link check can tell
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    proc = _start(run, dest, tmp_path)
+    _stop_when_part_reaches(proc, part, 1 << 20, signal.SIGSTOP)
+    try:
+        st = late.stat()
+        if swap == "file-to-symlink":
+            late.unlink()
+            late.symlink_to(secret)
+            os.utime(late, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        elif swap == "dir-to-symlink":
+            late.rename(tmp_path / "moved-away.txt")
+            (run / "zzz").rmdir()
+            (run / "zzz").symlink_to(secret.parent)
+            (secret.parent / "late.txt").write_bytes(b"S" * st.st_size)
+            os.utime(secret.parent / "late.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+        elif swap == "file-to-fifo":
+            late.unlink()
+            os.mkfifo(late)
+        else:
+            late.unlink()
+            late.mkdir()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)  # a FIFO opened for reading would hang here
+    assert proc.returncode == 3, (out, err)
+    assert "Traceback" not in err and "late.txt" in err
+    assert not (dest / run.name / f"{run.name}.tar.gz").exists()
+    leaked = part.read_bytes() if part.exists() else b""
+    assert b"SSSSSSSS" not in leaked
+
+
+# -- 6. planted links in the destination are refused ---------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["part", "manifest-temp", "run-dir", "lock"])
+def test_planted_links_in_the_destination_are_never_written_through(make_run, tmp_path: Path, where: str) -> None:
+    run = make_run("miseq", 1 << 20)
+    dest = tmp_path / "dest"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (dest / run.name).mkdir(parents=True)
+    if where == "part":
+        (dest / run.name / f"{run.name}.tar.gz.part").symlink_to(victim)
+    elif where == "manifest-temp":
+        (dest / run.name / f"{run.name}.manifest.tsv.part").symlink_to(victim)
+    elif where == "run-dir":
+        (dest / run.name).rmdir()
+        (tmp_path / "elsewhere").mkdir()
+        (dest / run.name).symlink_to(tmp_path / "elsewhere")
+    else:
+        locks = tmp_path / "sruns.db.locks"
+        locks.mkdir()
+        (locks / f"{run.name}.lock").symlink_to(victim)
+    proc = _archive(run, dest, tmp_path)
+    assert victim.read_text() == "precious"
+    if where == "manifest-temp":
+        # A leftover name is ours to remove (the link itself, not what it points to).
+        result = _ok(proc)
+        assert Path(result["location"]).exists()
+    else:
+        _one_error(proc, 1, "symlink")
+    if where == "run-dir":
+        assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_part_file_with_other_hard_links_is_refused(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    dest = tmp_path / "dest"
+    (dest / run.name).mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.link(victim, dest / run.name / f"{run.name}.tar.gz.part")
+    _one_error(_archive(run, dest, tmp_path), 1, "hard links")
+    assert victim.read_text() == "precious"
+
+
+# -- 7. run names, and places that must not be inside the run folder ---------------------------------
+
+
+def test_dot_dot_and_links_are_resolved_to_the_run_folder_itself(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    inner = run / "Logs"
+    inner.mkdir(exist_ok=True)
+    dest = tmp_path / "dest"
+    result = _ok(run_cli("archive", "..", "--dest", str(dest), "--journal", str(tmp_path / "j.db"), "--json",
+                         cwd=inner))
+    assert result["run"] == run.name and Path(result["location"]) == dest / run.name / f"{run.name}.tar.gz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([run.name, "dest", "j.db", "j.db.locks"] + [
+        p.name for p in tmp_path.iterdir() if p.name.startswith("j.db-")])
+    names = subprocess.run(["tar", "-tzf", result["location"]], capture_output=True, text=True, check=True)
+    assert all(n.startswith(run.name + "/") or n == run.name + "/" for n in names.stdout.split())
+    _one_error(run_cli("archive", "/", "--dest", str(dest), cwd=tmp_path), 2, "names no run folder")
+
+
+def test_a_journal_or_destination_inside_the_run_folder_is_refused(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    _one_error(run_cli("archive", ".", "--dest", str(tmp_path / "d"), cwd=run), 2, "journal", "inside the run folder")
+    _one_error(run_cli("archive", str(run), "--dest", str(run / "out"), cwd=tmp_path), 2, "destination",
+               "inside the run folder")
+    assert not (run / "sruns.db").exists() and not (run / "out").exists()
+
+
+# -- 10. the journal holds bearer credentials: 0600 ---------------------------------------------------
+
+
+def test_a_journal_made_by_another_tool_is_made_0600_with_its_wal_and_shm(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # sruns-monitor's table, the file left 0644
+        conn.execute("CREATE TABLE tasks (name text PRIMARY KEY, pid integer, tarfile text, gcp_tarfile text)")
+    os.chmod(db, 0o644)
+    holder = sqlite3.connect(db)  # keeps -wal and -shm in place while we look
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("SELECT * FROM tasks").fetchall()
+    try:
+        for suffix in ("-wal", "-shm"):
+            if Path(f"{db}{suffix}").exists():
+                os.chmod(f"{db}{suffix}", 0o644)
+        proc = run_cli("status", "--journal", str(db), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{db}{suffix}")
+            assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600, suffix
+    finally:
+        holder.close()
+
+
+# -- 11. a part file shorter than the journal says: no hang ---------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["truncated", "deleted", "renamed-to-final"])
+def test_a_part_file_shorter_than_the_journal_starts_over_without_hanging(make_run, tmp_path: Path, how: str) -> None:
+    run = make_run("miseq", 12 << 20, seed=24)
+    reference = _reference(run, tmp_path)
+    dest = _killed_half_way(run, tmp_path, reference)
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    if how == "truncated":
+        os.truncate(part, 1000)
+    elif how == "deleted":
+        part.unlink()
+    else:  # as if killed between the final rename and the journal's update
+        part.rename(part.with_name(f"{run.name}.tar.gz"))
+    proc = _archive(run, dest, tmp_path)
+    result = _ok(proc)
+    assert result["resumed_from_archive"] == 0 and "starting from zero" in proc.stderr
+    assert Path(result["location"]).read_bytes() == reference
+
+
+# -- 12. tracebacks that were -------------------------------------------------------------------------
+
+
+def test_a_fifo_or_link_named_like_a_marker_never_hangs_the_completion_check(tmp_path: Path) -> None:
+    from sruns_stream.completion import CompletionRules, run_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "RunInfo.xml")  # open() for reading would wait for a writer forever
+    assert not run_state(run, CompletionRules(), time.time()).complete
+    (run / "RunInfo.xml").unlink()
+    outside = tmp_path / "RunInfo.xml"
+    outside.write_text('<RunInfo><Run Id="X"><Instrument>M1</Instrument></Run></RunInfo>')
+    (run / "RunInfo.xml").symlink_to(outside)
+    (run / "CopyComplete.txt").write_text("")
+    state = run_state(run, CompletionRules(), time.time())
+    assert not state.complete and "RunInfo" in state.reason  # the link is not the run's RunInfo.xml
+
+
+# -- 15. two writers of one archive ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_second_writer_with_another_journal_is_told_so(tmp_path: Path) -> None:
+    run = _big_run(tmp_path)
+    dest = tmp_path / "dest"
+    part = dest / run.name / f"{run.name}.tar.gz.part"
+    first = _start(run, dest, tmp_path, db=tmp_path / "a.db")
+    _stop_when_part_reaches(first, part, 1 << 20, signal.SIGSTOP)
+    try:
+        second = _archive(run, dest, tmp_path, db=tmp_path / "b.db")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _one_error(second, 1, "another process is writing")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    gnu_untar(Path(json.loads(out)["location"]), tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(run)
+
+
+# -- 14. checkpoints for runs that compress very well; the read-back is not repeated -----------------------
+
+
+@pytest.mark.timeout(180)
+def test_a_run_that_compresses_100_to_1_still_checkpoints_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "240101_M00001_0001_000000000-ZEROS"
+    for d in range(40):
+        (run / f"d{d:02d}").mkdir(parents=True)
+        for f in range(100):
+            (run / f"d{d:02d}" / f"f{f:03d}.bin").write_bytes(bytes(8000))
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"checkpoint_raw_interval": 1 << 20}))
+    dest = tmp_path / "dest"
+    args = ("--sync-interval", "16M", "--config", str(conf))
+    reference = _ok(_archive(run, tmp_path / "ref", tmp_path, *args, db=tmp_path / "ref.db"))
+    assert reference["archive_bytes"] < 16 << 20 < reference["raw_bytes"]  # never fills a sync interval
+    proc = _start(run, dest, tmp_path, *args)
+    deadline = time.monotonic() + 60
+    while (durable_offset(tmp_path / "sruns.db", run.name) or 0) == 0 and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"archive ended before a checkpoint: {proc.communicate()}")
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    result = _ok(_archive(run, dest, tmp_path, *args))
+    assert result["resumed_from_archive"] > 0 and result["resumed_from_raw"] > 0
+    assert Path(result["location"]).read_bytes() == Path(reference["location"]).read_bytes()
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_a_resumed_local_archive_is_not_read_back_from_the_start(tmp_path: Path) -> None:
+    """The read-back position and crc32c travel with the checkpoint: the bytes read
+    back at resume are those after it, not the whole prefix (hours on a TB over NFS)."""
+    import google_crc32c
+
+    from sruns_stream.sinks.base import ArchiveInfo
+    from sruns_stream.sinks.local import LocalSink
+
+    prefix = os.urandom(32 << 20)
+    sink = LocalSink(tmp_path, "RUN", ".tar.gz", sync_interval=1 << 20)
+    sink.open(None, 0)
+    sink.write(prefix)
+    sink.request_durable()
+    deadline = time.monotonic() + 30
+    while json.loads(sink.state() or "{}")["read_back"][0] < len(prefix) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    state = sink.state()
+    sink.abort()
+    assert json.loads(state or "{}")["read_back"][0] == len(prefix)
+
+    resumed = LocalSink(tmp_path, "RUN", ".tar.gz", sync_interval=1 << 20)
+    before = _rchar()
+    assert resumed.open(state, len(prefix)) == len(prefix)
+    resumed.write(b"tail")
+    info = ArchiveInfo("RUN", len(prefix) + 4, google_crc32c.value(prefix + b"tail"), 0, 0, 0, "x", "x")
+    stored = resumed.finalize(info, b"manifest")
+    assert stored.crc32c == info.crc32c
+    assert _rchar() - before < 1 << 20  # the 32 MiB prefix was not read again
