@@ -37,6 +37,7 @@ from isal import isal_zlib
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .errors import DestinationError, IntegrityError, UsageError
+from .stopping import STOP
 
 if TYPE_CHECKING:
     import requests
@@ -59,6 +60,7 @@ __all__ = [
     "TarMembers",
     "parse_manifest",
     "resolve_source",
+    "stop_aware_sleep",
 ]
 
 # Every stage moves data in pieces of this size: large enough that per-call overhead
@@ -68,6 +70,8 @@ PIECE = 1 << 20
 DEFAULT_ATTEMPTS = 8
 # Connect, then each socket read: GCS answers a ranged GET within seconds even when busy.
 DEFAULT_TIMEOUT = (30.0, 120.0)
+# How long a backoff sleeps between looks at the stop flag.
+_SLEEP_SLICE = 0.1
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _EXTENSIONS = (".tar.gz", ".tgz", ".tar")
 Note = Callable[[str], None]
@@ -203,6 +207,19 @@ class GcsObject:
         raise DestinationError(f"reading {self.description} failed: HTTP {status}")
 
 
+def stop_aware_sleep(seconds: float) -> None:
+    """`time.sleep` in short slices, raising Interrupted as soon as a stop is requested:
+    a retry's backoff can be 30 s, and a signal must not wait that long (the handler in
+    `stopping` only sets a flag, and Python resumes an interrupted sleep)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        STOP.check()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, _SLEEP_SLICE))
+
+
 class ResumableReader:
     """Sequential reads of a `ByteSource` that survive dropped connections.
 
@@ -214,7 +231,7 @@ class ResumableReader:
 
     def __init__(
         self, source: ByteSource, *, attempts: int = DEFAULT_ATTEMPTS,
-        sleep: Callable[[float], None] = time.sleep, note: Note | None = None,
+        sleep: Callable[[float], None] = stop_aware_sleep, note: Note | None = None,
     ) -> None:
         self.source = source
         self.pos = 0

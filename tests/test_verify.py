@@ -340,3 +340,93 @@ def test_cli_verify_exit_codes_and_json(made: dict[str, Path], tmp_path: Path) -
 
     missing = run_cli("verify", str(tmp_path / "none.tar.gz"), cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+# --- a stop request during a download's backoff ----------------------------------------------
+
+
+class _FailingDownloads:
+    """Forwards requests to the GCS emulator but answers every download (alt=media) with
+    503, so a read is retried with backoff until it gives up: a fault the emulator cannot
+    produce on cue. ``downloads`` is set at the first one."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host, port = upstream.removeprefix("http://").split(":")
+        self.downloads = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "alt=media" in self.path:
+                    proxy.downloads.set()
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request("GET", self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_during_a_download_backoff_stops_the_verify(made: dict[str, Path], gcs, tmp_path: Path) -> None:
+    """Every download fails, so verify sits in its retry backoff (up to 30 s a wait). A
+    Ctrl-C there stops it: exit 130 and the verify's one line, not a wait for the retries
+    to run out (which would end in exit 1)."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    _archive(made["run"], f"gs://{gcs.bucket}/p", tmp_path)
+    proxy = _FailingDownloads(gcs.url)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO), STORAGE_EMULATOR_HOST=proxy.url)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sruns_stream", "verify", f"gs://{gcs.bucket}/p/{RUN}/{RUN}.tar.gz"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert proxy.downloads.wait(60), "verify never tried to download"
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        proxy.close()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "sruns-stream: interrupted; the archive was not fully verified"
+    assert "Traceback" not in err
