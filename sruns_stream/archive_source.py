@@ -74,6 +74,7 @@ DEFAULT_TIMEOUT = (30.0, 120.0)
 _SLEEP_SLICE = 0.1
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _EXTENSIONS = (".tar.gz", ".tgz", ".tar")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # what a URL starts with (RFC 3986)
 Note = Callable[[str], None]
 
 
@@ -766,7 +767,9 @@ def _local(path: Path) -> ArchiveSource:
         else:
             raise UsageError(f"{path} is a directory without {path.name}.tar.gz or {path.name}.tar: give the archive's path")
     elif not path.is_file():
-        raise UsageError(f"archive {path} does not exist: check the path")
+        # A well-formed request for something that is not there: a failure, not a usage error.
+        what = "not a regular file" if os.path.lexists(path) else "nothing there"
+        raise DestinationError(f"no archive at {path} ({what}): check the path")
     split = _split_name(path.name)
     run, gzip = split if split else (path.name.split(".", 1)[0], True)
     manifest_path = path.with_name(f"{run}.manifest.tsv")
@@ -826,7 +829,9 @@ def _gcs_with(client: Client, bucket_name: str, name: str, url: str) -> ArchiveS
             name = candidate
             break
     if blob is None:
-        raise UsageError(f"no archive at {url} (bucket {bucket_name!r}): check the URL, e.g. gs://BUCKET/PREFIX/RUN/RUN.tar.gz")
+        raise DestinationError(
+            f"no archive at {url} (bucket {bucket_name!r}): check the URL, e.g. gs://BUCKET/PREFIX/RUN/RUN.tar.gz"
+        )
     filename = name.rsplit("/", 1)[-1]
     split = _split_name(filename)
     run, gzip = split if split else (filename.split(".", 1)[0], True)
@@ -888,10 +893,19 @@ def resolve_source(
         return _gcs(source, client_factory)
     if source.startswith("file://"):
         return _local(Path(source[len("file://") :]))
+    if _SCHEME.match(source) and not os.path.lexists(source):
+        # gs:/bucket/x, gs:bucket, s3://..., http://...: a URL we do not read, not a file name.
+        raise UsageError(
+            f"{source!r} is not a source sruns-stream reads: give a run name, gs://BUCKET/PREFIX/RUN/RUN.tar.gz, "
+            "file:///PATH or a local path"
+        )
     if "/" not in source and source not in (".", ".."):
         location = _from_run_name(source, journal, collection)
         if location is not None:
             return _gcs(location, client_factory) if location.startswith("gs://") else _local(Path(location))
+        if not os.path.lexists(source) and _split_name(source) is not None:
+            # RUN.tar.gz in the current directory, named as a path: it is not there.
+            return _local(Path(source))
         if not os.path.exists(source):
             places = [f"journal {journal.path}" if journal is not None else "",
                       f"Firestore collection {collection!r}" if collection else ""]

@@ -24,7 +24,7 @@ import make_fake_run
 import pytest
 from helpers import run_cli
 
-from sruns_stream.errors import RunFolderMissing, UsageError
+from sruns_stream.errors import DestinationError, RunFolderMissing, UsageError
 from sruns_stream.journal import Journal
 from sruns_stream.progress import NoProgress
 from sruns_stream.restore import VerifyReport, verify_archive
@@ -304,8 +304,16 @@ def test_corrupt_deflate_data_or_garbage_is_reported(made: dict[str, Path], tmp_
 def test_unknown_sources_and_bad_against_are_one_line_errors(made: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is neither a gs:// URL nor an existing path, and no journal"):
         _verify("no_such_run")
-    with pytest.raises(UsageError, match="does not exist: check the path"):
+    # A path to nothing is a failure to find the archive (exit 1), not a usage error.
+    with pytest.raises(DestinationError, match=r"^no archive at .*/nothing/x\.tar\.gz \(nothing there\): check the path"):
         _verify(str(tmp_path / "nothing" / "x.tar.gz"))
+    with pytest.raises(DestinationError, match=r"^no archive at .*/RUN\.tar\.gz"):
+        _verify("RUN.tar.gz")  # no "/", so first looked up as a run: then a path, not there
+    # Something like a URL that is not a form we read: a usage error naming the forms.
+    for url in ("gs:/bucket/x.tar.gz", "gs:bucket", "s3://bucket/x.tar.gz", "http://host/x.tar.gz"):
+        with pytest.raises(UsageError, match=f"^'{re.escape(url)}' is not a source sruns-stream reads: give a run "
+                                             "name, gs://BUCKET/PREFIX/RUN/RUN.tar.gz, file:///PATH or a local path"):
+            _verify(url)
     with pytest.raises(RunFolderMissing, match="--against .* is not a directory"):
         _verify(str(made["gz"]), against=tmp_path / "nope")
     journal = Journal(tmp_path / "j.db")
@@ -339,7 +347,21 @@ def test_cli_verify_exit_codes_and_json(made: dict[str, Path], tmp_path: Path) -
     assert doc["ok"] is False and doc["problems"][0].startswith(f"{member}: crc32c ")
 
     missing = run_cli("verify", str(tmp_path / "none.tar.gz"), cwd=tmp_path)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr == f"sruns-stream: error: no archive at {tmp_path / 'none.tar.gz'} (nothing there): check the path\n"
+
+    scheme = run_cli("verify", "gs:/bucket/run.tar.gz", cwd=tmp_path)
+    assert scheme.returncode == 2 and scheme.stderr.count("\n") == 1, scheme.stderr
+    assert "is not a source sruns-stream reads" in scheme.stderr and "gs://BUCKET/PREFIX/RUN/RUN.tar.gz" in scheme.stderr
+
+
+@pytest.mark.timeout(60)
+def test_cli_verify_of_a_missing_gcs_object_is_a_failure(gcs, tmp_path: Path) -> None:
+    url = f"gs://{gcs.bucket}/p/{RUN}/{RUN}.tar.gz"
+    proc = run_cli("verify", url, cwd=tmp_path)  # the subprocess inherits STORAGE_EMULATOR_HOST
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(f"sruns-stream: error: no archive at {url} (bucket '{gcs.bucket}')")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
 # --- a stop request during a download's backoff ----------------------------------------------
