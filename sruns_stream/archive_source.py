@@ -26,6 +26,7 @@ import base64
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,6 +382,8 @@ class GzipLayer:
                         pos = end + 1
                         break
                     pos = len(self._input)
+                    if pos > MAX_EXTENDED:  # real ones are a file name; never buffer more
+                        raise ArchiveDamaged(f"{self._name} has a gzip header over 1 MiB long: it is not an archive")
                     if not self._fill(pos + 1):
                         raise self._truncated("in a gzip header")
         if flags & _FHCRC:
@@ -446,6 +449,18 @@ class GzipLayer:
 # --- the tar layer --------------------------------------------------------------------------
 
 BLOCK = 512
+# Extended headers (pax x/g, GNU L/K) are held in memory whole: a few KiB in any real
+# archive. More than this before one member (or in pax globals) is damage, refused at
+# its header before a byte of it is read, so a crafted archive cannot make us buffer GBs.
+MAX_EXTENDED = 1 << 20
+# off_t: no file system holds a bigger file, so a bigger size is not a size.
+_MAX_SIZE = (1 << 63) - 1
+# os.utime takes nanoseconds in 64 bits: the furthest mtime (either way) it can set.
+_MAX_MTIME = _MAX_SIZE // 1_000_000_000
+_OCTAL = re.compile(rb"[0-7]+")
+_DECIMAL = re.compile(rb"[0-9]{1,19}")  # pax size: a plain decimal, no sign, no exponent
+_SECONDS = re.compile(rb"(-?[0-9]{1,19})(?:\.[0-9]*)?")  # pax mtime: decimal seconds, fraction ignored
+_EXTENDED_NAMES = {b"x": "pax header", b"g": "pax global header", b"L": "GNU long name", b"K": "GNU long link"}
 _KINDS = {b"0": "f", b"\0": "f", b"7": "f", b"1": "h", b"2": "l", b"3": "c", b"4": "b", b"5": "d", b"6": "p"}
 
 
@@ -475,29 +490,51 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _number(field: bytes, what: str, offset: int) -> int:
+def _number(field: bytes, what: str, offset: int, high: int = _MAX_SIZE, low: int = 0) -> int:
+    """A numeric ustar field: octal text (NUL/space padded) or GNU base-256, within [low, high]."""
     if field[:1] and field[0] & 0x80:
         # GNU base-256, for values the octal field cannot hold.
         value = int.from_bytes(field[1:], "big")
-        return -((1 << (8 * len(field) - 8)) - value) if field[0] == 0xFF else value
-    text = field.replace(b"\0", b" ").strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError:
-        raise ArchiveDamaged(f"unreadable {what} field {field!r} in the tar header at tar byte {offset}") from None
+        value = -((1 << (8 * len(field) - 8)) - value) if field[0] == 0xFF else value
+    else:
+        text = field.replace(b"\0", b" ").strip()
+        # Strictly octal digits: int(text, 8) would also take "-1", "0o17" and "1_0".
+        if text and not _OCTAL.fullmatch(text):
+            raise ArchiveDamaged(f"unreadable {what} field {field!r} in the tar header at tar byte {offset}")
+        value = int(text, 8) if text else 0
+    if not low <= value <= high:
+        raise ArchiveDamaged(f"{what} {value} in the tar header at tar byte {offset} is out of range")
+    return value
+
+
+def _pax_number(key: bytes, value: bytes, offset: int) -> int:
+    """A pax ``size`` or ``mtime`` record, as tar allows it: decimal digits (mtime: signed,
+    a fraction ignored); never inf, nan or an exponent, and within what a file can have."""
+    shown = value[:40].decode("ascii", "replace")
+    if key == b"size":
+        m = _DECIMAL.fullmatch(value)
+        number = int(m.group(0)) if m else None
+        ok = number is not None and number <= _MAX_SIZE
+    else:
+        m = _SECONDS.fullmatch(value)
+        number = int(m.group(1)) if m else None
+        ok = number is not None and -_MAX_MTIME <= number <= _MAX_MTIME
+    if not ok or number is None:
+        raise ArchiveDamaged(
+            f"pax {key.decode()} {shown!r} in the extended header at tar byte {offset} is not a valid "
+            f"{'size' if key == b'size' else 'time'}"
+        )
+    return number
 
 
 def _pax_records(data: bytes, offset: int) -> dict[bytes, bytes]:
     records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise ArchiveDamaged(f"unreadable pax header at tar byte {offset}") from None
+        space = data.find(b" ", pos, pos + 8)  # "<len> ": seven digits cover 1 MiB
+        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
         record = data[space + 1 : pos + length]
-        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+        if length <= 0 or pos + length > len(data) or not record.endswith(b"\n") or b"=" not in record:
             raise ArchiveDamaged(f"unreadable pax header at tar byte {offset}")
         key, _, value = record[:-1].partition(b"=")
         records[key] = value
@@ -510,37 +547,56 @@ class TarMembers:
 
     Data left unread is skipped (read and dropped) before the next header, so a caller
     can ignore members it does not want. ``raw_offset`` is the tar bytes consumed so far.
+
+    Pieces pulled are kept as they come, in a queue, until consumed: taking n bytes
+    costs O(n) whatever was buffered before (re-joining the buffer for every piece made
+    a large extended header quadratic), and a member's data goes out piece by piece,
+    uncopied unless a piece straddles a member boundary.
     """
 
     def __init__(self, pull: Callable[[], bytes]) -> None:
         self._pull = pull
-        self._buf = b""
-        self._off = 0
+        self._pieces: deque[bytes] = deque()
+        self._off = 0  # bytes of _pieces[0] already consumed
+        self._avail = 0  # bytes in _pieces not yet consumed
         self._left = 0  # data bytes of the current member not yet consumed
         self._pad = 0
         self.raw_offset = 0
         self.trailing_garbage = 0  # non-zero bytes after the end-of-archive marker
         self.last: Member | None = None
 
-    def _available(self) -> int:
-        return len(self._buf) - self._off
-
     def _more(self) -> bool:
         piece = self._pull()
         if not piece:
             return False
-        self._buf = self._buf[self._off :] + piece if self._off < len(self._buf) else piece
-        self._off = 0
+        self._pieces.append(piece)
+        self._avail += len(piece)
         return True
 
-    def _take(self, n: int, where: str) -> bytes:
-        while self._available() < n:
-            if not self._more():
-                raise self._truncated(where)
-        out = self._buf[self._off : self._off + n]
-        self._off += n
+    def _piece(self, limit: int) -> bytes:
+        """Up to ``limit`` buffered bytes, from the first piece only (at least one is buffered)."""
+        head = self._pieces[0]
+        n = min(limit, len(head) - self._off)
+        out = head if self._off == 0 and n == len(head) else head[self._off : self._off + n]
+        if self._off + n == len(head):
+            self._pieces.popleft()
+            self._off = 0
+        else:
+            self._off += n
+        self._avail -= n
         self.raw_offset += n
         return out
+
+    def _take(self, n: int, where: str) -> bytes:
+        while self._avail < n:
+            if not self._more():
+                raise self._truncated(where)
+        parts = []
+        while n:
+            part = self._piece(n)
+            parts.append(part)
+            n -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _truncated(self, where: str) -> ArchiveDamaged:
         after = f" (after member {self.last.name})" if self.last else ""
@@ -550,17 +606,13 @@ class TarMembers:
         """The current member's data, in pieces (bytes: google_crc32c takes nothing else)."""
         name = self.last.name if self.last else "?"
         while self._left:
-            if not self._available() and not self._more():
+            if not self._avail and not self._more():
                 raise ArchiveDamaged(
                     f"the tar stream ends at tar byte {self.raw_offset}, {self._left} bytes before the "
                     f"end of member {name}: it is truncated"
                 )
-            n = min(self._left, self._available())
-            # A whole piece goes out as it is; only a member's first and last pieces are copies.
-            piece = self._buf if self._off == 0 and n == len(self._buf) else self._buf[self._off : self._off + n]
-            self._off += n
-            self._left -= n
-            self.raw_offset += n
+            piece = self._piece(self._left)
+            self._left -= len(piece)
             yield piece
 
     def _skip_rest(self) -> None:
@@ -571,11 +623,14 @@ class TarMembers:
             self._pad = 0
 
     def __iter__(self) -> Iterator[Member]:
-        overrides: dict[bytes, bytes] = {}  # pax 'x' records for the next member
-        globals_: dict[bytes, bytes] = {}  # pax 'g' records for all that follow
+        # Records and where they came from (the extended header's offset, for messages).
+        overrides: dict[bytes, tuple[bytes, int]] = {}  # pax 'x' records for the next member
+        globals_: dict[bytes, tuple[bytes, int]] = {}  # pax 'g' records for all that follow
         long_name: bytes | None = None
         long_link: bytes | None = None
         first_offset: int | None = None
+        extended = 0  # extended-header bytes before the current member
+        global_bytes = 0
         while True:
             self._skip_rest()
             offset = self.raw_offset
@@ -587,23 +642,36 @@ class TarMembers:
                 return
             header = self._header(block, offset)
             typeflag = block[156:157]
-            if typeflag in (b"x", b"g", b"L", b"K"):
+            if typeflag in _EXTENDED_NAMES:
+                what = _EXTENDED_NAMES[typeflag]
+                extended += header.size
+                if typeflag == b"g":
+                    global_bytes += header.size
+                if max(extended, global_bytes) > MAX_EXTENDED:
+                    raise ArchiveDamaged(
+                        f"{what} of {header.size} bytes at tar byte {offset} takes the extended headers past "
+                        f"the 1 MiB limit: no real archive has them this large"
+                    )
                 payload = self._take(header.size, "in an extended header")
                 self._take(-header.size % BLOCK, "in an extended header")
                 if typeflag == b"x":
-                    overrides.update(_pax_records(payload, offset))
+                    overrides.update((k, (v, offset)) for k, v in _pax_records(payload, offset).items())
                 elif typeflag == b"g":
-                    globals_.update(_pax_records(payload, offset))
+                    globals_.update((k, (v, offset)) for k, v in _pax_records(payload, offset).items())
                 elif typeflag == b"L":
                     long_name = payload.rstrip(b"\0")
                 else:
                     long_link = payload.rstrip(b"\0")
                 continue
             records = {**globals_, **overrides}
-            name = records.get(b"path", long_name if long_name is not None else header.name)
-            linkname = records.get(b"linkpath", long_link if long_link is not None else header.linkname)
-            size = int(records[b"size"]) if b"size" in records else header.size
-            mtime = int(float(records[b"mtime"])) if b"mtime" in records else header.mtime
+            name = records[b"path"][0] if b"path" in records else (
+                long_name if long_name is not None else header.name
+            )
+            linkname = records[b"linkpath"][0] if b"linkpath" in records else (
+                long_link if long_link is not None else header.linkname
+            )
+            size = _pax_number(b"size", *records[b"size"]) if b"size" in records else header.size
+            mtime = _pax_number(b"mtime", *records[b"mtime"]) if b"mtime" in records else header.mtime
             kind = _KINDS.get(typeflag, "?")
             if kind == "f" and typeflag == b"\0" and name.endswith(b"/"):
                 kind = "d"  # pre-POSIX tars mark directories by the trailing slash alone
@@ -620,7 +688,7 @@ class TarMembers:
             # Only regular files (and types we do not know) carry data, as in tarfile.
             self._left = size if kind in ("f", "?") else 0
             self._pad = -self._left % BLOCK
-            overrides, long_name, long_link, first_offset = {}, None, None, None
+            overrides, long_name, long_link, first_offset, extended = {}, None, None, None, 0
             self.last = member
             yield member
 
@@ -638,9 +706,9 @@ class TarMembers:
                 name = prefix + b"/" + name
         return _Header(
             name=name,
-            mode=_number(block[100:108], "mode", offset),
+            mode=_number(block[100:108], "mode", offset, high=0o7777777),
             size=_number(block[124:136], "size", offset),
-            mtime=_number(block[136:148], "mtime", offset),
+            mtime=_number(block[136:148], "mtime", offset, high=_MAX_MTIME, low=-_MAX_MTIME),
             linkname=block[157:257].split(b"\0", 1)[0],
         )
 
@@ -650,9 +718,8 @@ class TarMembers:
             self.trailing_garbage += len(piece) - piece.count(0)
 
     def _rest(self) -> Iterator[bytes]:
-        if self._available():
-            yield self._buf[self._off :]
-        self._buf, self._off = b"", 0
+        while self._avail:
+            yield self._piece(self._avail)
         while True:
             piece = self._pull()
             if not piece:

@@ -81,6 +81,12 @@ class _Problems:
         if len(self.items) < MAX_PROBLEMS:
             self.items.append(text)
 
+    def first(self, text: str) -> None:
+        """A problem that explains the others (a damaged stream): shown first."""
+        self.count += 1
+        self.items.insert(0, text)
+        del self.items[MAX_PROBLEMS:]
+
 
 @dataclass
 class VerifyReport:
@@ -332,7 +338,7 @@ def _verify(src: ArchiveSource, against: Path | None, progress: Progress) -> Ver
             _verify_member(member, stream.members, expected, seen, manifest is not None, against, report, problems)
     except ArchiveDamaged as exc:
         report.damaged = True
-        problems.add(str(exc))
+        problems.first(f"damaged archive: {exc}")
     finally:
         stream.reader.close()
     stream.finish(problems, report.damaged)
@@ -736,7 +742,7 @@ def _restore(src: ArchiveSource, dest: Path, include: list[str], force: bool, pr
                 problems.add(f"refused {_show(member.name)}: it {exc}")
     except ArchiveDamaged as exc:
         report.damaged = True
-        problems.add(f"{exc}; the members before it were restored and checked")
+        problems.first(f"damaged archive: {exc}; the members before it were restored and checked")
     finally:
         extractor.cleanup()
         stream.reader.close()
