@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+import google_crc32c
 import pytest
 from helpers import REPO, run_cli
 
@@ -189,3 +190,48 @@ def test_a_huge_long_name_is_refused_without_buffering_it(tmp_path: Path) -> Non
         _one_line_failure(subprocess.CompletedProcess(args, code, out, err), ["long name", "tar byte 512"])
         # The payload is never held: peak memory stays that of the interpreter and its imports.
         assert peak_kib < 200 * 1024, peak_kib
+
+
+def _manifest(rows: list[tuple[str, int, bytes | None, str, int, str]]) -> bytes:
+    lines = ["path\tsize\tcrc32c\ttype\tmode\tmtime\tlink"]
+    for path, size, data, kind, mode, link in rows:
+        crc = f"{google_crc32c.value(data):08x}" if data is not None else ""
+        lines.append(f"{path}\t{size}\t{crc}\t{kind}\t{mode:04o}\t{MTIME}\t{link}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.timeout(120)
+def test_a_member_bigger_than_its_manifest_row_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
+    """A gzip bomb: 256 MiB of zeros where the manifest says 10 bytes. Restore skips the
+    member's data without writing it (the process may not write a file over 4 MiB), and
+    the members after it are restored and checked."""
+    size = 256 * MIB
+    after = b"after the bomb"
+
+    def pieces() -> Iterable[bytes]:
+        yield RUN_DIR + _header("run/bomb.bin", size=size)
+        zeros = b"\0" * MIB
+        for _ in range(size // MIB):
+            yield zeros
+        yield _file("run/typed", b"a file where the manifest has a directory")
+        yield _file("run/after.txt", after)
+
+    archive = _write_gz(tmp_path / "a" / "run.tar.gz", pieces())
+    archive.with_name("run.manifest.tsv").write_bytes(_manifest([
+        ("run", 0, None, "d", 0o755, ""),
+        ("run/bomb.bin", 10, b"0123456789", "f", 0o644, ""),
+        ("run/typed", 0, None, "d", 0o755, ""),
+        ("run/after.txt", len(after), after, "f", 0o644, ""),
+    ]))
+    dest = tmp_path / "dest"
+    code, out, err, _ = _run_measured("restore", str(archive), str(dest), "--json", cwd=tmp_path, fsize=4 * MIB)
+    assert code == 1, (code, out, err)
+    assert "Traceback" not in err
+    import json
+
+    report = json.loads(out)
+    assert report["failed"] == 2 and report["files"] == 1 and report["checked"] == 1, report
+    assert f"run/bomb.bin: {size} bytes in the archive, 10 in the manifest: not restored" in report["problems"]
+    assert any(p.startswith("run/typed: a file in the archive, a directory in the manifest") for p in report["problems"])
+    assert sorted(os.listdir(dest / "run")) == ["after.txt"]
+    assert (dest / "run" / "after.txt").read_bytes() == after

@@ -364,6 +364,59 @@ def test_cli_verify_of_a_missing_gcs_object_is_a_failure(gcs, tmp_path: Path) ->
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+# --- --against never leaves the run folder ------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_against_never_reads_outside_the_run_folder(made: dict[str, Path], tmp_path: Path) -> None:
+    """A symlinked directory in RUNDIR is a difference, not a way out; a FIFO where a file
+    was is reported without being opened for reading (which would hang)."""
+    run = tmp_path / RUN
+    shutil.copytree(made["run"], run, symlinks=True)
+    outside = tmp_path / "outside"
+    shutil.move(run / "Logs", outside)  # the same bytes, but outside the run folder
+    os.symlink(outside, run / "Logs")
+    (run / "RunInfo.xml").unlink()
+    os.mkfifo(run / "RunInfo.xml")
+
+    report = _verify(str(made["gz"]), against=run)
+
+    assert not report.ok and report.matched == report.members
+    text = "\n".join(report.problems)
+    assert f"{RUN}/RunInfo.xml: a file in the archive, a fifo on disk" in text
+    assert f"{RUN}/Logs: a directory in the archive, a symlink on disk" in text
+    logs = sorted(p.name for p in outside.iterdir())
+    assert logs
+    assert report.disk_mismatched == 2 + len(logs) and report.disk_extra == 0, text
+    shown = [p for p in report.problems if p.startswith(f"{RUN}/Logs/")]
+    assert shown and all(f": its directory Logs is a symlink to {str(outside)!r} on disk: not followed" in p
+                         for p in shown), shown
+
+
+@pytest.mark.timeout(60)
+def test_against_does_not_join_unsafe_member_names_to_the_run_folder(tmp_path: Path) -> None:
+    """A crafted archive whose names climb out of the run folder: never compared with what
+    lies outside it, even when that matches."""
+    run = tmp_path / "x" / "run"
+    run.mkdir(parents=True)
+    (tmp_path / "x" / "secret.txt").write_bytes(b"secret")
+    crafted = tmp_path / "evil" / "run.tar.gz"
+    crafted.parent.mkdir()
+    with tarfile.open(crafted, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in (("run", None), ("run/../secret.txt", b"secret"), (str(tmp_path / "x" / "secret.txt"), b"secret")):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE if data is None else tarfile.REGTYPE
+            info.size = len(data or b"")
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+
+    report = _verify(str(crafted), against=run)
+
+    unsafe = [p for p in report.problems if p.endswith(": unsafe name: not compared with the disk")]
+    assert unsafe == ["run/../secret.txt: unsafe name: not compared with the disk",
+                      f"{tmp_path / 'x' / 'secret.txt'}: unsafe name: not compared with the disk"], report.problems
+    assert report.disk_mismatched == 2
+
+
 # --- a stop request during a download's backoff ----------------------------------------------
 
 
