@@ -26,6 +26,7 @@ import base64
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from isal import isal_zlib
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .errors import DestinationError, IntegrityError, UsageError
+from .stopping import STOP
 
 if TYPE_CHECKING:
     import requests
@@ -59,6 +61,7 @@ __all__ = [
     "TarMembers",
     "parse_manifest",
     "resolve_source",
+    "stop_aware_sleep",
 ]
 
 # Every stage moves data in pieces of this size: large enough that per-call overhead
@@ -68,8 +71,11 @@ PIECE = 1 << 20
 DEFAULT_ATTEMPTS = 8
 # Connect, then each socket read: GCS answers a ranged GET within seconds even when busy.
 DEFAULT_TIMEOUT = (30.0, 120.0)
+# How long a backoff sleeps between looks at the stop flag.
+_SLEEP_SLICE = 0.1
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _EXTENSIONS = (".tar.gz", ".tgz", ".tar")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # what a URL starts with (RFC 3986)
 Note = Callable[[str], None]
 
 
@@ -203,6 +209,19 @@ class GcsObject:
         raise DestinationError(f"reading {self.description} failed: HTTP {status}")
 
 
+def stop_aware_sleep(seconds: float) -> None:
+    """`time.sleep` in short slices, raising Interrupted as soon as a stop is requested:
+    a retry's backoff can be 30 s, and a signal must not wait that long (the handler in
+    `stopping` only sets a flag, and Python resumes an interrupted sleep)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        STOP.check()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, _SLEEP_SLICE))
+
+
 class ResumableReader:
     """Sequential reads of a `ByteSource` that survive dropped connections.
 
@@ -214,7 +233,7 @@ class ResumableReader:
 
     def __init__(
         self, source: ByteSource, *, attempts: int = DEFAULT_ATTEMPTS,
-        sleep: Callable[[float], None] = time.sleep, note: Note | None = None,
+        sleep: Callable[[float], None] = stop_aware_sleep, note: Note | None = None,
     ) -> None:
         self.source = source
         self.pos = 0
@@ -363,6 +382,8 @@ class GzipLayer:
                         pos = end + 1
                         break
                     pos = len(self._input)
+                    if pos > MAX_EXTENDED:  # real ones are a file name; never buffer more
+                        raise ArchiveDamaged(f"{self._name} has a gzip header over 1 MiB long: it is not an archive")
                     if not self._fill(pos + 1):
                         raise self._truncated("in a gzip header")
         if flags & _FHCRC:
@@ -428,6 +449,18 @@ class GzipLayer:
 # --- the tar layer --------------------------------------------------------------------------
 
 BLOCK = 512
+# Extended headers (pax x/g, GNU L/K) are held in memory whole: a few KiB in any real
+# archive. More than this before one member (or in pax globals) is damage, refused at
+# its header before a byte of it is read, so a crafted archive cannot make us buffer GBs.
+MAX_EXTENDED = 1 << 20
+# off_t: no file system holds a bigger file, so a bigger size is not a size.
+_MAX_SIZE = (1 << 63) - 1
+# os.utime takes nanoseconds in 64 bits: the furthest mtime (either way) it can set.
+_MAX_MTIME = _MAX_SIZE // 1_000_000_000
+_OCTAL = re.compile(rb"[0-7]+")
+_DECIMAL = re.compile(rb"[0-9]{1,19}")  # pax size: a plain decimal, no sign, no exponent
+_SECONDS = re.compile(rb"(-?[0-9]{1,19})(?:\.[0-9]*)?")  # pax mtime: decimal seconds, fraction ignored
+_EXTENDED_NAMES = {b"x": "pax header", b"g": "pax global header", b"L": "GNU long name", b"K": "GNU long link"}
 _KINDS = {b"0": "f", b"\0": "f", b"7": "f", b"1": "h", b"2": "l", b"3": "c", b"4": "b", b"5": "d", b"6": "p"}
 
 
@@ -457,29 +490,51 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _number(field: bytes, what: str, offset: int) -> int:
+def _number(field: bytes, what: str, offset: int, high: int = _MAX_SIZE, low: int = 0) -> int:
+    """A numeric ustar field: octal text (NUL/space padded) or GNU base-256, within [low, high]."""
     if field[:1] and field[0] & 0x80:
         # GNU base-256, for values the octal field cannot hold.
         value = int.from_bytes(field[1:], "big")
-        return -((1 << (8 * len(field) - 8)) - value) if field[0] == 0xFF else value
-    text = field.replace(b"\0", b" ").strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError:
-        raise ArchiveDamaged(f"unreadable {what} field {field!r} in the tar header at tar byte {offset}") from None
+        value = -((1 << (8 * len(field) - 8)) - value) if field[0] == 0xFF else value
+    else:
+        text = field.replace(b"\0", b" ").strip()
+        # Strictly octal digits: int(text, 8) would also take "-1", "0o17" and "1_0".
+        if text and not _OCTAL.fullmatch(text):
+            raise ArchiveDamaged(f"unreadable {what} field {field!r} in the tar header at tar byte {offset}")
+        value = int(text, 8) if text else 0
+    if not low <= value <= high:
+        raise ArchiveDamaged(f"{what} {value} in the tar header at tar byte {offset} is out of range")
+    return value
+
+
+def _pax_number(key: bytes, value: bytes, offset: int) -> int:
+    """A pax ``size`` or ``mtime`` record, as tar allows it: decimal digits (mtime: signed,
+    a fraction ignored); never inf, nan or an exponent, and within what a file can have."""
+    shown = value[:40].decode("ascii", "replace")
+    if key == b"size":
+        m = _DECIMAL.fullmatch(value)
+        number = int(m.group(0)) if m else None
+        ok = number is not None and number <= _MAX_SIZE
+    else:
+        m = _SECONDS.fullmatch(value)
+        number = int(m.group(1)) if m else None
+        ok = number is not None and -_MAX_MTIME <= number <= _MAX_MTIME
+    if not ok or number is None:
+        raise ArchiveDamaged(
+            f"pax {key.decode()} {shown!r} in the extended header at tar byte {offset} is not a valid "
+            f"{'size' if key == b'size' else 'time'}"
+        )
+    return number
 
 
 def _pax_records(data: bytes, offset: int) -> dict[bytes, bytes]:
     records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise ArchiveDamaged(f"unreadable pax header at tar byte {offset}") from None
+        space = data.find(b" ", pos, pos + 8)  # "<len> ": seven digits cover 1 MiB
+        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
         record = data[space + 1 : pos + length]
-        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+        if length <= 0 or pos + length > len(data) or not record.endswith(b"\n") or b"=" not in record:
             raise ArchiveDamaged(f"unreadable pax header at tar byte {offset}")
         key, _, value = record[:-1].partition(b"=")
         records[key] = value
@@ -492,37 +547,56 @@ class TarMembers:
 
     Data left unread is skipped (read and dropped) before the next header, so a caller
     can ignore members it does not want. ``raw_offset`` is the tar bytes consumed so far.
+
+    Pieces pulled are kept as they come, in a queue, until consumed: taking n bytes
+    costs O(n) whatever was buffered before (re-joining the buffer for every piece made
+    a large extended header quadratic), and a member's data goes out piece by piece,
+    uncopied unless a piece straddles a member boundary.
     """
 
     def __init__(self, pull: Callable[[], bytes]) -> None:
         self._pull = pull
-        self._buf = b""
-        self._off = 0
+        self._pieces: deque[bytes] = deque()
+        self._off = 0  # bytes of _pieces[0] already consumed
+        self._avail = 0  # bytes in _pieces not yet consumed
         self._left = 0  # data bytes of the current member not yet consumed
         self._pad = 0
         self.raw_offset = 0
         self.trailing_garbage = 0  # non-zero bytes after the end-of-archive marker
         self.last: Member | None = None
 
-    def _available(self) -> int:
-        return len(self._buf) - self._off
-
     def _more(self) -> bool:
         piece = self._pull()
         if not piece:
             return False
-        self._buf = self._buf[self._off :] + piece if self._off < len(self._buf) else piece
-        self._off = 0
+        self._pieces.append(piece)
+        self._avail += len(piece)
         return True
 
-    def _take(self, n: int, where: str) -> bytes:
-        while self._available() < n:
-            if not self._more():
-                raise self._truncated(where)
-        out = self._buf[self._off : self._off + n]
-        self._off += n
+    def _piece(self, limit: int) -> bytes:
+        """Up to ``limit`` buffered bytes, from the first piece only (at least one is buffered)."""
+        head = self._pieces[0]
+        n = min(limit, len(head) - self._off)
+        out = head if self._off == 0 and n == len(head) else head[self._off : self._off + n]
+        if self._off + n == len(head):
+            self._pieces.popleft()
+            self._off = 0
+        else:
+            self._off += n
+        self._avail -= n
         self.raw_offset += n
         return out
+
+    def _take(self, n: int, where: str) -> bytes:
+        while self._avail < n:
+            if not self._more():
+                raise self._truncated(where)
+        parts = []
+        while n:
+            part = self._piece(n)
+            parts.append(part)
+            n -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _truncated(self, where: str) -> ArchiveDamaged:
         after = f" (after member {self.last.name})" if self.last else ""
@@ -532,17 +606,13 @@ class TarMembers:
         """The current member's data, in pieces (bytes: google_crc32c takes nothing else)."""
         name = self.last.name if self.last else "?"
         while self._left:
-            if not self._available() and not self._more():
+            if not self._avail and not self._more():
                 raise ArchiveDamaged(
                     f"the tar stream ends at tar byte {self.raw_offset}, {self._left} bytes before the "
                     f"end of member {name}: it is truncated"
                 )
-            n = min(self._left, self._available())
-            # A whole piece goes out as it is; only a member's first and last pieces are copies.
-            piece = self._buf if self._off == 0 and n == len(self._buf) else self._buf[self._off : self._off + n]
-            self._off += n
-            self._left -= n
-            self.raw_offset += n
+            piece = self._piece(self._left)
+            self._left -= len(piece)
             yield piece
 
     def _skip_rest(self) -> None:
@@ -553,11 +623,14 @@ class TarMembers:
             self._pad = 0
 
     def __iter__(self) -> Iterator[Member]:
-        overrides: dict[bytes, bytes] = {}  # pax 'x' records for the next member
-        globals_: dict[bytes, bytes] = {}  # pax 'g' records for all that follow
+        # Records and where they came from (the extended header's offset, for messages).
+        overrides: dict[bytes, tuple[bytes, int]] = {}  # pax 'x' records for the next member
+        globals_: dict[bytes, tuple[bytes, int]] = {}  # pax 'g' records for all that follow
         long_name: bytes | None = None
         long_link: bytes | None = None
         first_offset: int | None = None
+        extended = 0  # extended-header bytes before the current member
+        global_bytes = 0
         while True:
             self._skip_rest()
             offset = self.raw_offset
@@ -569,23 +642,36 @@ class TarMembers:
                 return
             header = self._header(block, offset)
             typeflag = block[156:157]
-            if typeflag in (b"x", b"g", b"L", b"K"):
+            if typeflag in _EXTENDED_NAMES:
+                what = _EXTENDED_NAMES[typeflag]
+                extended += header.size
+                if typeflag == b"g":
+                    global_bytes += header.size
+                if max(extended, global_bytes) > MAX_EXTENDED:
+                    raise ArchiveDamaged(
+                        f"{what} of {header.size} bytes at tar byte {offset} takes the extended headers past "
+                        f"the 1 MiB limit: no real archive has them this large"
+                    )
                 payload = self._take(header.size, "in an extended header")
                 self._take(-header.size % BLOCK, "in an extended header")
                 if typeflag == b"x":
-                    overrides.update(_pax_records(payload, offset))
+                    overrides.update((k, (v, offset)) for k, v in _pax_records(payload, offset).items())
                 elif typeflag == b"g":
-                    globals_.update(_pax_records(payload, offset))
+                    globals_.update((k, (v, offset)) for k, v in _pax_records(payload, offset).items())
                 elif typeflag == b"L":
                     long_name = payload.rstrip(b"\0")
                 else:
                     long_link = payload.rstrip(b"\0")
                 continue
             records = {**globals_, **overrides}
-            name = records.get(b"path", long_name if long_name is not None else header.name)
-            linkname = records.get(b"linkpath", long_link if long_link is not None else header.linkname)
-            size = int(records[b"size"]) if b"size" in records else header.size
-            mtime = int(float(records[b"mtime"])) if b"mtime" in records else header.mtime
+            name = records[b"path"][0] if b"path" in records else (
+                long_name if long_name is not None else header.name
+            )
+            linkname = records[b"linkpath"][0] if b"linkpath" in records else (
+                long_link if long_link is not None else header.linkname
+            )
+            size = _pax_number(b"size", *records[b"size"]) if b"size" in records else header.size
+            mtime = _pax_number(b"mtime", *records[b"mtime"]) if b"mtime" in records else header.mtime
             kind = _KINDS.get(typeflag, "?")
             if kind == "f" and typeflag == b"\0" and name.endswith(b"/"):
                 kind = "d"  # pre-POSIX tars mark directories by the trailing slash alone
@@ -602,7 +688,7 @@ class TarMembers:
             # Only regular files (and types we do not know) carry data, as in tarfile.
             self._left = size if kind in ("f", "?") else 0
             self._pad = -self._left % BLOCK
-            overrides, long_name, long_link, first_offset = {}, None, None, None
+            overrides, long_name, long_link, first_offset, extended = {}, None, None, None, 0
             self.last = member
             yield member
 
@@ -620,9 +706,9 @@ class TarMembers:
                 name = prefix + b"/" + name
         return _Header(
             name=name,
-            mode=_number(block[100:108], "mode", offset),
+            mode=_number(block[100:108], "mode", offset, high=0o7777777),
             size=_number(block[124:136], "size", offset),
-            mtime=_number(block[136:148], "mtime", offset),
+            mtime=_number(block[136:148], "mtime", offset, high=_MAX_MTIME, low=-_MAX_MTIME),
             linkname=block[157:257].split(b"\0", 1)[0],
         )
 
@@ -632,9 +718,8 @@ class TarMembers:
             self.trailing_garbage += len(piece) - piece.count(0)
 
     def _rest(self) -> Iterator[bytes]:
-        if self._available():
-            yield self._buf[self._off :]
-        self._buf, self._off = b"", 0
+        while self._avail:
+            yield self._piece(self._avail)
         while True:
             piece = self._pull()
             if not piece:
@@ -749,7 +834,9 @@ def _local(path: Path) -> ArchiveSource:
         else:
             raise UsageError(f"{path} is a directory without {path.name}.tar.gz or {path.name}.tar: give the archive's path")
     elif not path.is_file():
-        raise UsageError(f"archive {path} does not exist: check the path")
+        # A well-formed request for something that is not there: a failure, not a usage error.
+        what = "not a regular file" if os.path.lexists(path) else "nothing there"
+        raise DestinationError(f"no archive at {path} ({what}): check the path")
     split = _split_name(path.name)
     run, gzip = split if split else (path.name.split(".", 1)[0], True)
     manifest_path = path.with_name(f"{run}.manifest.tsv")
@@ -809,7 +896,9 @@ def _gcs_with(client: Client, bucket_name: str, name: str, url: str) -> ArchiveS
             name = candidate
             break
     if blob is None:
-        raise UsageError(f"no archive at {url} (bucket {bucket_name!r}): check the URL, e.g. gs://BUCKET/PREFIX/RUN/RUN.tar.gz")
+        raise DestinationError(
+            f"no archive at {url} (bucket {bucket_name!r}): check the URL, e.g. gs://BUCKET/PREFIX/RUN/RUN.tar.gz"
+        )
     filename = name.rsplit("/", 1)[-1]
     split = _split_name(filename)
     run, gzip = split if split else (filename.split(".", 1)[0], True)
@@ -871,10 +960,19 @@ def resolve_source(
         return _gcs(source, client_factory)
     if source.startswith("file://"):
         return _local(Path(source[len("file://") :]))
+    if _SCHEME.match(source) and not os.path.lexists(source):
+        # gs:/bucket/x, gs:bucket, s3://..., http://...: a URL we do not read, not a file name.
+        raise UsageError(
+            f"{source!r} is not a source sruns-stream reads: give a run name, gs://BUCKET/PREFIX/RUN/RUN.tar.gz, "
+            "file:///PATH or a local path"
+        )
     if "/" not in source and source not in (".", ".."):
         location = _from_run_name(source, journal, collection)
         if location is not None:
             return _gcs(location, client_factory) if location.startswith("gs://") else _local(Path(location))
+        if not os.path.lexists(source) and _split_name(source) is not None:
+            # RUN.tar.gz in the current directory, named as a path: it is not there.
+            return _local(Path(source))
         if not os.path.exists(source):
             places = [f"journal {journal.path}" if journal is not None else "",
                       f"Firestore collection {collection!r}" if collection else ""]

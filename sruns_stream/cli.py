@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="restore only members matching this pattern (repeatable), e.g. RUN/InterOp")
     r.add_argument("--force", action="store_true", help="overwrite existing files")
+    r.add_argument("--no-outside-links", action="store_true",
+                   help="refuse symlinks that are absolute or resolve outside DEST (for archives from elsewhere)")
     r.add_argument("--json", action="store_true")
     r.add_argument("--config", type=Path)
     r.add_argument("--journal", type=Path)
@@ -185,7 +187,8 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                     collection=config.firestore_collection, progress=progress)
         else:
             report = restore_archive(args.source, args.dest, include=args.include, force=args.force,
-                                     journal=journal, collection=config.firestore_collection, progress=progress)
+                                     journal=journal, collection=config.firestore_collection, progress=progress,
+                                     no_outside_links=args.no_outside_links)
     finally:
         if journal is not None:
             journal.close()

@@ -8,29 +8,44 @@ CLI exits 0 when there are none and 1 otherwise.
 
 `verify_archive` only reads. With ``against`` it also compares every member with the run
 folder on disk (type, size, crc32c, symlink target) and lists what is on disk but not in
-the archive.
+the archive. The run folder is read from a directory fd, one component at a time and
+without following links: a member name with ``..`` or an absolute one is reported, never
+joined to the folder; a symlinked directory in it is a difference, never traversed; only
+regular files are opened (O_NONBLOCK, so a planted FIFO cannot hang it).
 
 `restore_archive` extracts into DEST, refusing anything that could write outside it:
-absolute names, ``..`` components, symlinks that are absolute or resolve outside DEST,
-hard links whose target is outside DEST, device files and fifos, and writes through a
-parent that is (or became) a symlink pointing out. Existing files are never overwritten
+absolute names, ``..`` components, device files and fifos, hard links to anything but a
+file this restore wrote, and any member below a symlink (one in the archive, or one found
+in DEST). Everything is created relative to directory fds with O_NOFOLLOW (see
+`_Extractor`), so nothing is written through a link and path length (PATH_MAX) does not
+matter. Symlinks are data: restored as archived, absolute or pointing out of DEST
+included, but only after every file and directory is in place; ``no_outside_links``
+(--no-outside-links, for archives from elsewhere) then removes and reports those that are
+absolute or resolve outside DEST. A member whose type or size differs from its manifest
+row is refused before a byte of it is written. Existing files are never overwritten
 without ``force``. Each file is written to a temporary name in its own directory, checked
 against the manifest, and only then renamed into place: a file that does not match is
 removed and reported, so whatever stands under a final name has been checked. Directory
 modes and mtimes are set last, deepest first, so that filling them does not disturb them.
 Ownership is not restored (restores run as an ordinary user), and set-uid/set-gid/sticky
 bits are dropped from files: a restore never creates privileged files.
+
+A damaged stream (corrupt gzip, truncation, a hostile tar header) ends the walk; it is
+reported first, as "damaged archive: …".
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import stat
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fnmatch import translate
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +95,12 @@ class _Problems:
         self.count += 1
         if len(self.items) < MAX_PROBLEMS:
             self.items.append(text)
+
+    def first(self, text: str) -> None:
+        """A problem that explains the others (a damaged stream): shown first."""
+        self.count += 1
+        self.items.insert(0, text)
+        del self.items[MAX_PROBLEMS:]
 
 
 @dataclass
@@ -206,27 +227,81 @@ class _Stream:
             )
 
 
-def _file_crc32c(path: str) -> int:
+# --- walking a directory tree through fds, never through a link -------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in for a file after its lstat opens at once instead of
+# waiting for a writer; fstat then shows it is not a file, and it is never read.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class _NotADir(Exception):
+    """Internal: a directory on the way to a member is a symlink (``link``: its target)
+    or something else that is not a directory."""
+
+    def __init__(self, shown: str, link: str | None) -> None:
+        super().__init__(shown)
+        self.shown = shown
+        self.link = link
+
+
+def _open_dirs(top_fd: int, parts: list[str], create: Callable[[int, str, str], None] | None = None) -> int:
+    """A new fd for ``top_fd``/``parts``, opened one component at a time with O_NOFOLLOW:
+    a symlink anywhere on the way raises _NotADir instead of being followed, so what the
+    fd names is inside ``top_fd``'s tree, whatever the links say and however long the
+    full path is. A missing component is FileNotFoundError, or made by ``create(dir_fd,
+    name, shown)``."""
+    fd = os.dup(top_fd)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create is None:
+                    raise
+                create(fd, part, "/".join(parts[: i + 1]))
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                link = os.readlink(part, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+                raise _NotADir("/".join(parts[: i + 1]), link) from None
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fd_crc32c(fd: int) -> int:
     crc = 0
-    with open(path, "rb") as f:
-        while piece := f.read(PIECE):
-            crc = google_crc32c.extend(crc, piece)
+    while piece := os.read(fd, PIECE):
+        crc = google_crc32c.extend(crc, piece)
     return crc
+
+
+def _shape_vs_row(member: Member, row: ManifestRow) -> list[str]:
+    """What the manifest rules out before a member's data is read: another type, another
+    size, another link target."""
+    if member.kind != row.kind:
+        kinds = (_KIND_NAMES.get(member.kind, member.kind), _KIND_NAMES.get(row.kind, row.kind))
+        return [f"a {kinds[0]} in the archive, a {kinds[1]} in the manifest"]
+    if member.kind == "f" and member.size != row.size:
+        return [f"{member.size} bytes in the archive, {row.size} in the manifest"]
+    if member.kind == "l" and member.linkname != row.link:
+        return [f"links to {member.linkname!r} in the archive, to {row.link!r} in the manifest"]
+    return []
 
 
 def _member_vs_row(member: Member, crc: int | None, row: ManifestRow) -> list[str]:
     """How a member differs from its manifest row (empty when it does not)."""
+    diffs = _shape_vs_row(member, row)
     if member.kind != row.kind:
-        kinds = (_KIND_NAMES.get(member.kind, member.kind), _KIND_NAMES.get(row.kind, row.kind))
-        return [f"a {kinds[0]} in the archive, a {kinds[1]} in the manifest"]
-    diffs = []
-    if member.kind == "f":
-        if member.size != row.size:
-            diffs.append(f"{member.size} bytes in the archive, {row.size} in the manifest")
-        if crc is not None and row.crc32c is not None and crc != row.crc32c:
-            diffs.append(f"crc32c {crc:08x} in the archive, {row.crc32c:08x} in the manifest")
-    if member.kind == "l" and member.linkname != row.link:
-        diffs.append(f"links to {member.linkname!r} in the archive, to {row.link!r} in the manifest")
+        return diffs
+    if member.kind == "f" and crc is not None and row.crc32c is not None and crc != row.crc32c:
+        diffs.append(f"crc32c {crc:08x} in the archive, {row.crc32c:08x} in the manifest")
     if member.mode & 0o7777 != row.mode:
         diffs.append(f"mode {member.mode & 0o7777:04o} in the archive, {row.mode:04o} in the manifest")
     if member.mtime != row.mtime:
@@ -248,19 +323,36 @@ def _content_vs_row(member: Member, crc: int, row: ManifestRow) -> list[str]:
 
 
 def _disk_kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "f"
-    if stat.S_ISDIR(mode):
-        return "d"
-    if stat.S_ISLNK(mode):
-        return "l"
+    for test, kind in ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"), (stat.S_ISFIFO, "p"),
+                       (stat.S_ISCHR, "c"), (stat.S_ISBLK, "b")):
+        if test(mode):
+            return kind
     return "?"
 
 
-def _member_vs_disk(member: Member, crc: int | None, path: str) -> list[str]:
-    """How a member differs from what is at ``path`` on disk."""
+def _member_vs_disk(member: Member, crc: int | None, rundir_fd: int, parts: list[str]) -> list[str]:
+    """How a member differs from what is at ``parts`` under the run folder (``rundir_fd``),
+    looked at without following any link: a symlinked directory on the way is a difference,
+    never a way out of the run folder."""
     try:
-        st = os.lstat(path)
+        parent = _open_dirs(rundir_fd, parts[:-1])
+    except FileNotFoundError:
+        return ["not on disk"]
+    except _NotADir as exc:
+        if exc.link is not None:
+            return [f"its directory {exc.shown} is a symlink to {exc.link!r} on disk: not followed"]
+        return [f"{exc.shown} is not a directory on disk"]
+    except OSError as exc:
+        return [f"cannot be read on disk ({exc.strerror})"]
+    try:
+        return _leaf_vs_disk(member, crc, parent, parts[-1] if parts else None)
+    finally:
+        os.close(parent)
+
+
+def _leaf_vs_disk(member: Member, crc: int | None, parent: int, leaf: str | None) -> list[str]:
+    try:
+        st = os.fstat(parent) if leaf is None else os.stat(leaf, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return ["not on disk"]
     except OSError as exc:
@@ -268,24 +360,30 @@ def _member_vs_disk(member: Member, crc: int | None, path: str) -> list[str]:
     kind = _disk_kind(st.st_mode)
     if kind != member.kind:
         return [f"a {_KIND_NAMES.get(member.kind, member.kind)} in the archive, a {_KIND_NAMES[kind]} on disk"]
+    if leaf is None:
+        return []
     if kind == "f":
         if st.st_size != member.size:
             return [f"{member.size} bytes in the archive, {st.st_size} on disk"]
         try:
-            disk_crc = _file_crc32c(path)
+            fd = os.open(leaf, _READ_FLAGS, dir_fd=parent)
         except OSError as exc:
             return [f"cannot be read on disk ({exc.strerror})"]
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ["not a regular file on disk (it was replaced while verify ran)"]
+            disk_crc = _fd_crc32c(fd)
+        except OSError as exc:
+            return [f"cannot be read on disk ({exc.strerror})"]
+        finally:
+            os.close(fd)
         if crc is not None and disk_crc != crc:
             return [f"crc32c {crc:08x} in the archive, {disk_crc:08x} on disk"]
-    if kind == "l" and os.readlink(path) != member.linkname:
-        return [f"links to {member.linkname!r} in the archive, to {os.readlink(path)!r} on disk"]
+    if kind == "l":
+        target = os.readlink(leaf, dir_fd=parent)
+        if target != member.linkname:
+            return [f"links to {member.linkname!r} in the archive, to {target!r} on disk"]
     return []
-
-
-def _disk_path(rundir: Path, name: str) -> str:
-    """Where member ``name`` (``RUN/…``) lives in the run folder ``rundir``."""
-    _, _, rest = name.partition("/")
-    return os.path.join(rundir, rest) if rest else str(rundir)
 
 
 # --- verify -----------------------------------------------------------------------------
@@ -299,20 +397,32 @@ def verify_archive(
     archive cannot be found or read; everything it finds wrong is in the report."""
     t0 = time.monotonic()
     try:
-        if against is not None and not Path(against).is_dir():
-            raise RunFolderMissing(f"--against {against} is not a directory: give the run folder the archive was made from")
-        src = resolve_source(source, journal, collection)
+        rundir_fd = None
+        if against is not None:
+            try:
+                # The run folder itself as the user named it (a symlinked run folder is
+                # fine); nothing below it is reached through a link.
+                rundir_fd = os.open(against, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                raise RunFolderMissing(
+                    f"--against {against} is not a directory: give the run folder the archive was made from"
+                ) from None
         try:
-            report = _verify(src, against, progress)
+            src = resolve_source(source, journal, collection)
+            try:
+                report = _verify(src, against, rundir_fd, progress)
+            finally:
+                src.close()
         finally:
-            src.close()
+            if rundir_fd is not None:
+                os.close(rundir_fd)
     finally:
         progress.close()
     report.seconds = time.monotonic() - t0
     return report
 
 
-def _verify(src: ArchiveSource, against: Path | None, progress: Progress) -> VerifyReport:
+def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, progress: Progress) -> VerifyReport:
     manifest = src.read_manifest(progress.note)
     report = VerifyReport(
         source=src.location,
@@ -328,19 +438,20 @@ def _verify(src: ArchiveSource, against: Path | None, progress: Progress) -> Ver
     stream = _Stream(src, progress)
     try:
         for member in stream.members:
-            top = top or member.name.split("/", 1)[0]
-            _verify_member(member, stream.members, expected, seen, manifest is not None, against, report, problems)
+            top = top or (_safe_name(member.name)[0] or "").split("/", 1)[0]
+            _verify_member(member, stream.members, expected, seen, manifest is not None, against, rundir_fd,
+                           report, problems)
     except ArchiveDamaged as exc:
         report.damaged = True
-        problems.add(str(exc))
+        problems.first(f"damaged archive: {exc}")
     finally:
         stream.reader.close()
     stream.finish(problems, report.damaged)
     for row in expected.values():
         report.missing += 1
         problems.add(f"{_show(row.path)}: listed in the manifest, missing from the archive")
-    if against is not None and top:
-        _disk_extras(Path(against), top, seen, report, problems)
+    if against is not None and rundir_fd is not None and top:
+        _disk_extras(against, rundir_fd, top, seen, report, problems)
     report.archive_bytes = stream.reader.pos
     report.reconnects = stream.reader.reconnects
     report.problem_count, report.problems = problems.count, problems.items
@@ -350,7 +461,7 @@ def _verify(src: ArchiveSource, against: Path | None, progress: Progress) -> Ver
 
 def _verify_member(
     member: Member, tar: TarMembers, expected: dict[str, ManifestRow], seen: set[str], have_manifest: bool,
-    against: Path | None, report: VerifyReport, problems: _Problems,
+    against: Path | None, rundir_fd: int | None, report: VerifyReport, problems: _Problems,
 ) -> None:
     report.members += 1
     crc = None
@@ -375,23 +486,47 @@ def _verify_member(
             problems.add(f"{name}: {'; '.join(diffs)}")
         else:
             report.matched += 1
-    if against is not None:
-        path = _disk_path(against, member.name)
-        diffs = _member_vs_disk(member, crc, path)
+    if against is not None and rundir_fd is not None:
+        rel, why = _safe_name(member.name)
+        if why or rel is None:
+            # Joined to the run folder, "RUN/../x" or "/etc/x" would be read outside it.
+            report.disk_mismatched += 1
+            problems.add(f"{name}: unsafe name: not compared with the disk")
+            return
+        parts = rel.split("/")[1:]  # the first is the run folder's own name
+        diffs = _member_vs_disk(member, crc, rundir_fd, parts)
         if diffs:
             report.disk_mismatched += 1
-            problems.add(f"{name}: {'; '.join(diffs)} ({path})")
+            problems.add(f"{name}: {'; '.join(diffs)} ({os.path.join(against, *parts)})")
 
 
-def _disk_extras(rundir: Path, top: str, seen: set[str], report: VerifyReport, problems: _Problems) -> None:
+def _disk_names(fd: int, prefix: str) -> Iterator[str]:
+    """Every name under the directory ``fd``, sorted, descending into real directories only."""
+    with os.scandir(fd) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        rel = prefix + entry.name
+        yield rel
+        if entry.is_dir(follow_symlinks=False):
+            try:
+                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue  # replaced meanwhile, or unreadable: its members say so
+            try:
+                yield from _disk_names(sub, rel + "/")
+            finally:
+                os.close(sub)
+
+
+def _disk_extras(
+    rundir: Path, rundir_fd: int, top: str, seen: set[str], report: VerifyReport, problems: _Problems,
+) -> None:
     """What the run folder holds that the archive does not."""
-    for dirpath, dirnames, filenames in os.walk(rundir):
-        for child in sorted(dirnames + filenames):
-            path = os.path.join(dirpath, child)
-            name = top + "/" + os.path.relpath(path, rundir).replace(os.sep, "/")
-            if name not in seen:
-                report.disk_extra += 1
-                problems.add(f"{_show(name)}: on disk ({path}), not in the archive")
+    for rel in _disk_names(rundir_fd, ""):
+        name = f"{top}/{rel}"
+        if name not in seen:
+            report.disk_extra += 1
+            problems.add(f"{_show(name)}: on disk ({os.path.join(rundir, rel)}), not in the archive")
 
 
 # --- restore ----------------------------------------------------------------------------
@@ -441,32 +576,97 @@ class _Refused(Exception):
     """Internal: this member is not written; the message says why."""
 
 
+def _ns(mtime: int) -> tuple[int, int]:
+    return (mtime * 1_000_000_000,) * 2
+
+
 class _Extractor:
-    """Writes members under DEST, one at a time, as they stream by."""
+    """Writes members under DEST, one at a time, as they stream by.
+
+    Everything is created relative to directory fds reached from DEST one component at a
+    time with O_NOFOLLOW (`_open_dirs`), and files are opened O_EXCL|O_NOFOLLOW: nothing
+    is ever written, created or renamed through a symlink, whether the archive made it
+    or it was planted in DEST, and the length of the full path does not matter. Symlinks
+    are created last, once every file and directory is in place, and no member below a
+    symlink member is written at all; so a link, even one pointing out of DEST, is only
+    data. Hard links join only files this restore wrote.
+    """
 
     def __init__(
-        self, dest: Path, force: bool, manifest: dict[str, ManifestRow] | None,
+        self, dest: Path, force: bool, manifest: dict[str, ManifestRow] | None, no_outside_links: bool,
         report: RestoreReport, problems: _Problems,
     ) -> None:
         self.dest = dest
         self.root = os.path.realpath(dest)
         self.force = force
         self.manifest = manifest
+        self.no_outside_links = no_outside_links
         self.report = report
         self.problems = problems
+        try:
+            # DEST as the user named it (a symlinked DEST is their choice); below it, no link is followed.
+            self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DestinationNotWritable(f"cannot open {dest}: {exc.strerror}") from exc
+        try:
+            self.name_max = os.fpathconf(self.root_fd, "PC_NAME_MAX")
+        except OSError:
+            self.name_max = 255
         self.dir_meta: dict[str, tuple[int, int]] = {}  # every directory member: (mode, mtime)
         self.finish_dirs: dict[str, None] = {}  # directories whose mode and mtime are set last
-        self._parents: dict[str, str] = {}  # lexical parent -> checked real path; reset by any new link
-        self._tmp: str | None = None
+        self.symlinks: list[tuple[Member, str]] = []  # created at the end, in archive order
+        self.symlink_names: set[str] = set()  # nothing is written below these
+        self.restored: set[str] = set()  # files this restore wrote: the only hard-link targets
+        self._parent: tuple[str, int] | None = None  # the last parent directory opened
         self._seq = 0
 
-    def _inside(self, real: str) -> bool:
-        return real == self.root or real.startswith(self.root + os.sep)
+    def close(self) -> None:
+        self._drop_parent()
+        os.close(self.root_fd)
 
     def _os_error(self, exc: OSError, path: str) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return DiskFull(f"no space left writing {path}: free space under {self.dest} and run again with --force")
         return DestinationNotWritable(f"cannot write {path}: {exc.strerror}; check {self.dest} and its permissions")
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.dest, rel)
+
+    # -- directories on the way
+
+    def _made(self, fd: int, name: str, shown: str) -> None:
+        os.mkdir(name, dir_fd=fd)
+        if shown in self.dir_meta:  # its member was left out by --include: still its mode
+            self.finish_dirs[shown] = None
+
+    def _open_parent(self, parts: list[str]) -> int:
+        """A new fd for the directory ``parts`` under DEST, made as needed; _Refused when a
+        symlink or a non-directory stands on the way."""
+        try:
+            return _open_dirs(self.root_fd, parts, self._made)
+        except _NotADir as exc:
+            if exc.link is not None:
+                raise _Refused(f"is below {exc.shown}, a symlink to {exc.link!r} in {self.dest}: links are not followed") from None
+            raise _Refused(f"is below {exc.shown}, which is not a directory in {self.dest}") from None
+
+    def _parent_fd(self, parts: list[str]) -> int:
+        """As `_open_parent`, kept open for the next member: members come sorted, so most
+        share their predecessor's directory. (A cached fd stays right: only directories are
+        ever opened, and restore never replaces a directory.)"""
+        key = "/".join(parts)
+        if self._parent is not None and self._parent[0] == key:
+            return self._parent[1]
+        fd = self._open_parent(parts)
+        self._drop_parent()
+        self._parent = (key, fd)
+        return fd
+
+    def _drop_parent(self) -> None:
+        if self._parent is not None:
+            os.close(self._parent[1])
+            self._parent = None
+
+    # -- members
 
     def member(self, member: Member, tar: TarMembers, rel: str) -> None:
         """Restore one wanted member whose name is safe (``rel``)."""
@@ -478,199 +678,304 @@ class _Extractor:
             if member.kind == "d":
                 return  # "./": DEST itself
             raise _Refused("names DEST itself")
-        target = os.path.join(self.root, rel)
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in self.symlink_names:
+                raise _Refused(f"is below {'/'.join(parts[:i])}, a symlink in the archive: nothing is written through a link")
+        long = next((p for p in parts if len(os.fsencode(p)) > self.name_max), None)
+        if long is not None:
+            raise _Refused(self._too_long(long))
+        row = self.manifest.get(member.name) if self.manifest is not None else None
+        if row is not None and member.kind != "h":
+            bad = _shape_vs_row(member, row)
+            if bad:
+                self.report.failed += 1
+                self.problems.add(f"{_show(member.name)}: {'; '.join(bad)}: not restored")
+                return
+        if member.kind == "l":
+            if not member.linkname or "\0" in member.linkname:
+                raise _Refused(f"is a symlink to {member.linkname!r}, which no file system can hold")
+            self.symlinks.append((member, rel))
+            self.symlink_names.add(rel)
+            return
         try:
-            parent = self._parent(rel)
-            target = os.path.join(parent, rel.rsplit("/", 1)[-1])
+            parent = self._parent_fd(parts[:-1])
             if member.kind == "f":
-                self._file(member, tar, target)
+                self._file(member, tar, parent, parts[-1], rel, row)
             elif member.kind == "d":
-                self._dir(member, rel, target)
-            elif member.kind == "l":
-                self._symlink(member, parent, target)
+                self._dir(parent, parts[-1], rel)
             else:
-                self._hardlink(member, target)
+                self._hardlink(member, parent, parts[-1], rel)
         except OSError as exc:
-            raise self._os_error(exc, target) from exc
+            if exc.errno == errno.ENAMETOOLONG:
+                raise _Refused(self._too_long(max(parts, key=len))) from None
+            raise self._os_error(exc, self._path(rel)) from exc
 
-    def _parent(self, rel: str) -> str:
-        """The real path of ``rel``'s directory, created as needed, checked to be in DEST."""
-        parts = rel.split("/")[:-1]
-        key = "/".join(parts)
-        cached = self._parents.get(key)
-        if cached is not None:
-            return cached
-        current = self.root
-        for i, part in enumerate(parts):
-            path = os.path.join(current, part)
-            shown = "/".join(parts[: i + 1])
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                try:
-                    os.mkdir(path)
-                except OSError as exc:
-                    raise self._os_error(exc, path) from exc
-                if shown in self.dir_meta:  # its member was left out by --include: still its mode
-                    self.finish_dirs[shown] = None
-                current = path
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                real = os.path.realpath(path)
-                if not self._inside(real):
-                    raise _Refused(f"its parent {shown} is a symlink to {real}, outside {self.dest}")
-                try:
-                    st = os.stat(real)
-                except FileNotFoundError:
-                    raise _Refused(f"its parent {shown} is a symlink to {real}, which does not exist") from None
-                path = real
-            if not stat.S_ISDIR(st.st_mode):
-                raise _Refused(f"its parent {shown} is not a directory in {self.dest}")
-            current = path
-        self._parents[key] = current
-        return current
+    def _too_long(self, part: str) -> str:
+        return (
+            f"has a name component of {len(os.fsencode(part))} bytes ({_show(part[:40])}…), longer than the "
+            f"{self.name_max} bytes (NAME_MAX) the file system under {self.dest} allows"
+        )
 
-    def _in_the_way(self, target: str) -> bool:
-        """True (and reported) when something stands at ``target`` that must stay."""
-        if not os.path.lexists(target):
+    def _in_the_way(self, parent: int, name: str, rel: str) -> bool:
+        """True (and reported) when something stands at ``name`` that must stay."""
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
             return False
         if not self.force:
             self.report.existing += 1
-            self.problems.add(f"{target} already exists: not overwritten (use --force to overwrite)")
+            self.problems.add(f"{self._path(rel)} already exists: not overwritten (use --force to overwrite)")
             return True
-        if os.path.isdir(target) and not os.path.islink(target):
+        if stat.S_ISDIR(st.st_mode):
             self.report.existing += 1
-            self.problems.add(f"{target} is a directory: not replaced")
+            self.problems.add(f"{self._path(rel)} is a directory: not replaced")
             return True
         return False
 
-    def _temp_name(self, directory: str) -> str:
+    def _temp_name(self) -> str:
         # Short and ours: member names can be 255 bytes long already.
         self._seq += 1
-        return os.path.join(directory, f".sruns-restore.{os.getpid()}.{self._seq}")
+        return f".sruns-restore.{os.getpid()}.{self._seq}"
 
-    def _file(self, member: Member, tar: TarMembers, target: str) -> None:
-        if self._in_the_way(target):
+    def _file(self, member: Member, tar: TarMembers, parent: int, name: str, rel: str, row: ManifestRow | None) -> None:
+        if self._in_the_way(parent, name, rel):
             return
-        tmp = self._temp_name(os.path.dirname(target))
+        tmp = self._temp_name()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, 0o600)
-        self._tmp = tmp
-        crc = 0
-        with open(fd, "wb", closefd=True) as f:
-            for piece in tar.data():
-                f.write(piece)
-                crc = google_crc32c.extend(crc, piece)
-        name = _show(member.name)
-        row = self.manifest.get(member.name) if self.manifest is not None else None
-        if row is not None:
-            bad = _content_vs_row(member, crc, row)
-            if bad:
-                self.cleanup()
-                self.report.failed += 1
-                self.problems.add(f"{name}: {'; '.join(bad)}: removed, not restored")
-                return
-            self.report.checked += 1
-        elif self.manifest is not None:
-            self.problems.add(f"{name}: not in the manifest: restored unchecked")
-        os.chmod(tmp, member.mode & 0o777)
-        os.utime(tmp, ns=(member.mtime * 1_000_000_000,) * 2)
-        os.replace(tmp, target)
-        self._tmp = None
+        fd = os.open(tmp, flags, 0o600, dir_fd=parent)
+        placed = False
+        try:
+            crc = 0
+            with open(fd, "wb", closefd=False) as f:
+                for piece in tar.data():
+                    f.write(piece)
+                    crc = google_crc32c.extend(crc, piece)
+            if row is not None:
+                bad = _content_vs_row(member, crc, row)
+                if bad:
+                    self.report.failed += 1
+                    self.problems.add(f"{_show(member.name)}: {'; '.join(bad)}: removed, not restored")
+                    return
+                self.report.checked += 1
+            elif self.manifest is not None:
+                self.problems.add(f"{_show(member.name)}: not in the manifest: restored unchecked")
+            os.fchmod(fd, member.mode & 0o777)
+            os.utime(fd, ns=_ns(member.mtime))
+            os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            placed = True
+        finally:
+            os.close(fd)
+            if not placed:  # mismatched, failed or interrupted: no temporary file stays behind
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=parent)
+        self.restored.add(rel)
         self.report.files += 1
         self.report.data_bytes += member.size
 
-    def _dir(self, member: Member, rel: str, target: str) -> None:
-        if os.path.lexists(target) and (os.path.islink(target) or not os.path.isdir(target)):
+    def _dir(self, parent: int, name: str, rel: str) -> None:
+        try:
+            st: os.stat_result | None = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
             if not self.force:
                 self.report.existing += 1
-                self.problems.add(f"{target} already exists and is not a directory: not replaced (use --force)")
+                self.problems.add(f"{self._path(rel)} already exists and is not a directory: not replaced (use --force)")
                 return
-            os.unlink(target)
-            self._parents.clear()
-        if not os.path.lexists(target):
+            os.unlink(name, dir_fd=parent)  # a file or a link: removing it follows nothing
+            st = None
+        if st is None:
             # Owner-only while it fills: a read-only mode would stop us writing its contents.
-            os.mkdir(target, 0o700)
+            os.mkdir(name, 0o700, dir_fd=parent)
         self.finish_dirs[rel] = None
         self.report.dirs += 1
 
-    def _place_link(self, target: str, make: Any) -> bool:
-        """Create a link at ``target`` via ``make(path)``, replacing what is there with --force."""
-        if self._in_the_way(target):
+    def _place(self, parent: int, name: str, rel: str, make: Callable[[str], None]) -> bool:
+        """Make a link as ``name`` in ``parent`` via ``make(name)``, replacing what is there
+        (not a directory) with --force: made under a temporary name, then renamed over it."""
+        if self._in_the_way(parent, name, rel):
             return False
-        if os.path.lexists(target):
-            tmp = self._temp_name(os.path.dirname(target))
-            make(tmp)
-            os.replace(tmp, target)
+        try:
+            os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            make(name)
         else:
-            make(target)
-        self._parents.clear()  # a new link can change what any path resolves to
+            tmp = self._temp_name()
+            make(tmp)
+            os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            with contextlib.suppress(FileNotFoundError):  # rename does nothing between links to one file
+                os.unlink(tmp, dir_fd=parent)
         self.report.links += 1
         return True
 
-    def _symlink(self, member: Member, parent: str, target: str) -> None:
-        link = member.linkname
-        if not link or os.path.isabs(link):
-            raise _Refused(f"is a symlink to the absolute path {link!r}")
-        resolved = os.path.realpath(os.path.join(parent, link))
-        if not self._inside(resolved):
-            raise _Refused(f"is a symlink to {link!r}, which resolves to {resolved}, outside {self.dest}")
-        row = self.manifest.get(member.name) if self.manifest is not None else None
-        if row is not None and (row.kind != "l" or row.link != link):
-            self.problems.add(f"{_show(member.name)}: {'; '.join(_member_vs_row(member, None, row))}: not restored")
-            self.report.failed += 1
-            return
-        if self._place_link(target, lambda path: os.symlink(link, path)):
-            os.utime(target, ns=(member.mtime * 1_000_000_000,) * 2, follow_symlinks=False)
-
-    def _hardlink(self, member: Member, target: str) -> None:
-        rel, why = _safe_name(member.linkname)
-        if why or not rel:
+    def _hardlink(self, member: Member, parent: int, name: str, rel: str) -> None:
+        target, why = _safe_name(member.linkname)
+        if why or not target:
             raise _Refused(f"is a hard link to {member.linkname!r}, which {why or 'names DEST itself'}")
-        real = os.path.realpath(os.path.join(self.root, rel))
-        if not self._inside(real):
-            raise _Refused(f"is a hard link to {member.linkname!r}, which resolves to {real}, outside {self.dest}")
-        if not os.path.isfile(real):
+        if target not in self.restored:
             self.problems.add(f"{_show(member.name)}: hard link to {member.linkname!r}, which was not restored")
             return
-        # Linking the resolved path: no symlink is followed at link time.
-        self._place_link(target, lambda path: os.link(real, path, follow_symlinks=False))
+        tparts = target.split("/")
+        source = self._open_parent(tparts[:-1])
+        try:
+            st = os.stat(tparts[-1], dir_fd=source, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                self.problems.add(f"{_show(member.name)}: hard link to {member.linkname!r}, which is no longer a file")
+                return
+            self._place(parent, name, rel, lambda path: os.link(
+                tparts[-1], path, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False))
+        finally:
+            os.close(source)
+
+    # -- once everything else is written
+
+    def make_symlinks(self) -> None:
+        """The symlinks, now that no file or directory remains to be written."""
+        self._drop_parent()
+        made = []
+        for member, rel in self.symlinks:
+            parts = rel.split("/")
+            try:
+                parent = self._open_parent(parts[:-1])
+            except _Refused as exc:
+                self.report.refused += 1
+                self.problems.add(f"refused {_show(member.name)}: it {exc}")
+                continue
+            except OSError as exc:
+                raise self._os_error(exc, self._path(rel)) from exc
+            try:
+                if self._place(parent, parts[-1], rel, partial(_symlink_at, member.linkname, parent)):
+                    os.utime(parts[-1], ns=_ns(member.mtime), dir_fd=parent, follow_symlinks=False)
+                    made.append((member, rel))
+            except OSError as exc:
+                raise self._os_error(exc, self._path(rel)) from exc
+            finally:
+                os.close(parent)
+        if self.no_outside_links:
+            self._remove_outside_links(made)
+
+    def _remove_outside_links(self, made: list[tuple[Member, str]]) -> None:
+        """--no-outside-links: judged once all links exist (a -> b -> outside only leaves
+        DEST once b is there), then the offending ones are removed."""
+        offending = []
+        last = {rel: member for member, rel in made}  # a name made twice (--force) holds the later link
+        for rel, member in last.items():
+            if os.path.isabs(member.linkname):
+                offending.append((member, rel, f"is a symlink to the absolute path {member.linkname!r}"))
+            elif self._leads_out(rel):
+                offending.append((member, rel, f"is a symlink to {member.linkname!r}, which resolves outside {self.dest}"))
+        for member, rel, why in offending:
+            parts = rel.split("/")
+            try:
+                parent = self._open_parent(parts[:-1])
+            except _Refused:
+                continue  # cannot happen: it was just made there
+            try:
+                os.unlink(parts[-1], dir_fd=parent)  # the link itself: unlink follows nothing
+            except OSError as exc:
+                raise self._os_error(exc, self._path(rel)) from exc
+            finally:
+                os.close(parent)
+            self.report.links -= 1
+            self.report.refused += 1
+            self.problems.add(f"refused {_show(member.name)}: it {why}: removed (--no-outside-links)")
+
+    def _leads_out(self, rel: str) -> bool:
+        """Whether the link at ``rel`` resolves outside DEST, following links as the kernel
+        would (including links that were in DEST before), but never looking outside it:
+        the moment the path leaves DEST, the answer is yes."""
+        pending = list(reversed(rel.split("/")))
+        done: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not done:
+                    return True
+                done.pop()
+                continue
+            path = os.path.join(self.root, *done, part)
+            try:
+                st = os.lstat(path)  # ``done`` holds no link: this follows none
+            except (FileNotFoundError, NotADirectoryError):
+                done.append(part)  # dangling from here: the rest is resolved as written
+                continue
+            except OSError:
+                return True  # cannot be judged (e.g. past PATH_MAX): refused rather than trusted
+            if not stat.S_ISLNK(st.st_mode):
+                done.append(part)
+                continue
+            hops += 1
+            if hops > 40:  # a loop (ELOOP): it resolves nowhere, so not outside either
+                return False
+            target = os.readlink(path)
+            if target.startswith("/"):
+                if target != self.root and not target.startswith(self.root + "/"):
+                    return True
+                done, target = [], target[len(self.root) :]
+            pending.extend(reversed(target.split("/")))
+        return False
 
     def finish(self) -> None:
         """Directory modes and mtimes, deepest first, once their contents are in place."""
+        self._drop_parent()
         for rel in sorted(self.finish_dirs, key=lambda r: r.count("/"), reverse=True):
             meta = self.dir_meta.get(rel)
             if meta is None:
                 continue
-            path = os.path.realpath(os.path.join(self.root, rel))
-            if not self._inside(path) or not os.path.isdir(path):
-                continue
             mode, mtime = meta
             try:
-                os.chmod(path, mode & 0o7777 & ~stat.S_ISUID)
-                os.utime(path, ns=(mtime * 1_000_000_000,) * 2)
-            except OSError as exc:
-                raise self._os_error(exc, path) from exc
-
-    def cleanup(self) -> None:
-        """Remove the temporary file being written, if any."""
-        if self._tmp is not None:
-            tmp, self._tmp = self._tmp, None
+                fd = _open_dirs(self.root_fd, rel.split("/"))
+            except (OSError, _NotADir):
+                continue  # replaced by a link, or gone: not ours to change
             try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+                os.fchmod(fd, mode & 0o7777 & ~stat.S_ISUID)
+                os.utime(fd, ns=_ns(mtime))
+            except OSError as exc:
+                raise self._os_error(exc, self._path(rel)) from exc
+            finally:
+                os.close(fd)
+
+
+def _symlink_at(link: str, parent: int, name: str) -> None:
+    os.symlink(link, name, dir_fd=parent)
+
+
+def _exists_below(root_fd: int, rel: str) -> bool:
+    """Whether something stands at ``rel`` under ``root_fd``, looked up without following links."""
+    parts = rel.split("/")
+    try:
+        parent = _open_dirs(root_fd, parts[:-1])
+    except (OSError, _NotADir):
+        return False
+    try:
+        os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(parent)
 
 
 def _refuse_existing(manifest: dict[str, ManifestRow], selector: _Selector, dest: Path) -> None:
     """Before anything is read or written: refuse when files to restore already exist."""
+    try:
+        root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return  # no DEST yet: nothing in it
     existing = []
-    for row in manifest.values():
-        if row.kind == "d" or not selector.matches(row.path):
-            continue
-        rel, why = _safe_name(row.path)
-        if rel and not why and os.path.lexists(os.path.join(dest, rel)):
-            existing.append(os.path.join(dest, rel))
+    try:
+        for row in manifest.values():
+            if row.kind == "d" or not selector.matches(row.path):
+                continue
+            rel, why = _safe_name(row.path)
+            if rel and not why and _exists_below(root_fd, rel):
+                existing.append(os.path.join(dest, rel))
+    finally:
+        os.close(root_fd)
     if existing:
         raise UsageError(
             f"{len(existing)} of the files to restore already exist, e.g. {existing[0]}: "
@@ -680,17 +985,19 @@ def _refuse_existing(manifest: dict[str, ManifestRow], selector: _Selector, dest
 
 def restore_archive(
     source: str, dest: Path, *, include: list[str], force: bool, journal: Journal | None,
-    collection: str | None, progress: Progress,
+    collection: str | None, progress: Progress, no_outside_links: bool = False,
 ) -> RestoreReport:
     """Extract an archive (run name, gs:// URL or path) into ``dest`` safely, checking each
-    file against the manifest as it lands (see the module docstring). Raises SrunsError
-    when the archive cannot be read, DEST cannot be written, or files to restore already
-    exist without ``force``; everything else wrong is in the report."""
+    file against the manifest as it lands (see the module docstring). With
+    ``no_outside_links``, symlinks that are absolute or resolve outside ``dest`` are
+    refused. Raises SrunsError when the archive cannot be read, DEST cannot be written,
+    or files to restore already exist without ``force``; everything else wrong is in the
+    report."""
     t0 = time.monotonic()
     try:
         src = resolve_source(source, journal, collection)
         try:
-            report = _restore(src, Path(dest).expanduser().absolute(), include, force, progress)
+            report = _restore(src, Path(dest).expanduser().absolute(), include, force, no_outside_links, progress)
         finally:
             src.close()
     finally:
@@ -699,7 +1006,9 @@ def restore_archive(
     return report
 
 
-def _restore(src: ArchiveSource, dest: Path, include: list[str], force: bool, progress: Progress) -> RestoreReport:
+def _restore(
+    src: ArchiveSource, dest: Path, include: list[str], force: bool, no_outside_links: bool, progress: Progress,
+) -> RestoreReport:
     manifest = src.read_manifest(progress.note)
     if manifest is None:
         progress.note(f"no manifest at {src.manifest_location}: restored files cannot be checked")
@@ -715,32 +1024,35 @@ def _restore(src: ArchiveSource, dest: Path, include: list[str], force: bool, pr
     )
     problems = _Problems()
     expected = {path: None for path in manifest or {} if selector.matches(path)}  # ordered, unlike a set
-    extractor = _Extractor(dest, force, manifest, report, problems)
-    stream = _Stream(src, progress)
+    extractor = _Extractor(dest, force, manifest, no_outside_links, report, problems)
     try:
-        for member in stream.members:
-            report.members += 1
-            rel, why = _safe_name(member.name)
-            if member.kind == "d" and rel:
-                extractor.dir_meta[rel] = (member.mode, member.mtime)
-            if not selector.wanted(member.name):
-                report.excluded += 1
-                continue
-            expected.pop(member.name, None)
-            try:
-                if why or rel is None:
-                    raise _Refused(why or "has an unusable name")
-                extractor.member(member, stream.members, rel)
-            except _Refused as exc:
-                report.refused += 1
-                problems.add(f"refused {_show(member.name)}: it {exc}")
-    except ArchiveDamaged as exc:
-        report.damaged = True
-        problems.add(f"{exc}; the members before it were restored and checked")
+        stream = _Stream(src, progress)
+        try:
+            for member in stream.members:
+                report.members += 1
+                rel, why = _safe_name(member.name)
+                if member.kind == "d" and rel:
+                    extractor.dir_meta[rel] = (member.mode, member.mtime)
+                if not selector.wanted(member.name):
+                    report.excluded += 1
+                    continue
+                expected.pop(member.name, None)
+                try:
+                    if why or rel is None:
+                        raise _Refused(why or "has an unusable name")
+                    extractor.member(member, stream.members, rel)
+                except _Refused as exc:
+                    report.refused += 1
+                    problems.add(f"refused {_show(member.name)}: it {exc}")
+        except ArchiveDamaged as exc:
+            report.damaged = True
+            problems.first(f"damaged archive: {exc}; the members before it were restored and checked")
+        finally:
+            stream.reader.close()
+        extractor.make_symlinks()
+        extractor.finish()
     finally:
-        extractor.cleanup()
-        stream.reader.close()
-    extractor.finish()
+        extractor.close()
     stream.finish(problems, report.damaged)
     for path in expected:
         report.missing += 1

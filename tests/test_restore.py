@@ -137,8 +137,9 @@ def _add(tf: tarfile.TarFile, name: str, *, data: bytes = b"", kind: bytes = tar
     tf.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
+@pytest.mark.parametrize("no_outside_links", [False, True])
 @pytest.mark.timeout(30)
-def test_crafted_archive_cannot_write_outside_dest(tmp_path: Path) -> None:
+def test_crafted_archive_cannot_write_outside_dest(tmp_path: Path, no_outside_links: bool) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("keep me")
@@ -158,7 +159,7 @@ def test_crafted_archive_cannot_write_outside_dest(tmp_path: Path) -> None:
         _add(tf, "run/link_out", kind=tarfile.SYMTYPE, link="../../outside")
         _add(tf, "run/link_abs", kind=tarfile.SYMTYPE, link=str(outside))
         _add(tf, "run/hard_out", kind=tarfile.LNKTYPE, link=os.path.relpath(outside / "secret.txt", dest))
-        _add(tf, "run/link_out/planted.txt", data=b"through a refused link")
+        _add(tf, "run/link_out/planted.txt", data=b"through a link from the archive")
         _add(tf, "run/hatch/planted.txt", data=b"through DEST's own link")
         _add(tf, "run/dev", kind=tarfile.CHRTYPE)
         _add(tf, "run/fifo", kind=tarfile.FIFOTYPE)
@@ -166,7 +167,8 @@ def test_crafted_archive_cannot_write_outside_dest(tmp_path: Path) -> None:
         _add(tf, "run/dangling", kind=tarfile.SYMTYPE, link="nowhere")  # inside DEST: allowed
         _add(tf, "run/dangling/x.txt", data=b"through a dangling link")
 
-    report = _restore(str(crafted), dest)
+    report = restore_archive(str(crafted), dest, include=[], force=False, journal=None, collection=None,
+                             progress=NoProgress(), no_outside_links=no_outside_links)
 
     assert not report.ok
     assert {str(p) for p in tmp_path.rglob("*") if not str(p).startswith(str(dest))} == {
@@ -177,24 +179,30 @@ def test_crafted_archive_cannot_write_outside_dest(tmp_path: Path) -> None:
     assert not (tmp_path / "escape").exists() and not (tmp_path / "escape2").exists()
     assert (dest / "run" / "good.txt").read_bytes() == b"fine"
     assert os.readlink(dest / "run" / "link_in") == "good.txt"
-    # The refused symlink is not there; a directory of that name inside DEST is harmless.
-    assert not (dest / "run" / "link_out").is_symlink()
     assert not (dest / "run" / "dev").exists() and not (dest / "run" / "fifo").exists()
-    text = "\n".join(report.problems)
-    for name, why in (
+    refusals = [
         ("../escape", "'..' component"),
         ("run/../../escape2", "'..' component"),
         (str(outside / "abs.txt"), "absolute path"),
-        ("run/link_out", "outside"),
-        ("run/link_abs", "absolute path"),
-        ("run/hard_out", "outside"),
-        ("run/hatch/planted.txt", "symlink to"),
+        ("run/hard_out", "'..' component"),
+        ("run/link_out/planted.txt", "it is below run/link_out, a symlink in the archive"),
+        ("run/hatch/planted.txt", f"it is below run/hatch, a symlink to {str(outside)!r} in {dest}: links are not followed"),
         ("run/dev", "device files and fifos are never restored"),
         ("run/fifo", "device files and fifos are never restored"),
-        ("run/dangling/x.txt", "which does not exist"),
-    ):
+        ("run/dangling/x.txt", "it is below run/dangling, a symlink in the archive"),
+    ]
+    if no_outside_links:
+        # Refused, and removed once every link existed.
+        refusals += [("run/link_out", "which resolves outside"), ("run/link_abs", "absolute path")]
+        assert not os.path.lexists(dest / "run" / "link_out") and not os.path.lexists(dest / "run" / "link_abs")
+    else:
+        # Links are data: restored as archived, pointing where they pointed.
+        assert os.readlink(dest / "run" / "link_out") == "../../outside"
+        assert os.readlink(dest / "run" / "link_abs") == str(outside)
+    text = "\n".join(report.problems)
+    for name, why in refusals:
         assert any(p.startswith(f"refused {name}: ") and why in p for p in report.problems), (name, text)
-    assert report.refused == 10
+    assert report.refused == len(refusals), text
     assert os.readlink(dest / "run" / "dangling") == "nowhere" and not (dest / "run" / "nowhere").exists()
 
 
@@ -419,3 +427,194 @@ def test_sigterm_stops_a_restore_cleanly_and_what_it_wrote_is_whole(make_run, tm
     assert len(restored) < sum(1 for p in run.rglob("*") if p.is_file())  # it did stop early
     for p in restored:
         assert p.read_bytes() == (run.parent / p.relative_to(dest)).read_bytes(), p
+
+
+# --- links are data; nothing is written through one ------------------------------------------
+
+
+def _one_line(proc: Any) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    return str(lines[0])
+
+
+@pytest.mark.timeout(60)
+def test_links_pointing_out_of_dest_are_restored_as_archived(make_run, tmp_path: Path) -> None:
+    """Our own archive of a run whose links point at /etc/hostname and out of the run
+    folder restores exactly (links are data); --no-outside-links refuses and removes them."""
+    run = make_run("miseq", 1 << 20, seed=4)
+    os.symlink("/etc/hostname", run / "link_abs")
+    os.symlink("../../elsewhere/x", run / "link_up")
+    os.symlink("RunInfo.xml", run / "link_in")
+    archive = _archive(run, str(tmp_path / "d"), tmp_path)
+
+    out = tmp_path / "out"
+    proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _one_line(proc).startswith("OK: restored ")
+    assert tree(out / run.name) == tree(run)
+
+    strict = tmp_path / "strict"
+    proc = run_cli("restore", str(archive), str(strict), "--no-outside-links", "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(_one_line(proc))
+    assert report["refused"] == 2 and report["problem_count"] == 2, report
+    assert set(report["problems"]) == {
+        f"refused {run.name}/link_abs: it is a symlink to the absolute path '/etc/hostname': removed (--no-outside-links)",
+        (f"refused {run.name}/link_up: it is a symlink to '../../elsewhere/x', which resolves outside {strict}: "
+         "removed (--no-outside-links)"),
+    }
+    expected = tree(run)
+    del expected["link_abs"], expected["link_up"]
+    assert tree(strict / run.name) == expected
+
+
+def _crafted(path: Path, members: list[tuple[str, bytes, str]]) -> Path:
+    """A .tar.gz of (name, tar type, link target or data) members, in this order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, extra in members:
+            if kind == tarfile.REGTYPE:
+                _add(tf, name, data=extra.encode())
+            else:
+                _add(tf, name, kind=kind, link=extra)
+    return path
+
+
+SYM, DIR, REG = tarfile.SYMTYPE, tarfile.DIRTYPE, tarfile.REGTYPE
+# Links that re-target earlier ones, then files below them: (members, the links as they
+# must stand afterwards, the refusals expected).
+RETARGETS = {
+    "a link replaced by one pointing out": (
+        [("run", DIR, ""), ("run/sub", DIR, ""), ("run/a", SYM, "sub"), ("run/a", SYM, "../../outside"),
+         ("run/a/planted.txt", REG, "x")],
+        {"run/a": "../../outside"},
+        ["run/a/planted.txt"],
+    ),
+    "the link's target made a link out": (
+        [("run", DIR, ""), ("run/a", SYM, "sub"), ("run/sub", SYM, "OUTSIDE"), ("run/a/planted.txt", REG, "x"),
+         ("run/sub/planted.txt", REG, "x")],
+        {"run/a": "sub", "run/sub": "OUTSIDE"},
+        ["run/a/planted.txt", "run/sub/planted.txt"],
+    ),
+    "a chain that leaves DEST only once complete": (
+        [("run", DIR, ""), ("run/a", SYM, "d/../.."), ("run/d", SYM, "."), ("run/a/planted.txt", REG, "x")],
+        {"run/a": "d/../..", "run/d": "."},
+        ["run/a/planted.txt"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RETARGETS))
+@pytest.mark.timeout(60)
+def test_no_link_lets_a_later_member_write_outside_dest(case: str, tmp_path: Path) -> None:
+    members, links, refused = RETARGETS[case]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    members = [(n, k, str(outside) if e == "OUTSIDE" else e) for n, k, e in members]
+    archive = _crafted(tmp_path / "evil" / "run.tar.gz", members)
+    dest = tmp_path / "dest"
+    proc = run_cli("restore", str(archive), str(dest), "--force", "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(_one_line(proc))
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "planted.txt").exists()
+    for name, target in links.items():
+        assert os.readlink(dest / name) == target.replace("OUTSIDE", str(outside))
+    for name in refused:
+        parent = name.rsplit("/", 1)[0]
+        assert f"refused {name}: it is below {parent}, a symlink in the archive: nothing is written through a link" \
+            in report["problems"], report["problems"]
+    assert report["refused"] == len(refused), report["problems"]
+
+
+@pytest.mark.timeout(60)
+def test_a_link_planted_in_dest_is_never_followed(tmp_path: Path) -> None:
+    """DEST/run -> somewhere else, and an archive of run/: nothing lands in "somewhere".
+    Only --force replaces the link itself, with a real directory."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    archive = _crafted(tmp_path / "a" / "run.tar.gz", [("run", DIR, ""), ("run/f.txt", REG, "x"),
+                                                     ("run/l", SYM, "f.txt")])
+    for extra in ([], ["--force", "--include", "run/f.txt"]):
+        dest = tmp_path / ("dest" + "".join(extra).replace("/", "_"))
+        dest.mkdir()
+        os.symlink(outside, dest / "run")
+        proc = run_cli("restore", str(archive), str(dest), "--json", *extra, cwd=tmp_path)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        report = json.loads(_one_line(proc))
+        assert list(outside.iterdir()) == []
+        assert os.readlink(dest / "run") == str(outside)
+        why = f"it is below run, a symlink to {str(outside)!r} in {dest}: links are not followed"
+        expected = [f"refused run/f.txt: {why}"]
+        if not extra:
+            expected = [f"{dest / 'run'} already exists and is not a directory: not replaced (use --force)",
+                        *expected, f"refused run/l: {why}"]
+        assert report["problems"] == expected
+
+
+@pytest.mark.timeout(60)
+def test_no_outside_links_judges_chains_once_every_link_exists(tmp_path: Path) -> None:
+    """a -> b -> out: b is refused for pointing out, and a too, though it names b. c -> d/../..
+    resolves inside DEST while d does not exist, and outside once d -> . does."""
+    archive = _crafted(tmp_path / "a" / "run.tar.gz", [
+        ("run", DIR, ""), ("run/sub", DIR, ""), ("run/sub/file", REG, "data"),
+        ("run/a", SYM, "b"), ("run/b", SYM, "../../outside"),
+        ("run/c", SYM, "d/../.."), ("run/d", SYM, "."), ("run/ok", SYM, "sub/file"), ("run/up", SYM, "../run/sub"),
+    ])
+    dest = tmp_path / "dest"
+    proc = run_cli("restore", str(archive), str(dest), "--no-outside-links", "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(_one_line(proc))
+    refused = sorted(p.split(":", 1)[0] for p in report["problems"])
+    assert refused == ["refused run/a", "refused run/b", "refused run/c"], report["problems"]
+    assert all(p.endswith("removed (--no-outside-links)") for p in report["problems"])
+    assert sorted(os.listdir(dest / "run")) == ["d", "ok", "sub", "up"]
+    assert (dest / "run" / "ok").read_bytes() == b"data"
+    assert report["links"] == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_name_component_over_name_max_is_refused_by_name(tmp_path: Path) -> None:
+    long = "n" * 300
+    archive = _crafted(tmp_path / "a" / "run.tar.gz", [("run", DIR, ""), (f"run/{long}/f.txt", REG, "x"),
+                                                     ("run/ok.txt", REG, "fine")])
+    dest = tmp_path / "dest"
+    proc = run_cli("restore", str(archive), str(dest), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = _one_line(proc)
+    assert f"; first: refused run/{long}/f.txt: it has a name component of 300 bytes ({'n' * 40}…), longer than " \
+        f"the 255 bytes (NAME_MAX) the file system under {dest} allows" in line, line
+    assert "permission" not in line + proc.stderr
+    assert (dest / "run" / "ok.txt").read_bytes() == b"fine"
+
+
+def _read_deep(root: Path, rel: str) -> tuple[bytes, str]:
+    """A file's bytes and its sibling link's target, found one directory fd at a time (a
+    path longer than PATH_MAX cannot be opened whole)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in rel.split("/"):
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        f = os.open("f.txt", os.O_RDONLY, dir_fd=fd)
+        try:
+            data = os.read(f, 100)
+        finally:
+            os.close(f)
+        return data, os.readlink("l", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(60)
+def test_paths_longer_than_path_max_restore(tmp_path: Path) -> None:
+    deep = "/".join(f"{i:02d}" + "d" * 200 for i in range(24))  # ~4.9 KB, over PATH_MAX (4096)
+    archive = _crafted(tmp_path / "a" / "run.tar.gz", [("run", DIR, ""), (f"run/{deep}/f.txt", REG, "at the bottom"),
+                                                     (f"run/{deep}/l", SYM, "f.txt")])
+    dest = tmp_path / "dest"
+    proc = run_cli("restore", str(archive), str(dest), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _read_deep(dest, f"run/{deep}") == (b"at the bottom", "f.txt")

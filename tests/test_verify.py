@@ -24,7 +24,7 @@ import make_fake_run
 import pytest
 from helpers import run_cli
 
-from sruns_stream.errors import RunFolderMissing, UsageError
+from sruns_stream.errors import DestinationError, RunFolderMissing, UsageError
 from sruns_stream.journal import Journal
 from sruns_stream.progress import NoProgress
 from sruns_stream.restore import VerifyReport, verify_archive
@@ -304,8 +304,16 @@ def test_corrupt_deflate_data_or_garbage_is_reported(made: dict[str, Path], tmp_
 def test_unknown_sources_and_bad_against_are_one_line_errors(made: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is neither a gs:// URL nor an existing path, and no journal"):
         _verify("no_such_run")
-    with pytest.raises(UsageError, match="does not exist: check the path"):
+    # A path to nothing is a failure to find the archive (exit 1), not a usage error.
+    with pytest.raises(DestinationError, match=r"^no archive at .*/nothing/x\.tar\.gz \(nothing there\): check the path"):
         _verify(str(tmp_path / "nothing" / "x.tar.gz"))
+    with pytest.raises(DestinationError, match=r"^no archive at .*/RUN\.tar\.gz"):
+        _verify("RUN.tar.gz")  # no "/", so first looked up as a run: then a path, not there
+    # Something like a URL that is not a form we read: a usage error naming the forms.
+    for url in ("gs:/bucket/x.tar.gz", "gs:bucket", "s3://bucket/x.tar.gz", "http://host/x.tar.gz"):
+        with pytest.raises(UsageError, match=f"^'{re.escape(url)}' is not a source sruns-stream reads: give a run "
+                                             "name, gs://BUCKET/PREFIX/RUN/RUN.tar.gz, file:///PATH or a local path"):
+            _verify(url)
     with pytest.raises(RunFolderMissing, match="--against .* is not a directory"):
         _verify(str(made["gz"]), against=tmp_path / "nope")
     journal = Journal(tmp_path / "j.db")
@@ -339,4 +347,161 @@ def test_cli_verify_exit_codes_and_json(made: dict[str, Path], tmp_path: Path) -
     assert doc["ok"] is False and doc["problems"][0].startswith(f"{member}: crc32c ")
 
     missing = run_cli("verify", str(tmp_path / "none.tar.gz"), cwd=tmp_path)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr == f"sruns-stream: error: no archive at {tmp_path / 'none.tar.gz'} (nothing there): check the path\n"
+
+    scheme = run_cli("verify", "gs:/bucket/run.tar.gz", cwd=tmp_path)
+    assert scheme.returncode == 2 and scheme.stderr.count("\n") == 1, scheme.stderr
+    assert "is not a source sruns-stream reads" in scheme.stderr and "gs://BUCKET/PREFIX/RUN/RUN.tar.gz" in scheme.stderr
+
+
+@pytest.mark.timeout(60)
+def test_cli_verify_of_a_missing_gcs_object_is_a_failure(gcs, tmp_path: Path) -> None:
+    url = f"gs://{gcs.bucket}/p/{RUN}/{RUN}.tar.gz"
+    proc = run_cli("verify", url, cwd=tmp_path)  # the subprocess inherits STORAGE_EMULATOR_HOST
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(f"sruns-stream: error: no archive at {url} (bucket '{gcs.bucket}')")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+# --- --against never leaves the run folder ------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_against_never_reads_outside_the_run_folder(made: dict[str, Path], tmp_path: Path) -> None:
+    """A symlinked directory in RUNDIR is a difference, not a way out; a FIFO where a file
+    was is reported without being opened for reading (which would hang)."""
+    run = tmp_path / RUN
+    shutil.copytree(made["run"], run, symlinks=True)
+    outside = tmp_path / "outside"
+    shutil.move(run / "Logs", outside)  # the same bytes, but outside the run folder
+    os.symlink(outside, run / "Logs")
+    (run / "RunInfo.xml").unlink()
+    os.mkfifo(run / "RunInfo.xml")
+
+    report = _verify(str(made["gz"]), against=run)
+
+    assert not report.ok and report.matched == report.members
+    text = "\n".join(report.problems)
+    assert f"{RUN}/RunInfo.xml: a file in the archive, a fifo on disk" in text
+    assert f"{RUN}/Logs: a directory in the archive, a symlink on disk" in text
+    logs = sorted(p.name for p in outside.iterdir())
+    assert logs
+    assert report.disk_mismatched == 2 + len(logs) and report.disk_extra == 0, text
+    shown = [p for p in report.problems if p.startswith(f"{RUN}/Logs/")]
+    assert shown and all(f": its directory Logs is a symlink to {str(outside)!r} on disk: not followed" in p
+                         for p in shown), shown
+
+
+@pytest.mark.timeout(60)
+def test_against_does_not_join_unsafe_member_names_to_the_run_folder(tmp_path: Path) -> None:
+    """A crafted archive whose names climb out of the run folder: never compared with what
+    lies outside it, even when that matches."""
+    run = tmp_path / "x" / "run"
+    run.mkdir(parents=True)
+    (tmp_path / "x" / "secret.txt").write_bytes(b"secret")
+    crafted = tmp_path / "evil" / "run.tar.gz"
+    crafted.parent.mkdir()
+    with tarfile.open(crafted, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in (("run", None), ("run/../secret.txt", b"secret"), (str(tmp_path / "x" / "secret.txt"), b"secret")):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE if data is None else tarfile.REGTYPE
+            info.size = len(data or b"")
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+
+    report = _verify(str(crafted), against=run)
+
+    unsafe = [p for p in report.problems if p.endswith(": unsafe name: not compared with the disk")]
+    assert unsafe == ["run/../secret.txt: unsafe name: not compared with the disk",
+                      f"{tmp_path / 'x' / 'secret.txt'}: unsafe name: not compared with the disk"], report.problems
+    assert report.disk_mismatched == 2
+
+
+# --- a stop request during a download's backoff ----------------------------------------------
+
+
+class _FailingDownloads:
+    """Forwards requests to the GCS emulator but answers every download (alt=media) with
+    503, so a read is retried with backoff until it gives up: a fault the emulator cannot
+    produce on cue. ``downloads`` is set at the first one."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host, port = upstream.removeprefix("http://").split(":")
+        self.downloads = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "alt=media" in self.path:
+                    proxy.downloads.set()
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request("GET", self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_during_a_download_backoff_stops_the_verify(made: dict[str, Path], gcs, tmp_path: Path) -> None:
+    """Every download fails, so verify sits in its retry backoff (up to 30 s a wait). A
+    Ctrl-C there stops it: exit 130 and the verify's one line, not a wait for the retries
+    to run out (which would end in exit 1)."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    _archive(made["run"], f"gs://{gcs.bucket}/p", tmp_path)
+    proxy = _FailingDownloads(gcs.url)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO), STORAGE_EMULATOR_HOST=proxy.url)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sruns_stream", "verify", f"gs://{gcs.bucket}/p/{RUN}/{RUN}.tar.gz"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert proxy.downloads.wait(60), "verify never tried to download"
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        proxy.close()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "sruns-stream: interrupted; the archive was not fully verified"
+    assert "Traceback" not in err
