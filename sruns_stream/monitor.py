@@ -328,8 +328,9 @@ class Monitor:
             self._consider(rundir, now)
 
     def _candidates(self) -> list[Path]:
-        """Run folders in the watch directories, then folders found changed after they
-        were moved (archived again from where they are)."""
+        """Run folders in the watch directories, then those of unfinished runs that are
+        elsewhere now (found changed, or their archive gone, after they were moved: they
+        are archived again from where they are)."""
         found: dict[str, Path] = {}
         for watchdir in self.config.watchdirs:
             try:
@@ -344,9 +345,9 @@ class Monitor:
             for p in children:
                 found.setdefault(p.name, p)
         for task in self.journal.tasks():
-            if task.status != "complete" and task.name not in found and task.rundir_found:
+            if task.status != "complete" and task.gave_up_at is None and task.rundir_found:
                 p = Path(task.rundir_found)
-                if task.changed_at is not None and p.is_dir() and not p.is_symlink():
+                if task.name not in found and p.is_dir() and not p.is_symlink():
                     found[task.name] = p
         return list(found.values())
 
@@ -438,7 +439,7 @@ class Monitor:
             if not src.is_dir():
                 continue
             dst = target / task.name
-            if not self._still_archived(task, src, "moved"):
+            if not self._still_archived(task, src, "moved", self._move_refused):
                 continue
             if src == dst:  # archived again where an earlier move had put it
                 self.journal.update(task.name, moved_to=str(dst), moved_at=self.clock())
@@ -475,7 +476,7 @@ class Monitor:
             if not os.path.lexists(folder):
                 self.journal.update(task.name, swept_at=self.clock())  # removed by hand already
                 continue
-            if not self._still_archived(task, folder, "deleted") or not self._archive_intact(task):
+            if not self._still_archived(task, folder, "deleted", self._sweep_refused) or not self._archive_intact(task):
                 continue
             try:
                 shutil.rmtree(folder)
@@ -485,17 +486,17 @@ class Monitor:
             self.journal.update(task.name, swept_at=self.clock())
             log.info("%s: swept %s", task.name, folder)
 
-    def _still_archived(self, task: Task, folder: Path, what: str) -> bool:
+    def _still_archived(self, task: Task, folder: Path, what: str, refused: set[str]) -> bool:
         """Walk ``folder`` and compare it with the archive's manifest. A difference means
         the folder is archived again from where it is (once quiet): never moved or deleted."""
         if not task.manifest_id:
-            self._refuse(self._move_refused, task.name,
+            self._refuse(refused, task.name,
                          f"archived by sruns-monitor, which kept no manifest to compare {folder} with: not {what}")
             return False
         try:
             diff = compare(self.journal.entries(task.name), scan_run_folder(folder))
         except SrunsError as exc:
-            self._refuse(self._move_refused, task.name, f"cannot compare {folder} with its archive ({exc}): not {what}")
+            self._refuse(refused, task.name, f"cannot compare {folder} with its archive ({exc}): not {what}")
             return False
         if diff:
             self._archive_again(task, folder, f"the run folder changed after it was archived: {diff.summary()}",
@@ -545,7 +546,7 @@ class Monitor:
         self.journal.update(
             task.name, status="not_running", manifest_id=None, last_error=why, rundir_found=str(folder),
             moved_to=None, moved_at=None, failures=0, next_attempt_at=None,
-            changed_at=self.clock() if changed else 0.0,
+            changed_at=self.clock() if changed else None,
         )
 
     def _refuse(self, seen: set[str], name: str, message: str) -> None:

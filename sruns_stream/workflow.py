@@ -244,11 +244,10 @@ def archive_run(
                         scan, restart_reason)
         except BaseException as exc:
             # KeyboardInterrupt/SystemExit too: the row must never stay "in progress".
-            if journal.get(name) is not None:
-                fields: dict[str, Any] = {"status": "not_running", "pid": None, "last_error": _one_line(exc)}
-                if isinstance(exc, RunFolderChanged):
-                    fields["changed_at"] = time.time()  # the daemon waits for a quiet folder
-                journal.update(name, **fields)
+            fields: dict[str, Any] = {"status": "not_running", "pid": None, "last_error": _one_line(exc)}
+            if isinstance(exc, RunFolderChanged):
+                fields["changed_at"] = time.time()  # the daemon waits for a quiet folder
+            journal.update(name, **fields)
             raise
         finally:
             progress.close()

@@ -87,8 +87,10 @@ class LocalSink:
             )
         except OSError as exc:
             self.abort()
-            if exc.errno == errno.ELOOP or self.dir.is_symlink():
-                raise self._planted(self.part if self.dir.is_dir() and not self.dir.is_symlink() else self.dir) from exc
+            if self.dir.is_symlink():
+                raise self._planted(self.dir) from exc
+            if exc.errno == errno.ELOOP:
+                raise self._planted(self.part) from exc
             raise self._error(exc, f"cannot write to {self.dir}") from exc
         fd = self._fd
         try:
