@@ -47,13 +47,31 @@ def _one_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -
     return lines[0]
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """A test that fails half-way (a timeout, a failed assertion while an archive is
+    stopped) must not leave its archive process running: killed by PID here."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.communicate()
+
+
 def _start(run: Path, dest: Path, cwd: Path, *extra: str, db: Path | None = None) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", str(dest), *FLAGS,
          "--journal", str(db or cwd / "sruns.db"), *extra],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def _stop_when_part_reaches(proc: subprocess.Popen[str], part: Path, size: int, sig: int) -> None:
