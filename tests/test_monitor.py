@@ -191,20 +191,25 @@ def test_runtime_limit_kills_once_and_mails_once(smtp, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf), "--once"],
                               cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    pid = None
-    while pid is None and time.monotonic() < deadline:
-        assert daemon.poll() is None, daemon.communicate()
-        pid = (_rows(tmp_path).get(run.name) or {}).get("pid")
-        time.sleep(0.001)
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
     try:
-        while not _pending_signals(pid) & (1 << (signal.SIGTERM - 1)) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        deadline = time.monotonic() + 60
+        pid = None
+        while pid is None and time.monotonic() < deadline:
+            assert daemon.poll() is None, daemon.communicate()
+            pid = (_rows(tmp_path).get(run.name) or {}).get("pid")
+            time.sleep(0.001)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            while not _pending_signals(pid) & (1 << (signal.SIGTERM - 1)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _, err = daemon.communicate(timeout=120)
     finally:
-        os.kill(pid, signal.SIGCONT)
-    _, err = daemon.communicate(timeout=120)
+        if daemon.poll() is None:  # the test failed: stop the daemon (its child dies with it)
+            daemon.kill()
+            daemon.communicate()
     assert daemon.returncode == 0, err
     row = _rows(tmp_path)[run.name]
     assert row["status"] == "not_running" and "task_runtime_limit_sec" in row["last_error"]

@@ -91,18 +91,23 @@ def test_a_file_written_while_the_daemon_archives_is_archived_before_anything_mo
     daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf), "--once"],
                               cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     part = tmp_path / "archives" / run.name / f"{run.name}.tar.gz.part"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 1 << 20):
-        assert daemon.poll() is None, daemon.communicate()
-        time.sleep(0.005)
-    pid = _row(tmp_path, run.name)["pid"]
-    os.kill(pid, signal.SIGSTOP)  # the archive child: the file lands while it streams
     try:
-        (run / "Alignment_1").mkdir()
-        (run / "Alignment_1" / "sample_S1.fastq.gz").write_bytes(os.urandom(5000))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 1 << 20):
+            assert daemon.poll() is None, daemon.communicate()
+            time.sleep(0.005)
+        pid = _row(tmp_path, run.name)["pid"]
+        os.kill(pid, signal.SIGSTOP)  # the archive child: the file lands while it streams
+        try:
+            (run / "Alignment_1").mkdir()
+            (run / "Alignment_1" / "sample_S1.fastq.gz").write_bytes(os.urandom(5000))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _, err = daemon.communicate(timeout=120)
     finally:
-        os.kill(pid, signal.SIGCONT)
-    _, err = daemon.communicate(timeout=120)
+        if daemon.poll() is None:  # the test failed: stop the daemon (its child dies with it)
+            daemon.kill()
+            daemon.communicate()
     assert daemon.returncode == 0, err
     row = _row(tmp_path, run.name)
     assert row["status"] == "not_running" and row["failures"] == 0 and row["changed_at"]
