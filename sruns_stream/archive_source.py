@@ -22,23 +22,30 @@ package. Failures to *reach* the archive are `DestinationError`s from the except
 
 from __future__ import annotations
 
-import base64
 import os
 import re
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import quote
 
 import google_crc32c
 from isal import isal_zlib
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from .errors import DestinationError, IntegrityError, UsageError
-from .stopping import STOP
+from . import manifest_tsv
+from .errors import DestinationError, UsageError
+from .gcs import DEFAULT_TIMEOUT, RETRY, TRANSIENT_STATUS, crc32c_from_b64, pause
+from .layout import (
+    is_url,
+    manifest_filename,
+    manifest_next_to,
+    parse_location,
+    split_archive_filename,
+    storage_uri,
+)
+from .manifest_tsv import ManifestRow
 
 if TYPE_CHECKING:
     import requests
@@ -55,27 +62,15 @@ __all__ = [
     "GcsObject",
     "GzipLayer",
     "LocalFile",
-    "ManifestRow",
     "Member",
     "ResumableReader",
     "TarMembers",
-    "parse_manifest",
     "resolve_source",
-    "stop_aware_sleep",
 ]
 
 # Every stage moves data in pieces of this size: large enough that per-call overhead
 # vanishes next to ISA-L and crc32c, small enough that memory stays a few MiB.
 PIECE = 1 << 20
-# Consecutive failed attempts at one piece before giving up; any progress resets it.
-DEFAULT_ATTEMPTS = 8
-# Connect, then each socket read: GCS answers a ranged GET within seconds even when busy.
-DEFAULT_TIMEOUT = (30.0, 120.0)
-# How long a backoff sleeps between looks at the stop flag.
-_SLEEP_SLICE = 0.1
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_EXTENSIONS = (".tar.gz", ".tgz", ".tar")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # what a URL starts with (RFC 3986)
 Note = Callable[[str], None]
 
 
@@ -195,7 +190,7 @@ class GcsObject:
         if status == 200:
             # A server that ignores Range sends everything: drop what we already have.
             return start
-        if status in _TRANSIENT_STATUS:
+        if status in TRANSIENT_STATUS:
             raise ConnectionDropped(f"HTTP {status}")
         if status == 404:
             raise DestinationError(
@@ -209,19 +204,6 @@ class GcsObject:
         raise DestinationError(f"reading {self.description} failed: HTTP {status}")
 
 
-def stop_aware_sleep(seconds: float) -> None:
-    """`time.sleep` in short slices, raising Interrupted as soon as a stop is requested:
-    a retry's backoff can be 30 s, and a signal must not wait that long (the handler in
-    `stopping` only sets a flag, and Python resumes an interrupted sleep)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        STOP.check()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(left, _SLEEP_SLICE))
-
-
 class ResumableReader:
     """Sequential reads of a `ByteSource` that survive dropped connections.
 
@@ -232,8 +214,8 @@ class ResumableReader:
     """
 
     def __init__(
-        self, source: ByteSource, *, attempts: int = DEFAULT_ATTEMPTS,
-        sleep: Callable[[float], None] = stop_aware_sleep, note: Note | None = None,
+        self, source: ByteSource, *, attempts: int = RETRY.attempts,
+        sleep: Callable[[float], None] = pause, note: Note | None = None,
     ) -> None:
         self.source = source
         self.pos = 0
@@ -252,17 +234,10 @@ class ResumableReader:
         if self.pos >= self.source.size:
             self.close()
             return b""
-        retrying = Retrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_random_exponential(multiplier=0.5, max=30.0),
-            retry=retry_if_exception_type(ConnectionDropped),
-            sleep=self._sleep,
-            reraise=True,
-        )
+        # ``attempts`` bounds the consecutive failures at one position: any progress resets it.
+        policy = replace(RETRY, attempts=self._attempts)
         try:
-            for attempt in retrying:
-                with attempt:
-                    piece = self._next()
+            piece: bytes = policy.call(lambda _: self._next(), ConnectionDropped, sleep=self._sleep)
         except ConnectionDropped as exc:
             raise DestinationError(
                 f"reading {self.source.description} failed {self._attempts} times at byte {self.pos} "
@@ -727,62 +702,6 @@ class TarMembers:
             yield piece
 
 
-# --- the manifest ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestRow:
-    """One line of ``<run>.manifest.tsv`` (see workflow.manifest_tsv)."""
-
-    path: str
-    size: int
-    crc32c: int | None
-    kind: str
-    mode: int
-    mtime: int
-    link: str
-
-
-_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-_ESCAPED = re.compile(r"\\(.)")
-
-
-def _unescape(text: str) -> str:
-    def one(m: re.Match[str]) -> str:
-        return _UNESCAPE.get(m.group(1), m.group(0))
-
-    return _ESCAPED.sub(one, text)
-
-
-def parse_manifest(data: bytes, where: str) -> dict[str, ManifestRow]:
-    """Rows by member path, in archive order; IntegrityError naming the line if unreadable."""
-    # Split on "\n" only: str.splitlines would also cut at \x1c, \x85 ... inside a path.
-    lines = data.decode("utf-8", "surrogateescape").split("\n")
-    header = lines[0].split("\t")
-    need = ["path", "size", "crc32c", "type", "mode", "mtime", "link"]
-    if header[: len(need)] != need:
-        raise IntegrityError(f"{where} is not a sruns-stream manifest (its header is {lines[0][:80]!r})")
-    rows: dict[str, ManifestRow] = {}
-    for number, line in enumerate(lines[1:], start=2):
-        if not line:
-            continue
-        cols = line.split("\t")
-        try:
-            row = ManifestRow(
-                path=_unescape(cols[0]),
-                size=int(cols[1]),
-                crc32c=int(cols[2], 16) if cols[2] else None,
-                kind=cols[3],
-                mode=int(cols[4], 8),
-                mtime=int(cols[5]),
-                link=_unescape(cols[6]),
-            )
-        except (IndexError, ValueError):
-            raise IntegrityError(f"{where} line {number} is unreadable: the manifest is damaged") from None
-        rows[row.path] = row
-    return rows
-
-
 # --- finding the archive ------------------------------------------------------------------------
 
 
@@ -811,15 +730,7 @@ class ArchiveSource:
         pieces = []
         while piece := reader.read_piece():
             pieces.append(piece)
-        return parse_manifest(b"".join(pieces), self.manifest_location)
-
-
-def _split_name(filename: str) -> tuple[str, bool] | None:
-    """(run, gzip) from ``<run>.tar.gz`` / ``.tgz`` / ``.tar``, else None."""
-    for ext in _EXTENSIONS:
-        if filename.endswith(ext) and len(filename) > len(ext):
-            return filename[: -len(ext)], ext != ".tar"
-    return None
+        return manifest_tsv.parse(b"".join(pieces), self.manifest_location)
 
 
 def _local(path: Path) -> ArchiveSource:
@@ -837,9 +748,9 @@ def _local(path: Path) -> ArchiveSource:
         # A well-formed request for something that is not there: a failure, not a usage error.
         what = "not a regular file" if os.path.lexists(path) else "nothing there"
         raise DestinationError(f"no archive at {path} ({what}): check the path")
-    split = _split_name(path.name)
+    split = split_archive_filename(path.name)
     run, gzip = split if split else (path.name.split(".", 1)[0], True)
-    manifest_path = path.with_name(f"{run}.manifest.tsv")
+    manifest_path = path.with_name(manifest_filename(run))
     return ArchiveSource(
         location=str(path),
         run=run,
@@ -851,11 +762,11 @@ def _local(path: Path) -> ArchiveSource:
 
 
 def _gcs(url: str, client_factory: Callable[[], Client] | None) -> ArchiveSource:
-    from .sinks.gcs import make_client
+    from .gcs import make_client
 
-    bucket_name, _, name = url[len("gs://") :].partition("/")
-    name = name.strip("/")
-    if not bucket_name or not name:
+    where = parse_location(url, "archive")
+    bucket_name, name = where.bucket, where.path
+    if not name:
         raise UsageError(f"{url!r} names no object: use gs://BUCKET/PREFIX/RUN/RUN.tar.gz")
     client = (client_factory or make_client)()
     try:
@@ -870,7 +781,7 @@ def _gcs_with(client: Client, bucket_name: str, name: str, url: str) -> ArchiveS
 
     bucket = client.bucket(bucket_name)
     candidates = [name]
-    if _split_name(name.rsplit("/", 1)[-1]) is None:
+    if split_archive_filename(name.rsplit("/", 1)[-1]) is None:
         # gs://bucket/prefix/RUN: the run's folder in the sruns-monitor layout.
         base = name.rsplit("/", 1)[-1]
         candidates = [f"{name}/{base}.tar.gz", f"{name}/{base}.tar", name]
@@ -900,12 +811,10 @@ def _gcs_with(client: Client, bucket_name: str, name: str, url: str) -> ArchiveS
             f"no archive at {url} (bucket {bucket_name!r}): check the URL, e.g. gs://BUCKET/PREFIX/RUN/RUN.tar.gz"
         )
     filename = name.rsplit("/", 1)[-1]
-    split = _split_name(filename)
+    split = split_archive_filename(filename)
     run, gzip = split if split else (filename.split(".", 1)[0], True)
-    folder = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
-    manifest_name = f"{folder}{run}.manifest.tsv"
+    manifest_name = manifest_next_to(name, run)
     manifest_blob = get(manifest_name)
-    crc = getattr(blob, "crc32c", None)
     return ArchiveSource(
         location=f"gs://{bucket_name}/{name}",
         run=run,
@@ -916,7 +825,7 @@ def _gcs_with(client: Client, bucket_name: str, name: str, url: str) -> ArchiveS
             GcsObject(client, bucket_name, manifest_name, int(manifest_blob.size or 0), manifest_blob.generation)
             if manifest_blob is not None else None
         ),
-        stored_crc32c=int.from_bytes(base64.b64decode(crc), "big") if crc else None,
+        stored_crc32c=crc32c_from_b64(getattr(blob, "crc32c", None)),
         closer=client.close,
     )
 
@@ -929,10 +838,7 @@ def _from_run_name(name: str, journal: Journal | None, collection: str | None) -
         if task is not None:
             location = task.location or task.gcp_tarfile
             if location and task.status in ("uploading_complete", "complete"):
-                gcs = (task.destination or "").startswith("gs://") or (
-                    not task.destination and not location.startswith("/")
-                )
-                return f"gs://{location}" if gcs else location
+                return storage_uri(location)
             why = f"journal {journal.path} says run {name} is {task.status}, not archived"
     if collection:
         from .firestore import lookup
@@ -960,7 +866,7 @@ def resolve_source(
         return _gcs(source, client_factory)
     if source.startswith("file://"):
         return _local(Path(source[len("file://") :]))
-    if _SCHEME.match(source) and not os.path.lexists(source):
+    if is_url(source) and not os.path.lexists(source):
         # gs:/bucket/x, gs:bucket, s3://..., http://...: a URL we do not read, not a file name.
         raise UsageError(
             f"{source!r} is not a source sruns-stream reads: give a run name, gs://BUCKET/PREFIX/RUN/RUN.tar.gz, "
@@ -970,7 +876,7 @@ def resolve_source(
         location = _from_run_name(source, journal, collection)
         if location is not None:
             return _gcs(location, client_factory) if location.startswith("gs://") else _local(Path(location))
-        if not os.path.lexists(source) and _split_name(source) is not None:
+        if not os.path.lexists(source) and split_archive_filename(source) is not None:
             # RUN.tar.gz in the current directory, named as a path: it is not there.
             return _local(Path(source))
         if not os.path.exists(source):

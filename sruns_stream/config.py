@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .layout import Location
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -136,8 +137,7 @@ class Config:
     def destination(self) -> str | None:
         """The configured destination in `--dest` form, or None."""
         if self.gcp_bucket_name:
-            base = self.gcp_bucket_basedir.strip("/")
-            return f"gs://{self.gcp_bucket_name}/{base}" if base else f"gs://{self.gcp_bucket_name}"
+            return str(Location("gcs", self.gcp_bucket_name, self.gcp_bucket_basedir.strip("/")))
         return str(self.local_dest) if self.local_dest else None
 
 

@@ -86,6 +86,7 @@ from google.cloud import firestore
 from .config import Config
 from .errors import ConfigError, FirestoreError, JournalError
 from .journal import Journal, OutboxItem, Task, WorkflowStatus
+from .layout import storage_uri
 
 if TYPE_CHECKING:
     # Only for annotations (they are strings at run time): no runtime dependency on
@@ -188,9 +189,7 @@ class RunRecord:
     @property
     def archive_uri(self) -> str | None:
         """``gs://bucket/path`` for GCS, the path for a local destination, else None."""
-        if not self.storage:
-            return None
-        return self.storage if self.storage.startswith("/") else f"gs://{self.storage}"
+        return storage_uri(self.storage) if self.storage else None
 
     @classmethod
     def from_document(cls, name: str, data: dict[str, Any]) -> RunRecord:

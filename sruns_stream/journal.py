@@ -39,6 +39,7 @@ import google_crc32c
 
 from .blockgzip import Checkpoint
 from .errors import JournalError
+from .layout import destination_of
 from .runfolder import Entry
 from .tarstream import Cursor
 
@@ -262,7 +263,7 @@ class Journal:
             for name, gcp_tarfile in done.fetchall():
                 db.execute(
                     "UPDATE tasks SET status = 'complete', location = gcp_tarfile, destination = ? WHERE name = ?",
-                    (_legacy_destination(name, gcp_tarfile), name),
+                    (destination_of(name, gcp_tarfile), name),
                 )
             # It tarred to local disk, then stopped: start again by streaming, and keep the
             # old tarball's path so status can say it is no longer needed.
@@ -475,14 +476,6 @@ def files_crc32c(crc: int, files_done: list[tuple[int, int]]) -> int:
         return crc
     out: int = google_crc32c.extend(crc, b"".join(b"%d %08x\n" % pair for pair in files_done))
     return out
-
-
-def _legacy_destination(name: str, gcp_tarfile: str) -> str:
-    """The ``--dest`` sruns-monitor used for ``bucket/[basedir/]run/file``."""
-    parts = gcp_tarfile.split("/")
-    if len(parts) >= 3 and parts[-2] == name:
-        return "gs://" + "/".join(parts[:-2])
-    return "gs://" + parts[0]
 
 
 def _task(row: dict[str, Any]) -> Task:

@@ -46,6 +46,7 @@ from .config import Config
 from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, SrunsError
 from .firestore import Leases, NoMirror, StatusMirror, fields_from_task
 from .journal import Journal, Task
+from .layout import parse_location
 from .notify import MailEvent, Notifier, NullNotifier
 from .runfolder import compare, scan_run_folder
 from .sinks import probe_archive
@@ -511,7 +512,7 @@ class Monitor:
         assert task.destination is not None
         location = task.location or ""
         try:
-            if task.destination.startswith("gs://"):
+            if parse_location(task.destination).kind == "gcs":
                 found = probe_archive(task.destination, location)
             else:
                 check = self._checks.get(task.name)

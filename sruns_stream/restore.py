@@ -56,13 +56,13 @@ from .archive_source import (
     ArchiveDamaged,
     ArchiveSource,
     GzipLayer,
-    ManifestRow,
     Member,
     ResumableReader,
     TarMembers,
     resolve_source,
 )
 from .errors import DestinationNotWritable, DiskFull, RunFolderMissing, UsageError
+from .manifest_tsv import ManifestRow
 from .progress import Progress, human_bytes
 from .stopping import STOP
 

@@ -19,7 +19,6 @@ reports it without a read).
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,19 +29,20 @@ from typing import Any
 import isal
 from isal import isal_zlib
 
-from . import __version__
+from . import __version__, manifest_tsv
 from .blockgzip import WINDOW, Checkpoint, Codec, GzipCodec, PlainTarCodec, compressed_stream
 from .config import ArchiveOptions
 from .errors import IntegrityError, RunFolderChanged, UsageError
 from .journal import Journal, Task, files_crc32c
+from .layout import parse_location, storage_uri
 from .lock import RunLock
 from .progress import NoProgress, Progress
-from .runfolder import FILE, Manifest, compare, fingerprint, resolve_run_folder, scan_run_folder
+from .runfolder import Manifest, compare, fingerprint, resolve_run_folder, scan_run_folder
 from .sinks import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
 from .stopping import STOP
 from .tarstream import TarLayout, TarReader
 
-__all__ = ["ArchiveResult", "archive_run", "check_places", "make_codec", "manifest_tsv", "stream_params"]
+__all__ = ["ArchiveResult", "archive_run", "check_places", "make_codec", "stream_params"]
 
 SinkFactory = Callable[[str, str, str, ArchiveOptions], Sink]
 # (destination, location) -> (size, crc32c if the store reports it) or None when absent
@@ -114,37 +114,6 @@ def stream_params(options: ArchiveOptions) -> dict[str, Any]:
         "level": options.level if options.compression != "none" else None,
         "block_size": options.block_size,
     }
-
-
-_SPECIAL = re.compile(rb"[\\\t\n\r]")
-_ESCAPES = {b"\\": b"\\\\", b"\t": b"\\t", b"\n": b"\\n", b"\r": b"\\r"}
-
-
-def _escape(name: bytes) -> bytes:
-    # Most names hold none of these; the regex check keeps 400,000 lines cheap.
-    return _SPECIAL.sub(lambda m: _ESCAPES[m.group()], name) if _SPECIAL.search(name) else name
-
-
-def manifest_tsv(manifest: Manifest, crcs: list[int | None]) -> bytes:
-    """`<run>.manifest.tsv`: one line per member, paths as in the tar (bytes kept as they
-    are, so a name that is not UTF-8 survives), tabs, newlines and backslashes escaped."""
-    lines = [b"path\tsize\tcrc32c\ttype\tmode\tmtime\tlink"]
-    append = lines.append
-    for entry, crc in zip(manifest.entries, crcs, strict=True):
-        append(
-            b"%b\t%d\t%b\t%b\t%04o\t%d\t%b"
-            % (
-                _escape(entry.path),
-                entry.size,
-                b"%08x" % crc if entry.kind == FILE and crc is not None else b"",
-                entry.kind.encode(),
-                entry.mode,
-                entry.mtime_ns // 1_000_000_000,
-                _escape(entry.linkname),
-            )
-        )
-    lines.append(b"")
-    return b"\n".join(lines)
 
 
 class _Attempt:
@@ -280,7 +249,7 @@ def _legacy_complete(task: Task, probe: Probe) -> ArchiveResult:
     assert task.destination is not None and task.location is not None
     if probe(task.destination, task.location) is None:
         raise IntegrityError(
-            f"the journal says sruns-monitor archived {task.name} at gs://{task.location}, but that object "
+            f"the journal says sruns-monitor archived {task.name} at {storage_uri(task.location)}, but that object "
             "is gone: run again with --force to archive the run folder with sruns-stream"
         )
     return _already_complete(
@@ -468,7 +437,7 @@ def _run(
             tool_version=__version__,
         )
         journal.update(name, status="uploading")
-        stored = sink.finalize(info, manifest_tsv(manifest, crcs))
+        stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs))
         _verify(stored, info)
         attempt.commit_durable()
     except BaseException as exc:
@@ -492,7 +461,7 @@ def _run(
         name,
         status="uploading_complete",
         location=stored.location,
-        gcp_tarfile=stored.location if destination.startswith("gs://") else None,
+        gcp_tarfile=stored.location if parse_location(destination).kind == "gcs" else None,
         raw_bytes=layout.size,
         archive_bytes=stored.size,
         file_count=manifest.file_count,

@@ -26,8 +26,10 @@ from helpers import REPO, gnu_untar, gzip_ok, run_cli, sigterm_once_past, tree
 from sruns_stream import __version__
 from sruns_stream.config import ArchiveOptions
 from sruns_stream.errors import IntegrityError, UploadError
+from sruns_stream.gcs import RETRY
 from sruns_stream.journal import Journal
-from sruns_stream.sinks.gcs import BACKOFF_MAX, GcsSink, blob_name
+from sruns_stream.layout import blob_name
+from sruns_stream.sinks.gcs import GcsSink
 from sruns_stream.workflow import archive_run
 
 CHUNK = 256 * 1024  # the smallest legal chunk: many chunks from a small run
@@ -383,7 +385,7 @@ def test_each_fault_ends_in_the_correct_object(
         return
     # Backed off once per failed attempt, and through the injected sleep.
     assert len(sleeps) == len(faults)
-    assert all(0 <= s <= BACKOFF_MAX for s in sleeps)
+    assert all(0 <= s <= RETRY.max_wait for s in sleeps)
     # Every retry on a session starts with a status query.
     for e in faulted:
         after = session[session.index(e) + 1]

@@ -6,7 +6,7 @@ google-cloud-storage API; chunks are PUT through the client's authorized session
 because the library offers no public way to continue a saved session URI in a new
 process.
 
-Protocol, as DESIGN.md sets it out:
+The resumable protocol, as GCS documents it, and how it is used here:
 
 - Pending bytes are buffered until one chunk (``chunk_size``, a multiple of 256 KiB)
   is full; that chunk goes out as ``Content-Range: bytes a-b/*``. The last request
@@ -37,9 +37,7 @@ nowhere else. Messages name a session by the first characters of its upload id.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import queue
 import re
 import sys
@@ -51,35 +49,36 @@ from urllib.parse import parse_qs, urlsplit
 
 import google_crc32c
 import requests
-from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import AnonymousCredentials
-from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # type: ignore[import-untyped]
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .. import __version__
 from ..config import GCS_CHUNK_QUANTUM, ArchiveOptions
-from ..errors import DestinationError, IntegrityError, UploadError
+from ..errors import IntegrityError, UploadError
+from ..gcs import (
+    API_ERRORS,
+    DEFAULT_TIMEOUT,
+    TRANSIENT_ERRORS,
+    TRANSIENT_STATUS,
+    Client,
+    RetryPolicy,
+    b64_crc32c,
+    crc32c_from_b64,
+    is_transient,
+    make_client,
+    pause,
+    reason,
+)
+from ..layout import blob_name, manifest_filename, manifest_next_to
 from ..stopping import STOP
 from .base import ArchiveInfo, Stored
 
-__all__ = ["SESSION_LIFETIME", "GcsSink", "blob_name", "make_client", "probe_object"]
+__all__ = ["SESSION_LIFETIME", "GcsSink"]
 
 # GCS forgets a resumable session a week after it was created.
 SESSION_LIFETIME = 7 * 24 * 3600.0
-# Connect, then each socket operation: sending a whole 64 MiB chunk must fit in it too
-# (Python's sendall timeout covers the whole call), which asks for about 0.6 MB/s, and
-# GCS answers a committed chunk in well under a minute even when it is busy.
-DEFAULT_TIMEOUT = (30.0, 120.0)
-# Full-jitter backoff: each wait is random below 1, 2, 4, ... 32 s; the default 8
-# retries wait two minutes at most in all, about what a GCS front-end hiccup or a VM's
-# network blip lasts, before the run fails and can be resumed later.
-BACKOFF_MULTIPLIER = 1.0
-BACKOFF_MAX = 32.0
 
 _RESUME_INCOMPLETE = 308
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _RANGE = re.compile(r"bytes=0-(\d+)$")
 _UPLOAD_ID = re.compile(r"(upload_id=)[^&\s'\"]+")
 # How often a waiting thread looks at the stop flag and the uploader's error.
@@ -98,65 +97,8 @@ class _SessionGone(UploadError):
     """The server no longer knows the session (404/410): expired or cancelled."""
 
 
-def blob_name(prefix: str, run: str, extension: str) -> str:
-    """``<prefix>/<run>/<run><extension>``, without a leading slash when prefix is empty."""
-    prefix = prefix.strip("/")
-    name = f"{run}/{run}{extension}"
-    return f"{prefix}/{name}" if prefix else name
-
-
-def make_client() -> Client:
-    """A storage client: the emulator's when STORAGE_EMULATOR_HOST is set, else Google's
-    default credentials (a service account on a VM, or `gcloud auth application-default`)."""
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        # The client sends every request to the emulator itself; it wants no credentials.
-        project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "test"
-        return Client(project=project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
-    try:
-        return Client()
-    except auth_exceptions.DefaultCredentialsError as exc:
-        raise UploadError(
-            "no Google credentials found: run on a VM with a service account, set "
-            "GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth application-default login`"
-        ) from exc
-
-
-def probe_object(bucket: str, name: str, client: Client | None = None) -> tuple[int, int | None] | None:
-    """(size, crc32c) of ``gs://bucket/name`` from its metadata (no download), or None
-    when the object (or the bucket) does not exist."""
-    own = client is None
-    client = client or make_client()
-    where = f"gs://{bucket}/{name}"
-    try:
-        blob = client.bucket(bucket).get_blob(name, timeout=DEFAULT_TIMEOUT)
-    except api_exceptions.NotFound:
-        return None
-    except api_exceptions.GoogleAPICallError as exc:
-        message = " ".join(str(getattr(exc, "message", "") or exc).split())[:200]
-        raise DestinationError(f"cannot look at {where}: HTTP {exc.code} {message}") from exc
-    except (requests.ConnectionError, requests.Timeout, auth_exceptions.TransportError) as exc:
-        raise DestinationError(f"cannot reach GCS to look at {where}: {type(exc).__name__}") from exc
-    finally:
-        if own:
-            client.close()
-    if blob is None:
-        return None
-    return int(blob.size or 0), _crc32c_from_b64(blob.crc32c)
-
-
 def _stderr_note(message: str) -> None:
     print(f"sruns-stream: {message}", file=sys.stderr)
-
-
-def _b64_crc32c(value: int) -> str:
-    return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
-
-
-def _crc32c_from_b64(text: str | None) -> int | None:
-    if not text:
-        return None
-    raw = base64.b64decode(text)
-    return int.from_bytes(raw, "big") if len(raw) == 4 else None
 
 
 def _short_reason(resp: requests.Response) -> str:
@@ -191,14 +133,14 @@ class GcsSink:
     ) -> None:
         self.bucket_name = bucket
         self.blob_name = blob_name(prefix, run, extension)
-        self.manifest_name = self.blob_name.rsplit("/", 1)[0] + f"/{run}.manifest.tsv"
+        self.manifest_name = manifest_next_to(self.blob_name, run)
         self.description = f"gs://{bucket}/{self.blob_name}"
         self.archive_name = self.blob_name
         self.run = run
         self.compression = options.compression
         self.content_type = "application/x-tar" if extension == ".tar" else "application/gzip"
         self._chunk = options.chunk_size
-        self._attempts = options.upload_retries + 1
+        self._retry = RetryPolicy(attempts=options.upload_retries + 1)
         self._client = client
         self._own_client = client is None
         self._sleep = sleep
@@ -306,7 +248,7 @@ class GcsSink:
         assert self._finished is not None
         resource = self._finished
         size = int(resource.get("size", -1))
-        crc = _crc32c_from_b64(resource.get("crc32c"))
+        crc = crc32c_from_b64(resource.get("crc32c"))
         generation = int(resource.get("generation") or 0) or None
         if size != info.size or crc != info.crc32c:
             self._reject(size, crc, info, generation)
@@ -503,7 +445,7 @@ class GcsSink:
             content_range = f"bytes */{total}"
         headers = {"Content-Range": content_range}
         if total is not None and self._final_crc32c is not None:
-            headers["X-Goog-Hash"] = f"crc32c={_b64_crc32c(self._final_crc32c)}"
+            headers["X-Goog-Hash"] = f"crc32c={b64_crc32c(self._final_crc32c)}"
         # The chunk goes out as a view of the buffer: no second copy of up to 64 MiB.
         with memoryview(self._buf) as view, view[:n] as body:
             resp = self._put(body if n else None, headers)
@@ -602,12 +544,11 @@ class GcsSink:
             resp: requests.Response = self._client._http.request(
                 "PUT", self._uri, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
             )
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                auth_exceptions.TransportError) as exc:
+        except TRANSIENT_ERRORS as exc:
             raise _Transient(self._scrub(f"{type(exc).__name__}: {exc}")) from None
         except auth_exceptions.RefreshError as exc:
             raise UploadError(f"cannot refresh Google credentials for {self.description}: {exc}") from None
-        if resp.status_code in _TRANSIENT_STATUS:
+        if resp.status_code in TRANSIENT_STATUS:
             raise _Transient(_short_reason(resp))
         return resp
 
@@ -633,37 +574,23 @@ class GcsSink:
 
     def _pause(self, seconds: float) -> None:
         """The backoff between attempts; a stop (abort, or a signal's stop request) cuts
-        the real one short."""
+        it short."""
         if self._sleep is not time.sleep:
             self._sleep(seconds)
             return
-        deadline = time.monotonic() + seconds
-        while not self._stop.wait(min(_POLL, max(0.0, deadline - time.monotonic()))):
-            STOP.check()
-            if time.monotonic() >= deadline:
-                return
+        pause(seconds, cancel=self._stop)
 
     def _with_retries(self, what: str, fn: Callable[[int], T]) -> T:
-        """``fn(attempt_number)`` with bounded, jittered exponential backoff on transient
-        failures (``_Transient``); anything else goes straight through."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-            retry=retry_if_exception_type(_Transient),
-            sleep=self._pause,
-            reraise=True,
-        )
+        """``fn(attempt_number)`` with the GCS retry policy on transient failures
+        (``_Transient``); anything else goes straight through."""
         try:
-            for attempt in retrying:
-                with attempt:
-                    return fn(attempt.retry_state.attempt_number)
+            return self._retry.call(fn, _Transient, sleep=self._pause)
         except _Transient as exc:
             # Not `from exc`: the chained error could carry the session URI.
             raise UploadError(
-                f"{what} for {self.description} failed {self._attempts} times, last: {exc}; "
+                f"{what} for {self.description} failed {self._retry.attempts} times, last: {exc}; "
                 "run the same command again to resume"
             ) from None
-        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     # -- calls through google-cloud-storage ----------------------------------------------
 
@@ -671,22 +598,19 @@ class GcsSink:
         """A google-cloud-storage call with its errors mapped to ours."""
         try:
             return fn()
-        except api_exceptions.GoogleAPICallError as exc:
-            code = exc.code or 0
-            message = " ".join(str(getattr(exc, "message", "") or exc).split())[:200]
-            if code in _TRANSIENT_STATUS:
-                raise _Transient(f"{what}: HTTP {code} {message}") from exc
+        except API_ERRORS as exc:
+            if is_transient(exc):
+                raise _Transient(f"{what}: {reason(exc)}") from exc
+            code = getattr(exc, "code", 0) or 0
             if code == 404:
                 raise UploadError(
                     missing or f"bucket {self.bucket_name!r} does not exist ({what} for {self.description})"
                 ) from exc
             if code in (401, 403):
                 raise UploadError(
-                    f"permission denied: {what} for {self.description} in bucket {self.bucket_name!r}: {message}"
+                    f"permission denied: {what} for {self.description} in bucket {self.bucket_name!r}: {reason(exc)}"
                 ) from exc
-            raise UploadError(f"{what} for {self.description}: HTTP {code} {message}") from exc
-        except (requests.ConnectionError, requests.Timeout, auth_exceptions.TransportError) as exc:
-            raise _Transient(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise UploadError(f"{what} for {self.description}: {reason(exc)}") from exc
         except DataCorruption as exc:
             # The library compared the server's checksum with its own and they differ.
             raise IntegrityError(f"{what} for {self.description}: {exc}") from exc
@@ -708,7 +632,7 @@ class GcsSink:
             )
 
         self._with_retries("manifest upload", upload)
-        stored = _crc32c_from_b64(blob.crc32c)
+        stored = crc32c_from_b64(blob.crc32c)
         expected = google_crc32c.value(manifest_tsv)
         if stored != expected:
             raise IntegrityError(
@@ -731,7 +655,7 @@ class GcsSink:
         )
         # Same size and crc32c as what we streamed: these are our bytes, whichever
         # request committed them.
-        if blob.size != info.size or _crc32c_from_b64(blob.crc32c) != info.crc32c:
+        if blob.size != info.size or crc32c_from_b64(blob.crc32c) != info.crc32c:
             raise UploadError(missing)
         return {"size": blob.size, "crc32c": blob.crc32c, "generation": blob.generation}
 
@@ -747,7 +671,7 @@ class GcsSink:
             "tar_crc32": f"{info.tar_crc32:08x}",
             "compression": info.compression,
             "tool_version": info.tool_version,
-            "manifest": self.manifest_name.rsplit("/", 1)[-1],
+            "manifest": manifest_filename(self.run),
         }
         missing = f"{self.description} disappeared right after it was committed"
         self._with_retries(
@@ -758,7 +682,7 @@ class GcsSink:
                 missing,
             ),
         )
-        return (blob.size if blob.size is not None else -1), _crc32c_from_b64(blob.crc32c)
+        return (blob.size if blob.size is not None else -1), crc32c_from_b64(blob.crc32c)
 
     def _reject(self, size: int, crc: int | None, info: ArchiveInfo, generation: int | None) -> NoReturn:
         """A committed object that is not what we streamed must not stay under its name."""

@@ -1,0 +1,111 @@
+"""``<run>.manifest.tsv``: the archive's table of contents, written beside it.
+
+One line per tar member, in archive order, under a header naming the columns:
+
+=========  =================================================================
+path       the member's name in the tar (``RUN/…``); bytes kept as they are, so
+           a name that is not UTF-8 survives; ``\\``, tab, newline and carriage
+           return escaped as ``\\\\``, ``\\t``, ``\\n``, ``\\r``
+size       data bytes (0 for directories and links)
+crc32c     of the member's data, 8 hex digits (files only)
+type       ``f`` file, ``d`` directory, ``l`` symlink
+mode       permission bits, octal
+mtime      seconds since the epoch
+link       a symlink's target, escaped like ``path``
+=========  =================================================================
+
+`verify` and `restore` check every member against it; readers ignore columns added
+after these.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import IntegrityError
+from .runfolder import FILE, Entry
+
+__all__ = ["COLUMNS", "ManifestRow", "parse", "render"]
+
+COLUMNS = ("path", "size", "crc32c", "type", "mode", "mtime", "link")
+
+_SPECIAL = re.compile(rb"[\\\t\n\r]")
+_ESCAPES = {b"\\": b"\\\\", b"\t": b"\\t", b"\n": b"\\n", b"\r": b"\\r"}
+_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+_ESCAPED = re.compile(r"\\(.)")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    """One line, parsed."""
+
+    path: str
+    size: int
+    crc32c: int | None
+    kind: str
+    mode: int
+    mtime: int
+    link: str
+
+
+def _escape(name: bytes) -> bytes:
+    # Most names hold none of these; the regex check keeps 400,000 lines cheap.
+    return _SPECIAL.sub(lambda m: _ESCAPES[m.group()], name) if _SPECIAL.search(name) else name
+
+
+def _unescape(text: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        return _UNESCAPE.get(m.group(1), m.group(0))
+
+    return _ESCAPED.sub(one, text)
+
+
+def render(entries: Sequence[Entry], crcs: Sequence[int | None]) -> bytes:
+    """The manifest of ``entries``, each file with its crc32c from ``crcs`` (same order)."""
+    lines = ["\t".join(COLUMNS).encode()]
+    append = lines.append
+    for entry, crc in zip(entries, crcs, strict=True):
+        append(
+            b"%b\t%d\t%b\t%b\t%04o\t%d\t%b"
+            % (
+                _escape(entry.path),
+                entry.size,
+                b"%08x" % crc if entry.kind == FILE and crc is not None else b"",
+                entry.kind.encode(),
+                entry.mode,
+                entry.mtime_ns // 1_000_000_000,
+                _escape(entry.linkname),
+            )
+        )
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
+def parse(data: bytes, where: str) -> dict[str, ManifestRow]:
+    """Rows by member path, in archive order; IntegrityError naming the line if unreadable."""
+    # Split on "\n" only: str.splitlines would also cut at \x1c, \x85 ... inside a path.
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    header = tuple(lines[0].split("\t"))
+    if header[: len(COLUMNS)] != COLUMNS:
+        raise IntegrityError(f"{where} is not a sruns-stream manifest (its header is {lines[0][:80]!r})")
+    rows: dict[str, ManifestRow] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        cols = line.split("\t")
+        try:
+            row = ManifestRow(
+                path=_unescape(cols[0]),
+                size=int(cols[1]),
+                crc32c=int(cols[2], 16) if cols[2] else None,
+                kind=cols[3],
+                mode=int(cols[4], 8),
+                mtime=int(cols[5]),
+                link=_unescape(cols[6]),
+            )
+        except (IndexError, ValueError):
+            raise IntegrityError(f"{where} line {number} is unreadable: the manifest is damaged") from None
+        rows[row.path] = row
+    return rows
