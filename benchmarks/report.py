@@ -2,7 +2,7 @@
 
 Ratios: "sruns-stream ×" is how many times faster sruns-stream (auto, local, defaults)
 is than a row: the row's median seconds ÷ the reference's median seconds on the same
-data set. ≥ 1 means sruns-stream is faster. The targets of issues 2 and 5 are stated in
+data set. ≥ 1 means sruns-stream is faster. The targets (`evaluate_targets` below) are stated in
 the same terms, and each is reported as met, NOT met, or not measured (with the reason).
 """
 
@@ -284,7 +284,7 @@ def render_markdown(report: Report, targets: Sequence[Target]) -> str:
         out.append("## Skipped or failed (read this first)\n")
         out.extend(f"- {n}" for n in report.notes)
         out.append("")
-    out.append("## Targets (issues 2 and 5)\n")
+    out.append("## Targets\n")
     out.append(markdown_table(["target", "measured", "status"],
                               [[t.text, t.shown or "–", t.status] for t in targets], "lll") + "\n")
     out.append("## Throughput\n")

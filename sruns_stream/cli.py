@@ -20,11 +20,11 @@ from types import FrameType
 from typing import TextIO
 
 from . import __version__, stopping
+from .archive import archive_run, check_places
 from .config import ArchiveOptions, Config, load_config, with_overrides
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError
 from .journal import Journal
 from .progress import NoProgress, Progress, TerminalProgress, human_bytes
-from .workflow import archive_run, check_places
 
 __all__ = ["main", "main_cli"]
 
@@ -145,8 +145,10 @@ def _monitor(args: argparse.Namespace) -> int:
     import logging
     import threading
 
+    from .firestore import open_mirror
+    from .leases import Leases
     from .monitor import Monitor
-    from .wiring import daemon_parts
+    from .notify import DEFAULT_SUBJECT_PREFIX, make_notifier
 
     logging.basicConfig(
         level=logging.INFO if args.verbose or not args.once else logging.WARNING,
@@ -154,7 +156,11 @@ def _monitor(args: argparse.Namespace) -> int:
     )
     config = load_config(args.config)
     journal = Journal(config.sqlite_db)
-    mirror, notifier, leases = daemon_parts(config, journal)
+    # The optional parts: mail (none without a mail block), the Firestore mirror (none
+    # without a collection) and run leases (only with Firestore: they live there).
+    notifier = make_notifier(config.mail, subject_prefix=config.name or DEFAULT_SUBJECT_PREFIX)
+    mirror = open_mirror(config, journal)
+    leases = Leases(config.firestore_collection) if config.firestore_collection and config.leases else None
     monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier, leases=leases)
     stop = threading.Event()
 

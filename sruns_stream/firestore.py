@@ -1,4 +1,4 @@
-"""Firestore: the run documents downstream tools read, and leases for several daemons.
+"""Firestore: the run documents downstream tools read (the status mirror and `lookup`).
 
 One document per run, id = run name, in ``firestore_collection``. Field names keep
 sruns-monitor's (``name``, ``workflow_status``, ``storage``) so existing downstream
@@ -11,7 +11,7 @@ name               string    the run name (also the document id)
 storage            string    where the archive is: ``bucket/path/run.tar.gz`` for GCS
                              (sruns-monitor's form), an absolute path for a local
                              destination
-workflow_status    string    one of ``journal.STATUSES``, see below
+workflow_status    string    one of ``journal.STATUSES`` (meanings: ``journal.STATUS_MEANINGS``)
 raw_bytes          integer   size of the tar stream
 archive_bytes      integer   size of the stored ``.tar.gz``
 crc32c             string    crc32c of the stored object, 8 hex digits
@@ -27,28 +27,14 @@ last_error         string    why the last attempt failed (null once it succeeds)
 instrument_status  string    RunCompletionStatus.xml value (RunCompleted, RunErrored,
                              UserEndedEarly, ...), null if the instrument writes none
 lease              map       ``{host, expires_at}`` while a daemon holds the run
-                             (several hosts only, see `Leases`)
+                             (several hosts only, see `leases.Leases`)
 ================== ========= ======================================================
 
 Timestamps are Firestore timestamps, not strings: downstream tools can order and filter
 on them (``where("finished_at", ">", t)``) and the console shows them as dates.
 
-``workflow_status`` keeps sruns-monitor's values. Streaming overlaps tarring and
-uploading (bytes leave while the tar is still being read), so each value now means:
-
-- ``new``: the run is complete on the instrument and recorded; not started yet.
-- ``starting``: a workflow took it: manifest, destination session opened or resumed.
-- ``tarring``: the single streaming pass (read → tar → gzip → upload) is running.
-  Bytes are being uploaded during this state, not after it.
-- ``tarring_complete``: the whole run has been read and compressed; the tail of the
-  stream is in flight.
-- ``uploading``: finalising: last chunk, the ``.manifest.tsv``, reading back the
-  object's crc32c.
-- ``uploading_complete``: the archive is stored and verified (crc32c matches):
-  ``storage`` is usable from here on.
-- ``complete``: done (for the daemon: the run folder has also been moved).
-- ``not_running``: an attempt stopped without finishing (failed, killed, interrupted);
-  ``last_error`` says why. The next attempt resumes from its checkpoint.
+``workflow_status`` keeps sruns-monitor's values; what each means now is
+``journal.STATUS_MEANINGS``.
 
 Writing: the daemon and its workflows call `StatusMirror.publish`, which only appends
 to the journal's outbox (SQLite, no network). The daemon calls `StatusMirror.flush`
@@ -97,15 +83,17 @@ __all__ = [
     "BATCH_SIZE",
     "DEFAULT_CALL_TIMEOUT_S",
     "DEFAULT_FLUSH_DEADLINE_S",
+    "FIRESTORE_ERRORS",
+    "Connection",
     "FirestoreMirror",
     "FlushResult",
-    "Leases",
     "NoMirror",
     "RunFields",
     "RunRecord",
     "StatusMirror",
     "WorkflowStatus",
     "check_document_id",
+    "describe_error",
     "fields_from_task",
     "lookup",
     "open_mirror",
@@ -126,7 +114,7 @@ _MIN_CALL_S = 0.05
 # Library errors that mean "Firestore could not be asked or refused": converted here,
 # at the boundary. GoogleAPIError covers every RPC status, RetryError and timeouts;
 # GoogleAuthError covers missing or unrefreshable credentials.
-_FIRESTORE_ERRORS = (gexc.GoogleAPIError, auth_exc.GoogleAuthError)
+FIRESTORE_ERRORS = (gexc.GoogleAPIError, auth_exc.GoogleAuthError)
 
 
 class RunFields(TypedDict, total=False):
@@ -305,12 +293,12 @@ def _decode(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _one_line(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-class _Connection:
+class Connection:
     """A lazily built client, rebuilt after a failure.
 
     Rebuilding matters: after an outage gRPC keeps a broken channel in exponential
@@ -413,7 +401,7 @@ class FirestoreMirror:
             raise ValueError(f"firestore collection must be a non-empty name without '/', not {collection!r}")
         self.collection = collection
         self._journal = journal
-        self._conn = _Connection(project)
+        self._conn = Connection(project)
         self._call_timeout_s = call_timeout_s
         self._clock = clock
         self._wall_clock = wall_clock
@@ -459,9 +447,9 @@ class FirestoreMirror:
                     return FlushResult(delivered, drained=True)
                 head = items[0]
                 delivered += self._deliver(items, min(self._call_timeout_s, remaining))
-        except _FIRESTORE_ERRORS as exc:
+        except FIRESTORE_ERRORS as exc:
             self._conn.reset()
-            message = _one_line(exc)
+            message = describe_error(exc)
             self._note_failure(head, message)
             return FlushResult(delivered, drained=False, error=message)
         except JournalError as exc:
@@ -544,169 +532,14 @@ def lookup(
     why = check_document_id(name)
     if why:
         return None  # such a run is never mirrored
-    conn = _Connection(project)
+    conn = Connection(project)
     try:
         snap = conn.get().collection(collection).document(name).get(retry=None, timeout=timeout_s)
-    except _FIRESTORE_ERRORS as exc:
+    except FIRESTORE_ERRORS as exc:
         raise FirestoreError(f"cannot read run {name} from Firestore collection {collection!r}: "
-                         f"{_one_line(exc)}") from exc
+                         f"{describe_error(exc)}") from exc
     finally:
         conn.close()
     if not snap.exists:
         return None
     return RunRecord.from_document(name, snap.to_dict() or {})
-
-
-# --- leases for several hosts (issue 6) ------------------------------------------------
-
-
-class Leases:
-    """Which daemon owns a run, when several share one watch directory.
-
-    The lease is the run document's ``lease`` field, ``{host, expires_at}``. A daemon
-    `claim`s a run before starting it, `renew`s while working (well within
-    ``lease_s``) and `release`s when done; a run whose lease expired (its owner died)
-    can be claimed by another host.
-
-    Every change is a compare-and-set: read the document, decide, write with the
-    precondition "unchanged since that read" (its ``update_time``); if another writer
-    came first, read again and decide again. This is what a Firestore transaction does,
-    done by hand because the Python client's transaction begin/commit calls take no
-    timeout (60 s and retried internally), and a hung Firestore must not hold the
-    daemon. (Real transactions contending on one document are also very slow on the
-    emulator.) Expiry is judged with the server's read time, never a host's clock, so
-    hosts with skewed clocks agree.
-
-    ``host`` is the owner's identity: a daemon that restarts on the same host gets its
-    own leases back at once. Run one daemon per host, or give each a distinct id.
-
-    Firestore unreachable: `claim` returns False (no new claims rather than double
-    work); `renew` returns True only while the last successful claim or renewal still
-    guarantees the lease (measured on this host's monotonic clock from before that
-    call), so a short outage does not stop a long upload, and a long one does.
-    """
-
-    _ATTEMPTS = 4  # compare-and-set rounds lost to concurrent writers before giving up
-
-    def __init__(
-        self,
-        collection: str,
-        *,
-        project: str | None = None,
-        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.collection = collection
-        self._conn = _Connection(project)
-        self._call_timeout_s = call_timeout_s
-        self._clock = clock
-        # (run, host) -> monotonic time until which the lease is surely ours.
-        self._held_until: dict[tuple[str, str], float] = {}
-
-    def claim(self, name: str, host: str, lease_s: float) -> bool:
-        """Take run ``name`` for ``lease_s`` seconds if nobody else holds a live lease.
-
-        True when ``host`` holds it now (a new claim, an expired lease taken over, or
-        its own lease extended); False when another host holds it or Firestore could
-        not be asked.
-        """
-        return self._change(name, host, lease_s, take_free=True)
-
-    def renew(self, name: str, host: str, lease_s: float) -> bool:
-        """Extend ``host``'s lease on ``name`` by ``lease_s`` from now.
-
-        False means stop working on the run: another host holds it, nobody does (it
-        was released or taken and released), or Firestore has been unreachable for
-        longer than the lease is guaranteed.
-        """
-        return self._change(name, host, lease_s, take_free=False)
-
-    def release(self, name: str, host: str) -> bool:
-        """Drop ``host``'s lease on ``name``; False if it was not held or Firestore could
-        not be asked (the lease then expires by itself)."""
-        self._held_until.pop((name, host), None)
-
-        def decide(lease: dict[str, Any] | None, now: dt.datetime, data: dict[str, Any]) -> tuple[bool, object]:
-            if lease is None or lease.get("host") != host:
-                return False, _NO_WRITE
-            return True, firestore.DELETE_FIELD
-
-        try:
-            return bool(self._compare_and_set(name, decide))
-        except _FIRESTORE_ERRORS as exc:
-            self._conn.reset()
-            log.warning("Firestore: cannot release lease on %s: %s", name, _one_line(exc))
-            return False
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def _change(self, name: str, host: str, lease_s: float, take_free: bool) -> bool:
-        if lease_s <= 0:
-            raise ValueError(f"lease_s must be positive, not {lease_s!r}")
-        started = self._clock()
-
-        def decide(lease: dict[str, Any] | None, now: dt.datetime, data: dict[str, Any]) -> tuple[bool, object]:
-            if take_free and data.get("workflow_status") == "complete":
-                return False, _NO_WRITE  # archived already, by whichever host
-            owner = lease.get("host") if lease else None
-            expires = lease.get("expires_at") if lease else None
-            live = isinstance(expires, dt.datetime) and expires > now
-            ours = owner == host
-            if ours or (take_free and (owner is None or not live)):
-                return True, {"host": host, "expires_at": now + dt.timedelta(seconds=lease_s)}
-            return False, _NO_WRITE
-
-        key = (name, host)
-        try:
-            ok = self._compare_and_set(name, decide)
-            problem = "other writers kept changing the document" if ok is None else None
-        except _FIRESTORE_ERRORS as exc:
-            self._conn.reset()
-            ok, problem = None, _one_line(exc)
-        if ok is None:
-            if take_free:
-                log.warning("Firestore: cannot claim %s, not starting it: %s", name, problem)
-                return False
-            held = self._clock() < self._held_until.get(key, float("-inf"))
-            log.warning("Firestore: cannot renew the lease on %s (%s); %s", name, problem,
-                        "still held" if held else "no longer guaranteed")
-            return held
-        if ok:
-            # The server read happened after `started`, so its expiry is at least this.
-            self._held_until[key] = started + lease_s
-        else:
-            self._held_until.pop(key, None)
-        return ok
-
-    def _compare_and_set(
-        self,
-        name: str,
-        decide: Callable[[dict[str, Any] | None, dt.datetime, dict[str, Any]], tuple[bool, object]],
-    ) -> bool | None:
-        """Apply ``decide(lease, server_now, document) -> (result, new lease | _NO_WRITE)`` atomically;
-        its result, or None when other writers won every round."""
-        client = self._conn.get()
-        ref = client.collection(self.collection).document(name)
-        for _ in range(self._ATTEMPTS):
-            snap = ref.get(retry=None, timeout=self._call_timeout_s)
-            data = (snap.to_dict() or {}) if snap.exists else {}
-            lease = data.get("lease") if isinstance(data.get("lease"), dict) else None
-            ok, value = decide(lease, snap.read_time, data)
-            if value is _NO_WRITE:
-                return ok
-            try:
-                if snap.exists:
-                    ref.update({"lease": value}, option=client.write_option(last_update_time=snap.update_time),
-                               retry=None, timeout=self._call_timeout_s)
-                else:
-                    ref.create({"name": name, "lease": value}, retry=None, timeout=self._call_timeout_s)
-            except (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound):
-                # Another writer came between our read and write (changed, created or
-                # deleted the document): read again and decide again.
-                continue
-            return ok
-        return None  # every round lost to other writers
-
-
-_NO_WRITE = object()

@@ -43,7 +43,7 @@ from .layout import destination_of
 from .runfolder import Entry
 from .tarstream import Cursor
 
-__all__ = ["STATUSES", "Journal", "OutboxItem", "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c"]
+__all__ = ["STATUSES", "STATUS_MEANINGS", "Journal", "OutboxItem", "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c"]
 
 # sruns-monitor's workflow_status values, in their order.
 WorkflowStatus = Literal[
@@ -57,6 +57,21 @@ WorkflowStatus = Literal[
     "not_running",
 ]
 STATUSES: tuple[str, ...] = get_args(WorkflowStatus)
+# What each value means now that tarring and uploading overlap in one stream (bytes
+# leave while the run is still being read). The one statement of it: the journal, the
+# Firestore documents and the README's table (checked by a test) all say this.
+STATUS_MEANINGS: dict[str, str] = {
+    "new": "seen and recorded (finished on the instrument); not started",
+    "starting": "an archive process took it: lock, manifest, destination session opened or resumed",
+    "tarring": "streaming: read, tar, gzip and the transfer to the destination run together",
+    "tarring_complete": "the whole run has been read and compressed; the tail of the stream is in flight",
+    "uploading": "the destination is finishing: last chunk, the manifest, the stored crc32c read back",
+    "uploading_complete": "stored and verified, and the folder still held exactly what was archived: "
+    "`storage` is usable",
+    "complete": "done; the daemon may move the run folder from here on (it checks the folder again first)",
+    "not_running": "failed, interrupted, or the folder changed under it; `last_error` says why; the next "
+    "attempt resumes when it can, else starts from zero",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (

@@ -44,9 +44,10 @@ from typing import Any
 from .completion import CompletionRules, newest_change, run_state
 from .config import Config
 from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, SrunsError
-from .firestore import Leases, NoMirror, StatusMirror, fields_from_task
+from .firestore import NoMirror, StatusMirror, fields_from_task
 from .journal import Journal, Task
 from .layout import parse_location
+from .leases import Leases
 from .notify import MailEvent, Notifier, NullNotifier
 from .runfolder import compare, scan_run_folder
 from .sinks import probe_archive

@@ -1,7 +1,15 @@
-"""Fixtures shared by all tests. GCS emulator fixtures live in conftest_gcs.py."""
+"""Fixtures shared by all tests; the real parts they talk to live in ``plugins/``:
+the GCS emulator (``gcs``), the Firestore emulator (``firestore``) and an SMTP server
+(``smtp``, ``serve``).
+
+Tests that start an emulator are marked ``slow`` here, by the fixtures they use; tests
+that kill or stop real processes carry the mark themselves. ``pytest -m "not slow"``
+is the quick inner loop.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -9,7 +17,40 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-pytest_plugins = ["conftest_gcs", "conftest_firestore"]
+pytest_plugins = ["plugins.gcs_emulator", "plugins.firestore_emulator", "plugins.smtp_server"]
+
+_EMULATORS = {"gcs", "firestore", "firestore_emulator"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _EMULATORS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """A test that fails half-way (a timeout, a failed assertion while a process is
+    stopped) must not leave what it started running: each is killed by its PID."""
+    import helpers
+
+    yield
+    while helpers.STARTED:
+        proc = helpers.STARTED.pop()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a stopped process cannot die until continued
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture
+def journal(tmp_path: Path):
+    """A journal in the test's directory, closed at the end."""
+    from sruns_stream.journal import Journal
+
+    j = Journal(tmp_path / "sruns.db")
+    yield j
+    j.close()
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""Shared test helpers: the oracles (GNU tar, gzip -t, tree comparison) and subprocess runs."""
+"""Shared test helpers: the oracles (GNU tar, gzip -t, tree comparison), real processes
+(`run_cli` waits for one, `start_cli` starts one), `wait_until` a condition holds, and
+reading the journal (`journal_row`) while another process writes it."""
 
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,22 +73,66 @@ def realruns_dir() -> Path | None:
 
 
 INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"
+T = TypeVar("T")
+
+# Every process start_cli started; conftest's autouse fixture kills, by PID, any that a
+# failing test left running.
+STARTED: list[subprocess.Popen[str]] = []
 
 
-def durable_offset(db: Path, run: str) -> int | None:
-    """The journal's durable offset for ``run``, read while another process writes it."""
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, capture: bool = True) -> subprocess.Popen[str]:
+    """`python -m sruns_stream ARGS` started in a real process, not waited for."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    if env:
+        full_env.update(env)
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sruns_stream", *args], cwd=cwd, env=full_env, stdout=pipe, stderr=pipe, text=True,
+    )
+    STARTED.append(proc)
+    return proc
+
+
+def wait_until(
+    condition: Callable[[], T], what: str, *, timeout: float = 60, proc: subprocess.Popen[str] | None = None,
+    poll: float = 0.005,
+) -> T:
+    """Poll ``condition`` until it returns something true, and return that. Fails the
+    test naming ``what`` after ``timeout`` seconds, or as soon as ``proc`` (the process
+    that should make it happen) has ended. The timeout is a safety net, never a
+    measurement: it is far above what the condition needs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"{what}: the process ended first (exit {proc.returncode}): {out}{err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not after {timeout} s")
+        time.sleep(poll)
+
+
+def journal_rows(db: Path) -> dict[str, dict[str, Any]]:
+    """Every `tasks` row, by run name; read while another process writes the journal
+    (empty while it is still being created)."""
+    if not Path(db).exists():
+        return {}
+    conn = sqlite3.connect(db, timeout=30)
     try:
-        with sqlite3.connect(db) as conn:
-            row = conn.execute("SELECT durable_offset FROM tasks WHERE name = ?", (run,)).fetchone()
-    except sqlite3.Error:  # not created yet
-        return None
-    return row[0] if row else None
+        conn.row_factory = sqlite3.Row
+        return {r["name"]: dict(r) for r in conn.execute("SELECT * FROM tasks")}
+    except sqlite3.Error:  # the file or its tables are not there yet
+        return {}
+    finally:
+        conn.close()
 
 
-def _status(db: Path, run: str) -> str | None:
-    with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT status FROM tasks WHERE name = ?", (run,)).fetchone()
-    return row[0] if row else None
+def journal_row(db: Path, run: str) -> dict[str, Any]:
+    """One run's `tasks` row (``{}`` while there is none)."""
+    return journal_rows(db).get(run, {})
 
 
 def sigterm_once_past(proc: subprocess.Popen[str], db: Path, run: str, at: int | None) -> bool:
@@ -95,10 +145,10 @@ def sigterm_once_past(proc: subprocess.Popen[str], db: Path, run: str, at: int |
     resets handlers); there the default action (-15) is right, and the row must not be
     left in progress either.
     """
-    before = durable_offset(db, run) or 0
+    before = journal_row(db, run).get("durable_offset") or 0
     deadline = time.monotonic() + (0.3 if at is None else 60)
     while proc.poll() is None and time.monotonic() < deadline:
-        if at is not None and (durable_offset(db, run) or 0) > max(before, at - 1):
+        if at is not None and (journal_row(db, run).get("durable_offset") or 0) > max(before, at - 1):
             break
         time.sleep(0.005)
     if proc.poll() is not None:
@@ -107,7 +157,7 @@ def sigterm_once_past(proc: subprocess.Popen[str], db: Path, run: str, at: int |
         return False
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    status = _status(db, run)
+    status = journal_row(db, run).get("status")
     if proc.returncode == 130:
         assert err.strip().splitlines()[-1] == INTERRUPTED_LINE, err
         assert status in (None, "not_running", "complete"), status

@@ -1,6 +1,6 @@
-"""Firestore mirror, reader and leases, against the real Cloud Firestore emulator.
+"""Firestore mirror and reader, against the real Cloud Firestore emulator.
 
-The emulator comes from conftest_firestore.py (started once, reset per test). Faults are
+The emulator comes from plugins/firestore_emulator.py (started once, reset per test). Faults are
 real too: the emulator process is killed (Firestore down), then started again on the
 same port (back), or SIGSTOPped (hung: connections open, nothing answers). The only
 stand-in is a plain listening socket in the no-collection test, used as a tripwire to
@@ -13,21 +13,18 @@ import dataclasses
 import datetime as dt
 import logging
 import socket
-import threading
 import time
-from pathlib import Path
-from typing import Any, cast, get_args
+from typing import cast, get_args
 
 import pytest
-from conftest_firestore import FirestoreEmulator
 from google.cloud import firestore as gfs
+from plugins.firestore_emulator import FirestoreEmulator
 
 from sruns_stream.config import Config
 from sruns_stream.errors import ConfigError, SrunsError
 from sruns_stream.firestore import (
     BATCH_SIZE,
     FirestoreMirror,
-    Leases,
     NoMirror,
     RunFields,
     RunRecord,
@@ -59,21 +56,6 @@ FULL: RunFields = {
     "last_error": None,
     "instrument_status": "RunErrored",
 }
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Any:
-    j = Journal(tmp_path / "sruns.db")
-    yield j
-    j.close()
-
-
-@pytest.fixture
-def mirror(journal: Journal, firestore: FirestoreEmulator) -> Any:
-    # Generous: the emulator's first commit after a (re)start takes seconds (JVM warm-up).
-    m = FirestoreMirror(journal, COLL, call_timeout_s=10.0)
-    yield m
-    m.close()
 
 
 def test_record_fields_match_the_update_fields_and_statuses() -> None:
@@ -298,91 +280,3 @@ def test_lookup_raises_a_clear_error_when_firestore_is_down(
     firestore.stop(crash=True)
     with pytest.raises(SrunsError, match=f"cannot read run {RUN} from Firestore collection 'sruns'"):
         lookup(RUN, COLL, timeout_s=2)
-
-
-# --- leases ------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(60)
-def test_two_claimers_only_one_wins(firestore: FirestoreEmulator) -> None:
-    hosts = ["host-a", "host-b"]
-    leases = [Leases(COLL, call_timeout_s=5) for _ in hosts]
-    barrier = threading.Barrier(len(hosts))
-    won: dict[str, bool] = {}
-
-    def claim(i: int) -> None:
-        barrier.wait()
-        won[hosts[i]] = leases[i].claim(RUN, hosts[i], lease_s=60)
-
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(hosts))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    try:
-        assert sorted(won.values()) == [False, True]
-        winner = next(h for h, ok in won.items() if ok)
-        loser = next(h for h, ok in won.items() if not ok)
-        w, lo = leases[hosts.index(winner)], leases[hosts.index(loser)]
-        doc = firestore.document(COLL, RUN)
-        assert doc is not None and doc["lease"]["host"] == winner
-
-        assert lo.claim(RUN, loser, 60) is False  # still live
-        assert lo.renew(RUN, loser, 60) is False  # not its lease
-        assert lo.release(RUN, loser) is False
-        assert w.renew(RUN, winner, 60) is True
-        assert w.claim(RUN, winner, 60) is True  # its own lease: a restarted daemon gets it back
-        assert w.release(RUN, winner) is True
-        assert "lease" not in (firestore.document(COLL, RUN) or {})
-        assert lo.claim(RUN, loser, 60) is True  # free now
-    finally:
-        for lease in leases:
-            lease.close()
-
-
-@pytest.mark.timeout(60)
-def test_an_expired_lease_is_taken_over_and_its_owner_told(
-    mirror: FirestoreMirror, firestore: FirestoreEmulator
-) -> None:
-    # The run document exists with status fields, and a lease its owner stopped renewing.
-    mirror.publish(RUN, workflow_status="tarring", host="dead-host")
-    assert mirror.flush(deadline_s=20).drained
-    client = gfs.Client(project=firestore.project)
-    client.collection(COLL).document(RUN).update(
-        {"lease": {"host": "dead-host", "expires_at": dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)}}
-    )
-    client.close()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
-
-    leases = Leases(COLL)
-    try:
-        assert leases.claim(RUN, "live-host", lease_s=60) is True
-        doc = firestore.document(COLL, RUN)
-        assert doc is not None
-        assert doc["lease"]["host"] == "live-host" and doc["workflow_status"] == "tarring"
-        assert doc["lease"]["expires_at"] > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
-        assert leases.renew(RUN, "dead-host", 60) is False  # the old owner must stop
-
-        # Status updates after the claim do not disturb the lease.
-        mirror.publish(RUN, workflow_status="complete", host="live-host")
-        assert mirror.flush(deadline_s=20).drained
-        doc = firestore.document(COLL, RUN)
-        assert doc is not None and doc["lease"]["host"] == "live-host"
-    finally:
-        leases.close()
-
-
-@pytest.mark.timeout(60)
-def test_leases_while_firestore_is_down(firestore: FirestoreEmulator) -> None:
-    now = [0.0]
-    leases = Leases(COLL, call_timeout_s=1, clock=lambda: now[0])
-    try:
-        assert leases.claim(RUN, "host-a", lease_s=60)
-        firestore.stop(crash=True)
-        assert leases.claim("another-run", "host-a", 60) is False  # no new claims
-        now[0] = 59.0
-        assert leases.renew(RUN, "host-a", 60) is True  # still guaranteed by the last claim
-        now[0] = 61.0
-        assert leases.renew(RUN, "host-a", 60) is False  # not any more: stop working
-        assert leases.release(RUN, "host-a") is False
-    finally:
-        leases.close()

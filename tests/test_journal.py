@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, run_cli, tree
+from helpers import REPO, gnu_untar, run_cli, tree
 
-from sruns_stream.journal import Journal
+from sruns_stream.journal import STATUS_MEANINGS, STATUSES, Journal
 
 SCHEMAS = {
     "0.1.9": "CREATE TABLE IF NOT EXISTS tasks (name text PRIMARY KEY, pid integer, tarfile text, gcp_tarfile text)",
@@ -79,6 +80,57 @@ def test_an_sruns_monitor_journal_migrates_and_keeps_its_columns(tmp_path: Path,
         assert conn.execute("SELECT tarfile, gcp_tarfile FROM tasks WHERE name = ?", (FINISHED,)).fetchone() == (
             f"{FINISHED}.tar.gz", f"bkt/runs/{FINISHED}/{FINISHED}.tar.gz")
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_the_readme_status_table_is_the_journal_s() -> None:
+    """One statement of what each workflow_status means: journal.STATUS_MEANINGS. The
+    README's table must say exactly that."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Workflow status") :].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", section, re.MULTILINE))
+    assert list(rows) == list(STATUSES)
+    assert rows == STATUS_MEANINGS
+
+
+# The journal holds upload session URIs, bearer credentials: 0600.
+def test_a_journal_made_by_another_tool_is_made_0600_with_its_wal_and_shm(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # sruns-monitor's table, the file left 0644
+        conn.execute("CREATE TABLE tasks (name text PRIMARY KEY, pid integer, tarfile text, gcp_tarfile text)")
+    os.chmod(db, 0o644)
+    holder = sqlite3.connect(db)  # keeps -wal and -shm in place while we look
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("SELECT * FROM tasks").fetchall()
+    try:
+        for suffix in ("-wal", "-shm"):
+            if Path(f"{db}{suffix}").exists():
+                os.chmod(f"{db}{suffix}", 0o644)
+        proc = run_cli("status", "--journal", str(db), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{db}{suffix}")
+            assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600, suffix
+    finally:
+        holder.close()
+
+
+def test_a_transaction_cut_short_by_a_signal_does_not_wedge_the_journal(tmp_path: Path) -> None:
+    """A KeyboardInterrupt (a second Ctrl-C lands wherever it lands) between BEGIN and the
+    try that rolls back leaves the connection inside a transaction; the next write, the
+    one that marks the row resumable, must still land."""
+    import sqlite3
+
+    from sruns_stream.journal import Journal
+
+    journal = Journal(tmp_path / "j.db")
+    journal.ensure("RUN1", status="uploading")
+    journal._db.execute("BEGIN IMMEDIATE")  # what the interrupted write left behind
+    journal._db.execute("UPDATE tasks SET status = 'tarring' WHERE name = 'RUN1'")
+    journal.update("RUN1", status="not_running", last_error="signal 15")
+    other = sqlite3.connect(tmp_path / "j.db")
+    assert other.execute("SELECT status, last_error FROM tasks").fetchone() == ("not_running", "signal 15")
+    other.close()
+    journal.close()
 
 
 def _upload(gcs, blob: str, data: bytes) -> None:

@@ -7,12 +7,14 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, run_cli, tree
+from helpers import gnu_untar, journal_rows, run_cli, start_cli, tree, wait_until
+
+# Real processes killed, stopped or run for many seconds: not the quick inner loop.
+pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path: Path, **extra) -> Path:
@@ -33,14 +35,7 @@ def _config(tmp_path: Path, **extra) -> Path:
 
 
 def _rows(tmp_path: Path) -> dict[str, dict]:
-    db = sqlite3.connect(tmp_path / "sruns.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return {r["name"]: dict(r) for r in db.execute("SELECT * FROM tasks")}
-    except sqlite3.OperationalError:  # polled while the daemon is still creating its tables
-        return {}
-    finally:
-        db.close()
+    return journal_rows(tmp_path / "sruns.db")
 
 
 @pytest.fixture
@@ -118,13 +113,9 @@ def test_sigterm_stops_children_at_a_checkpoint_and_the_next_start_resumes(make_
     run = tmp_path / "watch" / "240101_M00001_0010_000000000-LARGE"
     make_fake_run.make_run(run, "miseq", 60 << 20, seed=10)
     conf = _config(tmp_path, threads=1, block_size=65536, sync_interval=1 << 20)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf)],
-                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    daemon = start_cli("monitor", "--config", str(conf), cwd=tmp_path)
     part = tmp_path / "archives" / run.name / f"{run.name}.tar.gz.part"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 4 << 20):
-        time.sleep(0.01)
+    wait_until(lambda: part.exists() and part.stat().st_size >= 4 << 20, "4 MiB of archive written", proc=daemon)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
     row = _rows(tmp_path)[run.name]
@@ -136,35 +127,6 @@ def test_sigterm_stops_children_at_a_checkpoint_and_the_next_start_resumes(make_
     assert row["status"] == "complete"
     log = (tmp_path / "sruns.db.logs" / f"{run.name}.log").read_text()
     assert '"resumed_from_archive": 0' not in log.splitlines()[-1]
-
-
-class _Inbox:
-    """A real SMTP server's handler (aiosmtpd) that keeps every message."""
-
-    def __init__(self) -> None:
-        self.messages: list = []
-
-    async def handle_DATA(self, server, session, envelope):  # aiosmtpd calls this name
-        import email
-
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp():
-    import socket
-
-    from aiosmtpd.controller import Controller
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    inbox = _Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
 
 
 def _pending_signals(pid: int) -> int:
@@ -188,38 +150,25 @@ def test_runtime_limit_kills_once_and_mails_once(smtp, tmp_path: Path) -> None:
         tmp_path, threads=1, task_runtime_limit_sec=1,
         mail={"host": "127.0.0.1", "port": port, "from": "sruns@test.example", "tos": ["ops@test.example"]},
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf), "--once"],
-                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    daemon = start_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    pid = wait_until(lambda: _rows(tmp_path).get(run.name, {}).get("pid"), "the archive child", proc=daemon, poll=0.001)
+    os.kill(pid, signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 60
-        pid = None
-        while pid is None and time.monotonic() < deadline:
-            assert daemon.poll() is None, daemon.communicate()
-            pid = (_rows(tmp_path).get(run.name) or {}).get("pid")
-            time.sleep(0.001)
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            while not _pending_signals(pid) & (1 << (signal.SIGTERM - 1)) and time.monotonic() < deadline:
-                time.sleep(0.02)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        _, err = daemon.communicate(timeout=120)
+        wait_until(lambda: _pending_signals(pid) & (1 << (signal.SIGTERM - 1)), "the daemon's SIGTERM", poll=0.02)
     finally:
-        if daemon.poll() is None:  # the test failed: stop the daemon (its child dies with it)
-            daemon.kill()
-            daemon.communicate()
+        os.kill(pid, signal.SIGCONT)
+    _, err = daemon.communicate(timeout=120)
     assert daemon.returncode == 0, err
     row = _rows(tmp_path)[run.name]
     assert row["status"] == "not_running" and "task_runtime_limit_sec" in row["last_error"]
     assert row["failures"] == 1 and run.exists()
     # A second pass inside the backoff neither restarts nor mails again.
     run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
-    subjects = [m["Subject"] for m in inbox.messages]
+    messages = [r.message for r in inbox.received]
+    subjects = [m["Subject"] for m in messages]
     assert sum("killed" in s for s in subjects) == 1, subjects
     assert sum("started" in s for s in subjects) == 1, subjects
-    killed = next(m for m in inbox.messages if "killed" in m["Subject"])
+    killed = next(m for m in messages if "killed" in m["Subject"])
     assert killed["From"] == "sruns@test.example" and killed["To"] == "ops@test.example"
     assert killed["Date"] and killed["Message-ID"] and run.name in killed["Subject"]
 
@@ -253,7 +202,7 @@ def test_daemon_with_gcs_firestore_and_mail_end_to_end(watch, gcs, firestore, sm
     assert firestore.document("sruns", watch["errored"].name)["instrument_status"] == "RunErrored"
     assert firestore.document("sruns", watch["incomplete"].name) is None
     assert tree(watch["incomplete"]) == copies["incomplete"]
-    archived = [m for m in inbox.messages if m["Subject"].endswith(": archived")]
+    archived = [r.message for r in inbox.received if r.message["Subject"].endswith(": archived")]
     assert len(archived) == 3 and all(m["Date"] and m["From"] == "sruns@test.example" for m in archived)
 
     # Firestore down during a run: the archive completes; the document catches up later.
@@ -261,17 +210,13 @@ def test_daemon_with_gcs_firestore_and_mail_end_to_end(watch, gcs, firestore, sm
 
     late = tmp_path / "watch" / "240101_A00001_0003_BHLATERXXX"
     make_fake_run.make_run(late, "novaseq", 24 << 20, seed=12)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf)],
-                              cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    daemon = start_cli("monitor", "--config", str(conf), cwd=tmp_path, capture=False)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (_rows(tmp_path).get(late.name) or {}).get("durable_offset"):
-            time.sleep(0.05)
+        wait_until(lambda: _rows(tmp_path).get(late.name, {}).get("durable_offset"), "a first checkpoint",
+                   timeout=120, proc=daemon)
         firestore.stop()
-        while time.monotonic() < deadline and (_rows(tmp_path).get(late.name) or {}).get("status") != "complete":
-            time.sleep(0.1)
-        assert _rows(tmp_path)[late.name]["status"] == "complete"
+        wait_until(lambda: _rows(tmp_path).get(late.name, {}).get("status") == "complete", "the archive complete",
+                   timeout=120, proc=daemon)
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0
@@ -292,21 +237,13 @@ def test_kill_9_daemon_mid_upload_then_restart_finishes_without_resending(gcs, t
     make_fake_run.make_run(run, "novaseq", 24 << 20, seed=13)
     conf = _config(tmp_path, local_dest=None, gcp_bucket_name=gcs.bucket, chunk_size=256 * 1024, threads=1)
     conf.write_text(json.dumps({k: v for k, v in json.loads(conf.read_text()).items() if v is not None}))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf)],
-                              cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    durable = 0
-    while time.monotonic() < deadline and durable < 4 << 20:
-        time.sleep(0.05)
-        if (tmp_path / "sruns.db").exists():
-            durable = (_rows(tmp_path).get(run.name) or {}).get("durable_offset") or 0
+    daemon = start_cli("monitor", "--config", str(conf), cwd=tmp_path, capture=False)
+    wait_until(lambda: (_rows(tmp_path).get(run.name, {}).get("durable_offset") or 0) >= 4 << 20,
+               "4 MiB stored", timeout=120, proc=daemon)
     daemon.send_signal(signal.SIGKILL)
     daemon.wait()
     # The archive child dies with the daemon (PR_SET_PDEATHSIG) and stops at a checkpoint.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _rows(tmp_path)[run.name]["status"] != "not_running":
-        time.sleep(0.1)
+    wait_until(lambda: _rows(tmp_path)[run.name]["status"] == "not_running", "the child stopped at a checkpoint")
     stored = _rows(tmp_path)[run.name]["durable_offset"]
     assert stored >= 4 << 20
     proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)

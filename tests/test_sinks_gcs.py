@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,16 +19,16 @@ from typing import Any
 import google_crc32c
 import pytest
 from faultproxy import Exchange, Fault, FaultProxy
-from helpers import REPO, gnu_untar, gzip_ok, run_cli, sigterm_once_past, tree
+from helpers import gnu_untar, gzip_ok, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
 
 from sruns_stream import __version__
+from sruns_stream.archive import archive_run
 from sruns_stream.config import ArchiveOptions
 from sruns_stream.errors import IntegrityError, UploadError
 from sruns_stream.gcs import RETRY
 from sruns_stream.journal import Journal
 from sruns_stream.layout import blob_name
 from sruns_stream.sinks.gcs import GcsSink
-from sruns_stream.workflow import archive_run
 
 CHUNK = 256 * 1024  # the smallest legal chunk: many chunks from a small run
 FLAGS = ("--chunk-size", "256K", "--threads", "2", "--json")
@@ -65,27 +63,14 @@ def _untars_to(data: bytes, run: Path, tmp_path: Path, name: str = "download.tar
     assert tree(tmp_path / f"{name}.out" / run.name) == tree(run)
 
 
-def _task(db: Path, run: Path) -> dict[str, Any]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT * FROM tasks WHERE name = ?", (run.name,)).fetchone()
-    return dict(row)
-
-
 def _start(run: Path, dest: str, db: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", dest, "--journal", str(db), *FLAGS],
-        cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    return start_cli("archive", str(run), "--dest", dest, "--journal", str(db), *FLAGS, cwd=cwd, env=env)
 
 
 def _kill_at_hold(proc: subprocess.Popen[str], proxy: FaultProxy) -> None:
     """SIGKILL the archive while the proxy holds one of its requests (deterministic: no
     race with the upload finishing first), then let the held request end."""
-    while not proxy.holds.held.wait(0.05):
-        if proc.poll() is not None:
-            pytest.fail(f"archive ended before the crash point: {proc.communicate()}")
+    wait_until(lambda: proxy.holds.held.is_set(), "a request held by the proxy", proc=proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
@@ -203,7 +188,7 @@ def test_archive_to_gs_equals_the_local_archive_and_untars_to_the_input(
     assert result["manifest_location"] == f"{gcs.bucket}/{manifest_blob}"
     assert gcs.download(manifest_blob) == local_archive.with_name(f"{run.name}.manifest.tsv").read_bytes()
 
-    task = _task(db, run)
+    task = journal_row(db, run.name)
     assert task["gcp_tarfile"] == f"{gcs.bucket}/{blob}"
     assert task["status"] == "complete"
     # The session URI is a bearer credential: only the journal may hold it.
@@ -228,7 +213,7 @@ def test_kill_9_twice_mid_upload_then_resume_gives_the_same_object_resending_at_
         # Crash 1 in the middle of the 5th chunk: that chunk never reaches the server.
         proxy.add(Fault("hold", nth=5))
         _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
-        assert 0 < _task(db, run)["durable_offset"] <= 4 * CHUNK
+        assert 0 < journal_row(db, run.name)["durable_offset"] <= 4 * CHUNK
 
         # Crash 2 after the 4th chunk of the next run reached the server, before its
         # answer reached us: the server is now ahead of the journal.
@@ -238,7 +223,7 @@ def test_kill_9_twice_mid_upload_then_resume_gives_the_same_object_resending_at_
         held = proxy.exchanges("chunk", epoch=1)[-1]
         assert held.start is not None
         server_has = held.start + held.received
-        assert _task(db, run)["durable_offset"] <= held.start < server_has
+        assert journal_row(db, run.name)["durable_offset"] <= held.start < server_has
 
         proxy.epoch = 2
         proc = run_cli("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
@@ -280,7 +265,7 @@ def test_a_crash_after_the_last_request_committed_finishes_without_sending_again
     assert json.loads(proc.stdout)["resumed_from_archive"] == len(reference)
     assert proxy.exchanges("chunk", epoch=1) == [] and proxy.exchanges("final", epoch=1) == []
     assert gcs.download(_blob(run)) == reference
-    assert _task(db, run)["status"] == "complete"
+    assert journal_row(db, run.name)["status"] == "complete"
 
 
 @pytest.mark.timeout(240)
@@ -451,12 +436,12 @@ def test_an_expired_session_starts_a_new_one_from_zero(gcs, make_run, tmp_path: 
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         proxy.add(Fault("hold", nth=4))
         _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
-        old_state = json.loads(_task(db, run)["sink_state"])
-        assert _task(db, run)["durable_offset"] > 0
+        old_state = json.loads(journal_row(db, run.name)["sink_state"])
+        assert journal_row(db, run.name)["durable_offset"] > 0
         if how == "older-than-7-days":
             old_state["created"] -= 8 * 24 * 3600
             # Through the journal, which keeps the checkpoint's checksum right: a bare
-            # UPDATE would be taken for a damaged row (tested in test_trust).
+            # UPDATE would be taken for a damaged row (tested in test_archive_trust).
             journal = Journal(db)
             t = journal.get(run.name)
             assert t is not None
@@ -471,7 +456,7 @@ def test_an_expired_session_starts_a_new_one_from_zero(gcs, make_run, tmp_path: 
     assert said in proc.stderr
     assert "upload_id" not in proc.stderr
     assert json.loads(proc.stdout)["resumed_from_archive"] == 0
-    assert json.loads(_task(db, run)["sink_state"])["session"] != old_state["session"]
+    assert json.loads(journal_row(db, run.name)["sink_state"])["session"] != old_state["session"]
     assert gcs.download(_blob(run)) == reference
 
 
@@ -491,7 +476,7 @@ def test_a_corrupted_chunk_fails_the_run_and_leaves_no_object(gcs, make_run, tmp
     assert len(lines) == 1 and lines[0].startswith("sruns-stream: error: ")
     assert f"gs://{gcs.bucket}/{_blob(run)} holds" in lines[0] and "were sent; it was deleted" in lines[0]
     assert gcs.resource(_blob(run)) is None  # nothing corrupt under the archive's name
-    task = _task(db, run)
+    task = journal_row(db, run.name)
     assert task["status"] == "not_running" and "crc32c" in task["last_error"]
     assert task["gcp_tarfile"] is None
 

@@ -193,3 +193,14 @@ def firestore(firestore_emulator: FirestoreEmulator, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", firestore_emulator.project)
     return firestore_emulator
+
+
+@pytest.fixture
+def mirror(journal: Any, firestore: FirestoreEmulator) -> Iterator[Any]:
+    """A FirestoreMirror of the test's journal into collection ``sruns``."""
+    from sruns_stream.firestore import FirestoreMirror
+
+    # Generous: the emulator's first commit after a (re)start takes seconds (JVM warm-up).
+    m = FirestoreMirror(journal, "sruns", call_timeout_s=10.0)
+    yield m
+    m.close()

@@ -3,7 +3,7 @@ nothing read outside the run folder or written outside the destination.
 
 Every test here drives real `sruns-stream` processes on real files and checks the
 outcome with an oracle (GNU tar, gzip -t, the input tree byte for byte, the files a
-planted link points to). The daemon's tests are in test_trust_daemon.py.
+planted link points to). The daemon's tests are in test_monitor_trust.py.
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ import json
 import os
 import signal
 import sqlite3
-import stat
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, durable_offset, gnu_untar, gzip_ok, run_cli, tree
+from helpers import gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
 
 from sruns_stream.journal import Journal
 
@@ -47,42 +45,14 @@ def _one_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -
     return lines[0]
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_process_left_behind():
-    """A test that fails half-way (a timeout, a failed assertion while an archive is
-    stopped) must not leave its archive process running: killed by PID here."""
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-            proc.kill()
-            proc.communicate()
-
-
 def _start(run: Path, dest: Path, cwd: Path, *extra: str, db: Path | None = None) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", str(dest), *FLAGS,
-         "--journal", str(db or cwd / "sruns.db"), *extra],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    _STARTED.append(proc)
-    return proc
+    return start_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(db or cwd / "sruns.db"),
+                     *extra, cwd=cwd)
 
 
 def _stop_when_part_reaches(proc: subprocess.Popen[str], part: Path, size: int, sig: int) -> None:
     """Send ``sig`` once the .part file holds at least ``size`` bytes."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"archive finished before the stop point: {proc.communicate()}")
-        if part.exists() and part.stat().st_size >= size:
-            break
-        time.sleep(0.002)
+    wait_until(lambda: part.exists() and part.stat().st_size >= size, f"{part.name} at {size} bytes", proc=proc)
     proc.send_signal(sig)
 
 
@@ -175,6 +145,7 @@ def test_a_deleted_gcs_object_is_archived_again(gcs, make_run, tmp_path: Path) -
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_file_written_while_the_run_streams_means_not_archived_exit_3(tmp_path: Path) -> None:
     run = _big_run(tmp_path)
     dest = tmp_path / "dest"
@@ -207,12 +178,13 @@ def _killed_half_way(run: Path, tmp_path: Path, reference: bytes) -> Path:
     proc = _start(run, dest, tmp_path)
     _stop_when_part_reaches(proc, part, len(reference) // 2, signal.SIGKILL)
     proc.communicate()
-    assert (durable_offset(tmp_path / "sruns.db", run.name) or 0) > 0
+    assert journal_row(tmp_path / "sruns.db", run.name)["durable_offset"] > 0
     return dest
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("damage", ["ck_crc32", "ck_raw", "durable_offset", "member_crc", "manifest_size"])
+@pytest.mark.slow
 def test_one_wrong_value_in_the_journal_restarts_from_zero(make_run, tmp_path: Path, damage: str) -> None:
     run = make_run("miseq", 12 << 20, seed=21)
     reference = _reference(run, tmp_path)
@@ -233,6 +205,7 @@ def test_one_wrong_value_in_the_journal_restarts_from_zero(make_run, tmp_path: P
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_file_rewritten_in_place_with_size_and_mtime_kept_restarts_from_zero(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 12 << 20, seed=22)
     reference = _reference(run, tmp_path)
@@ -252,6 +225,7 @@ def test_a_file_rewritten_in_place_with_size_and_mtime_kept_restarts_from_zero(m
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_dictionary_that_reads_back_differently_restarts_from_zero(make_run, tmp_path: Path) -> None:
     """The 32 KiB before the checkpoint are deflate's dictionary; the checkpoint keeps
     their crc. A journal whose recorded crc no longer matches the folder (here: set so,
@@ -289,6 +263,7 @@ def test_a_destination_that_is_no_known_form_is_a_usage_error(make_run, tmp_path
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("swap", ["file-to-symlink", "dir-to-symlink", "file-to-fifo", "file-to-dir"])
+@pytest.mark.slow
 def test_an_entry_swapped_mid_archive_is_never_read(tmp_path: Path, swap: str) -> None:
     run = _big_run(tmp_path)
     secret = tmp_path / "outside" / "secret.txt"
@@ -398,35 +373,12 @@ def test_a_journal_or_destination_inside_the_run_folder_is_refused(make_run, tmp
     assert not (run / "sruns.db").exists() and not (run / "out").exists()
 
 
-# -- 10. the journal holds bearer credentials: 0600 ---------------------------------------------------
-
-
-def test_a_journal_made_by_another_tool_is_made_0600_with_its_wal_and_shm(tmp_path: Path) -> None:
-    db = tmp_path / "old.db"
-    with sqlite3.connect(db) as conn:  # sruns-monitor's table, the file left 0644
-        conn.execute("CREATE TABLE tasks (name text PRIMARY KEY, pid integer, tarfile text, gcp_tarfile text)")
-    os.chmod(db, 0o644)
-    holder = sqlite3.connect(db)  # keeps -wal and -shm in place while we look
-    holder.execute("PRAGMA journal_mode=WAL")
-    holder.execute("SELECT * FROM tasks").fetchall()
-    try:
-        for suffix in ("-wal", "-shm"):
-            if Path(f"{db}{suffix}").exists():
-                os.chmod(f"{db}{suffix}", 0o644)
-        proc = run_cli("status", "--journal", str(db), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        for suffix in ("", "-wal", "-shm"):
-            path = Path(f"{db}{suffix}")
-            assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600, suffix
-    finally:
-        holder.close()
-
-
 # -- 11. a part file shorter than the journal says: no hang ---------------------------------------------
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["truncated", "deleted", "renamed-to-final"])
+@pytest.mark.slow
 def test_a_part_file_shorter_than_the_journal_starts_over_without_hanging(make_run, tmp_path: Path, how: str) -> None:
     run = make_run("miseq", 12 << 20, seed=24)
     reference = _reference(run, tmp_path)
@@ -467,6 +419,7 @@ def test_a_fifo_or_link_named_like_a_marker_never_hangs_the_completion_check(tmp
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_second_writer_with_another_journal_is_told_so(tmp_path: Path) -> None:
     run = _big_run(tmp_path)
     dest = tmp_path / "dest"
@@ -488,6 +441,7 @@ def test_a_second_writer_with_another_journal_is_told_so(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_a_run_that_compresses_100_to_1_still_checkpoints_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "240101_M00001_0001_000000000-ZEROS"
     for d in range(40):
@@ -501,11 +455,8 @@ def test_a_run_that_compresses_100_to_1_still_checkpoints_and_resumes(tmp_path: 
     reference = _ok(_archive(run, tmp_path / "ref", tmp_path, *args, db=tmp_path / "ref.db"))
     assert reference["archive_bytes"] < 16 << 20 < reference["raw_bytes"]  # never fills a sync interval
     proc = _start(run, dest, tmp_path, *args)
-    deadline = time.monotonic() + 60
-    while (durable_offset(tmp_path / "sruns.db", run.name) or 0) == 0 and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"archive ended before a checkpoint: {proc.communicate()}")
-        time.sleep(0.002)
+    wait_until(lambda: journal_row(tmp_path / "sruns.db", run.name).get("durable_offset"), "a first checkpoint",
+               proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     result = _ok(_archive(run, dest, tmp_path, *args))
@@ -518,6 +469,7 @@ def _rchar() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
 
 
+@pytest.mark.slow
 def test_a_resumed_local_archive_is_not_read_back_from_the_start(tmp_path: Path) -> None:
     """The read-back position and crc32c travel with the checkpoint: the bytes read
     back at resume are those after it, not the whole prefix (hours on a TB over NFS)."""
@@ -531,9 +483,7 @@ def test_a_resumed_local_archive_is_not_read_back_from_the_start(tmp_path: Path)
     sink.open(None, 0)
     sink.write(prefix)
     sink.request_durable()
-    deadline = time.monotonic() + 30
-    while json.loads(sink.state() or "{}")["read_back"][0] < len(prefix) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: json.loads(sink.state() or "{}")["read_back"][0] == len(prefix), "the read-back")
     state = sink.state()
     sink.abort()
     assert json.loads(state or "{}")["read_back"][0] == len(prefix)

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, gzip_ok, run_cli, tree
+from helpers import gnu_untar, gzip_ok, journal_row, run_cli, tree
 
 from sruns_stream.lock import RunLock
 
@@ -139,7 +139,9 @@ def test_unreadable_file_is_named_and_nothing_is_declared_done(make_run, tmp_pat
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
     )
     _error(proc, 1, "secret.log", "permission")
-    assert not list((tmp_path / "d").rglob("*.tar.gz")) if (tmp_path / "d").exists() else True
+    # Nothing declared done: no archive anywhere, and the journal does not say complete.
+    assert not list(tmp_path.rglob("*.tar.gz"))
+    assert journal_row(tmp_path / "sruns.db", run.name).get("status") != "complete"
 
 
 def test_destination_not_writable(make_run, tmp_path: Path) -> None:

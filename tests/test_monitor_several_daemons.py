@@ -4,16 +4,15 @@ taken over after its lease. Real processes against the GCS and Firestore emulato
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, tree
+from helpers import gnu_untar, journal_row, journal_rows, start_cli, tree, wait_until
+
+# Real processes killed, stopped or run for many seconds: not the quick inner loop.
+pytestmark = pytest.mark.slow
 
 
 def _conf(tmp_path: Path, gcs, who: str, **extra) -> Path:
@@ -35,31 +34,12 @@ def _conf(tmp_path: Path, gcs, who: str, **extra) -> Path:
     return path
 
 
-def _daemon(conf: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf)],
-                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _daemon(conf: Path, cwd: Path) -> subprocess.Popen[str]:
+    return start_cli("monitor", "--config", str(conf), cwd=cwd, capture=False)
 
 
 def _complete(db: Path) -> set[str]:
-    if not db.exists():
-        return set()
-    con = sqlite3.connect(db)
-    try:
-        return {r[0] for r in con.execute("SELECT name FROM tasks WHERE status = 'complete'")}
-    except sqlite3.OperationalError:  # the daemon has created the file, not yet its tables
-        return set()
-    finally:
-        con.close()
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
+    return {name for name, row in journal_rows(db).items() if row["status"] == "complete"}
 
 
 @pytest.mark.timeout(300)
@@ -75,7 +55,8 @@ def test_two_daemons_archive_every_run_exactly_once(gcs, firestore, tmp_path: Pa
     a = _daemon(_conf(tmp_path, gcs, "hostA"), tmp_path)
     b = _daemon(_conf(tmp_path, gcs, "hostB"), tmp_path)
     try:
-        assert _wait(lambda: _complete(tmp_path / "hostA.db") | _complete(tmp_path / "hostB.db") >= set(names), 180)
+        wait_until(lambda: _complete(tmp_path / "hostA.db") | _complete(tmp_path / "hostB.db") >= set(names),
+                   "every run complete on one host or the other", timeout=180)
     finally:
         for d in (a, b):
             d.send_signal(signal.SIGTERM)
@@ -100,26 +81,15 @@ def test_a_dead_daemons_run_is_taken_over_after_its_lease(gcs, firestore, tmp_pa
     original = tree(run)
     a = _daemon(_conf(tmp_path, gcs, "hostA", lease_sec=3), tmp_path)
 
-    def a_stored_some() -> bool:
-        if not (tmp_path / "hostA.db").exists():
-            return False
-        con = sqlite3.connect(tmp_path / "hostA.db")
-        try:
-            row = con.execute("SELECT durable_offset FROM tasks WHERE name = ?", (run.name,)).fetchone()
-        except sqlite3.OperationalError:  # the daemon has created the file, not yet its tables
-            return False
-        finally:
-            con.close()
-        return bool(row and row[0] >= 1 << 20)
-
     try:
-        assert _wait(a_stored_some, 120)
+        wait_until(lambda: (journal_row(tmp_path / "hostA.db", run.name).get("durable_offset") or 0) >= 1 << 20,
+                   "host A storing 1 MiB", timeout=120, proc=a)
     finally:
         a.send_signal(signal.SIGKILL)  # also when the wait failed: never leave a daemon behind
         a.wait()
     b = _daemon(_conf(tmp_path, gcs, "hostB", lease_sec=3), tmp_path)
     try:
-        assert _wait(lambda: run.name in _complete(tmp_path / "hostB.db"), 180)
+        wait_until(lambda: run.name in _complete(tmp_path / "hostB.db"), "host B completing the run", timeout=180)
     finally:
         b.send_signal(signal.SIGTERM)
         assert b.wait(60) == 0

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, run_cli, tree
+from helpers import gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
+
+# Real processes killed, stopped or run for many seconds: not the quick inner loop.
+pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path: Path, **extra: object) -> Path:
@@ -38,15 +39,7 @@ def _config(tmp_path: Path, **extra: object) -> Path:
 
 
 def _row(tmp_path: Path, name: str) -> dict:
-    db = sqlite3.connect(tmp_path / "sruns.db")
-    db.row_factory = sqlite3.Row
-    try:
-        row = db.execute("SELECT * FROM tasks WHERE name = ?", (name,)).fetchone()
-        return dict(row) if row else {}
-    except sqlite3.OperationalError:  # polled while the daemon is still creating its tables
-        return {}
-    finally:
-        db.close()
+    return journal_row(tmp_path / "sruns.db", name)
 
 
 def _once(conf: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -87,27 +80,17 @@ def test_a_file_written_while_the_daemon_archives_is_archived_before_anything_mo
     quiet it is archived again with them; only then is it moved."""
     run = _run(tmp_path, size=48 << 20)
     conf = _config(tmp_path, threads=1, block_size=65536, sync_interval=1 << 20)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    daemon = subprocess.Popen([sys.executable, "-m", "sruns_stream", "monitor", "--config", str(conf), "--once"],
-                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    daemon = start_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     part = tmp_path / "archives" / run.name / f"{run.name}.tar.gz.part"
+    wait_until(lambda: part.exists() and part.stat().st_size > 1 << 20, "1 MiB of archive written", proc=daemon)
+    pid = _row(tmp_path, run.name)["pid"]
+    os.kill(pid, signal.SIGSTOP)  # the archive child: the file lands while it streams
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 1 << 20):
-            assert daemon.poll() is None, daemon.communicate()
-            time.sleep(0.005)
-        pid = _row(tmp_path, run.name)["pid"]
-        os.kill(pid, signal.SIGSTOP)  # the archive child: the file lands while it streams
-        try:
-            (run / "Alignment_1").mkdir()
-            (run / "Alignment_1" / "sample_S1.fastq.gz").write_bytes(os.urandom(5000))
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        _, err = daemon.communicate(timeout=120)
+        (run / "Alignment_1").mkdir()
+        (run / "Alignment_1" / "sample_S1.fastq.gz").write_bytes(os.urandom(5000))
     finally:
-        if daemon.poll() is None:  # the test failed: stop the daemon (its child dies with it)
-            daemon.kill()
-            daemon.communicate()
+        os.kill(pid, signal.SIGCONT)
+    _, err = daemon.communicate(timeout=120)
     assert daemon.returncode == 0, err
     row = _row(tmp_path, run.name)
     assert row["status"] == "not_running" and row["failures"] == 0 and row["changed_at"]

@@ -10,16 +10,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 import zlib
 from pathlib import Path
 
 import google_crc32c
 import pytest
-from helpers import REPO, durable_offset, gnu_untar, run_cli, sigterm_once_past, tree
+from helpers import gnu_untar, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
 
 from sruns_stream.journal import Journal
+
+# Real processes killed, stopped or run for many seconds: not the quick inner loop.
+pytestmark = pytest.mark.slow
 
 BLOCK = 64 * 1024
 SYNC = 1 << 20
@@ -27,27 +28,14 @@ FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--js
 
 
 def _start(run: Path, dest: Path, cwd: Path, *extra: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(
-        [sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", str(dest), *FLAGS, *extra],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    return start_cli("archive", str(run), "--dest", str(dest), *FLAGS, *extra, cwd=cwd)
 
 
 def _kill_when_part_reaches(proc: subprocess.Popen[str], part: Path, size: int) -> int:
     """SIGKILL the process once the .part file holds at least ``size`` bytes; its size then."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"archive finished before the kill point ({size} bytes): {proc.stderr.read()}")
-        try:
-            if part.stat().st_size >= size:
-                break
-        except FileNotFoundError:
-            pass
-        time.sleep(0.001)
+    wait_until(lambda: part.exists() and part.stat().st_size >= size, f"{part.name} at {size} bytes", proc=proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     return part.stat().st_size
 
 
@@ -160,25 +148,6 @@ def test_sigterm_at_many_moments_always_exits_130_resumable_and_ends_identical(m
     assert part.with_name(f"{run.name}.tar.gz").read_bytes() == reference
 
 
-def test_a_transaction_cut_short_by_a_signal_does_not_wedge_the_journal(tmp_path: Path) -> None:
-    """A KeyboardInterrupt (a second Ctrl-C lands wherever it lands) between BEGIN and the
-    try that rolls back leaves the connection inside a transaction; the next write, the
-    one that marks the row resumable, must still land."""
-    import sqlite3
-
-    from sruns_stream.journal import Journal
-
-    journal = Journal(tmp_path / "j.db")
-    journal.ensure("RUN1", status="uploading")
-    journal._db.execute("BEGIN IMMEDIATE")  # what the interrupted write left behind
-    journal._db.execute("UPDATE tasks SET status = 'tarring' WHERE name = 'RUN1'")
-    journal.update("RUN1", status="not_running", last_error="signal 15")
-    other = sqlite3.connect(tmp_path / "j.db")
-    assert other.execute("SELECT status, last_error FROM tasks").fetchone() == ("not_running", "signal 15")
-    other.close()
-    journal.close()
-
-
 @pytest.mark.timeout(240)
 def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_starts_over(
     make_run, tmp_path: Path
@@ -196,13 +165,10 @@ def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_star
     part = dest / run.name / f"{run.name}.tar.gz.part"
     final = part.with_name(f"{run.name}.tar.gz")
     proc = _start(run, dest, tmp_path)
-    durable, deadline = 0, time.monotonic() + 60
-    while durable < len(reference) // 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-        durable = durable_offset(tmp_path / "sruns.db", run.name) or 0
+    wait_until(lambda: (journal_row(tmp_path / "sruns.db", run.name).get("durable_offset") or 0) >= len(reference) // 3,
+               "a third of the archive durable", proc=proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert durable >= len(reference) // 3, "the archive ended before the crash point"
+    proc.communicate()
     journal = Journal(tmp_path / "sruns.db")
     task = journal.get(run.name)
     assert task is not None and task.sink_state is not None
