@@ -4,20 +4,15 @@ Every ``cycle_pause_sec`` it reaps its children and reads how they ended, kills 
 that overran ``task_runtime_limit_sec`` (identified by PID *and* process start time, so
 a reused PID never gets an unrelated process killed), scans the watch directories,
 starts one `sruns-stream archive` child process per finished run (at most
-``max_concurrent_runs``), moves verified runs to ``completed_runs_dir``, sweeps old ones
-from there by the time of the move, and mirrors every status change to Firestore
-through the journal's outbox. A failing run is retried with exponential backoff up to
+``max_concurrent_runs``), has `retention` move verified runs to ``completed_runs_dir``
+and sweep old ones, and mirrors every status change to Firestore through the
+journal's outbox. A failing run is retried with exponential backoff up to
 ``max_attempts``, then left alone and mailed once.
 
-Nothing is moved or deleted unless every entry of the folder at that moment is in the
-verified archive: right before the move, and again right before the sweep, the folder
-is walked and compared with the archive's manifest, and before the sweep the archive
-itself must still be there with its size and crc32c. A folder that changed after its
-archive (analysis software writes FASTQs and ``Alignment_*`` folders into run folders
-after the instrument is done) is archived again, from where it is now, once nothing
-in it changed for ``quiet_period_sec``; until the new archive replaces the old one the
-old one stays where it was, and the run's status says it is not archived. The same
-wait follows an archive that stopped because the folder changed under it (exit 3).
+A run found changed after it was scanned (an archive that stopped with exit 3, or one
+`retention` handed back) is archived again, from where it is now, once nothing in it
+changed for ``quiet_period_sec``: analysis software writes FASTQs and ``Alignment_*``
+folders into run folders after the instrument is done.
 
 Children die with the daemon (SIGTERM through PR_SET_PDEATHSIG) and stop at a
 checkpoint, so the next start resumes them without re-uploading what was stored.
@@ -25,10 +20,8 @@ checkpoint, so the next start resumes them without re-uploading what was stored.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,21 +29,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .completion import CompletionRules, newest_change, run_state
 from .config import Config
-from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, SrunsError
+from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError
 from .firestore import NoMirror, StatusMirror, fields_from_task
-from .journal import Journal, Task
-from .layout import parse_location
+from .journal import Journal
 from .leases import Leases
 from .notify import MailEvent, Notifier, NullNotifier
-from .runfolder import compare, scan_run_folder
-from .sinks import probe_archive
+from .retention import Retention
 
 __all__ = ["Monitor", "process_start_time"]
 
@@ -114,13 +104,8 @@ class Monitor:
         # With several daemons on one share, a run is started only under a Firestore lease.
         self.leases = leases
         self.children: dict[str, _Child] = {}
-        self._move_refused: set[str] = set()  # logged once per run, not every cycle
-        self._sweep_refused: set[str] = set()
         self._waiting: set[str] = set()  # runs waiting for a quiet folder, logged once
-        # Local archives are read whole before their run folder is swept: off the loop.
-        self._checker = ThreadPoolExecutor(1, thread_name_prefix="archive-check")
-        self._checks: dict[str, Future[tuple[int, int | None] | None]] = {}
-        self._cancel_checks = threading.Event()
+        self.retention = Retention(config, journal, clock=clock, busy=lambda name: name in self.children)
         self.rules = CompletionRules(
             marker_age_s=config.sentinal_file_age_minutes * 60.0, quiet_period_s=float(config.quiet_period_sec)
         )
@@ -148,19 +133,14 @@ class Monitor:
                 stop.wait(0.2)
                 self.enforce_limits()
                 self.reap()
-        # Sweeps waiting on a local archive's read-back finish in this run too.
-        while self._checks and not stop.is_set():
-            stop.wait(0.2)
-            if all(check.done() for check in self._checks.values()):
-                self.sweep()
-                break
+        self.retention.finish_checks(stop)  # sweeps waiting on a local archive's read-back, in this run too
         self.shutdown("stop requested" if stop.is_set() else "--once finished")
         return 0
 
     def cycle(self) -> None:
         # Each step guards itself: one run's trouble must not stop the others.
-        for step in (self.reap, self.enforce_limits, self.renew_leases, self.scan, self.move_completed,
-                     self.sweep, self.publish):
+        for step in (self.reap, self.enforce_limits, self.renew_leases, self.scan, self.retention.move_completed,
+                     self.retention.sweep, self.publish):
             try:
                 step()
             except Exception:  # the daemon must outlive any one step's bug
@@ -190,8 +170,7 @@ class Monitor:
                 self._signal(child, signal.SIGKILL)
                 child.proc.wait()
         self.reap()
-        self._cancel_checks.set()
-        self._checker.shutdown(wait=True, cancel_futures=True)
+        self.retention.close()
         self.notifier.send(MailEvent.stopping(sig=why, interrupted=names))
         self.publish()
         self.mirror.flush(deadline_s=10.0)
@@ -427,134 +406,6 @@ class Monitor:
                 resumed=bool(task and task.durable_offset),
             )
         )
-
-    def move_completed(self) -> None:
-        target = self.config.completed_runs_dir
-        if target is None:
-            return
-        for task in self.journal.tasks():
-            # Only a verified archive lets a run folder move: status complete is set
-            # after the destination's crc32c matched.
-            if task.status != "complete" or task.moved_at or not task.rundir_found or task.name in self.children:
-                continue
-            src = Path(task.rundir_found)
-            if not src.is_dir():
-                continue
-            dst = target / task.name
-            if not self._still_archived(task, src, "moved", self._move_refused):
-                continue
-            if src == dst:  # archived again where an earlier move had put it
-                self.journal.update(task.name, moved_to=str(dst), moved_at=self.clock())
-                continue
-            if dst.exists():
-                self._refuse(self._move_refused, task.name, f"cannot move to {dst}: it exists already")
-                continue
-            target.mkdir(parents=True, exist_ok=True)
-            try:
-                # Rename only: across filesystems a move is a copy of up to terabytes that
-                # would stall this loop for hours and, if interrupted, leave a half copy
-                # that later cycles cannot tell from a finished one.
-                os.rename(src, dst)
-            except OSError as exc:
-                fix = (f"; put completed_runs_dir on the same filesystem as {src.parent}"
-                       if exc.errno == errno.EXDEV else "")
-                self._refuse(self._move_refused, task.name,
-                             f"not moved to {dst}: {exc.strerror}{fix} (the run folder stays where it is)")
-                continue
-            self.journal.update(task.name, moved_to=str(dst), moved_at=self.clock())
-            log.info("%s: moved to %s", task.name, dst)
-
-    def sweep(self) -> None:
-        age = self.config.sweep_age_sec
-        if not age:
-            return
-        for task in self.journal.tasks():
-            # By the time of the move, never the folder's own mtime; never unverified runs.
-            if task.status != "complete" or not task.moved_at or task.swept_at or not task.moved_to:
-                continue
-            if self.clock() - task.moved_at < age:
-                continue
-            folder = Path(task.moved_to)
-            if not os.path.lexists(folder):
-                self.journal.update(task.name, swept_at=self.clock())  # removed by hand already
-                continue
-            if not self._still_archived(task, folder, "deleted", self._sweep_refused) or not self._archive_intact(task):
-                continue
-            try:
-                shutil.rmtree(folder)
-            except OSError as exc:
-                self._refuse(self._sweep_refused, task.name, f"cannot sweep {folder}: {exc} (tried again every cycle)")
-                continue
-            self.journal.update(task.name, swept_at=self.clock())
-            log.info("%s: swept %s", task.name, folder)
-
-    def _still_archived(self, task: Task, folder: Path, what: str, refused: set[str]) -> bool:
-        """Walk ``folder`` and compare it with the archive's manifest. A difference means
-        the folder is archived again from where it is (once quiet): never moved or deleted."""
-        if not task.manifest_id:
-            self._refuse(refused, task.name,
-                         f"archived by sruns-monitor, which kept no manifest to compare {folder} with: not {what}")
-            return False
-        try:
-            diff = compare(self.journal.entries(task.name), scan_run_folder(folder))
-        except SrunsError as exc:
-            self._refuse(refused, task.name, f"cannot compare {folder} with its archive ({exc}): not {what}")
-            return False
-        if diff:
-            self._archive_again(task, folder, f"the run folder changed after it was archived: {diff.summary()}",
-                                changed=True)
-        return not diff
-
-    def _archive_intact(self, task: Task) -> bool:
-        """The archive is still where the journal says, with its size and crc32c. GCS says
-        both at once; a local archive is read whole for its crc32c, on a thread (the loop
-        goes on meanwhile; the sweep happens on a later cycle): this is the last look
-        before the only other copy is deleted."""
-        assert task.destination is not None
-        location = task.location or ""
-        try:
-            if parse_location(task.destination).kind == "gcs":
-                found = probe_archive(task.destination, location)
-            else:
-                check = self._checks.get(task.name)
-                if check is None:
-                    self._checks[task.name] = self._checker.submit(
-                        probe_archive, task.destination, location, read=True, cancel=self._cancel_checks
-                    )
-                    return False
-                if not check.done():
-                    return False
-                del self._checks[task.name]
-                found = check.result()
-                # Read a while ago: it must still be there, the same size, right now.
-                if found is not None and probe_archive(task.destination, location) != (found[0], None):
-                    return False  # changed meanwhile: looked at again next cycle
-        except SrunsError as exc:
-            self._refuse(self._sweep_refused, task.name, f"cannot check its archive ({exc}): not swept")
-            return False
-        expected = (task.archive_bytes, int(task.crc32c, 16) if task.crc32c else None)
-        if found == expected:
-            return True
-        if found is None:
-            problem = "is gone"
-        else:
-            problem = f"holds {found[0]} bytes" + (f" with crc32c {found[1]:08x}" if found[1] is not None else "")
-        self._archive_again(task, Path(task.moved_to or ""), f"its archive {location} {problem}: not swept",
-                            changed=False)
-        return False
-
-    def _archive_again(self, task: Task, folder: Path, why: str, changed: bool) -> None:
-        log.error("%s: %s; archiving it again from %s", task.name, why, folder)
-        self.journal.update(
-            task.name, status="not_running", manifest_id=None, last_error=why, rundir_found=str(folder),
-            moved_to=None, moved_at=None, failures=0, next_attempt_at=None,
-            changed_at=self.clock() if changed else None,
-        )
-
-    def _refuse(self, seen: set[str], name: str, message: str) -> None:
-        if name not in seen:
-            seen.add(name)
-            log.error("%s: %s", name, message)
 
     def publish(self) -> None:
         """Mirror each task whose status or location changed since it was last published."""
