@@ -204,11 +204,14 @@ def archive_run(
             scan: Manifest | None = None
             if task and task.status == "complete" and not force and task.destination == destination:
                 if task.manifest_id is None:  # only sruns-monitor's rows are complete without one
-                    return _legacy_complete(task, probe)
-                scan = scan_run_folder(root)
-                restart_reason = _not_archived_because(task, root, scan, journal, probe)
-                if restart_reason is None:
-                    return _already_complete(task)
+                    restart_reason = _legacy_gone(task, probe)
+                    if restart_reason is None:
+                        return _already_complete(task, note=_LEGACY_NOTE)
+                else:
+                    scan = scan_run_folder(root)
+                    restart_reason = _not_archived_because(task, root, scan, journal, probe)
+                    if restart_reason is None:
+                        return _already_complete(task)
             return _run(root, destination, options, journal, progress, task, force, sink_factory, clock, t0,
                         scan, restart_reason)
         except BaseException as exc:
@@ -244,19 +247,19 @@ def _already_complete(task: Task, note: str | None = None) -> ArchiveResult:
     )
 
 
-def _legacy_complete(task: Task, probe: Probe) -> ArchiveResult:
-    """A run sruns-monitor archived: it kept no manifest, so only the object can be checked."""
+_LEGACY_NOTE = (
+    "archived by sruns-monitor, which kept no manifest: its contents cannot be compared with the folder; "
+    "--force archives it again with sruns-stream"
+)
+
+
+def _legacy_gone(task: Task, probe: Probe) -> str | None:
+    """For a run sruns-monitor archived (it kept no manifest, so only the object can be
+    checked): why it must be archived again, or None while its object is there."""
     assert task.destination is not None and task.location is not None
     if probe(task.destination, task.location) is None:
-        raise IntegrityError(
-            f"the journal says sruns-monitor archived {task.name} at {storage_uri(task.location)}, but that object "
-            "is gone: run again with --force to archive the run folder with sruns-stream"
-        )
-    return _already_complete(
-        task,
-        note="archived by sruns-monitor, which kept no manifest: its contents cannot be compared with the "
-        "folder; --force archives it again with sruns-stream",
-    )
+        return f"the archive sruns-monitor recorded at {storage_uri(task.location)} is gone"
+    return None
 
 
 def _not_archived_because(

@@ -209,3 +209,18 @@ def test_an_upgraded_daemon_archives_what_sruns_monitor_had_not_and_leaves_the_r
     again = run_cli("archive", str(watch / FINISHED), "--config", str(conf), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "already archived" in again.stdout and "sruns-monitor" in again.stdout
+    # Its object deleted since: archived again (by streaming), not "already archived".
+    import urllib.parse
+    import urllib.request
+
+    quoted = urllib.parse.quote(old_blob, safe="")
+    urllib.request.urlopen(urllib.request.Request(
+        f"{gcs.url}/storage/v1/b/{gcs.bucket}/o/{quoted}", method="DELETE"), timeout=30).close()
+    redone = run_cli("archive", str(watch / FINISHED), "--config", str(conf), "--json", cwd=tmp_path)
+    assert redone.returncode == 0, redone.stderr
+    result = json.loads(redone.stdout)
+    assert not result["already_complete"] and "is gone" in result["restart_reason"]
+    archive = tmp_path / "finished.tgz"
+    archive.write_bytes(gcs.download(old_blob))
+    gnu_untar(archive, tmp_path / "out" / "finished")
+    assert tree(tmp_path / "out" / "finished" / FINISHED) == copies[FINISHED]
