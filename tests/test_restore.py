@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from helpers import realruns_dir, run_cli, tree
 
-from sruns_stream.archive_source import ConnectionDropped, ResumableReader
 from sruns_stream.errors import DestinationError, UsageError
 from sruns_stream.progress import NoProgress
-from sruns_stream.restore import RestoreReport, restore_archive
+from sruns_stream.readback import RestoreReport, restore_archive
+from sruns_stream.readback.sources import ConnectionDropped, ResumableReader
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; only the type checker needs it

@@ -27,7 +27,7 @@ from helpers import run_cli
 from sruns_stream.errors import DestinationError, RunFolderMissing, UsageError
 from sruns_stream.journal import Journal
 from sruns_stream.progress import NoProgress
-from sruns_stream.restore import VerifyReport, verify_archive
+from sruns_stream.readback import VerifyReport, verify_archive
 
 RUN = "240101_A00001_0001_AHVERIFYXX"
 
