@@ -183,8 +183,5 @@ def _restore(
                 f"--include {pattern!r} matched no member (member paths start with the run folder, "
                 f"e.g. {src.run}/InterOp)"
             )
-    report.archive_bytes = stream.reader.pos
-    report.reconnects = stream.reader.reconnects
-    report.problem_count, report.problems = problems.count, problems.items
-    report.ok = problems.count == 0
+    report.conclude(problems, stream.reader)
     return report

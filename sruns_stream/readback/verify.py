@@ -108,10 +108,7 @@ def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, pro
         problems.add(f"{show(row.path)}: listed in the manifest, missing from the archive")
     if against is not None and rundir_fd is not None and top:
         _disk_extras(against, rundir_fd, top, seen, report, problems)
-    report.archive_bytes = stream.reader.pos
-    report.reconnects = stream.reader.reconnects
-    report.problem_count, report.problems = problems.count, problems.items
-    report.ok = problems.count == 0
+    report.conclude(problems, stream.reader)
     return report
 
 
