@@ -4,7 +4,7 @@ reached without following a link.
 `verify --against` reads the run folder this way and `restore` writes DEST this way. A
 member name that is absolute or has a ``..`` component is never joined to the folder
 (`safe_name` says why). `open_dirs` reaches a directory one component at a time through
-directory fds with O_NOFOLLOW: a symlink or a non-directory on the
+directory fds with O_NOFOLLOW (`safefs.DIR_FLAGS`): a symlink or a non-directory on the
 way is reported (`NotADir`), never followed, and the length of the full path (PATH_MAX)
 does not matter.
 """
@@ -16,12 +16,9 @@ import os
 import stat
 from collections.abc import Callable
 
-__all__ = ["DIR_FLAGS", "READ_FLAGS", "NotADir", "open_dirs", "safe_name"]
+from ..safefs import DIR_FLAGS
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO swapped in for a file after its lstat opens at once instead of
-# waiting for a writer; fstat then shows it is not a file, and it is never read.
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+__all__ = ["NotADir", "open_dirs", "safe_name"]
 
 
 class NotADir(Exception):

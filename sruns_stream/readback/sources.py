@@ -5,7 +5,8 @@ This module gives them the stored bytes:
 
 - `resolve_source` turns what the user typed (a run name, found through the journal and
   then Firestore; a ``gs://bucket/blob`` or ``file://`` URL; a local path) into an
-  `ArchiveSource`: the archive's bytes and the ``<run>.manifest.tsv`` beside it.
+  `ArchiveSource`: the archive's bytes and the ``<run>.manifest.tsv`` beside it. Places
+  are read in the package's one location grammar (`layout.parse_location`).
 - A `ByteSource` is those bytes readable from any offset: a `LocalFile` (seek) or a
   `GcsObject` (a streaming ranged GET of one pinned generation).
 - `ResumableReader` reads a `ByteSource` in pieces. A dropped connection or a short read
@@ -26,11 +27,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import google_crc32c
+import requests
+import urllib3
+from google.api_core import exceptions as api_exceptions
 
 from .. import manifest_tsv
 from ..errors import DestinationError, UsageError
-from ..gcs import DEFAULT_TIMEOUT, RETRY, TRANSIENT_STATUS, crc32c_from_b64, pause
+from ..gcs import (
+    DEFAULT_TIMEOUT,
+    RETRY,
+    TRANSIENT_ERRORS,
+    TRANSIENT_STATUS,
+    crc32c_from_b64,
+    make_client,
+    pause,
+)
 from ..layout import (
+    Location,
+    archive_filename,
+    blob_name,
     is_url,
     manifest_filename,
     manifest_next_to,
@@ -41,7 +56,6 @@ from ..layout import (
 from ..manifest_tsv import ManifestRow
 
 if TYPE_CHECKING:
-    import requests
     from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
 
     from ..journal import Journal
@@ -128,7 +142,7 @@ class GcsObject:
         self, client: Client, bucket: str, name: str, size: int, generation: int | None, *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> None:
-        self.description = f"gs://{bucket}/{name}"
+        self.description = str(Location("gcs", bucket, name))
         self.size = size
         self._client = client
         self._timeout = timeout
@@ -138,10 +152,6 @@ class GcsObject:
         )
 
     def open_at(self, start: int) -> Iterator[bytes]:
-        import requests
-        import urllib3
-        from google.auth import exceptions as auth_exceptions
-
         # Accept-Encoding gzip + no decoding: the stored bytes as they are, never
         # transcoded by GCS nor inflated by requests.
         headers = {"Accept-Encoding": "gzip"}
@@ -149,7 +159,7 @@ class GcsObject:
             headers["Range"] = f"bytes={start}-"
         try:
             resp = self._client._http.request("GET", self._url, headers=headers, stream=True, timeout=self._timeout)
-        except (requests.ConnectionError, requests.Timeout, auth_exceptions.TransportError) as exc:
+        except TRANSIENT_ERRORS as exc:
             raise ConnectionDropped(f"{type(exc).__name__}: {exc}") from exc
         try:
             skip = self._check(resp, start)
@@ -292,12 +302,16 @@ class ArchiveSource:
         return manifest_tsv.parse(b"".join(pieces), self.manifest_location)
 
 
+# What sruns-stream writes, gzip first: the names looked for in a run's folder.
+_WRITTEN = (".tar.gz", ".tar")
+
+
 def _local(path: Path) -> ArchiveSource:
     path = path.expanduser().absolute()
     if path.is_dir():
         # A destination's run directory: <dest>/<run>/<run>.tar.gz (or .tar).
-        for ext in (".tar.gz", ".tar"):
-            candidate = path / f"{path.name}{ext}"
+        for ext in _WRITTEN:
+            candidate = path / archive_filename(path.name, ext)
             if candidate.is_file():
                 path = candidate
                 break
@@ -320,44 +334,38 @@ def _local(path: Path) -> ArchiveSource:
     )
 
 
-def _gcs(url: str, client_factory: Callable[[], Client] | None) -> ArchiveSource:
-    from ..gcs import make_client
-
-    where = parse_location(url, "archive")
-    bucket_name, name = where.bucket, where.path
-    if not name:
+def _gcs(where: Location, url: str, client_factory: Callable[[], Client] | None) -> ArchiveSource:
+    if not where.path:
         raise UsageError(f"{url!r} names no object: use gs://BUCKET/PREFIX/RUN/RUN.tar.gz")
     client = (client_factory or make_client)()
     try:
-        return _gcs_with(client, bucket_name, name, url)
+        return _gcs_with(client, where, url)
     except BaseException:
         client.close()
         raise
 
 
-def _gcs_with(client: Client, bucket_name: str, name: str, url: str) -> ArchiveSource:
-    from google.api_core import exceptions as api_exceptions
-
+def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
+    bucket_name, name = where.bucket, where.path
     bucket = client.bucket(bucket_name)
     candidates = [name]
-    if split_archive_filename(name.rsplit("/", 1)[-1]) is None:
+    prefix, _, base = name.rpartition("/")
+    if split_archive_filename(base) is None:
         # gs://bucket/prefix/RUN: the run's folder in the sruns-monitor layout.
-        base = name.rsplit("/", 1)[-1]
-        candidates = [f"{name}/{base}.tar.gz", f"{name}/{base}.tar", name]
+        candidates = [*(blob_name(prefix, base, ext) for ext in _WRITTEN), name]
 
-    def get(blob_name: str) -> Any:
+    def get(blob: str) -> Any:
+        at = Location("gcs", bucket_name, blob)
         try:
-            return bucket.get_blob(blob_name, timeout=DEFAULT_TIMEOUT)
+            return bucket.get_blob(blob, timeout=DEFAULT_TIMEOUT)
         except api_exceptions.Forbidden as exc:
-            raise DestinationError(
-                f"permission denied reading gs://{bucket_name}/{blob_name}: the account needs storage.objects.get"
-            ) from exc
+            raise DestinationError(f"permission denied reading {at}: the account needs storage.objects.get") from exc
         except api_exceptions.NotFound:
             return None  # the bucket itself is missing
         except api_exceptions.GoogleAPIError as exc:
-            raise DestinationError(f"cannot read gs://{bucket_name}/{blob_name}: {exc}") from exc
+            raise DestinationError(f"cannot read {at}: {exc}") from exc
         except OSError as exc:  # requests' connection errors are OSErrors
-            raise DestinationError(f"cannot reach GCS for gs://{bucket_name}/{blob_name}: {exc}") from exc
+            raise DestinationError(f"cannot reach GCS for {at}: {exc}") from exc
 
     blob = None
     for candidate in candidates:
@@ -375,11 +383,11 @@ def _gcs_with(client: Client, bucket_name: str, name: str, url: str) -> ArchiveS
     manifest_name = manifest_next_to(name, run)
     manifest_blob = get(manifest_name)
     return ArchiveSource(
-        location=f"gs://{bucket_name}/{name}",
+        location=str(Location("gcs", bucket_name, name)),
         run=run,
         gzip=gzip,
         data=GcsObject(client, bucket_name, name, int(blob.size or 0), blob.generation),
-        manifest_location=f"gs://{bucket_name}/{manifest_name}",
+        manifest_location=str(Location("gcs", bucket_name, manifest_name)),
         manifest=(
             GcsObject(client, bucket_name, manifest_name, int(manifest_blob.size or 0), manifest_blob.generation)
             if manifest_blob is not None else None
@@ -390,7 +398,8 @@ def _gcs_with(client: Client, bucket_name: str, name: str, url: str) -> ArchiveS
 
 
 def _from_run_name(name: str, journal: Journal | None, collection: str | None) -> str | None:
-    """Where run ``name`` was archived, per the journal then Firestore; None if neither knows it."""
+    """Where run ``name`` was archived, per the journal then Firestore (``gs://…`` or an
+    absolute path); None if neither knows it."""
     why = ""
     if journal is not None:
         task = journal.get(name)
@@ -412,29 +421,46 @@ def _from_run_name(name: str, journal: Journal | None, collection: str | None) -
     return None
 
 
+def _parse(text: str) -> Location:
+    """``text`` read in the package's one location grammar (`layout.parse_location`). A
+    bucket name it rejects keeps its message; any other URL it rejects (``gs:/x``,
+    ``gs:bucket``, ``s3://…``, ``http://…``) is answered with the forms a source may take."""
+    try:
+        return parse_location(text, "archive")
+    except UsageError:
+        if text.startswith("gs://"):
+            raise
+        raise UsageError(
+            f"{text!r} is not a source sruns-stream reads: give a run name, gs://BUCKET/PREFIX/RUN/RUN.tar.gz, "
+            "file:///PATH or a local path"
+        ) from None
+
+
+def _open(location: Location, text: str, client_factory: Callable[[], Client] | None) -> ArchiveSource:
+    """The archive at a parsed ``gs://`` or local location (``text``: as it was given)."""
+    if location.kind == "gcs":
+        return _gcs(location, text, client_factory)
+    return _local(Path(location.path))
+
+
 def resolve_source(
     source: str, journal: Journal | None, collection: str | None, *,
     client_factory: Callable[[], Client] | None = None,
 ) -> ArchiveSource:
-    """An `ArchiveSource` for a run name, a ``gs://`` URL or a local path (see the module doc).
+    """An `ArchiveSource` for a run name, a ``gs://`` or ``file://`` URL or a local path
+    (see the module doc).
 
     A bare name (no ``/``) is looked up as a run first, so a run folder of the same name
     in the current directory does not shadow its archive.
     """
-    if source.startswith("gs://"):
-        return _gcs(source, client_factory)
-    if source.startswith("file://"):
-        return _local(Path(source[len("file://") :]))
-    if is_url(source) and not os.path.lexists(source):
-        # gs:/bucket/x, gs:bucket, s3://..., http://...: a URL we do not read, not a file name.
-        raise UsageError(
-            f"{source!r} is not a source sruns-stream reads: give a run name, gs://BUCKET/PREFIX/RUN/RUN.tar.gz, "
-            "file:///PATH or a local path"
-        )
+    if source.startswith(("gs://", "file://")) or (is_url(source) and not os.path.lexists(source)):
+        # A URL, never a file name (unless one stands there): gs://, file://, or a form we do
+        # not read (gs:/bucket/x, gs:bucket, s3://..., http://...).
+        return _open(_parse(source), source, client_factory)
     if "/" not in source and source not in (".", ".."):
         location = _from_run_name(source, journal, collection)
         if location is not None:
-            return _gcs(location, client_factory) if location.startswith("gs://") else _local(Path(location))
+            return _open(parse_location(location, "archive"), location, client_factory)
         if not os.path.lexists(source) and split_archive_filename(source) is not None:
             # RUN.tar.gz in the current directory, named as a path: it is not there.
             return _local(Path(source))

@@ -31,7 +31,8 @@ import google_crc32c
 from ..errors import RunFolderMissing
 from ..manifest_tsv import ManifestRow
 from ..progress import Progress
-from .confine import DIR_FLAGS, READ_FLAGS, NotADir, open_dirs, safe_name
+from ..safefs import DIR_FLAGS, FILE_FLAGS
+from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
 from .report import KIND_NAMES, Problems, VerifyReport, show
 from .rowcheck import member_vs_row
@@ -235,7 +236,7 @@ def _leaf_vs_disk(member: Member, crc: int | None, parent: int, leaf: str | None
         if st.st_size != member.size:
             return [f"{member.size} bytes in the archive, {st.st_size} on disk"]
         try:
-            fd = os.open(leaf, READ_FLAGS, dir_fd=parent)
+            fd = os.open(leaf, FILE_FLAGS, dir_fd=parent)
         except OSError as exc:
             return [f"cannot be read on disk ({exc.strerror})"]
         try:
