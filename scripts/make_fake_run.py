@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate seeded, realistic Illumina run folders of a requested size.
 
-Used by the sruns-stream tests and benchmarks. Three kinds, following the ILLUMINA.md run-folder notes:
+Used by the sruns-stream tests and benchmarks. Three kinds, laid out as those instruments write them:
 
 * ``miseq``   MiSeq, MCS v4 / RTA 1.18: raw ``s_1_<tile>.bcl`` + ``.stats`` per tile and cycle
               (compress ~1.6x with gzip -1, like real raw BCL), ``.filter``, ``.locs``,
@@ -463,7 +463,8 @@ def _run_parameters(kind: str, geom: Geometry, reads: Sequence[Read], meta: RunM
 
 
 def _completion_status(kind: str, meta: RunMeta, errored: bool) -> bytes:
-    """RunCompletionStatus.xml in the two verified dialects (ILLUMINA.md 1.2)."""
+    """RunCompletionStatus.xml in the two dialects instruments write: NovaSeq's ``<RunStatus>``
+    and MiSeq's ``<CompletionStatus>``."""
     if kind == "novaseq":
         status = ("<RunStatus>RunErrored</RunStatus><RunError><Type>Illumina.Instrument.Recipe.Runtime."
                   "Exceptions.RecipeExecutionFailedException</Type><Message>I/O data integrity check "

@@ -557,7 +557,7 @@ def lookup(
     return RunRecord.from_document(name, snap.to_dict() or {})
 
 
-# --- leases for several hosts (issue 6) ------------------------------------------------
+# --- leases for several hosts ----------------------------------------------------------
 
 
 class Leases:
