@@ -178,7 +178,7 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .restore import RestoreReport, VerifyReport, restore_archive, verify_archive
+    from .readback import RestoreReport, VerifyReport, restore_archive, verify_archive
 
     config = _load(args)
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)

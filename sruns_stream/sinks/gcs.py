@@ -21,9 +21,10 @@ The resumable protocol, as GCS documents it, and how it is used here:
   the end). Acknowledged bytes leave the buffer.
 - After any failed or unanswered request, a status query (``bytes */*``) says what the
   server holds, and the upload continues from there: never from what we assume.
-- Transient failures (`gcs.TRANSIENT_STATUS`, connection errors, timeouts) are retried with
-  jittered exponential backoff, a bounded number of times; permanent ones (400, 401,
-  403, a missing bucket) fail at once with one line naming bucket and blob.
+- Transient failures (connection errors, timeouts, the statuses in
+  ``gcs.TRANSIENT_STATUS``) are retried with jittered exponential backoff, a bounded
+  number of times; permanent ones (400, 401, 403, a missing bucket) fail at once with
+  one line naming bucket and blob.
 - ``state()`` is the session URI and its creation time. ``open(state)`` asks the server
   how much it holds, which may be ahead of the journal. Sessions live a week: an older
   one, or one the server no longer knows (404/410), starts a new session from zero.

@@ -36,6 +36,7 @@ from pathlib import Path
 import google_crc32c
 
 from ..errors import DestinationNotWritable, DiskFull, IntegrityError, RunLocked
+from ..layout import archive_filename, manifest_filename
 from ..safefs import DIR_FLAGS
 from ..stopping import STOP
 from .base import ArchiveInfo, Stored
@@ -51,9 +52,9 @@ _FINISH = None  # queued by finalize(): sync, read back, stop
 class LocalSink:
     def __init__(self, directory: Path, run: str, extension: str, sync_interval: int = 16 << 20):
         self.dir = Path(directory) / run
-        self.final = self.dir / f"{run}{extension}"
+        self.final = self.dir / archive_filename(run, extension)
         self.part = self.final.with_name(self.final.name + ".part")
-        self.manifest_path = self.dir / f"{run}.manifest.tsv"
+        self.manifest_path = self.dir / manifest_filename(run)
         self.description = str(self.final)
         self.archive_name = str(self.final)
         self._sync_interval = sync_interval

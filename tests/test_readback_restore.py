@@ -1,42 +1,42 @@
-"""`restore`: streaming download → inflate → safe extraction, each file checked as it lands.
+"""`readback.restore` (and the `extract` it writes with): streaming download → inflate →
+safe extraction, each file checked as it lands.
 
 The oracle for a round trip is the input folder itself (helpers.tree: names, types,
-bytes, link targets, modes, mtimes). Unsafe archives are crafted with Python's tarfile,
-and what must not happen is checked on the filesystem.
+bytes, link targets, modes, mtimes). Unsafe archives are crafted with Python's tarfile
+(or block by block, for the gzip bomb), and what must not happen is checked on the
+filesystem.
 """
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
 import shutil
 import tarfile
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from helpers import realruns_dir, run_cli, tree
+from readback_helpers import (
+    MIB,
+    RUN_DIR,
+    archived,
+    header,
+    manifest_of,
+    odd_novaseq,
+    run_measured,
+    tar_file,
+    write_gz,
+)
 
-from sruns_stream.archive_source import ConnectionDropped, ResumableReader
-from sruns_stream.errors import DestinationError, UsageError
+from sruns_stream.errors import UsageError
 from sruns_stream.progress import NoProgress
-from sruns_stream.restore import RestoreReport, restore_archive
-
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker needs it
+from sruns_stream.readback import RestoreReport, restore_archive
 
 REALRUNS = realruns_dir()
-
-
-def _archive(run: Path, dest: str, cwd: Path, *extra: str) -> Path:
-    proc = run_cli("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *extra, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return Path(json.loads(proc.stdout)["location"])
 
 
 def _restore(source: str, dest: Path, *, include: list[str] | None = None, force: bool = False) -> RestoreReport:
@@ -49,28 +49,9 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir() or p.is_symlink()}
 
 
-def _odd_names(run: Path) -> None:
-    """Names that need pax records and manifest escapes: long, unicode, tab and newline,
-    and bytes that are not UTF-8."""
-    deep = run / "Logs" / ("d" * 90) / ("e" * 90)
-    deep.mkdir(parents=True)
-    (deep / ("f" * 120 + ".log")).write_text("long path")
-    (run / "Logs" / "résumé ✓.txt").write_text("unicode")
-    (run / "Logs" / "tab\tand\nnewline\\.txt").write_text("escapes")
-    (run / "Logs" / os.fsdecode(b"latin1-\xe9.txt")).write_text("not utf-8")
-    for p in (deep, deep.parent, run / "Logs"):
-        os.utime(p, (1704067200, 1704067200))
-
-
 @pytest.fixture
 def novaseq(make_run) -> Path:
-    run = make_run("novaseq", 3 << 20, seed=7)
-    os.symlink("RunInfo.xml", run / "link_to_runinfo")
-    _odd_names(run)
-    (run / "an_empty_dir").mkdir()
-    os.utime(run / "an_empty_dir", (1704067200, 1704067200))
-    os.utime(run, (1704067200, 1704067200))
-    return run
+    return odd_novaseq(make_run)
 
 
 @pytest.mark.skipif(REALRUNS is None, reason="../shared/realruns (or $SRUNS_REALRUNS) is absent")
@@ -81,17 +62,18 @@ def test_realruns_pieces_round_trip(tmp_path: Path) -> None:
     run = tmp_path / "src" / "REALRUNS_ALL"
     for piece in sorted(p for p in REALRUNS.iterdir() if p.is_dir()):
         shutil.copytree(piece, run / piece.name, symlinks=True)
-    archive = _archive(run, str(tmp_path / "d"), tmp_path)
+    archive = archived(run, str(tmp_path / "d"), tmp_path)
     report = _restore(str(archive), tmp_path / "out")
     assert report.ok, report.problems
     assert report.checked == report.files > 0
     assert tree(tmp_path / "out" / run.name) == tree(run)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_generated_run_round_trips_through_gcs_and_a_local_dir(novaseq: Path, gcs, tmp_path: Path) -> None:
-    _archive(novaseq, f"gs://{gcs.bucket}/p", tmp_path)
-    local = _archive(novaseq, str(tmp_path / "d"), tmp_path, "--compression", "none", "--force")
+    archived(novaseq, f"gs://{gcs.bucket}/p", tmp_path)
+    local = archived(novaseq, str(tmp_path / "d"), tmp_path, "--compression", "none", "--force")
     for source, out in ((f"gs://{gcs.bucket}/p/{novaseq.name}", tmp_path / "from_gcs"), (str(local), tmp_path / "from_tar")):
         report = _restore(source, out)
         assert report.ok, report.problems
@@ -103,7 +85,7 @@ def test_generated_run_round_trips_through_gcs_and_a_local_dir(novaseq: Path, gc
 
 @pytest.mark.timeout(60)
 def test_include_restores_only_matching_members(novaseq: Path, tmp_path: Path) -> None:
-    archive = _archive(novaseq, str(tmp_path / "d"), tmp_path)
+    archive = archived(novaseq, str(tmp_path / "d"), tmp_path)
     name = novaseq.name
 
     report = _restore(str(archive), tmp_path / "interop", include=[f"{name}/InterOp"])
@@ -208,7 +190,7 @@ def test_crafted_archive_cannot_write_outside_dest(tmp_path: Path, no_outside_li
 
 @pytest.mark.timeout(60)
 def test_existing_files_need_force(novaseq: Path, tmp_path: Path) -> None:
-    archive = _archive(novaseq, str(tmp_path / "d"), tmp_path)
+    archive = archived(novaseq, str(tmp_path / "d"), tmp_path)
     out = tmp_path / "out"
     assert _restore(str(archive), out).ok
     runinfo = out / novaseq.name / "RunInfo.xml"
@@ -223,7 +205,7 @@ def test_existing_files_need_force(novaseq: Path, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_a_file_that_does_not_match_the_manifest_is_removed(novaseq: Path, tmp_path: Path) -> None:
-    archive = _archive(novaseq, str(tmp_path / "d"), tmp_path)
+    archive = archived(novaseq, str(tmp_path / "d"), tmp_path)
     manifest = archive.with_name(f"{novaseq.name}.manifest.tsv")
     member = f"{novaseq.name}/RunInfo.xml"
     lines = manifest.read_text(errors="surrogateescape").splitlines(keepends=True)
@@ -241,140 +223,12 @@ def test_a_file_that_does_not_match_the_manifest_is_removed(novaseq: Path, tmp_p
     assert tree(tmp_path / "out" / novaseq.name) == expected
 
 
-# --- resuming an interrupted download -----------------------------------------------------
-
-
-class _FlakySource:
-    """A fake ByteSource that drops the connection after ``cut`` bytes of its first
-    stream: a fault the GCS emulator cannot produce."""
-
-    def __init__(self, data: bytes, cut: int, drops: int = 1) -> None:
-        self.data = data
-        self.size = len(data)
-        self.description = "fake://flaky"
-        self.cut = cut
-        self.drops = drops
-        self.starts: list[int] = []
-
-    def open_at(self, start: int) -> Iterator[bytes]:
-        self.starts.append(start)
-        pos = start
-        while pos < self.size:
-            if self.drops and pos >= self.cut:
-                self.drops -= 1
-                raise ConnectionDropped("connection reset by peer")
-            piece = self.data[pos : min(pos + 1000, self.size)]
-            pos += len(piece)
-            yield piece
-
-
-@pytest.mark.timeout(10)
-def test_reader_resumes_at_the_byte_it_stopped_at_and_gives_up_after_bounded_retries() -> None:
-    data = os.urandom(10_000)
-    source = _FlakySource(data, cut=3000, drops=2)
-    waits: list[float] = []
-    reader = ResumableReader(source, sleep=waits.append)
-    got = b"".join(iter(reader.read_piece, b""))
-    assert got == data
-    assert source.starts == [0, 3000, 3000]  # never from zero again
-    assert len(waits) == 2 and reader.reconnects == 2
-
-    dead = _FlakySource(data, cut=5000, drops=100)
-    waits = []
-    reader = ResumableReader(dead, attempts=4, sleep=waits.append)
-    with pytest.raises(DestinationError, match=r"reading fake://flaky failed 4 times at byte 5000 of 10000"):
-        while reader.read_piece():
-            pass
-    assert dead.starts == [0, 5000, 5000, 5000] and len(waits) == 3
-
-
-class _CuttingProxy:
-    """Forwards GETs to the GCS emulator; the first download of ``target`` is cut after
-    ``cut`` body bytes (the connection closes mid-body). A fake, because the emulator
-    cannot drop a download half-way. Records each download's Range header."""
-
-    def __init__(self, upstream: str, target: str, cut: int) -> None:
-        host, port = upstream.removeprefix("http://").split(":")
-        proxy = self
-        self.ranges: list[str | None] = []
-        self.cuts = 1
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn.request("GET", self.path, headers=headers)
-                resp = conn.getresponse()
-                body = resp.read()
-                conn.close()
-                download = "alt=media" in self.path and target in self.path
-                if download:
-                    proxy.ranges.append(self.headers.get("Range"))
-                self.send_response(resp.status)
-                for key, value in resp.getheaders():
-                    if key.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if download and proxy.cuts and len(body) > cut:
-                    proxy.cuts -= 1
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
-@pytest.mark.timeout(60)
-def test_gcs_download_cut_mid_body_resumes_with_a_ranged_get(
-    novaseq: Path, gcs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _archive(novaseq, f"gs://{gcs.bucket}/p", tmp_path)
-    archive_size = len(gcs.download(f"p/{novaseq.name}/{novaseq.name}.tar.gz"))
-    cut = (1 << 20) + 300_000
-    assert archive_size > cut
-    with _CuttingProxy(gcs.url, f"{novaseq.name}.tar.gz", cut) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        notes = io.StringIO()
-        report = restore_archive(
-            f"gs://{gcs.bucket}/p/{novaseq.name}/{novaseq.name}.tar.gz", tmp_path / "out", include=[], force=False,
-            journal=None, collection=None, progress=NoProgress(notes),
-        )
-    assert report.ok, report.problems
-    assert report.reconnects == 1 and report.archive_bytes == archive_size
-    assert tree(tmp_path / "out" / novaseq.name) == tree(novaseq)
-    # The second request asked for the rest only: from the last byte received, not zero.
-    assert len(proxy.ranges) == 2 and proxy.ranges[0] is None
-    resumed_at = int(proxy.ranges[1].removeprefix("bytes=").removesuffix("-"))
-    assert 1 << 20 <= resumed_at <= cut
-    assert f"again from byte {resumed_at}" in notes.getvalue()
-
-
 # --- the CLI (the lead wires `restore` into cli.py) --------------------------------------
 
 
 @pytest.mark.timeout(60)
 def test_cli_restore_round_trip_include_and_force(novaseq: Path, tmp_path: Path) -> None:
-    archive = _archive(novaseq, str(tmp_path / "d"), tmp_path)
+    archive = archived(novaseq, str(tmp_path / "d"), tmp_path)
     out = tmp_path / "out"
     proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -395,6 +249,7 @@ def test_cli_restore_round_trip_include_and_force(novaseq: Path, tmp_path: Path)
     assert typo.returncode == 1 and "matched no member" in typo.stdout + typo.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigterm_stops_a_restore_cleanly_and_what_it_wrote_is_whole(make_run, tmp_path: Path) -> None:
     """A signal mid-restore: exit 130 with one line, no temp file left behind, and every
@@ -407,7 +262,7 @@ def test_sigterm_stops_a_restore_cleanly_and_what_it_wrote_is_whole(make_run, tm
     from helpers import REPO
 
     run = make_run("hiseq", 24 << 20, seed=9, files=8000)
-    archive = _archive(run, str(tmp_path / "a"), tmp_path)
+    archive = archived(run, str(tmp_path / "a"), tmp_path)
     dest = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "sruns_stream", "restore", str(archive), str(dest)],
@@ -447,7 +302,7 @@ def test_links_pointing_out_of_dest_are_restored_as_archived(make_run, tmp_path:
     os.symlink("/etc/hostname", run / "link_abs")
     os.symlink("../../elsewhere/x", run / "link_up")
     os.symlink("RunInfo.xml", run / "link_in")
-    archive = _archive(run, str(tmp_path / "d"), tmp_path)
+    archive = archived(run, str(tmp_path / "d"), tmp_path)
 
     out = tmp_path / "out"
     proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
@@ -618,3 +473,43 @@ def test_paths_longer_than_path_max_restore(tmp_path: Path) -> None:
     proc = run_cli("restore", str(archive), str(dest), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _read_deep(dest, f"run/{deep}") == (b"at the bottom", "f.txt")
+
+
+# --- a gzip bomb against a small manifest row ------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_member_bigger_than_its_manifest_row_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
+    """A gzip bomb: 256 MiB of zeros where the manifest says 10 bytes. Restore skips the
+    member's data without writing it (the process may not write a file over 4 MiB), and
+    the members after it are restored and checked."""
+    size = 256 * MIB
+    after = b"after the bomb"
+
+    def pieces() -> Iterable[bytes]:
+        yield RUN_DIR + header("run/bomb.bin", size=size)
+        zeros = b"\0" * MIB
+        for _ in range(size // MIB):
+            yield zeros
+        yield tar_file("run/typed", b"a file where the manifest has a directory")
+        yield tar_file("run/after.txt", after)
+
+    archive = write_gz(tmp_path / "a" / "run.tar.gz", pieces())
+    archive.with_name("run.manifest.tsv").write_bytes(manifest_of([
+        ("run", 0, None, "d", 0o755, ""),
+        ("run/bomb.bin", 10, b"0123456789", "f", 0o644, ""),
+        ("run/typed", 0, None, "d", 0o755, ""),
+        ("run/after.txt", len(after), after, "f", 0o644, ""),
+    ]))
+    dest = tmp_path / "dest"
+    code, out, err, _ = run_measured("restore", str(archive), str(dest), "--json", cwd=tmp_path, fsize=4 * MIB)
+    assert code == 1, (code, out, err)
+    assert "Traceback" not in err
+    import json
+
+    report = json.loads(out)
+    assert report["failed"] == 2 and report["files"] == 1 and report["checked"] == 1, report
+    assert f"run/bomb.bin: {size} bytes in the archive, 10 in the manifest: not restored" in report["problems"]
+    assert any(p.startswith("run/typed: a file in the archive, a directory in the manifest") for p in report["problems"])
+    assert sorted(os.listdir(dest / "run")) == ["after.txt"]
+    assert (dest / "run" / "after.txt").read_bytes() == after

@@ -1,0 +1,148 @@
+"""What `verify` and `restore` report, and the problem list both fill.
+
+`Report` holds what both commands count (members, files, bytes, the stream's damage and
+reconnects, the problems) and the shape of their one-line ``summary()`` and ``as_dict()``
+(``--json``); `VerifyReport` and `RestoreReport` add only their own counts and their
+own OK line. ``ok`` is True only when there is no problem at all: the CLI exits 0 then,
+1 otherwise.
+
+`Problems` keeps the first `MAX_PROBLEMS` problems and counts them all. Member names and
+kinds are worded for a one-line message by `show` and `KIND_NAMES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..progress import human_bytes
+
+if TYPE_CHECKING:
+    from .sources import ResumableReader
+
+__all__ = ["KIND_NAMES", "MAX_PROBLEMS", "Problems", "Report", "RestoreReport", "VerifyReport", "show"]
+
+# Problems kept in a report: the first ones say what is wrong; a truncated archive would
+# otherwise list every missing member. ``problem_count`` still counts them all.
+MAX_PROBLEMS = 20
+
+KIND_NAMES = {
+    "f": "file", "d": "directory", "l": "symlink", "h": "hard link", "c": "character device",
+    "b": "block device", "p": "fifo", "?": "member of an unsupported type",
+}
+
+
+def show(name: str) -> str:
+    """A member name for a one-line message: as it is when printable, else quoted."""
+    return name if name.isprintable() else repr(name)
+
+
+@dataclass
+class Problems:
+    """What a verify or restore found wrong, in the order found: the first `MAX_PROBLEMS`
+    kept, all of them counted."""
+
+    items: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, text: str) -> None:
+        self.count += 1
+        if len(self.items) < MAX_PROBLEMS:
+            self.items.append(text)
+
+    def first(self, text: str) -> None:
+        """A problem that explains the others (a damaged stream): shown first."""
+        self.count += 1
+        self.items.insert(0, text)
+        del self.items[MAX_PROBLEMS:]
+
+
+def _counted(n: int) -> str:
+    return f"{n} problem" + ("" if n == 1 else "s")
+
+
+@dataclass(kw_only=True)
+class Report:
+    """What both commands report. ``ok`` is True only when there is no problem at all."""
+
+    source: str
+    manifest: str | None
+    ok: bool = False
+    members: int = 0
+    files: int = 0
+    data_bytes: int = 0
+    archive_bytes: int = 0  # stored bytes read
+    damaged: bool = False  # the stream stopped early: corrupt or truncated
+    reconnects: int = 0
+    seconds: float = 0.0
+    problem_count: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: what was checked when ok, else how many problems and the first."""
+        if self.ok:
+            return self._ok_line()
+        return f"FAILED: {self._subject()}: {_counted(self.problem_count)}; first: {self.problems[0]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def conclude(self, problems: Problems, reader: ResumableReader) -> None:
+        """Once the walk is over: what the reader read, and the problems found."""
+        self.archive_bytes = reader.pos
+        self.reconnects = reader.reconnects
+        self.problem_count, self.problems = problems.count, problems.items
+        self.ok = problems.count == 0
+
+    def _subject(self) -> str:
+        """What a FAILED line is about."""
+        return self.source
+
+    def _ok_line(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(kw_only=True)
+class VerifyReport(Report):
+    """What `verify_archive` found."""
+
+    against: str | None = None
+    matched: int = 0  # members equal to their manifest row
+    mismatched: int = 0
+    missing: int = 0  # in the manifest, not in the archive
+    extra: int = 0  # in the archive, not in the manifest
+    disk_mismatched: int = 0
+    disk_extra: int = 0  # on disk, not in the archive
+
+    def _ok_line(self) -> str:
+        against = f" and {self.against}" if self.against else ""
+        return (
+            f"OK: {self.source}: {self.members} members ({self.files} files, {human_bytes(self.data_bytes)}) "
+            f"match {self.manifest}{against}"
+        )
+
+
+@dataclass(kw_only=True)
+class RestoreReport(Report):
+    """What `restore_archive` did."""
+
+    dest: str
+    dirs: int = 0
+    links: int = 0
+    checked: int = 0  # files whose crc32c matched the manifest before they were renamed into place
+    excluded: int = 0  # members left out by --include
+    refused: int = 0  # unsafe members, never written
+    failed: int = 0  # files removed because they did not match the manifest
+    existing: int = 0  # not written: something already stands there (no --force)
+    missing: int = 0  # in the manifest (and selected), not in the archive
+
+    def _subject(self) -> str:
+        return f"{self.source} -> {self.dest}"
+
+    def _ok_line(self) -> str:
+        left_out = f", {self.excluded} members left out by --include" if self.excluded else ""
+        checked = f"each file checked against {self.manifest}" if self.manifest else "unchecked: no manifest"
+        return (
+            f"OK: restored {self.files} files, {self.dirs} directories, {self.links} links "
+            f"({human_bytes(self.data_bytes)}) from {self.source} into {self.dest}{left_out}; {checked}"
+        )

@@ -1,0 +1,187 @@
+"""`restore`: extract an archive into DEST in one streaming pass, checking each file
+against the manifest as it lands.
+
+`restore_archive` reads the archive where it lives (GCS or a local path, see `sources`)
+without writing it to disk, and hands each member to the `Extractor`, which writes it
+under DEST or refuses it (see `extract` for what is refused and how nothing is written
+through a link). Before anything is read, files to restore that already exist are
+refused unless ``force``. ``include`` (--include) restores only members matching fnmatch
+patterns; a pattern that matches nothing is a problem, since it is most likely a typo.
+
+A damaged stream (corrupt gzip, truncation, a hostile tar header) ends the walk; it is
+reported first, as "damaged archive: …", and the members before it stay restored and
+checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from fnmatch import translate
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import DestinationNotWritable, UsageError
+from ..manifest_tsv import ManifestRow
+from ..progress import Progress
+from .confine import NotADir, open_dirs, safe_name
+from .damage import ArchiveDamaged
+from .extract import Extractor, Refused
+from .report import Problems, RestoreReport, show
+from .sources import ArchiveSource, resolve_source
+from .stream import MemberStream
+
+if TYPE_CHECKING:
+    from ..journal import Journal
+
+__all__ = ["restore_archive"]
+
+
+class _Selector:
+    """--include: fnmatch patterns on member paths; a pattern matching a directory
+    selects everything below it. Remembers which patterns matched something."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns = [p.rstrip("/") or p for p in patterns]
+        self._regexes = [re.compile(translate(p)) for p in self.patterns]
+        self.used = [False] * len(self.patterns)
+
+    def _hits(self, name: str) -> list[int]:
+        parts = name.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        return [i for i, rx in enumerate(self._regexes) if any(rx.match(p) for p in prefixes)]
+
+    def matches(self, name: str) -> bool:
+        return not self.patterns or bool(self._hits(name))
+
+    def wanted(self, name: str) -> bool:
+        if not self.patterns:
+            return True
+        hits = self._hits(name)
+        for i in hits:
+            self.used[i] = True
+        return bool(hits)
+
+
+def _exists_below(root_fd: int, rel: str) -> bool:
+    """Whether something stands at ``rel`` under ``root_fd``, looked up without following links."""
+    parts = rel.split("/")
+    try:
+        parent = open_dirs(root_fd, parts[:-1])
+    except (OSError, NotADir):
+        return False
+    try:
+        os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(parent)
+
+
+def _refuse_existing(manifest: dict[str, ManifestRow], selector: _Selector, dest: Path) -> None:
+    """Before anything is read or written: refuse when files to restore already exist."""
+    try:
+        root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return  # no DEST yet: nothing in it
+    existing = []
+    try:
+        for row in manifest.values():
+            if row.kind == "d" or not selector.matches(row.path):
+                continue
+            rel, why = safe_name(row.path)
+            if rel and not why and _exists_below(root_fd, rel):
+                existing.append(os.path.join(dest, rel))
+    finally:
+        os.close(root_fd)
+    if existing:
+        raise UsageError(
+            f"{len(existing)} of the files to restore already exist, e.g. {existing[0]}: "
+            "add --force to overwrite them, or restore into another directory"
+        )
+
+
+def restore_archive(
+    source: str, dest: Path, *, include: list[str], force: bool, journal: Journal | None,
+    collection: str | None, progress: Progress, no_outside_links: bool = False,
+) -> RestoreReport:
+    """Extract an archive (run name, gs:// URL or path) into ``dest`` safely, checking each
+    file against the manifest as it lands (see the docstrings of this module and of
+    `extract`). With ``no_outside_links``, symlinks that are absolute or resolve outside
+    ``dest`` are refused. Raises SrunsError when the archive cannot be read, DEST cannot
+    be written, or files to restore already exist without ``force``; everything else
+    wrong is in the report."""
+    t0 = time.monotonic()
+    try:
+        src = resolve_source(source, journal, collection)
+        try:
+            report = _restore(src, Path(dest).expanduser().absolute(), include, force, no_outside_links, progress)
+        finally:
+            src.close()
+    finally:
+        progress.close()
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _restore(
+    src: ArchiveSource, dest: Path, include: list[str], force: bool, no_outside_links: bool, progress: Progress,
+) -> RestoreReport:
+    manifest = src.read_manifest(progress.note)
+    if manifest is None:
+        progress.note(f"no manifest at {src.manifest_location}: restored files cannot be checked")
+    selector = _Selector(include)
+    if manifest is not None and not force:
+        _refuse_existing(manifest, selector, dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationNotWritable(f"cannot create {dest}: {exc.strerror}") from exc
+    report = RestoreReport(
+        source=src.location, manifest=src.manifest_location if manifest is not None else None, dest=str(dest)
+    )
+    problems = Problems()
+    expected = {path: None for path in manifest or {} if selector.matches(path)}  # ordered, unlike a set
+    extractor = Extractor(dest, force, manifest, no_outside_links, report, problems)
+    try:
+        stream = MemberStream(src, progress)
+        try:
+            for member in stream.members:
+                report.members += 1
+                rel, why = safe_name(member.name)
+                if member.kind == "d" and rel:
+                    extractor.dir_meta[rel] = (member.mode, member.mtime)
+                if not selector.wanted(member.name):
+                    report.excluded += 1
+                    continue
+                expected.pop(member.name, None)
+                try:
+                    if why or rel is None:
+                        raise Refused(why or "has an unusable name")
+                    extractor.member(member, stream.members, rel)
+                except Refused as exc:
+                    report.refused += 1
+                    problems.add(f"refused {show(member.name)}: it {exc}")
+        except ArchiveDamaged as exc:
+            report.damaged = True
+            problems.first(f"damaged archive: {exc}; the members before it were restored and checked")
+        finally:
+            stream.reader.close()
+        extractor.make_symlinks()
+        extractor.finish()
+    finally:
+        extractor.close()
+    stream.finish(problems, report.damaged)
+    for path in expected:
+        report.missing += 1
+        problems.add(f"{show(path)}: listed in the manifest, missing from the archive")
+    for pattern, used in zip(selector.patterns, selector.used):
+        if not used:
+            problems.add(
+                f"--include {pattern!r} matched no member (member paths start with the run folder, "
+                f"e.g. {src.run}/InterOp)"
+            )
+    report.conclude(problems, stream.reader)
+    return report

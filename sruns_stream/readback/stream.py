@@ -1,0 +1,61 @@
+"""The stream `verify` and `restore` both walk: an archive's stored bytes → (gzip) → tar
+members, in one pass.
+
+`MemberStream` wires a `ResumableReader`, a `GzipLayer` (not for a plain ``.tar``) and
+`TarMembers` together; checks for a stop request at every piece, so a signal stops a
+verify or restore cleanly between pieces; feeds the progress bar; and, once the walk is
+over, adds the problems that belong to the stream rather than to a member: a gzip
+CRC32/ISIZE mismatch, bytes after the end of the tar stream, a download whose crc32c is
+not the stored object's.
+"""
+
+from __future__ import annotations
+
+from ..progress import Progress
+from ..stopping import STOP
+from .gunzip import GzipLayer
+from .report import Problems
+from .sources import ArchiveSource, ResumableReader
+from .tarparse import TarMembers
+
+__all__ = ["MemberStream"]
+
+
+class MemberStream:
+    """An archive's members, read from its stored bytes: reader → (gzip) → tar."""
+
+    def __init__(self, src: ArchiveSource, progress: Progress) -> None:
+        self.src = src
+        self.reader = ResumableReader(src.data, note=progress.note)
+        self.gzip = GzipLayer(self.reader.read_piece, lambda: self.reader.pos, src.location) if src.gzip else None
+        inner = self.gzip.read_piece if self.gzip is not None else self.reader.read_piece
+        self.raw = 0
+
+        def pull() -> bytes:
+            STOP.check()  # every piece: a signal stops a verify or restore here, cleanly
+            piece = inner()
+            self.raw += len(piece)
+            progress.update(self.reader.pos, self.raw)
+            return piece
+
+        self.members = TarMembers(pull)
+        # The bar counts stored bytes read out of the object's size (the only total known
+        # before the end); its second figure is the tar bytes they inflated to.
+        progress.start(src.data.size, 0)
+
+    def finish(self, problems: Problems, damaged: bool) -> None:
+        """Stream-level problems, once the walk is over."""
+        self.reader.close()
+        if self.gzip is not None:
+            for problem in self.gzip.problems:
+                problems.add(problem)
+        if self.members.trailing_garbage:
+            problems.add(
+                f"{self.src.location}: {self.members.trailing_garbage} non-zero bytes after the end of the tar stream"
+            )
+        stored = self.src.stored_crc32c
+        if not damaged and stored is not None and self.reader.pos == self.reader.size and self.reader.crc32c != stored:
+            problems.add(
+                f"{self.src.location}: the bytes read have crc32c {self.reader.crc32c:08x}, but the object's is "
+                f"{stored:08x}: the download was corrupted; run again"
+            )
