@@ -35,7 +35,7 @@ class Stored:
 class Sink(Protocol):
     """A destination for one archive's bytes.
 
-    The workflow writes bytes in order and, after each write, looks at
+    The archive (`archive.py`) writes bytes in order and, after each write, looks at
     ``durable_offset``: what would survive a crash of this process (and, for local
     files, of the machine). Whatever opaque ``state()`` returns is kept in the
     journal so that a new process can ``open()`` the same destination again.
@@ -62,7 +62,7 @@ class Sink(Protocol):
 
     def request_durable(self) -> None:
         """Make what was written durable soon, short of the usual interval if need be
-        (the workflow asks when much raw work went by without a checkpoint)."""
+        (the archive asks when much raw work went by without a checkpoint)."""
         ...
 
     def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:

@@ -183,7 +183,7 @@ class GcsSink:
             if resumed is not None:
                 return resumed
         if self._uri is not None and self._fresh:
-            # The workflow opens twice when a resume falls back to zero; reuse the empty
+            # The archive opens twice when a resume falls back to zero; reuse the empty
             # session made a moment ago rather than leaving it orphaned.
             self._base = 0
             return 0

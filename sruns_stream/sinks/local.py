@@ -2,7 +2,7 @@
 
 Bytes go to `<name>.part` through a writer thread, so the copy into the page cache
 never stalls the tar reader and the compressors. An fsync every half ``sync_interval``
-(or sooner, when the workflow asks for a durable point) runs on a third thread while
+(or sooner, when the archive asks for a durable point) runs on a third thread while
 later pieces are written; what it has synced is the durable offset the journal's
 checkpoints are recorded against. On resume the part file is cut back to that offset:
 anything after it was written but never synced, and could be garbage after a power
