@@ -22,7 +22,8 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from .journal import Journal, Task, files_crc32c
 from .layout import parse_location, storage_uri
 from .lock import RunLock
 from .progress import NoProgress, Progress
-from .runfolder import Manifest, compare, fingerprint, resolve_run_folder, scan_run_folder
+from .runfolder import Manifest, compare, fingerprint, reading_threads, resolve_run_folder, scan_run_folder
 from .sinks import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
 from .stopping import STOP
 from .tarstream import TarLayout, TarReader
@@ -196,6 +197,7 @@ def archive_run(
     root = check_places(rundir, destination, journal.path)
     destination = normalize_destination(destination)
     name = root.name
+    threads = reading_threads(options.read_threads, root)
     with RunLock(journal.path, name):
         task = journal.get(name)
         t0 = clock()
@@ -208,12 +210,12 @@ def archive_run(
                     if restart_reason is None:
                         return _already_complete(task, note=_LEGACY_NOTE)
                 else:
-                    scan = scan_run_folder(root)
+                    scan = scan_run_folder(root, threads)
                     restart_reason = _not_archived_because(task, root, scan, journal, probe)
                     if restart_reason is None:
                         return _already_complete(task)
-            return _run(root, destination, options, journal, progress, task, force, sink_factory, clock, t0,
-                        scan, restart_reason)
+            return _run(root, destination, replace(options, read_threads=threads), journal, progress, task,
+                        force, sink_factory, clock, t0, scan, restart_reason)
         except BaseException as exc:
             # KeyboardInterrupt/SystemExit too: the row must never stay "in progress".
             fields: dict[str, Any] = {"status": "not_running", "pid": None, "last_error": _one_line(exc)}
@@ -307,7 +309,7 @@ def _resume_problem(task: Task | None, rundir: Path, destination: str, params: d
     return ""
 
 
-def _resumable_manifest(task: Task, rundir: Path, journal: Journal) -> tuple[Manifest | None, str]:
+def _resumable_manifest(task: Task, rundir: Path, journal: Journal, threads: int) -> tuple[Manifest | None, str]:
     """The journal's manifest if the folder still matches it, else (None, why not)."""
     entries = journal.entries(task.name)
     if fingerprint(entries) != task.manifest_id:
@@ -317,7 +319,7 @@ def _resumable_manifest(task: Task, rundir: Path, journal: Journal) -> tuple[Man
     if files_crc32c(0, done) != task.files_crc32c:
         return None, "the journal's member checksums do not match the checkpoint (damaged)"
     manifest = Manifest(root=rundir, entries=entries)
-    change = next(manifest.changed_entries(), None)  # the first one decides: stop there
+    change = next(manifest.changed_entries(threads), None)  # the first one decides: stop there
     if change is not None:
         return None, f"the run folder changed since its manifest ({change})"
     return manifest, ""
@@ -344,7 +346,7 @@ def _run(
         restart_reason = _resume_problem(task, rundir, destination, params, force)
     manifest: Manifest | None = None
     if restart_reason == "" and task is not None:
-        manifest, restart_reason = _resumable_manifest(task, rundir, journal)
+        manifest, restart_reason = _resumable_manifest(task, rundir, journal, options.read_threads or 1)
     if task is not None and task.legacy_tarfile:
         progress.note(
             f"{name}: sruns-monitor's local tarball {task.legacy_tarfile} is not used (it may be partial); "
@@ -354,7 +356,7 @@ def _run(
     if manifest is None:
         if restart_reason:
             progress.note(f"{name}: starting from zero: {restart_reason}")
-        manifest = scan or scan_run_folder(rundir)
+        manifest = scan or scan_run_folder(rundir, options.read_threads or 1)
         for skipped in manifest.skipped:
             progress.note(f"skipped {skipped}")
         journal.start_fresh(
@@ -404,7 +406,8 @@ def _run(
     last = start
     try:
         with TarReader(
-            layout, start.raw_offset, start.cursor, store_precompressed=options.compression == "auto"
+            layout, start.raw_offset, start.cursor, store_precompressed=options.compression == "auto",
+            read_threads=options.read_threads or 0, read_ahead=options.read_ahead,
         ) as reader:
             for cb in compressed_stream(
                 codec, reader.blocks(options.block_size), start, dictionary, layout.size, options.threads
@@ -440,19 +443,27 @@ def _run(
             tool_version=__version__,
         )
         journal.update(name, status="uploading")
-        stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs))
-        _verify(stored, info)
-        attempt.commit_durable()
+        # The archive proves the run archived only if the folder still holds exactly what
+        # it holds: anything written meanwhile (analysis software writes into run folders
+        # after the instrument is done) is in no archive. Every file has been read by
+        # now, so the folder is walked again while the destination finishes.
+        with ThreadPoolExecutor(1, thread_name_prefix="closing-walk") as walker:
+            closing = walker.submit(scan_run_folder, rundir, options.read_threads or 1)
+            try:
+                stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs))
+                _verify(stored, info)
+                attempt.commit_durable()
+            except BaseException:
+                closing.cancel()
+                raise
+            now = closing.result()
     except BaseException as exc:
         sink.abort()
         if isinstance(exc, IntegrityError):
             # Resuming would rebuild on the bytes that failed: the next attempt starts from zero.
             journal.update(name, manifest_id=None)
         raise
-    # The archive is stored and verified. It proves the run archived only if the folder
-    # still holds exactly what it holds: anything written meanwhile (analysis software
-    # writes into run folders after the instrument is done) is in no archive.
-    diff = compare(manifest.entries, scan_run_folder(rundir))
+    diff = compare(manifest.entries, now)
     if diff:
         journal.update(name, location=stored.location, manifest_id=None)
         raise RunFolderChanged(

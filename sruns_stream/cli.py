@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--block-size", type=_size, help="raw block size (default 1M)")
     a.add_argument("--sync-interval", type=_size, help="local destination: fsync every this many bytes (default 16M)")
     a.add_argument("--chunk-size", type=_size, help="GCS upload chunk, a multiple of 256K (default 16M)")
+    a.add_argument("--read-threads", type=int,
+                   help="threads that list directories and read files ahead (default 8; 0: none)")
+    a.add_argument("--read-ahead", type=_size, help="how far files are read ahead of the stream (default 64M; 0: off)")
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
@@ -123,6 +126,8 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         block_size=args.block_size,
         sync_interval=args.sync_interval,
         chunk_size=args.chunk_size,
+        read_threads=args.read_threads,
+        read_ahead=args.read_ahead,
     )
     dest = args.dest or config.destination or DEFAULT_DEST
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)

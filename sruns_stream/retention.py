@@ -30,7 +30,7 @@ from .config import Config
 from .errors import SrunsError
 from .journal import Journal, Task
 from .layout import parse_location
-from .runfolder import compare, scan_run_folder
+from .runfolder import compare, reading_threads, scan_run_folder
 from .sinks import probe_archive
 
 __all__ = ["Retention"]
@@ -133,7 +133,8 @@ class Retention:
                          f"archived by sruns-monitor, which kept no manifest to compare {folder} with: not {what}")
             return False
         try:
-            diff = compare(self.journal.entries(task.name), scan_run_folder(folder))
+            threads = reading_threads(self.config.archive.read_threads, folder) or 1
+            diff = compare(self.journal.entries(task.name), scan_run_folder(folder, threads))
         except SrunsError as exc:
             self._refuse(refused, task.name, f"cannot compare {folder} with its archive ({exc}): not {what}")
             return False

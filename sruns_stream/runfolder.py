@@ -21,12 +21,15 @@ import errno
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import AUTO_READ_THREADS, LOCAL_OPEN_SECONDS
 from .errors import RunFolderChanged, RunFolderMissing, UnreadableEntry, UsageError
-from .safefs import Tree, kind_of
+from .safefs import Tree, kind_of, probe_latency
 from .stopping import STOP
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "Manifest",
     "check_unchanged",
     "compare",
+    "reading_threads",
     "resolve_run_folder",
     "scan_run_folder",
 ]
@@ -103,24 +107,44 @@ class Manifest:
         bytes for unchanged file contents."""
         return fingerprint(self.entries)
 
-    def changed_entries(self) -> Iterator[str]:
-        """Entries that differ on disk from the manifest (re-stat, no walk)."""
-        try:
-            tree = Tree(self.root)
-        except OSError as exc:
-            yield f"{self.root}: {exc.strerror}"
+    def changed_entries(self, threads: int = 1) -> Iterator[str]:
+        """Entries that differ on disk from the manifest (re-stat, no walk), in manifest
+        order; ``threads`` stat them at once (on a share each is a round trip)."""
+        chunks = [self.entries[i : i + _CHECK_CHUNK] for i in range(0, len(self.entries), _CHECK_CHUNK)]
+        if threads <= 1 or len(chunks) == 1:
+            for chunk in chunks:
+                yield from _changed(self.root, chunk)
             return
-        with tree:
-            for e in self.entries:
-                try:
-                    st = tree.lstat(e.rel)
-                    link = tree.readlink(e.rel) if e.kind == SYMLINK and stat.S_ISLNK(st.st_mode) else b""
-                except OSError as exc:
-                    yield f"{e.display}: {_gone(exc)}"
-                    continue
-                change = _difference(e, _entry(e.path, st, link), is_root=not e.rel)
-                if change:
-                    yield f"{e.display}: {change}"
+        with ThreadPoolExecutor(threads, thread_name_prefix="check") as pool:
+            results = [pool.submit(lambda c: list(_changed(self.root, c)), chunk) for chunk in chunks]
+            try:
+                for result in results:
+                    yield from result.result()
+            finally:
+                for result in results:
+                    result.cancel()
+
+
+_CHECK_CHUNK = 512  # entries one task re-stats
+
+
+def _changed(root: Path, entries: list[Entry]) -> Iterator[str]:
+    try:
+        tree = Tree(root)
+    except OSError as exc:
+        yield f"{root}: {exc.strerror}"
+        return
+    with tree:
+        for e in entries:
+            try:
+                st = tree.lstat(e.rel)
+                link = tree.readlink(e.rel) if e.kind == SYMLINK and stat.S_ISLNK(st.st_mode) else b""
+            except OSError as exc:
+                yield f"{e.display}: {_gone(exc)}"
+                continue
+            change = _difference(e, _entry(e.path, st, link), is_root=not e.rel)
+            if change:
+                yield f"{e.display}: {change}"
 
 
 def fingerprint(entries: list[Entry]) -> str:
@@ -182,6 +206,14 @@ def _entry(rel: bytes, st: os.stat_result, linkname: bytes = b"") -> Entry:
     )
 
 
+def reading_threads(configured: int | None, root: Path) -> int:
+    """How many threads read this run folder: as configured, or (None) decided by how
+    long opening one of its files takes (see ArchiveOptions.read_threads)."""
+    if configured is not None:
+        return configured
+    return AUTO_READ_THREADS if probe_latency(root) > LOCAL_OPEN_SECONDS else 0
+
+
 def resolve_run_folder(rundir: Path | str) -> Path:
     """The run folder's real, absolute path; its last component is the run's name.
 
@@ -202,66 +234,185 @@ def resolve_run_folder(rundir: Path | str) -> Path:
     return root
 
 
-def scan_run_folder(rundir: Path | str) -> Manifest:
+def scan_run_folder(rundir: Path | str, threads: int = 1) -> Manifest:
     """Walk ``rundir`` depth-first, children sorted bytewise, and return its manifest.
 
-    Raises RunFolderMissing when rundir is not a directory, and UnreadableEntry naming
-    the first file or directory that cannot be read.
+    ``threads`` directories are listed (and their entries stat'ed) at once: on a share
+    every ``lstat`` is a round trip to the filer, and those overlap. The manifest is the
+    same whatever ``threads`` is. Raises RunFolderMissing when rundir is not a directory,
+    UnreadableEntry naming the first entry (in manifest order) that cannot be read, and
+    RunFolderChanged when a directory is swapped or removed while it is walked.
     """
     root = resolve_run_folder(rundir)
-    try:
-        tree = Tree(root)
-    except OSError as exc:
-        raise UnreadableEntry(f"cannot read run folder {root}: {exc.strerror}") from exc
-    with tree:
-        name = os.fsencode(root.name)
-        entries = [_entry(name, tree.root_stat())]
-        skipped: list[str] = []
-        _walk(tree, b"", name, entries[0].ino, entries, skipped)
+    name = os.fsencode(root.name)
+    with _Walker(root, threads) as walker:
+        root_entry = _entry(name, walker.root_stat)
+        listings = walker.walk(root_entry.ino)
+    entries = [root_entry]
+    skipped: list[str] = []
+    _assemble(listings, b"", name, entries, skipped)
     return Manifest(root=root, entries=entries, skipped=skipped)
 
 
-def _walk(
-    tree: Tree, rel_dir: bytes, prefix: bytes, ino: int, entries: list[Entry], skipped: list[str]
-) -> None:
-    # Recursion depth is the folder depth (about 8 in a run folder), so recursion is fine.
-    STOP.check()  # a walk over NFS can take minutes
-    shown = os.fsdecode(prefix)
-    try:
+@dataclass(frozen=True, slots=True)
+class _Child:
+    name: bytes
+    st: os.stat_result | None  # None: not a regular file, directory or symlink
+    link: bytes
+    readable: bool
+    error: str | None = None  # why it could not be stat'ed
+
+
+class _Walker:
+    """Lists directories, each on one of ``threads`` threads with a `Tree` of its own."""
+
+    def __init__(self, root: Path, threads: int) -> None:
+        self.root = root
+        self.threads = max(1, threads)
+        self._local = threading.local()
+        self._trees: list[Tree] = []
+        self._lock = threading.Lock()
+        self._euid = os.geteuid()
+        self._groups = {os.getegid(), *os.getgroups()}
+        try:
+            self.root_stat = self._tree().root_stat()
+        except OSError as exc:
+            raise UnreadableEntry(f"cannot read run folder {root}: {exc.strerror}") from exc
+
+    def __enter__(self) -> _Walker:  # noqa: PYI034 - typing.Self needs Python 3.11; we support 3.10
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for tree in self._trees:
+            tree.close()
+
+    def _tree(self) -> Tree:
+        tree: Tree | None = getattr(self._local, "tree", None)
+        if tree is None:
+            tree = Tree(self.root)
+            with self._lock:
+                self._trees.append(tree)
+            self._local.tree = tree
+        return tree
+
+    def walk(self, root_ino: int) -> dict[bytes, list[_Child] | BaseException]:
+        """Every directory's listing by its path below the root (or what listing it raised)."""
+        listings: dict[bytes, list[_Child] | BaseException] = {}
+        if self.threads == 1:
+            todo = [(b"", root_ino)]
+            while todo:
+                STOP.check()  # a walk over NFS can take minutes
+                rel, ino = todo.pop()
+                listings[rel] = result = self._list_or_error(rel, ino)
+                todo.extend(_subdirs(rel, result))
+            return listings
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="walk") as pool:
+            pending = {pool.submit(self._list_or_error, b"", root_ino): b""}
+            try:
+                while pending:
+                    done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                    STOP.check()
+                    for future in done:
+                        rel = pending.pop(future)
+                        listings[rel] = result = future.result()
+                        for sub, ino in _subdirs(rel, result):
+                            pending[pool.submit(self._list_or_error, sub, ino)] = sub
+            finally:
+                for future in pending:
+                    future.cancel()
+        return listings
+
+    def _may_read(self, st: os.stat_result, directory: bool) -> bool:
+        """What the permission bits say, without a syscall (on a share ``access`` is one
+        more round trip per file). Only a "no" is asked of the kernel, which also knows
+        ACLs that may grant more than the bits."""
+        need = 5 if directory else 4  # r-x, r--
+        if st.st_uid == self._euid:
+            bits = st.st_mode >> 6
+        elif st.st_gid in self._groups:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & need == need
+
+    def _list_or_error(self, rel_dir: bytes, ino: int) -> list[_Child] | BaseException:
+        try:
+            return self._list(rel_dir, ino)
+        except (OSError, RunFolderChanged) as exc:
+            return exc
+
+    def _list(self, rel_dir: bytes, ino: int) -> list[_Child]:
+        tree = self._tree()
         fd = tree.dir_fd(rel_dir)
         if os.fstat(fd).st_ino != ino:
-            raise RunFolderChanged(f"directory {shown} was replaced while the run folder was scanned")
+            raise RunFolderChanged("replaced")
         with os.scandir(fd) as it:
-            children = sorted(os.fsencode(d.name) for d in it)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
-            raise RunFolderChanged(f"directory {shown} was replaced or removed while the run folder was scanned") from exc
+            names = sorted(os.fsencode(d.name) for d in it)
+        children = []
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                kind = kind_of(st.st_mode)
+                if kind is None:
+                    children.append(_Child(name, None, b"", True))
+                    continue
+                link = os.readlink(name, dir_fd=fd) if kind == SYMLINK else b""
+                readable = kind == SYMLINK or self._may_read(st, kind == DIR) or os.access(
+                    name, os.R_OK | (os.X_OK if kind == DIR else 0), dir_fd=fd
+                )
+            except FileNotFoundError:
+                continue  # removed between the listing and the stat: as if never there
+            except OSError as exc:
+                children.append(_Child(name, None, b"", False, exc.strerror or str(exc)))
+                continue
+            children.append(_Child(name, st, link, readable))
+        return children
+
+
+def _subdirs(rel: bytes, listing: list[_Child] | BaseException) -> list[tuple[bytes, int]]:
+    if isinstance(listing, BaseException):
+        return []
+    return [
+        (rel + b"/" + c.name if rel else c.name, c.st.st_ino)
+        for c in listing
+        if c.st is not None and c.readable and stat.S_ISDIR(c.st.st_mode)
+    ]
+
+
+def _assemble(
+    listings: dict[bytes, list[_Child] | BaseException], rel_dir: bytes, prefix: bytes,
+    entries: list[Entry], skipped: list[str],
+) -> None:
+    """Depth-first, bytewise: the order of the serial walk, whatever order the listings
+    came in. The first problem in that order is the one raised."""
+    # Recursion depth is the folder depth (about 8 in a run folder), so recursion is fine.
+    listing = listings[rel_dir]
+    shown = os.fsdecode(prefix)
+    if isinstance(listing, RunFolderChanged) or (
+        isinstance(listing, OSError) and listing.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT)
+    ):
+        raise RunFolderChanged(f"directory {shown} was replaced or removed while the run folder was scanned")
+    if isinstance(listing, OSError):
         raise UnreadableEntry(
-            f"cannot read directory {shown}: {exc.strerror}; fix its permissions or remove it from the run folder"
-        ) from exc
-    for child in children:
-        rel = rel_dir + b"/" + child if rel_dir else child
-        path = prefix + b"/" + child
-        try:
-            st = tree.lstat(rel)
-            kind = kind_of(st.st_mode)
-            link = tree.readlink(rel) if kind == SYMLINK else b""
-            readable = kind is None or kind == SYMLINK or tree.readable(rel, directory=kind == DIR)
-        except FileNotFoundError:
-            continue  # removed between the listing and the stat: as if never there
-        except OSError as exc:
-            raise UnreadableEntry(f"cannot stat {os.fsdecode(path)}: {exc.strerror}") from exc
-        if kind is None:
+            f"cannot read directory {shown}: {listing.strerror}; fix its permissions or remove it from the run folder"
+        )
+    assert not isinstance(listing, BaseException)
+    for child in listing:
+        path = prefix + b"/" + child.name
+        if child.error is not None:
+            raise UnreadableEntry(f"cannot stat {os.fsdecode(path)}: {child.error}")
+        if child.st is None:
             skipped.append(f"{os.fsdecode(path)} (not a regular file, directory or symlink)")
             continue
-        if not readable:
+        kind = kind_of(child.st.st_mode)
+        if not child.readable:
             what = "directory " if kind == DIR else ""
             raise UnreadableEntry(
                 f"cannot read {what}{os.fsdecode(path)}: permission denied; fix its permissions and run again"
             )
-        entries.append(_entry(path, st, link))
+        entries.append(_entry(path, child.st, child.link))
         if kind == DIR:
-            _walk(tree, rel, path, st.st_ino, entries, skipped)
+            _assemble(listings, rel_dir + b"/" + child.name if rel_dir else child.name, path, entries, skipped)
 
 
 def check_unchanged(manifest: Manifest, limit: int = 5) -> None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import stat
+import statistics
+import time
 from pathlib import Path
 
-__all__ = ["DIR_FLAGS", "FILE_FLAGS", "Tree", "kind_of"]
+__all__ = ["DIR_FLAGS", "FILE_FLAGS", "Tree", "kind_of", "probe_latency"]
 
 # O_NOFOLLOW on every component below the root; O_CLOEXEC so the daemon's children
 # inherit none of them.
@@ -134,3 +136,28 @@ class Tree:
         """Whether we may read (and, for a directory, list) ``rel``."""
         fd, name = self.split(rel)
         return os.access(name, os.R_OK | (os.X_OK if directory else 0), dir_fd=fd)
+
+
+def probe_latency(root: Path | str, sample: int = 8) -> float:
+    """Seconds one ``open`` of a file below ``root`` takes (the median over up to
+    ``sample`` of its files): a few microseconds from a local page cache, the filer's
+    round trip on a share. An open, not a stat: NFS revalidates on every open (close-to-
+    open consistency) while a stat may be answered from the client's attribute cache.
+    0.0 when there is no file to try or the folder cannot be read."""
+    times: list[float] = []
+    try:
+        with Tree(root) as tree, os.scandir(tree.dir_fd(b"")) as it:
+            for entry in it:
+                if len(times) >= sample:
+                    break
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    os.close(tree.open_file(os.fsencode(entry.name)))
+                except OSError:
+                    continue
+                times.append(time.perf_counter() - t0)
+    except OSError:
+        return 0.0
+    return statistics.median(times) if times else 0.0

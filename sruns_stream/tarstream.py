@@ -10,9 +10,7 @@ manifest that `verify` and `restore` check against.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import struct
 from array import array
 from bisect import bisect_right
@@ -21,8 +19,8 @@ from dataclasses import dataclass, field
 
 import google_crc32c
 
-from . import classify
-from .errors import RunFolderChanged, UnreadableEntry
+from . import classify, memberio
+from .readahead import ReadAhead
 from .runfolder import DIR, FILE, SYMLINK, Entry, Manifest
 from .safefs import Tree
 
@@ -214,6 +212,8 @@ class TarReader:
         start: int = 0,
         cursor: Cursor | None = None,
         store_precompressed: bool = False,
+        read_threads: int = 0,
+        read_ahead: int = 0,
     ) -> None:
         if not 0 <= start <= layout.size:
             raise ValueError(f"offset {start} outside the tar stream (size {layout.size})")
@@ -225,23 +225,38 @@ class TarReader:
             self._crc = cursor.crc32c
         self._store = store_precompressed
         self._tree: Tree | None = None
+        # The member being read: its bytes not yet consumed that are in memory (read
+        # ahead), then its descriptor for the rest (None once all of it is in memory).
+        self._member = -1
+        self._mem = b""
+        self._mem_pos = 0
         self._fd: int | None = None
-        self._fd_index = -1
         self._stored_member = False
         self.bytes_read_from_files = 0
+        # Members after the one at ``start`` (a resume may start inside it) are read ahead.
+        first = self.index + 1 if start > layout.starts[min(self.index, len(layout))] else self.index
+        self._ahead = (
+            ReadAhead(layout.manifest, first, read_threads, read_ahead)
+            if read_threads > 0 and read_ahead > 0 and first < len(layout)
+            else None
+        )
 
     def close(self) -> None:
         self._close_member()
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            ahead.close()
         if self._tree is not None:
             tree, self._tree = self._tree, None
             tree.close()
 
     def _close_member(self) -> None:
+        self._member = -1
+        self._mem = b""
         if self._fd is not None:
             # Forget the fd before closing it: a signal between the two must not leave a
             # closed fd that the unwinding closes again (EBADF instead of "interrupted").
             fd, self._fd = self._fd, None
-            self._fd_index = -1
             os.close(fd)
 
     def __enter__(self) -> TarReader:  # noqa: PYI034 - typing.Self needs Python 3.11; we support 3.10
@@ -322,10 +337,7 @@ class TarReader:
             return
         if entry.size:
             data = view[data_at : data_at + entry.size]
-            # Small files: one fstat after reading catches a change made before or
-            # during the read (size or mtime), and the first bytes are classified from
-            # the buffer, so a small file costs open, read, fstat, close.
-            self._open_member(i, 0, check_first=False)
+            self._begin(i, 0, small=True)
             self._read_data(i, 0, data)
             if self._store and entry.size >= classify.MIN_STORED_SIZE and not self._stored_member:
                 self._stored_member = classify.is_precompressed_magic(bytes(data[: classify.MAGIC_BYTES]))
@@ -334,96 +346,53 @@ class TarReader:
             self._finish_member(i)
         block.files_done.append((i, self._crc))
 
-    def _open_member(self, i: int, offset: int, check_first: bool = True) -> None:
+    def _begin(self, i: int, offset: int, small: bool = False) -> None:
+        """Make member ``i`` the one being read, from ``offset``: from what was read ahead,
+        or opened here. A small member read whole (``small``) is checked once, after the
+        read: open, read, fstat, close."""
         self._close_member()
-        manifest = self.layout.manifest
-        entry = manifest.entries[i]
-        try:
-            if self._tree is None:
-                self._tree = self._open_tree()
-            fd = self._tree.open_file(entry.rel)
-        except OSError as exc:
-            raise _open_error(entry, exc) from exc
-        self._fd = fd
-        self._fd_index = i
-        self._stored_member = False
-        if not check_first:
-            if self._store and entry.size >= classify.MIN_STORED_SIZE:
-                self._stored_member = classify.is_precompressed_name(entry.path)
-            return
-        self._check_stat(i, "before reading")  # fail before reading gigabytes of a changed file
-        if self._store and entry.size >= classify.MIN_STORED_SIZE:
-            self._stored_member = classify.is_precompressed_name(entry.path) or (
-                classify.is_precompressed_magic(os.pread(fd, classify.MAGIC_BYTES, 0))
-            )
-        if offset:
-            os.lseek(fd, offset, os.SEEK_SET)
-
-    def _open_tree(self) -> Tree:
-        manifest = self.layout.manifest
-        tree = Tree(manifest.root)
-        root = manifest.entries[0]
-        if root.ino and tree.root_stat().st_ino != root.ino:
-            tree.close()
-            raise RunFolderChanged(f"{manifest.root} is no longer the folder that was scanned (its inode changed)")
-        return tree
-
-    def _check_stat(self, i: int, when: str) -> None:
-        """The open member is still the regular file the scan saw, unchanged."""
-        assert self._fd is not None
         entry = self.layout.manifest.entries[i]
-        st = os.fstat(self._fd)
-        if not stat.S_ISREG(st.st_mode):
-            problem = "is no longer a regular file (replaced by a directory, FIFO or device)"
-        elif entry.ino and st.st_ino != entry.ino:
-            problem = "was replaced by another file (its inode changed)"
-        elif st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
-            problem = f"changed {when} (size {entry.size} -> {st.st_size}, mtime changed: {st.st_mtime_ns != entry.mtime_ns})"
-        elif entry.ctime_ns and st.st_ctime_ns != entry.ctime_ns:
-            problem = f"was rewritten in place {when} (its ctime changed; size and mtime were kept)"
-        else:
-            return
-        raise RunFolderChanged(
-            f"{entry.display} {problem}; a run folder must not change while it is archived: run again to start over"
+        self._member = i
+        self._stored_member = bool(
+            self._store and entry.size >= classify.MIN_STORED_SIZE and classify.is_precompressed_name(entry.path)
         )
+        ahead = self._ahead.take(i) if self._ahead is not None and offset == 0 else None
+        if ahead is not None:
+            if ahead.error is not None:
+                raise ahead.error
+            self._mem, self._mem_pos, self._fd = ahead.data, 0, ahead.fd
+        else:
+            if self._tree is None:
+                self._tree = memberio.open_tree(self.layout.manifest)
+            self._fd = memberio.open_member(self._tree, entry)
+            if small:
+                return
+            memberio.check(self._fd, entry, "before reading")  # fail before reading gigabytes of a changed file
+            if offset:
+                os.lseek(self._fd, offset, os.SEEK_SET)
+        if self._store and entry.size >= classify.MIN_STORED_SIZE and not self._stored_member and not small:
+            first = self._mem[: classify.MAGIC_BYTES] if self._mem else None
+            if first is None and self._fd is not None:
+                first = os.pread(self._fd, classify.MAGIC_BYTES, 0)
+            self._stored_member = classify.is_precompressed_magic(first or b"")
 
     def _read_data(self, i: int, offset: int, out: memoryview) -> None:
-        if self._fd_index != i:
-            self._open_member(i, offset)
-        assert self._fd is not None
+        if self._member != i:
+            self._begin(i, offset)
         got = 0
-        entry = self.layout.manifest.entries[i]
-        try:
-            while got < len(out):
-                n = os.readv(self._fd, [out[got:]])
-                if n == 0:
-                    if not stat.S_ISREG(os.fstat(self._fd).st_mode):
-                        self._check_stat(i, "while being read")  # a FIFO or device reads as empty
-                    raise RunFolderChanged(
-                        f"{entry.display} shrank while being read (expected {entry.size} bytes); "
-                        "a run folder must not change while it is archived"
-                    )
-                got += n
-        except OSError as exc:
-            if exc.errno in (errno.EISDIR, errno.EAGAIN, errno.EINVAL):
-                self._check_stat(i, "while being read")
-            raise UnreadableEntry(f"cannot read {entry.display}: {exc.strerror}") from exc
+        if self._mem_pos < len(self._mem):
+            piece = self._mem[self._mem_pos : self._mem_pos + len(out)]
+            out[: len(piece)] = piece
+            self._mem_pos += len(piece)
+            got = len(piece)
+        if got < len(out):
+            assert self._fd is not None, "a member read ahead whole is in memory whole"
+            memberio.read_into(self._fd, self.layout.manifest.entries[i], out[got:])
         # google_crc32c takes only read-only bytes; the copy costs ~0.1 ms a MiB.
         self._crc = google_crc32c.extend(self._crc, bytes(out))
-        self.bytes_read_from_files += got
+        self.bytes_read_from_files += len(out)
 
     def _finish_member(self, i: int) -> None:
-        self._check_stat(i, "while being read")
+        if self._fd is not None:  # read here, or its tail was: the check after reading
+            memberio.check(self._fd, self.layout.manifest.entries[i], "while being read")
         self._close_member()
-
-
-def _open_error(entry: Entry, exc: OSError) -> Exception:
-    """What a failed open of a member means: the folder changed, or we may not read it."""
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return RunFolderChanged(f"{entry.display} disappeared after the run folder was scanned")
-    if exc.errno == errno.ELOOP:
-        return RunFolderChanged(
-            f"{entry.display} (or a directory on its path) became a symlink after the run folder was "
-            "scanned: links are never followed"
-        )
-    return UnreadableEntry(f"cannot read {entry.display}: {exc.strerror}")
