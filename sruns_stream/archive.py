@@ -18,6 +18,7 @@ reports it without a read).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from isal import isal_zlib
 from . import __version__, manifest_tsv
 from .blockgzip import WINDOW, Checkpoint, Codec, GzipCodec, PlainTarCodec, compressed_stream
 from .config import ArchiveOptions
-from .errors import IntegrityError, RunFolderChanged, UsageError
+from .errors import IntegrityError, JournalError, RunFolderChanged, UsageError
 from .journal import Journal, Task, files_crc32c
 from .layout import parse_location, storage_uri
 from .lock import RunLock
@@ -314,7 +315,7 @@ def _resumable_manifest(task: Task, rundir: Path, journal: Journal, threads: int
     entries = journal.entries(task.name)
     if fingerprint(entries) != task.manifest_id:
         return None, "the journal's manifest does not match its fingerprint (damaged)"
-    crcs = journal.member_crcs(task.name)
+    crcs = journal.member_crcs(task.name, len(entries))
     done = [(i, crc) for i, crc in enumerate(crcs) if crc is not None]
     if files_crc32c(0, done) != task.files_crc32c:
         return None, "the journal's member checksums do not match the checkpoint (damaged)"
@@ -353,6 +354,7 @@ def _run(
             "delete it by hand once this archive is verified"
         )
     sink = sink_factory(destination, name, codec.extension, options)
+    fresh = False
     if manifest is None:
         if restart_reason:
             progress.note(f"{name}: starting from zero: {restart_reason}")
@@ -366,8 +368,8 @@ def _run(
             tarfile=sink.archive_name,
             params=params,
             manifest_id=manifest.fingerprint(),
-            entries=manifest.entries,
         )
+        fresh = True
     task = journal.get(name)
     assert task is not None  # resumed, or just written by start_fresh
     journal.update(name, pid=os.getpid(), status="starting", attempts=task.attempts + 1, last_error=None)
@@ -390,12 +392,15 @@ def _run(
             # The destination holds less than the journal's checkpoint: it lost data.
             progress.note(f"{name}: destination holds {offset} bytes, less than the checkpoint: starting from zero")
         start, files_crc, dictionary = Checkpoint.start(), 0, b""
+        journal.forget_member_crcs(name)
         offset = sink.open(None, 0)
     elif offset:
         progress.note(f"{name}: resuming at archive byte {offset} (raw byte {start.raw_offset})")
     # The session the sink has now (new, or resumed) is recorded before any byte goes out.
     journal.record_checkpoint(task, offset, start, [], files_crc, sink.state())
     journal.update(name, status="tarring", session_started_at=time.time())
+    # The manifest's entries go into the journal while the stream starts.
+    entries_written = journal.write_entries(name, manifest.entries) if fresh else None
 
     attempt = _Attempt(journal, task, sink, start, files_crc)
     attempt.last_durable = offset
@@ -428,7 +433,7 @@ def _run(
         journal.update(name, status="tarring_complete")
 
         # Every member's crc32c: committed ones from the journal, the rest from memory.
-        crcs = journal.member_crcs(name)
+        crcs = journal.member_crcs(name, len(manifest.entries))
         for _, files_done in attempt.pending:
             for idx, crc in files_done:
                 crcs[idx] = crc
@@ -457,7 +462,12 @@ def _run(
                 closing.cancel()
                 raise
             now = closing.result()
+        if entries_written is not None:
+            entries_written.wait()
     except BaseException as exc:
+        if entries_written is not None:
+            with contextlib.suppress(JournalError):  # the error in hand is the one to report
+                entries_written.wait()  # never a thread left writing the journal behind us
         sink.abort()
         if isinstance(exc, IntegrityError):
             # Resuming would rebuild on the bytes that failed: the next attempt starts from zero.

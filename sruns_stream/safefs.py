@@ -58,6 +58,7 @@ class Tree:
         self.root = Path(root)
         self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._chain: list[tuple[bytes, int]] = []  # (component, fd) below the root
+        self._current: bytes | None = b""  # the directory the chain ends in
         self._noatime = _O_NOATIME
 
     def close(self) -> None:
@@ -80,6 +81,8 @@ class Tree:
 
         The descriptor belongs to the tree: valid until the next call or ``close()``.
         """
+        if rel_dir == self._current:  # the same directory as last time: most members
+            return self._chain[-1][1] if self._chain else self._root_fd
         parts = rel_dir.split(b"/") if rel_dir else []
         common = 0
         for (have, _), want in zip(self._chain, parts):
@@ -93,9 +96,11 @@ class Tree:
                 raise OSError(22, f"invalid path component {part!r}")
             fd = os.open(part, DIR_FLAGS, dir_fd=fd)
             self._chain.append((part, fd))
+        self._current = rel_dir
         return fd
 
     def _truncate(self, keep: int) -> None:
+        self._current = None
         while len(self._chain) > keep:
             _, fd = self._chain.pop()
             os.close(fd)

@@ -33,6 +33,7 @@ _EOF = b"\0" * (2 * BLOCK)
 _MAX_SIZE = 0o77777777777  # 8 GiB - 1
 _MAX_ID = 0o7777777
 _MAX_MTIME = 0o77777777777
+_MAX_MTIME_NS = (_MAX_MTIME + 1) * 1_000_000_000
 
 _TYPEFLAG = {FILE: b"0", DIR: b"5", SYMLINK: b"2"}
 
@@ -62,6 +63,12 @@ def _member_name(entry: Entry) -> bytes:
 def _pax_records(entry: Entry) -> bytes:
     """The pax extended records an entry needs, or b"" when plain ustar holds it all."""
     name = _member_name(entry)
+    if (
+        len(name) <= 100 and name.isascii() and len(entry.linkname) <= 100 and entry.linkname.isascii()
+        and entry.size <= _MAX_SIZE and entry.uid <= _MAX_ID and entry.gid <= _MAX_ID
+        and 0 <= entry.mtime_ns < _MAX_MTIME_NS
+    ):
+        return b""  # nearly every member of a run folder: checked once, cheaply
     records = []
     binary = False
     for key, value in ((b"path", name), (b"linkpath", entry.linkname)):

@@ -191,8 +191,10 @@ def test_one_wrong_value_in_the_journal_restarts_from_zero(make_run, tmp_path: P
     dest = _killed_half_way(run, tmp_path, reference)
     with sqlite3.connect(tmp_path / "sruns.db") as db:
         if damage == "member_crc":
-            db.execute("UPDATE manifest SET crc32c = crc32c + 1 WHERE crc32c IS NOT NULL AND idx = "
-                       "(SELECT MIN(idx) FROM manifest WHERE crc32c IS NOT NULL)")
+            seq, pairs = db.execute("SELECT seq, pairs FROM member_crcs ORDER BY seq LIMIT 1").fetchone()
+            pairs = bytearray(pairs)
+            pairs[4] ^= 0x01  # the first member's crc32c, one bit off
+            db.execute("UPDATE member_crcs SET pairs = ? WHERE seq = ?", (bytes(pairs), seq))
         elif damage == "manifest_size":
             db.execute("UPDATE manifest SET size = size + 1 WHERE idx = (SELECT MAX(idx) FROM manifest)")
         else:
