@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -29,20 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import isal
-from isal import isal_zlib
 
 from . import __version__, manifest_tsv
-from .blockgzip import WINDOW, Checkpoint, Codec, GzipCodec, PlainTarCodec, compressed_stream
+from .blockgzip import Checkpoint, Codec, GzipCodec, PlainTarCodec
 from .config import ArchiveOptions
 from .errors import IntegrityError, JournalError, RunFolderChanged, UsageError
 from .journal import Journal, Task, files_crc32c
 from .layout import parse_location, storage_uri
 from .lock import RunLock
+from .pipeline import Saved, stream_range
 from .progress import NoProgress, Progress
 from .runfolder import Manifest, compare, fingerprint, reading_threads, resolve_run_folder, scan_run_folder
 from .sinks import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
-from .stopping import STOP
-from .tarstream import TarLayout, TarReader
+from .tarstream import TarLayout
 
 __all__ = ["ArchiveResult", "archive_run", "check_places", "make_codec", "stream_params"]
 
@@ -116,50 +114,6 @@ def stream_params(options: ArchiveOptions) -> dict[str, Any]:
         "level": options.level if options.compression != "none" else None,
         "block_size": options.block_size,
     }
-
-
-class _Attempt:
-    """State of one archive attempt in this process."""
-
-    def __init__(self, journal: Journal, task: Task, sink: Sink, start: Checkpoint, files_crc: int) -> None:
-        self.journal = journal
-        self.task = task
-        self.sink = sink
-        # Checkpoints written but not yet durable (never the data: memory stays small).
-        self.pending: deque[tuple[Checkpoint, list[tuple[int, int]]]] = deque()
-        self.last_durable = -1
-        self.files_crc = files_crc  # over the members the newest recorded checkpoint finished
-        self.durable_raw = start.raw_offset  # raw offset of the newest recorded checkpoint
-        self.durable_at = time.monotonic()
-
-    def commit_durable(self) -> None:
-        """Record the newest checkpoint at or below the sink's durable offset."""
-        durable = self.sink.durable_offset
-        if durable <= self.last_durable:
-            return
-        newest: Checkpoint | None = None
-        done: list[tuple[int, int]] = []
-        while self.pending and self.pending[0][0].gz_offset <= durable:
-            newest, files_done = self.pending.popleft()
-            done.extend(files_done)
-        self.last_durable = durable
-        if newest is not None:
-            self.files_crc = files_crc32c(self.files_crc, done)
-            self.journal.record_checkpoint(self.task, durable, newest, done, self.files_crc, self.sink.state())
-            self.durable_raw = newest.raw_offset
-            self.durable_at = time.monotonic()
-
-    def space_checkpoints(self, raw_offset: int, options: ArchiveOptions) -> None:
-        """Ask for a durable point when much raw work (or time) went by without one: a
-        run that compresses 100:1 would otherwise fill a sync interval only rarely, and
-        a crash would redo all of it."""
-        if (
-            raw_offset - self.durable_raw >= options.checkpoint_raw_interval
-            or time.monotonic() - self.durable_at >= options.checkpoint_seconds
-        ):
-            self.sink.request_durable()
-            self.durable_raw = raw_offset  # one request per interval, not one per block
-            self.durable_at = time.monotonic()
 
 
 def check_places(rundir: Path | str, destination: str, journal_path: Path | str) -> Path:
@@ -375,68 +329,25 @@ def _run(
     journal.update(name, pid=os.getpid(), status="starting", attempts=task.attempts + 1, last_error=None)
 
     layout = TarLayout(manifest)
-    start, files_crc = task.checkpoint, task.files_crc32c
-    offset = sink.open(task.sink_state, task.durable_offset)
-    dictionary = b""
-    if offset >= start.gz_offset and start.raw_offset:
-        with TarReader(layout, max(0, start.raw_offset - WINDOW)) as dict_reader:
-            dictionary = dict_reader.read_range(min(WINDOW, start.raw_offset))
-        if isal_zlib.crc32(dictionary) != start.window_crc32:
-            progress.note(
-                f"{name}: the 32 KiB before the checkpoint read back differently from the run folder "
-                "(a file was rewritten in place): starting from zero"
-            )
-            offset = -1
-    if offset < start.gz_offset:
-        if offset >= 0:
-            # The destination holds less than the journal's checkpoint: it lost data.
-            progress.note(f"{name}: destination holds {offset} bytes, less than the checkpoint: starting from zero")
-        start, files_crc, dictionary = Checkpoint.start(), 0, b""
-        journal.forget_member_crcs(name)
-        offset = sink.open(None, 0)
-    elif offset:
-        progress.note(f"{name}: resuming at archive byte {offset} (raw byte {start.raw_offset})")
-    # The session the sink has now (new, or resumed) is recorded before any byte goes out.
-    journal.record_checkpoint(task, offset, start, [], files_crc, sink.state())
+    saved = None if fresh else Saved(task.durable_offset, task.checkpoint, task.files_crc32c, task.sink_state)
+    progress.start(layout.size, task.checkpoint.raw_offset if saved else 0)
     journal.update(name, status="tarring", session_started_at=time.time())
     # The manifest's entries go into the journal while the stream starts.
     entries_written = journal.write_entries(name, manifest.entries) if fresh else None
-
-    attempt = _Attempt(journal, task, sink, start, files_crc)
-    attempt.last_durable = offset
-    skip = offset - start.gz_offset
-    discarded = skip
-    stored_bytes = 0
-    progress.start(layout.size, start.raw_offset)
-    last = start
     try:
-        with TarReader(
-            layout, start.raw_offset, start.cursor, store_precompressed=options.compression == "auto",
-            read_threads=options.read_threads or 0, read_ahead=options.read_ahead,
-        ) as reader:
-            for cb in compressed_stream(
-                codec, reader.blocks(options.block_size), start, dictionary, layout.size, options.threads
-            ):
-                STOP.check()  # between blocks: the one place a stop request is honoured mid-stream
-                data = cb.data
-                if skip:
-                    cut = min(skip, len(data))
-                    data, skip = data[cut:], skip - cut
-                if data:
-                    sink.write(data)
-                attempt.pending.append((cb.checkpoint, cb.files_done))
-                attempt.commit_durable()
-                attempt.space_checkpoints(cb.checkpoint.raw_offset, options)
-                stored_bytes += cb.stored_bytes
-                last = cb.checkpoint
-                progress.update(last.raw_offset, last.gz_offset)
+        streamed = stream_range(
+            layout=layout, codec=codec, options=options, sink=sink, store=_TaskStore(journal, task),
+            saved=saved, initial=Checkpoint.start(), raw_end=layout.size, trailer=True, progress=progress,
+            label=name, on_block=lambda cp: progress.update(cp.raw_offset, cp.gz_offset),
+        )
+        start, offset, discarded, last = streamed.start, streamed.resumed_from, streamed.discarded, streamed.last
+        stored_bytes = streamed.stored_bytes
         journal.update(name, status="tarring_complete")
 
         # Every member's crc32c: committed ones from the journal, the rest from memory.
         crcs = journal.member_crcs(name, len(manifest.entries))
-        for _, files_done in attempt.pending:
-            for idx, crc in files_done:
-                crcs[idx] = crc
+        for idx, crc in streamed.pending:
+            crcs[idx] = crc
         info = ArchiveInfo(
             run=name,
             size=last.gz_offset,
@@ -457,7 +368,7 @@ def _run(
             try:
                 stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs))
                 _verify(stored, info)
-                attempt.commit_durable()
+                streamed.commit()
             except BaseException:
                 closing.cancel()
                 raise
@@ -522,3 +433,18 @@ def _verify(stored: Stored, info: ArchiveInfo) -> None:
             f"{stored.location} holds {stored.size} bytes with crc32c {stored.crc32c:08x}, but "
             f"{info.size} bytes with crc32c {info.crc32c:08x} were sent: the archive is not trusted"
         )
+
+
+class _TaskStore:
+    """The single stream's checkpoints: in the run's journal row."""
+
+    def __init__(self, journal: Journal, task: Task) -> None:
+        self.journal = journal
+        self.task = task
+
+    def record(self, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]], files_crc: int,
+               state: str | None) -> None:
+        self.journal.record_checkpoint(self.task, durable, cp, files_done, files_crc, state)
+
+    def forget_member_crcs(self) -> None:
+        self.journal.forget_member_crcs(self.task.name)

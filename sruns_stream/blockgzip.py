@@ -234,15 +234,19 @@ def compressed_stream(
     dictionary: bytes,
     raw_size: int,
     threads: int = 1,
+    trailer: bool = True,
 ) -> Iterator[CompressedBlock]:
     """Encode ``blocks`` (which begin at ``start.raw_offset``) in order.
 
     ``dictionary`` is the raw data just before the first block. The header is
-    emitted when starting at 0 and the trailer once ``raw_size`` is reached, each as a
-    block of its own with its own checkpoint.
+    emitted when starting at the stream's very beginning and the trailer (unless
+    ``trailer`` is False: a segment of the stream that another part ends) once
+    ``raw_size`` is reached, each as a block of its own with its own checkpoint. A
+    segment starting inside the stream counts its output from 0 (``start.gz_offset``)
+    and its raw crc32 from its first byte (``start.crc32``).
     """
     running = _Running(start)
-    if start.gz_offset == 0 and codec.header():
+    if start.raw_offset == 0 and start.gz_offset == 0 and codec.header():
         yield running.emit(codec.header(), 0, 0, start.cursor)
 
     # Bounded in-flight work gives backpressure: at most two blocks per thread wait,
@@ -261,10 +265,10 @@ def compressed_stream(
         finally:
             for _, fut, _ in pending:
                 fut.cancel()
-    if running.cp.raw_offset == raw_size:
-        trailer = codec.trailer(running.cp.crc32, raw_size)
-        if trailer:
-            yield running.emit(trailer, 0, 0, running.cp.cursor)
+    if trailer and running.cp.raw_offset == raw_size:
+        tail = codec.trailer(running.cp.crc32, raw_size)
+        if tail:
+            yield running.emit(tail, 0, 0, running.cp.cursor)
 
 
 def _finish(running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]], window_crc32: int) -> CompressedBlock:

@@ -272,10 +272,12 @@ class TarReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def blocks(self, block_size: int) -> Iterator[RawBlock]:
-        """Consecutive blocks up to the end of the stream (the last one may be short)."""
-        while self.pos < self.layout.size:
-            yield self.read_block(block_size)
+    def blocks(self, block_size: int, until: int | None = None) -> Iterator[RawBlock]:
+        """Consecutive blocks up to ``until`` (default: the end of the stream; the last
+        block may be short)."""
+        end = self.layout.size if until is None else until
+        while self.pos < end:
+            yield self.read_block(min(block_size, end - self.pos))
 
     def read_range(self, length: int) -> bytes:
         """Up to ``length`` bytes from the current position (for dictionaries)."""
