@@ -19,10 +19,11 @@ reports it without a read).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,10 @@ import isal
 
 from . import __version__, manifest_tsv
 from .blockgzip import Checkpoint, Codec, GzipCodec, PlainTarCodec
-from .config import ArchiveOptions
-from .errors import IntegrityError, JournalError, RunFolderChanged, UsageError
+from .config import AUTO_STREAMS, AUTO_STREAMS_FROM, ArchiveOptions
+from .errors import IntegrityError, JournalError, RunFolderChanged, UploadError, UsageError
 from .journal import Journal, Task, files_crc32c
-from .layout import parse_location, storage_uri
+from .layout import Location, parse_location, storage_uri
 from .lock import RunLock
 from .pipeline import Saved, stream_range
 from .progress import NoProgress, Progress
@@ -72,6 +73,8 @@ class ArchiveResult:
     restart_reason: str | None = None
     already_complete: bool = False
     note: str | None = None  # about an "already archived" answer
+    streams: int = 1  # upload streams (several: the archive was composed from segments)
+    volumes: int = 1  # objects or files the archive is stored as
 
     @property
     def ratio(self) -> float:
@@ -269,7 +272,7 @@ def _resumable_manifest(task: Task, rundir: Path, journal: Journal, threads: int
     entries = journal.entries(task.name)
     if fingerprint(entries) != task.manifest_id:
         return None, "the journal's manifest does not match its fingerprint (damaged)"
-    crcs = journal.member_crcs(task.name, len(entries))
+    crcs = journal.member_crcs(task.name, len(entries), segment=-1)
     done = [(i, crc) for i, crc in enumerate(crcs) if crc is not None]
     if files_crc32c(0, done) != task.files_crc32c:
         return None, "the journal's member checksums do not match the checkpoint (damaged)"
@@ -326,53 +329,47 @@ def _run(
         fresh = True
     task = journal.get(name)
     assert task is not None  # resumed, or just written by start_fresh
-    journal.update(name, pid=os.getpid(), status="starting", attempts=task.attempts + 1, last_error=None)
-
     layout = TarLayout(manifest)
+    where = parse_location(destination)
+    streams = _segmented(where, layout.size, options, progress, name)
+    if not fresh and streams != _saved_mode(task, streams):
+        # A run begun as one stream is not continued in segments, nor the other way.
+        restart_reason = "the number of upload streams changed"
+        progress.note(f"{name}: starting from zero: {restart_reason}")
+        journal.start_fresh(name, rundir=str(rundir), destination=destination, tarfile=sink.archive_name,
+                            params=params, manifest_id=manifest.fingerprint())
+        fresh = True
+        task = journal.get(name)
+        assert task is not None
+    journal.update(name, pid=os.getpid(), status="starting", attempts=task.attempts + 1, last_error=None)
     saved = None if fresh else Saved(task.durable_offset, task.checkpoint, task.files_crc32c, task.sink_state)
-    progress.start(layout.size, task.checkpoint.raw_offset if saved else 0)
+    progress.start(layout.size, task.checkpoint.raw_offset if saved and not streams else 0)
     journal.update(name, status="tarring", session_started_at=time.time())
     # The manifest's entries go into the journal while the stream starts.
     entries_written = journal.write_entries(name, manifest.entries) if fresh else None
     try:
-        streamed = stream_range(
-            layout=layout, codec=codec, options=options, sink=sink, store=_TaskStore(journal, task),
-            saved=saved, initial=Checkpoint.start(), raw_end=layout.size, trailer=True, progress=progress,
-            label=name, on_block=lambda cp: progress.update(cp.raw_offset, cp.gz_offset),
-        )
-        start, offset, discarded, last = streamed.start, streamed.resumed_from, streamed.discarded, streamed.last
-        stored_bytes = streamed.stored_bytes
-        journal.update(name, status="tarring_complete")
-
-        # Every member's crc32c: committed ones from the journal, the rest from memory.
-        crcs = journal.member_crcs(name, len(manifest.entries))
-        for idx, crc in streamed.pending:
-            crcs[idx] = crc
-        info = ArchiveInfo(
-            run=name,
-            size=last.gz_offset,
-            crc32c=last.crc32c,
-            raw_bytes=layout.size,
-            file_count=manifest.file_count,
-            tar_crc32=last.crc32,
-            compression=codec.name,
-            tool_version=__version__,
-        )
-        journal.update(name, status="uploading")
         # The archive proves the run archived only if the folder still holds exactly what
         # it holds: anything written meanwhile (analysis software writes into run folders
-        # after the instrument is done) is in no archive. Every file has been read by
-        # now, so the folder is walked again while the destination finishes.
+        # after the instrument is done) is in no archive. Once every file has been read,
+        # the folder is walked again while the destination finishes.
         with ThreadPoolExecutor(1, thread_name_prefix="closing-walk") as walker:
-            closing = walker.submit(scan_run_folder, rundir, options.read_threads or 1)
+            closing: list[Future[Manifest]] = []
+
+            def walk_again() -> None:
+                closing.append(walker.submit(scan_run_folder, rundir, options.read_threads or 1))
+
             try:
-                stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs))
-                _verify(stored, info)
-                streamed.commit()
+                if streams:
+                    outcome = _segmented_upload(name, manifest, layout, codec, options, journal, task, where,
+                                                streams, progress, walk_again)
+                else:
+                    outcome = _single_stream(name, manifest, layout, codec, options, journal, task, sink, saved,
+                                             progress, walk_again)
             except BaseException:
-                closing.cancel()
+                for future in closing:
+                    future.cancel()
                 raise
-            now = closing.result()
+            now = closing[0].result()
         if entries_written is not None:
             entries_written.wait()
     except BaseException as exc:
@@ -384,6 +381,7 @@ def _run(
             # Resuming would rebuild on the bytes that failed: the next attempt starts from zero.
             journal.update(name, manifest_id=None)
         raise
+    stored = outcome.stored
     diff = compare(manifest.entries, now)
     if diff:
         journal.update(name, location=stored.location, manifest_id=None)
@@ -396,7 +394,8 @@ def _run(
         name,
         status="uploading_complete",
         location=stored.location,
-        gcp_tarfile=stored.location if parse_location(destination).kind == "gcs" else None,
+        volumes=json.dumps(list(stored.volumes)) if stored.volumes else None,
+        gcp_tarfile=stored.location if where.kind == "gcs" else None,
         raw_bytes=layout.size,
         archive_bytes=stored.size,
         file_count=manifest.file_count,
@@ -414,17 +413,135 @@ def _run(
         raw_bytes=layout.size,
         archive_bytes=stored.size,
         crc32c=f"{stored.crc32c:08x}",
-        tar_crc32=f"{last.crc32:08x}",
+        tar_crc32=f"{outcome.tar_crc32:08x}",
         compression=codec.name,
         seconds=clock() - t0,
-        resumed_from_raw=start.raw_offset,
-        resumed_from_archive=offset,
-        raw_processed=layout.size - start.raw_offset,
-        archive_discarded=discarded,
-        stored_bytes=stored_bytes,
+        resumed_from_raw=outcome.resumed_from_raw,
+        resumed_from_archive=outcome.resumed_from_archive,
+        raw_processed=outcome.raw_processed,
+        archive_discarded=outcome.discarded,
+        stored_bytes=outcome.stored_bytes,
         skipped=list(manifest.skipped),
         restart_reason=restart_reason or None,
+        streams=streams or 1,
+        volumes=len(stored.volumes) or 1,
     )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What producing and storing the archive came to, however many streams it took."""
+
+    stored: Stored
+    tar_crc32: int
+    resumed_from_raw: int
+    resumed_from_archive: int
+    raw_processed: int
+    discarded: int
+    stored_bytes: int
+
+
+def _single_stream(
+    name: str, manifest: Manifest, layout: TarLayout, codec: Codec, options: ArchiveOptions, journal: Journal,
+    task: Task, sink: Sink, saved: Saved | None, progress: Progress, walk_again: Callable[[], None],
+) -> _Outcome:
+    streamed = stream_range(
+        layout=layout, codec=codec, options=options, sink=sink, store=_TaskStore(journal, task),
+        saved=saved, initial=Checkpoint.start(), raw_end=layout.size, trailer=True, progress=progress,
+        label=name, on_block=lambda cp: progress.update(cp.raw_offset, cp.gz_offset),
+    )
+    walk_again()
+    last = streamed.last
+    journal.update(name, status="tarring_complete")
+    # Every member's crc32c: committed ones from the journal, the rest from memory.
+    crcs = journal.member_crcs(name, len(manifest.entries))
+    for idx, crc in streamed.pending:
+        crcs[idx] = crc
+    info = ArchiveInfo(
+        run=name,
+        size=last.gz_offset,
+        crc32c=last.crc32c,
+        raw_bytes=layout.size,
+        file_count=manifest.file_count,
+        tar_crc32=last.crc32,
+        compression=codec.name,
+        tool_version=__version__,
+    )
+    journal.update(name, status="uploading")
+    stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs))
+    _verify(stored, info)
+    streamed.commit()
+    start = streamed.start
+    return _Outcome(stored, last.crc32, start.raw_offset, streamed.resumed_from, layout.size - start.raw_offset,
+                    streamed.discarded, streamed.stored_bytes)
+
+
+def _segmented_upload(
+    name: str, manifest: Manifest, layout: TarLayout, codec: Codec, options: ArchiveOptions, journal: Journal,
+    task: Task, where: Location, streams: int, progress: Progress, walk_again: Callable[[], None],
+) -> _Outcome:
+    # google-cloud-storage loads only for GCS destinations.
+    from .segments import SegmentedUpload, plan_segments
+    from .sinks.gcs_parts import Parts
+
+    plan = plan_segments(layout.size, options, streams)
+    parts = Parts(where.bucket)
+    try:
+        upload = SegmentedUpload(name=name, manifest=manifest, layout=layout, codec=codec, options=options,
+                                 journal=journal, task=task, where=where, streams=streams, plan=plan,
+                                 progress=progress, parts=parts)
+
+        def read() -> None:
+            walk_again()
+            journal.update(name, status="uploading")  # composing, checking, cleaning up
+
+        stored, tar_crc32 = upload.run(read)
+    finally:
+        parts.close()
+    t = upload.totals
+    return _Outcome(stored, tar_crc32, 0, t.resumed_from, t.raw_processed, t.discarded, t.stored_bytes)
+
+
+def _segmented(where: Location, raw_size: int, options: ArchiveOptions, progress: Progress, name: str) -> int:
+    """How many streams upload the archive in segments: 0 for the single stream (any
+    destination but GCS, one stream asked for and no volumes needed, or a bucket where
+    temporary parts cannot be used)."""
+    if where.kind != "gcs":
+        return 0
+    streams = options.upload_streams or (AUTO_STREAMS if raw_size >= AUTO_STREAMS_FROM else 1)
+    # Deflate may grow stored data by 5 bytes per 64 KiB; anything close to a volume is split.
+    needs_volumes = raw_size + raw_size // 8192 + (1 << 20) > options.volume_size
+    if streams == 1 and not needs_volumes:
+        return 0
+    from .segments import plan_segments
+    from .sinks.gcs_parts import Parts
+
+    if plan_segments(raw_size, options, streams).count == 1 and not needs_volumes:
+        return 0
+    parts = Parts(where.bucket)
+    try:
+        problems = parts.constraints()
+    finally:
+        parts.close()
+    if problems and needs_volumes:
+        raise UploadError(
+            f"{name} needs several volumes (over {options.volume_size} bytes), which are composed from temporary "
+            f"parts, but bucket {where.bucket!r} cannot hold those: {problems[0]}; archive it to another bucket"
+        )
+    if problems:
+        progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: {problems[0]}")
+        return 0
+    return streams
+
+
+def _saved_mode(task: Task, streams: int) -> int:
+    """The streams the journal's progress was made with, as far as it matters: 0 for a
+    single stream, ``streams`` for segments (their plan is checked on its own)."""
+    try:
+        state = json.loads(task.sink_state or "{}")
+    except ValueError:
+        return 0
+    return streams if isinstance(state, dict) and state.get("mode") == "segments" else 0
 
 
 def _verify(stored: Stored, info: ArchiveInfo) -> None:

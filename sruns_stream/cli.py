@@ -38,7 +38,7 @@ _STOPPED_LINE = {
 
 
 def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     try:
         if t and t[-1] in units:
@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--read-threads", type=int,
                    help="threads that list directories and read files ahead (default 8; 0: none)")
     a.add_argument("--read-ahead", type=_size, help="how far files are read ahead of the stream (default 64M; 0: off)")
+    a.add_argument("--streams", type=int,
+                   help="GCS upload streams, each sending segments composed at the end (default: 4 from 2 GiB up, else 1)")
+    a.add_argument("--volume-size", type=_size, help="store a larger archive as volumes of at most this (default: just under 5T)")
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
@@ -128,6 +131,8 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         chunk_size=args.chunk_size,
         read_threads=args.read_threads,
         read_ahead=args.read_ahead,
+        upload_streams=args.streams,
+        volume_size=args.volume_size,
     )
     dest = args.dest or config.destination or DEFAULT_DEST
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)

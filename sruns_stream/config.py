@@ -17,8 +17,11 @@ from .layout import Location
 
 __all__ = [
     "AUTO_READ_THREADS",
+    "AUTO_STREAMS",
+    "AUTO_STREAMS_FROM",
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_VOLUME_SIZE",
     "GCS_CHUNK_QUANTUM",
     "LOCAL_OPEN_SECONDS",
     "ArchiveOptions",
@@ -43,6 +46,14 @@ GCS_CHUNK_QUANTUM = 256 * KiB
 # ~1.5x slower (they only contend for the interpreter there): hence the probe.
 AUTO_READ_THREADS = 32
 LOCAL_OPEN_SECONDS = 50e-6
+TiB = 1024 * 1024 * MiB
+# Just under GCS's 5 TiB object limit, with room for the last part of a volume.
+DEFAULT_VOLUME_SIZE = 5 * TiB - 1024 * MiB
+# Runs whose tar stream is at least this big are uploaded on AUTO_STREAMS streams when
+# upload_streams is not set; smaller ones on one (one stream is not the limit there, and
+# composing costs a few requests).
+AUTO_STREAMS_FROM = 2048 * MiB
+AUTO_STREAMS = 4
 COMPRESSIONS = ("auto", "level", "none")
 
 
@@ -78,6 +89,12 @@ class ArchiveOptions:
     # contend there). The archive's bytes depend on neither.
     read_threads: int | None = None
     read_ahead: int = 64 * MiB
+    # Upload streams to GCS, each sending its own segments of the archive, composed into
+    # one object at the end (`segments`). None decides per run (AUTO_STREAMS_FROM).
+    upload_streams: int | None = None
+    # An archive larger than this is stored as volumes <run>.tar.gz.000, .001, ... whose
+    # concatenation is the archive: a GCS object holds at most 5 TiB.
+    volume_size: int = DEFAULT_VOLUME_SIZE
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -107,6 +124,10 @@ class ArchiveOptions:
             raise ConfigError(f"read_threads must be between 0 and 256, not {self.read_threads!r}")
         if self.read_ahead < 0:
             raise ConfigError(f"read_ahead must be 0 (off) or more bytes, not {self.read_ahead!r}")
+        if self.upload_streams is not None and not 1 <= self.upload_streams <= 64:
+            raise ConfigError(f"upload_streams must be between 1 and 64, not {self.upload_streams!r}")
+        if not MiB <= self.volume_size <= 5 * TiB:
+            raise ConfigError(f"volume_size must be between 1 MiB and 5 TiB (GCS's object limit), not {self.volume_size!r}")
         if self.checkpoint_seconds < 1:
             raise ConfigError(f"checkpoint_seconds must be 1 or more, not {self.checkpoint_seconds!r}")
 
@@ -256,7 +277,7 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
             kw[key] = _mail(value) if value else None
         elif key == "compression" and isinstance(value, int) and not isinstance(value, bool):
             archive["compression"], archive["level"] = "level", value  # "compression": 2
-        elif key == "read_threads" and value is None:
+        elif key in ("read_threads", "upload_streams") and value is None:
             archive[key] = None  # decided per run
         elif key in _ARCHIVE_KEYS:
             archive[key] = _expect(key, value, str if key == "compression" else int,

@@ -46,7 +46,7 @@ from .layout import destination_of
 from .runfolder import Entry
 from .tarstream import Cursor
 
-__all__ = ["STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal", "OutboxItem", "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c"]
+__all__ = ["STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal", "OutboxItem", "SegmentRow", "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c"]
 
 # sruns-monitor's workflow_status values, in their order.
 WorkflowStatus = Literal[
@@ -123,7 +123,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     swept_at REAL,
     published TEXT,
     changed_at REAL,
-    legacy_tarfile TEXT
+    legacy_tarfile TEXT,
+    volumes TEXT
 );
 CREATE TABLE IF NOT EXISTS manifest (
     task TEXT NOT NULL,
@@ -144,6 +145,24 @@ CREATE TABLE IF NOT EXISTS member_crcs (
     task TEXT NOT NULL,
     seq INTEGER NOT NULL,
     pairs BLOB NOT NULL,
+    segment INTEGER NOT NULL DEFAULT -1,
+    PRIMARY KEY (task, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segments (
+    task TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    raw_start INTEGER NOT NULL,
+    raw_end INTEGER NOT NULL,
+    object TEXT NOT NULL,
+    sink_state TEXT,
+    durable_offset INTEGER NOT NULL DEFAULT 0,
+    checkpoint TEXT,
+    files_crc32c INTEGER NOT NULL DEFAULT 0,
+    ck_sum TEXT,
+    size INTEGER,
+    crc32c INTEGER,
+    raw_crc32 INTEGER,
+    ends TEXT,
     PRIMARY KEY (task, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
@@ -202,12 +221,45 @@ class Task:
     published: str | None
     changed_at: float | None  # when the run folder was last found changed after a scan
     legacy_tarfile: str | None  # sruns-monitor's local tarball of a run it left half-way
+    volumes: str | None  # JSON list of the volumes' locations, when the archive is several
 
     def checkpoint_intact(self) -> bool:
         """Whether the checkpoint fields are the ones `record_checkpoint` wrote."""
         return self.ck_sum == checkpoint_sum(
             self.name, self.durable_offset, self.checkpoint, self.files_crc32c, self.sink_state,
             self.params, self.manifest_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    """One segment of an archive uploaded in parallel: its raw range, its temporary
+    object, its progress (as a run's row keeps it for a single stream) and, once done,
+    what the whole archive is assembled from."""
+
+    task: str
+    seq: int
+    raw_start: int
+    raw_end: int
+    object: str
+    sink_state: str | None
+    durable_offset: int
+    checkpoint: Checkpoint | None
+    files_crc32c: int
+    ck_sum: str | None
+    size: int | None  # set when the segment's object is stored and verified
+    crc32c: int | None
+    raw_crc32: int | None
+    ends: dict[str, Any] | None  # the partial members at either end (see `segments`)
+
+    @property
+    def done(self) -> bool:
+        return self.size is not None
+
+    def checkpoint_intact(self, params: dict[str, Any], manifest_id: str | None) -> bool:
+        return self.checkpoint is not None and self.ck_sum == checkpoint_sum(
+            f"{self.task}#{self.seq}", self.durable_offset, self.checkpoint, self.files_crc32c, self.sink_state,
+            params, manifest_id,
         )
 
 
@@ -227,11 +279,13 @@ def checkpoint_sum(
 class Journal:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._lock = threading.RLock()
         try:
             if not self.path.exists():
                 # Create it 0600 before SQLite does: it will hold session URIs.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # One connection, shared by the threads of a parallel upload under self._lock.
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a process crash; a power loss can lose the
             # last transactions, which only makes a resume start a little earlier.
@@ -298,6 +352,10 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield from self._tx_locked()
+
+    def _tx_locked(self) -> Iterator[sqlite3.Connection]:
         try:
             if self._db.in_transaction:
                 # A signal (SIGTERM unwinds as KeyboardInterrupt) landed between our BEGIN
@@ -327,18 +385,21 @@ class Journal:
 
     def get(self, name: str) -> Task | None:
         try:
-            cur = self._db.execute("SELECT * FROM tasks WHERE name = ?", (name,))
-            row = cur.fetchone()
-            cols = [d[0] for d in cur.description]
+            with self._lock:
+                cur = self._db.execute("SELECT * FROM tasks WHERE name = ?", (name,))
+                row = cur.fetchone()
+                cols = [d[0] for d in cur.description]
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
         return _task(dict(zip(cols, row, strict=True))) if row else None
 
     def tasks(self) -> list[Task]:
         try:
-            cur = self._db.execute("SELECT * FROM tasks ORDER BY name")
-            cols = [d[0] for d in cur.description]
-            return [_task(dict(zip(cols, row, strict=True))) for row in cur.fetchall()]
+            with self._lock:
+                cur = self._db.execute("SELECT * FROM tasks ORDER BY name")
+                cols = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+            return [_task(dict(zip(cols, row, strict=True))) for row in rows]
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
 
@@ -359,6 +420,7 @@ class Journal:
         with self._tx() as db:
             db.execute("DELETE FROM manifest WHERE task = ?", (name,))
             db.execute("DELETE FROM member_crcs WHERE task = ?", (name,))
+            db.execute("DELETE FROM segments WHERE task = ?", (name,))
             db.execute(
                 "INSERT INTO tasks (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
                 (name, now),
@@ -386,27 +448,30 @@ class Journal:
 
     def entries(self, name: str) -> list[Entry]:
         try:
-            rows = self._db.execute(
-                "SELECT path, kind, size, mode, mtime_ns, uid, gid, linkname, ino, ctime_ns FROM manifest"
-                " WHERE task = ? ORDER BY idx",
-                (name,),
-            ).fetchall()
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT path, kind, size, mode, mtime_ns, uid, gid, linkname, ino, ctime_ns FROM manifest"
+                    " WHERE task = ? ORDER BY idx",
+                    (name,),
+                ).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
         return [Entry(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), r[8], r[9]) for r in rows]
 
-    def member_crcs(self, name: str, count: int) -> list[int | None]:
-        """Each of the ``count`` members' crc32c recorded so far (None: not yet, or not a file)."""
+    def member_crcs(self, name: str, count: int, segment: int | None = None) -> list[int | None]:
+        """Each of the ``count`` members' crc32c recorded so far (None: not yet, or not a
+        file), by every stream of the run or by one (``segment``: -1 is the single stream)."""
         crcs: list[int | None] = [None] * count
         try:
-            rows = self._db.execute("SELECT pairs FROM member_crcs WHERE task = ? ORDER BY seq", (name,)).fetchall()
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT pairs FROM member_crcs WHERE task = ? AND (? IS NULL OR segment = ?) ORDER BY seq",
+                    (name, segment, segment),
+                ).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
         for (blob,) in rows:
-            pairs = array("I")
-            pairs.frombytes(bytes(blob))
-            if sys.byteorder == "big":
-                pairs.byteswap()  # stored little-endian, whatever host wrote them
+            pairs = _unpack(blob)
             for idx, crc in zip(pairs[::2], pairs[1::2]):
                 if idx < count:
                     crcs[idx] = crc
@@ -415,7 +480,7 @@ class Journal:
     def forget_member_crcs(self, name: str) -> None:
         """An attempt starting over from zero with the same manifest records them anew."""
         with self._tx() as db:
-            db.execute("DELETE FROM member_crcs WHERE task = ?", (name,))
+            db.execute("DELETE FROM member_crcs WHERE task = ? AND segment = -1", (name,))
 
     def update(self, name: str, **fields: Any) -> None:
         """Set named columns of a task (names are ours, never user input)."""
@@ -445,13 +510,10 @@ class Journal:
             if files_done:
                 # One row per checkpoint, the members' (index, crc32c) packed: one UPDATE per
                 # file cost more than a second on a 55,000-file run.
-                pairs = array("I", [v for pair in files_done for v in pair])
-                if sys.byteorder == "big":
-                    pairs.byteswap()
                 db.execute(
                     "INSERT INTO member_crcs (task, seq, pairs) VALUES"
                     " (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM member_crcs WHERE task = ?), ?)",
-                    (task.name, task.name, pairs.tobytes()),
+                    (task.name, task.name, _pack(files_done)),
                 )
             db.execute(
                 "UPDATE tasks SET durable_offset = ?, ck_raw = ?, ck_gz = ?, ck_crc32 = ?,"
@@ -460,6 +522,97 @@ class Journal:
                 (durable, cp.raw_offset, cp.gz_offset, cp.crc32, cp.crc32c, cp.cursor.index,
                  cp.cursor.crc32c, cp.window_crc32, files_crc32c, ck_sum, sink_state, time.time(), task.name),
             )
+
+    # Segments of an archive uploaded in parallel (see `segments`).
+
+    def plan_segments(self, name: str, bounds: Sequence[tuple[int, int, str]]) -> None:
+        """Start the segments afresh: one row per (raw start, raw end, object), no progress."""
+        with self._tx() as db:
+            db.execute("DELETE FROM segments WHERE task = ?", (name,))
+            db.execute("DELETE FROM member_crcs WHERE task = ?", (name,))
+            db.executemany(
+                "INSERT INTO segments (task, seq, raw_start, raw_end, object) VALUES (?, ?, ?, ?, ?)",
+                ((name, i, a, b, obj) for i, (a, b, obj) in enumerate(bounds)),
+            )
+
+    def plan_segment_again(self, name: str, seq: int) -> None:
+        """Forget one segment's progress and result: it is uploaded again from its start."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE segments SET sink_state = NULL, durable_offset = 0, checkpoint = NULL, files_crc32c = 0,"
+                " ck_sum = NULL, size = NULL, crc32c = NULL, raw_crc32 = NULL, ends = NULL WHERE task = ? AND seq = ?",
+                (name, seq),
+            )
+
+    def segments(self, name: str) -> list[SegmentRow]:
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT task, seq, raw_start, raw_end, object, sink_state, durable_offset, checkpoint,"
+                    " files_crc32c, ck_sum, size, crc32c, raw_crc32, ends FROM segments WHERE task = ? ORDER BY seq",
+                    (name,),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+        out = []
+        for r in rows:
+            cp = None
+            if r[7]:
+                f = json.loads(r[7])
+                cp = Checkpoint(f[0], f[1], f[2], f[3], Cursor(f[4], f[5]), f[6])
+            out.append(SegmentRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], cp, r[8], r[9], r[10], r[11], r[12],
+                                  json.loads(r[13]) if r[13] else None))
+        return out
+
+    def record_segment_checkpoint(
+        self, task: Task, seq: int, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]],
+        files_crc32c: int, sink_state: str | None,
+    ) -> None:
+        """A segment's durable advance, as `record_checkpoint` is the single stream's."""
+        ck = json.dumps([cp.raw_offset, cp.gz_offset, cp.crc32, cp.crc32c, cp.cursor.index, cp.cursor.crc32c,
+                         cp.window_crc32])
+        ck_sum = checkpoint_sum(f"{task.name}#{seq}", durable, cp, files_crc32c, sink_state, task.params,
+                                task.manifest_id)
+        with self._tx() as db:
+            if files_done:
+                db.execute(
+                    "INSERT INTO member_crcs (task, seq, pairs, segment) VALUES"
+                    " (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM member_crcs WHERE task = ?), ?, ?)",
+                    (task.name, task.name, _pack(files_done), seq),
+                )
+            db.execute(
+                "UPDATE segments SET sink_state = ?, durable_offset = ?, checkpoint = ?, files_crc32c = ?,"
+                " ck_sum = ? WHERE task = ? AND seq = ?",
+                (sink_state, durable, ck, files_crc32c, ck_sum, task.name, seq),
+            )
+
+    def finish_segment(
+        self, name: str, seq: int, *, size: int, crc32c: int, raw_crc32: int, ends: dict[str, Any]
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE segments SET size = ?, crc32c = ?, raw_crc32 = ?, ends = ? WHERE task = ? AND seq = ?",
+                (size, crc32c, raw_crc32, json.dumps(ends, sort_keys=True), name, seq),
+            )
+
+    def segment_member_crcs(self, name: str, seq: int) -> list[tuple[int, int]]:
+        """The (index, crc32c) pairs a segment recorded, in order."""
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT pairs FROM member_crcs WHERE task = ? AND segment = ? ORDER BY seq", (name, seq)
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+        out: list[tuple[int, int]] = []
+        for (blob,) in rows:
+            pairs = _unpack(blob)
+            out.extend(zip(pairs[::2], pairs[1::2]))
+        return out
+
+    def forget_segment_member_crcs(self, name: str, seq: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM member_crcs WHERE task = ? AND segment = ?", (name, seq))
 
     # The Firestore outbox: status updates wait here, in order, until delivered, so a
     # Firestore outage never stops or fails an archive.
@@ -474,10 +627,11 @@ class Journal:
 
     def outbox(self, limit: int = 100) -> list[OutboxItem]:
         try:
-            rows = self._db.execute(
-                "SELECT seq, collection, doc_id, payload, attempts FROM outbox ORDER BY seq LIMIT ?",
-                (limit,),
-            ).fetchall()
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT seq, collection, doc_id, payload, attempts FROM outbox ORDER BY seq LIMIT ?",
+                    (limit,),
+                ).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
         return [OutboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
@@ -491,6 +645,22 @@ class Journal:
             db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", (error[:500], seq)
             )
+
+
+def _pack(pairs: list[tuple[int, int]]) -> bytes:
+    """(index, crc32c) pairs as little-endian uint32s, whatever host writes them."""
+    flat = array("I", [v for pair in pairs for v in pair])
+    if sys.byteorder == "big":
+        flat.byteswap()
+    return flat.tobytes()
+
+
+def _unpack(blob: bytes) -> array[int]:
+    flat = array("I")
+    flat.frombytes(bytes(blob))
+    if sys.byteorder == "big":
+        flat.byteswap()
+    return flat
 
 
 _ENTRIES_PER_TRANSACTION = 4096
@@ -553,7 +723,7 @@ _COLUMNS = {
     "file_count", "crc32c", "compression", "attempts", "last_error", "session_started_at",
     "updated_at", "finished_at", "rundir_found", "run_id", "instrument", "instrument_status",
     "pid_start", "failures", "next_attempt_at", "gave_up_at", "moved_to", "moved_at", "swept_at",
-    "published", "changed_at", "legacy_tarfile",
+    "published", "changed_at", "legacy_tarfile", "volumes",
 }
 _TASK_FIELDS = frozenset(f.name for f in fields(Task))
 

@@ -36,8 +36,11 @@ __all__ = [
     "manifest_filename",
     "manifest_next_to",
     "parse_location",
+    "part_name",
+    "parts_prefix",
     "split_archive_filename",
     "storage_uri",
+    "volume_names",
 ]
 
 MANIFEST_SUFFIX = ".manifest.tsv"
@@ -64,6 +67,29 @@ def blob_name(prefix: str, run: str, extension: str) -> str:
     prefix = prefix.strip("/")
     name = f"{run}/{archive_filename(run, extension)}"
     return f"{prefix}/{name}" if prefix else name
+
+
+PARTS_FOLDER = ".sruns-parts"  # one lifecycle rule on <prefix>/.sruns-parts/ sweeps what crashes left
+
+
+def parts_prefix(prefix: str, run: str) -> str:
+    """Where an archive uploaded in parallel keeps its temporary parts:
+    ``<prefix>/.sruns-parts/<run>/``."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/{PARTS_FOLDER}/{run}/" if prefix else f"{PARTS_FOLDER}/{run}/"
+
+
+def part_name(parts: str, seq: int) -> str:
+    return f"{parts}segment-{seq:05d}"
+
+
+def volume_names(archive: str, count: int) -> list[str]:
+    """The names of an archive's volumes: the archive's own name when it is one object,
+    else ``<archive>.000``, ``.001`` … (in name order, their concatenation is the archive)."""
+    if count <= 1:
+        return [archive]
+    width = max(3, len(str(count - 1)))
+    return [f"{archive}.{i:0{width}d}" for i in range(count)]
 
 
 def manifest_next_to(archive: str, run: str) -> str:

@@ -30,6 +30,9 @@ class Stored:
     size: int
     crc32c: int  # read back from the destination, not copied from ArchiveInfo
     manifest_location: str | None = None
+    # When the archive is stored as several volumes: each one's location (in order, their
+    # concatenation is the archive; ``location`` then names the archive they make up).
+    volumes: tuple[str, ...] = ()
 
 
 class Sink(Protocol):

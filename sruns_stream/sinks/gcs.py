@@ -131,10 +131,13 @@ class GcsSink:
         now: Callable[[], float] = time.time,
         note: Note | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        part: str | None = None,
     ) -> None:
         self.bucket_name = bucket
-        self.blob_name = blob_name(prefix, run, extension)
-        self.manifest_name = manifest_next_to(self.blob_name, run)
+        # A part (one segment of an archive uploaded in parallel, see `segments`) is a
+        # temporary object of its own name, without manifest or final metadata.
+        self.blob_name = part or blob_name(prefix, run, extension)
+        self.manifest_name: str | None = None if part else manifest_next_to(self.blob_name, run)
         self.description = f"gs://{bucket}/{self.blob_name}"
         self.archive_name = self.blob_name
         self.run = run
@@ -236,7 +239,7 @@ class GcsSink:
                 f"{self.description}: {self._base + len(self._buf)} bytes were streamed, "
                 f"but the archive has {info.size}"
             )
-        manifest_location = self._upload_manifest(manifest_tsv)
+        manifest_location = self._upload_manifest(manifest_tsv) if self.manifest_name else None
         if self._finished is None:
             self._final_crc32c = info.crc32c
             try:
@@ -253,9 +256,10 @@ class GcsSink:
         generation = int(resource.get("generation") or 0) or None
         if size != info.size or crc != info.crc32c:
             self._reject(size, crc, info, generation)
-        size, crc = self._set_metadata(info, generation)
-        if size != info.size or crc != info.crc32c:
-            self._reject(size, crc, info, generation)
+        if self.manifest_name:
+            size, crc = self._set_metadata(info, generation)
+            if size != info.size or crc != info.crc32c:
+                self._reject(size, crc, info, generation)
         assert crc is not None
         self._close_client()
         return Stored(
