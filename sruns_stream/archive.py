@@ -47,7 +47,8 @@ __all__ = ["ArchiveResult", "archive_run", "check_places", "make_codec", "stream
 
 SinkFactory = Callable[[str, str, str, ArchiveOptions], Sink]
 # (destination, location) -> (size, crc32c if the store reports it) or None when absent
-Probe = Callable[[str, str], "tuple[int, int | None] | None"]
+# (destination, location, volumes=…) -> (size, crc32c) or None: `sinks.probe_archive`.
+Probe = Callable[..., "tuple[int, int | None] | None"]
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def _legacy_gone(task: Task, probe: Probe) -> str | None:
     """For a run sruns-monitor archived (it kept no manifest, so only the object can be
     checked): why it must be archived again, or None while its object is there."""
     assert task.destination is not None and task.location is not None
-    if probe(task.destination, task.location) is None:
+    if probe(task.destination, task.location, volumes=task.volume_locations) is None:
         return f"the archive sruns-monitor recorded at {storage_uri(task.location)} is gone"
     return None
 
@@ -235,7 +236,7 @@ def _not_archived_because(
         return f"the run folder changed since it was archived: {diff.summary()}"
     assert task.destination is not None
     where = task.location or "?"
-    found = probe(task.destination, where) if task.location else None
+    found = probe(task.destination, where, volumes=task.volume_locations) if task.location else None
     if found is None:
         return f"the archive recorded at {where} no longer exists"
     size, crc = found

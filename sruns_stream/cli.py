@@ -217,6 +217,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     journal = _journal(args, config)
     try:
         tasks = [t for t in journal.tasks() if args.run is None or t.name == args.run]
+        progress = {t.name: journal.progress(t) for t in tasks}
     finally:
         journal.close()
     if args.run and not tasks:
@@ -225,7 +226,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
         rows = [
             {
                 "name": t.name, "status": t.status, "location": t.location, "gcp_tarfile": t.gcp_tarfile,
-                "durable_offset": t.durable_offset, "raw_done": t.checkpoint.raw_offset,
+                "durable_offset": progress[t.name][1], "raw_done": progress[t.name][0],
                 "raw_bytes": t.raw_bytes, "archive_bytes": t.archive_bytes, "crc32c": t.crc32c,
                 "attempts": t.attempts, "last_error": t.last_error, "updated_at": t.updated_at,
                 "legacy_tarfile": t.legacy_tarfile,
@@ -243,8 +244,8 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
                 + ("delete it" if t.status == "complete" else "delete it once this run is archived")
             )
         print(
-            f"{t.name:40} {t.status:18} {human_bytes(t.checkpoint.raw_offset):>10} "
-            f"{human_bytes(t.archive_bytes or t.durable_offset):>10}  {where}",
+            f"{t.name:40} {t.status:18} {human_bytes(progress[t.name][0]):>10} "
+            f"{human_bytes(t.archive_bytes or progress[t.name][1]):>10}  {where}",
             file=out,
         )
     return EXIT_OK

@@ -10,7 +10,12 @@ field              type      meaning
 name               string    the run name (also the document id)
 storage            string    where the archive is: ``bucket/path/run.tar.gz`` for GCS
                              (sruns-monitor's form), an absolute path for a local
-                             destination
+                             destination. For an archive stored as volumes (larger
+                             than ``volume_size``) no object has this name: it is the
+                             archive the volumes make up, and ``volumes`` lists them
+volumes            array     null, or the volumes' places in order, in the form of
+                             ``storage`` (``bucket/path/run.tar.gz.000``, …): their
+                             concatenation is the archive
 workflow_status    string    one of ``journal.STATUSES`` (meanings: ``journal.STATUS_MEANINGS``)
 raw_bytes          integer   size of the tar stream
 archive_bytes      integer   size of the stored ``.tar.gz``
@@ -125,6 +130,7 @@ class RunFields(TypedDict, total=False):
     """
 
     storage: str | None
+    volumes: list[str] | None
     workflow_status: WorkflowStatus
     raw_bytes: int | None
     archive_bytes: int | None
@@ -144,6 +150,7 @@ class RunFields(TypedDict, total=False):
 _STRINGS = frozenset({"storage", "workflow_status", "crc32c", "host", "last_error", "instrument_status"})
 _INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
 _FLOATS = frozenset({"throughput_mb_s"})
+_STRING_LISTS = frozenset({"volumes"})
 _TIMESTAMPS = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
 _STATUSES = frozenset(get_args(WorkflowStatus))
 
@@ -154,6 +161,7 @@ class RunRecord:
 
     name: str
     storage: str | None = None
+    volumes: list[str] | None = None
     workflow_status: str | None = None
     raw_bytes: int | None = None
     archive_bytes: int | None = None
@@ -207,6 +215,7 @@ def fields_from_task(
     """
     out: RunFields = {
         "storage": task.gcp_tarfile or task.location,
+        "volumes": list(task.volume_locations) or None,
         "workflow_status": cast(WorkflowStatus, task.status),
         "raw_bytes": task.raw_bytes,
         "archive_bytes": task.archive_bytes,
@@ -271,6 +280,10 @@ def _encode(fields_: dict[str, Any], now: float) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{key} must be a number, not {value!r}")
             out[key] = float(value)
+        elif key in _STRING_LISTS:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"{key} must be a list of strings, not {value!r}")
+            out[key] = list(value)
         else:
             raise TypeError(f"unknown run field {key!r}")
     out.setdefault("updated_at", dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat())

@@ -223,6 +223,11 @@ class Task:
     legacy_tarfile: str | None  # sruns-monitor's local tarball of a run it left half-way
     volumes: str | None  # JSON list of the volumes' locations, when the archive is several
 
+    @property
+    def volume_locations(self) -> tuple[str, ...]:
+        """Where each volume is, in order (empty when the archive is one object or file)."""
+        return tuple(json.loads(self.volumes)) if self.volumes else ()
+
     def checkpoint_intact(self) -> bool:
         """Whether the checkpoint fields are the ones `record_checkpoint` wrote."""
         return self.ck_sum == checkpoint_sum(
@@ -563,6 +568,23 @@ class Journal:
             out.append(SegmentRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], cp, r[8], r[9], r[10], r[11], r[12],
                                   json.loads(r[13]) if r[13] else None))
         return out
+
+    def progress(self, task: Task) -> tuple[int, int]:
+        """(raw bytes archived, archive bytes stored durably) of a run: its row's
+        checkpoint, or, for an archive uploaded in segments, theirs summed."""
+        if task.status in ("complete", "uploading_complete") and task.raw_bytes is not None:
+            return task.raw_bytes, task.archive_bytes or 0
+        segments = self.segments(task.name)
+        if not segments:
+            return task.checkpoint.raw_offset, task.durable_offset
+        raw = stored = 0
+        for seg in segments:
+            if seg.done:
+                raw, stored = raw + seg.raw_end - seg.raw_start, stored + (seg.size or 0)
+            elif seg.checkpoint is not None:
+                raw += max(0, seg.checkpoint.raw_offset - seg.raw_start)
+                stored += seg.durable_offset
+        return raw, stored
 
     def record_segment_checkpoint(
         self, task: Task, seq: int, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]],

@@ -152,12 +152,13 @@ class Retention:
         location = task.location or ""
         try:
             if parse_location(task.destination).kind == "gcs":
-                found = probe_archive(task.destination, location)
+                found = probe_archive(task.destination, location, volumes=task.volume_locations)
             else:
                 check = self._checks.get(task.name)
                 if check is None:
                     self._checks[task.name] = self._checker.submit(
-                        probe_archive, task.destination, location, read=True, cancel=self._cancel_checks
+                        probe_archive, task.destination, location, volumes=task.volume_locations, read=True,
+                        cancel=self._cancel_checks,
                     )
                     return False
                 if not check.done():
@@ -165,7 +166,8 @@ class Retention:
                 del self._checks[task.name]
                 found = check.result()
                 # Read a while ago: it must still be there, the same size, right now.
-                if found is not None and probe_archive(task.destination, location) != (found[0], None):
+                now = probe_archive(task.destination, location, volumes=task.volume_locations)
+                if found is not None and now != (found[0], None):
                     return False  # changed meanwhile: looked at again next cycle
         except SrunsError as exc:
             self._refuse(self._sweep_refused, task.name, f"cannot check its archive ({exc}): not swept")

@@ -51,11 +51,9 @@ from .sinks.base import ArchiveInfo, Stored
 from .sinks.gcs import GcsSink
 from .sinks.gcs_parts import COMPONENT_LIMIT, Parts
 from .tarstream import TarLayout
+from .volumes import Volume, combined, listing_name, render
 
 __all__ = ["SegmentPlan", "SegmentedUpload", "plan_segments"]
-
-VOLUMES_SUFFIX = ".volumes.tsv"
-
 
 @dataclass(frozen=True)
 class SegmentPlan:
@@ -78,7 +76,7 @@ def plan_segments(raw_size: int, options: ArchiveOptions, streams: int) -> Segme
     size = max(
         math.ceil(raw_size / (max(1, streams) * 4)),
         8 * options.chunk_size,
-        math.ceil(options.volume_size / (COMPONENT_LIMIT // 2)),
+        math.ceil(min(options.volume_size, raw_size) / (COMPONENT_LIMIT // 2)),
         block,
     )
     # A part must fit in a volume with room to spare (deflate can grow a block slightly).
@@ -161,7 +159,7 @@ class SegmentedUpload:
             state = {**state, "phase": "composed", "volumes": self._compose(rows, raw_crc32)}
             self._save(state)
         stored = self._finish(rows, state["volumes"], raw_crc32)
-        self.parts.delete(self.parts.list(self.prefix))
+        self.parts.delete(self.parts.names(self.prefix))
         return stored, raw_crc32
 
     def _state(self) -> dict[str, Any]:
@@ -181,7 +179,7 @@ class SegmentedUpload:
     def _start_over(self, why: str | None) -> None:
         if why:
             self.progress.note(f"{self.name}: starting the segments from zero: {why}")
-        self.parts.delete(self.parts.list(self.prefix))  # parts an abandoned plan left behind
+        self.parts.delete(self.parts.names(self.prefix))  # parts an abandoned plan left behind
         bounds = self.plan.bounds(self.layout.size)
         self.journal.plan_segments(self.name, [(a, b, part_name(self.prefix, k)) for k, (a, b) in enumerate(bounds)])
 
@@ -318,8 +316,8 @@ class SegmentedUpload:
                 idx, crc, length, finished = ends["head"]
                 if carry is None or carry[0] != idx:
                     raise IntegrityError(f"segment {row.seq} continues member {idx}, which no segment began")
-                combined = crc32c_combine(carry[1], crc, length)
-                crcs[idx], carry = (combined, None) if finished else (None, (idx, combined))
+                whole = crc32c_combine(carry[1], crc, length)
+                crcs[idx], carry = (whole, None) if finished else (None, (idx, whole))
             if "tail" in ends:
                 idx, crc, _ = ends["tail"]
                 carry = (idx, crc)
@@ -341,9 +339,7 @@ class SegmentedUpload:
         names = volume_names(self.archive, len(groups))
         volumes = []
         for v, (dest, group) in enumerate(zip(names, groups, strict=True)):
-            size, crc = 0, 0
-            for _, n, c in group:
-                crc, size = crc32c_combine(crc, c, n), size + n
+            size, crc = combined([(n, c) for _, n, c in group])
             got = self.parts.compose([p[0] for p in group], dest, self.content_type, f"{self.prefix}v{v:03d}-")
             if (got.size, got.crc32c) != (size, crc):
                 self.parts.delete([dest])
@@ -357,16 +353,13 @@ class SegmentedUpload:
 
     def _finish(self, rows: list[SegmentRow], volumes: list[list[Any]], raw_crc32: int) -> Stored:
         """Manifest (and volume list), metadata, and a last look at every volume."""
-        size, crc = 0, 0
-        for _, n, c in volumes:
-            crc, size = crc32c_combine(crc, c, n), size + n
+        size, crc = combined([(n, c) for _, n, c in volumes])
         manifest_name = manifest_next_to(self.archive, self.name)
         self.parts.upload(manifest_name, manifest_tsv.render(self.manifest.entries, self._member_crcs(rows)),
                           "text/tab-separated-values; charset=utf-8")
         if len(volumes) > 1:
-            listing = "volume\tsize\tcrc32c\n" + "".join(f"{v[0].rsplit('/', 1)[-1]}\t{v[1]}\t{v[2]:08x}\n"
-                                                        for v in volumes)
-            self.parts.upload(self.archive + VOLUMES_SUFFIX, listing.encode(), "text/tab-separated-values")
+            listing = render(Volume(v[0].rsplit("/", 1)[-1], v[1], v[2]) for v in volumes)
+            self.parts.upload(listing_name(self.archive), listing, "text/tab-separated-values")
         metadata = {
             "run": self.name, "raw_bytes": str(self.layout.size), "file_count": str(self.manifest.file_count),
             "tar_crc32": f"{raw_crc32:08x}", "compression": self.codec.name, "tool_version": __version__,
@@ -378,6 +371,10 @@ class SegmentedUpload:
             if info is None or (info.size, info.crc32c) != (n, c):
                 raise IntegrityError(f"gs://{self.where.bucket}/{name} is not the volume that was composed")
             self.parts.patch_metadata(name, {**metadata, "volume": str(i)}, info.generation)
+        keep = [v[0] for v in volumes] + ([listing_name(self.archive)] if len(volumes) > 1 else [])
+        left = self.parts.remove_stale(self.archive, keep)
+        if left:
+            self.progress.note(f"{self.name}: an earlier archive's objects could not be deleted: {', '.join(left)}")
         return Stored(
             location=f"{self.where.bucket}/{self.archive}",
             size=size,

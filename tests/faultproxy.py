@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; only the type checker needs it
@@ -45,7 +45,8 @@ KINDS = ("reset", "status", "lost", "silent", "partial", "corrupt", "hold", "hol
 class Fault:
     kind: str
     # Which request: "chunk" (a PUT with data, not the last), "final" (the PUT that
-    # carries the total), "query" (a status query), "create" (the session-creating POST).
+    # carries the total), "query" (a status query), "create" (the session-creating POST),
+    # "compose" (a compose POST), "delete" (an object DELETE).
     target: str = "chunk"
     nth: int = 1  # the nth such request from now on (1 = the next one)
     status: int = 503
@@ -69,6 +70,7 @@ class Exchange:
     received: int  # body bytes received from the client
     status: int | None  # what the client was answered (None: nothing)
     fault: str | None = None
+    session: str | None = None  # the resumable session's upload_id (chunk, final, query)
 
 
 @dataclass
@@ -81,6 +83,10 @@ def _classify(method: str, path: str, headers: Any) -> tuple[str, int | None]:
     content_range = headers.get("Content-Range", "")
     if method == "POST" and "uploadType=resumable" in path and "upload_id=" not in path:
         return "create", None
+    if method == "POST" and path.split("?", 1)[0].endswith("/compose"):
+        return "compose", None
+    if method == "DELETE":
+        return "delete", None
     if method == "PUT" and "upload_id=" in path and content_range.startswith("bytes "):
         spec = content_range[6:]
         span, _, total = spec.partition("/")
@@ -186,7 +192,8 @@ class FaultProxy:
                 target, start = _classify(self.command, self.path, self.headers)
                 fault = proxy._match(target)
                 kind = fault.kind if fault else None
-                exchange = Exchange(proxy.epoch, self.command, target, start, 0, None, kind)
+                session = parse_qs(urlsplit(self.path).query).get("upload_id", [None])[0]
+                exchange = Exchange(proxy.epoch, self.command, target, start, 0, None, kind, session)
                 proxy._record(exchange)
 
                 if kind in ("reset", "hold"):
@@ -261,3 +268,31 @@ class FaultProxy:
                         return
 
         return Handler
+
+
+def resent(log: list[Exchange], epoch: int) -> int:
+    """Chunk bytes the client sent in ``epoch`` at offsets of a session it had already
+    sent before: counted from what the proxy received on the wire, not from what the
+    client says. Sessions are told apart by upload_id (an archive uploaded in segments
+    has one per segment)."""
+    earlier: dict[str | None, list[tuple[int, int]]] = {}
+    for e in log:
+        if e.epoch < epoch and e.start is not None and e.received:
+            earlier.setdefault(e.session, []).append((e.start, e.start + e.received))
+    total = 0
+    for e in log:
+        if e.epoch != epoch or e.start is None:
+            continue
+        covered: list[tuple[int, int]] = []
+        for a, b in earlier.get(e.session, []):
+            lo, hi = max(a, e.start), min(b, e.start + e.received)
+            if lo < hi:
+                covered.append((lo, hi))
+        covered.sort()
+        end = -1
+        for lo, hi in covered:  # union of the overlaps
+            lo = max(lo, end)
+            if lo < hi:
+                total += hi - lo
+                end = hi
+    return total

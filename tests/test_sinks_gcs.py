@@ -18,7 +18,7 @@ from typing import Any
 
 import google_crc32c
 import pytest
-from faultproxy import Exchange, Fault, FaultProxy
+from faultproxy import Exchange, Fault, FaultProxy, resent
 from helpers import gnu_untar, gzip_ok, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
 
 from sruns_stream import __version__
@@ -75,30 +75,6 @@ def _kill_at_hold(proc: subprocess.Popen[str], proxy: FaultProxy) -> None:
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     proxy.release()
-
-
-def _resent(log: list[Exchange], epoch: int) -> int:
-    """Chunk bytes the client sent in ``epoch`` at offsets it had already sent before:
-    counted from what the proxy received on the wire, not from what the client says."""
-    earlier = [(e.start, e.start + e.received) for e in log
-               if e.epoch < epoch and e.start is not None and e.received]
-    total = 0
-    for e in log:
-        if e.epoch != epoch or e.start is None:
-            continue
-        covered: list[tuple[int, int]] = []
-        for a, b in earlier:
-            lo, hi = max(a, e.start), min(b, e.start + e.received)
-            if lo < hi:
-                covered.append((lo, hi))
-        covered.sort()
-        end = -1
-        for lo, hi in covered:  # union of the overlaps
-            lo = max(lo, end)
-            if lo < hi:
-                total += hi - lo
-                end = hi
-    return total
 
 
 # -- the sink on its own ------------------------------------------------------------------
@@ -237,8 +213,8 @@ def test_kill_9_twice_mid_upload_then_resume_gives_the_same_object_resending_at_
     _untars_to(data, run, tmp_path)
     # What went over the wire again: crash 1 lost half a chunk in flight; crash 2 lost
     # nothing (the server had the chunk). Never more than one chunk per crash.
-    assert [_resent(proxy.log, 1), _resent(proxy.log, 2)] == [CHUNK // 2, 0]
-    assert all(_resent(proxy.log, e) <= CHUNK for e in (1, 2))
+    assert [resent(proxy.log, 1), resent(proxy.log, 2)] == [CHUNK // 2, 0]
+    assert all(resent(proxy.log, e) <= CHUNK for e in (1, 2))
 
 
 @pytest.mark.timeout(120)

@@ -7,8 +7,11 @@ This module gives them the stored bytes:
   then Firestore; a ``gs://bucket/blob`` or ``file://`` URL; a local path) into an
   `ArchiveSource`: the archive's bytes and the ``<run>.manifest.tsv`` beside it. Places
   are read in the package's one location grammar (`layout.parse_location`).
-- A `ByteSource` is those bytes readable from any offset: a `LocalFile` (seek) or a
-  `GcsObject` (a streaming ranged GET of one pinned generation).
+- A `ByteSource` is those bytes readable from any offset: a `LocalFile` (seek), a
+  `GcsObject` (a streaming ranged GET of one pinned generation), or `Volumes`: an
+  archive stored as volumes (`volumes`), read as the one stream they make up, each
+  volume checked against the listing beside them (size, crc32c) as it is read, so
+  that a missing, truncated or altered volume is named.
 - `ResumableReader` reads a `ByteSource` in pieces. A dropped connection or a short read
   re-opens it at the byte where it stopped, under the package's one retry policy
   (`gcs.RETRY`): a multi-terabyte download survives network blips without starting over.
@@ -31,8 +34,8 @@ import requests
 import urllib3
 from google.api_core import exceptions as api_exceptions
 
-from .. import manifest_tsv
-from ..errors import DestinationError, UsageError
+from .. import manifest_tsv, volumes
+from ..errors import DestinationError, IntegrityError, UsageError
 from ..gcs import (
     DEFAULT_TIMEOUT,
     RETRY,
@@ -54,6 +57,7 @@ from ..layout import (
     storage_uri,
 )
 from ..manifest_tsv import ManifestRow
+from .damage import ArchiveDamaged
 
 if TYPE_CHECKING:
     from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
@@ -69,6 +73,7 @@ __all__ = [
     "LocalFile",
     "Note",
     "ResumableReader",
+    "Volumes",
     "resolve_source",
 ]
 
@@ -199,6 +204,75 @@ class GcsObject:
         raise DestinationError(f"reading {self.description} failed: HTTP {status}")
 
 
+@dataclass
+class VolumePart:
+    """One volume of a `Volumes`: where it is, its bytes (None: it is missing), and what
+    the listing says it holds (None without a listing)."""
+
+    description: str
+    data: ByteSource | None
+    size: int | None = None
+    crc32c: int | None = None
+
+    @property
+    def expected(self) -> int:
+        return self.size if self.size is not None else (self.data.size if self.data is not None else 0)
+
+
+class Volumes:
+    """An archive stored as volumes, read as the one stream their concatenation is.
+
+    A volume is checked as the read reaches it: missing, or not the size the listing
+    says, is `ArchiveDamaged` naming it; its crc32c, computed as it streams by (carried
+    across a re-open at the same byte), must be the listing's before its last piece is
+    handed out."""
+
+    def __init__(self, description: str, parts: list[VolumePart]) -> None:
+        self.description = description
+        self.parts = parts
+        self.size = sum(p.expected for p in parts)
+        self._running: dict[int, tuple[int, int]] = {}  # volume -> (offset reached, crc32c so far)
+
+    def open_at(self, start: int) -> Iterator[bytes]:
+        offset = start
+        for i, part in enumerate(self.parts):
+            if part.data is not None and offset >= part.expected:
+                offset -= part.expected
+                continue
+            yield from self._volume(i, part, offset)
+            offset = 0
+
+    def _volume(self, i: int, part: VolumePart, offset: int) -> Iterator[bytes]:
+        n = part.expected
+        which = f"volume {i + 1} of {len(self.parts)}"
+        if part.data is None:
+            raise ArchiveDamaged(f"{part.description} ({which}) is missing")
+        if part.data.size != n:
+            cut = "truncated" if part.data.size < n else "longer than it was written"
+            raise ArchiveDamaged(f"{part.description} ({which}) holds {part.data.size} bytes, "
+                                 f"but the volume listing says {n}: it is {cut}")
+        running = self._running.get(i)
+        crc: int | None = 0 if offset == 0 else (running[1] if running and running[0] == offset else None)
+        pos = offset
+        if pos >= n:
+            return
+        for piece in part.data.open_at(offset):
+            piece = piece[: n - pos]
+            if not piece:
+                break
+            pos += len(piece)
+            if crc is not None:
+                crc = google_crc32c.extend(crc, piece)
+                self._running[i] = (pos, crc)
+            if pos == n and crc is not None and part.crc32c is not None and crc != part.crc32c:
+                raise ArchiveDamaged(f"{part.description} ({which}) has crc32c {crc:08x}, but the volume listing "
+                                     f"says {part.crc32c:08x}: it was altered or damaged")
+            yield piece
+            if pos == n:
+                return
+        raise ConnectionDropped(f"{part.description} ended at byte {pos} of {n}")
+
+
 class ResumableReader:
     """Sequential reads of a `ByteSource` that survive dropped connections.
 
@@ -306,18 +380,80 @@ class ArchiveSource:
 _WRITTEN = (".tar.gz", ".tar")
 
 
+def _read_all(source: ByteSource) -> bytes:
+    reader = ResumableReader(source)
+    pieces = []
+    while piece := reader.read_piece():
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _volume_number(base: str, name: str) -> int | None:
+    """k for ``<base>.<k>`` (a volume's name), else None."""
+    tail = name[len(base) + 1:] if name.startswith(base + ".") else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def _volume_parts(
+    base: str, where: Callable[[str], str], found: dict[str, ByteSource], listing: ByteSource | None,
+) -> list[VolumePart]:
+    """The volumes of archive ``base`` in order: as its listing names them (each with the
+    size and crc32c listed), or else those ``found`` by name, a gap in their numbers
+    standing for a missing one. ``where`` makes a name a location for messages."""
+    if listing is not None:
+        at = where(volumes.listing_name(base))
+        try:
+            listed = volumes.parse(_read_all(listing), at)
+        except IntegrityError as exc:
+            raise DestinationError(f"{exc}: the archive's volumes cannot be put in order") from None
+        for v in listed:
+            if _volume_number(base, v.name) is None:
+                raise DestinationError(f"{at} names {v.name!r}, not a volume of {base}")
+        return [VolumePart(where(v.name), found.get(v.name), v.size, v.crc32c) for v in listed]
+    numbered = sorted((n, name) for name in found if (n := _volume_number(base, name)) is not None)
+    width = len(numbered[0][1]) - len(base) - 1
+    names = {n: name for n, name in numbered}
+    return [
+        VolumePart(where(names.get(k, f"{base}.{k:0{width}d}")), found.get(names.get(k, "")))
+        for k in range(numbered[-1][0] + 1)
+    ]
+
+
+def _local_volumes(path: Path) -> Volumes | None:
+    """The volumes of the archive named by ``path`` (which is not a file), or None."""
+    folder, base = path.parent, path.name
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return None
+    found: dict[str, ByteSource] = {
+        name: LocalFile(folder / name) for name in names
+        if _volume_number(base, name) is not None and (folder / name).is_file()
+    }
+    listing = folder / volumes.listing_name(base)
+    if not found and not listing.is_file():
+        return None
+    parts = _volume_parts(base, lambda name: str(folder / name), found,
+                          LocalFile(listing) if listing.is_file() else None)
+    return Volumes(str(path), parts)
+
+
 def _local(path: Path) -> ArchiveSource:
     path = path.expanduser().absolute()
+    head, _, number = path.name.rpartition(".")
+    if number.isdigit() and split_archive_filename(head):
+        path = path.with_name(head)  # one volume named: the archive they make up
     if path.is_dir():
-        # A destination's run directory: <dest>/<run>/<run>.tar.gz (or .tar).
+        # A destination's run directory: <dest>/<run>/<run>.tar.gz (or .tar, or volumes).
         for ext in _WRITTEN:
             candidate = path / archive_filename(path.name, ext)
-            if candidate.is_file():
+            if candidate.is_file() or _local_volumes(candidate) is not None:
                 path = candidate
                 break
         else:
             raise UsageError(f"{path} is a directory without {path.name}.tar.gz or {path.name}.tar: give the archive's path")
-    elif not path.is_file():
+    data = LocalFile(path) if path.is_file() else _local_volumes(path)
+    if data is None:
         # A well-formed request for something that is not there: a failure, not a usage error.
         what = "not a regular file" if os.path.lexists(path) else "nothing there"
         raise DestinationError(f"no archive at {path} ({what}): check the path")
@@ -328,7 +464,7 @@ def _local(path: Path) -> ArchiveSource:
         location=str(path),
         run=run,
         gzip=gzip,
-        data=LocalFile(path),
+        data=data,
         manifest_location=str(manifest_path),
         manifest=LocalFile(manifest_path) if manifest_path.is_file() else None,
     )
@@ -367,16 +503,24 @@ def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
         except OSError as exc:  # requests' connection errors are OSErrors
             raise DestinationError(f"cannot reach GCS for {at}: {exc}") from exc
 
+    head, _, number = name.rpartition(".")
+    if number.isdigit() and split_archive_filename(head.rsplit("/", 1)[-1]):
+        candidates = [head]  # one volume named: the archive they make up
     blob = None
+    data: ByteSource | None = None
     for candidate in candidates:
         blob = get(candidate)
-        if blob is not None:
+        data = _gcs_volumes(client, bucket_name, candidate) if blob is None else None
+        if blob is not None or data is not None:
             name = candidate
             break
-    if blob is None:
+    if blob is None and data is None:
         raise DestinationError(
             f"no archive at {url} (bucket {bucket_name!r}): check the URL, e.g. gs://BUCKET/PREFIX/RUN/RUN.tar.gz"
         )
+    if data is None:
+        assert blob is not None
+        data = GcsObject(client, bucket_name, name, int(blob.size or 0), blob.generation)
     filename = name.rsplit("/", 1)[-1]
     split = split_archive_filename(filename)
     run, gzip = split if split else (filename.split(".", 1)[0], True)
@@ -386,15 +530,45 @@ def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
         location=str(Location("gcs", bucket_name, name)),
         run=run,
         gzip=gzip,
-        data=GcsObject(client, bucket_name, name, int(blob.size or 0), blob.generation),
+        data=data,
         manifest_location=str(Location("gcs", bucket_name, manifest_name)),
         manifest=(
             GcsObject(client, bucket_name, manifest_name, int(manifest_blob.size or 0), manifest_blob.generation)
             if manifest_blob is not None else None
         ),
-        stored_crc32c=crc32c_from_b64(getattr(blob, "crc32c", None)),
+        # Volumes are checked one by one (`Volumes`), against their listing or their own crc32c.
+        stored_crc32c=crc32c_from_b64(getattr(blob, "crc32c", None)) if blob is not None else None,
         closer=client.close,
     )
+
+
+def _gcs_volumes(client: Client, bucket: str, name: str) -> Volumes | None:
+    """The volumes of archive ``gs://bucket/name`` (which is not an object), or None."""
+    base = name.rsplit("/", 1)[-1]
+    folder = name[: len(name) - len(base)]
+    try:
+        blobs = list(client.list_blobs(bucket, prefix=name + ".", timeout=DEFAULT_TIMEOUT))
+    except api_exceptions.Forbidden as exc:
+        raise DestinationError(f"permission denied listing gs://{bucket}/{name}.*: the account needs storage.objects.list") from exc
+    except (api_exceptions.GoogleAPIError, OSError) as exc:
+        raise DestinationError(f"cannot list gs://{bucket}/{name}.*: {exc}") from exc
+    objects = {b.name[len(folder):]: b for b in blobs if "/" not in b.name[len(folder):]}
+    found: dict[str, ByteSource] = {
+        n: GcsObject(client, bucket, b.name, int(b.size or 0), b.generation)
+        for n, b in objects.items() if _volume_number(base, n) is not None
+    }
+    listing_blob = objects.get(volumes.listing_name(base))
+    if not found and listing_blob is None:
+        return None
+    listing = (GcsObject(client, bucket, listing_blob.name, int(listing_blob.size or 0), listing_blob.generation)
+               if listing_blob is not None else None)
+    parts = _volume_parts(base, lambda n: str(Location("gcs", bucket, folder + n)), found, listing)
+    if listing is None:
+        # No listing: each volume's own crc32c (GCS keeps one per object) checks its transfer.
+        for part in parts:
+            blob = objects.get(part.description.rsplit("/", 1)[-1])
+            part.crc32c = crc32c_from_b64(getattr(blob, "crc32c", None)) if blob is not None else None
+    return Volumes(str(Location("gcs", bucket, name)), parts)
 
 
 def _from_run_name(name: str, journal: Journal | None, collection: str | None) -> str | None:

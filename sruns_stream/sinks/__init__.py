@@ -10,6 +10,7 @@ import errno
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import google_crc32c
@@ -17,6 +18,7 @@ import google_crc32c
 from ..config import ArchiveOptions
 from ..errors import DestinationError, Interrupted
 from ..layout import parse_location
+from ..volumes import combined
 from .base import ArchiveInfo, Sink, Stored
 from .local import LocalSink
 from .null import NullSink
@@ -39,21 +41,34 @@ def make_sink(dest: str, run: str, extension: str, options: ArchiveOptions) -> S
         from .gcs import GcsSink  # google-cloud-storage loads only when needed
 
         return GcsSink(where.bucket, where.path, run, extension, options)
-    return LocalSink(Path(where.path), run, extension, options.sync_interval)
+    return LocalSink(Path(where.path), run, extension, options.sync_interval, options.volume_size)
 
 
 def probe_archive(
-    destination: str, location: str, *, read: bool = False, cancel: threading.Event | None = None
+    destination: str, location: str, *, volumes: Sequence[str] = (), read: bool = False,
+    cancel: threading.Event | None = None,
 ) -> tuple[int, int | None] | None:
     """(size, crc32c) of a stored archive, or None when it is not there.
 
-    ``location`` is what `Stored.location` said: a path, or ``BUCKET/BLOB`` for GCS. GCS
-    reports the crc32c with the object's metadata; a local archive's crc32c is None
+    ``location`` is what `Stored.location` said: a path, or ``BUCKET/BLOB`` for GCS; an
+    archive stored as volumes is looked at through ``volumes`` (`Stored.volumes`), and is
+    there only when every one is: its size is theirs summed, its crc32c theirs combined.
+    GCS reports the crc32c with the object's metadata; a local archive's crc32c is None
     unless ``read``, which reads the whole file (``cancel`` stops it: Interrupted).
     """
     kind = parse_location(destination).kind
     if kind == "null":
         return None
+    if volumes:
+        parts = []
+        for volume in volumes:
+            found = probe_archive(destination, volume, read=read, cancel=cancel)
+            if found is None:
+                return None
+            parts.append(found)
+        if any(crc is None for _, crc in parts):
+            return sum(size for size, _ in parts), None
+        return combined([(size, crc or 0) for size, crc in parts])
     if kind == "gcs":
         from ..gcs import probe_object
 

@@ -39,6 +39,7 @@ nowhere else. Messages name a session by the first characters of its upload id.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import re
 import sys
@@ -73,6 +74,9 @@ from ..gcs import (
 from ..layout import blob_name, manifest_filename, manifest_next_to
 from ..stopping import STOP
 from .base import ArchiveInfo, Stored
+from .gcs_parts import Parts
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SESSION_LIFETIME", "GcsSink"]
 
@@ -261,6 +265,8 @@ class GcsSink:
             if size != info.size or crc != info.crc32c:
                 self._reject(size, crc, info, generation)
         assert crc is not None
+        if self.manifest_name:
+            self._remove_stale()
         self._close_client()
         return Stored(
             location=f"{self.bucket_name}/{self.blob_name}",
@@ -268,6 +274,13 @@ class GcsSink:
             crc32c=crc,
             manifest_location=manifest_location,
         )
+
+    def _remove_stale(self) -> None:
+        """Volumes (and their listing) an earlier archive of this run was cut into go: the
+        one object replaces them. Best effort: a bucket that keeps objects keeps them."""
+        left = Parts(self.bucket_name, client=self._client).remove_stale(self.blob_name, [self.blob_name])
+        if left:
+            log.warning("%s: an earlier archive's volumes could not be deleted: %s", self.description, ", ".join(left))
 
     def abort(self) -> None:
         # The session stays on the server and in the journal: the next run resumes it.

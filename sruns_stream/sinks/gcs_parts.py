@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 
-from ..errors import IntegrityError, UploadError
+from ..errors import DestinationError, IntegrityError, UploadError
 from ..gcs import (
     API_ERRORS,
     DEFAULT_TIMEOUT,
@@ -33,6 +33,7 @@ from ..gcs import (
     make_client,
     reason,
 )
+from ..volumes import is_stored_form
 
 __all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "ObjectInfo", "Parts"]
 
@@ -110,11 +111,28 @@ class Parts:
             return None
         return ObjectInfo(int(blob.size or 0), crc32c_from_b64(blob.crc32c), blob.generation, dict(blob.metadata or {}))
 
-    def list(self, prefix: str) -> list[str]:
+    def names(self, prefix: str) -> list[str]:
         return self._call(
             f"listing gs://{self.bucket_name}/{prefix}",
             lambda: [b.name for b in self._client.list_blobs(self._bucket, prefix=prefix, timeout=DEFAULT_TIMEOUT)],
         )
+
+    def remove_stale(self, archive: str, keep: Sequence[str]) -> list[str]:
+        """Delete what an earlier archive of the same run, cut another way, left beside
+        ``archive`` (`volumes.is_stored_form`); best effort (a bucket that keeps objects
+        refuses): returns what could not be deleted."""
+        try:
+            stale = [n for n in self.names(archive) if n not in keep and is_stored_form(archive, n)]
+        except DestinationError:
+            return []
+        return [name for name in stale if not self._try_delete(name)]
+
+    def _try_delete(self, name: str) -> bool:
+        try:
+            self.delete([name])
+        except DestinationError:
+            return False
+        return True
 
     def delete(self, names: Sequence[str]) -> None:
         """Delete ``names``; one already gone is not an error."""

@@ -19,6 +19,15 @@ through a descriptor of that directory with ``O_NOFOLLOW``: a symlink planted at
 a part file with other hard links is refused too (writing it would change them). The
 part file is ``flock``ed while written, so a second process (an archive of the same run
 with another journal) is told so instead of interleaving its bytes.
+
+Volumes: an archive larger than ``volume_size`` is written as volumes of exactly that
+many bytes (the last one shorter): volume 0 to `<name>.part`, volume *k* to
+`<name>.part.<k>`; a piece crossing a boundary is split there and the finished volume
+synced before the next is begun. The read-back records the running crc32c at each
+boundary, from which each volume's own crc32c follows (`_volume_crcs`). At the end the
+manifest and the volume listing (`volumes`) land, then the parts are renamed to
+`<run>.tar.gz.000`, `.001`, … (the last first, so that ``.000`` appearing means all are
+there). An archive that fits keeps the one name and is written exactly as before.
 """
 
 from __future__ import annotations
@@ -31,14 +40,17 @@ import queue
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import google_crc32c
 
+from ..crc import crc32c_combine
 from ..errors import DestinationNotWritable, DiskFull, IntegrityError, RunLocked
-from ..layout import archive_filename, manifest_filename
+from ..layout import archive_filename, manifest_filename, volume_names
 from ..safefs import DIR_FLAGS
 from ..stopping import STOP
+from ..volumes import Volume, is_stored_form, listing_name, render
 from .base import ArchiveInfo, Stored
 
 __all__ = ["LocalSink"]
@@ -50,7 +62,9 @@ _FINISH = None  # queued by finalize(): sync, read back, stop
 
 
 class LocalSink:
-    def __init__(self, directory: Path, run: str, extension: str, sync_interval: int = 16 << 20):
+    def __init__(
+        self, directory: Path, run: str, extension: str, sync_interval: int = 16 << 20, volume_size: int | None = None,
+    ) -> None:
         self.dir = Path(directory) / run
         self.final = self.dir / archive_filename(run, extension)
         self.part = self.final.with_name(self.final.name + ".part")
@@ -58,11 +72,15 @@ class LocalSink:
         self.description = str(self.final)
         self.archive_name = str(self.final)
         self._sync_interval = sync_interval
+        self._volume = volume_size or 1 << 62  # bytes per volume; "never" when not asked for
         self._dir_fd: int | None = None
-        self._fd: int | None = None
+        self._fd: int | None = None  # the volume being written (the writer thread's)
+        self._fd_volume = 0  # which one
+        self._lock_fd: int | None = None  # volume 0's part, flocked while this sink is open
         # Set by the writer threads only; each is one object, read atomically under the GIL.
         self._durable = 0
         self._read_back: tuple[int, int] = (0, 0)  # (offset, crc32c of the bytes before it)
+        self._ends: list[int] = []  # the read-back's crc32c at the end of each full volume
         self._queue: queue.Queue[bytes | None] = queue.Queue()
         self._room = threading.Condition()
         self._queued_bytes = 0
@@ -78,56 +96,104 @@ class LocalSink:
         self._abandon.clear()
         self._queue = queue.Queue()
         self._queued_bytes = 0
-        saved_part, saved_read_back = _parse_state(state)
+        saved = _parse_state(state)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._dir_fd = os.open(self.dir, DIR_FLAGS)
-            # Read and write: the read-back preads the synced ranges through the same fd.
-            self._fd = os.open(
-                self.part.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=self._dir_fd
-            )
         except OSError as exc:
             self.abort()
             if self.dir.is_symlink():
                 raise self._planted(self.dir) from exc
-            if exc.errno == errno.ELOOP:
-                raise self._planted(self.part) from exc
             raise self._error(exc, f"cannot write to {self.dir}") from exc
-        fd = self._fd
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                self.abort()
-                raise DestinationNotWritable(
-                    f"{self.part} is not a plain file of its own (it has {st.st_nlink} hard links): "
-                    "refusing to write through it; remove it and run again"
-                )
+            self._lock_fd, size0 = self._open_part(0)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self.abort()
                 raise RunLocked(
                     f"another process is writing {self.part} (an archive of the same run, perhaps with "
                     "another journal): wait for it to finish or stop it first"
                 ) from None
-            # Resume only from the part file this journal row wrote and synced.
-            keep = durable if saved_part == str(self.part) and st.st_size >= durable else 0
-            os.ftruncate(fd, keep)
-            os.lseek(fd, keep, os.SEEK_SET)
+            # Resume only from the part files this journal row wrote and synced, cut into
+            # volumes of the same size.
+            same_cut = saved.volume == self._volume or durable < min(saved.volume, self._volume)
+            keep = durable if saved.part == str(self.part) and same_cut else 0
+            if not self._parts_hold(keep, size0):
+                keep = 0
+            current = keep // self._volume
+            self._remove_parts_after(current)
+            self._fd, _ = self._open_part(current)
+            self._fd_volume = current
+            os.ftruncate(self._fd, keep - current * self._volume)
+            os.lseek(self._fd, keep - current * self._volume, os.SEEK_SET)
         except OSError as exc:
             self.abort()
+            if exc.errno == errno.ELOOP:
+                raise self._planted(self.part) from exc
             raise self._error(exc, f"cannot prepare {self.part}") from exc
+        except BaseException:
+            self.abort()
+            raise
         self._durable = keep
         # The read-back went as far as the state says; what lies between there and the
         # durable offset (at most one sync interval) is read back once more now.
-        self._read_back = saved_read_back if saved_read_back[0] <= keep else (0, 0)
+        if saved.read_back[0] <= keep and len(saved.ends) == saved.read_back[0] // self._volume:
+            self._read_back, self._ends = saved.read_back, list(saved.ends)
+        else:
+            self._read_back, self._ends = (0, 0), []
         self._writer = threading.Thread(target=self._write_loop, args=(keep,), name="local-writer", daemon=True)
         self._writer.start()
         return keep
 
     def state(self) -> str | None:
         at, crc = self._read_back
-        return json.dumps({"part": str(self.part), "read_back": [at, crc]}, sort_keys=True)
+        saved: dict[str, object] = {"part": str(self.part), "read_back": [at, crc]}
+        if self._volume < 1 << 62:
+            saved.update(volume_size=self._volume, volume_ends=list(self._ends))
+        return json.dumps(saved, sort_keys=True)
+
+    # -- the part files (one per volume) -----------------------------------------------
+
+    def _part_name(self, volume: int) -> str:
+        return self.part.name if volume == 0 else f"{self.part.name}.{volume}"
+
+    def _open_part(self, volume: int, flags: int = os.O_RDWR | os.O_CREAT) -> tuple[int, int]:
+        """(fd, size) of one volume's part file, refusing links (see the module doc)."""
+        assert self._dir_fd is not None
+        name = self._part_name(volume)
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=self._dir_fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise DestinationNotWritable(
+                f"{self.dir / name} is not a plain file of its own (it has {st.st_nlink} hard links): "
+                "refusing to write through it; remove it and run again"
+            )
+        return fd, st.st_size
+
+    def _parts_hold(self, keep: int, size0: int) -> bool:
+        """Whether the part files hold ``keep`` bytes: every volume before the one ``keep``
+        falls in full, and that one at least up to it."""
+        current = keep // self._volume
+        sizes = [size0]
+        for volume in range(1, current + 1):
+            try:
+                st = os.stat(self._part_name(volume), dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            sizes.append(st.st_size if stat.S_ISREG(st.st_mode) else -1)
+        return all(n == self._volume for n in sizes[:current]) and sizes[current] >= keep - current * self._volume
+
+    def _remove_parts_after(self, volume: int) -> None:
+        """Parts of later volumes (an earlier, longer attempt's) go: they are rewritten."""
+        later = volume + 1
+        while True:
+            try:
+                os.unlink(self._part_name(later), dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                return
+            later += 1
 
     @property
     def durable_offset(self) -> int:
@@ -170,26 +236,25 @@ class LocalSink:
                 f"{self.part} reads back {at} bytes with crc32c {crc:08x}, "
                 f"expected {info.size} bytes with {info.crc32c:08x}: the disk lost data"
             )
-        # The manifest lands first, so an archive under its final name always has one.
-        dfd = self._dir_fd
-        tmp = self.manifest_path.name + ".part"
+        count = max(1, -(-info.size // self._volume))
+        finals = volume_names(self.final.name, count)
         try:
-            try:
-                os.unlink(tmp, dir_fd=dfd)  # a leftover, or a planted link: removed, never followed
-            except FileNotFoundError:
-                pass
-            mfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
-            with open(mfd, "wb") as f:
-                f.write(manifest_tsv)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.manifest_path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            os.replace(self.part.name, self.final.name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            os.fsync(dfd)
+            # The manifest (and the volume listing) land first, so an archive under its
+            # final name always has them.
+            self._write_beside(self.manifest_path.name, manifest_tsv)
+            if count > 1:
+                listing = [Volume(n, min(self._volume, info.size - k * self._volume), c)
+                           for k, (n, c) in enumerate(zip(finals, self._volume_crcs(info.size), strict=True))]
+                self._write_beside(listing_name(self.final.name), render(listing))
+            self._remove_stale({*finals, listing_name(self.final.name)} if count > 1 else set(finals))
+            for volume in reversed(range(count)):
+                os.replace(self._part_name(volume), finals[volume], src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            os.fsync(self._dir_fd)
         except OSError as exc:
             raise self._error(exc, f"cannot finish {self.final}") from exc
         self.abort()
-        return Stored(str(self.final), self._durable, crc, str(self.manifest_path))
+        volumes = tuple(str(self.dir / n) for n in finals) if count > 1 else ()
+        return Stored(str(self.final), self._durable, crc, str(self.manifest_path), volumes)
 
     def abort(self) -> None:
         # What was synced stays: the journal's checkpoint points into it.
@@ -197,11 +262,46 @@ class LocalSink:
         if writer is not None:
             self._abandon.set()
             writer.join()  # never close the fd under a running write or fsync
-        for attr in ("_fd", "_dir_fd"):
+        for attr in ("_fd", "_lock_fd", "_dir_fd"):
             fd = getattr(self, attr)
             if fd is not None:
                 setattr(self, attr, None)  # forgotten first: a signal here must not double-close
                 os.close(fd)
+
+    def _write_beside(self, name: str, data: bytes) -> None:
+        """``name`` in the run's directory, whole or not at all (a temporary, synced, renamed)."""
+        dfd = self._dir_fd
+        tmp = name + ".part"
+        try:
+            os.unlink(tmp, dir_fd=dfd)  # a leftover, or a planted link: removed, never followed
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+    def _remove_stale(self, keep: set[str]) -> None:
+        """An earlier archive of this run cut differently (one file, or other volumes, and
+        their listing) goes, so that ``<run>.tar.gz.*`` names only this one's volumes."""
+        for name in os.listdir(self._dir_fd):
+            if name not in keep and is_stored_form(self.final.name, name):
+                os.unlink(name, dir_fd=self._dir_fd)
+
+    def _volume_crcs(self, size: int) -> list[int]:
+        """Each volume's own crc32c, from the running crc32c at its start and end: since
+        crc(a+b) = crc(a)·x^(8·len b) ⊕ crc(b), crc(b) = crc(a+b) ⊕ combine(crc(a), 0, len b)."""
+        ends = list(self._ends)
+        if len(ends) * self._volume < size:
+            ends.append(self._read_back[1])  # the last volume, shorter than the others
+        crcs, start = [], 0
+        for k, end in enumerate(ends):
+            length = min(self._volume, size - k * self._volume)
+            crcs.append(end ^ crc32c_combine(start, 0, length))
+            start = end
+        return crcs
 
     # -- the writer thread -------------------------------------------------------------
 
@@ -210,14 +310,12 @@ class LocalSink:
             raise self._failure
 
     def _write_loop(self, start: int) -> None:
-        fd = self._fd
-        assert fd is not None
         written = synced_from = start
         # fsync and read-back run on a third thread while later pieces are written (an
         # fsync covers what was written before it started), so the disk always has
         # writeback queued and never waits for the writer.
         syncer = ThreadPoolExecutor(1, thread_name_prefix="fsync")
-        in_flight: Future[None] | None = syncer.submit(self._read_back_to, fd, start)  # the resumed prefix
+        in_flight: Future[None] | None = syncer.submit(self._read_back_to, start)  # the resumed prefix
         try:
             while not self._abandon.is_set():
                 try:
@@ -227,16 +325,24 @@ class LocalSink:
                 if piece is _FINISH:
                     if in_flight is not None:
                         in_flight.result()
-                    self._sync(fd, written)
+                    self._sync(written)
                     break
                 if piece:
                     view = memoryview(piece)
-                    try:
-                        while view:
-                            view = view[os.write(fd, view):]
-                    except OSError as exc:
-                        raise self._error(exc, f"cannot write {self.part}") from exc
-                    written += len(piece)
+                    while view:
+                        room = self._volume - written % self._volume
+                        if room == self._volume and written // self._volume != self._fd_volume:
+                            # A volume is full: it is synced (no fsync of it in flight
+                            # then) and closed before the next one is begun.
+                            if in_flight is not None:
+                                in_flight.result()
+                                in_flight = None
+                            self._next_volume(written)
+                        try:
+                            n = os.write(self._fd, view[:room])  # type: ignore[arg-type]
+                        except OSError as exc:
+                            raise self._error(exc, f"cannot write {self.part}") from exc
+                        view, written = view[n:], written + n
                     with self._room:
                         self._queued_bytes -= len(piece)
                         self._room.notify()
@@ -251,33 +357,62 @@ class LocalSink:
                     if in_flight is not None:
                         in_flight.result()
                     synced_from = written
-                    in_flight = syncer.submit(self._sync, fd, written)
+                    in_flight = syncer.submit(self._sync, written)
         except BaseException as exc:  # noqa: BLE001 - raised on the main thread by its next call
             self._failure = exc
         finally:
             syncer.shutdown(wait=True)  # never leave an fsync on a descriptor about to close
 
-    def _sync(self, fd: int, written: int) -> None:
+    def _next_volume(self, written: int) -> None:
+        fd = self._fd
+        assert fd is not None
+        try:
+            os.fsync(fd)
+            self._fd = None
+            os.close(fd)
+            self._fd_volume = written // self._volume
+            self._fd, _ = self._open_part(self._fd_volume, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        except OSError as exc:
+            raise self._error(exc, f"cannot begin the next volume of {self.part}") from exc
+        self._durable = written
+
+    def _sync(self, written: int) -> None:
+        fd = self._fd
+        assert fd is not None
         try:
             os.fsync(fd)
         except OSError as exc:
             raise self._error(exc, f"cannot sync {self.part}") from exc
         self._durable = written
-        self._read_back_to(fd, written)
+        self._read_back_to(written)
 
-    def _read_back_to(self, fd: int, end: int) -> None:
-        # pread leaves the file position, which the writer's os.write uses, untouched.
+    def _read_back_to(self, end: int) -> None:
+        # Through descriptors of its own, read-only: the writer's position stays untouched.
         at, crc = self._read_back
+        fd, volume = None, -1
         try:
             while at < end and not self._abandon.is_set():
-                chunk = os.pread(fd, min(_READ_BACK, end - at), at)
+                if at // self._volume != volume:
+                    if fd is not None:
+                        os.close(fd)
+                        fd = None
+                    volume = at // self._volume
+                    fd, _ = self._open_part(volume, os.O_RDONLY)
+                assert fd is not None
+                stop = min(end, (volume + 1) * self._volume)
+                chunk = os.pread(fd, min(_READ_BACK, stop - at), at - volume * self._volume)
                 if not chunk:
                     raise IntegrityError(f"{self.part} ends at {at} bytes, but {end} were synced: the disk lost data")
                 crc = google_crc32c.extend(crc, chunk)
                 at += len(chunk)
+                if at % self._volume == 0:
+                    self._ends.append(crc)
                 self._read_back = (at, crc)
         except OSError as exc:
             raise self._error(exc, f"cannot read back {self.part}") from exc
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _planted(self, path: Path) -> Exception:
         return DestinationNotWritable(
@@ -298,14 +433,23 @@ class LocalSink:
         return DestinationNotWritable(f"{what}: {exc.strerror}")
 
 
-def _parse_state(state: str | None) -> tuple[str | None, tuple[int, int]]:
-    """(part path, (read-back offset, crc32c)) from ``state()``; a bare path is what
-    earlier versions saved (no read-back position: read the prefix back again)."""
+@dataclass(frozen=True)
+class _Saved:
+    part: str | None
+    read_back: tuple[int, int]  # (offset, crc32c of the bytes before it)
+    volume: int  # bytes per volume the parts were cut into
+    ends: tuple[int, ...]  # the running crc32c at each full volume's end
+
+
+def _parse_state(state: str | None) -> _Saved:
+    """What ``state()`` saved; a bare path is what earlier versions saved (no read-back
+    position: read the prefix back again)."""
     if not state:
-        return None, (0, 0)
+        return _Saved(None, (0, 0), 1 << 62, ())
     try:
         saved = json.loads(state)
         at, crc = saved["read_back"]
-        return str(saved["part"]), (int(at), int(crc))
-    except (ValueError, KeyError, TypeError):
-        return state, (0, 0)
+        return _Saved(str(saved["part"]), (int(at), int(crc)), int(saved.get("volume_size", 1 << 62)),
+                      tuple(int(c) for c in saved.get("volume_ends", ())))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _Saved(state, (0, 0), 1 << 62, ())
