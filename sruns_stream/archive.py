@@ -521,16 +521,19 @@ def _segmented(where: Location, raw_size: int, options: ArchiveOptions, progress
         return 0
     parts = Parts(where.bucket)
     try:
-        problems = parts.constraints()
+        limits = parts.constraints()
     finally:
         parts.close()
-    if problems and needs_volumes:
+    if limits.undeletable and needs_volumes:
         raise UploadError(
             f"{name} needs several volumes (over {options.volume_size} bytes), which are composed from temporary "
-            f"parts, but bucket {where.bucket!r} cannot hold those: {problems[0]}; archive it to another bucket"
+            f"parts, but in bucket {where.bucket!r} {limits.undeletable}: archive it to another bucket"
         )
-    if problems:
-        progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: {problems[0]}")
+    if needs_volumes and limits.billed:
+        # Compose needs parts of the result's class: the only way past 5 TiB here.
+        progress.note(f"{name}: bucket {where.bucket!r}: {limits.billed}; volumes need parts, so they are used")
+    elif limits.first:
+        progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: {limits.first}")
         return 0
     return streams
 

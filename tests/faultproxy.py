@@ -13,6 +13,7 @@ from the client: the tests use that to count what was sent again after a crash.
 from __future__ import annotations
 
 import http.client
+import json
 import select
 import socket
 import struct
@@ -71,6 +72,7 @@ class Exchange:
     status: int | None  # what the client was answered (None: nothing)
     fault: str | None = None
     session: str | None = None  # the resumable session's upload_id (chunk, final, query)
+    sources: int | None = None  # a compose request's number of source objects
 
 
 @dataclass
@@ -206,6 +208,8 @@ class FaultProxy:
                     return
                 body = self.rfile.read(length)
                 exchange.received = len(body)
+                if target == "compose":
+                    exchange.sources = len(json.loads(body).get("sourceObjects") or [])
                 if fault is not None and kind == "status":
                     self._answer(exchange, fault.status, {"Content-Type": "application/json"}, fault.body)
                     return

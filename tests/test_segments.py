@@ -357,3 +357,76 @@ def test_the_volume_listing_reads_back_what_it_wrote_and_refuses_what_it_is_not(
     assert volumes.is_stored_form("R.tar.gz", "R.tar.gz.007") and volumes.is_stored_form("R.tar.gz", "R.tar.gz")
     assert volumes.is_stored_form("R.tar.gz", "R.tar.gz.volumes.tsv")
     assert not volumes.is_stored_form("R.tar.gz", "R.tar.gz.part") and not volumes.is_stored_form("R.tar.gz", "R.tar")
+
+
+# -- compose and the bucket's settings ---------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_compose_nests_past_32_sources_and_the_result_is_their_concatenation(
+    gcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sruns_stream.sinks.gcs_parts import COMPOSE_LIMIT, Parts
+
+    pieces = [os.urandom(100 + i) for i in range(70)]
+    with FaultProxy(gcs.url) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        parts = Parts(gcs.bucket)
+        try:
+            for i, piece in enumerate(pieces):
+                parts.upload(f"tmp/p{i:03d}", piece, "application/octet-stream")
+            info = parts.compose([f"tmp/p{i:03d}" for i in range(70)], "out", "application/gzip", "tmp/scratch-")
+        finally:
+            parts.close()
+    whole = b"".join(pieces)
+    assert gcs.download("out") == whole
+    assert (info.size, info.crc32c) == (len(whole), google_crc32c.value(whole))
+    composes = [e for e in proxy.log if e.target == "compose"]
+    # 70 sources: 3 intermediate composites (32 + 32 + 6), then the result from those 3.
+    assert [e.sources for e in composes] == [32, 32, 6, 3]
+    assert all(e.sources is not None and e.sources <= COMPOSE_LIMIT for e in composes)
+
+
+def _patch_bucket(gcs, settings: dict[str, object]) -> None:
+    """Set what the emulator stores of a bucket's settings (it enforces none of them: the
+    code under test only reads them)."""
+    request = urllib.request.Request(f"{gcs.url}/storage/v1/b/{gcs.bucket}", data=json.dumps(settings).encode(),
+                                     method="PATCH", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=60).read()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("settings", "why"), [
+    ({"retentionPolicy": {"retentionPeriod": "86400"}}, "it has a retention policy (86400 s)"),
+    ({"storageClass": "NEARLINE"}, "its storage class is NEARLINE"),
+])
+def test_a_bucket_that_would_keep_or_bill_parts_gets_one_stream_said_in_one_line(
+    gcs, make_run, tmp_path: Path, settings: dict[str, object], why: str
+) -> None:
+    run = _run_with_a_big_file(make_run, size=4 << 20, big=3 << 20, seed=7)
+    reference, _ = _reference(run, tmp_path)
+    _patch_bucket(gcs, settings)
+    with FaultProxy(gcs.url) as proxy:
+        env = {"STORAGE_EMULATOR_HOST": proxy.url}
+        proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", tmp_path / "a.db", tmp_path, "--streams", "3", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert not [e for e in proxy.log if e.target == "compose"]
+    notes = [line for line in proc.stderr.splitlines() if "one upload stream" in line]
+    assert len(notes) == 1, proc.stderr
+    assert notes[0].startswith(f"sruns-stream: {run.name}: one upload stream, not 3: bucket {gcs.bucket!r}: {why}")
+    assert json.loads(proc.stdout)["streams"] == 1
+    assert gcs.download(_blob(run)) == reference
+    assert not [n for n in gcs.names() if PARTS_FOLDER in n]
+
+    # Volumes need parts: refused where parts would stay, used (and said) where they are billed.
+    proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", tmp_path / "v.db", tmp_path, "--volume-size", "1M",
+                    "--force")
+    if "retention" in why:
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "needs several volumes" in lines[0] and "another bucket" in lines[0]
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert "volumes need parts, so they are used" in proc.stderr
+        vols = _volume_names(gcs.names(), _blob(run))
+        assert len(vols) >= 3 and b"".join(gcs.download(v) for v in vols) == reference

@@ -10,7 +10,9 @@ Temporaries that must outlive a crash are swept by the next run of the same arch
 bucket lifecycle rule on the parts prefix catches what a run that never comes back left
 (the README gives the rule). Buckets where temporaries cannot be deleted (a retention
 policy, a default event-based hold) or would pay early-deletion fees (a class other than
-STANDARD) are told apart by `constraints`, and the archive is then uploaded as one stream.
+STANDARD) are told apart by `constraints`; the archive is then uploaded as one stream
+(`archive` decides; only an archive that needs volumes uses parts in a class that bills
+their early deletion, since compose needs sources of the result's class).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..gcs import (
 )
 from ..volumes import is_stored_form
 
-__all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "ObjectInfo", "Parts"]
+__all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "Constraints", "ObjectInfo", "Parts"]
 
 COMPOSE_LIMIT = 32  # sources per compose request
 COMPONENT_LIMIT = 1024  # components in one composite object
@@ -45,6 +47,18 @@ T = TypeVar("T")
 
 class _Transient(UploadError):
     """Worth another try (see gcs.is_transient); private to this module's retries."""
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Why temporary parts should not be used in a bucket (None: no such reason)."""
+
+    undeletable: str | None  # a retention policy or default hold: parts would stay
+    billed: str | None  # a class with a minimum storage duration: early deletion is billed
+
+    @property
+    def first(self) -> str | None:
+        return self.undeletable or self.billed
 
 
 @dataclass(frozen=True)
@@ -86,18 +100,19 @@ class Parts:
         except _Transient as exc:
             raise UploadError(f"{exc} ({self._retry.attempts} attempts); run the same command again") from None
 
-    def constraints(self) -> list[str]:
-        """Why temporary parts should not be used in this bucket (empty: they may)."""
+    def constraints(self) -> Constraints:
+        """What this bucket's settings mean for temporary parts (read once per archive)."""
         self._call("reading the bucket's settings", lambda: self._bucket.reload(timeout=DEFAULT_TIMEOUT, retry=None))
-        problems = []
+        undeletable = None
         if self._bucket.retention_period:
-            problems.append(f"it has a retention policy ({self._bucket.retention_period} s): parts could not be deleted")
-        if self._bucket.default_event_based_hold:
-            problems.append("new objects get an event-based hold: parts could not be deleted")
+            undeletable = f"it has a retention policy ({self._bucket.retention_period} s): parts could not be deleted"
+        elif self._bucket.default_event_based_hold:
+            undeletable = "new objects get an event-based hold: parts could not be deleted"
         storage_class = self._bucket.storage_class or "STANDARD"
+        billed = None
         if storage_class not in ("STANDARD", "MULTI_REGIONAL", "REGIONAL"):
-            problems.append(f"its storage class is {storage_class}: deleting parts early would be billed")
-        return problems
+            billed = f"its storage class is {storage_class}: deleting parts early is billed"
+        return Constraints(undeletable, billed)
 
     def stat(self, name: str) -> ObjectInfo | None:
         def get() -> Any:
