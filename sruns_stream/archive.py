@@ -30,7 +30,8 @@ from typing import Any
 
 import isal
 
-from . import __version__, manifest_tsv
+from . import __version__, access_index, manifest_tsv
+from .access_index import AccessPoint
 from .blockgzip import Checkpoint, Codec, GzipCodec, PlainTarCodec
 from .config import AUTO_STREAMS, AUTO_STREAMS_FROM, ArchiveOptions
 from .errors import IntegrityError, JournalError, RunFolderChanged, UploadError, UsageError
@@ -117,6 +118,7 @@ def stream_params(options: ArchiveOptions) -> dict[str, Any]:
         "compression": options.compression,
         "level": options.level if options.compression != "none" else None,
         "block_size": options.block_size,
+        "access_interval": options.access_interval if options.compression != "none" else None,
     }
 
 
@@ -469,7 +471,8 @@ def _single_stream(
         tool_version=__version__,
     )
     journal.update(name, status="uploading")
-    stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs))
+    points = [*journal.access_points(name), *streamed.pending_points]
+    stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs), _index(codec, options, points))
     _verify(stored, info)
     streamed.commit()
     start = streamed.start
@@ -556,6 +559,15 @@ def _verify(stored: Stored, info: ArchiveInfo) -> None:
         )
 
 
+def _index(codec: Codec, options: ArchiveOptions, points: list[tuple[int, int]]) -> bytes | None:
+    """``<run>.index.tsv`` from the (raw, archive offset) access points recorded; None for
+    a plain tar (any offset is a place to start) or when there are none."""
+    if not codec.header() or not points or not options.access_interval:
+        return None
+    return access_index.render((AccessPoint(raw, at) for raw, at in sorted(set(points))),
+                               options.block_size, options.access_interval)
+
+
 class _TaskStore:
     """The single stream's checkpoints: in the run's journal row."""
 
@@ -564,8 +576,8 @@ class _TaskStore:
         self.task = task
 
     def record(self, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]], files_crc: int,
-               state: str | None) -> None:
-        self.journal.record_checkpoint(self.task, durable, cp, files_done, files_crc, state)
+               state: str | None, points: list[tuple[int, int]]) -> None:
+        self.journal.record_checkpoint(self.task, durable, cp, files_done, files_crc, state, points)
 
     def forget_member_crcs(self) -> None:
         self.journal.forget_member_crcs(self.task.name)

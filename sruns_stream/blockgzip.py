@@ -9,6 +9,12 @@ each block is all the state needed.
 
 Members the tar stream marks as already compressed are emitted as deflate *stored*
 blocks: no CPU is spent deflating CBCL or JPEG data for a 0–3 % gain.
+
+Access points: the first block at or after each multiple of ``access_interval`` raw
+bytes is deflated without the dictionary, so inflation can start at its first byte with no history (a
+reader fetching one member starts at the access point before it, `readback.index`).
+Which blocks those are depends only on the raw offset, so the output stays
+deterministic; the points' compressed offsets go into ``<run>.index.tsv``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "GzipCodec",
     "PlainTarCodec",
     "compressed_stream",
+    "is_access_point",
 ]
 
 WINDOW = 32 * 1024  # deflate's window: the dictionary a block needs from before it
@@ -193,6 +200,14 @@ class CompressedBlock:
     files_done: list[tuple[int, int]]
     raw_len: int = 0
     stored_bytes: int = 0
+    access: bool = False  # deflated without a dictionary: inflation can start at its first byte
+
+    @property
+    def access_point(self) -> tuple[int, int] | None:
+        """(raw offset, output offset) of this block's start when it is an access point."""
+        if not self.access:
+            return None
+        return self.checkpoint.raw_offset - self.raw_len, self.checkpoint.gz_offset - len(self.data)
 
 
 def _encode(codec: Codec, block: RawBlock, dictionary: bytes) -> tuple[bytes, int]:
@@ -227,6 +242,13 @@ class _Running:
         return CompressedBlock(data, self.cp, files_done or [], raw_len, stored_bytes)
 
 
+def is_access_point(raw_offset: int, block_size: int, access_interval: int) -> bool:
+    """Whether the block at ``raw_offset`` is deflated without a dictionary: the first
+    block at or after each multiple of ``access_interval`` (every block when blocks are
+    larger). Point k is then at raw offset `access_index.point_raw` (k)."""
+    return access_interval > 0 and raw_offset % access_interval < block_size
+
+
 def compressed_stream(
     codec: Codec,
     blocks: Iterator[RawBlock],
@@ -235,6 +257,8 @@ def compressed_stream(
     raw_size: int,
     threads: int = 1,
     trailer: bool = True,
+    access_interval: int = 0,
+    block_size: int = 0,
 ) -> Iterator[CompressedBlock]:
     """Encode ``blocks`` (which begin at ``start.raw_offset``) in order.
 
@@ -243,7 +267,9 @@ def compressed_stream(
     ``trailer`` is False: a segment of the stream that another part ends) once
     ``raw_size`` is reached, each as a block of its own with its own checkpoint. A
     segment starting inside the stream counts its output from 0 (``start.gz_offset``)
-    and its raw crc32 from its first byte (``start.crc32``).
+    and its raw crc32 from its first byte (``start.crc32``). The first block of ``block_size``
+    at or after each multiple of ``access_interval`` (0: none) is an access point (see
+    the module doc).
     """
     running = _Running(start)
     if start.raw_offset == 0 and start.gz_offset == 0 and codec.header():
@@ -251,19 +277,20 @@ def compressed_stream(
 
     # Bounded in-flight work gives backpressure: at most two blocks per thread wait,
     # and output leaves in block order whatever order the threads finish in.
-    pending: deque[tuple[RawBlock, Future[tuple[bytes, int]], int]] = deque()
+    pending: deque[tuple[RawBlock, Future[tuple[bytes, int]], int, bool]] = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate") as pool:
         try:
             for block in blocks:
-                future = pool.submit(_encode, codec, block, dictionary)
+                access = codec.header() != b"" and is_access_point(block.raw_offset, block_size, access_interval)
+                future = pool.submit(_encode, codec, block, b"" if access else dictionary)
                 dictionary = (dictionary + bytes(block.data[-WINDOW:]))[-WINDOW:]
-                pending.append((block, future, isal_zlib.crc32(dictionary)))
+                pending.append((block, future, isal_zlib.crc32(dictionary), access))
                 while len(pending) > 2 * threads:
                     yield _finish(running, *pending.popleft())
             while pending:
                 yield _finish(running, *pending.popleft())
         finally:
-            for _, fut, _ in pending:
+            for _, fut, _, _ in pending:
                 fut.cancel()
     if trailer and running.cp.raw_offset == raw_size:
         tail = codec.trailer(running.cp.crc32, raw_size)
@@ -271,9 +298,11 @@ def compressed_stream(
             yield running.emit(tail, 0, 0, running.cp.cursor)
 
 
-def _finish(running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]], window_crc32: int) -> CompressedBlock:
+def _finish(
+    running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]], window_crc32: int, access: bool
+) -> CompressedBlock:
     data, block_crc = fut.result()
-    return running.emit(
+    out = running.emit(
         data,
         len(block.data),
         block_crc,
@@ -282,3 +311,5 @@ def _finish(running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]], 
         sum(end - start for start, end in block.stored),
         window_crc32,
     )
+    out.access = access
+    return out

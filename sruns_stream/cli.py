@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--streams", type=int,
                    help="GCS upload streams, each sending segments composed at the end (default: 4 from 2 GiB up, else 1)")
     a.add_argument("--volume-size", type=_size, help="store a larger archive as volumes of at most this (default: just under 5T)")
+    a.add_argument("--access-interval", type=_size,
+                   help="raw bytes between access points, where a reader can start (default 4M; 0: none)")
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
@@ -133,6 +135,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         read_ahead=args.read_ahead,
         upload_streams=args.streams,
         volume_size=args.volume_size,
+        access_interval=args.access_interval,
     )
     dest = args.dest or config.destination or DEFAULT_DEST
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)

@@ -54,6 +54,11 @@ DEFAULT_VOLUME_SIZE = 5 * TiB - 1024 * MiB
 # composing costs a few requests).
 AUTO_STREAMS_FROM = 2048 * MiB
 AUTO_STREAMS = 4
+# Raw bytes between access points. Measured on this project's 2-core VM, dropping the
+# dictionary at each changed the archive by -0.02 % to +0.0003 % (MiSeq- and NovaSeq-
+# style runs, 1 to 8 MiB): free. Fetching one member reads at most this much
+# (compressed) before it; the index holds one 42-byte line per point.
+DEFAULT_ACCESS_INTERVAL = 8 * MiB
 COMPRESSIONS = ("auto", "level", "none")
 
 
@@ -95,6 +100,10 @@ class ArchiveOptions:
     # An archive larger than this is stored as volumes <run>.tar.gz.000, .001, ... whose
     # concatenation is the archive: a GCS object holds at most 5 TiB.
     volume_size: int = DEFAULT_VOLUME_SIZE
+    # An access point (a block deflated with no dictionary: inflation can start there,
+    # and a reader fetches one member from the one before it) at the first block of
+    # every access_interval raw bytes; 0: none.
+    access_interval: int = DEFAULT_ACCESS_INTERVAL
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -128,6 +137,8 @@ class ArchiveOptions:
             raise ConfigError(f"upload_streams must be between 1 and 64, not {self.upload_streams!r}")
         if not MiB <= self.volume_size <= 5 * TiB:
             raise ConfigError(f"volume_size must be between 1 MiB and 5 TiB (GCS's object limit), not {self.volume_size!r}")
+        if self.access_interval < 0:
+            raise ConfigError(f"access_interval must be 0 (none) or more bytes, not {self.access_interval!r}")
         if self.checkpoint_seconds < 1:
             raise ConfigError(f"checkpoint_seconds must be 1 or more, not {self.checkpoint_seconds!r}")
 

@@ -146,6 +146,7 @@ CREATE TABLE IF NOT EXISTS member_crcs (
     seq INTEGER NOT NULL,
     pairs BLOB NOT NULL,
     segment INTEGER NOT NULL DEFAULT -1,
+    points BLOB,
     PRIMARY KEY (task, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS segments (
@@ -330,6 +331,7 @@ class Journal:
     def _migrate(self) -> None:
         """Bring a journal an older tool made up to this schema (see the module docstring)."""
         self._add_columns("manifest")
+        self._add_columns("member_crcs")
         have = self._add_columns("tasks")
         if "status" in have:
             return
@@ -482,6 +484,23 @@ class Journal:
                     crcs[idx] = crc
         return crcs
 
+    def access_points(self, name: str, segment: int = -1) -> list[tuple[int, int]]:
+        """The (raw offset, output offset) access points recorded by the single stream or
+        by one segment (offsets in its own output), in order."""
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT points FROM member_crcs WHERE task = ? AND segment = ? AND points IS NOT NULL ORDER BY seq",
+                    (name, segment),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+        out: list[tuple[int, int]] = []
+        for (blob,) in rows:
+            flat = _unpack_points(blob)
+            out.extend(zip(flat[::2], flat[1::2]))
+        return out
+
     def forget_member_crcs(self, name: str) -> None:
         """An attempt starting over from zero with the same manifest records them anew."""
         with self._tx() as db:
@@ -505,20 +524,22 @@ class Journal:
         files_done: list[tuple[int, int]],
         files_crc32c: int,
         sink_state: str | None,
+        points: Sequence[tuple[int, int]] = (),
     ) -> None:
-        """One durable advance: the offset, the checkpoint under it, members finished.
+        """One durable advance: the offset, the checkpoint under it, members finished and
+        access points passed ((raw offset, archive offset) pairs).
 
         ``task`` is the attempt's row as `start_fresh` left it: its params and manifest
         id go into the checkpoint's digest."""
         ck_sum = checkpoint_sum(task.name, durable, cp, files_crc32c, sink_state, task.params, task.manifest_id)
         with self._tx() as db:
-            if files_done:
+            if files_done or points:
                 # One row per checkpoint, the members' (index, crc32c) packed: one UPDATE per
                 # file cost more than a second on a 55,000-file run.
                 db.execute(
-                    "INSERT INTO member_crcs (task, seq, pairs) VALUES"
-                    " (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM member_crcs WHERE task = ?), ?)",
-                    (task.name, task.name, _pack(files_done)),
+                    "INSERT INTO member_crcs (task, seq, pairs, points) VALUES"
+                    " (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM member_crcs WHERE task = ?), ?, ?)",
+                    (task.name, task.name, _pack(files_done), _pack_points(points)),
                 )
             db.execute(
                 "UPDATE tasks SET durable_offset = ?, ck_raw = ?, ck_gz = ?, ck_crc32 = ?,"
@@ -588,7 +609,7 @@ class Journal:
 
     def record_segment_checkpoint(
         self, task: Task, seq: int, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]],
-        files_crc32c: int, sink_state: str | None,
+        files_crc32c: int, sink_state: str | None, points: Sequence[tuple[int, int]] = (),
     ) -> None:
         """A segment's durable advance, as `record_checkpoint` is the single stream's."""
         ck = json.dumps([cp.raw_offset, cp.gz_offset, cp.crc32, cp.crc32c, cp.cursor.index, cp.cursor.crc32c,
@@ -596,11 +617,11 @@ class Journal:
         ck_sum = checkpoint_sum(f"{task.name}#{seq}", durable, cp, files_crc32c, sink_state, task.params,
                                 task.manifest_id)
         with self._tx() as db:
-            if files_done:
+            if files_done or points:
                 db.execute(
-                    "INSERT INTO member_crcs (task, seq, pairs, segment) VALUES"
-                    " (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM member_crcs WHERE task = ?), ?, ?)",
-                    (task.name, task.name, _pack(files_done), seq),
+                    "INSERT INTO member_crcs (task, seq, pairs, segment, points) VALUES"
+                    " (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM member_crcs WHERE task = ?), ?, ?, ?)",
+                    (task.name, task.name, _pack(files_done), seq, _pack_points(points)),
                 )
             db.execute(
                 "UPDATE segments SET sink_state = ?, durable_offset = ?, checkpoint = ?, files_crc32c = ?,"
@@ -675,6 +696,24 @@ def _pack(pairs: list[tuple[int, int]]) -> bytes:
     if sys.byteorder == "big":
         flat.byteswap()
     return flat.tobytes()
+
+
+def _pack_points(points: Sequence[tuple[int, int]]) -> bytes | None:
+    """(raw offset, output offset) pairs as little-endian uint64s; None when there are none."""
+    if not points:
+        return None
+    flat = array("Q", [v for pair in points for v in pair])
+    if sys.byteorder == "big":
+        flat.byteswap()
+    return flat.tobytes()
+
+
+def _unpack_points(blob: bytes) -> array[int]:
+    flat = array("Q")
+    flat.frombytes(bytes(blob))
+    if sys.byteorder == "big":
+        flat.byteswap()
+    return flat
 
 
 def _unpack(blob: bytes) -> array[int]:

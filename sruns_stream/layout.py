@@ -25,6 +25,7 @@ from typing import Literal
 from .errors import UsageError
 
 __all__ = [
+    "INDEX_SUFFIX",
     "MANIFEST_SUFFIX",
     "READ_EXTENSIONS",
     "Location",
@@ -32,6 +33,7 @@ __all__ = [
     "blob_name",
     "check_bucket_name",
     "destination_of",
+    "index_next_to",
     "is_url",
     "manifest_filename",
     "manifest_next_to",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 MANIFEST_SUFFIX = ".manifest.tsv"
+INDEX_SUFFIX = ".index.tsv"  # the archive's access points (`access_index`)
 # What a reader accepts as an archive's name (sruns-monitor and hand-made ones use .tgz).
 READ_EXTENSIONS = (".tar.gz", ".tgz", ".tar")
 FORMS = "DIR, file://DIR, gs://BUCKET[/PATH] or null"
@@ -96,6 +99,12 @@ def manifest_next_to(archive: str, run: str) -> str:
     """The manifest's path or blob name beside an archive's path or blob name."""
     folder = archive.rsplit("/", 1)[0] + "/" if "/" in archive else ""
     return folder + manifest_filename(run)
+
+
+def index_next_to(archive: str, run: str) -> str:
+    """The access index's path or blob name beside an archive's (``<run>.index.tsv``)."""
+    folder = archive.rsplit("/", 1)[0] + "/" if "/" in archive else ""
+    return f"{folder}{run}{INDEX_SUFFIX}"
 
 
 def split_archive_filename(filename: str) -> tuple[str, bool] | None:

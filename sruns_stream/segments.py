@@ -37,13 +37,22 @@ from typing import Any
 
 from isal import isal_zlib
 
-from . import __version__, manifest_tsv
+from . import __version__, access_index, manifest_tsv
+from .access_index import AccessPoint
 from .blockgzip import Checkpoint, Codec
 from .config import ArchiveOptions
 from .crc import crc32c_combine
 from .errors import IntegrityError
 from .journal import Journal, SegmentRow, Task, files_crc32c
-from .layout import Location, blob_name, manifest_next_to, part_name, parts_prefix, volume_names
+from .layout import (
+    Location,
+    blob_name,
+    index_next_to,
+    manifest_next_to,
+    part_name,
+    parts_prefix,
+    volume_names,
+)
 from .pipeline import Saved, range_start, stream_range
 from .progress import Progress
 from .runfolder import FILE, Manifest
@@ -355,6 +364,16 @@ class SegmentedUpload:
         """Manifest (and volume list), metadata, and a last look at every volume."""
         size, crc = combined([(n, c) for _, n, c in volumes])
         manifest_name = manifest_next_to(self.archive, self.name)
+        if self.codec.header():
+            # Each segment's access points, from its own output offsets to the archive's.
+            points: list[AccessPoint] = []
+            before = 0
+            for row in rows:
+                points.extend(AccessPoint(raw, before + at) for raw, at in self.journal.access_points(self.name, row.seq))
+                before += row.size or 0
+            if points:
+                index = access_index.render(points, self.options.block_size, self.options.access_interval)
+                self.parts.upload(index_next_to(self.archive, self.name), index, "text/tab-separated-values; charset=utf-8")
         self.parts.upload(manifest_name, manifest_tsv.render(self.manifest.entries, self._member_crcs(rows)),
                           "text/tab-separated-values; charset=utf-8")
         if len(volumes) > 1:
@@ -391,8 +410,9 @@ class _SegmentStore:
         self.journal, self.task, self.seq = journal, task, seq
 
     def record(self, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]], files_crc: int,
-               state: str | None) -> None:
-        self.journal.record_segment_checkpoint(self.task, self.seq, durable, cp, files_done, files_crc, state)
+               state: str | None, points: list[tuple[int, int]]) -> None:
+        self.journal.record_segment_checkpoint(self.task, self.seq, durable, cp, files_done, files_crc, state,
+                                               points)
 
     def forget_member_crcs(self) -> None:
         self.journal.forget_segment_member_crcs(self.task.name, self.seq)

@@ -63,6 +63,10 @@ def _manifest_blob(run: Path) -> str:
     return f"{PREFIX}/{run.name}/{run.name}.manifest.tsv"
 
 
+def _index_blob(run: Path) -> str:
+    return f"{PREFIX}/{run.name}/{run.name}.index.tsv"
+
+
 def _untars_to_the_input(data: bytes, run: Path, tmp_path: Path, label: str) -> None:
     path = tmp_path / f"{label}.tar.gz"
     path.write_bytes(data)
@@ -107,7 +111,7 @@ def test_streams_1_2_and_7_give_the_same_object_which_untars_to_the_input(gcs, m
         assert f"{google_crc32c.value(data):08x}" == result["crc32c"]
         assert gcs.download(_manifest_blob(run)) == manifest  # member crc32c joined across segments
         # The temporaries are gone: the archive and its manifest are all that is left.
-        assert gcs.names() == sorted([_blob(run), _manifest_blob(run)])
+        assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
         if streams > 1:
             segments = journal_rows_of(db, run.name)
             assert len(segments) >= 3
@@ -155,7 +159,7 @@ def test_kill_9_twice_during_a_parallel_upload_then_the_same_command_gives_the_s
     assert json.loads(proc.stdout)["resumed_from_raw"] > 0 or "resum" in proc.stderr
     data = gcs.download(_blob(run))
     assert data == reference
-    assert gcs.names() == sorted([_blob(run), _manifest_blob(run)])
+    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
     # Counted on the wire, per session: at most one chunk per stream went again.
     assert resent(proxy.log, 1) <= streams * CHUNK
     assert resent(proxy.log, 2) <= streams * CHUNK
@@ -185,7 +189,7 @@ def test_a_crash_after_compose_before_the_temporaries_are_deleted_leaves_no_orph
         # Composed already: the next run finishes the job, it does not upload again.
         assert not [e for e in proxy.exchanges("chunk", epoch=1)]
     assert gcs.download(_blob(run)) == reference
-    assert gcs.names() == sorted([_blob(run), _manifest_blob(run)])
+    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
     assert journal_row(db, run.name)["status"] == "complete"
 
 
@@ -210,7 +214,7 @@ def test_a_segment_whose_crc32c_does_not_match_fails_loudly_and_the_next_run_men
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert gcs.download(_blob(run)) == reference
-    assert gcs.names() == sorted([_blob(run), _manifest_blob(run)])
+    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
 
 
 # -- volumes ----------------------------------------------------------------------------------
@@ -243,7 +247,7 @@ def test_volumes_on_gcs_concatenate_to_the_archive_and_verify_and_restore_name_a
     task = journal_row(db, run.name)
     assert task["gcp_tarfile"] == f"{gcs.bucket}/{_blob(run)}"
     assert json.loads(task["volumes"]) == [f"{gcs.bucket}/{v}" for v in vols]
-    assert gcs.names() == sorted([*vols, _manifest_blob(run), volumes.listing_name(_blob(run))])
+    assert gcs.names() == sorted([*vols, _manifest_blob(run), _index_blob(run), volumes.listing_name(_blob(run))])
 
     # The same command again: already archived (every volume is looked at).
     again = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--streams", "2", "--volume-size", "1M")
@@ -283,7 +287,7 @@ def test_a_single_object_archive_replaces_earlier_volumes(gcs, make_run, tmp_pat
     proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--force")
     assert proc.returncode == 0, proc.stderr
     # `gcloud storage cat .../RUN.tar.gz.*` must never find an older archive's volumes.
-    assert gcs.names() == sorted([_blob(run), _manifest_blob(run)])
+    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
     assert gcs.download(_blob(run)) == reference
 
 
@@ -317,7 +321,7 @@ def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_
     assert b"".join(p.read_bytes() for p in vols) == reference
     assert (folder / f"{run.name}.manifest.tsv").read_bytes() == manifest
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [*(p.name for p in vols), f"{run.name}.manifest.tsv", f"{run.name}.tar.gz.volumes.tsv"]
+        [*(p.name for p in vols), f"{run.name}.manifest.tsv", f"{run.name}.index.tsv", f"{run.name}.tar.gz.volumes.tsv"]
     )  # no part file left, no file under the archive's own name
     listed = volumes.parse((folder / f"{run.name}.tar.gz.volumes.tsv").read_bytes(), "listing")
     assert [(v.name, v.size, v.crc32c) for v in listed] == [

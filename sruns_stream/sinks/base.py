@@ -68,9 +68,10 @@ class Sink(Protocol):
         (the archive asks when much raw work went by without a checkpoint)."""
         ...
 
-    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
-        """Make every byte durable, commit the archive and its manifest, read back its
-        checksum. The archive must not appear under its final name before this."""
+    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes, index_tsv: bytes | None = None) -> Stored:
+        """Make every byte durable, commit the archive, its manifest and its access index
+        (`access_index`, when there is one), read back its checksum. The archive must not
+        appear under its final name before this."""
         ...
 
     def abort(self) -> None:

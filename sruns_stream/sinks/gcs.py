@@ -71,7 +71,7 @@ from ..gcs import (
     pause,
     reason,
 )
-from ..layout import blob_name, manifest_filename, manifest_next_to
+from ..layout import blob_name, index_next_to, manifest_filename, manifest_next_to
 from ..stopping import STOP
 from .base import ArchiveInfo, Stored
 from .gcs_parts import Parts
@@ -227,7 +227,7 @@ class GcsSink:
         if self._uri is not None and self._finished is None:
             self._hand_over(flush=True)
 
-    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
+    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes, index_tsv: bytes | None = None) -> Stored:
         self._raise_error()
         if self._uri is None:
             raise UploadError(f"{self.description}: finalize() before open()")
@@ -243,7 +243,11 @@ class GcsSink:
                 f"{self.description}: {self._base + len(self._buf)} bytes were streamed, "
                 f"but the archive has {info.size}"
             )
-        manifest_location = self._upload_manifest(manifest_tsv) if self.manifest_name else None
+        manifest_location = None
+        if self.manifest_name:
+            if index_tsv is not None:
+                self._upload_beside(index_next_to(self.blob_name, self.run), index_tsv, "access index")
+            manifest_location = self._upload_beside(self.manifest_name, manifest_tsv, "manifest")
         if self._finished is None:
             self._final_crc32c = info.crc32c
             try:
@@ -636,28 +640,29 @@ class GcsSink:
             # A status the library did not map to an API error (e.g. a 308 where it wants 200).
             raise UploadError(f"{what} for {self.description}: unexpected answer from GCS ({exc})") from exc
 
-    def _upload_manifest(self, manifest_tsv: bytes) -> str:
+    def _upload_beside(self, name: str, data: bytes, what: str) -> str:
+        """A small file beside the archive (manifest, access index), checked by crc32c."""
         assert self._client is not None
-        blob = self._client.bucket(self.bucket_name).blob(self.manifest_name)
+        blob = self._client.bucket(self.bucket_name).blob(name)
 
         def upload(_: int) -> None:
             self._api(
-                "manifest upload",
+                f"{what} upload",
                 lambda: blob.upload_from_string(
-                    manifest_tsv, content_type="text/tab-separated-values; charset=utf-8",
+                    data, content_type="text/tab-separated-values; charset=utf-8",
                     timeout=self._timeout, checksum="crc32c", retry=None,
                 ),
             )
 
-        self._with_retries("manifest upload", upload)
+        self._with_retries(f"{what} upload", upload)
         stored = crc32c_from_b64(blob.crc32c)
-        expected = google_crc32c.value(manifest_tsv)
+        expected = google_crc32c.value(data)
         if stored != expected:
             raise IntegrityError(
-                f"gs://{self.bucket_name}/{self.manifest_name} reads back with crc32c "
+                f"gs://{self.bucket_name}/{name} reads back with crc32c "
                 f"{stored if stored is None else f'{stored:08x}'}, expected {expected:08x}"
             )
-        return f"{self.bucket_name}/{self.manifest_name}"
+        return f"{self.bucket_name}/{name}"
 
     def _existing_object(self, info: ArchiveInfo) -> dict[str, Any]:
         """The committed object, when the session is gone after our last request."""

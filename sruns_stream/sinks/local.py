@@ -47,7 +47,7 @@ import google_crc32c
 
 from ..crc import crc32c_combine
 from ..errors import DestinationNotWritable, DiskFull, IntegrityError, RunLocked
-from ..layout import archive_filename, manifest_filename, volume_names
+from ..layout import archive_filename, index_next_to, manifest_filename, volume_names
 from ..safefs import DIR_FLAGS
 from ..stopping import STOP
 from ..volumes import Volume, is_stored_form, listing_name, render
@@ -69,6 +69,7 @@ class LocalSink:
         self.final = self.dir / archive_filename(run, extension)
         self.part = self.final.with_name(self.final.name + ".part")
         self.manifest_path = self.dir / manifest_filename(run)
+        self.index_name = index_next_to(self.final.name, run)
         self.description = str(self.final)
         self.archive_name = str(self.final)
         self._sync_interval = sync_interval
@@ -221,7 +222,7 @@ class LocalSink:
         if self._writer is not None:
             self._queue.put(_SYNC_NOW)
 
-    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
+    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes, index_tsv: bytes | None = None) -> Stored:
         assert self._writer is not None and self._dir_fd is not None, "open() first"
         self._queue.put(_FINISH)
         self._writer.join(_POLL)
@@ -239,8 +240,10 @@ class LocalSink:
         count = max(1, -(-info.size // self._volume))
         finals = volume_names(self.final.name, count)
         try:
-            # The manifest (and the volume listing) land first, so an archive under its
-            # final name always has them.
+            # The index, the manifest (and the volume listing) land first, so an archive
+            # under its final name always has them.
+            if index_tsv is not None:
+                self._write_beside(self.index_name, index_tsv)
             self._write_beside(self.manifest_path.name, manifest_tsv)
             if count > 1:
                 listing = [Volume(n, min(self._volume, info.size - k * self._volume), c)

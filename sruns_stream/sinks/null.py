@@ -38,7 +38,7 @@ class NullSink:
     def request_durable(self) -> None:
         self._durable = self._offset
 
-    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes) -> Stored:
+    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes, index_tsv: bytes | None = None) -> Stored:
         self._durable = self._offset
         return Stored(location="null", size=self._offset, crc32c=info.crc32c)
 
