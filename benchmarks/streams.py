@@ -256,12 +256,12 @@ def _targets(results: list[Samples], cap: float) -> list[tuple[str, float | None
     return out
 
 
-def render(results: list[Samples], ds: Dataset, meta: dict[str, Any]) -> str:
+def render(results: list[Samples], meta: dict[str, Any]) -> str:
     cap, low = meta["cap"], meta["low_cap"]
     out = [f"# Upload streams: {meta['label']}, {meta['date']}\n"]
     out.append(f"Command: `{meta['command']}` ({meta['minutes']:.1f} min in all)\n")
     out.append(
-        f"Data: {ds.describe()}; tar stream {results[0].raw_bytes / MB:,.0f} MB, archive "
+        f"Data: {meta['data']}; tar stream {results[0].raw_bytes / MB:,.0f} MB, archive "
         f"{results[0].archive_bytes / MB:,.0f} MB. Destination: `gs://` on the loopback GCS server "
         "(benchmarks/gcs_loopback.py) in the benchmark's own process, on the same cores, bodies discarded "
         "after their crc32c; each connection read at most the cap. Options passed: "
@@ -320,6 +320,19 @@ def render(results: list[Samples], ds: Dataset, meta: dict[str, Any]) -> str:
         "no-cap seconds) weighs more on this run than on a real one of hundreds of GB, where the speed-up "
         "approaches the number of working streams.\n"
     )
+    one = _baseline(results, cap)
+    if one is not None:
+        more = [s for s in results if s.row.cap == cap and s.row.streams > 1]
+        extra = ", ".join(
+            f"{s.row.streams} streams +{(max(s.rss_kib) - max(one.rss_kib)) / 1024:.0f} MiB "
+            f"({(max(s.rss_kib) - max(one.rss_kib)) / 1024 / (s.row.streams - 1):.0f} MiB per extra stream)"
+            for s in more)
+        chunk = meta["plan_options"].get("chunk_size", 16 * MiB) / MiB
+        out.append(
+            f"**Memory.** Peak RSS with one stream: {max(one.rss_kib) / 1024:.0f} MiB; {extra}. Each stream "
+            f"has its own upload buffers, a few chunks ({chunk:g} MiB each here; `--chunk-size` sets it), and its "
+            "own reader and compressor. The README's target is ≤ 300 MiB at defaults.\n"
+        )
     plan_options = meta["plan_options"]
     streams = sorted({s.row.streams for s in results})
     out.append("## Segment plans\n")
@@ -350,7 +363,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--label", default=platform.node())
     p.add_argument("--cache", type=Path, default=CACHE, help="where generated run folders are kept")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--render", type=Path, metavar="JSON", help="write the page again from a results JSON; run nothing")
     args = p.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        results = [Samples(Row(r["streams"], r["cap_mb_s"]), r["seconds"], r["cpu_s"], r["server_cpu_s"],
+                           r["rss_kib"], r["streams_used"], r["raw_bytes"], r["archive_bytes"])
+                   for r in saved["rows"]]
+        args.render.with_suffix(".md").write_text(render(results, saved["meta"]))
+        print(f"written: {args.render.with_suffix('.md')}")
+        return 0
     streams = sorted({int(x) for x in args.streams.split(",") if x.strip()})
     if 1 not in streams:
         p.error("--streams must include 1: every speed-up is over one stream")
@@ -378,9 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "low_cap": args.low_cap, "extra": extra, "plan_options": plan_options, "machine": machine,
         "command": "python -m benchmarks.streams " + " ".join(argv if argv is not None else sys.argv[1:]),
         "minutes": (time.perf_counter() - t0) / 60, "rss": RssProbe().description,
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": len(os.sched_getaffinity(0)), "data": ds.describe(),
     }
-    text = render(results, ds, meta)
+    text = render(results, meta)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"{meta['date']}-{slug(args.label)}-streams"
     stem.with_suffix(".md").write_text(text)
