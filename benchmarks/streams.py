@@ -20,12 +20,10 @@ Each run is checked, not just timed: the composed object must be where the archi
 says, with its size and crc32c, the temporary parts deleted, and every archive byte
 received once (the small gzip trailer object aside).
 
-Segments are at least 8 upload chunks and ``volume_size / 512`` long
-(`sruns_stream.segments.plan_segments`). With the default volume size (just under
-5 TiB) that is ~10 GiB, so a run of a few GiB would be one segment, i.e. one stream,
-whatever ``--streams`` says; ``--volume-size auto`` (the default here) passes a volume
-size of at least twice the run, which keeps the archive one object and lets it be
-split. The report shows the plan each row got and the one the defaults give.
+A segment is uploaded by one stream, so only min(streams, segments) streams work at
+once: segments are at least 8 upload chunks long (`sruns_stream.segments.plan_segments`;
+128 MiB at the default 16 MiB chunk), so a 1 GiB run has 9 of them. The report shows the
+plan each row got, and what the defaults give runs of other sizes.
 
 Targets (issue 12): under the cap, 4 streams ≥ 3× and 8 streams ≥ 5× as fast as one;
 with no cap, 4 streams no slower than one.
@@ -102,15 +100,6 @@ def make_rows(streams: Sequence[int], cap: float, low_cap: float | None) -> list
     if low_cap:
         rows += [Row(n, low_cap) for n in streams]
     return rows
-
-
-def _auto_volume_size(raw_bytes: int) -> int:
-    """The smallest power of two GiB at least twice the run: one volume, and a segment
-    floor (volume / 512) of a few MiB."""
-    size = GiB
-    while size < 2 * raw_bytes:
-        size *= 2
-    return size
 
 
 def _command(row: Row, run: Path, scratch: Path, server: LoopbackGcsServer, prefix: str,
@@ -203,23 +192,6 @@ def _plan(raw: int, streams: int, options: dict[str, int]) -> tuple[int, int]:
 
     plan = plan_segments(raw, ArchiveOptions(**options), streams)  # type: ignore[arg-type]
     return plan.count, plan.size
-
-
-def _plans(raw: int, streams: Sequence[int], options: dict[str, int]) -> list[list[str]]:
-    """The segment plan each streams count gets, with the options used and the defaults."""
-    from sruns_stream.config import ArchiveOptions
-    from sruns_stream.segments import plan_segments
-
-    used = ArchiveOptions(**options)  # type: ignore[arg-type]
-    default = ArchiveOptions()
-    rows = []
-    for n in streams:
-        if n == 1:
-            continue
-        a, b = plan_segments(raw, used, n), plan_segments(raw, default, n)
-        rows.append([str(n), f"{a.count} × {a.size / MiB:,.0f} MiB",
-                     f"{b.count} × {b.size / MiB:,.0f} MiB" + (" (one stream)" if b.count == 1 else "")])
-    return rows
 
 
 def _default_plans() -> list[list[str]]:
@@ -333,18 +305,15 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
             f"has its own upload buffers, a few chunks ({chunk:g} MiB each here; `--chunk-size` sets it), and its "
             "own reader and compressor. The README's target is ≤ 300 MiB at defaults.\n"
         )
-    plan_options = meta["plan_options"]
-    streams = sorted({s.row.streams for s in results})
     out.append("## Segment plans\n")
     out.append(
-        "`plan_segments` cuts the tar stream into segments of at least 8 upload chunks and "
-        "`volume_size / 512`, about 4 per stream. The rows above ran with the options in the first "
-        "column; the second is what the defaults (volume size just under 5 TiB) give this run: one segment "
-        "is one stream, whatever `--streams` says.\n"
+        "`plan_segments` cuts the tar stream into about 4 segments per stream, each at least 8 upload chunks "
+        "(and `min(volume_size, run) / 512`) long. "
+        + "; ".join(f"{s.row.streams} streams: {c} × {z / MiB:,.0f} MiB" for s in results
+                    if s.row.cap == cap and s.row.streams > 1
+                    for c, z in [_plan(s.raw_bytes, s.row.streams, meta["plan_options"])])
+        + ". At defaults, with `AUTO_STREAMS` streams, runs of these sizes get:\n"
     )
-    out.append(markdown_table(["streams", "plan with the options above", "plan at defaults"],
-                              _plans(results[0].raw_bytes, streams, plan_options), "rll") + "\n")
-    out.append("At defaults, with `AUTO_STREAMS` streams, runs of these sizes get:\n")
     out.append(markdown_table(["tar stream", "segments", "streams that can work at once"], _default_plans(),
                               "rlr") + "\n")
     return "\n".join(out)
@@ -358,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--streams", default="1,4,8", help="streams counts under the cap (default 1,4,8)")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     p.add_argument("--chunk-size", help="passed to archive (default: its own, 16M)")
-    p.add_argument("--volume-size", default="auto",
-                   help="passed to archive: auto (at least twice the run, default), none (its own), or a size")
+    p.add_argument("--volume-size", help="passed to archive (default: its own, just under 5T)")
     p.add_argument("--label", default=platform.node())
     p.add_argument("--cache", type=Path, default=CACHE, help="where generated run folders are kept")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
@@ -387,10 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.chunk_size:
         extra += ["--chunk-size", args.chunk_size]
         plan_options["chunk_size"] = parse_size(args.chunk_size)
-    if args.volume_size != "none":
-        volume = _auto_volume_size(ds.raw_bytes) if args.volume_size == "auto" else parse_size(args.volume_size)
-        extra += ["--volume-size", str(volume)]
-        plan_options["volume_size"] = volume
+    if args.volume_size:
+        extra += ["--volume-size", args.volume_size]
+        plan_options["volume_size"] = parse_size(args.volume_size)
     rows = make_rows(streams, args.cap, args.low_cap)
     t0 = time.perf_counter()
     results = sweep(ds, rows, args.reps, extra, args.cache / "streams-scratch")

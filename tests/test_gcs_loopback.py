@@ -118,7 +118,7 @@ def test_preconditions_on_patch_delete_and_compose(server: LoopbackGcsServer, pa
 def test_listing_with_prefix_delimiter_and_pages(server: LoopbackGcsServer, parts: Parts) -> None:
     for name in ("a/1", "a/2", "a/sub/3", "b/4"):
         parts.upload(name, b"x", "text/plain")
-    assert parts.list("a/") == ["a/1", "a/2", "a/sub/3"]
+    assert parts.names("a/") == ["a/1", "a/2", "a/sub/3"]
     client = make_client()
     pages = client.list_blobs(BUCKET, prefix="a/", max_results=None, page_size=1)
     assert [b.name for b in pages] == ["a/1", "a/2", "a/sub/3"]
@@ -127,11 +127,16 @@ def test_listing_with_prefix_delimiter_and_pages(server: LoopbackGcsServer, part
 
 
 def test_bucket_settings_are_what_parts_checks(server: LoopbackGcsServer, parts: Parts) -> None:
-    assert parts.constraints() == []
-    server.set_bucket(BUCKET, retentionPolicy={"retentionPeriod": "86400"}, defaultEventBasedHold=True,
-                      storageClass="NEARLINE")
-    problems = parts.constraints()
-    assert len(problems) == 3 and "retention" in problems[0] and "NEARLINE" in problems[2]
+    assert parts.constraints().first is None
+    server.set_bucket(BUCKET, retentionPolicy={"retentionPeriod": "86400"}, storageClass="NEARLINE")
+    limits = parts.constraints()
+    assert "retention" in (limits.undeletable or "") and "NEARLINE" in (limits.billed or "")
+    server.set_bucket("held", defaultEventBasedHold=True)
+    held = Parts("held")
+    try:
+        assert "event-based hold" in (held.constraints().undeletable or "")
+    finally:
+        held.close()
 
 
 def test_cap_limits_one_connection() -> None:
@@ -157,10 +162,9 @@ def test_cap_limits_one_connection() -> None:
 def test_segmented_archive_end_to_end(server: LoopbackGcsServer, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`archive --streams 3` over the loopback: parts, compose, checks, clean-up."""
     run = make_run("novaseq", 6 << 20, seed=3)
-    # Segments are at least 8 chunks and volume_size / 512 long: a small chunk and volume
-    # size make this 6 MiB run three segments.
+    # Segments are at least 8 upload chunks long: 256 KiB chunks make this 6 MiB run three.
     proc = run_cli("archive", str(run), "--dest", f"gs://{BUCKET}/pre", "--streams", "3", "--chunk-size", "256K",
-                   "--volume-size", "1G", "--journal", str(tmp_path / "j.db"), "--json",
+                   "--journal", str(tmp_path / "j.db"), "--json",
                    env={"STORAGE_EMULATOR_HOST": server.url, "GOOGLE_CLOUD_PROJECT": "loopback"})
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
