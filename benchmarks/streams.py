@@ -201,7 +201,8 @@ def _default_plans() -> list[list[str]]:
     out = []
     for raw in (2 * GiB, 20 * GiB, 100 * GiB, 1024 * GiB):
         plan = plan_segments(raw, ArchiveOptions(), AUTO_STREAMS)
-        out.append([f"{raw / GiB:,.0f} GiB", f"{plan.count} × {plan.size / GiB:,.1f} GiB",
+        size = f"{plan.size / GiB:,.1f} GiB" if plan.size >= GiB else f"{plan.size / MiB:,.0f} MiB"
+        out.append([f"{raw / GiB:,.0f} GiB", f"{plan.count} × {size}",
                     str(min(AUTO_STREAMS, plan.count) if plan.count > 1 else 1)])
     return out
 
