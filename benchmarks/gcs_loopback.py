@@ -13,14 +13,35 @@ is real) and discards it. What it speaks, as GCS does:
   request that does not match → 400, like GCS
 - ``POST ...?uploadType=multipart`` and ``uploadType=media``: simple uploads (small
   objects are kept, so they can be read back)
-- ``GET``/``PATCH``/``DELETE /storage/v1/b/{bucket}/o/{object}``, ``GET .../b/{bucket}``
+- ``GET``/``PATCH``/``DELETE /storage/v1/b/{bucket}/o/{object}``, with GCS's
+  preconditions (``ifGenerationMatch``, ``ifMetagenerationMatch`` and their ``NotMatch``
+  forms: 412, or 304 for a GET), also on uploads and compose
+- ``GET /storage/v1/b/{bucket}/o`` with ``prefix``, ``delimiter``, ``maxResults`` and
+  ``pageToken``
+- ``POST /storage/v1/b/{bucket}/o/{object}/compose``: the object as the concatenation of
+  its sources, as GCS does it: 1 to 32 sources per request (else 400), at most 1,024
+  components in all (a composite counts its sources' components), sources named by
+  generation must have it (else 404), ``deleteSourceObjects``; the result's size is the
+  sum and its crc32c is combined from the sources' (`sruns_stream.crc`), with a
+  ``componentCount`` and no MD5, as GCS reports a composite. Since resumable bodies are
+  discarded, nothing but that metadata is composed (and the bytes, when every source
+  was a small object kept whole)
+- ``GET /storage/v1/b/{bucket}``: every bucket exists, STANDARD, no retention policy,
+  unless ``set_bucket`` gave it other settings (``retentionPolicy``,
+  ``defaultEventBasedHold``, ``storageClass``)
 
-Every bucket exists. Point a client at it with ``STORAGE_EMULATOR_HOST=<url>``.
+Per-connection upload cap (``cap_bytes_per_s``, ``--cap MBPS``): every request body is
+read at most that fast on each connection (a token bucket per connection that sleeps,
+so it costs no CPU), a scaled-down stand-in for GCS's ceiling of about 200 MiB/s per
+upload stream. Connections are served in parallel, each on its own thread, so N
+streams get N times the cap.
+
+Point a client at it with ``STORAGE_EMULATOR_HOST=<url>``.
 
     with LoopbackGcsServer() as server:          # in a program
         ...  server.url, server.bytes_received
 
-    python -m benchmarks.gcs_loopback --port 8123  # standalone
+    python -m benchmarks.gcs_loopback --port 8123 [--cap 20]  # standalone
 """
 
 from __future__ import annotations
@@ -44,20 +65,30 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import google_crc32c
 
+from sruns_stream.crc import crc32c_combine
+
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; only the type checker needs it
 
-__all__ = ["LoopbackGcsServer", "main"]
+__all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "LoopbackGcsServer", "main"]
 
 # Bodies are read in pieces this big: few system calls, and about what a socket
 # delivers per read on loopback anyway.
 _READ = 1 << 20
 # Simple uploads up to this size are kept so that they can be downloaded again.
 _KEEP = 8 << 20
+# GCS's compose limits: sources per request, components in one composite object.
+COMPOSE_LIMIT = 32
+COMPONENT_LIMIT = 1024
+# A listing page holds at most this many objects (GCS's maximum and default).
+_PAGE = 1000
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)$")
 _OBJECT = re.compile(r"^/(?:storage/v1/)?b/([^/]+)/o/(.+)$")
 _BUCKET = re.compile(r"^/(?:storage/v1/)?b/([^/]+)$")
 _LIST = re.compile(r"^/(?:storage/v1/)?b/([^/]+)/o$")
+# Object names are percent-encoded whole (a "/" in a name is %2F), so a path segment
+# after the name is an action.
+_COMPOSE = re.compile(r"^/(?:storage/v1/)?b/([^/]+)/o/([^/]+)/compose$")
 # gcloud (apitools) posts to /resumable/upload/...: the same endpoint.
 _UPLOAD = re.compile(r"^(?:/resumable)?/upload/storage/v1/b/([^/]+)/o$")
 _DOWNLOAD = re.compile(r"^/download/storage/v1/b/([^/]+)/o/(.+)$")
@@ -67,8 +98,36 @@ def _b64_crc32c(value: int) -> str:
     return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
 
 
+def _crc_of(resource: dict[str, Any]) -> int:
+    return int.from_bytes(base64.b64decode(resource["crc32c"]), "big")
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _check_preconditions(query: dict[str, str], obj: dict[str, Any] | None, read: bool = False) -> None:
+    """GCS's generation and metageneration preconditions on ``obj`` (None: no such object).
+
+    A failed ``…Match`` is 412; a failed ``…NotMatch`` is 304 on a read, 412 otherwise.
+    ``ifGenerationMatch=0`` means "only if there is no live object".
+    """
+    generation = int(obj["generation"]) if obj is not None else 0
+    metageneration = int(obj["metageneration"]) if obj is not None else None
+    if "ifGenerationMatch" in query and int(query["ifGenerationMatch"]) != generation:
+        raise _Reply(412, f"Precondition Failed: ifGenerationMatch={query['ifGenerationMatch']}, "
+                          f"the live generation is {generation}")
+    if "ifGenerationNotMatch" in query and int(query["ifGenerationNotMatch"]) == generation:
+        raise _Reply(304 if read else 412, "Precondition Failed: ifGenerationNotMatch")
+    if "ifMetagenerationMatch" in query:
+        if metageneration is None:
+            raise _Reply(404, "No such object")
+        if int(query["ifMetagenerationMatch"]) != metageneration:
+            raise _Reply(412, f"Precondition Failed: ifMetagenerationMatch={query['ifMetagenerationMatch']}, "
+                              f"the live metageneration is {metageneration}")
+    if "ifMetagenerationNotMatch" in query and metageneration is not None \
+            and int(query["ifMetagenerationNotMatch"]) == metageneration:
+        raise _Reply(304 if read else 412, "Precondition Failed: ifMetagenerationNotMatch")
 
 
 @dataclass
@@ -78,6 +137,7 @@ class _Upload:
     bucket: str
     name: str
     meta: dict[str, Any]
+    preconditions: dict[str, str] = field(default_factory=dict)  # checked when it commits
     received: int = 0
     crc: int = 0
     md5: Any = None  # hashlib object, when the server computes MD5s
@@ -91,7 +151,9 @@ class _State:
         self.uploads: dict[str, _Upload] = {}
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.data: dict[tuple[str, str], bytes] = {}
+        self.buckets: dict[str, dict[str, Any]] = {}  # settings other than the defaults
         self.bytes_received = 0
+        self.composes = 0
         self.requests = 0
         self._ids = itertools.count(1)
         self._generation = itertools.count(time.time_ns())
@@ -99,8 +161,16 @@ class _State:
     def new_id(self) -> str:
         return f"loopback{next(self._ids):08d}"
 
+    def bucket(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            settings = dict(self.buckets.get(name, {}))
+        return {"kind": "storage#bucket", "id": name, "name": name, "location": "US",
+                "storageClass": "STANDARD", "metageneration": "1", **settings}
+
     def commit(self, bucket: str, name: str, meta: dict[str, Any], size: int, crc: int,
-               data: bytes | None = None, md5: bytes | None = None) -> dict[str, Any]:
+               data: bytes | None = None, md5: bytes | None = None, components: int | None = None,
+               preconditions: dict[str, str] | None = None) -> dict[str, Any]:
+        """Store the object (replacing the live one), after ``preconditions`` on it."""
         now = _now()
         generation = str(next(self._generation))
         resource = {
@@ -114,7 +184,7 @@ class _State:
             "size": str(size),
             "crc32c": _b64_crc32c(crc),
             "etag": f"CL{generation}=",
-            "storageClass": "STANDARD",
+            "storageClass": self.bucket(bucket)["storageClass"],
             "timeCreated": now,
             "updated": now,
             "selfLink": f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}",
@@ -122,9 +192,15 @@ class _State:
         }
         if md5 is not None:
             resource["md5Hash"] = base64.b64encode(md5).decode("ascii")
+        if components is not None:
+            resource["componentCount"] = components
         if meta.get("metadata"):
-            resource["metadata"] = dict(meta["metadata"])
+            resource["metadata"] = {k: v for k, v in meta["metadata"].items() if v is not None}
+        for key in ("cacheControl", "contentDisposition", "contentEncoding", "contentLanguage"):
+            if meta.get(key):
+                resource[key] = meta[key]
         with self.lock:
+            _check_preconditions(preconditions or {}, self.objects.get((bucket, name)))
             self.objects[(bucket, name)] = resource
             if data is not None and len(data) <= _KEEP:
                 self.data[(bucket, name)] = data
@@ -149,6 +225,23 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # Small answers must not wait for a delayed ACK (40 ms per chunk otherwise).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The upload cap: a token bucket per connection (this handler serves one
+        # connection). _clock is when the bytes read so far may all have arrived.
+        cap = self.server.cap_bytes_per_s
+        self._clock = 0.0
+        self._piece = _READ if not cap else int(min(_READ, max(16 << 10, cap / 20)))
+        self._burst = self._piece / cap if cap else 0.0  # seconds' worth of bytes saved up, at most
+
+    def _throttle(self, n: int) -> None:
+        """Sleep until ``n`` more bytes fit under the connection's cap."""
+        cap = self.server.cap_bytes_per_s
+        if not cap:
+            return
+        now = time.monotonic()
+        # An idle connection saves up at most one piece: no burst beyond that.
+        self._clock = max(self._clock, now - self._burst) + n / cap
+        if self._clock > now:
+            time.sleep(self._clock - now)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
@@ -193,28 +286,35 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "POST" and kind == "media":
                 return self._media(bucket, query)
         if (m := _DOWNLOAD.match(path)) and method == "GET":
-            return self._download(unquote(m.group(1)), unquote(m.group(2)))
+            return self._download(unquote(m.group(1)), unquote(m.group(2)), query)
+        if (m := _COMPOSE.match(path)) and method == "POST":
+            return self._compose(unquote(m.group(1)), unquote(m.group(2)), query)
         if m := _OBJECT.match(path):
             bucket, name = unquote(m.group(1)), unquote(m.group(2))
             if method == "GET" and query.get("alt") == "media":
-                return self._download(bucket, name)
+                return self._download(bucket, name, query)
             if method == "GET":
-                return self._send_json(200, self._object(bucket, name))
+                self._drain()
+                obj = self._object(bucket, name)
+                _check_preconditions(query, obj, read=True)
+                return self._send_json(200, obj)
             if method == "PATCH":
-                return self._patch(bucket, name)
+                return self._patch(bucket, name, query)
             if method == "DELETE":
                 self._drain()
                 with self.server.state.lock:
-                    if self.server.state.objects.pop((bucket, name), None) is None:
+                    live = self.server.state.objects.get((bucket, name))
+                    if live is None:
                         raise _Reply(404, f"No such object: {bucket}/{name}")
+                    _check_preconditions(query, live)
+                    del self.server.state.objects[(bucket, name)]
                     self.server.state.data.pop((bucket, name), None)
                 return self._send(204, b"", "application/json")
         if (m := _LIST.match(path)) and method == "GET":
             return self._list(unquote(m.group(1)), query)
         if (m := _BUCKET.match(path)) and method == "GET":
-            bucket = unquote(m.group(1))
-            return self._send_json(200, {"kind": "storage#bucket", "id": bucket, "name": bucket,
-                                         "location": "US", "storageClass": "STANDARD"})
+            self._drain()
+            return self._send_json(200, self.server.state.bucket(unquote(m.group(1))))
         raise _Reply(501, f"the loopback server does not implement {method} {path}")
 
     def _body_length(self) -> int | None:
@@ -236,7 +336,9 @@ class _Handler(BaseHTTPRequestHandler):
         if length is not None:
             remaining = length
             while remaining:
-                piece = self.rfile.read(min(remaining, _READ))
+                want = min(remaining, self._piece)
+                self._throttle(want)
+                piece = self.rfile.read(want)
                 if not piece:
                     raise ConnectionError("client closed the connection mid-body")
                 remaining -= len(piece)
@@ -249,7 +351,9 @@ class _Handler(BaseHTTPRequestHandler):
                     pass
                 return
             while size:
-                piece = self.rfile.read(min(size, _READ))
+                want = min(size, self._piece)
+                self._throttle(want)
+                piece = self.rfile.read(want)
                 if not piece:
                     raise ConnectionError("client closed the connection mid-body")
                 size -= len(piece)
@@ -266,6 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}"]
+        if status == 304:
+            body = b""  # a 304 has no body
         for key, value in {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})}.items():
             lines.append(f"{key}: {value}")
         # One write: headers and body in the same segment.
@@ -282,24 +388,110 @@ class _Handler(BaseHTTPRequestHandler):
     # -- objects ------------------------------------------------------------------------
 
     def _object(self, bucket: str, name: str) -> dict[str, Any]:
+        """A copy of the live object's resource (a concurrent PATCH never shows half done)."""
         with self.server.state.lock:
             obj = self.server.state.objects.get((bucket, name))
-        if obj is None:
-            raise _Reply(404, f"No such object: {bucket}/{name}")
-        return obj
+            if obj is None:
+                raise _Reply(404, f"No such object: {bucket}/{name}")
+            return dict(obj)
 
     def _list(self, bucket: str, query: dict[str, str]) -> None:
+        """Objects by name from ``pageToken`` on; with ``delimiter``, what lies deeper is
+        one entry of ``prefixes``. The page token is the last name returned."""
         self._drain()
         prefix = query.get("prefix", "")
+        delimiter = query.get("delimiter", "")
+        after = query.get("pageToken", "")
+        limit = min(_PAGE, int(query.get("maxResults") or _PAGE))
         with self.server.state.lock:
-            items = [dict(obj) for (b, name), obj in sorted(self.server.state.objects.items())
-                     if b == bucket and name.startswith(prefix)]
-        self._send_json(200, {"kind": "storage#objects", "items": items})
+            names = sorted(name for b, name in self.server.state.objects if b == bucket)
+            items: list[dict[str, Any]] = []
+            prefixes: list[str] = []
+            last = ""
+            more = False
+            for name in names:
+                if not name.startswith(prefix) or name <= after:
+                    continue
+                if delimiter and delimiter in name[len(prefix):]:
+                    cut = name[: name.index(delimiter, len(prefix)) + len(delimiter)]
+                    if (prefixes and prefixes[-1] == cut) or cut <= after:
+                        continue
+                    entry = cut
+                else:
+                    entry = name
+                if len(items) + len(prefixes) == limit:
+                    more = True
+                    break
+                if entry == name:
+                    items.append(dict(self.server.state.objects[(bucket, name)]))
+                else:
+                    prefixes.append(entry)
+                last = entry
+        page: dict[str, Any] = {"kind": "storage#objects", "items": items}
+        if prefixes:
+            page["prefixes"] = prefixes
+        if more:
+            page["nextPageToken"] = last
+        self._send_json(200, page)
 
-    def _patch(self, bucket: str, name: str) -> None:
+    def _compose(self, bucket: str, dest: str, query: dict[str, str]) -> None:
+        request = json.loads(self._read_body() or b"{}")
+        sources = request.get("sourceObjects") or []
+        if not sources:
+            raise _Reply(400, "At least one source object must be specified.")
+        if len(sources) > COMPOSE_LIMIT:
+            raise _Reply(400, f"The number of source components provided ({len(sources)}) exceeds the maximum "
+                              f"({COMPOSE_LIMIT})")
+        state = self.server.state
+        size = crc = components = 0
+        pieces: list[bytes] | None = []
+        with state.lock:
+            found = []
+            for source in sources:
+                name = source.get("name")
+                obj = state.objects.get((bucket, name))
+                wanted = source.get("generation")
+                if obj is None or (wanted is not None and str(wanted) != obj["generation"]):
+                    raise _Reply(404, f"Object {bucket}/{name} (generation: {wanted or 'live'}) not found")
+                if_match = (source.get("objectPreconditions") or {}).get("ifGenerationMatch")
+                if if_match is not None and str(if_match) != obj["generation"]:
+                    raise _Reply(412, f"Precondition Failed: source {name} is not generation {if_match}")
+                found.append(obj)
+                data = state.data.get((bucket, name))
+                if pieces is not None and data is not None:
+                    pieces.append(data)
+                else:
+                    pieces = None
+        for obj in found:
+            n = int(obj["size"])
+            crc = crc32c_combine(crc, _crc_of(obj), n)
+            size += n
+            components += int(obj.get("componentCount", 1))
+        if components > COMPONENT_LIMIT:
+            raise _Reply(400, f"The number of components in the composed object ({components}) would exceed the "
+                              f"maximum ({COMPONENT_LIMIT})")
+        meta = dict(request.get("destination") or {})
+        data = b"".join(pieces) if pieces is not None else None
+        resource = state.commit(bucket, dest, meta, size, crc, data, components=components, preconditions=query)
+        with state.lock:
+            state.composes += 1
+            if request.get("deleteSourceObjects"):
+                for obj in found:
+                    if obj["name"] != dest:
+                        state.objects.pop((bucket, obj["name"]), None)
+                        state.data.pop((bucket, obj["name"]), None)
+        self._send_json(200, resource)
+
+    def _patch(self, bucket: str, name: str, query: dict[str, str]) -> None:
         changes = json.loads(self._read_body() or b"{}")
-        obj = self._object(bucket, name)
         with self.server.state.lock:
+            obj = self.server.state.objects.get((bucket, name))
+            if obj is None:
+                raise _Reply(404, f"No such object: {bucket}/{name}")
+            _check_preconditions(query, obj)
+            # A new resource: a reader holding the old one (GET, a listing) keeps it whole.
+            obj = dict(obj)
+            self.server.state.objects[(bucket, name)] = obj
             if "metadata" in changes:
                 merged = dict(obj.get("metadata") or {})
                 for key, value in (changes["metadata"] or {}).items():
@@ -313,15 +505,17 @@ class _Handler(BaseHTTPRequestHandler):
                     obj[key] = changes[key]
             obj["metageneration"] = str(int(obj["metageneration"]) + 1)
             obj["updated"] = _now()
-        self._send_json(200, obj)
+            answer = dict(obj)
+        self._send_json(200, answer)
 
-    def _download(self, bucket: str, name: str) -> None:
+    def _download(self, bucket: str, name: str, query: dict[str, str]) -> None:
         self._drain()
         with self.server.state.lock:
             data = self.server.state.data.get((bucket, name))
             obj = self.server.state.objects.get((bucket, name))
         if obj is None:
             raise _Reply(404, f"No such object: {bucket}/{name}")
+        _check_preconditions(query, obj, read=True)
         if data is None:
             raise _Reply(501, f"the loopback server discarded the bytes of {bucket}/{name}")
         self._send(200, data, obj["contentType"], {"X-Goog-Hash": f"crc32c={obj['crc32c']}"})
@@ -338,8 +532,10 @@ class _Handler(BaseHTTPRequestHandler):
             meta["contentType"] = self.headers["X-Upload-Content-Type"]
         state = self.server.state
         upload_id = state.new_id()
+        preconditions = {k: v for k, v in query.items() if k.startswith(("ifGeneration", "ifMetageneration"))}
         with state.lock:
-            state.uploads[upload_id] = _Upload(bucket, name, meta, md5=hashlib.md5() if self.server.md5 else None)
+            state.uploads[upload_id] = _Upload(bucket, name, meta, preconditions,
+                                               md5=hashlib.md5() if self.server.md5 else None)
         location = f"{self._base_url()}/upload/storage/v1/b/{quote(bucket, safe='')}/o?uploadType=resumable&upload_id={upload_id}"
         self._send(200, b"", "application/json", {"Location": location, "X-GUploader-UploadID": upload_id})
 
@@ -387,7 +583,8 @@ class _Handler(BaseHTTPRequestHandler):
                         raise _Reply(400, f'Provided CRC32C "{value}" doesn\'t match calculated CRC32C '
                                           f'"{_b64_crc32c(upload.crc)}".')
                 upload.done = state.commit(upload.bucket, upload.name, upload.meta, upload.received, upload.crc,
-                                           md5=upload.md5.digest() if upload.md5 is not None else None)
+                                           md5=upload.md5.digest() if upload.md5 is not None else None,
+                                           preconditions=upload.preconditions)
                 return self._send_json(200, upload.done)
             if total is not None and upload.received > total:
                 raise _Reply(400, f"the server holds {upload.received} bytes, more than the total {total}")
@@ -419,7 +616,7 @@ class _Handler(BaseHTTPRequestHandler):
         if meta.get("crc32c") and meta["crc32c"] != _b64_crc32c(crc):
             raise _Reply(400, f'Provided CRC32C "{meta["crc32c"]}" doesn\'t match calculated CRC32C "{_b64_crc32c(crc)}".')
         self._send_json(200, self.server.state.commit(bucket, name, meta, len(data), crc, data,
-                                                      hashlib.md5(data).digest()))
+                                                      hashlib.md5(data).digest(), preconditions=query))
 
     def _media(self, bucket: str, query: dict[str, str]) -> None:
         name = query.get("name")
@@ -428,19 +625,22 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reply(400, "the object has no name")
         meta = {"contentType": self.headers.get("Content-Type") or "application/octet-stream"}
         self._send_json(200, self.server.state.commit(bucket, name, meta, len(data), google_crc32c.value(data), data,
-                                                      hashlib.md5(data).digest()))
+                                                      hashlib.md5(data).digest(), preconditions=query))
 
 
 class _Server(ThreadingHTTPServer):
+    # One thread per connection, so connections are served in parallel; daemon threads
+    # do not hold up shutdown behind a client that keeps its connection open.
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 64
+    request_queue_size = 128  # listen backlog: many streams connect at once
 
-    def __init__(self, address: tuple[str, int], verbose: bool, md5: bool) -> None:
+    def __init__(self, address: tuple[str, int], verbose: bool, md5: bool, cap_bytes_per_s: float | None) -> None:
         super().__init__(address, _Handler)
         self.state = _State()
         self.verbose = verbose
         self.md5 = md5
+        self.cap_bytes_per_s = cap_bytes_per_s or None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that dies mid-request (a benchmark kill, a resume test) is not news.
@@ -452,11 +652,16 @@ class _Server(ThreadingHTTPServer):
 class LoopbackGcsServer:
     """The server in a background thread: ``start()``/``stop()`` or a ``with`` block."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False, md5: bool = True) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False, md5: bool = True,
+                 cap_bytes_per_s: float | None = None) -> None:
         # md5: GCS reports an MD5 for every object uploaded in one piece or resumably, and
         # gcloud insists on it for a stream; it costs this server about a core-second per
         # 600 MB, which the benchmark states.
-        self._server = _Server((host, port), verbose, md5)
+        # cap_bytes_per_s: each connection's request bodies are read at most this fast
+        # (None or 0: as fast as they come).
+        if cap_bytes_per_s is not None and cap_bytes_per_s < 0:
+            raise ValueError(f"cap_bytes_per_s must be positive, not {cap_bytes_per_s}")
+        self._server = _Server((host, port), verbose, md5, cap_bytes_per_s)
         self._thread: threading.Thread | None = None
         bound_host, bound_port = self._server.server_address[:2]
         self.url = f"http://{bound_host!s}:{bound_port}"
@@ -472,11 +677,33 @@ class LoopbackGcsServer:
         with self._server.state.lock:
             return self._server.state.requests
 
+    @property
+    def cap_bytes_per_s(self) -> float | None:
+        return self._server.cap_bytes_per_s
+
+    @property
+    def composes(self) -> int:
+        """Compose requests that succeeded so far."""
+        with self._server.state.lock:
+            return self._server.state.composes
+
     def get_object(self, bucket: str, name: str) -> dict[str, Any] | None:
         """A committed object's resource, as a client would read it back."""
         with self._server.state.lock:
             obj = self._server.state.objects.get((bucket, name))
             return dict(obj) if obj is not None else None
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
+        """Names of the bucket's objects under ``prefix``, sorted."""
+        with self._server.state.lock:
+            return sorted(n for b, n in self._server.state.objects if b == bucket and n.startswith(prefix))
+
+    def set_bucket(self, bucket: str, **settings: Any) -> None:
+        """Give ``bucket`` settings as its resource spells them, e.g.
+        ``retentionPolicy={"retentionPeriod": "86400"}``, ``defaultEventBasedHold=True``,
+        ``storageClass="NEARLINE"``."""
+        with self._server.state.lock:
+            self._server.state.buckets.setdefault(bucket, {}).update(settings)
 
     def start(self) -> Self:
         if self._thread is None:
@@ -504,10 +731,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="0: any free port (default)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.add_argument("--no-md5", action="store_true", help="compute only crc32c, not MD5, of resumable uploads")
+    p.add_argument("--cap", type=float, metavar="MBPS",
+                   help="read each connection's request bodies at most this many MB/s (10^6 bytes)")
     args = p.parse_args(argv)
-    server = LoopbackGcsServer(args.host, args.port, args.verbose, md5=not args.no_md5)
+    if args.cap is not None and args.cap <= 0:
+        p.error("--cap must be positive")
+    server = LoopbackGcsServer(args.host, args.port, args.verbose, md5=not args.no_md5,
+                               cap_bytes_per_s=args.cap * 1e6 if args.cap else None)
     server.start()
-    print(f"loopback GCS server at {server.url}; use STORAGE_EMULATOR_HOST={server.url}", flush=True)
+    cap = f", {args.cap:g} MB/s per connection" if args.cap else ""
+    print(f"loopback GCS server at {server.url}{cap}; use STORAGE_EMULATOR_HOST={server.url}", flush=True)
     try:
         while True:
             time.sleep(3600)
