@@ -126,7 +126,7 @@ class _FlakySource:
         self.drops = drops
         self.starts: list[int] = []
 
-    def open_at(self, start: int) -> Iterator[bytes]:
+    def open_at(self, start: int, end: int | None = None) -> Iterator[bytes]:
         self.starts.append(start)
         pos = start
         while pos < self.size:

@@ -49,6 +49,7 @@ from ..layout import (
     Location,
     archive_filename,
     blob_name,
+    index_next_to,
     is_url,
     manifest_filename,
     manifest_next_to,
@@ -97,9 +98,10 @@ class ByteSource(Protocol):
     description: str  # for messages: gs://bucket/blob or a path
     size: int
 
-    def open_at(self, start: int) -> Iterator[bytes]:
-        """The bytes from ``start`` on, in pieces; raises ConnectionDropped on a transient
-        failure (the caller opens again at the byte it got to)."""
+    def open_at(self, start: int, end: int | None = None) -> Iterator[bytes]:
+        """The bytes from ``start`` on (up to ``end``, when given: a ranged read asks the
+        server for no more), in pieces; raises ConnectionDropped on a transient failure
+        (the caller opens again at the byte it got to)."""
         ...
 
 
@@ -114,16 +116,18 @@ class LocalFile:
         except OSError as exc:
             raise DestinationError(f"cannot read {path}: {exc.strerror}") from exc
 
-    def open_at(self, start: int) -> Iterator[bytes]:
+    def open_at(self, start: int, end: int | None = None) -> Iterator[bytes]:
         try:
             f = open(self.path, "rb")  # noqa: SIM115 - closed by the generator's finally
         except OSError as exc:
             raise DestinationError(f"cannot read {self.path}: {exc.strerror}") from exc
         try:
             f.seek(start)
-            while True:
+            left = (end if end is not None else self.size) - start
+            while left > 0:
                 try:
-                    piece = f.read(PIECE)
+                    piece = f.read(min(PIECE, left))
+                    left -= len(piece)
                 except OSError as exc:
                     # EIO on a flaky NFS mount: worth another try from the same byte.
                     raise ConnectionDropped(f"read error at byte {f.tell()}: {exc.strerror}") from exc
@@ -156,11 +160,13 @@ class GcsObject:
             f"?alt=media" + (f"&generation={generation}" if generation else "")
         )
 
-    def open_at(self, start: int) -> Iterator[bytes]:
+    def open_at(self, start: int, end: int | None = None) -> Iterator[bytes]:
         # Accept-Encoding gzip + no decoding: the stored bytes as they are, never
         # transcoded by GCS nor inflated by requests.
         headers = {"Accept-Encoding": "gzip"}
-        if start:
+        if end is not None and end < self.size:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        elif start:
             headers["Range"] = f"bytes={start}-"
         try:
             resp = self._client._http.request("GET", self._url, headers=headers, stream=True, timeout=self._timeout)
@@ -233,16 +239,20 @@ class Volumes:
         self.size = sum(p.expected for p in parts)
         self._running: dict[int, tuple[int, int]] = {}  # volume -> (offset reached, crc32c so far)
 
-    def open_at(self, start: int) -> Iterator[bytes]:
-        offset = start
+    def open_at(self, start: int, end: int | None = None) -> Iterator[bytes]:
+        offset, left = start, (end if end is not None else self.size) - start
         for i, part in enumerate(self.parts):
             if part.data is not None and offset >= part.expected:
                 offset -= part.expected
                 continue
-            yield from self._volume(i, part, offset)
+            if left <= 0:
+                return
+            for piece in self._volume(i, part, offset, offset + left):
+                left -= len(piece)
+                yield piece
             offset = 0
 
-    def _volume(self, i: int, part: VolumePart, offset: int) -> Iterator[bytes]:
+    def _volume(self, i: int, part: VolumePart, offset: int, stop: int | None = None) -> Iterator[bytes]:
         n = part.expected
         which = f"volume {i + 1} of {len(self.parts)}"
         if part.data is None:
@@ -256,8 +266,9 @@ class Volumes:
         pos = offset
         if pos >= n:
             return
-        for piece in part.data.open_at(offset):
-            piece = piece[: n - pos]
+        until = n if stop is None else min(n, stop)
+        for piece in part.data.open_at(offset, until if until < n else None):
+            piece = piece[: until - pos]
             if not piece:
                 break
             pos += len(piece)
@@ -268,9 +279,9 @@ class Volumes:
                 raise ArchiveDamaged(f"{part.description} ({which}) has crc32c {crc:08x}, but the volume listing "
                                      f"says {part.crc32c:08x}: it was altered or damaged")
             yield piece
-            if pos == n:
+            if pos == until:
                 return
-        raise ConnectionDropped(f"{part.description} ended at byte {pos} of {n}")
+        raise ConnectionDropped(f"{part.description} ended at byte {pos} of {until}")
 
 
 class ResumableReader:
@@ -279,17 +290,20 @@ class ResumableReader:
     ``read_piece()`` returns the next piece (``b""`` at the end). A failure re-opens the
     source at the current byte, after a jittered exponential wait; ``attempts`` bounds the
     consecutive failures at one position. ``crc32c`` covers every byte handed out, to
-    compare with the stored object's own checksum at the end.
+    compare with the stored object's own checksum at the end. ``start`` and ``end`` make
+    it read one range of the source (ranged requests: nothing after ``end`` is asked for).
     """
 
     def __init__(
         self, source: ByteSource, *, attempts: int = RETRY.attempts,
-        sleep: Callable[[float], None] = pause, note: Note | None = None,
+        sleep: Callable[[float], None] = pause, note: Note | None = None, start: int = 0, end: int | None = None,
     ) -> None:
         self.source = source
-        self.pos = 0
+        self.pos = start
+        self.end = source.size if end is None else min(end, source.size)
         self.crc32c = 0
         self.reconnects = 0
+        self._opened = False
         self._attempts = attempts
         self._sleep = sleep
         self._note = note
@@ -300,7 +314,7 @@ class ResumableReader:
         return self.source.size
 
     def read_piece(self) -> bytes:
-        if self.pos >= self.source.size:
+        if self.pos >= self.end:
             self.close()
             return b""
         # ``attempts`` bounds the consecutive failures at one position: any progress resets it.
@@ -312,18 +326,19 @@ class ResumableReader:
                 f"reading {self.source.description} failed {self._attempts} times at byte {self.pos} "
                 f"of {self.source.size}, last: {exc}; run the same command again"
             ) from None
-        piece = piece[: self.source.size - self.pos]  # never past the size we were told
+        piece = piece[: self.end - self.pos]  # never past the size we were told, or the range
         self.pos += len(piece)
         self.crc32c = google_crc32c.extend(self.crc32c, piece)
         return piece
 
     def _next(self) -> bytes:
         if self._stream is None:
-            if self.pos:
+            if self._opened:
                 self.reconnects += 1
                 if self._note is not None:
                     self._note(f"reading {self.source.description} again from byte {self.pos}")
-            self._stream = self.source.open_at(self.pos)
+            self._stream = self.source.open_at(self.pos, self.end if self.end < self.source.size else None)
+            self._opened = True
         try:
             while True:
                 piece = next(self._stream)
@@ -331,7 +346,7 @@ class ResumableReader:
                     return piece
         except StopIteration:
             self._stream = None
-            raise ConnectionDropped(f"the stream ended at byte {self.pos} of {self.source.size}") from None
+            raise ConnectionDropped(f"the stream ended at byte {self.pos} of {self.end}") from None
         except BaseException:
             # Dropped (re-opened by the caller's retry) or failed for good: this stream is done.
             self.close()
@@ -360,6 +375,8 @@ class ArchiveSource:
     manifest: ByteSource | None  # None when there is no manifest beside the archive
     stored_crc32c: int | None = None  # the object's own checksum (GCS), to check the transfer
     closer: Callable[[], None] | None = None  # releases the GCS client's connections
+    index: ByteSource | None = None  # <run>.index.tsv, the access points (`access_index`)
+    index_location: str = ""
 
     def close(self) -> None:
         if self.closer is not None:
@@ -460,6 +477,7 @@ def _local(path: Path) -> ArchiveSource:
     split = split_archive_filename(path.name)
     run, gzip = split if split else (path.name.split(".", 1)[0], True)
     manifest_path = path.with_name(manifest_filename(run))
+    index_path = Path(index_next_to(str(path), run))
     return ArchiveSource(
         location=str(path),
         run=run,
@@ -467,6 +485,8 @@ def _local(path: Path) -> ArchiveSource:
         data=data,
         manifest_location=str(manifest_path),
         manifest=LocalFile(manifest_path) if manifest_path.is_file() else None,
+        index=LocalFile(index_path) if gzip and index_path.is_file() else None,
+        index_location=str(index_path),
     )
 
 
@@ -526,6 +546,8 @@ def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
     run, gzip = split if split else (filename.split(".", 1)[0], True)
     manifest_name = manifest_next_to(name, run)
     manifest_blob = get(manifest_name)
+    index_name = index_next_to(name, run)
+    index_blob = get(index_name) if gzip else None
     return ArchiveSource(
         location=str(Location("gcs", bucket_name, name)),
         run=run,
@@ -539,6 +561,9 @@ def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
         # Volumes are checked one by one (`Volumes`), against their listing or their own crc32c.
         stored_crc32c=crc32c_from_b64(getattr(blob, "crc32c", None)) if blob is not None else None,
         closer=client.close,
+        index=(GcsObject(client, bucket_name, index_name, int(index_blob.size or 0), index_blob.generation)
+               if index_blob is not None else None),
+        index_location=str(Location("gcs", bucket_name, index_name)),
     )
 
 
