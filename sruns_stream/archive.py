@@ -407,7 +407,8 @@ def _run(
     skip = offset - start.gz_offset
     discarded = skip
     stored_bytes = 0
-    progress.start(layout.size, start.raw_offset)
+    files_shown = manifest.files_before(start.cursor.index)
+    progress.start(layout.size, start.raw_offset, manifest.file_count, files_shown)
     last = start
     try:
         with TarReader(
@@ -429,7 +430,8 @@ def _run(
                 attempt.space_checkpoints(cb.checkpoint.raw_offset, options)
                 stored_bytes += cb.stored_bytes
                 last = cb.checkpoint
-                progress.update(last.raw_offset, last.gz_offset)
+                files_shown += len(cb.files_done)
+                progress.update(last.raw_offset, last.gz_offset, files_shown)
         journal.update(name, status="tarring_complete")
 
         # Every member's crc32c: committed ones from the journal, the rest from memory.

@@ -98,6 +98,10 @@ class Manifest:
     def file_count(self) -> int:
         return sum(1 for e in self.entries if e.kind == FILE)
 
+    def files_before(self, index: int) -> int:
+        """How many of the entries before ``index`` are files (those a resume has done)."""
+        return sum(1 for e in self.entries[:index] if e.kind == FILE)
+
     @property
     def data_bytes(self) -> int:
         return sum(e.size for e in self.entries if e.kind == FILE)
