@@ -8,7 +8,7 @@ from sruns_stream.readback.report import MAX_PROBLEMS, Problems
 
 COMMON = {
     "source", "manifest", "ok", "members", "files", "data_bytes", "archive_bytes", "damaged", "reconnects",
-    "seconds", "problem_count", "problems",
+    "seconds", "problem_count", "problems", "crc32c", "crc32c_base64",
 }
 
 
@@ -29,7 +29,7 @@ def test_summaries_say_ok_or_count_the_problems_and_show_the_first() -> None:
     verify = VerifyReport(source="s", manifest="m", problem_count=1, problems=["x: bad"])
     assert verify.summary() == "FAILED: s: 1 problem; first: x: bad"
     restore = RestoreReport(source="s", manifest=None, dest="d", problem_count=2, problems=["y: bad", "z"])
-    assert restore.summary() == "FAILED: s -> d: 2 problems; first: y: bad"
+    assert restore.summary() == "FAILED: s -> d: 2 problems; first: y: bad\n  - z"
     restore.ok = True
     assert restore.summary() == "OK: restored 0 files, 0 directories, 0 links (0 B) from s into d; unchecked: no manifest"
 

@@ -92,18 +92,24 @@ def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, pro
     expected = dict(manifest or {})
     seen: set[str] = set()
     top = ""  # the archive's top directory: the run folder's name when it was archived
-    stream = MemberStream(src, progress)
+    files_total = sum(1 for row in expected.values() if row.kind == "f") if manifest is not None else None
+    stream = MemberStream(src, progress, files_total, lambda: report.files)
+    content_differs = False  # a member's data unlike its manifest row
     try:
         for member in stream.members:
             top = top or (safe_name(member.name)[0] or "").split("/", 1)[0]
-            _verify_member(member, stream.members, expected, seen, manifest is not None, against, rundir_fd,
-                           report, problems)
+            content_differs |= _verify_member(member, stream.members, expected, seen, manifest is not None,
+                                              against, rundir_fd, report, problems)
     except ArchiveDamaged as exc:
         report.damaged = True
         problems.first(f"damaged archive: {exc}")
     finally:
         stream.reader.close()
-    stream.finish(problems, report.damaged)
+    altered = stream.finish(problems, report.damaged)
+    # The stored bytes were altered if the gzip layer says so; a member's data unlike its
+    # manifest row says so too, unless an intact gzip CRC32 proves the bytes as written
+    # (then the manifest is what differs).
+    report.damaged |= altered or (content_differs and not stream.gzip_checked)
     for row in expected.values():
         report.missing += 1
         problems.add(f"{show(row.path)}: listed in the manifest, missing from the archive")
@@ -116,8 +122,10 @@ def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, pro
 def _verify_member(
     member: Member, tar: TarMembers, expected: dict[str, ManifestRow], seen: set[str], have_manifest: bool,
     against: Path | None, rundir_fd: int | None, report: VerifyReport, problems: Problems,
-) -> None:
+) -> bool:
+    """Check one member; True if its data (size or crc32c) differs from its manifest row."""
     report.members += 1
+    content_differs = False
     crc = None
     if member.kind == "f":
         crc = 0
@@ -138,6 +146,9 @@ def _verify_member(
         if diffs:
             report.mismatched += 1
             problems.add(f"{name}: {'; '.join(diffs)}")
+            content_differs = member.kind == row.kind == "f" and (
+                member.size != row.size or (crc is not None and row.crc32c is not None and crc != row.crc32c)
+            )
         else:
             report.matched += 1
     if against is not None and rundir_fd is not None:
@@ -146,12 +157,13 @@ def _verify_member(
             # Joined to the run folder, "RUN/../x" or "/etc/x" would be read outside it.
             report.disk_mismatched += 1
             problems.add(f"{name}: unsafe name: not compared with the disk")
-            return
+            return content_differs
         parts = rel.split("/")[1:]  # the first is the run folder's own name
         diffs = _member_vs_disk(member, crc, rundir_fd, parts)
         if diffs:
             report.disk_mismatched += 1
             problems.add(f"{name}: {'; '.join(diffs)} ({os.path.join(against, *parts)})")
+    return content_differs
 
 
 def _disk_names(fd: int, prefix: str) -> Iterator[str]:
