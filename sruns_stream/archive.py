@@ -34,7 +34,7 @@ from isal import isal_zlib
 from . import __version__, manifest_tsv
 from .blockgzip import WINDOW, Checkpoint, Codec, GzipCodec, PlainTarCodec, compressed_stream
 from .config import ArchiveOptions
-from .errors import IntegrityError, JournalError, RunFolderChanged, UsageError
+from .errors import IntegrityError, Interrupted, JournalError, RunFolderChanged, UsageError
 from .journal import Journal, Task, files_crc32c
 from .layout import parse_location, storage_uri
 from .lock import RunLock
@@ -220,6 +220,9 @@ def archive_run(
         except BaseException as exc:
             # KeyboardInterrupt/SystemExit too: the row must never stay "in progress".
             fields: dict[str, Any] = {"status": "not_running", "pid": None, "last_error": _one_line(exc)}
+            if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+                # A stop asked for (SIGTERM, Ctrl-C) is no error: the next attempt resumes.
+                fields.update(last_error=None, interrupted_at=time.time())
             if isinstance(exc, RunFolderChanged):
                 fields["changed_at"] = time.time()  # the daemon waits for a quiet folder
             journal.update(name, **fields)
@@ -297,13 +300,16 @@ def _resume_problem(task: Task | None, rundir: Path, destination: str, params: d
     if force:
         return "--force was given"
     if not task.manifest_id:
-        return "the journal holds no resumable attempt"
+        if not task.durable_offset:
+            return None  # nothing was ever stored: a first start, not a restart
+        why = f" ({task.last_error})" if task.last_error else ""
+        return f"the last attempt left nothing to resume{why}"
     if task.rundir != str(rundir):
         return f"the journal's attempt was for {task.rundir}"
     if task.destination != destination:
         return f"the destination changed from {task.destination}"
     if task.params != params:
-        changed = sorted(k for k in params if task.params.get(k) != params[k])
+        changed = sorted(k for k in params.keys() | task.params.keys() if task.params.get(k) != params.get(k))
         return f"stream parameters changed ({', '.join(changed)})"
     if not task.checkpoint_intact():
         return "the journal's checkpoint fails its checksum (damaged, or written by an older version)"
@@ -343,6 +349,10 @@ def _run(
     name = rundir.name
     params = stream_params(options)
     codec = make_codec(options)
+    # Counted (and the row made) before anything can fail: a failure before the stream
+    # starts (an unwritable destination) is an attempt too.
+    journal.ensure(name)
+    journal.update(name, attempts=(task.attempts if task else 0) + 1, interrupted_at=None)
     if restart_reason is None:
         restart_reason = _resume_problem(task, rundir, destination, params, force)
     manifest: Manifest | None = None
@@ -372,7 +382,7 @@ def _run(
         fresh = True
     task = journal.get(name)
     assert task is not None  # resumed, or just written by start_fresh
-    journal.update(name, pid=os.getpid(), status="starting", attempts=task.attempts + 1, last_error=None)
+    journal.update(name, pid=os.getpid(), status="starting", last_error=None)
 
     layout = TarLayout(manifest)
     start, files_crc = task.checkpoint, task.files_crc32c
@@ -398,7 +408,8 @@ def _run(
         progress.note(f"{name}: resuming at archive byte {offset} (raw byte {start.raw_offset})")
     # The session the sink has now (new, or resumed) is recorded before any byte goes out.
     journal.record_checkpoint(task, offset, start, [], files_crc, sink.state())
-    journal.update(name, status="tarring", session_started_at=time.time())
+    journal.update(name, status="tarring", session_started_at=time.time(), raw_total=layout.size,
+                   raw_resumed=start.raw_offset)
     # The manifest's entries go into the journal while the stream starts.
     entries_written = journal.write_entries(name, manifest.entries) if fresh else None
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -24,7 +25,7 @@ from .archive import archive_run, check_places
 from .config import ArchiveOptions, Config, load_config, with_overrides
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError
 from .journal import Journal
-from .progress import NoProgress, Progress, TerminalProgress, human_bytes
+from .progress import NoProgress, Progress, TerminalProgress
 
 __all__ = ["main", "main_cli"]
 
@@ -99,11 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", type=Path)
     r.add_argument("--journal", type=Path)
 
-    s = sub.add_parser("status", help="runs in the journal")
+    t = sub.add_parser("retry", help="make a run the daemon gave up on eligible again (after fixing the cause)")
+    t.add_argument("run", help="the run's name")
+    t.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
+    t.add_argument("--journal", type=Path, help="the journal (default: config sqlite_db, else ./sruns.db)")
+
+    s = sub.add_parser("status", help="runs in the journal (reads it; never creates one)")
     s.add_argument("run", nargs="?", help="one run's name")
-    s.add_argument("--config", type=Path)
-    s.add_argument("--journal", type=Path)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
+    s.add_argument("--journal", type=Path, help="the journal (default: config sqlite_db, else ./sruns.db)")
+    s.add_argument("--json", action="store_true", help="a JSON list, times in ISO 8601")
+    s.add_argument("--watch", action="store_true", help="show it again every --interval seconds until Ctrl-C")
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes (default 2)")
     return p
 
 
@@ -207,41 +215,59 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
+def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
+    """The journal a command only reads: one that is not there is a usage error, never
+    created (status in an empty directory must not leave a ./sruns.db behind)."""
+    path = Path(args.journal or config.sqlite_db)
+    if not path.is_file():
+        given = "--journal" if args.journal else (f"sqlite_db in {args.config}" if args.config else "the default")
+        raise UsageError(
+            f"no journal at {path.absolute()} ({given}): give --journal FILE, or --config FILE whose sqlite_db "
+            "names it"
+        )
+    return Journal(path)
+
+
 def _status(args: argparse.Namespace, out: TextIO) -> int:
+    from . import status
+
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be more than 0 seconds, not {args.interval:g}")
     config = _load(args)
-    journal = _journal(args, config)
-    try:
+    journal = _existing_journal(args, config)
+
+    def frame() -> str:
         tasks = [t for t in journal.tasks() if args.run is None or t.name == args.run]
+        if args.run and not tasks:
+            raise UsageError(f"run {args.run!r} is not in the journal {journal.path}")
+        now = time.time()
+        if args.json:
+            return status.render_json(tasks, now, compact=args.watch)
+        return status.render_text(tasks, now)
+
+    try:
+        if not args.watch:
+            out.write(frame())
+            if args.json:
+                out.write("\n")
+            return EXIT_OK
+        try:
+            status.watch(frame, out, args.interval)
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how --watch ends
+            return EXIT_OK
+        return EXIT_OK
     finally:
         journal.close()
-    if args.run and not tasks:
-        raise UsageError(f"run {args.run!r} is not in the journal")
-    if args.json:
-        rows = [
-            {
-                "name": t.name, "status": t.status, "location": t.location, "gcp_tarfile": t.gcp_tarfile,
-                "durable_offset": t.durable_offset, "raw_done": t.checkpoint.raw_offset,
-                "raw_bytes": t.raw_bytes, "archive_bytes": t.archive_bytes, "crc32c": t.crc32c,
-                "attempts": t.attempts, "last_error": t.last_error, "updated_at": t.updated_at,
-                "legacy_tarfile": t.legacy_tarfile,
-            }
-            for t in tasks
-        ]
-        print(json.dumps(rows, indent=2), file=out)
-        return EXIT_OK
-    print(f"{'RUN':40} {'STATUS':18} {'DONE':>10} {'ARCHIVE':>10}  WHERE / LAST ERROR", file=out)
-    for t in tasks:
-        where = t.location or (f"error: {t.last_error}" if t.last_error else "")
-        if t.legacy_tarfile:
-            where += (
-                f"{'; ' if where else ''}sruns-monitor's local tarball {t.legacy_tarfile} is not used: "
-                + ("delete it" if t.status == "complete" else "delete it once this run is archived")
-            )
-        print(
-            f"{t.name:40} {t.status:18} {human_bytes(t.checkpoint.raw_offset):>10} "
-            f"{human_bytes(t.archive_bytes or t.durable_offset):>10}  {where}",
-            file=out,
-        )
+
+
+def _retry(args: argparse.Namespace, out: TextIO) -> int:
+    from .monitor import retry_run
+
+    journal = _existing_journal(args, _load(args))
+    try:
+        print(retry_run(journal, args.run), file=out)
+    finally:
+        journal.close()
     return EXIT_OK
 
 
@@ -267,9 +293,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _monitor(args)
         if args.command in ("verify", "restore"):
             return _read_back(args, out, err)
+        if args.command == "retry":
+            return _retry(args, out)
         return _status(args, out)
     except Interrupted:
-        print(_INTERRUPTED_LINE if args.command == "archive" else _STOPPED_LINE[args.command], file=err)
+        print(_STOPPED_LINE.get(args.command, _INTERRUPTED_LINE), file=err)
         return EXIT_INTERRUPTED
     except SrunsError as exc:
         print(f"sruns-stream: error: {exc}", file=err)

@@ -35,14 +35,15 @@ from typing import Any
 
 from .completion import CompletionRules, newest_change, run_state
 from .config import Config
-from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError
+from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, RunLocked, UsageError
 from .firestore import NoMirror, StatusMirror, fields_from_task
 from .journal import Journal
 from .leases import Leases
 from .notify import MailEvent, Notifier, NullNotifier
 from .retention import Retention
+from .status import IN_PROGRESS, process_alive
 
-__all__ = ["Monitor", "process_start_time"]
+__all__ = ["Monitor", "process_start_time", "retry_run"]
 
 log = logging.getLogger("sruns_stream.monitor")
 
@@ -153,8 +154,8 @@ class Monitor:
         for task in self.journal.tasks():
             in_progress = task.status in ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
             if in_progress and not _alive(task.pid, task.pid_start):
-                self.journal.update(task.name, status="not_running", pid=None,
-                                    last_error=task.last_error or "interrupted (daemon restart)")
+                # Stopped without recording it (kill -9, a reboot): an interruption, resumed.
+                self.journal.update(task.name, status="not_running", pid=None, interrupted_at=self.clock())
 
     def shutdown(self, why: str) -> None:
         """SIGTERM every child (they stop at a checkpoint), wait, mail, flush."""
@@ -209,7 +210,7 @@ class Monitor:
                 # Stopped on purpose (shutdown, lease lost), even if it needed SIGKILL:
                 # it resumes when started again and its attempts are not used up.
                 if task is not None and task.status != "not_running":
-                    self.journal.update(name, status="not_running", pid=None)
+                    self.journal.update(name, status="not_running", pid=None, interrupted_at=self.clock())
                 continue
             if code == EXIT_CHANGED and not child.killed:
                 # Not a failure: the folder is still being written. Archived again once quiet.
@@ -418,6 +419,30 @@ class Monitor:
                 fields["archive_bytes"] = task.durable_offset  # progress while streaming
             self.mirror.publish(task.name, **fields)
             self.journal.update(task.name, published=key)
+
+
+def retry_run(journal: Journal, name: str) -> str:
+    """Make a run the daemon gave up on (or is backing off from) eligible again: its
+    failures, give-up time and next attempt are cleared, so the next cycle starts it
+    (with a fresh ``max_attempts``). Returns what was cleared, for the user."""
+    task = journal.get(name)
+    if task is None:
+        raise UsageError(f"run {name!r} is not in the journal {journal.path}: nothing to retry "
+                         "(the daemon archives the runs it finds by itself)")
+    if task.status == "complete":
+        raise UsageError(f"run {name!r} is archived (complete): to archive it again, "
+                         "sruns-stream archive RUNDIR --force")
+    if task.status in IN_PROGRESS and process_alive(task.pid, task.pid_start):
+        raise RunLocked(f"run {name!r} is being archived now (pid {task.pid}): nothing to retry")
+    if task.gave_up_at is not None:
+        was = f"the daemon had given up after {task.failures} failed attempts"
+    elif task.next_attempt_at is not None:
+        was = f"it was waiting to retry after {task.failures} failed attempts"
+    else:
+        was = "it was not waiting"
+    journal.update(name, gave_up_at=None, failures=0, next_attempt_at=None)
+    last = f" (last error: {task.last_error})" if task.last_error else ""
+    return f"{name}: eligible again; {was}{last}. The daemon starts it at its next cycle."
 
 
 def _alive(pid: int | None, start_ticks: int | None) -> bool:

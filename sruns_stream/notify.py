@@ -200,7 +200,8 @@ class MailEvent:
             run,
             f"gave up after {attempts} attempts",
             f"Archiving run {run} failed {attempts} times. It will not be retried automatically, "
-            "and this is the only mail about it.",
+            f"and this is the only mail about it. Once the cause is fixed, `sruns-stream retry {run}` "
+            "makes it eligible again.",
             (("run", run), ("last error", _one_line(error)), ("attempts", str(attempts))),
         )
 
