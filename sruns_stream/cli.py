@@ -79,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("monitor", help="the daemon: archive every finished run in the watch directories")
     m.add_argument("--config", type=Path, required=True, help="JSON config file (sruns-monitor's works as it is)")
     m.add_argument("--once", action="store_true", help="one cycle, wait for its archives, then exit")
-    m.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    m.add_argument("-v", "--verbose", action="store_true",
+                   help="also log, for each run seen, why it is not being archived yet")
+    m.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="json: one object per line (severity, message, time) for Cloud Logging or journald")
 
     v = sub.add_parser("verify", help="check an archive against its manifest (and the run folder)")
     v.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
@@ -155,19 +158,17 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    import logging
     import threading
 
+    from . import daemonlog
     from .firestore import open_mirror
     from .leases import Leases
     from .monitor import Monitor
     from .notify import DEFAULT_SUBJECT_PREFIX, make_notifier
 
-    logging.basicConfig(
-        level=logging.INFO if args.verbose or not args.once else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
     config = load_config(args.config)
+    Monitor.check(config, args.config)  # before the journal is created
     journal = Journal(config.sqlite_db)
     # The optional parts: mail (none without a mail block), the Firestore mirror (none
     # without a collection) and run leases (only with Firestore: they live there).

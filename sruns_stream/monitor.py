@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .completion import CompletionRules, newest_change, run_state
 from .config import Config
 from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, RunLocked, UsageError
@@ -90,10 +92,7 @@ class Monitor:
         python: str = sys.executable,
         host: str | None = None,
     ) -> None:
-        if not config.watchdirs:
-            raise ConfigError("config needs 'watchdir' or 'watchdirs' for the monitor")
-        if config.destination is None:
-            raise ConfigError("config needs 'gcp_bucket_name' (or 'local_dest') for the monitor")
+        self.check(config, config_path)
         self.config = config
         self.config_path = config_path.absolute()
         self.journal = journal
@@ -106,16 +105,43 @@ class Monitor:
         self.leases = leases
         self.children: dict[str, _Child] = {}
         self._waiting: set[str] = set()  # runs waiting for a quiet folder, logged once
+        self._why_waiting: dict[str, str] = {}  # -v: why each run seen is not started, logged when it changes
         self.retention = Retention(config, journal, clock=clock, busy=lambda name: name in self.children)
         self.rules = CompletionRules(
             marker_age_s=config.sentinal_file_age_minutes * 60.0, quiet_period_s=float(config.quiet_period_sec)
         )
         self.log_dir = Path(f"{journal.path}.logs")
+        self._once = False
+
+    @staticmethod
+    def check(config: Config, config_path: Path) -> None:
+        """ConfigError unless the config can run a daemon (before anything is created)."""
+        if not config.watchdirs:
+            raise ConfigError("config needs 'watchdir' or 'watchdirs' for the monitor")
+        if config.destination is None:
+            raise ConfigError("config needs 'gcp_bucket_name' (or 'local_dest') for the monitor")
+        for watchdir in config.watchdirs:
+            if not watchdir.is_dir():
+                raise ConfigError(
+                    f"watch directory {watchdir} does not exist or is not a directory: create (or mount) it, "
+                    f"or fix 'watchdirs' in {config_path}"
+                )
 
     # -- the loop -------------------------------------------------------------------
 
+    def started_line(self) -> str:
+        """What the daemon is about to do, for its first log line."""
+        mode = "one pass (--once)" if self._once else f"every {self.config.cycle_pause_sec} s"
+        return (
+            f"sruns-stream {__version__} monitor started (pid {os.getpid()}, host {self.host}): config "
+            f"{self.config_path}; watching {', '.join(str(w) for w in self.config.watchdirs)}; destination "
+            f"{self.config.destination}; journal {self.journal.path}; {mode}, at most "
+            f"{self.config.max_concurrent_runs} run(s) at a time"
+        )
+
     def run(self, stop: threading.Event) -> int:
         """Cycle until ``stop`` is set, then stop the children at a checkpoint."""
+        log.info("%s", self.started_line())
         self.recover()
         while not stop.is_set():
             self.cycle()
@@ -125,6 +151,8 @@ class Monitor:
 
     def run_once(self, stop: threading.Event) -> int:
         """Archive every finished run there is now, waiting for each, then return."""
+        self._once = True
+        log.info("%s", self.started_line())
         self.recover()
         while not stop.is_set():
             self.cycle()
@@ -171,11 +199,16 @@ class Monitor:
                 self._signal(child, signal.SIGKILL)
                 child.proc.wait()
         self.reap()
+        # Those that finished meanwhile (archived as the signal came) were not interrupted.
+        names = [name for name in names if (task := self.journal.get(name)) is None or task.status != "complete"]
         self.retention.close()
         self.notifier.send(MailEvent.stopping(sig=why, interrupted=names))
         self.publish()
         self.mirror.flush(deadline_s=10.0)
         self.mirror.close()
+        stopped = (f"{len(names)} archive(s) stopped at a checkpoint, resumed at the next start: {', '.join(names)}"
+                   if names else "no archive was running")
+        log.info("sruns-stream monitor stopped (%s): %s", why, stopped)
 
     # -- steps ----------------------------------------------------------------------
 
@@ -306,8 +339,19 @@ class Monitor:
         now = self.clock()
         for rundir in self._candidates():
             if len(self.children) >= self.config.max_concurrent_runs:
-                return
+                if rundir.name not in self.children:
+                    self._wait(rundir.name, f"not considered yet: {len(self.children)} archive(s) running "
+                                            f"(max_concurrent_runs {self.config.max_concurrent_runs})")
+                continue
             self._consider(rundir, now)
+
+    def _wait(self, name: str, why: str) -> None:
+        """With -v: one line per run the daemon is not starting, and why; again only when
+        the reason changes (numbers aside: an age growing each cycle is the same reason)."""
+        key = re.sub(r"[\d.:-]+", "#", why)
+        if self._why_waiting.get(name) != key:
+            self._why_waiting[name] = key
+            log.debug("%s: waiting: %s", name, why)
 
     def _candidates(self) -> list[Path]:
         """Run folders in the watch directories, then those of unfinished runs that are
@@ -341,19 +385,27 @@ class Monitor:
         if task is not None:
             if task.rundir_found is None:  # archived by hand with this journal: ours to move now
                 self.journal.update(name, rundir_found=str(rundir))
-            if task.status == "complete" or task.gave_up_at is not None:
+            if task.status == "complete":
                 return
+            if task.gave_up_at is not None:
+                return self._wait(name, f"gave up after {task.failures} failed attempts ({task.last_error}); "
+                                        f"after fixing the cause: sruns-stream retry {name}")
             if task.next_attempt_at is not None and task.next_attempt_at > now:
-                return
+                return self._wait(name, f"attempt {task.failures} failed ({task.last_error}); retrying in "
+                                        f"{task.next_attempt_at - now:.0f} s")
             if _alive(task.pid, task.pid_start):
-                return  # a live archive of it that we did not start (another daemon, a person)
+                # A live archive of it that we did not start (another daemon, a person).
+                return self._wait(name, f"being archived by another process (pid {task.pid})")
             if task.changed_at is not None and not self._quiet(task.name, rundir, task.changed_at, now):
-                return
+                return self._wait(name, f"the folder changed after it was scanned; waiting until nothing in it "
+                                        f"changed for {self.config.quiet_period_sec} s")
         state = run_state(rundir, self.rules, now)
         if not state.complete:
-            return
+            return self._wait(name, f"not finished: {state.reason}")
         if self.leases is not None and not self.leases.claim(name, self.host, self.config.lease_sec):
-            return  # another daemon has it, it is archived, or Firestore cannot say: no double work
+            # Another daemon has it, it is archived, or Firestore cannot say: no double work.
+            return self._wait(name, "claimed by another daemon, archived per Firestore, or Firestore unreachable")
+        self._why_waiting.pop(name, None)
         self.journal.ensure(
             name,
             rundir_found=str(rundir),
