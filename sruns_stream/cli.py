@@ -24,6 +24,7 @@ from . import __version__, stopping
 from .archive import archive_run, check_places
 from .config import ArchiveOptions, Config, load_config, with_overrides
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError
+from .exclude import check_patterns
 from .journal import Journal
 from .progress import NoProgress, Progress, TerminalProgress
 
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--read-threads", type=int,
                    help="threads that list directories and read files ahead (default 8; 0: none)")
     a.add_argument("--read-ahead", type=_size, help="how far files are read ahead of the stream (default 64M; 0: off)")
+    a.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out what matches this glob below the run folder, e.g. Thumbnail_Images or "
+                        "'Logs/*' (repeatable; added to the config's exclude)")
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
@@ -139,6 +143,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         chunk_size=args.chunk_size,
         read_threads=args.read_threads,
         read_ahead=args.read_ahead,
+        exclude=check_patterns([*config.archive.exclude, *args.exclude], "--exclude") if args.exclude else None,
     )
     dest = args.dest or config.destination or DEFAULT_DEST
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)

@@ -77,6 +77,7 @@ def run_view(task: Task, now: float) -> dict[str, Any]:
         "crc32c": task.crc32c,
         "crc32c_base64": crc32c_base64(task.crc32c) if task.crc32c else None,
         "rundir": task.rundir or task.rundir_found,
+        "exclude": list(task.params.get("exclude", [])),
         "instrument_status": task.instrument_status,
         "created_at": task.created_at,
         "started_at": task.session_started_at,
@@ -154,6 +155,8 @@ def _block(task: Task, now: float) -> str:
         add("last", f"{v['location']} (not this run's archive now)")
     if v["rundir"]:
         add("folder", v["rundir"])
+    if v["exclude"]:
+        add("excluded", ", ".join(v["exclude"]))
     attempts = f"{task.attempts}"
     if task.failures:
         attempts += f" ({task.failures} failed)"

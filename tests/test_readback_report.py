@@ -15,7 +15,7 @@ COMMON = {
 def test_each_report_has_the_common_fields_and_only_its_own_besides() -> None:
     verify = VerifyReport(source="gs://b/RUN/RUN.tar.gz", manifest=None, against="/runs/RUN")
     assert set(verify.as_dict()) == COMMON | {
-        "against", "matched", "mismatched", "missing", "extra", "disk_mismatched", "disk_extra",
+        "against", "exclude", "matched", "mismatched", "missing", "extra", "disk_mismatched", "disk_extra",
     }
     restore = RestoreReport(source="/a/RUN.tar.gz", manifest=None, dest="/out")
     assert set(restore.as_dict()) == COMMON | {

@@ -122,6 +122,7 @@ class VerifyReport(Report):
     """What `verify_archive` found."""
 
     against: str | None = None
+    exclude: list[str] = field(default_factory=list)  # patterns the archive was made with (--against skips them)
     matched: int = 0  # members equal to their manifest row
     mismatched: int = 0
     missing: int = 0  # in the manifest, not in the archive
@@ -131,6 +132,8 @@ class VerifyReport(Report):
 
     def _ok_line(self) -> str:
         against = f" and {self.against}" if self.against else ""
+        if self.against and self.exclude:
+            against += f" (leaving out what matches {', '.join(self.exclude)}, as the archive did)"
         crc = f"; crc32c {self.crc32c} (base64 {self.crc32c_base64})" if self.crc32c else ""
         return (
             f"OK: {self.source}: {self.members} members ({self.files} files, {human_bytes(self.data_bytes)}) "
