@@ -213,10 +213,8 @@ def archive_run(
                     restart_reason = _legacy_gone(task, probe)
                     if restart_reason is None:
                         return _already_complete(task, note=_LEGACY_NOTE)
-                elif task.params.get("exclude", []) != list(options.exclude):
-                    before, now = task.params.get("exclude", []), list(options.exclude)
-                    restart_reason = (f"it was archived leaving out {', '.join(before) or 'nothing'}; now "
-                                      f"{', '.join(now) or 'nothing'} is left out")
+                elif _other_exclusions(task, options):
+                    restart_reason = _other_exclusions(task, options)
                 else:
                     scan = scan_run_folder(root, threads, options.exclude)
                     restart_reason = _not_archived_because(task, root, scan, journal, probe)
@@ -264,6 +262,14 @@ _LEGACY_NOTE = (
     "archived by sruns-monitor, which kept no manifest: its contents cannot be compared with the folder; "
     "--force archives it again with sruns-stream"
 )
+
+
+def _other_exclusions(task: Task, options: ArchiveOptions) -> str | None:
+    """Why an archive made with other `exclude` patterns is not this request's, or None."""
+    before, now = task.params.get("exclude", []), list(options.exclude)
+    if before == now:
+        return None
+    return f"it was archived leaving out {', '.join(before) or 'nothing'}; now {', '.join(now) or 'nothing'} is left out"
 
 
 def _legacy_gone(task: Task, probe: Probe) -> str | None:

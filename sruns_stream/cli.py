@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
+    a.add_argument("--dry-run", action="store_true",
+                   help="walk the folder and say what would be archived, excluded and decided; write nothing")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
 
     m = sub.add_parser("monitor", help="the daemon: archive every finished run in the watch directories")
@@ -146,6 +148,12 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         exclude=check_patterns([*config.archive.exclude, *args.exclude], "--exclude") if args.exclude else None,
     )
     dest = args.dest or config.destination or DEFAULT_DEST
+    if args.dry_run:
+        from .dryrun import plan_archive
+
+        plan = plan_archive(args.rundir, dest, options, args.journal or config.sqlite_db, force=args.force)
+        print(json.dumps(plan.as_dict(), sort_keys=True) if args.json else plan.summary(), file=out)
+        return EXIT_OK
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
     check_places(args.rundir, dest, args.journal or config.sqlite_db)  # before the journal is created
     journal = _journal(args, config)
