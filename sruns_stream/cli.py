@@ -177,7 +177,7 @@ def _monitor(args: argparse.Namespace) -> int:
     from .firestore import open_mirror
     from .leases import Leases
     from .monitor import Monitor
-    from .notify import DEFAULT_SUBJECT_PREFIX, make_notifier
+    from .notify import DEFAULT_SUBJECT_PREFIX, Notifiers, make_notifier
 
     daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
     config = load_config(args.config)
@@ -185,7 +185,12 @@ def _monitor(args: argparse.Namespace) -> int:
     journal = Journal(config.sqlite_db)
     # The optional parts: mail (none without a mail block), the Firestore mirror (none
     # without a collection) and run leases (only with Firestore: they live there).
-    notifier = make_notifier(config.mail, subject_prefix=config.name or DEFAULT_SUBJECT_PREFIX)
+    prefix = config.name or DEFAULT_SUBJECT_PREFIX
+    notifier = make_notifier(config.mail, subject_prefix=prefix)
+    if config.webhook_url:
+        from .webhook import WebhookNotifier
+
+        notifier = Notifiers(notifier, WebhookNotifier(config.webhook_url, subject_prefix=prefix))
     mirror = open_mirror(config, journal)
     leases = Leases(config.firestore_collection) if config.firestore_collection and config.leases else None
     monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier, leases=leases)

@@ -40,6 +40,7 @@ from .config import Config
 from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, RunLocked, UsageError
 from .firestore import NoMirror, StatusMirror, fields_from_task
 from .journal import Journal
+from .layout import storage_uri
 from .leases import Leases
 from .notify import MailEvent, Notifier, NullNotifier
 from .retention import Retention
@@ -230,7 +231,7 @@ class Monitor:
                         raw_bytes=task.raw_bytes or 0,
                         archive_bytes=task.archive_bytes or 0,
                         seconds=(task.finished_at or 0) - (task.session_started_at or task.finished_at or 0),
-                        location=task.gcp_tarfile or task.location or "",
+                        location=storage_uri(task.gcp_tarfile or task.location or "") if task.location else "",
                         crc32c=task.crc32c,
                         files=task.file_count,
                         instrument_status=task.instrument_status,
