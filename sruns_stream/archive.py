@@ -86,6 +86,7 @@ class ArchiveResult:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["uri"] = storage_uri(self.location) if self.location and self.location != "null" else self.location
         d["ratio"] = round(self.ratio, 4)
         d["mb_per_s"] = round(self.mb_per_s, 1)
         return d
@@ -93,12 +94,12 @@ class ArchiveResult:
     def summary(self) -> str:
         if self.already_complete:
             note = f"; {self.note}" if self.note else ""
-            return f"{self.run}: already archived at {self.location} (crc32c {self.crc32c}){note}"
+            return f"{self.run}: already archived at {storage_uri(self.location)} (crc32c {self.crc32c}){note}"
         resumed = f", resumed at {self.resumed_from_archive} bytes" if self.resumed_from_archive else ""
         return (
             f"{self.run}: {self.files} files, {self.raw_bytes} raw bytes -> {self.archive_bytes} "
             f"archive bytes (ratio {self.ratio:.2f}, {self.compression}), crc32c {self.crc32c}, "
-            f"{self.mb_per_s:.1f} MB/s{resumed} -> {self.location}"
+            f"{self.mb_per_s:.1f} MB/s{resumed} -> {storage_uri(self.location) if self.location != 'null' else 'null'}"
         )
 
 
