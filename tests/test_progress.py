@@ -21,8 +21,6 @@ import pyte
 import pytest
 from helpers import REPO
 
-from sruns_stream.progress import TerminalProgress, progress_line
-
 HEIGHT = 60
 BAR = re.compile(
     r"(\[[#-]+\] )?\s*\d+\.\d% (\S+ [kMGT]?B/\S+ [kMGT]?B )?(\d[\d,]*/\d[\d,]* files )?(\S+ MB/s )?"
@@ -119,6 +117,8 @@ def test_a_shorter_line_leaves_nothing_of_the_longer_one_before_it(width: int) -
     """A fast start then a crawl: the rate's text shrinks ("1000.0 MB/s" to "0.1 MB/s"),
     and with a bar of capped length so does the line. The clock is the bar's own, so every
     update is drawn."""
+    from sruns_stream.progress import TerminalProgress
+
     master, slave = pty.openpty()
     _size(slave, width)
     now = [0.0]
@@ -157,6 +157,8 @@ def test_a_shorter_line_leaves_nothing_of_the_longer_one_before_it(width: int) -
 
 @pytest.mark.parametrize("width", [20, 40, 80, 200])
 def test_the_line_fits_every_width_and_keeps_percent_and_eta_longest(width: int) -> None:
+    from sruns_stream.progress import progress_line
+
     for done, total, rate, eta in ((0, 0, None, None), (5 * 10**11, 10**12, 123.4e6, 36000.0), (1, 10**15, 1.0, 1e9)):
         line = progress_line(width, done, total, 123_456, 654_321, rate, eta)
         assert 0 < len(line) < width, line

@@ -96,4 +96,5 @@ def test_a_webhook_url_that_is_not_http_is_a_config_error(tmp_path: Path, url: o
     (tmp_path / "watch").mkdir()
     conf = _config(tmp_path, url)  # type: ignore[arg-type]
     proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "webhook_url" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "config key 'webhook_url' must be " in proc.stderr and "URL" in proc.stderr, proc.stderr
