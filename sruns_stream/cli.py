@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -23,8 +24,9 @@ from . import __version__, stopping
 from .archive import archive_run, check_places
 from .config import ArchiveOptions, Config, load_config, with_overrides
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError
+from .exclude import check_patterns
 from .journal import Journal
-from .progress import NoProgress, Progress, TerminalProgress, human_bytes
+from .progress import NoProgress, Progress, TerminalProgress
 
 __all__ = ["main", "main_cli"]
 
@@ -74,16 +76,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="GCS upload streams, each sending segments composed at the end (default: 4 from 2 GiB up, else 1)")
     a.add_argument("--volume-size", type=_size, help="store a larger archive as volumes of at most this (default: just under 5T)")
     a.add_argument("--access-interval", type=_size,
-                   help="raw bytes between access points, where a reader can start (default 4M; 0: none)")
+                   help="raw bytes between access points, where a reader can start (default 8M; 0: none)")
+    a.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out what matches this glob below the run folder, e.g. Thumbnail_Images or "
+                        "'Logs/*' (repeatable; added to the config's exclude)")
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
+    a.add_argument("--dry-run", action="store_true",
+                   help="walk the folder and say what would be archived, excluded and decided; write nothing")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
 
     m = sub.add_parser("monitor", help="the daemon: archive every finished run in the watch directories")
     m.add_argument("--config", type=Path, required=True, help="JSON config file (sruns-monitor's works as it is)")
     m.add_argument("--once", action="store_true", help="one cycle, wait for its archives, then exit")
-    m.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    m.add_argument("-v", "--verbose", action="store_true",
+                   help="also log, for each run seen, why it is not being archived yet")
+    m.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="json: one object per line (severity, message, time) for Cloud Logging or journald")
 
     v = sub.add_parser("verify", help="check an archive against its manifest (and the run folder)")
     v.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
@@ -104,11 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", type=Path)
     r.add_argument("--journal", type=Path)
 
-    s = sub.add_parser("status", help="runs in the journal")
+    t = sub.add_parser("retry", help="make a run the daemon gave up on eligible again (after fixing the cause)")
+    t.add_argument("run", help="the run's name")
+    t.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
+    t.add_argument("--journal", type=Path, help="the journal (default: config sqlite_db, else ./sruns.db)")
+
+    s = sub.add_parser("status", help="runs in the journal (reads it; never creates one)")
     s.add_argument("run", nargs="?", help="one run's name")
-    s.add_argument("--config", type=Path)
-    s.add_argument("--journal", type=Path)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
+    s.add_argument("--journal", type=Path, help="the journal (default: config sqlite_db, else ./sruns.db)")
+    s.add_argument("--json", action="store_true", help="a JSON list, times in ISO 8601")
+    s.add_argument("--watch", action="store_true", help="show it again every --interval seconds until Ctrl-C")
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes (default 2)")
     return p
 
 
@@ -136,8 +153,15 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         upload_streams=args.streams,
         volume_size=args.volume_size,
         access_interval=args.access_interval,
+        exclude=check_patterns([*config.archive.exclude, *args.exclude], "--exclude") if args.exclude else None,
     )
     dest = args.dest or config.destination or DEFAULT_DEST
+    if args.dry_run:
+        from .dryrun import plan_archive
+
+        plan = plan_archive(args.rundir, dest, options, args.journal or config.sqlite_db, force=args.force)
+        print(json.dumps(plan.as_dict(), sort_keys=True) if args.json else plan.summary(), file=out)
+        return EXIT_OK
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
     check_places(args.rundir, dest, args.journal or config.sqlite_db)  # before the journal is created
     journal = _journal(args, config)
@@ -155,23 +179,26 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    import logging
     import threading
 
+    from . import daemonlog
     from .firestore import open_mirror
     from .leases import Leases
     from .monitor import Monitor
-    from .notify import DEFAULT_SUBJECT_PREFIX, make_notifier
+    from .notify import DEFAULT_SUBJECT_PREFIX, Notifiers, make_notifier
 
-    logging.basicConfig(
-        level=logging.INFO if args.verbose or not args.once else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
     config = load_config(args.config)
+    Monitor.check(config, args.config)  # before the journal is created
     journal = Journal(config.sqlite_db)
     # The optional parts: mail (none without a mail block), the Firestore mirror (none
     # without a collection) and run leases (only with Firestore: they live there).
-    notifier = make_notifier(config.mail, subject_prefix=config.name or DEFAULT_SUBJECT_PREFIX)
+    prefix = config.name or DEFAULT_SUBJECT_PREFIX
+    notifier = make_notifier(config.mail, subject_prefix=prefix)
+    if config.webhook_url:
+        from .webhook import WebhookNotifier
+
+        notifier = Notifiers(notifier, WebhookNotifier(config.webhook_url, subject_prefix=prefix))
     mirror = open_mirror(config, journal)
     leases = Leases(config.firestore_collection) if config.firestore_collection and config.leases else None
     monitor = Monitor(config, args.config, journal, mirror=mirror, notifier=notifier, leases=leases)
@@ -215,42 +242,60 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
+def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
+    """The journal a command only reads: one that is not there is a usage error, never
+    created (status in an empty directory must not leave a ./sruns.db behind)."""
+    path = Path(args.journal or config.sqlite_db)
+    if not path.is_file():
+        given = "--journal" if args.journal else (f"sqlite_db in {args.config}" if args.config else "the default")
+        raise UsageError(
+            f"no journal at {path.absolute()} ({given}): give --journal FILE, or --config FILE whose sqlite_db "
+            "names it"
+        )
+    return Journal(path)
+
+
 def _status(args: argparse.Namespace, out: TextIO) -> int:
+    from . import status
+
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be more than 0 seconds, not {args.interval:g}")
     config = _load(args)
-    journal = _journal(args, config)
-    try:
+    journal = _existing_journal(args, config)
+
+    def frame() -> str:
         tasks = [t for t in journal.tasks() if args.run is None or t.name == args.run]
-        progress = {t.name: journal.progress(t) for t in tasks}
+        if args.run and not tasks:
+            raise UsageError(f"run {args.run!r} is not in the journal {journal.path}")
+        now = time.time()
+        done = {t.name: journal.progress(t) for t in tasks}
+        if args.json:
+            return status.render_json(tasks, now, compact=args.watch, done=done)
+        return status.render_text(tasks, now, done)
+
+    try:
+        if not args.watch:
+            out.write(frame())
+            if args.json:
+                out.write("\n")
+            return EXIT_OK
+        try:
+            status.watch(frame, out, args.interval)
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how --watch ends
+            return EXIT_OK
+        return EXIT_OK
     finally:
         journal.close()
-    if args.run and not tasks:
-        raise UsageError(f"run {args.run!r} is not in the journal")
-    if args.json:
-        rows = [
-            {
-                "name": t.name, "status": t.status, "location": t.location, "gcp_tarfile": t.gcp_tarfile,
-                "durable_offset": progress[t.name][1], "raw_done": progress[t.name][0],
-                "raw_bytes": t.raw_bytes, "archive_bytes": t.archive_bytes, "crc32c": t.crc32c,
-                "attempts": t.attempts, "last_error": t.last_error, "updated_at": t.updated_at,
-                "legacy_tarfile": t.legacy_tarfile,
-            }
-            for t in tasks
-        ]
-        print(json.dumps(rows, indent=2), file=out)
-        return EXIT_OK
-    print(f"{'RUN':40} {'STATUS':18} {'DONE':>10} {'ARCHIVE':>10}  WHERE / LAST ERROR", file=out)
-    for t in tasks:
-        where = t.location or (f"error: {t.last_error}" if t.last_error else "")
-        if t.legacy_tarfile:
-            where += (
-                f"{'; ' if where else ''}sruns-monitor's local tarball {t.legacy_tarfile} is not used: "
-                + ("delete it" if t.status == "complete" else "delete it once this run is archived")
-            )
-        print(
-            f"{t.name:40} {t.status:18} {human_bytes(progress[t.name][0]):>10} "
-            f"{human_bytes(t.archive_bytes or progress[t.name][1]):>10}  {where}",
-            file=out,
-        )
+
+
+def _retry(args: argparse.Namespace, out: TextIO) -> int:
+    from .monitor import retry_run
+
+    journal = _existing_journal(args, _load(args))
+    try:
+        print(retry_run(journal, args.run), file=out)
+    finally:
+        journal.close()
     return EXIT_OK
 
 
@@ -276,9 +321,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _monitor(args)
         if args.command in ("verify", "restore"):
             return _read_back(args, out, err)
+        if args.command == "retry":
+            return _retry(args, out)
         return _status(args, out)
     except Interrupted:
-        print(_INTERRUPTED_LINE if args.command == "archive" else _STOPPED_LINE[args.command], file=err)
+        print(_STOPPED_LINE.get(args.command, _INTERRUPTED_LINE), file=err)
         return EXIT_INTERRUPTED
     except SrunsError as exc:
         print(f"sruns-stream: error: {exc}", file=err)

@@ -213,27 +213,32 @@ def run_state(rundir: Path, rules: CompletionRules, now: float) -> RunState:
     def aged(st: os.stat_result) -> float:
         return now - st.st_mtime
 
+    def young(name: str, st: os.stat_result, wait: float, what: str) -> RunState:
+        return RunState(False, f"{name} is {aged(st):.0f} s old; waiting until it is {wait:.0f} s old ({what})",
+                        info, family)
+
     status_st = _marker_stat(rundir, rules.status_file)
     if status_st is not None:
         status, error = read_completion_status(rundir, rules.status_file)
         if status is not None:
             if aged(status_st) < rules.marker_age_s:
-                return RunState(False, f"{rules.status_file} is younger than the marker age", info, family)
+                return young(rules.status_file, status_st, rules.marker_age_s, "sentinal_file_age_minutes")
             return RunState(True, f"{rules.status_file}: {status}", info, family, status, error, rules.status_file)
     for name in rules.copy_markers:
         st = _marker_stat(rundir, name)
         if st is not None:
             if aged(st) < rules.marker_age_s:
-                return RunState(False, f"{name} is younger than the marker age", info, family)
+                return young(name, st, rules.marker_age_s, "sentinal_file_age_minutes")
             return RunState(True, f"{name} present", info, family, marker=name)
     for name in rules.rta_markers:
         st = _marker_stat(rundir, name)
         if st is not None:
             wait = max(rules.marker_age_s, rules.quiet_period_s)
             if aged(st) < wait:
-                return RunState(False, f"{name} present; waiting for the quiet period", info, family)
+                return young(name, st, wait, "quiet_period_sec: without CopyComplete.txt the folder must be quiet")
             quiet_for = now - newest_change(rundir)
             if quiet_for < rules.quiet_period_s:
                 return RunState(False, f"{name} present but files changed {quiet_for:.0f} s ago", info, family)
             return RunState(True, f"{name} present and quiet for {quiet_for:.0f} s", info, family, marker=name)
-    return RunState(False, "no completion marker yet", info, family)
+    markers = ", ".join((rules.status_file, *rules.copy_markers, *rules.rta_markers))
+    return RunState(False, f"no completion marker yet (none of {markers})", info, family)

@@ -11,8 +11,10 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
+from .exclude import check_patterns
 from .layout import Location
 
 __all__ = [
@@ -104,8 +106,12 @@ class ArchiveOptions:
     # and a reader fetches one member from the one before it) at the first block of
     # every access_interval raw bytes; 0: none.
     access_interval: int = DEFAULT_ACCESS_INTERVAL
+    # Glob patterns below the run folder left out of the archive (see exclude.py); none
+    # by default. Normalized (sorted, deduplicated) here: a resume compares them.
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", check_patterns(self.exclude))
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {self.compression!r}")
         if self.level not in (1, 2, 3):
@@ -182,6 +188,10 @@ class Config:
     # Claim runs in Firestore before starting them (several daemons on one share). With
     # Firestore down no new run starts; a single daemon can turn this off.
     leases: bool = True
+    # A run archived with `exclude` patterns holds files no archive has: its folder is
+    # moved to completed_runs_dir, but swept only if this says those files may go.
+    sweep_excluded: bool = False
+    webhook_url: str | None = None  # a JSON POST on archived, failed and gave up (Slack, Teams)
     mail: MailConfig | None = None
     name: str | None = None  # sruns-monitor's monitor name: the mail subject prefix, log tag
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
@@ -251,6 +261,14 @@ def _mail(value: Any) -> MailConfig:
     )
 
 
+def _webhook_url(value: Any) -> str:
+    url = str(_expect("webhook_url", value, str, "a URL"))
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ConfigError(f"config key 'webhook_url' must be an https:// (or http://) URL, not {url!r}")
+    return url
+
+
 def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
     """Build a Config from parsed JSON (relative paths resolve against ``base``)."""
     base = base or Path.cwd()
@@ -282,8 +300,17 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
             kw[key] = None if value is None else _positive_int(key, value)
         elif key == "sentinal_file_age_minutes":
             kw[key] = _positive_int(key, value, allow_zero=True)
-        elif key == "leases":
+        elif key in ("leases", "sweep_excluded"):
             kw[key] = _expect(key, value, bool, "true or false")
+        elif key == "webhook_url":
+            kw[key] = None if value is None else _webhook_url(value)
+        elif key == "exclude":
+            patterns = [_expect(key, v, str, "a list of glob patterns")
+                        for v in _expect(key, value, list, "a list of glob patterns")]
+            try:
+                archive[key] = check_patterns(patterns, "config key 'exclude'")
+            except UsageError as exc:
+                raise ConfigError(str(exc)) from None
         elif key == "mail":
             kw[key] = _mail(value) if value else None
         elif key == "compression" and isinstance(value, int) and not isinstance(value, bool):

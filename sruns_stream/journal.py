@@ -72,8 +72,8 @@ STATUS_MEANINGS: dict[str, str] = {
     "uploading_complete": "stored and verified, and the folder still held exactly what was archived: "
     "`storage` is usable",
     "complete": "done; the daemon may move the run folder from here on (it checks the folder again first)",
-    "not_running": "failed, interrupted, or the folder changed under it; `last_error` says why; the next "
-    "attempt resumes when it can, else starts from zero",
+    "not_running": "failed, stopped, or the folder changed under it; `last_error` says why (empty after a "
+    "clean stop, which `interrupted_at` dates); the next attempt resumes when it can, else starts from zero",
 }
 
 _SCHEMA = """
@@ -124,7 +124,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     published TEXT,
     changed_at REAL,
     legacy_tarfile TEXT,
-    volumes TEXT
+    volumes TEXT,
+    raw_total INTEGER,
+    raw_resumed INTEGER,
+    interrupted_at REAL
 );
 CREATE TABLE IF NOT EXISTS manifest (
     task TEXT NOT NULL,
@@ -222,7 +225,13 @@ class Task:
     published: str | None
     changed_at: float | None  # when the run folder was last found changed after a scan
     legacy_tarfile: str | None  # sruns-monitor's local tarball of a run it left half-way
-    volumes: str | None  # JSON list of the volumes' locations, when the archive is several
+    volumes: str | None = None  # JSON list of the volumes' locations, when the archive is several
+    # Recorded when an attempt's stream starts, for `status` (percent done, rate, ETA): the
+    # tar stream's size and the raw offset it resumed from. Defaults: a journal made
+    # before these columns existed is read by `Journal(readonly=True)` without migrating.
+    raw_total: int | None = None
+    raw_resumed: int | None = None
+    interrupted_at: float | None = None  # a clean stop (SIGTERM, Ctrl-C): not an error
 
     @property
     def volume_locations(self) -> tuple[str, ...]:
@@ -283,10 +292,16 @@ def checkpoint_sum(
 
 
 class Journal:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        """Open (or create) the journal and bring it up to this schema. ``readonly``
+        writes nothing at all, not even SQLite's ``-wal`` and ``-shm`` files
+        (`archive --dry-run`); it reads a journal of this schema only."""
         self.path = Path(path)
         self._lock = threading.RLock()
         try:
+            if readonly:
+                self._db = _connect_read_only(self.path)
+                return
             if not self.path.exists():
                 # Create it 0600 before SQLite does: it will hold session URIs.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -784,7 +799,7 @@ _COLUMNS = {
     "file_count", "crc32c", "compression", "attempts", "last_error", "session_started_at",
     "updated_at", "finished_at", "rundir_found", "run_id", "instrument", "instrument_status",
     "pid_start", "failures", "next_attempt_at", "gave_up_at", "moved_to", "moved_at", "swept_at",
-    "published", "changed_at", "legacy_tarfile", "volumes",
+    "published", "changed_at", "legacy_tarfile", "volumes", "raw_total", "raw_resumed", "interrupted_at",
 }
 _TASK_FIELDS = frozenset(f.name for f in fields(Task))
 
@@ -795,6 +810,25 @@ def files_crc32c(crc: int, files_done: list[tuple[int, int]]) -> int:
         return crc
     out: int = google_crc32c.extend(crc, b"".join(b"%d %08x\n" % pair for pair in files_done))
     return out
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that creates no file. Beside a WAL (a process has the journal open, or
+    it was not checkpointed) SQLite reads both read-only; without one the file holds every
+    committed transaction, and ``immutable`` keeps SQLite from creating ``-wal``/``-shm``."""
+    if not path.is_file():
+        raise sqlite3.OperationalError("no such file")
+    wal = all(os.path.exists(f"{path}{suffix}") for suffix in ("-wal", "-shm"))
+    uri = f"{path.absolute().as_uri()}?{'mode=ro' if wal else 'immutable=1'}"
+    db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    if "status" not in columns:
+        db.close()
+        raise sqlite3.OperationalError(
+            "it is not an sruns-stream journal yet (sruns-monitor's are migrated by the first command that "
+            "writes them, e.g. `sruns-stream status`)"
+        )
+    return db
 
 
 def _task(row: dict[str, Any]) -> Task:

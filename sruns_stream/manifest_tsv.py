@@ -15,11 +15,15 @@ link       a symlink's target, escaped like ``path``
 =========  =================================================================
 
 `verify` and `restore` check every member against it; readers ignore columns added
-after these.
+after these. An archive made with `exclude` patterns says so at the end of the header
+line, in one more field: ``exclude=`` and the patterns as a JSON list (`parse` returns
+them as `Rows.exclude`), so `verify --against` knows which files on disk were left out
+on purpose.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from .errors import IntegrityError
 from .runfolder import FILE, Entry
 
-__all__ = ["COLUMNS", "ManifestRow", "parse", "render"]
+__all__ = ["COLUMNS", "ManifestRow", "Rows", "parse", "render"]
 
 COLUMNS = ("path", "size", "crc32c", "type", "mode", "mtime", "link")
 
@@ -50,6 +54,16 @@ class ManifestRow:
     link: str
 
 
+class Rows(dict[str, ManifestRow]):
+    """`parse`'s answer: rows by member path, in archive order, and the `exclude`
+    patterns the archive was made with."""
+
+    exclude: tuple[str, ...] = ()
+
+
+_EXCLUDE = "exclude="
+
+
 def _escape(name: bytes) -> bytes:
     # Most names hold none of these; the regex check keeps 400,000 lines cheap.
     return _SPECIAL.sub(lambda m: _ESCAPES[m.group()], name) if _SPECIAL.search(name) else name
@@ -62,9 +76,11 @@ def _unescape(text: str) -> str:
     return _ESCAPED.sub(one, text)
 
 
-def render(entries: Sequence[Entry], crcs: Sequence[int | None]) -> bytes:
-    """The manifest of ``entries``, each file with its crc32c from ``crcs`` (same order)."""
-    lines = ["\t".join(COLUMNS).encode()]
+def render(entries: Sequence[Entry], crcs: Sequence[int | None], exclude: Sequence[str] = ()) -> bytes:
+    """The manifest of ``entries``, each file with its crc32c from ``crcs`` (same order),
+    and the ``exclude`` patterns they were walked with."""
+    header = "\t".join(COLUMNS) + (f"\t{_EXCLUDE}{json.dumps(list(exclude))}" if exclude else "")
+    lines = [header.encode()]
     append = lines.append
     for entry, crc in zip(entries, crcs, strict=True):
         append(
@@ -83,14 +99,24 @@ def render(entries: Sequence[Entry], crcs: Sequence[int | None]) -> bytes:
     return b"\n".join(lines)
 
 
-def parse(data: bytes, where: str) -> dict[str, ManifestRow]:
+def parse(data: bytes, where: str) -> Rows:
     """Rows by member path, in archive order; IntegrityError naming the line if unreadable."""
     # Split on "\n" only: str.splitlines would also cut at \x1c, \x85 ... inside a path.
     lines = data.decode("utf-8", "surrogateescape").split("\n")
     header = tuple(lines[0].split("\t"))
     if header[: len(COLUMNS)] != COLUMNS:
         raise IntegrityError(f"{where} is not a sruns-stream manifest (its header is {lines[0][:80]!r})")
-    rows: dict[str, ManifestRow] = {}
+    rows = Rows()
+    for field in header[len(COLUMNS) :]:
+        if field.startswith(_EXCLUDE):
+            try:
+                patterns = json.loads(field[len(_EXCLUDE) :])
+                if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+                    raise ValueError(field)
+                rows.exclude = tuple(patterns)
+            except ValueError:
+                raise IntegrityError(f"{where}: its header's exclude= field is unreadable: the manifest is damaged") \
+                    from None
     for number, line in enumerate(lines[1:], start=2):
         if not line:
             continue

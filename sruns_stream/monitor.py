@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,16 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .completion import CompletionRules, newest_change, run_state
 from .config import Config
-from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError
+from .errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, RunLocked, UsageError
 from .firestore import NoMirror, StatusMirror, fields_from_task
 from .journal import Journal
+from .layout import storage_uri
 from .leases import Leases
 from .notify import MailEvent, Notifier, NullNotifier
 from .retention import Retention
+from .status import IN_PROGRESS, process_alive
 
-__all__ = ["Monitor", "process_start_time"]
+__all__ = ["Monitor", "process_start_time", "retry_run"]
 
 log = logging.getLogger("sruns_stream.monitor")
 
@@ -89,10 +93,7 @@ class Monitor:
         python: str = sys.executable,
         host: str | None = None,
     ) -> None:
-        if not config.watchdirs:
-            raise ConfigError("config needs 'watchdir' or 'watchdirs' for the monitor")
-        if config.destination is None:
-            raise ConfigError("config needs 'gcp_bucket_name' (or 'local_dest') for the monitor")
+        self.check(config, config_path)
         self.config = config
         self.config_path = config_path.absolute()
         self.journal = journal
@@ -105,16 +106,43 @@ class Monitor:
         self.leases = leases
         self.children: dict[str, _Child] = {}
         self._waiting: set[str] = set()  # runs waiting for a quiet folder, logged once
+        self._why_waiting: dict[str, str] = {}  # -v: why each run seen is not started, logged when it changes
         self.retention = Retention(config, journal, clock=clock, busy=lambda name: name in self.children)
         self.rules = CompletionRules(
             marker_age_s=config.sentinal_file_age_minutes * 60.0, quiet_period_s=float(config.quiet_period_sec)
         )
         self.log_dir = Path(f"{journal.path}.logs")
+        self._once = False
+
+    @staticmethod
+    def check(config: Config, config_path: Path) -> None:
+        """ConfigError unless the config can run a daemon (before anything is created)."""
+        if not config.watchdirs:
+            raise ConfigError("config needs 'watchdir' or 'watchdirs' for the monitor")
+        if config.destination is None:
+            raise ConfigError("config needs 'gcp_bucket_name' (or 'local_dest') for the monitor")
+        for watchdir in config.watchdirs:
+            if not watchdir.is_dir():
+                raise ConfigError(
+                    f"watch directory {watchdir} does not exist or is not a directory: create (or mount) it, "
+                    f"or fix 'watchdirs' in {config_path}"
+                )
 
     # -- the loop -------------------------------------------------------------------
 
+    def started_line(self) -> str:
+        """What the daemon is about to do, for its first log line."""
+        mode = "one pass (--once)" if self._once else f"every {self.config.cycle_pause_sec} s"
+        return (
+            f"sruns-stream {__version__} monitor started (pid {os.getpid()}, host {self.host}): config "
+            f"{self.config_path}; watching {', '.join(str(w) for w in self.config.watchdirs)}; destination "
+            f"{self.config.destination}; journal {self.journal.path}; {mode}, at most "
+            f"{self.config.max_concurrent_runs} run(s) at a time"
+        )
+
     def run(self, stop: threading.Event) -> int:
         """Cycle until ``stop`` is set, then stop the children at a checkpoint."""
+        log.info("%s", self.started_line())
         self.recover()
         while not stop.is_set():
             self.cycle()
@@ -124,6 +152,8 @@ class Monitor:
 
     def run_once(self, stop: threading.Event) -> int:
         """Archive every finished run there is now, waiting for each, then return."""
+        self._once = True
+        log.info("%s", self.started_line())
         self.recover()
         while not stop.is_set():
             self.cycle()
@@ -153,8 +183,8 @@ class Monitor:
         for task in self.journal.tasks():
             in_progress = task.status in ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
             if in_progress and not _alive(task.pid, task.pid_start):
-                self.journal.update(task.name, status="not_running", pid=None,
-                                    last_error=task.last_error or "interrupted (daemon restart)")
+                # Stopped without recording it (kill -9, a reboot): an interruption, resumed.
+                self.journal.update(task.name, status="not_running", pid=None, interrupted_at=self.clock())
 
     def shutdown(self, why: str) -> None:
         """SIGTERM every child (they stop at a checkpoint), wait, mail, flush."""
@@ -170,11 +200,16 @@ class Monitor:
                 self._signal(child, signal.SIGKILL)
                 child.proc.wait()
         self.reap()
+        # Those that finished meanwhile (archived as the signal came) were not interrupted.
+        names = [name for name in names if (task := self.journal.get(name)) is None or task.status != "complete"]
         self.retention.close()
         self.notifier.send(MailEvent.stopping(sig=why, interrupted=names))
         self.publish()
         self.mirror.flush(deadline_s=10.0)
         self.mirror.close()
+        stopped = (f"{len(names)} archive(s) stopped at a checkpoint, resumed at the next start: {', '.join(names)}"
+                   if names else "no archive was running")
+        log.info("sruns-stream monitor stopped (%s): %s", why, stopped)
 
     # -- steps ----------------------------------------------------------------------
 
@@ -196,7 +231,7 @@ class Monitor:
                         raw_bytes=task.raw_bytes or 0,
                         archive_bytes=task.archive_bytes or 0,
                         seconds=(task.finished_at or 0) - (task.session_started_at or task.finished_at or 0),
-                        location=task.gcp_tarfile or task.location or "",
+                        location=storage_uri(task.gcp_tarfile or task.location or "") if task.location else "",
                         crc32c=task.crc32c,
                         files=task.file_count,
                         instrument_status=task.instrument_status,
@@ -209,7 +244,7 @@ class Monitor:
                 # Stopped on purpose (shutdown, lease lost), even if it needed SIGKILL:
                 # it resumes when started again and its attempts are not used up.
                 if task is not None and task.status != "not_running":
-                    self.journal.update(name, status="not_running", pid=None)
+                    self.journal.update(name, status="not_running", pid=None, interrupted_at=self.clock())
                 continue
             if code == EXIT_CHANGED and not child.killed:
                 # Not a failure: the folder is still being written. Archived again once quiet.
@@ -305,8 +340,19 @@ class Monitor:
         now = self.clock()
         for rundir in self._candidates():
             if len(self.children) >= self.config.max_concurrent_runs:
-                return
+                if rundir.name not in self.children:
+                    self._wait(rundir.name, f"not considered yet: {len(self.children)} archive(s) running "
+                                            f"(max_concurrent_runs {self.config.max_concurrent_runs})")
+                continue
             self._consider(rundir, now)
+
+    def _wait(self, name: str, why: str) -> None:
+        """With -v: one line per run the daemon is not starting, and why; again only when
+        the reason changes (numbers aside: an age growing each cycle is the same reason)."""
+        key = re.sub(r"[\d.:-]+", "#", why)
+        if self._why_waiting.get(name) != key:
+            self._why_waiting[name] = key
+            log.debug("%s: waiting: %s", name, why)
 
     def _candidates(self) -> list[Path]:
         """Run folders in the watch directories, then those of unfinished runs that are
@@ -340,19 +386,27 @@ class Monitor:
         if task is not None:
             if task.rundir_found is None:  # archived by hand with this journal: ours to move now
                 self.journal.update(name, rundir_found=str(rundir))
-            if task.status == "complete" or task.gave_up_at is not None:
+            if task.status == "complete":
                 return
+            if task.gave_up_at is not None:
+                return self._wait(name, f"gave up after {task.failures} failed attempts ({task.last_error}); "
+                                        f"after fixing the cause: sruns-stream retry {name}")
             if task.next_attempt_at is not None and task.next_attempt_at > now:
-                return
+                return self._wait(name, f"attempt {task.failures} failed ({task.last_error}); retrying in "
+                                        f"{task.next_attempt_at - now:.0f} s")
             if _alive(task.pid, task.pid_start):
-                return  # a live archive of it that we did not start (another daemon, a person)
+                # A live archive of it that we did not start (another daemon, a person).
+                return self._wait(name, f"being archived by another process (pid {task.pid})")
             if task.changed_at is not None and not self._quiet(task.name, rundir, task.changed_at, now):
-                return
+                return self._wait(name, f"the folder changed after it was scanned; waiting until nothing in it "
+                                        f"changed for {self.config.quiet_period_sec} s")
         state = run_state(rundir, self.rules, now)
         if not state.complete:
-            return
+            return self._wait(name, f"not finished: {state.reason}")
         if self.leases is not None and not self.leases.claim(name, self.host, self.config.lease_sec):
-            return  # another daemon has it, it is archived, or Firestore cannot say: no double work
+            # Another daemon has it, it is archived, or Firestore cannot say: no double work.
+            return self._wait(name, "claimed by another daemon, archived per Firestore, or Firestore unreachable")
+        self._why_waiting.pop(name, None)
         self.journal.ensure(
             name,
             rundir_found=str(rundir),
@@ -418,6 +472,30 @@ class Monitor:
                 fields["archive_bytes"] = task.durable_offset  # progress while streaming
             self.mirror.publish(task.name, **fields)
             self.journal.update(task.name, published=key)
+
+
+def retry_run(journal: Journal, name: str) -> str:
+    """Make a run the daemon gave up on (or is backing off from) eligible again: its
+    failures, give-up time and next attempt are cleared, so the next cycle starts it
+    (with a fresh ``max_attempts``). Returns what was cleared, for the user."""
+    task = journal.get(name)
+    if task is None:
+        raise UsageError(f"run {name!r} is not in the journal {journal.path}: nothing to retry "
+                         "(the daemon archives the runs it finds by itself)")
+    if task.status == "complete":
+        raise UsageError(f"run {name!r} is archived (complete): to archive it again, "
+                         "sruns-stream archive RUNDIR --force")
+    if task.status in IN_PROGRESS and process_alive(task.pid, task.pid_start):
+        raise RunLocked(f"run {name!r} is being archived now (pid {task.pid}): nothing to retry")
+    if task.gave_up_at is not None:
+        was = f"the daemon had given up after {task.failures} failed attempts"
+    elif task.next_attempt_at is not None:
+        was = f"it was waiting to retry after {task.failures} failed attempts"
+    else:
+        was = "it was not waiting"
+    journal.update(name, gave_up_at=None, failures=0, next_attempt_at=None)
+    last = f" (last error: {task.last_error})" if task.last_error else ""
+    return f"{name}: eligible again; {was}{last}. The daemon starts it at its next cycle."
 
 
 def _alive(pid: int | None, start_ticks: int | None) -> bool:

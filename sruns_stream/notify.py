@@ -37,6 +37,7 @@ __all__ = [
     "EventKind",
     "MailEvent",
     "Notifier",
+    "Notifiers",
     "NullNotifier",
     "SmtpNotifier",
     "make_notifier",
@@ -200,7 +201,8 @@ class MailEvent:
             run,
             f"gave up after {attempts} attempts",
             f"Archiving run {run} failed {attempts} times. It will not be retried automatically, "
-            "and this is the only mail about it.",
+            f"and this is the only mail about it. Once the cause is fixed, `sruns-stream retry {run}` "
+            "makes it eligible again.",
             (("run", run), ("last error", _one_line(error)), ("attempts", str(attempts))),
         )
 
@@ -260,6 +262,18 @@ class NullNotifier:
     def send(self, event: MailEvent) -> bool:
         logger.debug("mail not configured; not sending %r", event.subject())
         return False
+
+
+class Notifiers:
+    """Several notifiers as one (mail and a webhook): each is sent every event; True if
+    any took it. None raises, so neither keeps the other from sending."""
+
+    def __init__(self, *notifiers: Notifier) -> None:
+        self.notifiers = notifiers
+
+    def send(self, event: MailEvent) -> bool:
+        sent = [notifier.send(event) for notifier in self.notifiers]  # all of them, not up to the first True
+        return any(sent)
 
 
 class SmtpNotifier:

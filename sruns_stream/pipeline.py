@@ -140,7 +140,7 @@ def stream_range(
     trailer: bool,
     progress: Progress,
     label: str,
-    on_block: Callable[[Checkpoint], None] | None = None,
+    on_block: Callable[[Checkpoint, int], None] | None = None,
     deflate_threads: int | None = None,
 ) -> RangeResult:
     """Produce the range [``initial.raw_offset``, ``raw_end``) into ``sink``, resuming
@@ -197,7 +197,7 @@ def stream_range(
             attempt.space_checkpoints(cb.checkpoint.raw_offset, options)
             result.stored_bytes += cb.stored_bytes
             if on_block is not None:
-                on_block(cb.checkpoint)
+                on_block(cb.checkpoint, len(cb.files_done))
             result.last = cb.checkpoint
     result.pending = [pair for _, files_done, _ in attempt.pending for pair in files_done]
     result.pending_points = [point for _, _, point in attempt.pending if point is not None]

@@ -1,19 +1,34 @@
-"""Progress reporting: a bar on a terminal, nothing otherwise; injected, never global."""
+"""Progress reporting: a bar on a terminal, nothing otherwise; injected, never global.
+
+`TerminalProgress` draws one line through ``rich`` (it follows the terminal's width,
+redraws in place and restores the cursor): bytes done of the total, files done of the
+total when known, the rate and the time left, in `humanize`'s one convention (SI MB,
+MB/s, ``h:mm:ss``). `progress_line` composes that line for a width and drops the least
+useful parts first, so it never wraps: a wrapped line is what stacks bars on the screen.
+`NoProgress` (not a terminal, or ``--json``) draws nothing; notes still reach stderr.
+`archive`, `verify` and `restore` share both.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-__all__ = ["NoProgress", "Progress", "TerminalProgress", "human_bytes"]
+from .humanize import hms, human_bytes, human_rate
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+__all__ = ["NoProgress", "Progress", "TerminalProgress", "human_bytes", "progress_line"]
 
 
 class Progress(Protocol):
-    def start(self, total_raw: int, done_raw: int) -> None: ...
+    def start(self, total: int, done: int, files_total: int | None = None, files_done: int = 0) -> None: ...
 
-    def update(self, done_raw: int, archive_bytes: int) -> None: ...
+    def update(self, done: int, output_bytes: int, files_done: int | None = None) -> None: ...
 
     def note(self, message: str) -> None: ...
 
@@ -26,10 +41,10 @@ class NoProgress:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
 
-    def start(self, total_raw: int, done_raw: int) -> None:
+    def start(self, total: int, done: int, files_total: int | None = None, files_done: int = 0) -> None:
         pass
 
-    def update(self, done_raw: int, archive_bytes: int) -> None:
+    def update(self, done: int, output_bytes: int, files_done: int | None = None) -> None:
         pass
 
     def note(self, message: str) -> None:
@@ -39,53 +54,109 @@ class NoProgress:
         pass
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+def progress_line(
+    width: int, done: int, total: int, files_done: int | None, files_total: int | None,
+    rate: float | None, eta: float | None,
+) -> str:
+    """The bar's one line, at most ``width - 1`` characters (a line that fills the last
+    column makes some terminals wrap). Parts are dropped, least useful first, until it fits:
+    the file count, the rate, the bar, the totals; the percentage and ETA stay longest."""
+    limit = max(1, width - 1)
+    pct = 100.0 * done / total if total else 100.0
+    parts = {
+        "pct": f"{pct:5.1f}%",
+        "bytes": f"{human_bytes(done)}/{human_bytes(total)}",
+        "files": f"{files_done:,}/{files_total:,} files" if files_total is not None and files_done is not None else "",
+        "rate": human_rate(rate),
+        "eta": f"ETA {hms(eta)}",
+    }
+    order = ["pct", "bytes", "files", "rate", "eta"]
+    for drop in ([], ["files"], ["files", "rate"], ["files", "rate", "bytes"], ["files", "rate", "bytes", "eta"]):
+        text = " ".join(parts[k] for k in order if k not in drop and parts[k])
+        room = limit - len(text) - 1  # the bar and a space before the text
+        if room >= 12:
+            inner = min(room - 2, 40)
+            filled = int(inner * min(pct, 100.0) / 100)
+            return f"[{'#' * filled}{'-' * (inner - filled)}] {text}"
+        if len(text) <= limit:
+            return text
+    return parts["pct"].strip()[:limit]
 
 
 class TerminalProgress:
-    """One redrawn line: percent, bytes, rate, ETA; redrawn at most 5 times a second."""
+    """One line redrawn in place on a terminal (through ``rich``): at each update at most
+    four times a second, and by rich's own thread meanwhile (a long wait still ticks)."""
 
     def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
-        self._stream = stream
+        from rich.console import Console, ConsoleDimensions
+        from rich.progress import Progress as RichProgress
+        from rich.text import Text
+
+        class _OwnTerminal(Console):
+            @property
+            def size(self) -> ConsoleDimensions:
+                # rich measures the terminal on stdin, stdout or stderr, whichever is one;
+                # the bar's width is that of the terminal it is drawn on.
+                try:
+                    columns, rows = os.get_terminal_size(self.file.fileno())
+                except (AttributeError, ValueError, OSError):
+                    return super().size
+                return ConsoleDimensions(columns, rows)
+
+            @size.setter
+            def size(self, new_size: tuple[int, int]) -> None:
+                Console.size.fset(self, new_size)  # type: ignore[attr-defined]  # rich's own setter
+
+        self._console = _OwnTerminal(file=stream, highlight=False, soft_wrap=False)
+        self._files: tuple[int | None, int | None] = (None, None)
+        self._task: Any = None
         self._clock = clock
-        self._total = 0
-        self._t0 = 0.0
-        self._done0 = 0
-        self._last = 0.0
+        self._drawn = float("-inf")
+        owner = self
 
-    def start(self, total_raw: int, done_raw: int) -> None:
-        self._total = total_raw
-        self._t0 = self._clock()
-        self._done0 = done_raw
+        class _OneLine(RichProgress):
+            def get_renderables(self) -> Any:
+                for task in self.tasks:
+                    yield owner._render(task, Text)
 
-    def update(self, done_raw: int, archive_bytes: int) -> None:
-        now = self._clock()
-        if now - self._last < 0.2 and done_raw < self._total:
-            return
-        self._last = now
-        elapsed = max(now - self._t0, 1e-9)
-        rate = (done_raw - self._done0) / elapsed
-        pct = 100.0 * done_raw / self._total if self._total else 100.0
-        eta = (self._total - done_raw) / rate if rate > 0 else 0.0
-        width = 24
-        filled = int(width * pct / 100)
-        bar = "#" * filled + "-" * (width - filled)
-        self._stream.write(
-            f"\r[{bar}] {pct:5.1f}% {human_bytes(done_raw)}/{human_bytes(self._total)}"
-            f" -> {human_bytes(archive_bytes)}  {human_bytes(rate)}/s  ETA {int(eta) // 60}:{int(eta) % 60:02d} "
+        # Not redirecting stdout: the summary line goes there after the bar is closed.
+        self._bar = _OneLine(console=self._console, auto_refresh=True, refresh_per_second=4,
+                             redirect_stdout=False, redirect_stderr=False, speed_estimate_period=20.0,
+                             get_time=clock)
+
+    def _render(self, task: Any, text: Any) -> RenderableType:
+        line = progress_line(
+            self._console.width, int(task.completed), int(task.total or 0), self._files[0], self._files[1],
+            task.speed, task.time_remaining,
         )
-        self._stream.flush()
+        result: RenderableType = text(line, no_wrap=True, overflow="crop")
+        return result
+
+    def start(self, total: int, done: int, files_total: int | None = None, files_done: int = 0) -> None:
+        self._files = (files_done if files_total is not None else None, files_total)
+        if self._task is None:
+            self._task = self._bar.add_task("", total=total, completed=done)
+            self._bar.start()
+        else:
+            self._bar.reset(self._task, total=total, completed=done)
+
+    def update(self, done: int, output_bytes: int, files_done: int | None = None) -> None:
+        if self._task is None:
+            return
+        if files_done is not None:
+            self._files = (files_done, self._files[1])
+        self._bar.update(self._task, completed=done)
+        now = self._clock()
+        if now - self._drawn >= 0.25:
+            self._drawn = now
+            self._bar.refresh()
 
     def note(self, message: str) -> None:
-        self._stream.write(f"\rsruns-stream: {message}\n")
-        self._stream.flush()
+        # Printed above the bar, which is drawn again below it.
+        self._console.print(f"sruns-stream: {message}", soft_wrap=True, markup=False, emoji=False)
 
     def close(self) -> None:
-        if self._last:
-            self._stream.write("\n")
-            self._stream.flush()
+        if self._task is not None:
+            self._bar.refresh()
+            self._bar.stop()  # the last state stays on screen; the cursor is shown again
+            self._task = None

@@ -11,6 +11,11 @@ be archived again from where it is now (`Retention` marks its journal row; the d
 scan finds it). Until the new archive replaces the old one the old one stays where it
 was, and the run's status says it is not archived.
 
+A run archived with ``exclude`` patterns is moved like any other (the folder is compared
+with its archive leaving the excluded entries aside), but never swept unless the config
+says ``sweep_excluded: true``: its excluded files are in no archive, and a sweep would
+delete their only copy.
+
 Moves are renames only: across filesystems a move would be a copy of up to terabytes
 that stalls the daemon and, interrupted, leaves a half copy.
 """
@@ -115,6 +120,13 @@ class Retention:
             if not os.path.lexists(folder):
                 self.journal.update(task.name, swept_at=self.clock())  # removed by hand already
                 continue
+            if task.params.get("exclude") and not self.config.sweep_excluded:
+                # Its excluded files are in no archive: deleting the folder deletes their only copy.
+                self._refuse(self._sweep_refused, task.name,
+                             f"archived without what matches exclude {task.params['exclude']}: {folder} is not "
+                             "swept, since those files are in no archive; delete it by hand, or set "
+                             "sweep_excluded: true")
+                continue
             if not self._still_archived(task, folder, "deleted", self._sweep_refused) or not self._archive_intact(task):
                 continue
             try:
@@ -134,7 +146,9 @@ class Retention:
             return False
         try:
             threads = reading_threads(self.config.archive.read_threads, folder) or 1
-            diff = compare(self.journal.entries(task.name), scan_run_folder(folder, threads))
+            # What the archive left out on purpose is not "new" in the folder.
+            exclude = task.params.get("exclude", [])
+            diff = compare(self.journal.entries(task.name), scan_run_folder(folder, threads, exclude))
         except SrunsError as exc:
             self._refuse(refused, task.name, f"cannot compare {folder} with its archive ({exc}): not {what}")
             return False

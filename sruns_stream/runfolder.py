@@ -22,13 +22,14 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import AUTO_READ_THREADS, LOCAL_OPEN_SECONDS
 from .errors import RunFolderChanged, RunFolderMissing, UnreadableEntry, UsageError
+from .exclude import matcher
 from .safefs import Tree, kind_of, probe_latency
 from .stopping import STOP
 
@@ -89,6 +90,7 @@ class Manifest:
     root: Path
     entries: list[Entry]
     skipped: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # entries an `exclude` pattern left out (not walked)
 
     @property
     def name(self) -> str:
@@ -97,6 +99,10 @@ class Manifest:
     @property
     def file_count(self) -> int:
         return sum(1 for e in self.entries if e.kind == FILE)
+
+    def files_before(self, index: int) -> int:
+        """How many of the entries before ``index`` are files (those a resume has done)."""
+        return sum(1 for e in self.entries[:index] if e.kind == FILE)
 
     @property
     def data_bytes(self) -> int:
@@ -234,8 +240,11 @@ def resolve_run_folder(rundir: Path | str) -> Path:
     return root
 
 
-def scan_run_folder(rundir: Path | str, threads: int = 1) -> Manifest:
+def scan_run_folder(rundir: Path | str, threads: int = 1, exclude: Sequence[str] = ()) -> Manifest:
     """Walk ``rundir`` depth-first, children sorted bytewise, and return its manifest.
+
+    Entries whose path below the run folder matches an ``exclude`` pattern (`exclude.py`)
+    are left out, unexamined; an excluded directory is not walked.
 
     ``threads`` directories are listed (and their entries stat'ed) at once: on a share
     every ``lstat`` is a round trip to the filer, and those overlap. The manifest is the
@@ -245,13 +254,14 @@ def scan_run_folder(rundir: Path | str, threads: int = 1) -> Manifest:
     """
     root = resolve_run_folder(rundir)
     name = os.fsencode(root.name)
-    with _Walker(root, threads) as walker:
+    with _Walker(root, threads, matcher(exclude)) as walker:
         root_entry = _entry(name, walker.root_stat)
         listings = walker.walk(root_entry.ino)
     entries = [root_entry]
     skipped: list[str] = []
-    _assemble(listings, b"", name, entries, skipped)
-    return Manifest(root=root, entries=entries, skipped=skipped)
+    excluded: list[str] = []
+    _assemble(listings, b"", name, entries, skipped, excluded)
+    return Manifest(root=root, entries=entries, skipped=skipped, excluded=excluded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,14 +271,16 @@ class _Child:
     link: bytes
     readable: bool
     error: str | None = None  # why it could not be stat'ed
+    excluded: bool = False  # matched an exclude pattern: not stat'ed, not archived
 
 
 class _Walker:
     """Lists directories, each on one of ``threads`` threads with a `Tree` of its own."""
 
-    def __init__(self, root: Path, threads: int) -> None:
+    def __init__(self, root: Path, threads: int, excluded: Callable[[bytes], bool] = lambda rel: False) -> None:
         self.root = root
         self.threads = max(1, threads)
+        self._excluded = excluded
         self._local = threading.local()
         self._trees: list[Tree] = []
         self._lock = threading.Lock()
@@ -350,6 +362,9 @@ class _Walker:
             names = sorted(os.fsencode(d.name) for d in it)
         children = []
         for name in names:
+            if self._excluded(rel_dir + b"/" + name if rel_dir else name):
+                children.append(_Child(name, None, b"", True, excluded=True))
+                continue
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 kind = kind_of(st.st_mode)
@@ -381,7 +396,7 @@ def _subdirs(rel: bytes, listing: list[_Child] | BaseException) -> list[tuple[by
 
 def _assemble(
     listings: dict[bytes, list[_Child] | BaseException], rel_dir: bytes, prefix: bytes,
-    entries: list[Entry], skipped: list[str],
+    entries: list[Entry], skipped: list[str], excluded: list[str],
 ) -> None:
     """Depth-first, bytewise: the order of the serial walk, whatever order the listings
     came in. The first problem in that order is the one raised."""
@@ -399,6 +414,9 @@ def _assemble(
     assert not isinstance(listing, BaseException)
     for child in listing:
         path = prefix + b"/" + child.name
+        if child.excluded:
+            excluded.append(os.fsdecode(path))
+            continue
         if child.error is not None:
             raise UnreadableEntry(f"cannot stat {os.fsdecode(path)}: {child.error}")
         if child.st is None:
@@ -412,7 +430,8 @@ def _assemble(
             )
         entries.append(_entry(path, child.st, child.link))
         if kind == DIR:
-            _assemble(listings, rel_dir + b"/" + child.name if rel_dir else child.name, path, entries, skipped)
+            _assemble(listings, rel_dir + b"/" + child.name if rel_dir else child.name, path, entries, skipped,
+                      excluded)
 
 
 def check_unchanged(manifest: Manifest, limit: int = 5) -> None:

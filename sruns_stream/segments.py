@@ -145,6 +145,7 @@ class SegmentedUpload:
         self._lock = threading.Lock()
         self._done_raw: dict[int, int] = {}
         self._done_gz: dict[int, int] = {}
+        self._files_done = 0
 
     # -- the whole ---------------------------------------------------------------------
 
@@ -256,13 +257,14 @@ class SegmentedUpload:
         store = _SegmentStore(self.journal, self.task, row.seq)
         initial = range_start(self.layout, row.raw_start)
 
-        def on_block(cp: Checkpoint) -> None:
+        def on_block(cp: Checkpoint, files: int) -> None:
             if self._abort.is_set():
                 raise _Cancelled
             with self._lock:
                 self._done_raw[row.seq] = cp.raw_offset - row.raw_start
                 self._done_gz[row.seq] = cp.gz_offset
-                self.progress.update(sum(self._done_raw.values()), sum(self._done_gz.values()))
+                self._files_done += files
+                self.progress.update(sum(self._done_raw.values()), sum(self._done_gz.values()), self._files_done)
 
         try:
             streamed = stream_range(
@@ -374,7 +376,7 @@ class SegmentedUpload:
             if points:
                 index = access_index.render(points, self.options.block_size, self.options.access_interval)
                 self.parts.upload(index_next_to(self.archive, self.name), index, "text/tab-separated-values; charset=utf-8")
-        self.parts.upload(manifest_name, manifest_tsv.render(self.manifest.entries, self._member_crcs(rows)),
+        self.parts.upload(manifest_name, manifest_tsv.render(self.manifest.entries, self._member_crcs(rows), self.options.exclude),
                           "text/tab-separated-values; charset=utf-8")
         if len(volumes) > 1:
             listing = render(Volume(v[0].rsplit("/", 1)[-1], v[1], v[2]) for v in volumes)

@@ -1,6 +1,7 @@
 """Fixtures shared by all tests; the real parts they talk to live in ``plugins/``:
 the GCS emulator (``gcs``), the Firestore emulator (``firestore``) and an SMTP server
-(``smtp``, ``serve``).
+(``smtp``, ``serve``) and
+an HTTP server that takes webhook POSTs (``webhook``).
 
 Tests that start an emulator are marked ``slow`` here, by the fixtures they use; tests
 that kill or stop real processes carry the mark themselves. ``pytest -m "not slow"``
@@ -17,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-pytest_plugins = ["plugins.gcs_emulator", "plugins.firestore_emulator", "plugins.smtp_server"]
+pytest_plugins = ["plugins.gcs_emulator", "plugins.firestore_emulator", "plugins.smtp_server", "plugins.webhook_server"]
 
 _EMULATORS = {"gcs", "firestore", "firestore_emulator"}
 

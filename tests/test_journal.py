@@ -57,11 +57,14 @@ def test_an_sruns_monitor_journal_migrates_and_keeps_its_columns(tmp_path: Path,
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert rows[FINISHED]["status"] == "complete"
-    assert rows[FINISHED]["location"] == f"bkt/runs/{FINISHED}/{FINISHED}.tar.gz"
+    # As gcloud, verify and restore take it; gcp_tarfile keeps sruns-monitor's form.
+    assert rows[FINISHED]["location"] == f"gs://bkt/runs/{FINISHED}/{FINISHED}.tar.gz"
+    assert rows[FINISHED]["gcp_tarfile"] == f"bkt/runs/{FINISHED}/{FINISHED}.tar.gz"
     assert rows[HALFWAY]["status"] == "new" and rows[HALFWAY]["legacy_tarfile"].endswith(f"{HALFWAY}.tar.gz")
     assert rows[NEW]["status"] == "new" and rows[NEW]["legacy_tarfile"] is None
     text = run_cli("status", "--journal", str(db), cwd=tmp_path).stdout
     assert "sruns-monitor's local tarball" in text and f"{HALFWAY}.tar.gz" in text
+    assert f"gs://bkt/runs/{FINISHED}/{FINISHED}.tar.gz" in text
 
     journal = Journal(db)
     finished = journal.get(FINISHED)

@@ -121,6 +121,7 @@ def test_sigterm_stops_children_at_a_checkpoint_and_the_next_start_resumes(make_
     row = _rows(tmp_path)[run.name]
     assert row["status"] == "not_running" and row["durable_offset"] > 0
     assert row["failures"] == 0  # an interruption is not a failure
+    assert row["last_error"] is None and row["interrupted_at"]  # nor recorded as an error
     proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     row = _rows(tmp_path)[run.name]

@@ -81,7 +81,8 @@ def _one_line_failure(proc: subprocess.CompletedProcess[str], words: list[str]) 
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, proc.stdout
+    # The damage first; every other problem kept follows, one per line.
+    assert all(line.startswith("  - ") for line in lines[1:]), proc.stdout
     assert "; first: damaged archive: " in lines[0], lines[0]
     first = lines[0].split("; first: ", 1)[1]
     for word in words:

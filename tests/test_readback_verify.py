@@ -233,3 +233,67 @@ def test_against_does_not_join_unsafe_member_names_to_the_run_folder(tmp_path: P
     assert unsafe == ["run/../secret.txt: unsafe name: not compared with the disk",
                       f"{tmp_path / 'x' / 'secret.txt'}: unsafe name: not compared with the disk"], report.problems
     assert report.disk_mismatched == 2
+
+
+# --- every problem, the flags, the checksum as gcloud shows it (issue 14) -----------------
+
+
+@pytest.mark.timeout(60)
+def test_cli_lists_every_problem_up_to_the_limit_and_counts_the_rest(made: dict[str, Path], tmp_path: Path) -> None:
+    from sruns_stream.readback.report import MAX_PROBLEMS
+
+    archive = copy_archive(made["gz"], tmp_path)
+    manifest = archive.with_name(f"{RUN}.manifest.tsv")
+    absent = [f"{RUN}/Data/not_archived_{i:02d}.bin" for i in range(MAX_PROBLEMS + 5)]
+    with manifest.open("a") as f:
+        for path in absent:
+            f.write(f"{path}\t10\t0000abcd\tf\t0644\t1704067200\t\n")
+    text = run_cli("verify", str(archive), cwd=tmp_path)
+    assert text.returncode == 1, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == (f"FAILED: {archive}: {len(absent)} problems; first: {absent[0]}: "
+                        "listed in the manifest, missing from the archive")
+    assert lines[1:MAX_PROBLEMS] == [f"  - {p}: listed in the manifest, missing from the archive"
+                                     for p in absent[1:MAX_PROBLEMS]]
+    assert lines[MAX_PROBLEMS:] == [f"  … and 5 more (only the first {MAX_PROBLEMS} are listed)"]
+
+    doc = json.loads(run_cli("verify", str(archive), "--json", cwd=tmp_path).stdout)
+    assert doc["problem_count"] == len(absent) and doc["missing"] == len(absent)
+    assert doc["problems"] == [f"{p}: listed in the manifest, missing from the archive" for p in absent[:MAX_PROBLEMS]]
+    assert doc["damaged"] is False  # the archive's bytes are intact (its gzip CRC32 checks out)
+
+
+@pytest.mark.timeout(60)
+def test_cli_json_says_damaged_for_altered_bytes_and_gives_crc32c_as_gcloud_does(
+    made: dict[str, Path], tmp_path: Path
+) -> None:
+    import base64
+
+    import google_crc32c
+
+    good = json.loads(run_cli("verify", str(made["gz"]), "--json", cwd=tmp_path).stdout)
+    crc = google_crc32c.value(made["gz"].read_bytes())
+    assert good["ok"] is True and good["damaged"] is False
+    assert good["crc32c"] == f"{crc:08x}"
+    assert good["crc32c_base64"] == base64.b64encode(crc.to_bytes(4, "big")).decode()
+    text = run_cli("verify", str(made["gz"]), cwd=tmp_path).stdout
+    assert f"crc32c {crc:08x} (base64 {good['crc32c_base64']})" in text
+
+    # A byte of a CBCL file, which `auto` stores verbatim: the gzip stream still inflates.
+    archive = copy_archive(made["gz"], tmp_path)
+    cbcl = sorted(made["run"].rglob("*.cbcl"))[3].read_bytes()
+    at = archive.read_bytes().find(cbcl[len(cbcl) // 2 : len(cbcl) // 2 + 48])
+    assert at > 0
+    flip(archive, at + 24)
+    bad = run_cli("verify", str(archive), "--json", cwd=tmp_path)
+    assert bad.returncode == 1
+    doc = json.loads(bad.stdout)
+    assert doc["ok"] is False and doc["damaged"] is True and doc["mismatched"] == 1
+    assert doc["problem_count"] == len(doc["problems"]) == 2  # the member's crc32c and the gzip CRC32
+
+    # A plain tar has no stream checksum: a member's data unlike its manifest row is the evidence.
+    tar = copy_archive(made["tar"], tmp_path / "tar")
+    with tarfile.open(tar) as tf:
+        info = tf.getmember(f"{RUN}/RunInfo.xml")
+    flip(tar, info.offset_data + 3)
+    assert json.loads(run_cli("verify", str(tar), "--json", cwd=tmp_path).stdout)["damaged"] is True

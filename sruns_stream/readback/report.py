@@ -6,7 +6,11 @@ reconnects, the problems) and the shape of their one-line ``summary()`` and ``as
 own OK line. ``ok`` is True only when there is no problem at all: the CLI exits 0 then,
 1 otherwise.
 
-`Problems` keeps the first `MAX_PROBLEMS` problems and counts them all. Member names and
+`Problems` keeps the first `MAX_PROBLEMS` problems and counts them all; a FAILED summary
+lists every one kept, one per line, and says how many more there were. ``damaged`` is
+True when the archive's bytes are not what was written (unreadable, a gzip CRC32 or
+length that does not match, a member's data unlike its manifest row). The crc32c of the
+stored bytes read is given in hex and, as gcloud shows it, in base64. Member names and
 kinds are worded for a one-line message by `show` and `KIND_NAMES`.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..progress import human_bytes
+from ..humanize import crc32c_base64, human_bytes
 
 if TYPE_CHECKING:
     from .sources import ResumableReader
@@ -72,17 +76,25 @@ class Report:
     files: int = 0
     data_bytes: int = 0
     archive_bytes: int = 0  # stored bytes read
-    damaged: bool = False  # the stream stopped early: corrupt or truncated
+    damaged: bool = False  # the stored bytes are not what was written: unreadable, truncated or altered
+    crc32c: str | None = None  # of the stored bytes, when all of them were read
+    crc32c_base64: str | None = None  # the same, as gcloud shows it
     reconnects: int = 0
     seconds: float = 0.0
     problem_count: int = 0
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: what was checked when ok, else how many problems and the first."""
+        """What was checked when ok; else a line with how many problems and the first, then
+        every other problem kept, one per line, and how many more there were."""
         if self.ok:
             return self._ok_line()
-        return f"FAILED: {self._subject()}: {_counted(self.problem_count)}; first: {self.problems[0]}"
+        lines = [f"FAILED: {self._subject()}: {_counted(self.problem_count)}; first: {self.problems[0]}"]
+        lines += [f"  - {problem}" for problem in self.problems[1:]]
+        if self.problem_count > len(self.problems):
+            lines.append(f"  … and {self.problem_count - len(self.problems)} more (only the first "
+                         f"{len(self.problems)} are listed)")
+        return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +103,9 @@ class Report:
         """Once the walk is over: what the reader read, and the problems found."""
         self.archive_bytes = reader.pos
         self.reconnects = reader.reconnects
+        if reader.pos == reader.size:
+            self.crc32c = f"{reader.crc32c:08x}"
+            self.crc32c_base64 = crc32c_base64(reader.crc32c)
         self.problem_count, self.problems = problems.count, problems.items
         self.ok = problems.count == 0
 
@@ -107,6 +122,7 @@ class VerifyReport(Report):
     """What `verify_archive` found."""
 
     against: str | None = None
+    exclude: list[str] = field(default_factory=list)  # patterns the archive was made with (--against skips them)
     matched: int = 0  # members equal to their manifest row
     mismatched: int = 0
     missing: int = 0  # in the manifest, not in the archive
@@ -116,9 +132,12 @@ class VerifyReport(Report):
 
     def _ok_line(self) -> str:
         against = f" and {self.against}" if self.against else ""
+        if self.against and self.exclude:
+            against += f" (leaving out what matches {', '.join(self.exclude)}, as the archive did)"
+        crc = f"; crc32c {self.crc32c} (base64 {self.crc32c_base64})" if self.crc32c else ""
         return (
             f"OK: {self.source}: {self.members} members ({self.files} files, {human_bytes(self.data_bytes)}) "
-            f"match {self.manifest}{against}"
+            f"match {self.manifest}{against}{crc}"
         )
 
 

@@ -146,7 +146,8 @@ def _restore(
     expected = {path: None for path in manifest or {} if selector.matches(path)}  # ordered, unlike a set
     extractor = Extractor(dest, force, manifest, no_outside_links, report, problems)
     try:
-        stream = MemberStream(src, progress)
+        files_total = sum(1 for path in expected if manifest is not None and manifest[path].kind == "f")
+        stream = MemberStream(src, progress, files_total if manifest is not None else None, lambda: report.files)
         try:
             for member in stream.members:
                 report.members += 1
@@ -173,7 +174,7 @@ def _restore(
         extractor.finish()
     finally:
         extractor.close()
-    stream.finish(problems, report.damaged)
+    report.damaged |= stream.finish(problems, report.damaged)
     for path in expected:
         report.missing += 1
         problems.add(f"{show(path)}: listed in the manifest, missing from the archive")

@@ -11,6 +11,8 @@ not the stored object's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..progress import Progress
 from ..stopping import STOP
 from .gunzip import GzipLayer
@@ -24,7 +26,10 @@ __all__ = ["MemberStream"]
 class MemberStream:
     """An archive's members, read from its stored bytes: reader → (gzip) → tar."""
 
-    def __init__(self, src: ArchiveSource, progress: Progress) -> None:
+    def __init__(
+        self, src: ArchiveSource, progress: Progress, files_total: int | None = None,
+        files_done: Callable[[], int] | None = None,
+    ) -> None:
         self.src = src
         self.reader = ResumableReader(src.data, note=progress.note)
         self.gzip = GzipLayer(self.reader.read_piece, lambda: self.reader.pos, src.location) if src.gzip else None
@@ -35,20 +40,28 @@ class MemberStream:
             STOP.check()  # every piece: a signal stops a verify or restore here, cleanly
             piece = inner()
             self.raw += len(piece)
-            progress.update(self.reader.pos, self.raw)
+            progress.update(self.reader.pos, self.raw, files_done() if files_done is not None else None)
             return piece
 
         self.members = TarMembers(pull)
         # The bar counts stored bytes read out of the object's size (the only total known
         # before the end); its second figure is the tar bytes they inflated to.
-        progress.start(src.data.size, 0)
+        progress.start(src.data.size, 0, files_total)
 
-    def finish(self, problems: Problems, damaged: bool) -> None:
-        """Stream-level problems, once the walk is over."""
+    @property
+    def gzip_checked(self) -> bool:
+        """Whether the whole gzip stream was read, its CRC32 and length checked."""
+        return self.gzip is not None and self.gzip.done
+
+    def finish(self, problems: Problems, damaged: bool) -> bool:
+        """Stream-level problems, once the walk is over. True if they show the stored
+        bytes altered (the gzip CRC32 or length does not match what was inflated)."""
         self.reader.close()
+        altered = False
         if self.gzip is not None:
             for problem in self.gzip.problems:
                 problems.add(problem)
+                altered = True
         if self.members.trailing_garbage:
             problems.add(
                 f"{self.src.location}: {self.members.trailing_garbage} non-zero bytes after the end of the tar stream"
@@ -59,3 +72,4 @@ class MemberStream:
                 f"{self.src.location}: the bytes read have crc32c {self.reader.crc32c:08x}, but the object's is "
                 f"{stored:08x}: the download was corrupted; run again"
             )
+        return altered

@@ -7,7 +7,8 @@ written beside the archive (`rowcheck.member_vs_row`). What differs is reported 
 list of problems naming the member.
 
 With ``against`` it also compares every member with the run folder on disk (type, size,
-crc32c, symlink target) and lists what is on disk but not in the archive. The run folder
+crc32c, symlink target) and lists what is on disk but not in the archive, leaving aside
+what the archive's ``exclude`` patterns (in its manifest's header) left out on purpose. The run folder
 is read from a directory fd, one component at a time and without following links
 (`confine`): a member name with ``..`` or an absolute one is reported, never joined to
 the folder; a symlinked directory in it is a difference, never traversed; only regular
@@ -22,14 +23,15 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import google_crc32c
 
 from ..errors import RunFolderMissing
-from ..manifest_tsv import ManifestRow
+from ..exclude import matcher
+from ..manifest_tsv import ManifestRow, Rows
 from ..progress import Progress
 from ..safefs import DIR_FLAGS, FILE_FLAGS
 from .confine import NotADir, open_dirs, safe_name
@@ -92,23 +94,32 @@ def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, pro
     expected = dict(manifest or {})
     seen: set[str] = set()
     top = ""  # the archive's top directory: the run folder's name when it was archived
-    stream = MemberStream(src, progress)
+    files_total = sum(1 for row in expected.values() if row.kind == "f") if manifest is not None else None
+    stream = MemberStream(src, progress, files_total, lambda: report.files)
+    content_differs = False  # a member's data unlike its manifest row
     try:
         for member in stream.members:
             top = top or (safe_name(member.name)[0] or "").split("/", 1)[0]
-            _verify_member(member, stream.members, expected, seen, manifest is not None, against, rundir_fd,
-                           report, problems)
+            content_differs |= _verify_member(member, stream.members, expected, seen, manifest is not None,
+                                              against, rundir_fd, report, problems)
     except ArchiveDamaged as exc:
         report.damaged = True
         problems.first(f"damaged archive: {exc}")
     finally:
         stream.reader.close()
-    stream.finish(problems, report.damaged)
+    altered = stream.finish(problems, report.damaged)
+    # The stored bytes were altered if the gzip layer says so; a member's data unlike its
+    # manifest row says so too, unless an intact gzip CRC32 proves the bytes as written
+    # (then the manifest is what differs).
+    report.damaged |= altered or (content_differs and not stream.gzip_checked)
     for row in expected.values():
         report.missing += 1
         problems.add(f"{show(row.path)}: listed in the manifest, missing from the archive")
     if against is not None and rundir_fd is not None and top:
-        _disk_extras(against, rundir_fd, top, seen, report, problems)
+        # What the archive left out on purpose (its manifest says which patterns) is not
+        # "on disk, not in the archive".
+        report.exclude = list(manifest.exclude) if isinstance(manifest, Rows) else []
+        _disk_extras(against, rundir_fd, top, seen, report, problems, matcher(report.exclude))
     report.conclude(problems, stream.reader)
     return report
 
@@ -116,8 +127,10 @@ def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, pro
 def _verify_member(
     member: Member, tar: TarMembers, expected: dict[str, ManifestRow], seen: set[str], have_manifest: bool,
     against: Path | None, rundir_fd: int | None, report: VerifyReport, problems: Problems,
-) -> None:
+) -> bool:
+    """Check one member; True if its data (size or crc32c) differs from its manifest row."""
     report.members += 1
+    content_differs = False
     crc = None
     if member.kind == "f":
         crc = 0
@@ -138,6 +151,9 @@ def _verify_member(
         if diffs:
             report.mismatched += 1
             problems.add(f"{name}: {'; '.join(diffs)}")
+            content_differs = member.kind == row.kind == "f" and (
+                member.size != row.size or (crc is not None and row.crc32c is not None and crc != row.crc32c)
+            )
         else:
             report.matched += 1
     if against is not None and rundir_fd is not None:
@@ -146,20 +162,24 @@ def _verify_member(
             # Joined to the run folder, "RUN/../x" or "/etc/x" would be read outside it.
             report.disk_mismatched += 1
             problems.add(f"{name}: unsafe name: not compared with the disk")
-            return
+            return content_differs
         parts = rel.split("/")[1:]  # the first is the run folder's own name
         diffs = _member_vs_disk(member, crc, rundir_fd, parts)
         if diffs:
             report.disk_mismatched += 1
             problems.add(f"{name}: {'; '.join(diffs)} ({os.path.join(against, *parts)})")
+    return content_differs
 
 
-def _disk_names(fd: int, prefix: str) -> Iterator[str]:
-    """Every name under the directory ``fd``, sorted, descending into real directories only."""
+def _disk_names(fd: int, prefix: str, excluded: Callable[[bytes], bool]) -> Iterator[str]:
+    """Every name under the directory ``fd``, sorted, descending into real directories
+    only; an ``excluded`` one is skipped, and not descended into."""
     with os.scandir(fd) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
         rel = prefix + entry.name
+        if excluded(os.fsencode(rel)):
+            continue
         yield rel
         if entry.is_dir(follow_symlinks=False):
             try:
@@ -167,16 +187,17 @@ def _disk_names(fd: int, prefix: str) -> Iterator[str]:
             except OSError:
                 continue  # replaced meanwhile, or unreadable: its members say so
             try:
-                yield from _disk_names(sub, rel + "/")
+                yield from _disk_names(sub, rel + "/", excluded)
             finally:
                 os.close(sub)
 
 
 def _disk_extras(
     rundir: Path, rundir_fd: int, top: str, seen: set[str], report: VerifyReport, problems: Problems,
+    excluded: Callable[[bytes], bool],
 ) -> None:
-    """What the run folder holds that the archive does not."""
-    for rel in _disk_names(rundir_fd, ""):
+    """What the run folder holds that the archive does not (and did not leave out on purpose)."""
+    for rel in _disk_names(rundir_fd, "", excluded):
         name = f"{top}/{rel}"
         if name not in seen:
             report.disk_extra += 1

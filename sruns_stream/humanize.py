@@ -1,0 +1,82 @@
+"""How numbers, times and checksums are shown to people: one convention everywhere.
+
+- sizes and rates in SI units (1 MB = 10^6 bytes, MB/s), as the archive's summary line,
+  the mails and ``gcloud storage`` have them;
+- durations as ``h:mm:ss`` (ten hours is ``10:00:00``, never ``600:00``);
+- times as local ``YYYY-MM-DD HH:MM:SS`` for reading, ISO 8601 with the UTC offset for
+  ``--json``;
+- a crc32c as 8 hex digits and as gcloud shows it (``crc32c_hash``: the four bytes,
+  big-endian, in base64), so either can be compared with what a tool prints.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+
+__all__ = ["ago", "crc32c_base64", "hms", "human_bytes", "human_rate", "iso_time", "local_time"]
+
+_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+
+
+def human_bytes(n: float) -> str:
+    """``512 B``, ``1.5 kB``, ``4.19 GB``: three significant figures, SI units."""
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 999.5 or unit == _UNITS[-1]:
+            break
+        value /= 1000
+    if unit == "B":
+        return f"{value:.0f} B"
+    return f"{value:.3g} {unit}" if abs(value) >= 1 else f"{value:.2f} {unit}"
+
+
+def human_rate(bytes_per_s: float | None) -> str:
+    """``85.3 MB/s`` (always MB/s, as the summary line: rates are compared with each other)."""
+    if bytes_per_s is None:
+        return "-- MB/s"
+    return f"{bytes_per_s / 1e6:.1f} MB/s"
+
+
+def hms(seconds: float | None) -> str:
+    """``h:mm:ss``; ``-:--:--`` when unknown."""
+    if seconds is None or seconds < 0 or math.isnan(seconds):
+        return "-:--:--"
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def ago(seconds: float) -> str:
+    """How long ago (or, negative, how far ahead): ``12 s``, ``5 min``, ``3 h 10 min``, ``2 days``."""
+    future = seconds < 0
+    s = abs(seconds)
+    if s < 60:
+        text = f"{s:.0f} s"
+    elif s < 3600:
+        text = f"{s // 60:.0f} min"
+    elif s < 86400 * 2:
+        text = f"{s // 3600:.0f} h {s % 3600 // 60:.0f} min"
+    else:
+        text = f"{s // 86400:.0f} days"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def local_time(ts: float) -> str:
+    """``2026-11-23 14:05:12`` in the local time zone."""
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso_time(ts: float | None) -> str | None:
+    """ISO 8601 with the UTC offset (``2026-11-23T13:05:12+00:00``), for machines."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def crc32c_base64(crc: int | str) -> str:
+    """A crc32c (an int, or 8 hex digits) as gcloud prints it: base64 of its 4 big-endian bytes."""
+    value = int(crc, 16) if isinstance(crc, str) else crc
+    return base64.b64encode(value.to_bytes(4, "big")).decode()

@@ -1,0 +1,143 @@
+"""`sruns-stream status` and `retry` in real processes: status reads a journal and never
+makes one; a running archive shows how far it is, how fast and how long it has left; a
+clean stop is a stop, not an error; a run the daemon gave up on is retried by
+`sruns-stream retry` once the cause is fixed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from helpers import INTERRUPTED_LINE, journal_row, run_cli, start_cli, wait_until
+
+BLOCK_FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "1")
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.timeout(60)
+def test_status_never_creates_a_journal(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("status", cwd=empty)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"no journal at {empty / 'sruns.db'}" in proc.stderr
+    assert "--journal" in proc.stderr and "--config" in proc.stderr
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"sqlite_db": str(tmp_path / "state" / "sruns.db")}))
+    for args in (("status", "--config", str(conf)), ("status", "--journal", str(empty / "x.db"), "--json"),
+                 ("status", "--watch", "--journal", str(empty / "x.db")), ("retry", "RUN", "--config", str(conf))):
+        proc = run_cli(*args, cwd=empty)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert "no journal at " in proc.stderr and "Traceback" not in proc.stderr
+    assert _listing(tmp_path) == ["conf.json", "empty"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_running_archive_shows_percent_rate_and_eta_and_a_clean_stop_is_no_error(
+    make_run, tmp_path: Path
+) -> None:
+    run = make_run("miseq", 40 << 20)
+    db = tmp_path / "sruns.db"
+    proc = start_cli("archive", str(run), "--dest", str(tmp_path / "dest"), *BLOCK_FLAGS, cwd=tmp_path)
+    wait_until(lambda: (journal_row(db, run.name).get("ck_raw") or 0) > 0
+               and (journal_row(db, run.name).get("raw_total") or 0) > 0, "a first checkpoint", proc=proc)
+    os.kill(proc.pid, signal.SIGSTOP)  # it stays where it is while we look: no race with its end
+    try:
+        row = journal_row(db, run.name)
+        view = json.loads(run_cli("status", run.name, "--json", cwd=tmp_path).stdout)[0]
+        text = run_cli("status", "--journal", str(db), cwd=tmp_path).stdout
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == INTERRUPTED_LINE, err
+
+    assert view["running"] is True and view["status"] == "tarring" and view["pid"] == proc.pid
+    total = row["raw_total"]
+    assert view["raw_total"] == total and view["raw_done"] == row["ck_raw"]
+    assert view["percent"] == round(100.0 * row["ck_raw"] / total, 1) and 0 < view["percent"] < 100
+    assert view["rate_mb_s"] > 0 and view["eta_seconds"] >= 0
+    assert view["attempts"] == 1 and view["last_error"] is None
+    started = dt.datetime.fromisoformat(view["started_at"])
+    assert started.tzinfo is not None and abs(started.timestamp() - row["session_started_at"]) < 1
+    assert re.search(rf"^{re.escape(run.name)}  tarring$", text, re.MULTILINE), text
+    assert re.search(r"^  progress +\d+\.\d% \(\S+ [kMG]?B of \S+ [kMG]?B\), \d+\.\d MB/s, ETA \d+:\d\d:\d\d "
+                     rf"\(pid {proc.pid}\)$", text, re.MULTILINE), text
+
+    # Stopped on purpose: no error recorded, the stop dated, and status says so.
+    row = journal_row(db, run.name)
+    assert row["status"] == "not_running" and row["last_error"] is None and row["interrupted_at"]
+    view = json.loads(run_cli("status", run.name, "--journal", str(db), "--json", cwd=tmp_path).stdout)[0]
+    assert view["interrupted"] is True and view["running"] is False and view["last_error"] is None
+    assert 0 < view["percent"] < 100
+    text = run_cli("status", run.name, "--journal", str(db), cwd=tmp_path).stdout
+    assert f"{run.name}  not_running: stopped (resumes at the next attempt)" in text
+    assert "error" not in text and "  stopped    " in text
+
+
+@pytest.mark.timeout(60)
+def test_watch_refreshes_until_ctrl_c_and_exits_0(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    assert run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), cwd=tmp_path).returncode == 0
+    proc = start_cli("status", "--watch", "--json", "--interval", "0.1", cwd=tmp_path)
+    assert proc.stdout is not None
+    frames = [json.loads(proc.stdout.readline()) for _ in range(3)]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == ""
+    assert all(frame[0]["name"] == run.name and frame[0]["status"] == "complete" for frame in frames)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make_run, tmp_path: Path) -> None:
+    import make_fake_run
+
+    watch = tmp_path / "watch"
+    run = watch / "240101_M00001_0009_000000000-RETRY"
+    make_fake_run.make_run(run, "miseq", 1 << 20, seed=9)
+    dest = tmp_path / "archives"
+    dest.write_text("a file where the destination directory should be")
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({
+        "watchdir": str(watch), "sqlite_db": str(tmp_path / "sruns.db"), "local_dest": str(dest),
+        "cycle_pause_sec": 1, "sentinal_file_age_minutes": 0, "max_attempts": 1, "threads": 2,
+    }))
+    assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
+    view = json.loads(run_cli("status", "--config", str(conf), "--json", cwd=tmp_path).stdout)[0]
+    assert view["gave_up"] is True and view["failures"] == 1
+    assert view["attempts"] == 1  # the failed attempt counts, though it failed before its stream started
+    assert view["last_error"] and "cannot write" in view["last_error"]
+    dt.datetime.fromisoformat(view["gave_up_at"])
+    text = run_cli("status", "--config", str(conf), cwd=tmp_path).stdout
+    assert "not_running: gave up" in text and f"sruns-stream retry {run.name}" in text
+
+    # Given up: another pass leaves it alone, even with the cause fixed.
+    dest.unlink()
+    assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
+    assert journal_row(tmp_path / "sruns.db", run.name)["gave_up_at"] is not None and not dest.exists()
+
+    retried = run_cli("retry", run.name, "--config", str(conf), cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.startswith(f"{run.name}: eligible again; the daemon had given up after 1 failed attempts")
+    row = journal_row(tmp_path / "sruns.db", run.name)
+    assert row["gave_up_at"] is None and row["failures"] == 0 and row["next_attempt_at"] is None
+    assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
+    row = journal_row(tmp_path / "sruns.db", run.name)
+    assert row["status"] == "complete" and row["attempts"] == 2
+    assert (dest / run.name / f"{run.name}.tar.gz").is_file()
+
+    # Nothing to retry: archived, or not in the journal. One line each, exit 2.
+    for name, words in ((run.name, "is archived (complete)"), ("NO_SUCH_RUN", "is not in the journal")):
+        proc = run_cli("retry", name, "--config", str(conf), cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
