@@ -53,7 +53,10 @@ def ratio(row_seconds: float | None, reference_seconds: float | None) -> float |
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
     """A GitHub markdown table; ``align`` is one letter per column (l or r), default l then r."""
     align = align or "l" + "r" * (len(headers) - 1)
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    # A "|" inside a cell (a pipeline's name) would end the cell: escaped, GitHub shows it.
+    cells = [[str(c).replace("|", "\\|") for c in headers]] + [
+        ["" if c is None else str(c).replace("|", "\\|") for c in r] for r in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(r: Sequence[str]) -> str:
