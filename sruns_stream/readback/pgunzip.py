@@ -34,9 +34,14 @@ _END = b"\x03\x00"
 _TRAILER = 8
 
 
-def _inflate(data: bytes, last: bool) -> tuple[bytes, int]:
-    """One piece inflated alone, and its CRC32 (both off the GIL)."""
-    out = isal_zlib.decompress(data if last else data + _END, wbits=-15)
+def _inflate(data: bytes, raw_length: int | None) -> tuple[bytes, int]:
+    """One piece inflated alone (the last one: ``raw_length`` None), and its CRC32. Sized
+    to the length the index gives, the output buffer is allocated once: ISA-L inflates
+    off the GIL, growing a buffer does not."""
+    if raw_length is None:
+        out = isal_zlib.decompress(data, wbits=-15)
+    else:
+        out = isal_zlib.decompress(data + _END, wbits=-15, bufsize=max(raw_length, 1))
     return out, isal_zlib.crc32(out)
 
 
@@ -106,7 +111,8 @@ class ParallelGzipLayer:
         if end < self._pos or not self._fill(end):
             raise ArchiveDamaged(f"{self._name} is truncated: it ends at byte {self._pos + len(self._input)}, "
                                  f"before access point {k + 1} at byte {end}")
-        self._inflight.append((k, self._pool.submit(_inflate, self._take(end), last)))
+        raw_length = None if last else self._points[k + 1].raw - self._points[k].raw
+        self._inflight.append((k, self._pool.submit(_inflate, self._take(end), raw_length)))
         self._next += 1
         return True
 
