@@ -235,6 +235,9 @@ def test_members_in_later_volumes(run: Path, tmp_path: Path) -> None:
         proc = _cat(result["location"], f"{RUN}/{member}", tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == (run / member).read_bytes()
+    # Verified on two threads across the volumes: the index's offsets are the concatenation's.
+    code, report = _verify(result["location"], tmp_path, "--threads", "2")
+    assert code == 0 and report["files"] == result["files"], report
 
 
 def test_ls_answers_from_the_manifest_alone(run: Path, tmp_path: Path) -> None:
