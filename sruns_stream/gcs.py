@@ -4,43 +4,32 @@ the read-back (`readback`).
 One home for what talking to GCS needs: the client (the emulator's when
 ``STORAGE_EMULATOR_HOST`` is set, else Google's default credentials), the timeouts,
 which answers are worth another try, how library errors become ours, how a stored
-crc32c is decoded, and the one retry policy (jittered exponential backoff, bounded,
-every wait cut short by a stop request or the caller's own cancel event).
+crc32c is decoded. The retry policy all of them use is `retry`.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
 
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .errors import DestinationError
-from .stopping import STOP
 
 __all__ = [
     "API_ERRORS",
     "DEFAULT_TIMEOUT",
-    "RETRY",
     "TRANSIENT_ERRORS",
     "TRANSIENT_STATUS",
     "Client",
-    "RetryPolicy",
     "b64_crc32c",
     "crc32c_from_b64",
     "is_transient",
     "make_client",
-    "pause",
     "probe_object",
     "reason",
 ]
@@ -60,11 +49,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Everything a google-cloud-storage call raises that is about GCS, not about us.
 API_ERRORS: tuple[type[BaseException], ...] = (api_exceptions.GoogleAPICallError, *TRANSIENT_ERRORS)
-# How long a waiting thread sleeps between looks at the stop flag.
-_SLICE = 0.1
-
-T = TypeVar("T")
-
 
 def make_client() -> Client:
     """A storage client: the emulator's when STORAGE_EMULATOR_HOST is set, else Google's
@@ -109,53 +93,6 @@ def crc32c_from_b64(text: str | None) -> int | None:
     return int.from_bytes(raw, "big") if len(raw) == 4 else None
 
 
-def pause(seconds: float, cancel: threading.Event | None = None) -> None:
-    """Sleep, in short slices, until ``seconds`` pass or ``cancel`` is set; raise
-    Interrupted as soon as a stop is requested. A backoff can be half a minute, and a
-    signal must not wait that long (the handler only sets a flag)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        STOP.check()
-        left = deadline - time.monotonic()
-        if left <= 0 or (cancel is not None and cancel.is_set()):
-            return
-        if cancel is not None:
-            cancel.wait(min(left, _SLICE))
-        else:
-            time.sleep(min(left, _SLICE))
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Full-jitter exponential backoff: each wait is random below 1, 2, 4 … 32 s. Nine
-    attempts wait two minutes at most in all, about what a GCS front-end hiccup or a
-    VM's network blip lasts; then the command fails and can be run again to resume."""
-
-    attempts: int = 9
-    multiplier: float = 1.0
-    max_wait: float = 32.0
-
-    def call(
-        self,
-        fn: Callable[[int], T],
-        retry_on: type[BaseException] | tuple[type[BaseException], ...],
-        sleep: Callable[[float], None] = pause,
-    ) -> T:
-        """``fn(attempt_number)``, retried on ``retry_on``; the last error is re-raised."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_random_exponential(multiplier=self.multiplier, max=self.max_wait),
-            retry=retry_if_exception_type(retry_on),
-            sleep=sleep,
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                return fn(attempt.retry_state.attempt_number)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
-
-
-RETRY = RetryPolicy()
 
 
 def probe_object(bucket: str, name: str, client: Client | None = None) -> tuple[int, int | None] | None:

@@ -25,9 +25,9 @@ from sruns_stream import __version__
 from sruns_stream.archive import archive_run
 from sruns_stream.config import ArchiveOptions
 from sruns_stream.errors import IntegrityError, UploadError
-from sruns_stream.gcs import RETRY
 from sruns_stream.journal import Journal
 from sruns_stream.layout import blob_name
+from sruns_stream.retry import RETRY
 from sruns_stream.sinks.gcs import GcsSink
 
 CHUNK = 256 * 1024  # the smallest legal chunk: many chunks from a small run

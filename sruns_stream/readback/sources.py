@@ -14,7 +14,7 @@ This module gives them the stored bytes:
   that a missing, truncated or altered volume is named.
 - `ResumableReader` reads a `ByteSource` in pieces. A dropped connection or a short read
   re-opens it at the byte where it stopped, under the package's one retry policy
-  (`gcs.RETRY`): a multi-terabyte download survives network blips without starting over.
+  (`retry.RETRY`): a multi-terabyte download survives network blips without starting over.
 
 Failures to *reach* the archive are `DestinationError`s from the exception tree; a
 dropped connection is `ConnectionDropped`, internal, until the retries run out.
@@ -30,21 +30,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import google_crc32c
-import requests
-import urllib3
-from google.api_core import exceptions as api_exceptions
 
 from .. import manifest_tsv, volumes
 from ..errors import DestinationError, IntegrityError, UsageError
-from ..gcs import (
-    DEFAULT_TIMEOUT,
-    RETRY,
-    TRANSIENT_ERRORS,
-    TRANSIENT_STATUS,
-    crc32c_from_b64,
-    make_client,
-    pause,
-)
 from ..layout import (
     Location,
     archive_filename,
@@ -58,9 +46,11 @@ from ..layout import (
     storage_uri,
 )
 from ..manifest_tsv import ManifestRow
+from ..retry import RETRY, pause
 from .damage import ArchiveDamaged
 
 if TYPE_CHECKING:
+    import requests
     from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
 
     from ..journal import Journal
@@ -149,12 +139,14 @@ class GcsObject:
 
     def __init__(
         self, client: Client, bucket: str, name: str, size: int, generation: int | None, *,
-        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        timeout: tuple[float, float] | None = None,
     ) -> None:
+        from ..gcs import DEFAULT_TIMEOUT  # the Google libraries load only for gs://
+
         self.description = str(Location("gcs", bucket, name))
         self.size = size
         self._client = client
-        self._timeout = timeout
+        self._timeout = timeout or DEFAULT_TIMEOUT
         self._url = (
             f"{client.api_endpoint}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
             f"?alt=media" + (f"&generation={generation}" if generation else "")
@@ -163,6 +155,11 @@ class GcsObject:
     def open_at(self, start: int, end: int | None = None) -> Iterator[bytes]:
         # Accept-Encoding gzip + no decoding: the stored bytes as they are, never
         # transcoded by GCS nor inflated by requests.
+        import requests
+        import urllib3
+
+        from ..gcs import TRANSIENT_ERRORS
+
         headers = {"Accept-Encoding": "gzip"}
         if end is not None and end < self.size:
             headers["Range"] = f"bytes={start}-{end - 1}"
@@ -187,6 +184,8 @@ class GcsObject:
 
     def _check(self, resp: requests.Response, start: int) -> int:
         """Raise for a failed answer; returns how many leading bytes to drop."""
+        from ..gcs import TRANSIENT_STATUS
+
         status: int = resp.status_code
         if status == 206:
             got = resp.headers.get("Content-Range", "")
@@ -493,6 +492,8 @@ def _local(path: Path) -> ArchiveSource:
 def _gcs(where: Location, url: str, client_factory: Callable[[], Client] | None) -> ArchiveSource:
     if not where.path:
         raise UsageError(f"{url!r} names no object: use gs://BUCKET/PREFIX/RUN/RUN.tar.gz")
+    from ..gcs import make_client
+
     client = (client_factory or make_client)()
     try:
         return _gcs_with(client, where, url)
@@ -502,6 +503,10 @@ def _gcs(where: Location, url: str, client_factory: Callable[[], Client] | None)
 
 
 def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
+    from google.api_core import exceptions as api_exceptions
+
+    from ..gcs import DEFAULT_TIMEOUT, crc32c_from_b64
+
     bucket_name, name = where.bucket, where.path
     bucket = client.bucket(bucket_name)
     candidates = [name]
@@ -569,6 +574,10 @@ def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
 
 def _gcs_volumes(client: Client, bucket: str, name: str) -> Volumes | None:
     """The volumes of archive ``gs://bucket/name`` (which is not an object), or None."""
+    from google.api_core import exceptions as api_exceptions
+
+    from ..gcs import DEFAULT_TIMEOUT, crc32c_from_b64
+
     base = name.rsplit("/", 1)[-1]
     folder = name[: len(name) - len(base)]
     try:

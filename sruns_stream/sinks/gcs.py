@@ -65,15 +65,14 @@ from ..gcs import (
     TRANSIENT_ERRORS,
     TRANSIENT_STATUS,
     Client,
-    RetryPolicy,
     b64_crc32c,
     crc32c_from_b64,
     is_transient,
     make_client,
-    pause,
     reason,
 )
 from ..layout import blob_name, index_next_to, manifest_filename, manifest_next_to
+from ..retry import RetryPolicy, pause
 from ..stopping import STOP
 from .base import ArchiveInfo, Stored
 from .gcs_parts import Parts

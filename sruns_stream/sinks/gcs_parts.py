@@ -27,14 +27,13 @@ from ..errors import DestinationError, IntegrityError, UploadError
 from ..gcs import (
     API_ERRORS,
     DEFAULT_TIMEOUT,
-    RETRY,
     Client,
-    RetryPolicy,
     crc32c_from_b64,
     is_transient,
     make_client,
     reason,
 )
+from ..retry import RETRY, RetryPolicy
 from ..volumes import is_stored_form
 
 __all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "Constraints", "ObjectInfo", "Parts"]
