@@ -83,6 +83,16 @@ def _index(path_or_bytes: Path | bytes) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in (line.split("\t") for line in lines[1:])]
 
 
+def _shift_index_line(index: Path, k: int, by: int) -> int:
+    """Move access point k's archive offset by ``by`` bytes, keeping the line's format;
+    returns the point's raw offset."""
+    head, *lines = index.read_text().splitlines(keepends=True)
+    raw, arch = lines[k].rstrip("\n").split("\t")
+    lines[k] = f"{raw}\t{int(arch) + by:020d}\n"
+    index.write_text(head + "".join(lines))
+    return int(raw)
+
+
 def _offsets(manifest: Path | bytes) -> dict[str, int]:
     data = manifest if isinstance(manifest, bytes) else manifest.read_bytes()
     lines = data.decode().split("\n")
@@ -193,13 +203,9 @@ def test_an_index_that_lies_is_caught(run: Path, tmp_path: Path) -> None:
     """An index whose archive offsets point elsewhere (same line format) must fail the
     read, never hand out other bytes as the member."""
     archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
-    index = archive.with_name(f"{RUN}.index.tsv")
-    head, *lines = index.read_text().splitlines(keepends=True)
-    raw, arch = lines[3].rstrip("\n").split("\t")
-    lines[3] = f"{raw}\t{int(arch) + 1000:020d}\n"
-    index.write_text(head + "".join(lines))
+    raw = _shift_index_line(archive.with_name(f"{RUN}.index.tsv"), 3, 1000)
     offsets = _offsets(archive.with_name(f"{RUN}.manifest.tsv"))
-    member = max((m for m in offsets if offsets[m] >= int(raw) and m.endswith(".bcl")), key=offsets.__getitem__,
+    member = max((m for m in offsets if offsets[m] >= raw and m.endswith(".bcl")), key=offsets.__getitem__,
                  default=f"{RUN}/Data/big.bin")
     proc = _cat(str(archive), member, tmp_path)
     if proc.returncode == 0:  # the lie was not on this member's way: then the bytes are right
@@ -207,7 +213,7 @@ def test_an_index_that_lies_is_caught(run: Path, tmp_path: Path) -> None:
     else:
         assert proc.returncode in (1, 2) and b"Traceback" not in proc.stderr, proc.stderr
     # The member read from point 3 itself must fail: its first bytes are not a block start.
-    first_after = min((m for m in offsets if offsets[m] >= int(raw)), key=offsets.__getitem__)
+    first_after = min((m for m in offsets if offsets[m] >= raw), key=offsets.__getitem__)
     proc = _cat(str(archive), first_after, tmp_path)
     assert proc.returncode != 0 and b"Traceback" not in proc.stderr, (first_after, proc.stderr)
 
@@ -310,11 +316,7 @@ def test_damage_is_found_on_threads_as_on_one(run: Path, tmp_path: Path, where: 
 
 def test_an_index_that_lies_is_a_problem_verify_names(run: Path, tmp_path: Path) -> None:
     archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
-    index = archive.with_name(f"{RUN}.index.tsv")
-    head, *lines = index.read_text().splitlines(keepends=True)
-    raw, arch = lines[5].rstrip("\n").split("\t")
-    lines[5] = f"{raw}\t{int(arch) - 7:020d}\n"
-    index.write_text(head + "".join(lines))
+    _shift_index_line(archive.with_name(f"{RUN}.index.tsv"), 5, -7)
     code, report = _verify(str(archive), tmp_path, "--threads", "2")
     assert code == 1 and "index" in report["problems"][0], report["problems"]
     assert _verify(str(archive), tmp_path, "--threads", "1")[0] == 0  # the archive itself is intact

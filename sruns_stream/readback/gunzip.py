@@ -15,12 +15,26 @@ from isal import isal_zlib
 from .damage import MAX_EXTENDED, ArchiveDamaged
 from .sources import PIECE
 
-__all__ = ["GzipLayer", "InflateError"]
+__all__ = ["GzipLayer", "InflateError", "trailer_problems"]
 
 
 _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16
 # isal's stub declares `error` as an instance; at run time it is the exception class.
 InflateError: type[Exception] = isal_zlib.error  # type: ignore[assignment]
+
+
+def trailer_problems(name: str, trailer: bytes, crc: int, isize: int) -> list[str]:
+    """How a gzip member's 8-byte trailer disagrees with the ``crc`` (CRC32) and ``isize``
+    (length) of what was inflated; empty when it does not."""
+    stored_crc = int.from_bytes(trailer[:4], "little")
+    stored_isize = int.from_bytes(trailer[4:8], "little")
+    problems = []
+    if stored_crc != crc:
+        problems.append(f"{name}: the gzip CRC32 is {crc:08x} over the data, but the trailer says "
+                        f"{stored_crc:08x}: the compressed bytes were altered")
+    if stored_isize != isize & 0xFFFFFFFF:
+        problems.append(f"{name}: the gzip length is {isize} bytes, but the trailer says {stored_isize} (mod 2^32)")
+    return problems
 
 
 class GzipLayer:
@@ -142,19 +156,9 @@ class GzipLayer:
     def _finish_member(self) -> None:
         if not self._fill(8):
             raise self._truncated("in the gzip trailer")
-        crc = int.from_bytes(self._input[:4], "little")
-        isize = int.from_bytes(self._input[4:8], "little")
+        self.problems += trailer_problems(self._name, self._input[:8], self._crc, self._isize)
         self._input = self._input[8:]
         self._inflater = None
-        if crc != self._crc:
-            self.problems.append(
-                f"{self._name}: the gzip CRC32 is {self._crc:08x} over the data, but the trailer says "
-                f"{crc:08x}: the compressed bytes were altered"
-            )
-        if isize != self._isize & 0xFFFFFFFF:
-            self.problems.append(
-                f"{self._name}: the gzip length is {self._isize} bytes, but the trailer says {isize} (mod 2^32)"
-            )
 
     def _truncated(self, where: str) -> ArchiveDamaged:
         return ArchiveDamaged(f"{self._name} is truncated: it ends at byte {self._where()}, {where}")

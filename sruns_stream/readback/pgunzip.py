@@ -25,7 +25,7 @@ from isal import isal_zlib
 
 from ..access_index import AccessPoint
 from .damage import ArchiveDamaged
-from .gunzip import InflateError
+from .gunzip import InflateError, trailer_problems
 
 __all__ = ["ParallelGzipLayer"]
 
@@ -156,18 +156,7 @@ class ParallelGzipLayer:
         if not self._fill(self._size):
             raise ArchiveDamaged(f"{self._name} is truncated: it ends at byte {self._pos + len(self._input)}, "
                                  "in the gzip trailer")
-        trailer = self._take(self._size)
-        crc = int.from_bytes(trailer[:4], "little")
-        isize = int.from_bytes(trailer[4:8], "little")
-        if crc != self._crc:
-            self.problems.append(
-                f"{self._name}: the gzip CRC32 is {self._crc:08x} over the data, but the trailer says "
-                f"{crc:08x}: the compressed bytes were altered"
-            )
-        if isize != self._isize & 0xFFFFFFFF:
-            self.problems.append(
-                f"{self._name}: the gzip length is {self._isize} bytes, but the trailer says {isize} (mod 2^32)"
-            )
+        self.problems += trailer_problems(self._name, self._take(self._size), self._crc, self._isize)
         extra = self._pull()
         if extra:
             raise ArchiveDamaged(f"{self._name} has unexpected bytes after the end of its gzip stream, "
