@@ -67,6 +67,7 @@ class ShareResult:
     latency_ms: float
     samples_s: dict[str, list[float]] = field(default_factory=dict)  # row name -> seconds
     peak_rss_kib: dict[str, int] = field(default_factory=dict)
+    first_byte_s: dict[str, list[float]] = field(default_factory=dict)  # row name -> time to first byte
 
     @property
     def median_s(self) -> dict[str, float]:
@@ -132,7 +133,9 @@ def command(row: Row, run: Path, scratch: Path, threads: int) -> Command:
                 "--journal", str(scratch / "sruns.db"), "--force", "--json"]
         if row.build == "sruns-serial":
             argv += ["--read-threads", "0"]
-        return Command((tuple(argv),), env={"PYTHONPATH": str(REPO)})
+        # output: where the archive lands, so the time to its first byte is measured too.
+        archive = scratch / "dest" / run.name / f"{run.name}.tar.gz"
+        return Command((tuple(argv),), output=archive, env={"PYTHONPATH": str(REPO)})
     if row.build == "pigz":
         return Command((tar, ("pigz", "-p", str(threads), "-1")), stdout_file=out, output=out)
     gz = (sys.executable, "-m", "benchmarks.baselines", "igzip-threaded", "-T", str(threads), "-l", "1")
@@ -163,6 +166,8 @@ def sweep(
                         if not sample.ok:
                             raise RuntimeError(f"{row.name} failed on {ds.spec.label} at {latency} ms: {sample.error}")
                         result.samples_s[row.name].append(sample.seconds)
+                        if sample.first_byte_s is not None:
+                            result.first_byte_s.setdefault(row.name, []).append(sample.first_byte_s)
                         result.peak_rss_kib[row.name] = max(result.peak_rss_kib.get(row.name, 0),
                                                             sample.peak_rss_kib or 0)
                         shutil.rmtree(where, ignore_errors=True)
