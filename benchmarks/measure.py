@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Command", "RssProbe", "Sample", "median", "run_command"]
+__all__ = ["Command", "RssProbe", "Sample", "interpreter_startup", "median", "run_command"]
 
 _RUSAGE_WRAPPER = (
     "import resource, subprocess, sys\n"
@@ -211,3 +211,16 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
         error = f"exit {proc.returncode}: " + (tail[-1].strip() if tail else "(no message)")
     first = watch.seconds if watch is not None else None
     return Sample(seconds, peak, stage_rss, size, out.decode(errors="replace"), error, first)
+
+
+def interpreter_startup(argv: Sequence[str], reps: int, env: Mapping[str, str] | None = None) -> list[float]:
+    """Wall seconds of ``argv`` (e.g. ``python -m sruns_stream --version``) ``reps`` times:
+    the fixed cost every run of that program pays before it does anything."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=full_env, check=False)
+        out.append(time.perf_counter() - t0)
+    return out
