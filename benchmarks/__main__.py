@@ -118,8 +118,9 @@ def _run_scenarios(plan: Plan, sections: set[str], by_label: dict[str, Dataset],
             runs = [prepare(spec, cache, log=_log) for spec in sp.share_datasets]
             for ds in runs:
                 _log(f"  {ds.describe()}")
+            share_rows = [r for r in share.ROWS if sp.share_serial or r.build != "sruns-serial"]
             sc.share = share.sweep(runs, sp.share_latencies, plan.reps, workroot / "share",
-                                   mountpoint=workroot / "share-mnt", cache=cache, log=_log)
+                                   mountpoint=workroot / "share-mnt", rows=share_rows, cache=cache, log=_log)
         except (share.ShareUnavailable, RuntimeError, subprocess.CalledProcessError) as exc:
             sc.skipped["share"] = str(exc)
     if "streams" in sections:

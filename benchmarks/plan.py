@@ -32,6 +32,7 @@ class Scenarios:
 
     share_datasets: list[DatasetSpec]  # many files, large files
     share_latencies: list[float]  # ms per operation
+    share_serial: bool  # also sruns-stream --read-threads 0: what reading ahead buys
     streams_dataset: DatasetSpec
     streams_counts: list[int]  # under the cap; one and four also with no cap
     streams_cap: float  # MB/s per connection
@@ -98,6 +99,7 @@ def make_plan(quick: bool, reps: int | None = None, cores: int | None = None) ->
                                         files=800),
                             DatasetSpec("large files (NovaSeq-style CBCL)", "novaseq", 64 * MiB, seed=12)],
             share_latencies=[0.0, 0.5, 2.0],
+            share_serial=False,  # ~10 s per run at 2 ms; the full mode shows it
             streams_dataset=NOVASEQ_QUICK,
             streams_counts=[1, 4, 8],
             streams_cap=20.0,
@@ -121,6 +123,7 @@ def make_plan(quick: bool, reps: int | None = None, cores: int | None = None) ->
                                         files=5500),
                             DatasetSpec("large files (NovaSeq-style CBCL)", "novaseq", 512 * MiB, seed=12)],
             share_latencies=[0.0, 0.1, 0.5, 2.0],
+            share_serial=True,
             streams_dataset=novaseq,
             streams_counts=[1, 4, 8],
             streams_cap=20.0,
