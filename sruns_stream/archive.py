@@ -510,7 +510,7 @@ def _single_stream(
     )
     journal.update(name, status="uploading")
     points = [*journal.access_points(name), *streamed.pending_points]
-    stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs, options.exclude), _index(codec, options, points))
+    stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs, layout.starts, options.exclude), _index(codec, options, points))
     _verify(stored, info)
     streamed.commit()
     start = streamed.start

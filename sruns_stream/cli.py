@@ -114,6 +114,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", type=Path)
     r.add_argument("--journal", type=Path)
 
+    ls = sub.add_parser("ls", help="list an archive's members from its manifest (the archive is not read)")
+    ls.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
+    ls.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                    help="only members matching this (repeatable; fnmatch; a folder lists what is below it), "
+                         "e.g. RUN/InterOp")
+    ls.add_argument("-l", "--long", action="store_true", help="type and mode, size, mtime (UTC), path")
+    ls.add_argument("--json", action="store_true", help="every manifest column, offsets and crc32c included")
+    ls.add_argument("--config", type=Path)
+    ls.add_argument("--journal", type=Path)
+
+    c = sub.add_parser("cat", help="write one member to stdout, checked against its crc32c, by ranged reads")
+    c.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
+    c.add_argument("member", help="the member's path, e.g. RUN/RunInfo.xml (the RUN/ in front may be left out)")
+    c.add_argument("-v", "--verbose", action="store_true", help="say on stderr how much of the archive was read")
+    c.add_argument("--config", type=Path)
+    c.add_argument("--journal", type=Path)
+
     t = sub.add_parser("retry", help="make a run the daemon gave up on eligible again (after fixing the cause)")
     t.add_argument("run", help="the run's name")
     t.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
@@ -223,8 +240,7 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = _load(args)
     progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
     # A journal is only needed to find a run by name; never create one for a path or URL.
-    db = args.journal or config.sqlite_db
-    journal = Journal(db) if "/" not in args.source and Path(db).exists() else None
+    journal = _lookup_journal(args, config)
     report: VerifyReport | RestoreReport
     stopping.install()  # a signal stops between pieces, and the temp files are cleaned up
     try:
@@ -240,6 +256,38 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             journal.close()
     print(json.dumps(report.as_dict(), sort_keys=True) if args.json else report.summary(), file=out)
     return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def _lookup_journal(args: argparse.Namespace, config: Config) -> Journal | None:
+    """The journal a run name is looked up in, if there is one; never created for a path or URL."""
+    db = args.journal or config.sqlite_db
+    return Journal(db) if "/" not in args.source and Path(db).exists() else None
+
+
+def _members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .readback.members import cat_member, list_members, render_listing
+
+    config = _load(args)
+    journal = _lookup_journal(args, config)
+    stopping.install()
+    try:
+        if args.command == "ls":
+            _, rows = list_members(args.source, patterns=args.include, journal=journal,
+                                   collection=config.firestore_collection, progress=NoProgress(err))
+            out.write(render_listing(rows, long=args.long, as_json=args.json))
+            return EXIT_OK
+        progress: Progress = TerminalProgress(err) if err.isatty() else NoProgress(err)
+        binary = getattr(out, "buffer", None)
+        if binary is None:
+            raise UsageError("cat writes bytes: its output must be a file or pipe")
+        report = cat_member(args.source, args.member, binary, journal=journal,
+                            collection=config.firestore_collection, progress=progress)
+        if args.verbose:
+            print(report.summary(), file=err)
+        return EXIT_OK
+    finally:
+        if journal is not None:
+            journal.close()
 
 
 def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
@@ -321,6 +369,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _monitor(args)
         if args.command in ("verify", "restore"):
             return _read_back(args, out, err)
+        if args.command in ("ls", "cat"):
+            return _members(args, out, err)
         if args.command == "retry":
             return _retry(args, out)
         return _status(args, out)

@@ -12,10 +12,14 @@ type       ``f`` file, ``d`` directory, ``l`` symlink
 mode       permission bits, octal
 mtime      seconds since the epoch
 link       a symlink's target, escaped like ``path``
+offset     where the member's first header starts in the tar stream (raw bytes
+           before it); with the access points of ``<run>.index.tsv``
+           (`access_index`) a reader fetches one member by ranged reads
 =========  =================================================================
 
 `verify` and `restore` check every member against it; readers ignore columns added
-after these. An archive made with `exclude` patterns says so at the end of the header
+after these (``offset`` came after the first seven: a manifest without it is read, and
+its archive is read whole). An archive made with `exclude` patterns says so at the end of the header
 line, in one more field: ``exclude=`` and the patterns as a JSON list (`parse` returns
 them as `Rows.exclude`), so `verify --against` knows which files on disk were left out
 on purpose.
@@ -31,9 +35,10 @@ from dataclasses import dataclass
 from .errors import IntegrityError
 from .runfolder import FILE, Entry
 
-__all__ = ["COLUMNS", "ManifestRow", "Rows", "parse", "render"]
+__all__ = ["COLUMNS", "OFFSET", "ManifestRow", "Rows", "parse", "render"]
 
 COLUMNS = ("path", "size", "crc32c", "type", "mode", "mtime", "link")
+OFFSET = "offset"
 
 _SPECIAL = re.compile(rb"[\\\t\n\r]")
 _ESCAPES = {b"\\": b"\\\\", b"\t": b"\\t", b"\n": b"\\n", b"\r": b"\\r"}
@@ -52,6 +57,7 @@ class ManifestRow:
     mode: int
     mtime: int
     link: str
+    offset: int | None = None  # tar-stream offset of its header (None: an older manifest)
 
 
 class Rows(dict[str, ManifestRow]):
@@ -76,15 +82,18 @@ def _unescape(text: str) -> str:
     return _ESCAPED.sub(one, text)
 
 
-def render(entries: Sequence[Entry], crcs: Sequence[int | None], exclude: Sequence[str] = ()) -> bytes:
-    """The manifest of ``entries``, each file with its crc32c from ``crcs`` (same order),
-    and the ``exclude`` patterns they were walked with."""
-    header = "\t".join(COLUMNS) + (f"\t{_EXCLUDE}{json.dumps(list(exclude))}" if exclude else "")
+def render(
+    entries: Sequence[Entry], crcs: Sequence[int | None], offsets: Sequence[int], exclude: Sequence[str] = (),
+) -> bytes:
+    """The manifest of ``entries``, each file with its crc32c from ``crcs`` and its tar
+    offset from ``offsets`` (same order; `tarstream.TarLayout.starts`), and the
+    ``exclude`` patterns they were walked with."""
+    header = "\t".join((*COLUMNS, OFFSET)) + (f"\t{_EXCLUDE}{json.dumps(list(exclude))}" if exclude else "")
     lines = [header.encode()]
     append = lines.append
-    for entry, crc in zip(entries, crcs, strict=True):
+    for entry, crc, offset in zip(entries, crcs, offsets[: len(entries)], strict=True):
         append(
-            b"%b\t%d\t%b\t%b\t%04o\t%d\t%b"
+            b"%b\t%d\t%b\t%b\t%04o\t%d\t%b\t%d"
             % (
                 _escape(entry.path),
                 entry.size,
@@ -93,6 +102,7 @@ def render(entries: Sequence[Entry], crcs: Sequence[int | None], exclude: Sequen
                 entry.mode,
                 entry.mtime_ns // 1_000_000_000,
                 _escape(entry.linkname),
+                offset,
             )
         )
     lines.append(b"")
@@ -107,6 +117,7 @@ def parse(data: bytes, where: str) -> Rows:
     if header[: len(COLUMNS)] != COLUMNS:
         raise IntegrityError(f"{where} is not a sruns-stream manifest (its header is {lines[0][:80]!r})")
     rows = Rows()
+    has_offset = header[len(COLUMNS) : len(COLUMNS) + 1] == (OFFSET,)
     for field in header[len(COLUMNS) :]:
         if field.startswith(_EXCLUDE):
             try:
@@ -130,6 +141,7 @@ def parse(data: bytes, where: str) -> Rows:
                 mode=int(cols[4], 8),
                 mtime=int(cols[5]),
                 link=_unescape(cols[6]),
+                offset=int(cols[7]) if has_offset else None,
             )
         except (IndexError, ValueError):
             raise IntegrityError(f"{where} line {number} is unreadable: the manifest is damaged") from None

@@ -376,8 +376,9 @@ class SegmentedUpload:
             if points:
                 index = access_index.render(points, self.options.block_size, self.options.access_interval)
                 self.parts.upload(index_next_to(self.archive, self.name), index, "text/tab-separated-values; charset=utf-8")
-        self.parts.upload(manifest_name, manifest_tsv.render(self.manifest.entries, self._member_crcs(rows), self.options.exclude),
-                          "text/tab-separated-values; charset=utf-8")
+        tsv = manifest_tsv.render(self.manifest.entries, self._member_crcs(rows), self.layout.starts,
+                                  self.options.exclude)
+        self.parts.upload(manifest_name, tsv, "text/tab-separated-values; charset=utf-8")
         if len(volumes) > 1:
             listing = render(Volume(v[0].rsplit("/", 1)[-1], v[1], v[2]) for v in volumes)
             self.parts.upload(listing_name(self.archive), listing, "text/tab-separated-values")

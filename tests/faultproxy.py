@@ -7,7 +7,8 @@ chunk, a flipped byte. Everything else passes through to the emulator unchanged
 (the Host header too, so the session URIs the emulator hands out point back here).
 
 It also logs every request it sees, with the bytes of body it actually received
-from the client: the tests use that to count what was sent again after a crash.
+from the client and answered to it: the tests use that to count what was sent again
+after a crash, and what a ranged read downloaded.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Exchange:
     fault: str | None = None
     session: str | None = None  # the resumable session's upload_id (chunk, final, query)
     sources: int | None = None  # a compose request's number of source objects
+    path: str = ""  # the request's path and query
+    sent: int = 0  # body bytes answered to the client (what a download costs)
 
 
 @dataclass
@@ -195,7 +198,7 @@ class FaultProxy:
                 fault = proxy._match(target)
                 kind = fault.kind if fault else None
                 session = parse_qs(urlsplit(self.path).query).get("upload_id", [None])[0]
-                exchange = Exchange(proxy.epoch, self.command, target, start, 0, None, kind, session)
+                exchange = Exchange(proxy.epoch, self.command, target, start, 0, None, kind, session, path=self.path)
                 proxy._record(exchange)
 
                 if kind in ("reset", "hold"):
@@ -258,6 +261,7 @@ class FaultProxy:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                exchange.sent = len(payload)
 
             def _wait_for_client_to_give_up(self) -> None:
                 while not proxy._stopping.is_set():

@@ -53,7 +53,7 @@ def test_excluded_paths_are_not_archived_or_walked_and_verify_against_passes(mak
     assert tree(tmp_path / "out" / run.name) == expected
     assert result["files"] == sum(1 for v in expected.values() if v[0] == "f")
     header = archive.with_name(f"{run.name}.manifest.tsv").read_text().split("\n", 1)[0]
-    assert header.split("\t")[7] == "exclude=" + json.dumps(sorted(PATTERNS))
+    assert header.split("\t")[8] == "exclude=" + json.dumps(sorted(PATTERNS))
 
     verify = run_cli("verify", str(archive), "--against", str(run), "--json", cwd=tmp_path)
     assert verify.returncode == 0, verify.stdout

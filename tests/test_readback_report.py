@@ -19,7 +19,7 @@ def test_each_report_has_the_common_fields_and_only_its_own_besides() -> None:
     }
     restore = RestoreReport(source="/a/RUN.tar.gz", manifest=None, dest="/out")
     assert set(restore.as_dict()) == COMMON | {
-        "dest", "dirs", "links", "checked", "excluded", "refused", "failed", "existing", "missing",
+        "dest", "dirs", "links", "checked", "excluded", "refused", "failed", "existing", "missing", "ranges",
     }
 
 

@@ -118,7 +118,7 @@ def test_manifest_listing_a_file_the_archive_lacks(made: dict[str, Path], tmp_pa
     archive = copy_archive(made["gz"], tmp_path)
     manifest = archive.with_name(f"{RUN}.manifest.tsv")
     with manifest.open("a") as f:
-        f.write(f"{RUN}/Data/not_archived.bin\t10\t0000abcd\tf\t0644\t1704067200\t\n")
+        f.write(f"{RUN}/Data/not_archived.bin\t10\t0000abcd\tf\t0644\t1704067200\t\t0\n")
     report = verified(str(archive))
     assert not report.ok
     assert report.missing == 1 and report.problem_count == 1
@@ -247,7 +247,7 @@ def test_cli_lists_every_problem_up_to_the_limit_and_counts_the_rest(made: dict[
     absent = [f"{RUN}/Data/not_archived_{i:02d}.bin" for i in range(MAX_PROBLEMS + 5)]
     with manifest.open("a") as f:
         for path in absent:
-            f.write(f"{path}\t10\t0000abcd\tf\t0644\t1704067200\t\n")
+            f.write(f"{path}\t10\t0000abcd\tf\t0644\t1704067200\t\t0\n")
     text = run_cli("verify", str(archive), cwd=tmp_path)
     assert text.returncode == 1, text.stderr
     lines = text.stdout.splitlines()

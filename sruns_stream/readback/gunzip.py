@@ -15,12 +15,12 @@ from isal import isal_zlib
 from .damage import MAX_EXTENDED, ArchiveDamaged
 from .sources import PIECE
 
-__all__ = ["GzipLayer"]
+__all__ = ["GzipLayer", "InflateError"]
 
 
 _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16
 # isal's stub declares `error` as an instance; at run time it is the exception class.
-_InflateError: type[Exception] = isal_zlib.error  # type: ignore[assignment]
+InflateError: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 
 
 class GzipLayer:
@@ -128,7 +128,7 @@ class GzipLayer:
                 out = inflater.flush()
                 if not inflater.eof and not out:
                     raise self._truncated("in the compressed data")
-        except _InflateError as exc:
+        except InflateError as exc:
             raise ArchiveDamaged(
                 f"{self._name}: corrupt gzip data near archive byte {self._where() - len(self._input)} ({exc})"
             ) from None

@@ -100,12 +100,18 @@ class Report:
         return asdict(self)
 
     def conclude(self, problems: Problems, reader: ResumableReader) -> None:
-        """Once the walk is over: what the reader read, and the problems found."""
-        self.archive_bytes = reader.pos
-        self.reconnects = reader.reconnects
-        if reader.pos == reader.size:
-            self.crc32c = f"{reader.crc32c:08x}"
-            self.crc32c_base64 = crc32c_base64(reader.crc32c)
+        """Once the walk over the whole archive is over: what the reader read, and the problems found."""
+        self.conclude_read(problems, reader.pos, reader.reconnects,
+                           reader.crc32c if reader.pos == reader.size else None)
+
+    def conclude_read(self, problems: Problems, archive_bytes: int, reconnects: int, crc32c: int | None) -> None:
+        """Once the walk is over: the stored bytes read, the reconnections, the crc32c of
+        the whole archive (None when not all of it was read), and the problems found."""
+        self.archive_bytes = archive_bytes
+        self.reconnects = reconnects
+        if crc32c is not None:
+            self.crc32c = f"{crc32c:08x}"
+            self.crc32c_base64 = crc32c_base64(crc32c)
         self.problem_count, self.problems = problems.count, problems.items
         self.ok = problems.count == 0
 
@@ -154,6 +160,7 @@ class RestoreReport(Report):
     failed: int = 0  # files removed because they did not match the manifest
     existing: int = 0  # not written: something already stands there (no --force)
     missing: int = 0  # in the manifest (and selected), not in the archive
+    ranges: int = 0  # ranged reads through the access index (0: the archive was read whole)
 
     def _subject(self) -> str:
         return f"{self.source} -> {self.dest}"
@@ -161,7 +168,9 @@ class RestoreReport(Report):
     def _ok_line(self) -> str:
         left_out = f", {self.excluded} members left out by --include" if self.excluded else ""
         checked = f"each file checked against {self.manifest}" if self.manifest else "unchecked: no manifest"
+        read = (f"; read {human_bytes(self.archive_bytes)} of the archive in {self.ranges} ranged "
+                f"read{'s' if self.ranges != 1 else ''}" if self.ranges else "")
         return (
             f"OK: restored {self.files} files, {self.dirs} directories, {self.links} links "
-            f"({human_bytes(self.data_bytes)}) from {self.source} into {self.dest}{left_out}; {checked}"
+            f"({human_bytes(self.data_bytes)}) from {self.source} into {self.dest}{left_out}; {checked}{read}"
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from fnmatch import translate
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from ..progress import Progress
 from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
 from .extract import Extractor, Refused
+from .ranged import RangedMembers, has_offsets, load_index, plan, spans_of
 from .report import Problems, RestoreReport, show
 from .sources import ArchiveSource, resolve_source
 from .stream import MemberStream
@@ -145,11 +147,14 @@ def _restore(
     problems = Problems()
     expected = {path: None for path in manifest or {} if selector.matches(path)}  # ordered, unlike a set
     extractor = Extractor(dest, force, manifest, no_outside_links, report, problems)
+    stream: MemberStream | RangedMembers | None = None
     try:
         files_total = sum(1 for path in expected if manifest is not None and manifest[path].kind == "f")
-        stream = MemberStream(src, progress, files_total if manifest is not None else None, lambda: report.files)
+        stream = _ranged(src, manifest, selector, progress, files_total, lambda: report.files) if include else None
+        if stream is None:
+            stream = MemberStream(src, progress, files_total if manifest is not None else None, lambda: report.files)
         try:
-            for member in stream.members:
+            for member, tar in stream.walk():
                 report.members += 1
                 rel, why = safe_name(member.name)
                 if member.kind == "d" and rel:
@@ -161,7 +166,7 @@ def _restore(
                 try:
                     if why or rel is None:
                         raise Refused(why or "has an unusable name")
-                    extractor.member(member, stream.members, rel)
+                    extractor.member(member, tar, rel)
                 except Refused as exc:
                     report.refused += 1
                     problems.add(f"refused {show(member.name)}: it {exc}")
@@ -169,12 +174,17 @@ def _restore(
             report.damaged = True
             problems.first(f"damaged archive: {exc}; the members before it were restored and checked")
         finally:
-            stream.reader.close()
+            stream.close()
         extractor.make_symlinks()
         extractor.finish()
     finally:
         extractor.close()
-    report.damaged |= stream.finish(problems, report.damaged)
+    if isinstance(stream, RangedMembers):
+        report.ranges = len(stream.ranges)
+        # Only the members in the ranges read were seen: the others were left out unread.
+        report.excluded = len(manifest or {}) - sum(1 for path in manifest or {} if selector.matches(path))
+    else:
+        report.damaged |= stream.finish(problems, report.damaged)
     for path in expected:
         report.missing += 1
         problems.add(f"{show(path)}: listed in the manifest, missing from the archive")
@@ -184,5 +194,29 @@ def _restore(
                 f"--include {pattern!r} matched no member (member paths start with the run folder, "
                 f"e.g. {src.run}/InterOp)"
             )
-    report.conclude(problems, stream.reader)
+    if isinstance(stream, MemberStream):
+        report.conclude(problems, stream.reader)
+    else:
+        report.conclude_read(problems, stream.fetched, stream.reconnects, None)
     return report
+
+
+def _ranged(
+    src: ArchiveSource, manifest: dict[str, ManifestRow] | None, selector: _Selector, progress: Progress,
+    files_total: int, files_done: Callable[[], int],
+) -> RangedMembers | None:
+    """The members --include selects, read by ranges through the access index; None (said
+    why) when the archive has no index or its manifest no offsets: it is then read whole."""
+    if manifest is None:
+        return None
+    if not has_offsets(manifest):
+        progress.note(f"{src.manifest_location} has no offset column (an archive from before access points): "
+                      "reading the archive from its start")
+        return None
+    index = load_index(src, progress.note)
+    if index is None:
+        return None
+    spans = spans_of(manifest, selector.wanted)  # marks the patterns that match, as the walk would
+    if not spans:
+        return RangedMembers(src, index, [], progress, files_total, files_done)
+    return RangedMembers(src, index, plan(index, spans), progress, files_total, files_done)

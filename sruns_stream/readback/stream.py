@@ -11,14 +11,14 @@ not the stored object's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..progress import Progress
 from ..stopping import STOP
 from .gunzip import GzipLayer
 from .report import Problems
 from .sources import ArchiveSource, ResumableReader
-from .tarparse import TarMembers
+from .tarparse import Member, TarMembers
 
 __all__ = ["MemberStream"]
 
@@ -47,6 +47,14 @@ class MemberStream:
         # The bar counts stored bytes read out of the object's size (the only total known
         # before the end); its second figure is the tar bytes they inflated to.
         progress.start(src.data.size, 0, files_total)
+
+    def walk(self) -> Iterator[tuple[Member, TarMembers]]:
+        """Each member, with the parser its data is read from."""
+        for member in self.members:
+            yield member, self.members
+
+    def close(self) -> None:
+        self.reader.close()
 
     @property
     def gzip_checked(self) -> bool:

@@ -1,0 +1,249 @@
+"""Reading only the parts of an archive that hold chosen members.
+
+The archive's access points (`access_index`: blocks deflated with no dictionary, listed
+in ``<run>.index.tsv`` with their raw and archive offsets) are where inflation can start;
+the manifest's ``offset`` column says where each member starts in the tar stream. For the
+members wanted, `plan` finds the access point at or before each one's header and the
+first point at or after its end, and merges those ranges where they touch or overlap.
+`RangedMembers` then reads each range with one ranged read (`ResumableReader`: a
+dropped connection resumes at its byte), inflates it from its access point, skips to the
+first wanted member and hands out the members of the range, as `TarMembers` parses them.
+
+Each file is checked against its manifest row (size, crc32c) by the caller, exactly as
+when the archive is read whole; what a ranged read cannot check is the whole archive's
+gzip CRC32 and crc32c, which only `verify` (reading everything) does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from isal import isal_zlib
+
+from .. import access_index
+from ..access_index import AccessPoint
+from ..errors import IntegrityError
+from ..manifest_tsv import ManifestRow
+from ..progress import Progress
+from ..stopping import STOP
+from .damage import ArchiveDamaged
+from .gunzip import InflateError
+from .sources import ArchiveSource, ByteSource, ResumableReader
+from .tarparse import BLOCK, Member, TarMembers
+
+__all__ = ["TO_THE_END", "WHOLE_INDEX", "AccessIndex", "Range", "RangedMembers", "has_offsets", "load_index", "plan",
+           "spans_of"]
+
+# An index up to this size is read in one request; a bigger one (a run of terabytes has
+# about 130,000 points per TiB) is read a line at a time, each at a place it can compute.
+WHOLE_INDEX = 1 << 20
+# The end-of-archive marker a range lacks: TarMembers ends cleanly on it.
+_EOF = b"\0" * (2 * BLOCK)
+
+
+class AccessIndex:
+    """An archive's access points, read whole or one line at a time."""
+
+    def __init__(self, source: ByteSource, where: str, note: Callable[[str], None] | None = None) -> None:
+        self.where = where
+        self._source = source
+        self._note = note
+        self._points: dict[int, AccessPoint] = {}
+        self.requests = 0
+        self.bytes_read = 0
+        if source.size <= WHOLE_INDEX:
+            data = self._read(0, source.size)
+            self.header, points = access_index.parse(data, where)
+            self._points = dict(enumerate(points))
+            self.count = len(points)
+        else:
+            self.header = access_index.parse_header(self._read(0, 4096), where)
+            body = source.size - self.header.length
+            if body % access_index.LINE:
+                raise IntegrityError(f"{where} is cut short (its lines are {access_index.LINE} bytes)")
+            self.count = body // access_index.LINE
+
+    def _read(self, start: int, end: int) -> bytes:
+        reader = ResumableReader(self._source, note=self._note, start=start, end=end)
+        pieces = []
+        while piece := reader.read_piece():
+            pieces.append(piece)
+        self.requests += 1 + reader.reconnects
+        data = b"".join(pieces)
+        self.bytes_read += len(data)
+        return data
+
+    def point(self, k: int) -> AccessPoint:
+        """Access point k (0 ≤ k < count)."""
+        if k not in self._points:
+            start, end = self.header.line_span(k)
+            point = access_index.parse_line(self._read(start, end), self.where, k)
+            if point.raw != self.header.point_raw(k):
+                raise IntegrityError(f"{self.where}: access point {k} at raw {point.raw} is out of place")
+            self._points[k] = point
+        return self._points[k]
+
+    def before(self, raw: int) -> int:
+        """k of the last access point at or before raw offset ``raw``."""
+        return min(self.header.point_at_or_before(raw), self.count - 1)
+
+    def after(self, raw: int) -> int | None:
+        """k of the first access point at or after raw offset ``raw``; None past the last."""
+        k = self.header.point_at_or_before(raw - 1) + 1 if raw > 0 else 0
+        while k < self.count and self.header.point_raw(k) < raw:
+            k += 1
+        return k if k < self.count else None
+
+
+def load_index(src: ArchiveSource, note: Callable[[str], None] | None) -> AccessIndex | None:
+    """The archive's access index, or None (saying why) when it has none to use."""
+    if not src.gzip:
+        return None  # a plain .tar: any member starts anywhere, but it is read whole here
+    if src.index is None:
+        if note is not None:
+            note(f"no access index at {src.index_location} (an archive made before access points, or with "
+                 "access_interval 0): reading the archive from its start")
+        return None
+    try:
+        index = AccessIndex(src.index, src.index_location, note)
+    except IntegrityError as exc:
+        if note is not None:
+            note(f"{exc}: reading the archive from its start")
+        return None
+    if index.count == 0:
+        return None
+    return index
+
+
+@dataclass
+class Range:
+    """One ranged read: from access point ``point`` to ``archive_end`` (None: the end of
+    the archive), holding the wanted members whose headers start at ``first`` up to the
+    raw offset ``raw_end``."""
+
+    point: AccessPoint
+    archive_end: int | None
+    first: int
+    raw_end: int
+    end_k: int | None  # the access point ending the range (None: the end of the archive)
+
+
+def plan(index: AccessIndex, spans: Sequence[tuple[int, int]]) -> list[Range]:
+    """The ranged reads covering the raw ``spans`` [start, end) (members, in archive
+    order), merged where they touch or overlap."""
+    ranges: list[Range] = []
+    for start, end in sorted(spans):
+        k, m = index.before(start), (index.after(end) if end != TO_THE_END else None)
+        last = ranges[-1] if ranges else None
+        if last is not None and (last.end_k is None or k <= last.end_k):
+            # This member's range starts before the last one ends: one read covers both.
+            last.raw_end = max(last.raw_end, end)
+            if last.end_k is not None and (m is None or m > last.end_k):
+                last.end_k = m
+                last.archive_end = index.point(m).archive if m is not None else None
+            continue
+        ranges.append(Range(index.point(k), index.point(m).archive if m is not None else None, start, end, m))
+    return ranges
+
+
+class RangedMembers:
+    """The members of the wanted ``rows`` (manifest rows with offsets, archive order),
+    read through ``ranges``; `walk` yields (member, its TarMembers) as the whole-archive
+    stream does. Counts what it fetched, for the report and the progress bar."""
+
+    def __init__(
+        self, src: ArchiveSource, index: AccessIndex, ranges: list[Range], progress: Progress,
+        files_total: int | None = None, files_done: Callable[[], int] | None = None,
+    ) -> None:
+        self.src = src
+        self.index = index
+        self.ranges = ranges
+        self.progress = progress
+        self._files_done = files_done
+        self.fetched = 0  # archive bytes read
+        self._readers: list[ResumableReader] = []
+        self.planned = sum(self._end(r) - r.point.archive for r in ranges)
+        progress.start(self.planned, 0, files_total)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(reader.reconnects for reader in self._readers)
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+
+    def _end(self, r: Range) -> int:
+        return r.archive_end if r.archive_end is not None else self.src.data.size
+
+    def walk(self) -> Iterator[tuple[Member, TarMembers]]:
+        for r in self.ranges:
+            tar = TarMembers(self._inflated(r))
+            for member in tar:
+                yield member, tar
+
+    def _inflated(self, r: Range) -> Callable[[], bytes]:
+        """A pull function: the raw bytes [r.first, r.raw_end), then an end-of-archive marker."""
+        end = self._end(r)
+        reader = ResumableReader(self.src.data, note=self.progress.note, start=r.point.archive, end=end)
+        self._readers.append(reader)
+        inflater = isal_zlib.decompressobj(-15)
+        raw = r.point.raw  # raw offset of the next inflated byte
+        done = False
+        tail = [_EOF]
+        where = f"{self.src.location} bytes {r.point.archive}-{end}"
+        fetched_before = self.fetched
+
+        def pull() -> bytes:
+            nonlocal raw, done
+            STOP.check()
+            while not done:
+                piece = reader.read_piece()
+                self.fetched = fetched_before + reader.pos - r.point.archive
+                self.progress.update(self.fetched, self.fetched,
+                                     self._files_done() if self._files_done is not None else None)
+                try:
+                    out = inflater.decompress(piece) if piece else inflater.flush()
+                except InflateError as exc:
+                    raise ArchiveDamaged(f"{where} (from the access point at raw byte {r.point.raw}) do not "
+                                         f"inflate: {exc}; the archive or its index is damaged") from None
+                if not piece:
+                    done = True
+                    if raw + len(out) < r.raw_end != TO_THE_END:
+                        raise ArchiveDamaged(
+                            f"{where} inflate to raw bytes {r.point.raw}-{raw + len(out)}, short of "
+                            f"{r.raw_end}: the archive or its index is damaged"
+                        )
+                start, raw = raw, raw + len(out)
+                lo, hi = max(start, r.first), min(raw, r.raw_end)
+                if hi > lo:
+                    if raw >= r.raw_end:
+                        done = True  # everything wanted is out: the rest of the range is not needed
+                        reader.close()
+                    return bytes(out[lo - start : hi - start])
+            return tail.pop() if tail else b""
+
+        return pull
+
+
+# The raw end of a range that runs to the end of the tar stream.
+TO_THE_END = 1 << 63
+
+
+def spans_of(manifest: dict[str, ManifestRow], wanted: Callable[[str], bool]) -> list[tuple[int, int]]:
+    """Raw [start, end) of each wanted member, from its header to the next member's
+    (the last one's to `TO_THE_END`). Every row must have an offset (`has_offsets`)."""
+    rows = list(manifest.values())
+    spans = []
+    for i, row in enumerate(rows):
+        if wanted(row.path):
+            nxt = rows[i + 1].offset if i + 1 < len(rows) else None
+            spans.append((row.offset or 0, nxt if nxt is not None else TO_THE_END))
+    return spans
+
+
+def has_offsets(manifest: dict[str, ManifestRow] | None) -> bool:
+    """Whether every row says where its member starts (manifests before the ``offset``
+    column do not)."""
+    return manifest is not None and bool(manifest) and all(row.offset is not None for row in manifest.values())

@@ -1,0 +1,268 @@
+"""Random access: `ls`, `cat` and `restore --include` read the manifest, the access index
+and only the ranges of the archive that hold the members asked for.
+
+Archives are made by the real CLI with small blocks and a 1 MiB access interval, so a
+few MiB of run have several access points and a member that spans some. Oracles: GNU
+tar (what it extracts, what `tar tzf` lists), the run folder's bytes, and, for what a
+ranged read costs, the bytes the loopback proxy saw answered, against the span the
+index itself gives (parsed here, not by the code under test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from faultproxy import FaultProxy
+from helpers import REPO, gnu_untar, run_cli, tree
+
+RUN = "241127_M00001_0042_000000000-RANDOM"
+ACCESS = ("--block-size", "256K", "--access-interval", "1M")
+
+
+_VOCAB = [b"tile", b"cycle", b"lane", b"swath", b"<Read Number=", b"cluster", b"0.93", b"PF", b"\n"]
+_TEXT = b" ".join(random.Random(1).choice(_VOCAB) + b"%d" % i for i in range(40_000))
+
+
+def _words(rng: random.Random, n: int) -> bytes:
+    # Compressible, like the text and XML of a run, and no two stretches of it alike.
+    pieces, size = [], 0
+    while size < n:
+        at = rng.randrange(len(_TEXT) - 4096)
+        pieces.append(_TEXT[at : at + 4096])
+        size += 4096
+    return b"".join(pieces)[:n]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A run whose members sit at the start, middle and end of the stream, one spanning
+    several access points, an empty file and a symlink."""
+    rng = random.Random(7)
+    root = tmp_path / "runs" / RUN
+    (root / "Data" / "Intensities").mkdir(parents=True)
+    (root / "InterOp").mkdir()
+    (root / "RunInfo.xml").write_bytes(b'<?xml version="1.0"?>\n<RunInfo><Run Id="' + RUN.encode() + b'"/></RunInfo>\n')
+    for i in range(120):
+        (root / "Data" / "Intensities" / f"s_{i:03d}.bcl").write_bytes(_words(rng, 30_000 + i))
+    (root / "Data" / "big.bin").write_bytes(_words(rng, 5 << 20))  # spans several access points
+    (root / "Data" / "empty.txt").write_bytes(b"")
+    for name in ("ExtractionMetrics.bin", "QMetrics.bin", "TileMetrics.bin"):
+        (root / "InterOp" / name).write_bytes(rng.randbytes(70_000))  # incompressible: stored blocks
+    (root / "SampleSheet.csv").write_bytes(b"[Header]\nIEMFileVersion,4\n")
+    os.symlink("RunInfo.xml", root / "RunInfo.link")
+    (root / "zz_last.txt").write_bytes(b"the last member\n")
+    return root
+
+
+def _archive(run: Path, dest: str, cwd: Path, *extra: str) -> dict:
+    proc = run_cli("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *ACCESS, *extra,
+                   cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _cat(source: str, member: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`sruns-stream cat` in a real process, its stdout as bytes."""
+    full = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "sruns_stream", "cat", "-v", source, member], cwd=cwd, env=full,
+                          capture_output=True, timeout=120, check=False)
+
+
+def _index(path_or_bytes: Path | bytes) -> list[tuple[int, int]]:
+    """The access points, parsed here: (raw, archive) per line after the header."""
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    lines = data.decode().splitlines()
+    assert lines[0].startswith("raw_offset\tarchive_offset\t")
+    return [(int(a), int(b)) for a, b in (line.split("\t") for line in lines[1:])]
+
+
+def _offsets(manifest: Path | bytes) -> dict[str, int]:
+    data = manifest if isinstance(manifest, bytes) else manifest.read_bytes()
+    lines = data.decode().split("\n")
+    header = lines[0].split("\t")
+    col = header.index("offset")
+    return {cols[0]: int(cols[col]) for cols in (line.split("\t") for line in lines[1:] if line)}
+
+
+MEMBERS = ["RunInfo.xml", "Data/Intensities/s_060.bcl", "Data/big.bin", "Data/empty.txt", "InterOp/QMetrics.bin",
+           "zz_last.txt"]
+
+
+def test_cat_writes_each_member_exactly_as_gnu_tar_extracts_it(run: Path, tmp_path: Path) -> None:
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    gnu_untar(archive, tmp_path / "gnu")
+    points = _index(archive.with_name(f"{RUN}.index.tsv"))
+    assert len(points) >= 8, points  # the test is about a stream with several access points
+    for member in MEMBERS:
+        proc = _cat(str(archive), f"{RUN}/{member}", tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == (tmp_path / "gnu" / RUN / member).read_bytes() == (run / member).read_bytes(), member
+        assert b"1 ranged read" in proc.stderr, proc.stderr
+    # The run folder's name may be left out.
+    assert _cat(str(archive), "RunInfo.xml", tmp_path).stdout == (run / "RunInfo.xml").read_bytes()
+
+
+def test_cat_refuses_what_is_not_one_file_in_one_line(run: Path, tmp_path: Path) -> None:
+    archive = _archive(run, str(tmp_path / "dest"), tmp_path)["location"]
+    for member, expect in [("Data", b"is a directory"), ("RunInfo.link", b"is a symlink"), ("nope.txt", b"not a member")]:
+        proc = _cat(archive, f"{RUN}/{member}", tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == b""
+        assert expect in proc.stderr and proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
+
+
+def test_restore_include_reads_only_ranges_and_restores_what_gnu_tar_does(run: Path, tmp_path: Path) -> None:
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    gnu_untar(archive, tmp_path / "gnu")
+    include = [f"{RUN}/InterOp", f"{RUN}/RunInfo.xml", f"{RUN}/RunInfo.link", f"{RUN}/Data/empty.txt",
+               f"{RUN}/zz_last.txt"]
+    args = [a for p in include for a in ("--include", p)]
+    proc = run_cli("restore", str(archive), str(tmp_path / "out"), *args, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["ranges"] >= 1 and report["files"] == 6 and report["links"] == 1
+    assert report["archive_bytes"] < archive.stat().st_size / 3  # not the whole archive
+    def selected(t: dict) -> dict:  # folders made only to hold what was asked for are not compared
+        return {k: v for k, v in t.items() if any(k == p or k.startswith(p + "/") for p in include)}
+
+    got = tree(tmp_path / "out")
+    assert selected(got) == selected(tree(tmp_path / "gnu"))
+    assert set(got) - set(selected(got)) == {RUN, f"{RUN}/Data"}
+
+
+def test_cat_and_restore_from_gcs_download_only_the_span_the_index_gives(gcs, run: Path, tmp_path: Path) -> None:
+    _archive(run, f"gs://{gcs.bucket}/runs", tmp_path)
+    blob = f"runs/{RUN}/{RUN}.tar.gz"
+    size = int(gcs.resource(blob)["size"])
+    points = _index(gcs.download(f"runs/{RUN}/{RUN}.index.tsv"))
+    offsets = _offsets(gcs.download(f"runs/{RUN}/{RUN}.manifest.tsv"))
+    order = sorted(offsets, key=offsets.__getitem__)
+    with FaultProxy(gcs.url) as proxy:
+        env = {"STORAGE_EMULATOR_HOST": proxy.url}
+        for member in (f"{RUN}/RunInfo.xml", f"{RUN}/Data/Intensities/s_060.bcl", f"{RUN}/Data/big.bin"):
+            proxy.log.clear()
+            proc = _cat(f"gs://{gcs.bucket}/{blob}", member, tmp_path, env)
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout == (run / member.split("/", 1)[1]).read_bytes()
+            start, end = offsets[member], offsets[order[order.index(member) + 1]]
+            first = max(i for i, (raw, _) in enumerate(points) if raw <= start)
+            last = min((i for i, (raw, _) in enumerate(points) if raw >= end), default=None)
+            span = (points[last][1] if last is not None else size) - points[first][1]
+            downloaded = sum(x.sent for x in proxy.log if x.method == "GET" and "alt=media" in x.path
+                             and f"{RUN}.tar.gz" in x.path)
+            assert downloaded == span < size, (member, downloaded, span, size)
+        proxy.log.clear()
+        proc = run_cli("restore", f"gs://{gcs.bucket}/{blob}", str(tmp_path / "out"), "--include", f"{RUN}/InterOp",
+                       "--json", cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        downloaded = sum(x.sent for x in proxy.log if x.method == "GET" and "alt=media" in x.path
+                         and f"{RUN}.tar.gz" in x.path)
+        assert downloaded == json.loads(proc.stdout)["archive_bytes"] < size / 3
+    assert tree(tmp_path / "out" / RUN / "InterOp") == tree(run / "InterOp")
+
+
+def test_a_flipped_byte_in_the_range_read_is_an_error_never_wrong_bytes(run: Path, tmp_path: Path) -> None:
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    points = _index(archive.with_name(f"{RUN}.index.tsv"))
+    offsets = _offsets(archive.with_name(f"{RUN}.manifest.tsv"))
+    member = f"{RUN}/Data/big.bin"
+    # A byte in the middle of the compressed span that holds big.bin's data.
+    inside = [arch for raw, arch in points if offsets[member] < raw < offsets[member] + (5 << 20)]
+    data = bytearray(archive.read_bytes())
+    data[(inside[0] + inside[1]) // 2] ^= 0x5A
+    archive.write_bytes(bytes(data))
+    proc = _cat(str(archive), member, tmp_path)
+    assert proc.returncode == 1
+    assert b"damaged" in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout != (run / "Data/big.bin").read_bytes()
+    restored = run_cli("restore", str(archive), str(tmp_path / "out"), "--include", member, "--json", cwd=tmp_path)
+    assert restored.returncode == 1
+    report = json.loads(restored.stdout)
+    assert not report["ok"] and "big.bin" in " ".join(report["problems"])
+    assert not (tmp_path / "out" / RUN / "Data" / "big.bin").exists()  # nothing unchecked stays
+
+
+def test_an_index_that_lies_is_caught(run: Path, tmp_path: Path) -> None:
+    """An index whose archive offsets point elsewhere (same line format) must fail the
+    read, never hand out other bytes as the member."""
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    index = archive.with_name(f"{RUN}.index.tsv")
+    head, *lines = index.read_text().splitlines(keepends=True)
+    raw, arch = lines[3].rstrip("\n").split("\t")
+    lines[3] = f"{raw}\t{int(arch) + 1000:020d}\n"
+    index.write_text(head + "".join(lines))
+    offsets = _offsets(archive.with_name(f"{RUN}.manifest.tsv"))
+    member = max((m for m in offsets if offsets[m] >= int(raw) and m.endswith(".bcl")), key=offsets.__getitem__,
+                 default=f"{RUN}/Data/big.bin")
+    proc = _cat(str(archive), member, tmp_path)
+    if proc.returncode == 0:  # the lie was not on this member's way: then the bytes are right
+        assert proc.stdout == (run / member.split("/", 1)[1]).read_bytes()
+    else:
+        assert proc.returncode in (1, 2) and b"Traceback" not in proc.stderr, proc.stderr
+    # The member read from point 3 itself must fail: its first bytes are not a block start.
+    first_after = min((m for m in offsets if offsets[m] >= int(raw)), key=offsets.__getitem__)
+    proc = _cat(str(archive), first_after, tmp_path)
+    assert proc.returncode != 0 and b"Traceback" not in proc.stderr, (first_after, proc.stderr)
+
+
+def test_archives_without_an_index_or_offsets_are_read_from_the_start(run: Path, tmp_path: Path) -> None:
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    # An archive from before access points: no index beside it.
+    archive.with_name(f"{RUN}.index.tsv").unlink()
+    proc = _cat(str(archive), f"{RUN}/zz_last.txt", tmp_path)
+    assert proc.returncode == 0 and proc.stdout == b"the last member\n"
+    assert b"no access index" in proc.stderr and b"from the start" in proc.stderr.replace(b"its start", b"the start")
+    # ... and a manifest from before the offset column: the first seven columns only.
+    manifest = archive.with_name(f"{RUN}.manifest.tsv")
+    manifest.write_bytes(b"\n".join(b"\t".join(line.split(b"\t")[:7]) for line in manifest.read_bytes().split(b"\n")))
+    proc = run_cli("restore", str(archive), str(tmp_path / "out"), "--include", f"{RUN}/InterOp", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no offset column" in proc.stderr
+    assert tree(tmp_path / "out" / RUN / "InterOp") == tree(run / "InterOp")
+
+
+def test_members_in_later_volumes(run: Path, tmp_path: Path) -> None:
+    result = _archive(run, str(tmp_path / "dest"), tmp_path, "--volume-size", "1M")
+    assert result["volumes"] >= 3
+    for member in ("Data/big.bin", "InterOp/TileMetrics.bin", "zz_last.txt"):
+        proc = _cat(result["location"], f"{RUN}/{member}", tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == (run / member).read_bytes()
+
+
+def test_ls_answers_from_the_manifest_alone(run: Path, tmp_path: Path) -> None:
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    listed = subprocess.run(["tar", "tzf", str(archive)], capture_output=True, text=True, check=True).stdout
+    # The archive's bytes are not needed: replace them all with zeros.
+    archive.write_bytes(bytes(archive.stat().st_size))
+    proc = run_cli("ls", str(archive), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [line.rstrip("/") for line in listed.splitlines()]
+    proc = run_cli("ls", str(archive), "--long", "--include", f"{RUN}/InterOp", cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("d") and lines[1].startswith("-rw-")
+    assert lines[1].split()[1] == "70000" and lines[1].endswith(f"{RUN}/InterOp/ExtractionMetrics.bin")
+    link = run_cli("ls", str(archive), "-l", "--include", f"{RUN}/RunInfo.link", cwd=tmp_path).stdout
+    assert link.startswith("l") and link.rstrip().endswith(f"{RUN}/RunInfo.link -> RunInfo.xml")
+    rows = json.loads(run_cli("ls", str(archive), "--json", cwd=tmp_path).stdout)
+    by_path = {r["path"]: r for r in rows}
+    assert by_path[f"{RUN}/Data/empty.txt"]["size"] == 0 and by_path[f"{RUN}/RunInfo.link"]["link"] == "RunInfo.xml"
+    assert by_path[RUN]["offset"] == 0 and all(isinstance(r["offset"], int) for r in rows)
+    missing = run_cli("ls", str(archive), "--include", f"{RUN}/Nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "matches" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_run_name_is_looked_up_in_the_journal(run: Path, tmp_path: Path) -> None:
+    _archive(run, str(tmp_path / "dest"), tmp_path)
+    shutil.rmtree(run)  # the folder is gone; the archive is found through the journal
+    proc = _cat(RUN, "RunInfo.xml", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(b'<?xml version="1.0"?>')
+    assert run_cli("ls", RUN, cwd=tmp_path).stdout.splitlines()[0] == RUN
