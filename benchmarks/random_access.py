@@ -233,10 +233,10 @@ def _command(row: RaRow, spans: dict[str, Span], url: str, http_url: str, out: P
     journal = ("--journal", str(out.parent / "no-journal.db"))
     span = spans.get(row.label)
     if row.name == "sruns-stream ls":
-        return Command(((*sruns, "ls", url),), stdout_file=out, env={**_ENV, **env_gs})
+        return Command(((*sruns, "ls", url, *journal),), stdout_file=out, env={**_ENV, **env_gs})
     assert span is not None
     if row.name.startswith("sruns-stream cat"):
-        return Command(((*sruns, "cat", url, span.member),), stdout_file=out, env={**_ENV, **env_gs})
+        return Command(((*sruns, "cat", url, span.member, *journal),), stdout_file=out, env={**_ENV, **env_gs})
     if row.name.startswith("sruns-stream restore"):
         return Command(((*sruns, "restore", url, str(out), "--include", span.member, *journal),),
                        env={**_ENV, **env_gs})
