@@ -5,7 +5,7 @@ share at several latencies (`share`), capped upload streams (`streams`), verify 
 and N threads (`verify_bench`), random access from GCS (`random_access`), resume after
 kill -9 (`resume`), and in the full mode the thread, block and chunk sweeps.
 Progress goes to stderr; the markdown page is printed to stdout and written, with its
-charts and a JSON file of every sample, to ``benchmarks/results/<date>-<label>.*``.
+charts and a JSON file of every sample, to ``benchmarks/results/<date>-<label>[-quick].*``.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     specs = [d for d in plan.datasets if kinds is None or d.kind in kinds or d.label in needed]
     label = args.label or describe_machine()["host"]
     today = datetime.date.today().isoformat()
-    stem = f"{today}-{slug(label)}"
+    # A quick and a full run on the same day keep both pages.
+    stem = f"{today}-{slug(label)}" + ("-quick" if plan.quick else "")
     notes: list[str] = []
     if plan.reps < 3:
         notes.append(f"only {plan.reps} repetition(s): fewer than the 3 the method asks for")
