@@ -22,7 +22,7 @@ from .streams import Samples, baseline, speedup
 from .suite import Row
 from .verify_bench import VERIFY_TARGET, VerifyResult
 
-__all__ = ["Scenarios", "render_scenarios", "scenario_targets", "startup_share_target"]
+__all__ = ["Scenarios", "render_scenarios", "scenario_targets", "startup_share_target", "timed_rows"]
 
 SRUNS, SERIAL, PIGZ, ISAL = (r.name for r in SHARE_ROWS)
 SHARE_TARGET = 4.0  # issue 11: many files at 0.5 ms ≥ 4× both serial pipelines
@@ -151,19 +151,39 @@ def _access_cost_targets(sc: Scenarios) -> list[Target]:
     return out
 
 
-def startup_share_target(main: dict[str, list[Row]]) -> Target:
-    """The worst start-up share (time to first byte ÷ median seconds) over the page-cache rows."""
-    text = "#15 start-up (time to first byte) < 10 % of every timed row (page-cache table)"
-    shares = [(r.first_byte_s / r.seconds, f"{r.competitor.name}, {label}")
-              for label, rows in main.items() for r in rows
-              if r.first_byte_s is not None and r.seconds]
-    if not shares:
-        return _not(text, STARTUP_LIMIT * 100, "no row wrote a local output", True)
-    worst, where = max(shares)
-    return Target(text, worst * 100, STARTUP_LIMIT * 100, f"worst {worst:.0%} ({where})", at_most=True)
+def timed_rows(sc: Scenarios, main: dict[str, list[Row]]) -> list[tuple[str, float]]:
+    """(name, median seconds) of every throughput row on the page: the page cache, the
+    share, the upload streams, verify. Random access and resume are left out: a one-file
+    fetch or a resumed tail is short by nature, and its start-up is part of what it costs."""
+    rows = [(f"{r.competitor.name}, {label}", r.seconds) for label, rows in main.items() for r in rows
+            if r.seconds]
+    rows += [(f"share {r.latency_ms:g} ms {name}, {r.dataset.split(' (')[0]}", s)
+             for r in sc.share for name, s in r.median_s.items()]
+    rows += [(f"streams {s.row.name}", s.median) for s in sc.streams if s.seconds]
+    if sc.verify is not None:
+        rows += [(f"verify: {name}", s) for name, s in sc.verify.median_s.items()]
+    return rows
 
 
-def scenario_targets(sc: Scenarios, main: dict[str, list[Row]], wall_s: float, quick: bool) -> list[Target]:
+def startup_share_target(sc: Scenarios, main: dict[str, list[Row]], startup_s: float | None) -> Target:
+    """The interpreter's start-up (``sruns-stream --version``: the largest any compared tool
+    pays; tar and pigz start in milliseconds) over each timed row's median: issue 15 asks
+    that it stay under 10 % of every one."""
+    text = ("#15 start-up (`sruns-stream --version`) < 10 % of every timed row "
+            "(page cache, share, streams, verify)")
+    rows = timed_rows(sc, main)
+    if startup_s is None or not rows:
+        return _not(text, STARTUP_LIMIT * 100, "no start-up or no timed rows measured", True)
+    shares = sorted(((startup_s / s, name) for name, s in rows if s), reverse=True)
+    over = [x for x in shares if x[0] >= STARTUP_LIMIT]
+    worst, where = shares[0]
+    shown = (f"{startup_s:.2f} s; worst {worst:.0%} ({where}); {len(over)} of {len(shares)} rows at ≥ 10 %"
+             if over else f"{startup_s:.2f} s; worst {worst:.0%} ({where}); every row under 10 %")
+    return Target(text, worst * 100, STARTUP_LIMIT * 100, shown, at_most=True)
+
+
+def scenario_targets(sc: Scenarios, main: dict[str, list[Row]], wall_s: float, quick: bool,
+                     startup_s: float | None = None) -> list[Target]:
     limit = QUICK_LIMIT_S if quick else FULL_LIMIT_S
     mode = "quick mode ≤ ~5 min" if quick else "full mode ≤ 1 h"
     return [
@@ -172,7 +192,7 @@ def scenario_targets(sc: Scenarios, main: dict[str, list[Row]], wall_s: float, q
         *_random_targets(sc),
         *_verify_targets(sc),
         *_access_cost_targets(sc),
-        startup_share_target(main),
+        startup_share_target(sc, main, startup_s),
         Target(f"#15 the suite's own run time: {mode}", wall_s / 60, limit / 60, f"{wall_s / 60:.1f} min",
                at_most=True),
     ]
