@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check an archive against its manifest (and the run folder)")
     v.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
     v.add_argument("--against", type=Path, help="also compare with the files in this run folder")
+    v.add_argument("--threads", type=int, default=None,
+                   help="threads that inflate, through the archive's access index (default: the machine's cores)")
     v.add_argument("--json", action="store_true")
     v.add_argument("--config", type=Path)
     v.add_argument("--journal", type=Path)
@@ -108,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="restore only members matching this pattern (repeatable), e.g. RUN/InterOp")
     r.add_argument("--force", action="store_true", help="overwrite existing files")
+    r.add_argument("--threads", type=int, default=None,
+                   help="threads that inflate, through the archive's access index (default: the machine's cores)")
     r.add_argument("--no-outside-links", action="store_true",
                    help="refuse symlinks that are absolute or resolve outside DEST (for archives from elsewhere)")
     r.add_argument("--json", action="store_true")
@@ -242,15 +246,18 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # A journal is only needed to find a run by name; never create one for a path or URL.
     journal = _lookup_journal(args, config)
     report: VerifyReport | RestoreReport
+    threads = args.threads if args.threads is not None else min(os.cpu_count() or 1, 8)
+    if threads < 1:
+        raise UsageError(f"--threads must be 1 or more, not {threads}")
     stopping.install()  # a signal stops between pieces, and the temp files are cleaned up
     try:
         if args.command == "verify":
             report = verify_archive(args.source, against=args.against, journal=journal,
-                                    collection=config.firestore_collection, progress=progress)
+                                    collection=config.firestore_collection, progress=progress, threads=threads)
         else:
             report = restore_archive(args.source, args.dest, include=args.include, force=args.force,
                                      journal=journal, collection=config.firestore_collection, progress=progress,
-                                     no_outside_links=args.no_outside_links)
+                                     no_outside_links=args.no_outside_links, threads=threads)
     finally:
         if journal is not None:
             journal.close()

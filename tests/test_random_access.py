@@ -180,7 +180,7 @@ def test_a_flipped_byte_in_the_range_read_is_an_error_never_wrong_bytes(run: Pat
     archive.write_bytes(bytes(data))
     proc = _cat(str(archive), member, tmp_path)
     assert proc.returncode == 1
-    assert b"damaged" in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
+    assert b"damaged" in proc.stderr and member.encode() in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout != (run / "Data/big.bin").read_bytes()
     restored = run_cli("restore", str(archive), str(tmp_path / "out"), "--include", member, "--json", cwd=tmp_path)
     assert restored.returncode == 1
@@ -266,3 +266,52 @@ def test_the_run_name_is_looked_up_in_the_journal(run: Path, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(b'<?xml version="1.0"?>')
     assert run_cli("ls", RUN, cwd=tmp_path).stdout.splitlines()[0] == RUN
+
+
+# --- verify and restore on several threads, through the access points ---------------------
+
+
+def _verify(source: str, cwd: Path, *extra: str) -> tuple[int, dict]:
+    proc = run_cli("verify", source, "--json", *extra, cwd=cwd)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_verify_and_restore_on_threads_find_what_one_thread_finds(run: Path, tmp_path: Path) -> None:
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    one = _verify(str(archive), tmp_path, "--threads", "1")
+    two = _verify(str(archive), tmp_path, "--threads", "2", "--against", str(run))
+    assert one[0] == two[0] == 0
+    for key in ("members", "files", "data_bytes", "crc32c", "archive_bytes"):
+        assert one[1][key] == two[1][key], key
+    proc = run_cli("restore", str(archive), str(tmp_path / "out"), "--threads", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert tree(tmp_path / "out" / RUN) == tree(run)
+
+
+@pytest.mark.parametrize("where", ["deflate", "trailer", "truncated"])
+def test_damage_is_found_on_threads_as_on_one(run: Path, tmp_path: Path, where: str) -> None:
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    points = _index(archive.with_name(f"{RUN}.index.tsv"))
+    data = bytearray(archive.read_bytes())
+    if where == "deflate":
+        data[(points[4][1] + points[5][1]) // 2] ^= 0x5A
+    elif where == "trailer":
+        data[-6] ^= 0x01  # the CRC32
+    else:
+        del data[(points[-1][1] + len(data)) // 2:]
+    archive.write_bytes(bytes(data))
+    for threads in ("1", "2"):
+        code, report = _verify(str(archive), tmp_path, "--threads", threads)
+        assert code == 1 and not report["ok"] and report["damaged"], (threads, report)
+
+
+def test_an_index_that_lies_is_a_problem_verify_names(run: Path, tmp_path: Path) -> None:
+    archive = Path(_archive(run, str(tmp_path / "dest"), tmp_path)["location"])
+    index = archive.with_name(f"{RUN}.index.tsv")
+    head, *lines = index.read_text().splitlines(keepends=True)
+    raw, arch = lines[5].rstrip("\n").split("\t")
+    lines[5] = f"{raw}\t{int(arch) - 7:020d}\n"
+    index.write_text(head + "".join(lines))
+    code, report = _verify(str(archive), tmp_path, "--threads", "2")
+    assert code == 1 and "index" in report["problems"][0], report["problems"]
+    assert _verify(str(archive), tmp_path, "--threads", "1")[0] == 0  # the archive itself is intact

@@ -166,7 +166,7 @@ def cat_member(
             member, tar = _find(stream.walk(), row, src)
             size = _send(member, tar, row, out)
         except ArchiveDamaged as exc:
-            raise IntegrityError(f"damaged archive: {exc}") from None
+            raise IntegrityError(f"{show(row.path)}: damaged archive: {exc}") from None
         finally:
             stream.close()
             progress.close()

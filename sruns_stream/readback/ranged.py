@@ -32,8 +32,8 @@ from .gunzip import InflateError
 from .sources import ArchiveSource, ByteSource, ResumableReader
 from .tarparse import BLOCK, Member, TarMembers
 
-__all__ = ["TO_THE_END", "WHOLE_INDEX", "AccessIndex", "Range", "RangedMembers", "has_offsets", "load_index", "plan",
-           "spans_of"]
+__all__ = ["TO_THE_END", "WHOLE_INDEX", "AccessIndex", "Range", "RangedMembers", "has_offsets", "load_index",
+           "parallel_points", "plan", "spans_of"]
 
 # An index up to this size is read in one request; a bigger one (a run of terabytes has
 # about 130,000 points per TiB) is read a line at a time, each at a place it can compute.
@@ -84,6 +84,13 @@ class AccessIndex:
             self._points[k] = point
         return self._points[k]
 
+    def points(self) -> list[AccessPoint]:
+        """Every access point (the whole index read, if it was not)."""
+        if len(self._points) < self.count:
+            _, points = access_index.parse(self._read(0, self._source.size), self.where)
+            self._points = dict(enumerate(points))
+        return [self._points[k] for k in range(self.count)]
+
     def before(self, raw: int) -> int:
         """k of the last access point at or before raw offset ``raw``."""
         return min(self.header.point_at_or_before(raw), self.count - 1)
@@ -114,6 +121,16 @@ def load_index(src: ArchiveSource, note: Callable[[str], None] | None) -> Access
     if index.count == 0:
         return None
     return index
+
+
+def parallel_points(src: ArchiveSource, threads: int, note: Callable[[str], None] | None) -> list[AccessPoint] | None:
+    """The access points to inflate the archive on ``threads`` threads, or None when one
+    thread is asked for or there is nothing to split (a plain .tar, no index, one point).
+    IntegrityError when the index is there but unreadable."""
+    if threads <= 1 or not src.gzip or src.index is None:
+        return None
+    points = AccessIndex(src.index, src.index_location, note).points()
+    return points if len(points) >= 2 else None
 
 
 @dataclass

@@ -23,13 +23,13 @@ from fnmatch import translate
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import DestinationNotWritable, UsageError
+from ..errors import DestinationNotWritable, IntegrityError, UsageError
 from ..manifest_tsv import ManifestRow
 from ..progress import Progress
 from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
 from .extract import Extractor, Refused
-from .ranged import RangedMembers, has_offsets, load_index, plan, spans_of
+from .ranged import RangedMembers, has_offsets, load_index, parallel_points, plan, spans_of
 from .report import Problems, RestoreReport, show
 from .sources import ArchiveSource, resolve_source
 from .stream import MemberStream
@@ -107,7 +107,7 @@ def _refuse_existing(manifest: dict[str, ManifestRow], selector: _Selector, dest
 
 def restore_archive(
     source: str, dest: Path, *, include: list[str], force: bool, journal: Journal | None,
-    collection: str | None, progress: Progress, no_outside_links: bool = False,
+    collection: str | None, progress: Progress, no_outside_links: bool = False, threads: int = 1,
 ) -> RestoreReport:
     """Extract an archive (run name, gs:// URL or path) into ``dest`` safely, checking each
     file against the manifest as it lands (see the docstrings of this module and of
@@ -119,7 +119,8 @@ def restore_archive(
     try:
         src = resolve_source(source, journal, collection)
         try:
-            report = _restore(src, Path(dest).expanduser().absolute(), include, force, no_outside_links, progress)
+            report = _restore(src, Path(dest).expanduser().absolute(), include, force, no_outside_links, progress,
+                              threads)
         finally:
             src.close()
     finally:
@@ -130,6 +131,7 @@ def restore_archive(
 
 def _restore(
     src: ArchiveSource, dest: Path, include: list[str], force: bool, no_outside_links: bool, progress: Progress,
+    threads: int,
 ) -> RestoreReport:
     manifest = src.read_manifest(progress.note)
     if manifest is None:
@@ -152,7 +154,13 @@ def _restore(
         files_total = sum(1 for path in expected if manifest is not None and manifest[path].kind == "f")
         stream = _ranged(src, manifest, selector, progress, files_total, lambda: report.files) if include else None
         if stream is None:
-            stream = MemberStream(src, progress, files_total if manifest is not None else None, lambda: report.files)
+            try:
+                points = parallel_points(src, threads, progress.note)
+            except IntegrityError as exc:
+                progress.note(f"{exc}: reading the archive without it")
+                points = None
+            stream = MemberStream(src, progress, files_total if manifest is not None else None, lambda: report.files,
+                                  points, threads)
         try:
             for member, tar in stream.walk():
                 report.members += 1

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from ..access_index import AccessPoint
 from ..progress import Progress
 from ..stopping import STOP
 from .gunzip import GzipLayer
+from .pgunzip import ParallelGzipLayer
 from .report import Problems
 from .sources import ArchiveSource, ResumableReader
 from .tarparse import Member, TarMembers
@@ -28,11 +30,18 @@ class MemberStream:
 
     def __init__(
         self, src: ArchiveSource, progress: Progress, files_total: int | None = None,
-        files_done: Callable[[], int] | None = None,
+        files_done: Callable[[], int] | None = None, points: list[AccessPoint] | None = None, threads: int = 1,
     ) -> None:
+        """``points`` (the archive's access points) with ``threads`` > 1: inflated on
+        that many threads (`ParallelGzipLayer`); else in this one."""
         self.src = src
         self.reader = ResumableReader(src.data, note=progress.note)
-        self.gzip = GzipLayer(self.reader.read_piece, lambda: self.reader.pos, src.location) if src.gzip else None
+        self.gzip: GzipLayer | ParallelGzipLayer | None = None
+        if src.gzip and points and threads > 1:
+            self.gzip = ParallelGzipLayer(self.reader.read_piece, src.location, points, src.data.size, threads,
+                                          src.index_location)
+        elif src.gzip:
+            self.gzip = GzipLayer(self.reader.read_piece, lambda: self.reader.pos, src.location)
         inner = self.gzip.read_piece if self.gzip is not None else self.reader.read_piece
         self.raw = 0
 
@@ -54,6 +63,8 @@ class MemberStream:
             yield member, self.members
 
     def close(self) -> None:
+        if isinstance(self.gzip, ParallelGzipLayer):
+            self.gzip.close()
         self.reader.close()
 
     @property

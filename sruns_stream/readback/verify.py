@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING
 
 import google_crc32c
 
-from ..errors import RunFolderMissing
+from ..errors import IntegrityError, RunFolderMissing
 from ..exclude import matcher
 from ..manifest_tsv import ManifestRow, Rows
 from ..progress import Progress
 from ..safefs import DIR_FLAGS, FILE_FLAGS
 from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
+from .ranged import parallel_points
 from .report import KIND_NAMES, Problems, VerifyReport, show
 from .rowcheck import member_vs_row
 from .sources import PIECE, ArchiveSource, resolve_source
@@ -50,10 +51,12 @@ __all__ = ["verify_archive"]
 
 def verify_archive(
     source: str, *, against: Path | None, journal: Journal | None, collection: str | None, progress: Progress,
+    threads: int = 1,
 ) -> VerifyReport:
     """Check an archive (run name, gs:// URL or path) against its manifest, and ``against``
-    a run folder if given, reading it once as a stream. Raises SrunsError only when the
-    archive cannot be found or read; everything it finds wrong is in the report."""
+    a run folder if given, reading it once as a stream (inflated on ``threads`` threads
+    through its access index, when it has one). Raises SrunsError only when the archive
+    cannot be found or read; everything it finds wrong is in the report."""
     t0 = time.monotonic()
     try:
         rundir_fd = None
@@ -69,7 +72,7 @@ def verify_archive(
         try:
             src = resolve_source(source, journal, collection)
             try:
-                report = _verify(src, against, rundir_fd, progress)
+                report = _verify(src, against, rundir_fd, progress, threads)
             finally:
                 src.close()
         finally:
@@ -81,7 +84,9 @@ def verify_archive(
     return report
 
 
-def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, progress: Progress) -> VerifyReport:
+def _verify(
+    src: ArchiveSource, against: Path | None, rundir_fd: int | None, progress: Progress, threads: int,
+) -> VerifyReport:
     manifest = src.read_manifest(progress.note)
     report = VerifyReport(
         source=src.location,
@@ -95,8 +100,13 @@ def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, pro
     seen: set[str] = set()
     top = ""  # the archive's top directory: the run folder's name when it was archived
     files_total = sum(1 for row in expected.values() if row.kind == "f") if manifest is not None else None
-    stream = MemberStream(src, progress, files_total, lambda: report.files)
+    points = None
+    try:
+        points = parallel_points(src, threads, progress.note)
+    except IntegrityError as exc:
+        problems.add(f"{exc}: the archive was read without it")
     content_differs = False  # a member's data unlike its manifest row
+    stream = MemberStream(src, progress, files_total, lambda: report.files, points, threads)
     try:
         for member in stream.members:
             top = top or (safe_name(member.name)[0] or "").split("/", 1)[0]
@@ -106,7 +116,7 @@ def _verify(src: ArchiveSource, against: Path | None, rundir_fd: int | None, pro
         report.damaged = True
         problems.first(f"damaged archive: {exc}")
     finally:
-        stream.reader.close()
+        stream.close()
     altered = stream.finish(problems, report.damaged)
     # The stored bytes were altered if the gzip layer says so; a member's data unlike its
     # manifest row says so too, unless an intact gzip CRC32 proves the bytes as written

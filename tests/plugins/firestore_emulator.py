@@ -128,6 +128,24 @@ class FirestoreEmulator:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
         self.paused = True
+        # kill() returns before every thread of the JVM has stopped; a request sent in
+        # that window would still be answered. Wait until /proc shows each one stopped.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not self._all_threads_stopped():
+            time.sleep(0.01)
+
+    def _all_threads_stopped(self) -> bool:
+        assert self.proc is not None
+        try:
+            tasks = os.listdir(f"/proc/{self.proc.pid}/task")
+            states = []
+            for tid in tasks:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
+                states.append(stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3])
+        except OSError:
+            return True  # gone, or not Linux: nothing more to wait for
+        return all(state in (b"T", b"t") for state in states)
 
     def resume(self) -> None:
         assert self.proc is not None

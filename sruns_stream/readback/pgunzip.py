@@ -1,0 +1,180 @@
+"""Inflating an archive on all cores, through its access points.
+
+An access point (`access_index`) is a block deflated with no dictionary, starting on a
+byte boundary; the block before it ends with a sync flush. So the compressed bytes
+between two points are a deflate stream of their own (an empty final block appended
+ends it), and inflate, alone, to exactly the raw bytes between the points.
+`ParallelGzipLayer` reads the archive once, in order, cuts it at the points, inflates
+the pieces on a pool of threads (ISA-L's one-shot inflate lets go of the GIL) and hands
+their output out in order, as `GzipLayer` does: the reader's side does not change.
+
+What it checks is what `GzipLayer` checks (the gzip header, the CRC32 and length in the
+trailer, nothing after it), plus the index itself: each piece must inflate, and to the
+length the index says. A piece that does not is reported as damage to the archive or
+its index, naming both, since one read cannot tell which of the two was altered;
+``verify --threads 1`` reads the archive without the index.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from isal import isal_zlib
+
+from ..access_index import AccessPoint
+from .damage import ArchiveDamaged
+from .gunzip import InflateError
+
+__all__ = ["ParallelGzipLayer"]
+
+# An empty final fixed-Huffman block: after a sync flush it ends the deflate stream.
+_END = b"\x03\x00"
+_TRAILER = 8
+
+
+def _inflate(data: bytes, raw_length: int | None) -> tuple[bytes, int]:
+    """One piece inflated alone (the last one: ``raw_length`` None), and its CRC32. Sized
+    to the length the index gives, the output buffer is allocated once: ISA-L inflates
+    off the GIL, growing a buffer does not."""
+    if raw_length is None:
+        out = isal_zlib.decompress(data, wbits=-15)
+    else:
+        out = isal_zlib.decompress(data + _END, wbits=-15, bufsize=max(raw_length, 1))
+    return out, isal_zlib.crc32(out)
+
+
+class ParallelGzipLayer:
+    """The inflated bytes of a one-member gzip archive whose access points are ``points``
+    (from its index at ``index_where``), inflated ``threads`` pieces at a time."""
+
+    def __init__(
+        self, pull: Callable[[], bytes], name: str, points: list[AccessPoint], archive_size: int, threads: int,
+        index_where: str,
+    ) -> None:
+        self._pull = pull
+        self._name = name
+        self._index_where = index_where
+        self._points = points
+        self._size = archive_size
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="inflate")
+        self._window = threads + 1  # pieces in flight: memory stays (threads + 1) × a piece
+        self._inflight: deque[tuple[int, Future[tuple[bytes, int]]]] = deque()
+        self._input = bytearray()
+        self._pos = 0  # archive offset of self._input[0]
+        self._next = 0  # the next piece to submit
+        self._crc = 0
+        self._isize = 0
+        self.problems: list[str] = []
+        self.done = False
+        self._started = False
+
+    def _fill(self, end: int) -> bool:
+        """Archive bytes up to offset ``end`` buffered (False: the archive ends before)."""
+        while self._pos + len(self._input) < end:
+            piece = self._pull()
+            if not piece:
+                return False
+            self._input += piece
+        return True
+
+    def _take(self, end: int) -> bytes:
+        n = end - self._pos
+        data = bytes(self._input[:n])
+        del self._input[:n]
+        self._pos = end
+        return data
+
+    def _header(self) -> None:
+        first = self._points[0].archive
+        if not self._fill(min(first, 10)) or first < 10:
+            raise ArchiveDamaged(f"{self._name}: its index {self._index_where} places the first access point at "
+                                 f"byte {first}, inside the gzip header: the index is damaged")
+        head = bytes(self._input[:10])
+        if head[:2] != b"\x1f\x8b" or head[2] != 8:
+            raise ArchiveDamaged(f"{self._name} is not a gzip stream (it starts with {head[:4].hex()})")
+        if head[3] == 0 and first != 10:
+            raise ArchiveDamaged(f"{self._name}: its gzip header is 10 bytes, but its index {self._index_where} "
+                                 f"places the first access point at byte {first}: the index is damaged")
+        if not self._fill(first):
+            raise ArchiveDamaged(f"{self._name} is truncated: it ends in its gzip header")
+        self._take(first)
+
+    def _submit(self) -> bool:
+        """Cut and submit the next piece; False when every piece is submitted."""
+        k = self._next
+        if k >= len(self._points):
+            return False
+        last = k + 1 == len(self._points)
+        end = self._size - _TRAILER if last else self._points[k + 1].archive
+        if end < self._pos or not self._fill(end):
+            raise ArchiveDamaged(f"{self._name} is truncated: it ends at byte {self._pos + len(self._input)}, "
+                                 f"before access point {k + 1} at byte {end}")
+        raw_length = None if last else self._points[k + 1].raw - self._points[k].raw
+        self._inflight.append((k, self._pool.submit(_inflate, self._take(end), raw_length)))
+        self._next += 1
+        return True
+
+    def read_piece(self) -> bytes:
+        """The next piece of inflated data, ``b""`` at the end of the stream."""
+        if self.done:
+            return b""
+        if not self._started:
+            self._started = True
+            self._header()
+        while len(self._inflight) < self._window and self._submit():
+            pass
+        if not self._inflight:
+            self._finish()
+            return b""
+        k, future = self._inflight.popleft()
+        point = self._points[k]
+        end = self._points[k + 1] if k + 1 < len(self._points) else None
+        span = f"bytes {point.archive}-{end.archive if end else self._size - _TRAILER}"
+        try:
+            out, crc = future.result()
+        except InflateError as exc:
+            self.close()
+            raise ArchiveDamaged(
+                f"{self._name} {span} (from access point {k} of {self._index_where}) do not inflate ({exc}): "
+                "the archive or its index is damaged (verify --threads 1 reads the archive without the index)"
+            ) from None
+        if end is not None and len(out) != end.raw - point.raw:
+            self.close()
+            raise ArchiveDamaged(
+                f"{self._name} {span} inflate to {len(out)} bytes, but {self._index_where} says {end.raw - point.raw}: "
+                "the archive or its index is damaged (verify --threads 1 reads the archive without the index)"
+            )
+        self._crc = isal_zlib.crc32_combine(self._crc, crc, len(out))
+        self._isize += len(out)
+        return out
+
+    def _finish(self) -> None:
+        self.done = True
+        self.close()
+        if not self._fill(self._size):
+            raise ArchiveDamaged(f"{self._name} is truncated: it ends at byte {self._pos + len(self._input)}, "
+                                 "in the gzip trailer")
+        trailer = self._take(self._size)
+        crc = int.from_bytes(trailer[:4], "little")
+        isize = int.from_bytes(trailer[4:8], "little")
+        if crc != self._crc:
+            self.problems.append(
+                f"{self._name}: the gzip CRC32 is {self._crc:08x} over the data, but the trailer says "
+                f"{crc:08x}: the compressed bytes were altered"
+            )
+        if isize != self._isize & 0xFFFFFFFF:
+            self.problems.append(
+                f"{self._name}: the gzip length is {self._isize} bytes, but the trailer says {isize} (mod 2^32)"
+            )
+        extra = self._pull()
+        if extra:
+            raise ArchiveDamaged(f"{self._name} has unexpected bytes after the end of its gzip stream, "
+                                 f"at archive byte {self._size}")
+
+    def close(self) -> None:
+        for _, future in self._inflight:
+            future.cancel()
+        self._inflight.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
