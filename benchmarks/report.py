@@ -212,7 +212,9 @@ def _main_table(report: Report, ds: Dataset) -> str:
     )
     left_out = report.left_out.get(ds.spec.label, [])
     if left_out:
-        table += "\n\nNot run in --quick (full mode only): " + "; ".join(left_out) + "."
+        where = ("Not run in --quick (full mode only): " if report.quick else
+                 "Not run on this data set (minutes per run at this size; they run on the MiSeq run): ")
+        table += "\n\n" + where + "; ".join(left_out) + "."
     return table
 
 
