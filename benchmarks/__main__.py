@@ -1,7 +1,11 @@
 """``python -m benchmarks [--quick]``: parse the command line and wire the suite together.
 
-Progress goes to stderr; the markdown report is printed to stdout and written, with its
-charts and a JSON file of every sample, to ``benchmarks/results/<date>-<label>.*``.
+One run measures every scenario of the deployment (issue 15): the page-cache table, the
+share at several latencies (`share`), capped upload streams (`streams`), verify with 1
+and N threads (`verify_bench`), random access from GCS (`random_access`), resume after
+kill -9 (`resume`), and in the full mode the thread, block and chunk sweeps.
+Progress goes to stderr; the markdown page is printed to stdout and written, with its
+charts and a JSON file of every sample, to ``benchmarks/results/<date>-<label>[-quick].*``.
 """
 
 from __future__ import annotations
@@ -14,24 +18,30 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import share, streams
+from .charts import write_scenario_charts
 from .competitors import Competitor, Tools, check_local_tools, probe_gcloud
 from .data import DEFAULT_CACHE, REPO, Dataset, GeneratorMissing, prepare, warm_page_cache
 from .machine import describe_machine
-from .measure import RssProbe
-from .plan import block_rows, chunk_rows, make_plan, scaling_rows
+from .measure import RssProbe, interpreter_startup, median
+from .plan import ALL_SECTIONS, MISEQ, Plan, block_rows, chunk_rows, make_plan, scaling_rows
+from .random_access import access_point_cost, measure_random_access
 from .report import Report, evaluate_targets, render_markdown, slug, write_charts
 from .resume import ResumeSetting, measure_resume
+from .scenario_report import Scenarios, render_scenarios, scenario_targets
 from .suite import ByteCounter, Row, interleave
+from .verify_bench import make_archive, measure_verify
 
 __all__ = ["main"]
 
-SECTIONS = ("main", "scaling", "blocks", "chunks", "resume")
+SECTIONS = ALL_SECTIONS
 
 
 def _log(text: str) -> None:
@@ -43,13 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Throughput of sruns-stream against every alternative, on the same generated data.",
     )
-    p.add_argument("--quick", action="store_true", help="small data, fewer rows (a few minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="every scenario on smaller data, fewer rows (about 7 minutes on 2 cores)")
     p.add_argument("--reps", type=int, help="interleaved repetitions per row (default 3)")
     p.add_argument("--threads", type=int, help="threads for pigz and the ceiling (default: all usable cores)")
     p.add_argument("--label", help="names the results file (default: the host name)")
-    p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
-    p.add_argument("--datasets", help="comma-separated data set kinds to run (miseq,novaseq,hiseq; default all)")
+    p.add_argument("--only", help=f"comma-separated sections to run ({','.join(SECTIONS)}; default: all the "
+                                  "mode runs; --quick leaves out scaling, blocks and chunks)")
+    p.add_argument("--datasets", help="comma-separated data set kinds for the page-cache table (miseq,novaseq)")
     p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated run folders are kept")
     p.add_argument("--tmpdir", type=Path, help="parent of the one temporary directory (default: system temp)")
@@ -96,23 +107,76 @@ def _notes_for(rows_by_section: dict[str, list[Row]], tools: Tools) -> list[str]
     return notes
 
 
+def _run_scenarios(plan: Plan, sections: set[str], by_label: dict[str, Dataset], tools: Tools, probe: RssProbe,
+                   workroot: Path, cache: Path) -> Scenarios:
+    """The deployment's scenarios, in this order; one that cannot run says why on the page."""
+    sp = plan.scenarios
+    sc = Scenarios(streams_cap=sp.streams_cap, streams_options=sp.streams_options)
+    if "share" in sections:
+        _log(f"\n== the share: {len(sp.share_datasets)} runs at {sp.share_latencies} ms per operation")
+        try:
+            runs = [prepare(spec, cache, log=_log) for spec in sp.share_datasets]
+            for ds in runs:
+                _log(f"  {ds.describe()}")
+            share_rows = [r for r in share.ROWS if sp.share_serial or r.build != "sruns-serial"]
+            sc.share = share.sweep(runs, sp.share_latencies, plan.reps, workroot / "share",
+                                   mountpoint=workroot / "share-mnt", rows=share_rows, cache=cache, log=_log)
+        except (share.ShareUnavailable, RuntimeError, subprocess.CalledProcessError) as exc:
+            sc.skipped["share"] = str(exc)
+    if "streams" in sections:
+        ds = prepare(sp.streams_dataset, cache, log=_log)
+        sc.streams_data = ds.describe()
+        rows = streams.make_rows(sp.streams_counts, sp.streams_cap, None)
+        _log(f"\n== upload streams on {ds.spec.label}: {', '.join(r.name for r in rows)}")
+        try:
+            sc.streams = streams.sweep(ds, rows, plan.reps, sp.streams_options, workroot / "streams", log=_log)
+        except streams.StreamsFailed as exc:
+            sc.skipped["streams"] = str(exc)
+    if "verify" in sections and sp.verify_on in by_label:
+        ds = by_label[sp.verify_on]
+        _log(f"\n== verify on {ds.spec.label}: archiving it once, untimed")
+        sc.verify = measure_verify(ds, plan.reps, workroot / "verify", probe, _log)
+        shutil.rmtree(workroot / "verify", ignore_errors=True)
+    if "random" in sections and sp.random_on in by_label:
+        ds = by_label[sp.random_on]
+        _log(f"\n== random access on {ds.spec.label}: archiving it once, untimed")
+        try:
+            archive, summary = make_archive(ds, workroot / "random" / "archive")
+        except RuntimeError as exc:
+            sc.skipped["random"] = str(exc)
+        else:
+            sc.random = measure_random_access(ds, archive, summary, plan.reps, workroot / "random", probe, tools, _log)
+        shutil.rmtree(workroot / "random", ignore_errors=True)
+        for label in sp.access_cost_on:
+            if label in by_label:
+                _log(f"  access points' cost on {label}")
+                sc.access_cost[label] = access_point_cost(by_label[label], workroot / "cost")
+    for section in ("share", "streams", "verify", "random"):
+        if section not in sections:
+            sc.skipped.setdefault(section, "not run (left out by --only)")
+    return sc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = sections - set(SECTIONS)
-    if unknown:
-        _parser().error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     if args.reps is not None and args.reps < 1:
         _parser().error("--reps must be at least 1")
     started = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
     plan = make_plan(args.quick, args.reps, cores)
+    sections = {s.strip() for s in args.only.split(",") if s.strip()} if args.only else set(plan.sections)
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        _parser().error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     kinds = {k.strip() for k in args.datasets.split(",")} if args.datasets else None
-    specs = [d for d in plan.datasets if kinds is None or d.kind in kinds]
+    # The scenarios run on the page-cache table's data sets: those are always prepared.
+    needed = {plan.scenarios.verify_on, plan.scenarios.random_on, *plan.scenarios.access_cost_on}
+    specs = [d for d in plan.datasets if kinds is None or d.kind in kinds or d.label in needed]
     label = args.label or describe_machine()["host"]
     today = datetime.date.today().isoformat()
-    stem = f"{today}-{slug(label)}"
+    # A quick and a full run on the same day keep both pages.
+    stem = f"{today}-{slug(label)}" + ("-quick" if plan.quick else "")
     notes: list[str] = []
     if plan.reps < 3:
         notes.append(f"only {plan.reps} repetition(s): fewer than the 3 the method asks for")
@@ -162,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sections_rows[f"main/{ds.spec.label}"] = report.main[ds.spec.label]
                     if plan.left_out[ds.spec.label]:
                         report.left_out[ds.spec.label] = plan.left_out[ds.spec.label]
+            scenarios = _run_scenarios(plan, sections, by_label, tools, probe, workroot, args.cache)
             if "scaling" in sections:
                 for name in plan.scaling_on:
                     if name in by_label:
@@ -180,20 +245,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "resume" in sections and sweep_ds:
                 _log(f"\n== resume cost on {sweep_ds.spec.label}: kill -9 at half, then again")
                 warm_page_cache(sweep_ds.path)
-                report.resume = measure_resume(sweep_ds, tools, probe, workroot / "resume", RESUME_SETTINGS,
+                settings = [r for r in RESUME_SETTINGS if r.label in plan.resume_settings]
+                report.resume = measure_resume(sweep_ds, tools, probe, workroot / "resume", settings,
                                                plan.reps, server, _log)
+            startup = interpreter_startup([sys.executable, "-m", "sruns_stream", "--version"], plan.reps,
+                                          {"PYTHONPATH": str(REPO)})
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
 
     machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report.notes = notes + _notes_for(sections_rows, tools)
     if report.left_out:
-        report.notes.append("--quick leaves some rows out (listed under each table); the full mode runs them")
+        report.notes.append("--quick leaves some rows out (listed under each table); the full mode runs them"
+                            if plan.quick else "the slowest competitors run on the MiSeq run only (listed under "
+                            "each table)")
     report.wall_seconds = time.perf_counter() - started
     args.results_dir.mkdir(parents=True, exist_ok=True)
     report.notes += write_charts(report, args.results_dir, stem)
-    targets = evaluate_targets(report)
-    text = render_markdown(report, targets)
+    drawn, chart_notes = write_scenario_charts(scenarios, report.main, args.results_dir, stem, label)
+    report.charts.update(drawn)
+    report.notes += chart_notes
+    targets = evaluate_targets(report, MISEQ.label, "NovaSeq") + scenario_targets(
+        scenarios, report.main, report.wall_seconds, plan.quick, median(startup))
+    startup_lines = [
+        (f"`python -m sruns_stream --version` (interpreter and the CLI's imports, nothing else): median "
+        f"{median(startup):.2f} s over {len(startup)} runs ({', '.join(f'{x:.2f}' for x in startup)}). Each "
+        "target compares it with every throughput row. The page-cache and share tables also give each "
+        "row's time to the first byte of its output: for sruns-stream that is start-up plus the scan of the "
+        "whole run folder (the manifest is made before the first byte is streamed), so on a many-files run "
+        "it stays a fixed share of the row whatever the run's size."),
+    ]
+    text = render_markdown(report, targets, render_scenarios(scenarios, report.charts), startup_lines)
     md = args.results_dir / f"{stem}.md"
     md.write_text(text)
     raw = {
@@ -206,6 +288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "resume": [{"setting": vars(r.setting), "full_seconds": r.full_seconds,
                     "full_archive_bytes": r.full_archive_bytes, "full_crc32c": r.full_crc32c,
                     "attempts": [vars(a) for a in r.attempts], "error": r.error} for r in report.resume],
+        "share": [r.as_dict() for r in scenarios.share],
+        "streams": {"cap_mb_s": scenarios.streams_cap, "options": scenarios.streams_options,
+                    "data": scenarios.streams_data,
+                    "rows": [{"name": s.row.name, "streams": s.row.streams, "cap_mb_s": s.row.cap,
+                              "median_s": s.median, "seconds": s.seconds, "cpu_s": s.cpu_s,
+                              "server_cpu_s": s.server_cpu_s, "rss_kib": s.rss_kib, "streams_used": s.streams_used,
+                              "raw_bytes": s.raw_bytes, "archive_bytes": s.archive_bytes}
+                             for s in scenarios.streams]},
+        "verify": scenarios.verify.as_dict() if scenarios.verify else None,
+        "random_access": scenarios.random.as_dict() if scenarios.random else None,
+        "access_cost": scenarios.access_cost,
+        "scenarios_skipped": scenarios.skipped,
+        "startup_s": startup,
+        "wall_seconds": report.wall_seconds,
         "targets": [{"target": t.text, "value": t.value, "status": t.status} for t in targets],
         "notes": report.notes,
     }

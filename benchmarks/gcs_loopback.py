@@ -60,6 +60,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -92,6 +93,7 @@ _COMPOSE = re.compile(r"^/(?:storage/v1/)?b/([^/]+)/o/([^/]+)/compose$")
 # gcloud (apitools) posts to /resumable/upload/...: the same endpoint.
 _UPLOAD = re.compile(r"^(?:/resumable)?/upload/storage/v1/b/([^/]+)/o$")
 _DOWNLOAD = re.compile(r"^/download/storage/v1/b/([^/]+)/o/(.+)$")
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
 def _b64_crc32c(value: int) -> str:
@@ -151,8 +153,10 @@ class _State:
         self.uploads: dict[str, _Upload] = {}
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.data: dict[tuple[str, str], bytes] = {}
+        self.files: dict[tuple[str, str], Path] = {}  # objects served from a local file (add_file)
         self.buckets: dict[str, dict[str, Any]] = {}  # settings other than the defaults
         self.bytes_received = 0
+        self.bytes_sent = 0  # download bodies
         self.composes = 0
         self.requests = 0
         self._ids = itertools.count(1)
@@ -206,6 +210,7 @@ class _State:
                 self.data[(bucket, name)] = data
             else:
                 self.data.pop((bucket, name), None)
+            self.files.pop((bucket, name), None)  # a new generation: not the file any more
         return resource
 
 
@@ -309,6 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
                     _check_preconditions(query, live)
                     del self.server.state.objects[(bucket, name)]
                     self.server.state.data.pop((bucket, name), None)
+                    self.server.state.files.pop((bucket, name), None)
                 return self._send(204, b"", "application/json")
         if (m := _LIST.match(path)) and method == "GET":
             return self._list(unquote(m.group(1)), query)
@@ -512,13 +518,63 @@ class _Handler(BaseHTTPRequestHandler):
         self._drain()
         with self.server.state.lock:
             data = self.server.state.data.get((bucket, name))
+            path = self.server.state.files.get((bucket, name))
             obj = self.server.state.objects.get((bucket, name))
         if obj is None:
             raise _Reply(404, f"No such object: {bucket}/{name}")
         _check_preconditions(query, obj, read=True)
-        if data is None:
+        if data is None and path is None:
             raise _Reply(501, f"the loopback server discarded the bytes of {bucket}/{name}")
-        self._send(200, data, obj["contentType"], {"X-Goog-Hash": f"crc32c={obj['crc32c']}"})
+        size = int(obj["size"])
+        first, last, status = 0, size - 1, 200
+        spec = (self.headers.get("Range") or "").strip()
+        if spec:
+            m = _RANGE.match(spec)
+            if not m:
+                raise _Reply(400, f"unsupported Range {spec!r}")
+            first = int(m.group(1))
+            last = min(size - 1, int(m.group(2))) if m.group(2) else size - 1
+            if first >= size or first > last:
+                raise _Reply(416, f"Range {spec!r} is not satisfiable for {size} bytes")
+            status = 206
+        headers = {"X-Goog-Hash": f"crc32c={obj['crc32c']}", "X-Goog-Generation": obj["generation"],
+                   "Accept-Ranges": "bytes"}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        if data is not None:
+            body = data[first : last + 1]
+            self._send(status, body, obj["contentType"], headers)
+            self._count_sent(len(body))
+            return
+        assert path is not None
+        self._send_file(status, path, first, last + 1 - first, obj["contentType"], headers)
+
+    def _send_file(self, status: int, path: Path, start: int, length: int, content_type: str,
+                   headers: dict[str, str]) -> None:
+        """Stream ``length`` bytes of ``path`` from ``start``, counting what reaches the socket:
+        a client that stops reading (it found its member) has received only that much."""
+        lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}"]
+        for key, value in {"Content-Type": content_type, "Content-Length": str(length), **headers}.items():
+            lines.append(f"{key}: {value}")
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = length
+            try:
+                while left:
+                    piece = f.read(min(left, _READ))
+                    if not piece:
+                        raise ConnectionError(f"{path} is shorter than its object's size")
+                    self.wfile.write(piece)
+                    self._count_sent(len(piece))
+                    left -= len(piece)
+            except (ConnectionError, OSError):
+                self.close_connection = True  # the client hung up: stop sending
+        self.log_request(status, length)
+
+    def _count_sent(self, n: int) -> None:
+        with self.server.state.lock:
+            self.server.state.bytes_sent += n
 
     # -- uploads ----------------------------------------------------------------------------
 
@@ -673,6 +729,13 @@ class LoopbackGcsServer:
             return self._server.state.bytes_received
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes of download bodies written to clients so far (what crossed the wire; the
+        socket's buffers aside, which a client that hangs up early never reads)."""
+        with self._server.state.lock:
+            return self._server.state.bytes_sent
+
+    @property
     def requests(self) -> int:
         with self._server.state.lock:
             return self._server.state.requests
@@ -697,6 +760,20 @@ class LoopbackGcsServer:
         """Names of the bucket's objects under ``prefix``, sorted."""
         with self._server.state.lock:
             return sorted(n for b, n in self._server.state.objects if b == bucket and n.startswith(prefix))
+
+    def add_file(self, bucket: str, name: str, path: Path, content_type: str = "application/octet-stream",
+                 metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        """Serve the local file ``path`` as the object ``bucket/name`` (read on each download,
+        never held in memory), with its real size and crc32c."""
+        crc = 0
+        with open(path, "rb") as f:
+            while piece := f.read(_READ * 8):
+                crc = google_crc32c.extend(crc, piece)
+        meta: dict[str, Any] = {"contentType": content_type, "metadata": metadata or {}}
+        resource = self._server.state.commit(bucket, name, meta, path.stat().st_size, crc)
+        with self._server.state.lock:
+            self._server.state.files[(bucket, name)] = path
+        return resource
 
     def set_bucket(self, bucket: str, **settings: Any) -> None:
         """Give ``bucket`` settings as its resource spells them, e.g.

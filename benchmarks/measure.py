@@ -6,6 +6,11 @@ archive has that file fsync'ed *inside* the timed region (sruns-stream syncs its
 output too; syncing again is then nearly free), so every local output reaches the disk
 under the same rule.
 
+Time to the first byte out (the start-up a user waits before anything is written: the
+interpreter, imports, the scan) is read by polling the command's local output file (or
+its ``.part``) every couple of milliseconds while it runs; commands without a local
+output have none.
+
 Peak RSS comes from GNU ``/usr/bin/time -f %M`` around each process of the pipeline when
 it is installed, else from a tiny Python wrapper reading ``getrusage(RUSAGE_CHILDREN)``
 after its one child exits. A pipeline's processes run at the same time, so its peak is
@@ -21,12 +26,13 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Command", "RssProbe", "Sample", "median", "run_command"]
+__all__ = ["Command", "RssProbe", "Sample", "interpreter_startup", "median", "run_command"]
 
 _RUSAGE_WRAPPER = (
     "import resource, subprocess, sys\n"
@@ -104,6 +110,7 @@ class Sample:
     output_bytes: int | None
     stdout: str
     error: str | None = None
+    first_byte_s: float | None = None  # seconds until the local output first held a byte
 
     @property
     def ok(self) -> bool:
@@ -119,6 +126,37 @@ def _fsync(path: Path) -> int:
         os.close(fd)
 
 
+_FIRST_BYTE_POLL = 0.002
+
+
+class _FirstByte:
+    """Polls ``output`` (and ``output.part``, where sruns-stream writes until it is done)
+    on a thread until one holds a byte; ``seconds`` is then the time since ``t0``."""
+
+    def __init__(self, output: Path, t0: float) -> None:
+        self.seconds: float | None = None
+        self._paths = (output, output.with_name(output.name + ".part"))
+        self._t0 = t0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="first-byte", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for path in self._paths:
+                try:
+                    if os.stat(path).st_size > 0:
+                        self.seconds = time.perf_counter() - self._t0
+                        return
+                except OSError:
+                    pass
+            self._stop.wait(_FIRST_BYTE_POLL)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3600.0) -> Sample:
     """Run ``cmd`` once under bash (``pipefail``), timed, with per-process peak RSS."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -131,6 +169,7 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
     script = "set -o pipefail; " + cmd.shell(reports, probe)
     with open(err_path, "wb") as err:
         t0 = time.perf_counter()
+        watch = _FirstByte(cmd.output, t0) if cmd.output is not None else None
         # Own session: a timeout kills the whole pipeline by its process group id.
         proc = subprocess.Popen(
             ["bash", "-c", script],
@@ -150,6 +189,9 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
+        finally:
+            if watch is not None:
+                watch.close()
         size = None
         error = None
         if proc.returncode == 0 and cmd.output is not None:
@@ -167,4 +209,18 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
             if line.strip() and not line.startswith("Command exited with non-zero status")
         ]
         error = f"exit {proc.returncode}: " + (tail[-1].strip() if tail else "(no message)")
-    return Sample(seconds, peak, stage_rss, size, out.decode(errors="replace"), error)
+    first = watch.seconds if watch is not None else None
+    return Sample(seconds, peak, stage_rss, size, out.decode(errors="replace"), error, first)
+
+
+def interpreter_startup(argv: Sequence[str], reps: int, env: Mapping[str, str] | None = None) -> list[float]:
+    """Wall seconds of ``argv`` (e.g. ``python -m sruns_stream --version``) ``reps`` times:
+    the fixed cost every run of that program pays before it does anything."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=full_env, check=False)
+        out.append(time.perf_counter() - t0)
+    return out

@@ -12,6 +12,9 @@ serial row (``--read-threads 0``) shows what reading ahead buys.
 
 Needs root (or a user allowed to mount FUSE), ``/dev/fuse``, gcc and libfuse3 headers
 (``apt-get install fuse3 libfuse3-dev``); without them it says which is missing.
+
+The suite (``python -m benchmarks``, section ``share``) runs the same `sweep` and puts
+its rows on the one results page; this module's own command writes a page of its own.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from .data import MB, REPO, Dataset, DatasetSpec, prepare
 from .measure import Command, RssProbe, median, run_command
 from .report import markdown_table
 
-__all__ = ["main"]
+__all__ = ["ROWS", "Row", "ShareResult", "ShareUnavailable", "build_sharesim", "main", "mounted", "sweep"]
 
 SOURCE = REPO / "benchmarks" / "sharesim" / "sharesim.c"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -44,10 +47,39 @@ RESULTS = REPO / "benchmarks" / "results"
 FILER_THREADS = 128
 
 
+class ShareUnavailable(RuntimeError):
+    """The simulator cannot run on this machine (no FUSE, no compiler, no libfuse3)."""
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
     build: str  # "sruns", "sruns-serial", "pigz", "isal"
+
+
+@dataclass
+class ShareResult:
+    """One data set at one latency: every row's seconds, interleaved repetitions."""
+
+    dataset: str
+    files: int
+    raw_bytes: int
+    latency_ms: float
+    samples_s: dict[str, list[float]] = field(default_factory=dict)  # row name -> seconds
+    peak_rss_kib: dict[str, int] = field(default_factory=dict)
+    first_byte_s: dict[str, list[float]] = field(default_factory=dict)  # row name -> time to first byte
+
+    @property
+    def median_s(self) -> dict[str, float]:
+        return {name: median(v) for name, v in self.samples_s.items() if v}
+
+    def speedup(self, other: str, ours: str = "sruns-stream (defaults)") -> float | None:
+        """The competitor's median seconds ÷ sruns-stream's: how many times faster it is."""
+        med = self.median_s
+        return med[other] / med[ours] if other in med and med.get(ours) else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "median_s": self.median_s}
 
 
 ROWS = (
@@ -58,34 +90,35 @@ ROWS = (
 )
 
 
-def build_sharesim() -> Path:
+def build_sharesim(cache: Path = CACHE) -> Path:
     """The simulator's binary, compiled once into the benchmark cache."""
-    binary = CACHE / "sharesim"
+    binary = cache / "sharesim"
     if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
         return binary
     missing = [tool for tool in ("gcc", "pkg-config") if shutil.which(tool) is None]
     if missing:
-        raise SystemExit(f"benchmarks.share needs {', '.join(missing)} (apt-get install gcc pkg-config)")
+        raise ShareUnavailable(f"benchmarks.share needs {', '.join(missing)} (apt-get install gcc pkg-config)")
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True, check=False)
     if flags.returncode != 0:
-        raise SystemExit("benchmarks.share needs libfuse3 headers: apt-get install fuse3 libfuse3-dev")
-    CACHE.mkdir(parents=True, exist_ok=True)
+        raise ShareUnavailable("benchmarks.share needs libfuse3 headers: apt-get install fuse3 libfuse3-dev")
+    cache.mkdir(parents=True, exist_ok=True)
     subprocess.run(["gcc", "-O2", "-o", str(binary), str(SOURCE), *flags.stdout.split()], check=True)
     return binary
 
 
 @contextmanager
-def mounted(binary: Path, source: Path, latency_ms: float) -> Iterator[Path]:
-    """``source`` served at ``latency_ms`` per operation, mounted until the block ends."""
+def mounted(binary: Path, source: Path, latency_ms: float, mountpoint: Path = CACHE / "share-mnt") -> Iterator[Path]:
+    """``source`` served at ``latency_ms`` per operation on ``mountpoint`` until the block ends."""
     if not os.path.exists("/dev/fuse"):
-        raise SystemExit("benchmarks.share needs /dev/fuse (FUSE) on this machine")
-    mountpoint = CACHE / "share-mnt"
+        raise ShareUnavailable("benchmarks.share needs /dev/fuse (FUSE) on this machine")
     mountpoint.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    started = subprocess.run(
         [str(binary), str(source), str(mountpoint), "-o", f"latency_us={int(latency_ms * 1000)}", "-o", "ro",
          "-o", f"max_threads={FILER_THREADS}"],
-        check=True,
+        capture_output=True, text=True, check=False,
     )
+    if started.returncode != 0:
+        raise ShareUnavailable(f"sharesim could not mount {mountpoint}: {started.stderr.strip() or started.returncode}")
     try:
         yield mountpoint
     finally:
@@ -100,24 +133,30 @@ def command(row: Row, run: Path, scratch: Path, threads: int) -> Command:
                 "--journal", str(scratch / "sruns.db"), "--force", "--json"]
         if row.build == "sruns-serial":
             argv += ["--read-threads", "0"]
-        return Command((tuple(argv),), env={"PYTHONPATH": str(REPO)})
+        # output: where the archive lands, so the time to its first byte is measured too.
+        archive = scratch / "dest" / run.name / f"{run.name}.tar.gz"
+        return Command((tuple(argv),), output=archive, env={"PYTHONPATH": str(REPO)})
     if row.build == "pigz":
         return Command((tar, ("pigz", "-p", str(threads), "-1")), stdout_file=out, output=out)
     gz = (sys.executable, "-m", "benchmarks.baselines", "igzip-threaded", "-T", str(threads), "-l", "1")
     return Command((tar, gz), stdout_file=out, output=out, env={"PYTHONPATH": str(REPO)})
 
 
-def sweep(datasets: list[Dataset], latencies: list[float], reps: int, scratch: Path) -> list[dict[str, object]]:
-    binary = build_sharesim()
+def sweep(
+    datasets: Sequence[Dataset], latencies: Sequence[float], reps: int, scratch: Path,
+    mountpoint: Path = CACHE / "share-mnt", rows: Sequence[Row] = ROWS, cache: Path = CACHE,
+    log: Callable[[str], None] = print,
+) -> list[ShareResult]:
+    """Every data set at every latency, the rows interleaved ``reps`` times."""
+    binary = build_sharesim(cache)
     probe = RssProbe()
     threads = len(os.sched_getaffinity(0))
-    rows = [r for r in ROWS if r.build != "pigz" or shutil.which("pigz")]
+    rows = [r for r in rows if r.build != "pigz" or shutil.which("pigz")]
     results = []
     for ds in datasets:
         for latency in latencies:
-            seconds: dict[str, list[float]] = {r.name: [] for r in rows}
-            rss: dict[str, int] = {}
-            with mounted(binary, ds.path.parent, latency) as mnt:
+            result = ShareResult(ds.spec.label, ds.files, ds.raw_bytes, latency, {r.name: [] for r in rows})
+            with mounted(binary, ds.path.parent, latency, mountpoint) as mnt:
                 run = mnt / ds.path.name
                 for rep in range(reps):
                     for row in rows:  # interleaved: the machine's drift hits every row alike
@@ -125,20 +164,19 @@ def sweep(datasets: list[Dataset], latencies: list[float], reps: int, scratch: P
                         shutil.rmtree(where, ignore_errors=True)
                         sample = run_command(command(row, run, where, threads), where, probe)
                         if not sample.ok:
-                            raise SystemExit(f"{row.name} failed on {ds.spec.label} at {latency} ms: {sample.error}")
-                        seconds[row.name].append(sample.seconds)
-                        rss[row.name] = max(rss.get(row.name, 0), sample.peak_rss_kib or 0)
+                            raise RuntimeError(f"{row.name} failed on {ds.spec.label} at {latency} ms: {sample.error}")
+                        result.samples_s[row.name].append(sample.seconds)
+                        if sample.first_byte_s is not None:
+                            result.first_byte_s.setdefault(row.name, []).append(sample.first_byte_s)
+                        result.peak_rss_kib[row.name] = max(result.peak_rss_kib.get(row.name, 0),
+                                                            sample.peak_rss_kib or 0)
                         shutil.rmtree(where, ignore_errors=True)
-                        print(f"  {ds.spec.label} {latency} ms {row.name}: {sample.seconds:.2f} s", flush=True)
-            results.append({
-                "dataset": ds.spec.label, "files": ds.files, "raw_bytes": ds.raw_bytes, "latency_ms": latency,
-                "median_s": {name: median(v) for name, v in seconds.items()},
-                "samples_s": seconds, "peak_rss_kib": rss,
-            })
+                        log(f"    [{rep + 1}/{reps}] {ds.spec.label} {latency:g} ms {row.name}: {sample.seconds:.2f} s")
+            results.append(result)
     return results
 
 
-def render(results: list[dict[str, object]], label: str, command_line: str, reps: int) -> str:
+def render(results: list[ShareResult], label: str, command_line: str, reps: int) -> str:
     out = [f"# sruns-stream on a share with latency: {label}, {date.today().isoformat()}\n"]
     out.append(f"Command: `{command_line}`\n")
     out.append(
@@ -147,21 +185,19 @@ def render(results: list[dict[str, object]], label: str, command_line: str, reps
         f"at once; attributes and names cached 1 s, file pages not). Medians of {reps} interleaved runs; "
         "each writes its archive to local disk. Speed-up = the competitor's seconds ÷ sruns-stream's.\n"
     )
-    for ds in dict.fromkeys(str(r["dataset"]) for r in results):
-        rows = [r for r in results if r["dataset"] == ds]
+    for ds in dict.fromkeys(r.dataset for r in results):
+        rows = [r for r in results if r.dataset == ds]
         first = rows[0]
-        out.append(f"## {ds}: {first['files']:,} files, {int(first['raw_bytes']) / MB:,.0f} MB\n")  # type: ignore[call-overload]
-        names = list(first["median_s"])  # type: ignore[call-overload]
+        out.append(f"## {ds}: {first.files:,} files, {first.raw_bytes / MB:,.0f} MB\n")
+        names = list(first.samples_s)
         head = ["latency per operation", *[f"{n} (s)" for n in names], "speed-up vs tar | pigz",
                 "speed-up vs tar | isal", "sruns-stream peak RSS"]
         table = []
         for r in rows:
-            med: dict[str, float] = r["median_s"]  # type: ignore[assignment]
-            ours = med[ROWS[0].name]
-            vs = [f"{med[n] / ours:.2f}×" if n in med else "–" for n in (ROWS[2].name, ROWS[3].name)]
-            rss: dict[str, int] = r["peak_rss_kib"]  # type: ignore[assignment]
-            table.append([f"{r['latency_ms']} ms", *[f"{med[n]:.2f}" for n in names], *vs,
-                          f"{rss.get(ROWS[0].name, 0) / 1024:.0f} MiB"])
+            med = r.median_s
+            vs = [f"{x:.2f}×" if (x := r.speedup(n.name)) is not None else "–" for n in (ROWS[2], ROWS[3])]
+            table.append([f"{r.latency_ms:g} ms", *[f"{med[n]:.2f}" for n in names], *vs,
+                          f"{r.peak_rss_kib.get(ROWS[0].name, 0) / 1024:.0f} MiB"])
         out.append(markdown_table(head, table) + "\n")
     return "\n".join(out)
 
@@ -181,13 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [prepare(spec) for spec in specs]
     scratch = CACHE / "share-scratch"
     t0 = time.perf_counter()
-    results = sweep(datasets, latencies, args.reps, scratch)
+    try:
+        results = sweep(datasets, latencies, args.reps, scratch)
+    except (ShareUnavailable, RuntimeError) as exc:
+        raise SystemExit(str(exc)) from exc
     text = render(results, args.label, "python -m benchmarks.share " + " ".join(argv or sys.argv[1:]), args.reps)
     text += f"\nThe sweep took {time.perf_counter() - t0:.0f} s.\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{date.today().isoformat()}-{args.label.replace(' ', '-')}-share"
     stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    stem.with_suffix(".json").write_text(json.dumps([r.as_dict() for r in results], indent=2))
     print(text)
     return 0
 

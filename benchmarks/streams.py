@@ -41,7 +41,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -54,7 +54,7 @@ from .machine import describe_machine
 from .measure import Command, RssProbe, median, run_command
 from .report import markdown_table, slug
 
-__all__ = ["Row", "main", "make_rows"]
+__all__ = ["Row", "Samples", "StreamsFailed", "baseline", "main", "make_rows", "render", "speedup", "sweep", "targets"]
 
 BUCKET = "bench-streams"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -63,6 +63,10 @@ RESULTS = REPO / "benchmarks" / "results"
 # object (the last deflate block, CRC32 and length).
 TRAILER_SLACK = 64
 UNCAPPED_NO_SLOWER = 0.95  # "no slower" within this machine's noise: see `_targets`
+
+
+class StreamsFailed(RuntimeError):
+    """An archive failed, or its object on the server is not what it said."""
 
 
 @dataclass(frozen=True)
@@ -115,20 +119,21 @@ def _check(result: dict[str, Any], server: LoopbackGcsServer, prefix: str, run: 
     name = f"{prefix}/{run.name}/{run.name}.tar.gz"
     obj = server.get_object(BUCKET, name)
     if obj is None:
-        raise SystemExit(f"no gs://{BUCKET}/{name} on the loopback server after the archive said it was there")
+        raise StreamsFailed(f"no gs://{BUCKET}/{name} on the loopback server after the archive said it was there")
     crc = f"{int.from_bytes(base64.b64decode(obj['crc32c']), 'big'):08x}"
     if (int(obj["size"]), crc) != (result["archive_bytes"], result["crc32c"]):
-        raise SystemExit(f"gs://{BUCKET}/{name} holds {obj['size']} bytes with crc32c {crc}, the archive "
+        raise StreamsFailed(f"gs://{BUCKET}/{name} holds {obj['size']} bytes with crc32c {crc}, the archive "
                          f"{result['archive_bytes']} with {result['crc32c']}")
     left = server.list_objects(BUCKET, f"{prefix}/.sruns-parts/")
     if left:
-        raise SystemExit(f"{len(left)} temporary parts left behind, e.g. {left[0]}")
+        raise StreamsFailed(f"{len(left)} temporary parts left behind, e.g. {left[0]}")
     if not 0 <= result["archive_bytes"] - received <= TRAILER_SLACK:
-        raise SystemExit(f"the server received {received} bytes of uploads for a {result['archive_bytes']}-byte "
+        raise StreamsFailed(f"the server received {received} bytes of uploads for a {result['archive_bytes']}-byte "
                          "archive: bytes were sent twice, or not at all")
 
 
-def sweep(ds: Dataset, rows: list[Row], reps: int, extra: Sequence[str], scratch: Path) -> list[Samples]:
+def sweep(ds: Dataset, rows: list[Row], reps: int, extra: Sequence[str], scratch: Path,
+          log: Callable[[str], None] = print) -> list[Samples]:
     probe = RssProbe()
     samples = {row: Samples(row) for row in rows}
     servers = {cap: LoopbackGcsServer(md5=False, cap_bytes_per_s=cap * MB if cap else None).start()
@@ -149,7 +154,7 @@ def sweep(ds: Dataset, rows: list[Row], reps: int, extra: Sequence[str], scratch
                 own_after = resource.getrusage(resource.RUSAGE_SELF)
                 children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 if not sample.ok:
-                    raise SystemExit(f"{row.name} failed: {sample.error}")
+                    raise StreamsFailed(f"{row.name} failed: {sample.error}")
                 result = json.loads(sample.stdout)
                 _check(result, server, prefix, ds.path, server.bytes_received - before)
                 s = samples[row]
@@ -161,9 +166,9 @@ def sweep(ds: Dataset, rows: list[Row], reps: int, extra: Sequence[str], scratch
                 s.streams_used.append(int(result.get("streams", 1)))
                 s.raw_bytes, s.archive_bytes = int(result["raw_bytes"]), int(result["archive_bytes"])
                 shutil.rmtree(where, ignore_errors=True)
-                print(f"  rep {rep + 1}/{reps} {row.name}: {sample.seconds:.2f} s, "
+                log(f"    [{rep + 1}/{reps}] {row.name}: {sample.seconds:.2f} s, "
                       f"{s.archive_bytes / MB / sample.seconds:.0f} MB/s, streams used {s.streams_used[-1]}, "
-                      f"peak RSS {(sample.peak_rss_kib or 0) / 1024:.0f} MiB", flush=True)
+                      f"peak RSS {(sample.peak_rss_kib or 0) / 1024:.0f} MiB")
     finally:
         for server in servers.values():
             server.stop()
@@ -173,11 +178,11 @@ def sweep(ds: Dataset, rows: list[Row], reps: int, extra: Sequence[str], scratch
 # -- the report -------------------------------------------------------------------------
 
 
-def _baseline(results: list[Samples], cap: float | None) -> Samples | None:
+def baseline(results: list[Samples], cap: float | None) -> Samples | None:
     return next((s for s in results if s.row.cap == cap and s.row.streams == 1), None)
 
 
-def _speedup(s: Samples, base: Samples | None) -> tuple[float | None, float | None]:
+def speedup(s: Samples, base: Samples | None) -> tuple[float | None, float | None]:
     """(by medians, paired): one stream's seconds ÷ this row's."""
     if base is None or not s.seconds:
         return None, None
@@ -207,16 +212,16 @@ def _default_plans() -> list[list[str]]:
     return out
 
 
-def _targets(results: list[Samples], cap: float) -> list[tuple[str, float | None, str]]:
+def targets(results: list[Samples], cap: float) -> list[tuple[str, float | None, str]]:
     out = []
-    base = _baseline(results, cap)
+    base = baseline(results, cap)
     for n, limit in ((4, 3.0), (8, 5.0)):
         s = next((x for x in results if x.row == Row(n, cap)), None)
-        value = _speedup(s, base)[0] if s else None
+        value = speedup(s, base)[0] if s else None
         verdict = "not measured" if value is None else ("met" if value >= limit else "NOT met")
         out.append((f"cap {cap:g} MB/s: {n} streams ≥ {limit:g}× one stream", value, verdict))
     free = next((x for x in results if x.row == Row(4, None)), None)
-    value = _speedup(free, _baseline(results, None))[0] if free else None
+    value = speedup(free, baseline(results, None))[0] if free else None
     if value is None:
         verdict = "not measured"
     elif value >= 1.0:
@@ -247,7 +252,7 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
     out.append("## Machine\n")
     out.append(markdown_table(["", ""], [[k, v] for k, v in meta["machine"].items()], "ll") + "\n")
     out.append("## Targets (issue 12)\n")
-    for text, value, verdict in _targets(results, cap):
+    for text, value, verdict in targets(results, cap):
         out.append(f"- {text}: **{verdict}**" + (f" ({value:.2f}×)" if value is not None else ""))
     out.append("")
     cores = meta["cores"]
@@ -256,7 +261,7 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
     table = []
     busy: dict[Row, float] = {}
     for s in results:
-        by_median, paired = _speedup(s, _baseline(results, s.row.cap))
+        by_median, paired = speedup(s, baseline(results, s.row.cap))
         count = _plan(s.raw_bytes, s.row.streams, meta["plan_options"])[0] if max(s.streams_used) > 1 else 1
         working = min(count, max(s.streams_used))
         rate = s.archive_bytes / MB / s.median
@@ -276,7 +281,7 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
     )
     capped = [row for row in busy if row.cap == cap]
     worst = max(busy[row] for row in capped)
-    free = _baseline(results, None)
+    free = baseline(results, None)
     feed = free.archive_bytes / MB / free.median if free is not None else None
     verdict = (f"at most {worst:.0%} of the cores were busy in the rows at {cap:g} MB/s: they measure the "
                "upload streams, not the CPU" if worst < 0.7 else
@@ -293,7 +298,7 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
         "no-cap seconds) weighs more on this run than on a real one of hundreds of GB, where the speed-up "
         "approaches the number of working streams.\n"
     )
-    one = _baseline(results, cap)
+    one = baseline(results, cap)
     if one is not None:
         more = [s for s in results if s.row.cap == cap and s.row.streams > 1]
         extra = ", ".join(
@@ -361,7 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan_options["volume_size"] = parse_size(args.volume_size)
     rows = make_rows(streams, args.cap, args.low_cap)
     t0 = time.perf_counter()
-    results = sweep(ds, rows, args.reps, extra, args.cache / "streams-scratch")
+    try:
+        results = sweep(ds, rows, args.reps, extra, args.cache / "streams-scratch")
+    except StreamsFailed as exc:
+        raise SystemExit(str(exc)) from exc
     machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta = {
         "label": args.label, "date": date.today().isoformat(), "reps": args.reps, "cap": args.cap,
@@ -377,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem.with_suffix(".json").write_text(json.dumps({
         "meta": meta, "dataset": {"label": ds.spec.label, "path": str(ds.path), "files": ds.files,
                                   "raw_bytes": ds.raw_bytes, "spec": asdict(ds.spec)},
-        "targets": [{"text": t, "value": v, "verdict": d} for t, v, d in _targets(results, args.cap)],
+        "targets": [{"text": t, "value": v, "verdict": d} for t, v, d in targets(results, args.cap)],
         "rows": [{"name": s.row.name, "streams": s.row.streams, "cap_mb_s": s.row.cap, "median_s": s.median,
                   **{k: v for k, v in asdict(s).items() if k != "row"}} for s in results],
     }, indent=2))

@@ -81,6 +81,12 @@ class Row:
         return self.dataset.raw_bytes / MB / s if s else None
 
     @property
+    def first_byte_s(self) -> float | None:
+        """Median time to the first byte of the local output (start-up and scan)."""
+        values = [s.first_byte_s for s in self.ok_samples if s.first_byte_s is not None]
+        return median(values) if values else None
+
+    @property
     def archive_bytes(self) -> int | None:
         return int(median(self.archive_sizes)) if self.archive_sizes else None
 
@@ -100,6 +106,7 @@ class Row:
             "stage_rss_kib": [s.stage_rss_kib for s in self.samples],
             "archive_bytes": self.archive_sizes,
             "median_seconds": self.seconds, "mb_per_s": self.mb_per_s,
+            "first_byte_s": [s.first_byte_s for s in self.samples],
             "sruns_json": [sruns_json(s.stdout) for s in self.samples if s.stdout.strip()],
         }
 

@@ -1,0 +1,143 @@
+"""Verify on all cores: ``sruns-stream verify`` with 1 and N threads against ``gzip -t`` and
+``tar tzf`` on one large local archive.
+
+The archive is made once, untimed, with ``sruns-stream archive RUN --dest DIR`` at its
+defaults (so it has access points and an index beside it). Then the rows run interleaved,
+each reading the same file from the page cache (it is read once beforehand):
+
+- ``sruns-stream verify ARCHIVE --threads 1`` and ``--threads N`` (N = usable cores), when
+  this sruns-stream has ``--threads``; otherwise one row, ``verify ARCHIVE`` at its
+  defaults, and the page says the N-thread row could not be run;
+- ``gzip -t ARCHIVE`` (inflate and check the CRC, one core);
+- ``tar tzf ARCHIVE > /dev/null`` (inflate and walk the headers, one core for gzip).
+
+sruns-stream's verify does more than both: every member against the manifest's crc32c.
+Target (issue 13): N threads ≥ 1.7× one thread, on a CPU-bound (MiSeq-style) archive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import REPO, Dataset
+from .measure import Command, RssProbe, median, run_command
+from .suite import sruns_json
+
+__all__ = ["VERIFY_TARGET", "VerifyResult", "has_option", "make_archive", "measure_verify"]
+
+VERIFY_TARGET = 1.7  # N threads over 1 thread (issue 13)
+_ENV = {"PYTHONPATH": str(REPO)}
+
+
+def has_option(subcommand: str, option: str) -> bool:
+    """Whether this checkout's ``sruns-stream SUBCOMMAND --help`` lists ``option``."""
+    proc = subprocess.run([sys.executable, "-m", "sruns_stream", subcommand, "--help"], capture_output=True,
+                          text=True, env={**os.environ, **_ENV}, check=False)
+    return proc.returncode == 0 and option in proc.stdout
+
+
+def make_archive(ds: Dataset, where: Path, *options: str) -> tuple[Path, dict[str, Any]]:
+    """``sruns-stream archive`` to a local directory (untimed); the archive's path and --json."""
+    where.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "sruns_stream", "archive", str(ds.path), "--dest", str(where / "dest"),
+            "--journal", str(where / "journal.db"), "--force", "--json", *options]
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **_ENV}, check=False)
+    summary = sruns_json(proc.stdout)
+    if proc.returncode != 0 or summary is None:
+        tail = proc.stderr.strip().splitlines()
+        raise RuntimeError(f"archiving {ds.spec.label} failed (exit {proc.returncode}): "
+                           + (tail[-1] if tail else "no --json summary"))
+    name = ds.path.name
+    archive = where / "dest" / name / f"{name}.tar.gz"
+    if not archive.is_file():
+        raise RuntimeError(f"archive said it was done but {archive} is not there")
+    return archive, summary
+
+
+@dataclass
+class VerifyResult:
+    dataset: str
+    archive_bytes: int = 0
+    raw_bytes: int = 0
+    threads: int = 1  # N of the N-thread row
+    has_threads_option: bool = False
+    samples_s: dict[str, list[float]] = field(default_factory=dict)  # row name -> seconds
+    rss_kib: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def median_s(self) -> dict[str, float]:
+        return {k: median(v) for k, v in self.samples_s.items() if v}
+
+    @property
+    def one(self) -> str:
+        return "sruns-stream verify --threads 1" if self.has_threads_option else "sruns-stream verify (defaults)"
+
+    @property
+    def many(self) -> str:
+        return f"sruns-stream verify --threads {self.threads}"
+
+    def speedup(self) -> float | None:
+        """One thread's median seconds ÷ N threads'."""
+        med = self.median_s
+        return med[self.one] / med[self.many] if self.one in med and self.many in med else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "median_s": self.median_s, "speedup": self.speedup()}
+
+
+def _rows(archive: Path, result: VerifyResult, journal: Path) -> list[tuple[str, Command]]:
+    verify = (sys.executable, "-m", "sruns_stream", "verify", str(archive), "--journal", str(journal))
+    rows: list[tuple[str, Command]] = []
+    if result.has_threads_option:
+        rows.append((result.one, Command(((*verify, "--threads", "1"),), env=_ENV)))
+        rows.append((result.many, Command(((*verify, "--threads", str(result.threads)),), env=_ENV)))
+    else:
+        rows.append((result.one, Command((verify,), env=_ENV)))
+    if shutil.which("gzip"):
+        rows.append(("gzip -t", Command((("gzip", "-t", str(archive)),))))
+    rows.append(("tar tzf > /dev/null", Command((("tar", "tzf", str(archive)),), stdout_file=Path(os.devnull))))
+    return rows
+
+
+def measure_verify(
+    ds: Dataset, reps: int, workdir: Path, probe: RssProbe, log: Callable[[str], None] = print,
+    threads: int | None = None, archive: Path | None = None, summary: dict[str, Any] | None = None,
+) -> VerifyResult:
+    """Every row ``reps`` times, interleaved, on one archive of ``ds`` (made here unless given)."""
+    result = VerifyResult(ds.spec.label, threads=threads or len(os.sched_getaffinity(0)))
+    result.has_threads_option = has_option("verify", "--threads")
+    try:
+        if archive is None or summary is None:
+            archive, summary = make_archive(ds, workdir / "archive")
+    except RuntimeError as exc:
+        result.error = str(exc)
+        return result
+    result.archive_bytes = archive.stat().st_size
+    result.raw_bytes = int(summary.get("raw_bytes", ds.raw_bytes))
+    with open(archive, "rb") as f:  # into the page cache: every row reads it from memory
+        while f.read(8 << 20):
+            pass
+    rows = _rows(archive, result, workdir / "no-journal.db")
+    for name, cmd in rows:
+        result.samples_s[name] = []
+        result.commands[name] = cmd.display()
+    for rep in range(reps):
+        for name, cmd in rows:
+            sample = run_command(cmd, workdir / "run", probe)
+            if not sample.ok:
+                result.error = f"{name} failed: {sample.error}"
+                return result
+            result.samples_s[name].append(sample.seconds)
+            result.rss_kib[name] = max(result.rss_kib.get(name, 0), sample.peak_rss_kib or 0)
+            log(f"    [{rep + 1}/{reps}] {name}: {sample.seconds:.2f} s")
+    return result
+
