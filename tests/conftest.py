@@ -23,6 +23,15 @@ pytest_plugins = ["plugins.gcs_emulator", "plugins.firestore_emulator", "plugins
 _EMULATORS = {"gcs", "firestore", "firestore_emulator"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell that starts a job in the background without job control (a CI script, a
+    # nohup'd run) starts it with SIGINT ignored, and children inherit that: a process a
+    # test stops with Ctrl-C (SIGINT) would never see it. Handled here, it is reset to the
+    # default in every process the tests start.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _EMULATORS & set(getattr(item, "fixturenames", ())):
