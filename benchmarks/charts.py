@@ -93,6 +93,21 @@ def _headline(sc: Scenarios, main: dict[str, list[Row]], path: Path, title: str)
     return True
 
 
+def _finish_line_chart(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, a zero-based y axis, grid and legend, then the file: what both speed-up charts share."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _latency(sc: Scenarios, path: Path, title: str) -> bool:
     import matplotlib.pyplot as plt
 
@@ -107,15 +122,8 @@ def _latency(sc: Scenarios, path: Path, title: str) -> bool:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{ds.split(' (')[0]}: × {other}")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.axhline(SHARE_TARGET, color=OURS, linewidth=0.8, linestyle=":", label=f"target at 0.5 ms: {SHARE_TARGET:g}×")
-    ax.set_xlabel("share latency per operation (ms)")
-    ax.set_ylabel("sruns-stream's speed-up (their s ÷ its s)")
-    ax.set_title(f"Speed-up vs share latency: {title}", fontsize=10)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_line_chart(fig, ax, path, "share latency per operation (ms)", "sruns-stream's speed-up (their s ÷ its s)",
+                       f"Speed-up vs share latency: {title}")
     return True
 
 
@@ -134,15 +142,8 @@ def _streams(sc: Scenarios, path: Path, title: str) -> bool:
     most = max(s.row.streams for s in sc.streams)
     ax.plot([1, most], [1, most], ":", color="grey", label="ideal (N×)")
     ax.scatter([4, 8], [3, 5], marker="_", s=400, color=OURS, label="targets (4: 3×, 8: 5×)")
-    ax.set_xlabel("upload streams")
-    ax.set_ylabel("speed-up over one stream")
-    ax.set_title(f"Speed-up vs upload streams: {title}", fontsize=10)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_line_chart(fig, ax, path, "upload streams", "speed-up over one stream",
+                       f"Speed-up vs upload streams: {title}")
     return True
 
 
