@@ -57,7 +57,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -242,11 +242,11 @@ class _Handler(BaseHTTPRequestHandler):
         cap = self.server.cap_bytes_per_s
         if not cap:
             return
-        now = time.monotonic()
+        now = self.server.clock()
         # An idle connection saves up at most one piece: no burst beyond that.
         self._clock = max(self._clock, now - self._burst) + n / cap
         if self._clock > now:
-            time.sleep(self._clock - now)
+            self.server.sleep(self._clock - now)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
@@ -691,12 +691,17 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # listen backlog: many streams connect at once
 
-    def __init__(self, address: tuple[str, int], verbose: bool, md5: bool, cap_bytes_per_s: float | None) -> None:
+    def __init__(
+        self, address: tuple[str, int], verbose: bool, md5: bool, cap_bytes_per_s: float | None,
+        clock: Callable[[], float], sleep: Callable[[float], None],
+    ) -> None:
         super().__init__(address, _Handler)
         self.state = _State()
         self.verbose = verbose
         self.md5 = md5
         self.cap_bytes_per_s = cap_bytes_per_s or None
+        self.clock = clock  # what the cap paces by: the tests give a virtual clock
+        self.sleep = sleep
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that dies mid-request (a benchmark kill, a resume test) is not news.
@@ -709,7 +714,8 @@ class LoopbackGcsServer:
     """The server in a background thread: ``start()``/``stop()`` or a ``with`` block."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, verbose: bool = False, md5: bool = True,
-                 cap_bytes_per_s: float | None = None) -> None:
+                 cap_bytes_per_s: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         # md5: GCS reports an MD5 for every object uploaded in one piece or resumably, and
         # gcloud insists on it for a stream; it costs this server about a core-second per
         # 600 MB, which the benchmark states.
@@ -717,7 +723,7 @@ class LoopbackGcsServer:
         # (None or 0: as fast as they come).
         if cap_bytes_per_s is not None and cap_bytes_per_s < 0:
             raise ValueError(f"cap_bytes_per_s must be positive, not {cap_bytes_per_s}")
-        self._server = _Server((host, port), verbose, md5, cap_bytes_per_s)
+        self._server = _Server((host, port), verbose, md5, cap_bytes_per_s, clock, sleep)
         self._thread: threading.Thread | None = None
         bound_host, bound_port = self._server.server_address[:2]
         self.url = f"http://{bound_host!s}:{bound_port}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,24 +161,39 @@ def test_file_objects_are_served_whole_and_by_range_and_counted(server: Loopback
     assert server.bytes_sent == len(data) + 1000 + 10
 
 
+class _VirtualClock:
+    """Time that passes only when the server sleeps: what the cap asks for, counted
+    exactly, however fast or loaded the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_cap_limits_one_connection() -> None:
-    """3 MB through one connection capped at 4 MB/s takes about 0.75 s; asserted: at
-    least 0.55 s (one piece may pass at once, and the clock has slack)."""
+    """3 MB through one connection capped at 4 MB/s: the server waits 0.75 s of its
+    clock, less the one piece an idle connection may send at once."""
     size, cap = 3_000_000, 4_000_000
-    with LoopbackGcsServer(md5=False, cap_bytes_per_s=cap) as server, requests.Session() as http:
+    virtual = _VirtualClock()
+    with LoopbackGcsServer(md5=False, cap_bytes_per_s=cap, clock=virtual.clock, sleep=virtual.sleep) as server, \
+            requests.Session() as http:
         start = http.post(f"{server.url}/upload/storage/v1/b/{BUCKET}/o?uploadType=resumable&name=capped",
                           json={}, timeout=10)
         assert start.status_code == 200
         data = bytes(size)
-        t0 = time.perf_counter()
         done = http.put(start.headers["Location"], data=data,
                         headers={"Content-Range": f"bytes 0-{size - 1}/{size}"}, timeout=30)
-        elapsed = time.perf_counter() - t0
         assert done.status_code == 200
         assert done.json()["size"] == str(size)
         assert crc32c_from_b64(done.json()["crc32c"]) == google_crc32c.value(data)
         assert server.bytes_received == size
-    assert elapsed >= 0.55, f"{size} bytes at {cap} B/s arrived in {elapsed:.2f} s: the cap did not hold"
+    piece = max(16 << 10, cap / 20)  # what the server reads at a time under this cap
+    assert size / cap - piece / cap <= virtual.now <= size / cap + 1e-6, f"paced {virtual.now:.3f} s: the cap did not hold"
 
 
 def test_segmented_archive_end_to_end(server: LoopbackGcsServer, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import google_crc32c
@@ -27,8 +26,9 @@ from ..humanize import human_bytes
 from ..manifest_tsv import ManifestRow
 from ..progress import Progress
 from .damage import ArchiveDamaged
-from .ranged import TO_THE_END, RangedMembers, has_offsets, load_index, plan
+from .ranged import RangedMembers, has_offsets, load_index, plan, spans_of
 from .report import KIND_NAMES, show
+from .restore import Selector
 from .sources import ArchiveSource, resolve_source
 from .stream import MemberStream
 from .tarparse import Member, TarMembers
@@ -49,20 +49,6 @@ def _manifest(src: ArchiveSource, note: Any) -> dict[str, ManifestRow]:
     return manifest
 
 
-def _matching(manifest: dict[str, ManifestRow], patterns: list[str]) -> list[ManifestRow]:
-    """Rows whose path, or a folder above it, matches one of ``patterns`` (all without any)."""
-    if not patterns:
-        return list(manifest.values())
-    cleaned = [p.rstrip("/") or p for p in patterns]
-
-    def wanted(path: str) -> bool:
-        parts = path.split("/")
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        return any(fnmatchcase(prefix, p) for p in cleaned for prefix in prefixes)
-
-    return [row for row in manifest.values() if wanted(row.path)]
-
-
 def list_members(
     source: str, *, patterns: list[str], journal: Journal | None, collection: str | None, progress: Progress,
 ) -> tuple[ArchiveSource, list[ManifestRow]]:
@@ -73,7 +59,9 @@ def list_members(
         manifest = _manifest(src, progress.note)
     finally:
         src.close()
-    rows = _matching(manifest, patterns)
+    # restore --include's selection: a row whose path, or a folder above it, matches.
+    selector = Selector(patterns)
+    rows = [row for row in manifest.values() if selector.matches(row.path)]
     if patterns and not rows:
         raise UsageError(f"no member of {src.location} matches {' '.join(patterns)} (member paths start with "
                          f"the run folder, e.g. {src.run}/RunInfo.xml)")
@@ -158,8 +146,8 @@ def cat_member(
             progress.note(f"{src.manifest_location} has no offset column (an archive from before access points): "
                           "reading the archive from its start")
         if index is not None:
-            following = _next_offset(manifest, row)
-            stream = RangedMembers(src, index, plan(index, [(row.offset or 0, following)]), progress, 1)
+            spans = spans_of(manifest, lambda path: path == row.path)
+            stream = RangedMembers(src, index, plan(index, spans), progress, 1)
         else:
             stream = MemberStream(src, progress, 1)
         try:
@@ -175,15 +163,6 @@ def cat_member(
         return CatReport(src.location, row.path, size, fetched, ranges, time.monotonic() - t0)
     finally:
         src.close()
-
-
-def _next_offset(manifest: dict[str, ManifestRow], row: ManifestRow) -> int:
-    rows = iter(manifest.values())
-    for r in rows:
-        if r.path == row.path:
-            nxt = next(rows, None)
-            return nxt.offset if nxt is not None and nxt.offset is not None else TO_THE_END
-    return TO_THE_END
 
 
 def _find(walk: Iterator[tuple[Member, TarMembers]], row: ManifestRow, src: ArchiveSource) -> tuple[Member, TarMembers]:

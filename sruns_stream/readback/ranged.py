@@ -135,15 +135,14 @@ def parallel_points(src: ArchiveSource, threads: int, note: Callable[[str], None
 
 @dataclass
 class Range:
-    """One ranged read: from access point ``point`` to ``archive_end`` (None: the end of
-    the archive), holding the wanted members whose headers start at ``first`` up to the
-    raw offset ``raw_end``."""
+    """One ranged read: from access point ``point`` to access point ``end`` (None: the end
+    of the archive), holding the wanted members whose headers start at ``first`` up to
+    the raw offset ``raw_end``."""
 
     point: AccessPoint
-    archive_end: int | None
+    end: AccessPoint | None
     first: int
     raw_end: int
-    end_k: int | None  # the access point ending the range (None: the end of the archive)
 
 
 def plan(index: AccessIndex, spans: Sequence[tuple[int, int]]) -> list[Range]:
@@ -151,16 +150,16 @@ def plan(index: AccessIndex, spans: Sequence[tuple[int, int]]) -> list[Range]:
     order), merged where they touch or overlap."""
     ranges: list[Range] = []
     for start, end in sorted(spans):
-        k, m = index.before(start), (index.after(end) if end != TO_THE_END else None)
+        m = index.after(end) if end != TO_THE_END else None
+        point, stop = index.point(index.before(start)), (index.point(m) if m is not None else None)
         last = ranges[-1] if ranges else None
-        if last is not None and (last.end_k is None or k <= last.end_k):
+        if last is not None and (last.end is None or point.raw <= last.end.raw):
             # This member's range starts before the last one ends: one read covers both.
             last.raw_end = max(last.raw_end, end)
-            if last.end_k is not None and (m is None or m > last.end_k):
-                last.end_k = m
-                last.archive_end = index.point(m).archive if m is not None else None
+            if last.end is not None and (stop is None or stop.raw > last.end.raw):
+                last.end = stop
             continue
-        ranges.append(Range(index.point(k), index.point(m).archive if m is not None else None, start, end, m))
+        ranges.append(Range(point, stop, start, end))
     return ranges
 
 
@@ -192,7 +191,7 @@ class RangedMembers:
             reader.close()
 
     def _end(self, r: Range) -> int:
-        return r.archive_end if r.archive_end is not None else self.src.data.size
+        return r.end.archive if r.end is not None else self.src.data.size
 
     def walk(self) -> Iterator[tuple[Member, TarMembers]]:
         for r in self.ranges:

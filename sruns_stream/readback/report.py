@@ -16,6 +16,7 @@ kinds are worded for a one-line message by `show` and `KIND_NAMES`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,7 @@ def _counted(n: int) -> str:
 
 
 @dataclass(kw_only=True)
-class Report:
+class Report(ABC):
     """What both commands report. ``ok`` is True only when there is no problem at all."""
 
     source: str
@@ -119,8 +120,9 @@ class Report:
         """What a FAILED line is about."""
         return self.source
 
+    @abstractmethod
     def _ok_line(self) -> str:
-        raise NotImplementedError
+        """The one line that says what was checked, when everything was."""
 
 
 @dataclass(kw_only=True)

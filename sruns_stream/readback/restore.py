@@ -37,10 +37,10 @@ from .stream import MemberStream
 if TYPE_CHECKING:
     from ..journal import Journal
 
-__all__ = ["restore_archive"]
+__all__ = ["Selector", "restore_archive"]
 
 
-class _Selector:
+class Selector:
     """--include: fnmatch patterns on member paths; a pattern matching a directory
     selects everything below it. Remembers which patterns matched something."""
 
@@ -82,7 +82,7 @@ def _exists_below(root_fd: int, rel: str) -> bool:
         os.close(parent)
 
 
-def _refuse_existing(manifest: dict[str, ManifestRow], selector: _Selector, dest: Path) -> None:
+def _refuse_existing(manifest: dict[str, ManifestRow], selector: Selector, dest: Path) -> None:
     """Before anything is read or written: refuse when files to restore already exist."""
     try:
         root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -136,7 +136,7 @@ def _restore(
     manifest = src.read_manifest(progress.note)
     if manifest is None:
         progress.note(f"no manifest at {src.manifest_location}: restored files cannot be checked")
-    selector = _Selector(include)
+    selector = Selector(include)
     if manifest is not None and not force:
         _refuse_existing(manifest, selector, dest)
     try:
@@ -210,7 +210,7 @@ def _restore(
 
 
 def _ranged(
-    src: ArchiveSource, manifest: dict[str, ManifestRow] | None, selector: _Selector, progress: Progress,
+    src: ArchiveSource, manifest: dict[str, ManifestRow] | None, selector: Selector, progress: Progress,
     files_total: int, files_done: Callable[[], int],
 ) -> RangedMembers | None:
     """The members --include selects, read by ranges through the access index; None (said
