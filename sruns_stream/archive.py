@@ -34,6 +34,7 @@ from . import __version__, access_index, manifest_tsv
 from .access_index import AccessPoint
 from .blockgzip import Checkpoint, Codec, GzipCodec, PlainTarCodec
 from .config import AUTO_STREAMS, AUTO_STREAMS_FROM, ArchiveOptions
+from .exclude import check_leaves_run
 from .errors import IntegrityError, Interrupted, JournalError, RunFolderChanged, UploadError, UsageError
 from .journal import Journal, Task, files_crc32c
 from .layout import Location, parse_location, storage_uri
@@ -343,6 +344,7 @@ def _run(
         if restart_reason:
             progress.note(f"{name}: starting from zero: {restart_reason}")
         manifest = scan or scan_run_folder(rundir, options.read_threads or 1, options.exclude)
+        check_leaves_run(manifest, options.exclude)  # before anything is written or uploaded
         for skipped in manifest.skipped:
             progress.note(f"skipped {skipped}")
         if manifest.excluded:

@@ -32,6 +32,7 @@ from .archive import (
     stream_params,
 )
 from .config import ArchiveOptions
+from .exclude import check_leaves_run
 from .humanize import human_bytes
 from .journal import Journal, Task
 from .layout import archive_filename, blob_name, parse_location
@@ -137,6 +138,7 @@ def plan_archive(
     name = root.name
     threads = reading_threads(options.read_threads, root) or 1
     scan = scan_run_folder(root, threads, options.exclude)
+    check_leaves_run(scan, options.exclude)  # refused as `archive` refuses it
     excluded_files, excluded_bytes = _counted(root, scan.excluded)
     exists = Path(journal_path).is_file()
     journal = Journal(journal_path, readonly=True) if exists else None

@@ -76,6 +76,8 @@ def test_defaults_are_in_one_place() -> None:
         ({"mail": {"host": "h", "from": "f", "to": [], "user": "u"}}, ["mail"]),
         ({"checkpoint_raw_interval": 1024}, ["checkpoint_raw_interval", "block_size"]),
         ({"threads": True}, ["threads", "whole number"]),
+        ({"exclude": ["Logs", "*.xml"]}, ["config key 'exclude'", "'*.xml'", "RunInfo.xml", "more narrowly"]),
+        ({"exclude": ["RTAComplete.txt"]}, ["config key 'exclude'", "'RTAComplete.txt' would leave out RTAComplete"]),
     ],
 )
 def test_a_bad_key_is_one_line_naming_it(raw: dict, words: list[str]) -> None:

@@ -2,7 +2,8 @@
 oracle), an excluded directory is not even walked, `verify --against` does not call them
 missing, a resume with other exclusions starts from zero, and the daemon moves a run
 archived with exclusions but sweeps it only when the config says its excluded files
-may go."""
+may go; exclusions that would leave out the run's identity (RunInfo.xml, its markers) or
+all of its data are refused, on the command line, at config load and after the scan."""
 
 from __future__ import annotations
 
@@ -162,3 +163,114 @@ def test_the_daemon_moves_a_run_archived_with_exclusions_but_sweeps_it_only_when
     swept = past_the_sweep_age()
     assert swept.returncode == 0, swept.stderr
     assert not moved.exists() and journal_row(tmp_path / "sruns.db", run.name)["swept_at"]
+
+
+# Each leaves out everything at the top of a run folder, RunInfo.xml and the markers with
+# it ("*/" is "*": a trailing "/" is dropped); the old code archived 0 files and said OK.
+EVERYTHING = ("*", "?*", "*/", "[!x]*", "**")
+# Leaves every directory and RunInfo.xml in, but no data file: what is below the
+# directories, and the one data file at the top of a MiSeq run (its sample sheet).
+NO_DATA = ("*/*", "SampleSheet.csv")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pattern", EVERYTHING)
+def test_a_pattern_that_leaves_out_the_run_identity_is_refused_in_one_line(
+    make_run, tmp_path: Path, pattern: str
+) -> None:
+    run = make_run("miseq", 1 << 20)
+    for extra in ((), ("--dry-run",)):
+        proc = run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), "--exclude", pattern, *extra,
+                       cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"--exclude: {pattern!r} would leave out RunInfo.xml" in proc.stderr
+        assert "never left out" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "sruns.db").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_config_whose_exclude_leaves_out_the_run_identity_is_refused_at_load(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({
+        "watchdir": str(run.parent), "local_dest": str(tmp_path / "dest"), "sqlite_db": str(tmp_path / "sruns.db"),
+        "sentinal_file_age_minutes": 0, "exclude": ["Logs", "*"], "sweep_excluded": True,
+    }))
+    for args in (("monitor", "--config", str(conf), "--once"), ("archive", str(run), "--config", str(conf))):
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "config key 'exclude': '*' would leave out RunInfo.xml" in proc.stderr
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "sruns.db").exists() and run.is_dir()
+
+
+@pytest.mark.timeout(60)
+def test_exclusions_that_leave_none_of_the_data_are_refused_before_anything_is_written(
+    make_run, tmp_path: Path
+) -> None:
+    run = make_run("miseq", 1 << 20)
+    args = ["archive", str(run), "--dest", str(tmp_path / "dest")]
+    for p in NO_DATA:
+        args += ["--exclude", p]
+    dry = run_cli(*args, "--dry-run", cwd=tmp_path)
+    proc = run_cli(*args, cwd=tmp_path)
+    for refused in (dry, proc):
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"{run.name}: exclude */*, SampleSheet.csv would leave out all of the run's data (such as " \
+               f"{run.name}/" in refused.stderr
+    assert not (tmp_path / "dest").exists()
+    row = journal_row(tmp_path / "sruns.db", run.name)
+    assert row["status"] != "complete" and "all of the run's data" in row["last_error"]
+
+
+@pytest.mark.timeout(60)
+def test_a_narrow_pattern_inside_a_folder_still_archives_and_verifies(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), "--exclude", "Thumbnail_Images/**",
+                   "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    archive = Path(json.loads(proc.stdout)["location"])
+    gnu_untar(archive, tmp_path / "out")
+    expected = {k: v for k, v in tree(run).items() if not k.startswith("Thumbnail_Images/")}
+    assert "Thumbnail_Images" in expected and len(expected) < len(tree(run))
+    assert tree(tmp_path / "out" / run.name) == expected
+    verify = run_cli("verify", str(archive), "--against", str(run), "--json", cwd=tmp_path)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout
+
+
+def test_the_scan_check_refuses_a_run_without_its_identity_whatever_made_the_scan(make_run) -> None:
+    # `check_patterns` already refuses such patterns; the scan check is the second line,
+    # for a walk that left out what the patterns were not expected to.
+    from sruns_stream.errors import UsageError
+    from sruns_stream.exclude import check_leaves_run
+    from sruns_stream.runfolder import scan_run_folder
+
+    run = make_run("miseq", 1 << 20)
+    scan = scan_run_folder(run, 1, ["RunInfo.xml", "Logs"])
+    with pytest.raises(UsageError, match=r"exclude RunInfo.xml, Logs would leave out RunInfo.xml: what identifies"):
+        check_leaves_run(scan, ["RunInfo.xml", "Logs"])
+    check_leaves_run(scan_run_folder(run, 1, ["Logs"]), ["Logs"])  # the usual: nothing to say
+
+
+@pytest.mark.timeout(120)
+def test_the_daemon_marks_a_run_failed_when_its_exclusions_leave_no_data(tmp_path: Path) -> None:
+    import make_fake_run
+
+    watch = tmp_path / "watch"
+    run = watch / "240101_M00001_0008_000000000-NODAT"
+    make_fake_run.make_run(run, "miseq", 1 << 20, seed=8)
+    copy = tree(run)
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({
+        "watchdir": str(watch), "completed_runs_dir": str(tmp_path / "completed"),
+        "sqlite_db": str(tmp_path / "sruns.db"), "local_dest": str(tmp_path / "archives"), "cycle_pause_sec": 1,
+        "sentinal_file_age_minutes": 0, "sweep_age_sec": 1, "exclude": list(NO_DATA), "sweep_excluded": True,
+        "threads": 2,
+    }))
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = journal_row(tmp_path / "sruns.db", run.name)
+    assert row["status"] != "complete" and row["failures"] == 1 and not row["moved_to"], row
+    assert "would leave out all of the run's data" in row["last_error"]
+    assert "would leave out all of the run's data" in proc.stderr
+    assert tree(run) == copy and not (tmp_path / "completed" / run.name).exists()
+    assert not list((tmp_path / "archives").rglob("*.tar.gz*"))
