@@ -55,8 +55,10 @@ def test_defaults_are_in_one_place() -> None:
     assert config.destination is None and config.sqlite_db == Path("sruns.db")
     assert config.quiet_period_sec == 1800 and config.max_attempts == 5
     options = ArchiveOptions()
+    # The values the README documents, spelled out: a changed default must change this test.
     assert (options.block_size, options.chunk_size, options.compression, options.level) == (
-        DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE, "auto", 1)
+        1 << 20, 16 << 20, "auto", 1)
+    assert (DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE) == (options.block_size, options.chunk_size)
     assert options.checkpoint_raw_interval == 256 << 20 and options.checkpoint_seconds == 30
 
 

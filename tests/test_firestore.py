@@ -60,7 +60,11 @@ FULL: RunFields = {
 
 def test_record_fields_match_the_update_fields_and_statuses() -> None:
     assert {f.name for f in dataclasses.fields(RunRecord)} - {"name"} == set(RunFields.__annotations__)
-    assert get_args(WorkflowStatus) == STATUSES
+    # sruns-monitor's values in its order, spelled out: downstream tools match these strings.
+    assert get_args(WorkflowStatus) == STATUSES == (
+        "new", "starting", "tarring", "tarring_complete", "uploading", "uploading_complete", "complete",
+        "not_running",
+    )
 
 
 @pytest.mark.timeout(60)
