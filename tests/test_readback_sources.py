@@ -143,6 +143,12 @@ def test_a_firestore_record_naming_a_local_file_is_refused_and_the_file_never_re
             ), command
             assert "NOT-FOR-YOUR-EYES" not in proc.stdout + proc.stderr and proc.stdout == ""
             assert not (tmp_path / "out").exists()
+    # Not even a string: the same line, not a traceback.
+    _firestore_documents(firestore, {"240101_NUMBER": {"storage": 42, "workflow_status": "complete"}})
+    proc = run_cli("verify", "240101_NUMBER", "--config", str(conf), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        "sruns-stream: error: Firestore collection 'runs' says run 240101_NUMBER is stored at 42, not in GCS"
+    ) and proc.stderr.count("\n") == 1, proc.stderr
 
 
 @pytest.mark.slow

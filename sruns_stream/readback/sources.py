@@ -625,14 +625,17 @@ def _from_run_name(name: str, journal: Journal | None, collection: str | None) -
 
         record = lookup(name, collection)
         if record is not None:
-            if record.archived and record.archive_uri:
-                if not record.archive_uri.startswith("gs://"):
+            if record.archived:
+                storage = record.storage
+                uri = record.archive_uri if isinstance(storage, str) else None
+                if uri is None or not uri.startswith("gs://"):
+                    shown = repr(storage[:200]) if isinstance(storage, str) else repr(storage)[:200]
                     raise UsageError(
-                        f"Firestore collection {collection!r} says run {name} is stored at "
-                        f"{str(record.storage)[:200]!r}, not in GCS: a record shared by every host may only "
-                        "name a gs:// location, so it is not read; give the archive's path if it is on this host"
+                        f"Firestore collection {collection!r} says run {name} is stored at {shown}, not in "
+                        "GCS: a record shared by every host may only name a gs:// location, so it is not read; "
+                        "give the archive's path if it is on this host"
                     )
-                return record.archive_uri
+                return uri
             why = f"Firestore collection {collection!r} says run {name} is {record.workflow_status}, not archived"
     if why:
         raise UsageError(f"{why}: wait for its archive to finish, or give the archive's gs:// URL or path")
