@@ -24,9 +24,16 @@
 Library errors (OSError, sqlite3.Error, google.api_core exceptions) are converted at
 the boundary where they happen, with ``raise X from exc``, so the CLI only ever
 has to map this tree to an exit code and a single line.
+
+A library's message can quote the URL it failed on, and a resumable upload's URL holds
+its session (``upload_id``), a bearer credential for the object. Every error of this
+tree is built through `redact`, so no message built from a library's (a last error in
+the journal, the daemon's log, Firestore, a webhook or a mail) can carry one.
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = [
     "EXIT_CHANGED",
@@ -50,6 +57,7 @@ __all__ = [
     "UnreadableEntry",
     "UploadError",
     "UsageError",
+    "redact",
 ]
 
 EXIT_OK = 0
@@ -59,10 +67,38 @@ EXIT_CHANGED = 3  # the run folder changed under the archive: not a failure, a "
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
+# Query values that grant access to whoever holds the URL: a resumable upload session,
+# OAuth tokens, API keys, signed URLs (GCS's and S3's). Matched after "?", "&" or ";",
+# also escaped (%26, \u0026 in a JSON body quoted in a message), with "=" or %3D.
+_SECRET_QUERY = re.compile(
+    r"((?:[?&;]|%26|%3F|\\u0026)"
+    r"(?:upload_id|access_token|id_token|refresh_token|token|key|sig|signature|client_secret|"
+    r"x-goog-signature|x-goog-credential|x-amz-signature|x-amz-credential|x-amz-security-token)"
+    r"(?:=|%3D))[^&;:,()\s'\"<>#\\]+",
+    re.IGNORECASE,
+)
+# The same secrets outside a URL: an Authorization header's value, GCS's upload id header.
+# "Bearer" as the header writes it: "a bearer credential" in a sentence is no token.
+_SECRET_HEADER = re.compile(r"((?:(?-i:\bBearer)|\bx-guploader-uploadid[\"']?\s*[:=])\s*[\"']?)[^\s,;'\"]+", re.IGNORECASE)
+_REDACTED = "<redacted>"
+
+
+def redact(text: str) -> str:
+    """``text`` with the secret parts of any URL or header it quotes replaced by
+    ``<redacted>``: upload ids, tokens, keys, signatures. The rest (host, path, status,
+    the server's message) stays, so the line still says what failed."""
+    text = _SECRET_QUERY.sub(lambda m: m.group(1) + _REDACTED, text)
+    return _SECRET_HEADER.sub(lambda m: m.group(1) + _REDACTED, text)
+
+
 class SrunsError(Exception):
-    """Base of every error sruns-stream raises on purpose."""
+    """Base of every error sruns-stream raises on purpose. Its message is redacted
+    (`redact`) as it is built, whatever the message was made from."""
 
     exit_code = EXIT_FAILURE
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class UsageError(SrunsError):

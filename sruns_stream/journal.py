@@ -41,7 +41,7 @@ from typing import Any, Literal, get_args
 import google_crc32c
 
 from .blockgzip import Checkpoint
-from .errors import JournalError
+from .errors import JournalError, redact
 from .layout import destination_of
 from .runfolder import Entry
 from .tarstream import Cursor
@@ -524,6 +524,7 @@ class Journal:
     def update(self, name: str, **fields: Any) -> None:
         """Set named columns of a task (names are ours, never user input)."""
         fields["updated_at"] = time.time()
+        fields.update({k: redact(str(v)) for k, v in fields.items() if k == "last_error" and v})  # on to logs, mail
         unknown = set(fields) - _COLUMNS
         if unknown:
             raise ValueError(f"unknown task columns {sorted(unknown)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 import os
 import re
 import threading
@@ -72,33 +73,82 @@ def test_unknown_sources_and_bad_against_are_one_line_errors(made: dict[str, Pat
         journal.close()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(90)  # a cold Firestore emulator JVM can take a while on a busy machine
-def test_run_name_found_through_firestore_when_the_journal_does_not_know_it(
-    made: dict[str, Path], firestore, tmp_path: Path
-) -> None:
+def _firestore_documents(firestore, documents: dict[str, dict[str, Any]]) -> None:
+    """Documents of collection ``runs``, written as another host (or anyone who can
+    write the collection) would."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import firestore as gfirestore
 
     client = gfirestore.Client(project=firestore.project, credentials=AnonymousCredentials())
     try:
-        # A local destination's document holds the archive's absolute path in `storage`.
-        client.collection("runs").document(RUN).set(
-            {"name": RUN, "storage": str(made["gz"]), "workflow_status": "complete"}
-        )
-        client.collection("runs").document("240101_BUSY").set(
-            {"name": "240101_BUSY", "storage": None, "workflow_status": "tarring"}
-        )
+        for name, fields in documents.items():
+            client.collection("runs").document(name).set({"name": name, **fields})
     finally:
         client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)  # a cold Firestore emulator JVM can take a while on a busy machine
+def test_run_name_found_through_firestore_when_the_journal_does_not_know_it(
+    made: dict[str, Path], gcs, firestore, tmp_path: Path
+) -> None:
+    from sruns_stream.gcs import make_client
+
+    blob = f"runs/{RUN}/{RUN}.tar.gz"
+    client = make_client()
+    try:
+        for path in made["gz"].parent.iterdir():  # the archive and what lies beside it
+            client.bucket(gcs.bucket).blob(f"runs/{RUN}/{path.name}").upload_from_filename(str(path))
+    finally:
+        client.close()
+    _firestore_documents(firestore, {
+        RUN: {"storage": f"{gcs.bucket}/{blob}", "workflow_status": "complete"},
+        "240101_BUSY": {"storage": None, "workflow_status": "tarring"},
+    })
     journal = Journal(tmp_path / "empty.db")
     try:
         report = verify_archive(RUN, against=None, journal=journal, collection="runs", progress=NoProgress())
-        assert report.ok and report.source == str(made["gz"])
+        assert report.ok and report.source == f"gs://{gcs.bucket}/{blob}"
         with pytest.raises(UsageError, match="Firestore collection 'runs' says run 240101_BUSY is tarring"):
             verify_archive("240101_BUSY", against=None, journal=journal, collection="runs", progress=NoProgress())
     finally:
         journal.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_firestore_record_naming_a_local_file_is_refused_and_the_file_never_read(
+    made: dict[str, Path], firestore, tmp_path: Path
+) -> None:
+    """A document is shared by every host: one whose `storage` is a local path (say
+    /etc/shadow) must not make ls, verify, restore or cat open that path here."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:$6$NOT-FOR-YOUR-EYES$x:19000:0:99999:7:::\n")
+    # A valid archive too: the refusal is about where the record points, not what is there.
+    _firestore_documents(firestore, {
+        "240101_SECRET": {"storage": str(secret), "workflow_status": "complete"},
+        RUN: {"storage": str(made["gz"]), "workflow_status": "complete"},
+    })
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"firestore_collection": "runs", "sqlite_db": str(tmp_path / "empty.db")}))
+    for run, path in (("240101_SECRET", secret), (RUN, made["gz"])):
+        for command in (("ls", run), ("verify", run), ("restore", run, str(tmp_path / "out")),
+                        ("cat", run, f"{RUN}/RunInfo.xml")):
+            proc = run_cli(*command, "--config", str(conf), cwd=tmp_path)
+            assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+            assert proc.stderr == (
+                f"sruns-stream: error: Firestore collection 'runs' says run {run} is stored at {str(path)!r}, "
+                "not in GCS: a record shared by every host may only name a gs:// location, so it is not read; "
+                "give the archive's path if it is on this host\n"
+            ), command
+            assert "NOT-FOR-YOUR-EYES" not in proc.stdout + proc.stderr and proc.stdout == ""
+            assert not (tmp_path / "out").exists()
+    # Not even a string: the same line, not a traceback.
+    _firestore_documents(firestore, {"240101_NUMBER": {"storage": 42, "workflow_status": "complete"}})
+    proc = run_cli("verify", "240101_NUMBER", "--config", str(conf), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        "sruns-stream: error: Firestore collection 'runs' says run 240101_NUMBER is stored at 42, not in GCS"
+    ) and proc.stderr.count("\n") == 1, proc.stderr
 
 
 @pytest.mark.slow

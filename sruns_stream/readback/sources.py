@@ -606,8 +606,12 @@ def _gcs_volumes(client: Client, bucket: str, name: str) -> Volumes | None:
 
 
 def _from_run_name(name: str, journal: Journal | None, collection: str | None) -> str | None:
-    """Where run ``name`` was archived, per the journal then Firestore (``gs://…`` or an
-    absolute path); None if neither knows it."""
+    """Where run ``name`` was archived, per the journal (``gs://…`` or an absolute path)
+    then Firestore (``gs://…`` only); None if neither knows it.
+
+    A Firestore document is shared by every host and written by whoever can write the
+    collection: a local path in it is refused, never opened (it could name any file on
+    this host, and the error would quote its first bytes)."""
     why = ""
     if journal is not None:
         task = journal.get(name)
@@ -621,8 +625,17 @@ def _from_run_name(name: str, journal: Journal | None, collection: str | None) -
 
         record = lookup(name, collection)
         if record is not None:
-            if record.archived and record.archive_uri:
-                return record.archive_uri
+            if record.archived:
+                storage = record.storage
+                uri = record.archive_uri if isinstance(storage, str) else None
+                if uri is None or not uri.startswith("gs://"):
+                    shown = repr(storage[:200]) if isinstance(storage, str) else repr(storage)[:200]
+                    raise UsageError(
+                        f"Firestore collection {collection!r} says run {name} is stored at {shown}, not in "
+                        "GCS: a record shared by every host may only name a gs:// location, so it is not read; "
+                        "give the archive's path if it is on this host"
+                    )
+                return uri
             why = f"Firestore collection {collection!r} says run {name} is {record.workflow_status}, not archived"
     if why:
         raise UsageError(f"{why}: wait for its archive to finish, or give the archive's gs:// URL or path")

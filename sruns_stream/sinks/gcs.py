@@ -58,7 +58,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # t
 
 from .. import __version__
 from ..config import GCS_CHUNK_QUANTUM, ArchiveOptions
-from ..errors import IntegrityError, UploadError
+from ..errors import IntegrityError, UploadError, redact
 from ..gcs import (
     API_ERRORS,
     DEFAULT_TIMEOUT,
@@ -98,7 +98,6 @@ SESSION_LIFETIME = 7 * 24 * 3600.0
 
 _RESUME_INCOMPLETE = 308
 _RANGE = re.compile(r"bytes=0-(\d+)$")
-_UPLOAD_ID = re.compile(r"(upload_id=)[^&\s'\"]+")
 # How often a waiting thread looks at the stop flag and the uploader's error.
 _POLL = 0.1
 
@@ -605,7 +604,7 @@ class GcsSink:
         """A library message without the session URI's secret part."""
         if self._uri:
             text = text.replace(self._uri, f"<session {self._short()}>")
-        text = _UPLOAD_ID.sub(lambda m: m.group(1) + "…", text)
+        text = redact(text)
         return " ".join(text.split())[:300]
 
     def _pause(self, seconds: float) -> None:
