@@ -23,7 +23,7 @@ from typing import TextIO
 from . import __version__, stopping
 from .archive import archive_run, check_places
 from .config import ArchiveOptions, Config, load_config, with_overrides
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError, redact
 from .exclude import check_patterns
 from .journal import Journal
 from .progress import NoProgress, Progress, TerminalProgress
@@ -413,8 +413,10 @@ def main_cli() -> None:
     except Exception as exc:  # noqa: BLE001 - a bug: still one line, and the traceback for a report
         import traceback
 
-        traceback.print_exc()
-        print(f"sruns-stream: internal error: {exc}", file=sys.stderr)
+        # A library's message can quote an upload session or a token: the report keeps
+        # the traceback's shape, with what errors.redact hides hidden here too.
+        print(redact("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
+        print(f"sruns-stream: internal error: {redact(str(exc))}", file=sys.stderr)
         code = EXIT_FAILURE
     sys.exit(code)
 

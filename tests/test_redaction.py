@@ -203,3 +203,26 @@ def test_a_failed_manifest_upload_names_no_session_in_any_outlet_of_the_daemon(
     assert not _leaks(ids, **outlets), sorted(_leaks(ids, **outlets))
     for name in ("daemon log", "journal", "firestore", "webhook", "mail"):
         assert "upload_id=<redacted>" in outlets[name], (name, outlets[name])
+
+
+def test_an_internal_error_report_names_no_session(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug's report (traceback and last line) goes to the run's log too: a library's
+    message quoted there is redacted like every error of the tree. The bug is faked:
+    no real input is known to reach this path."""
+    from sruns_stream import cli
+
+    secret = "ADPycdvSecretUploadId0123456789"
+
+    def bug(argv: object = None) -> int:
+        raise ValueError(f"PUT https://storage.googleapis.com/upload?uploadType=resumable&upload_id={secret}: 503")
+
+    monkeypatch.setattr(cli, "main", bug)
+    monkeypatch.setattr(cli, "_die_with_parent", lambda: None)
+    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main_cli()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert secret not in err and "upload_id=<redacted>" in err
+    assert err.splitlines()[-1].startswith("sruns-stream: internal error: ")
