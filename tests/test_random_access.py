@@ -400,7 +400,7 @@ def test_an_index_point_lying_about_its_raw_length_is_an_error_in_bounded_memory
     one call, then wrote the 6 bytes and exited 0."""
     folder = _copy(zeros, tmp_path)
     _rewrite_index(folder, keep=7, skip=250)
-    code, out, err, peak = _measured("cat", str(folder / f"{RUN}.tar.gz"), f"{RUN}/Data/a.txt", cwd=tmp_path)
+    code, _, err, peak = _measured("cat", str(folder / f"{RUN}.tar.gz"), f"{RUN}/Data/a.txt", cwd=tmp_path)
     assert code == 1 and "Traceback" not in err, err
     line = err.strip().splitlines()[-1]
     assert line.endswith(f"inflate past raw byte 1048576, where {folder / RUN}.index.tsv places the next access point: "

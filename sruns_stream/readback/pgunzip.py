@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import pairwise
 
 from isal import isal_zlib
 
@@ -60,8 +61,7 @@ class ParallelGzipLayer:
         self._window = threads + 1  # pieces in flight: memory stays (threads + 1) × a piece
         # The last piece ends before where the next point would be: at most one gap and
         # one block further, and a block is no longer than a gap.
-        self._last_bound = 2 * max(b.raw - a.raw for a, b in zip(points, points[1:], strict=False)) if len(points) > 1 \
-            else 0
+        self._last_bound = max((b.raw - a.raw for a, b in pairwise(points)), default=0) * 2
         self._inflight: deque[tuple[int, Future[tuple[bytes, int, bool]]]] = deque()
         self._input = bytearray()
         self._pos = 0  # archive offset of self._input[0]

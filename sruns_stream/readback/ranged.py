@@ -184,7 +184,8 @@ def check_coverage(
     where = index.where
     if last.archive >= size - _TRAILER:
         raise IntegrityError(f"{where}: access point {k} is at archive byte {last.archive}, past the end of the "
-                             f"compressed data ({size - _TRAILER}): the index does not belong to this archive")
+                             f"compressed data ({size - _TRAILER}): the archive is truncated, or the index is not "
+                             "its own")
     room = index.header.point_raw(index.count) - last.raw
     if size - _TRAILER - last.archive > access_index.deflate_bound(room):
         raise IntegrityError(
@@ -200,7 +201,7 @@ def check_coverage(
         raise IntegrityError(
             f"{where} lists {index.count} access points, but a tar stream of {length} bytes (by the manifest "
             f"and the gzip trailer) with access_interval={index.header.access_interval} has {expected}: the index "
-            + ("is cut short" if index.count < expected else "does not belong to this archive")
+            + ("is cut short" if index.count < expected else "is not its own, or the archive is damaged")
         )
 
 
