@@ -28,11 +28,25 @@ from dataclasses import dataclass
 
 from .errors import IntegrityError
 
-__all__ = ["COLUMNS", "LINE", "AccessPoint", "IndexHeader", "parse", "parse_header", "parse_line", "render"]
+__all__ = ["COLUMNS", "LINE", "MAX_OFFSET", "AccessPoint", "IndexHeader", "deflate_bound", "parse", "parse_header",
+           "parse_line", "render"]
 
 COLUMNS = ("raw_offset", "archive_offset")
 _WIDTH = 20  # digits: any 64-bit offset
 LINE = 2 * _WIDTH + 2  # bytes per point, tab and newline included
+# Offsets and sizes read from an index are below this (what a signed 64-bit offset holds).
+MAX_OFFSET = (1 << 63) - 1
+# The writer's block sizes (`config.Config` refuses others): a header outside them is not
+# one the writer made, and a reader sizes its buffers by it.
+MIN_BLOCK, MAX_BLOCK, BLOCK_ALIGN = 64 << 10, 64 << 20, 4 << 10
+
+
+def deflate_bound(raw: int) -> int:
+    """The most compressed bytes ``raw`` bytes of blocks take: incompressible data is
+    stored, 5 bytes of header per 65,535, and every block ends with a 5-byte sync flush;
+    the margin is generous, it only has to tell an index that skips points from one that
+    does not."""
+    return raw + raw // 1024 + (64 << 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +98,12 @@ def parse_header(data: bytes, where: str) -> IndexHeader:
         block, interval = int(params["block_size"]), int(params["access_interval"])
     except (KeyError, ValueError):
         raise IntegrityError(f"{where}: its header lacks block_size and access_interval") from None
-    if block <= 0 or interval <= 0:
-        raise IntegrityError(f"{where}: block_size and access_interval must be positive")
+    if not MIN_BLOCK <= block <= MAX_BLOCK or block % BLOCK_ALIGN:
+        raise IntegrityError(f"{where}: its header's block_size={block} is not one the writer makes (a multiple of "
+                             "4 KiB between 64 KiB and 64 MiB): the index is damaged")
+    if not 0 < interval <= MAX_OFFSET:
+        raise IntegrityError(f"{where}: its header's access_interval={interval} is not between 1 and 2^63-1: "
+                             "the index is damaged")
     return IndexHeader(block, interval, len(line) + 1)
 
 
@@ -97,6 +115,9 @@ def parse_line(data: bytes, where: str, k: int) -> AccessPoint:
         raise IntegrityError(f"{where}: access point {k} is not two offsets") from None
     if len(data) != LINE or raw < 0 or archive < 0:
         raise IntegrityError(f"{where}: access point {k} is not a {LINE}-byte line")
+    if raw > MAX_OFFSET or archive > MAX_OFFSET:
+        raise IntegrityError(f"{where}: access point {k} has an offset of {max(raw, archive)}, past 2^63-1: "
+                             "the index is damaged")
     return AccessPoint(raw, archive)
 
 

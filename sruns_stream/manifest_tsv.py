@@ -69,6 +69,13 @@ class Rows(dict[str, ManifestRow]):
 
 _EXCLUDE = "exclude="
 
+# What a field may hold (`_check`): a size or offset a signed 64-bit offset holds; an
+# mtime a datetime represents (years 1 to 9999: `ls -l` shows it as one), which tar's
+# base-256 mtimes cover; permission bits; the types `render` writes.
+_MAX_OFFSET = (1 << 63) - 1
+_MTIMES = (-62135596800, 253402300799)
+_KINDS = ("f", "d", "l")
+
 
 def _escape(name: bytes) -> bytes:
     # Most names hold none of these; the regex check keeps 400,000 lines cheap.
@@ -145,5 +152,26 @@ def parse(data: bytes, where: str) -> Rows:
             )
         except (IndexError, ValueError):
             raise IntegrityError(f"{where} line {number} is unreadable: the manifest is damaged") from None
+        _check(row, where, number)
         rows[row.path] = row
     return rows
+
+
+def _check(row: ManifestRow, where: str, number: int) -> None:
+    """IntegrityError naming the line, the field and its value when a field is out of the
+    range anything written holds: a reader sizes, seeks and formats by them."""
+    problem = None
+    if not 0 <= row.size <= _MAX_OFFSET:
+        problem = f"size {row.size} is not between 0 and 2^63-1"
+    elif row.crc32c is not None and not 0 <= row.crc32c <= 0xFFFFFFFF:
+        problem = f"crc32c {row.crc32c:x} is not 8 hex digits"
+    elif row.kind not in _KINDS:
+        problem = f"type {row.kind!r} is not one of {', '.join(_KINDS)}"
+    elif not 0 <= row.mode <= 0o7777:
+        problem = f"mode {row.mode:o} is not permission bits (0000 to 7777)"
+    elif not _MTIMES[0] <= row.mtime <= _MTIMES[1]:
+        problem = f"mtime {row.mtime} is not a time between the years 1 and 9999"
+    elif row.offset is not None and not 0 <= row.offset <= _MAX_OFFSET:
+        problem = f"offset {row.offset} is not between 0 and 2^63-1"
+    if problem is not None:
+        raise IntegrityError(f"{where} line {number}: {problem}: the manifest is damaged")

@@ -320,3 +320,124 @@ def test_an_index_that_lies_is_a_problem_verify_names(run: Path, tmp_path: Path)
     code, report = _verify(str(archive), tmp_path, "--threads", "2")
     assert code == 1 and "index" in report["problems"][0], report["problems"]
     assert _verify(str(archive), tmp_path, "--threads", "1")[0] == 0  # the archive itself is intact
+
+
+# --- bounded inflation: one large zero-filled file, honest and damaged indexes ----------
+
+RUNINFO = b'<?xml version="1.0"?>\n<RunInfo/>\n'
+ZEROS = 256 << 20  # inflates from a few hundred KiB: one read piece of it is the whole file
+# Peak RSS allowed a read-back of it: the interpreter and its libraries take about 30 MiB,
+# a few pieces in flight a few more; holding the file inflated (what a read that inflates
+# a piece at once does) takes more than the file's size (the old code peaked at 539 MiB).
+BOUNDED_KIB = 100 << 10
+
+
+def _measured(*args: str, cwd: Path) -> tuple[int, Path, str, int]:
+    """`sruns-stream ARGS` in a real process: (exit code, its stdout's file, stderr, its
+    own peak RSS in KiB, `readback_helpers.MEASURED`); stdout goes to a file, unread."""
+    from readback_helpers import MEASURED
+
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out, peak = cwd / "stdout.bin", cwd / "peak_kib.txt"
+    with out.open("wb") as fo:
+        proc = subprocess.run([sys.executable, "-c", MEASURED, "0", str(peak), *args], cwd=cwd, env=env, stdout=fo,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    return proc.returncode, out, proc.stderr, int(peak.read_text())
+
+
+def _all_zeros(path: Path, size: int) -> bool:
+    with path.open("rb") as f:
+        while piece := f.read(16 << 20):
+            if piece.count(0) != len(piece):
+                return False
+    return path.stat().st_size == size
+
+
+@pytest.fixture(scope="module")
+def zeros(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of a 6-byte file, then one zero-filled file of `ZEROS` bytes, archived with a
+    1 MiB access interval (257 points); the archive's folder."""
+    base = tmp_path_factory.mktemp("zeros")
+    root = base / "runs" / RUN
+    (root / "Data").mkdir(parents=True)
+    (root / "Data" / "a.txt").write_bytes(b"small\n")
+    with (root / "Data" / "zeros.bin").open("wb") as f:
+        f.truncate(ZEROS)  # a hole reads as zeros: quick to make
+    (root / "RunInfo.xml").write_bytes(RUNINFO)
+    return Path(_archive(root, str(base / "dest"), base)["location"]).parent
+
+
+def _copy(zeros: Path, tmp_path: Path) -> Path:
+    """The archive's folder copied (a few hundred KiB): a test may damage its copy."""
+    return Path(shutil.copytree(zeros, tmp_path / "dest" / RUN))
+
+
+def _rewrite_index(folder: Path, keep: int, skip: int = 0) -> None:
+    """Keep the first ``keep`` access points; with ``skip``, points 1.. take the archive
+    offsets of the points ``skip`` further on, the raw offsets staying where the header
+    puts them: each line well formed, point 1 lying about how much lies before it."""
+    index = folder / f"{RUN}.index.tsv"
+    head, *lines = index.read_text().splitlines(keepends=True)
+    cols = [line.rstrip("\n").split("\t") for line in lines]
+    out = [cols[0]] + [[cols[k][0], cols[k + skip][1]] for k in range(1, len(cols) - skip)]
+    index.write_text(head + "".join(f"{raw}\t{arch}\n" for raw, arch in out[:keep]))
+
+
+@pytest.mark.timeout(120)
+def test_cat_of_a_large_zero_filled_file_stays_in_bounded_memory(zeros: Path, tmp_path: Path) -> None:
+    """Caught on the old code: a range was inflated one read piece at a time without
+    max_length, so the whole file came out of one call (peak 539 MiB here)."""
+    code, out, err, peak = _measured("cat", str(zeros / f"{RUN}.tar.gz"), f"{RUN}/Data/zeros.bin", cwd=tmp_path)
+    assert code == 0, err
+    assert _all_zeros(out, ZEROS)
+    assert peak < BOUNDED_KIB, f"peak RSS {peak >> 10} MiB"
+
+
+@pytest.mark.timeout(120)
+def test_an_index_point_lying_about_its_raw_length_is_an_error_in_bounded_memory(zeros: Path, tmp_path: Path) -> None:
+    """Point 1 placed at the archive offset of point 251: the range before it inflates to
+    251 MiB where the index says 1 MiB. Caught on the old code: it inflated all of it in
+    one call, then wrote the 6 bytes and exited 0."""
+    folder = _copy(zeros, tmp_path)
+    _rewrite_index(folder, keep=7, skip=250)
+    code, _, err, peak = _measured("cat", str(folder / f"{RUN}.tar.gz"), f"{RUN}/Data/a.txt", cwd=tmp_path)
+    assert code == 1 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.endswith(f"inflate past raw byte 1048576, where {folder / RUN}.index.tsv places the next access point: "
+                         "the archive or its index is damaged"), line
+    assert peak < BOUNDED_KIB, f"peak RSS {peak >> 10} MiB"
+
+
+@pytest.mark.timeout(120)
+def test_an_index_cut_short_is_reported_by_verify_and_restore_stays_bounded(zeros: Path, tmp_path: Path) -> None:
+    """The index cut at a line boundary: header and 2 of its 257 points. Caught on the
+    old code: verify --threads 2 said OK after inflating the last 255 MiB in one piece,
+    and restore did the same."""
+    folder = _copy(zeros, tmp_path)
+    _rewrite_index(folder, keep=2)
+    archive = str(folder / f"{RUN}.tar.gz")
+    for threads in ("2", "1"):
+        code, out, err, peak = _measured("verify", archive, "--json", "--threads", threads, cwd=tmp_path)
+        report = json.loads(out.read_text())
+        assert code == 1 and not report["ok"] and report["problem_count"] == 1, (threads, report, err)
+        problem = report["problems"][0]
+        assert f"{RUN}.index.tsv lists 2 access points" in problem and "has 257" in problem, problem
+        assert "cut short" in problem and "read without it" in problem, problem
+        # The data itself was checked, by bounded streaming.
+        assert report["files"] == 3 and report["data_bytes"] == ZEROS + 6 + len(RUNINFO), report
+        assert not report["damaged"], report
+        assert peak < BOUNDED_KIB, (threads, f"peak RSS {peak >> 10} MiB")
+    code, out, err, peak = _measured("restore", archive, str(tmp_path / "out"), "--threads", "2", cwd=tmp_path)
+    assert code == 0, err
+    assert "cut short" in err and "Traceback" not in err, err
+    assert _all_zeros(tmp_path / "out" / RUN / "Data" / "zeros.bin", ZEROS)
+    assert peak < BOUNDED_KIB, f"peak RSS {peak >> 10} MiB"
+    # Read by ranges, through what is left of the index (it cannot tell it is cut without
+    # the archive's trailer): bounded, and the bytes right.
+    code, out, err, peak = _measured("restore", archive, str(tmp_path / "part"), "--include", f"{RUN}/Data/zeros.bin",
+                                     cwd=tmp_path)
+    assert "Traceback" not in err and peak < BOUNDED_KIB, (err, f"peak RSS {peak >> 10} MiB")
+    if code == 0:
+        assert _all_zeros(tmp_path / "part" / RUN / "Data" / "zeros.bin", ZEROS)
+    else:
+        assert code == 1 and "the index is cut short" in out.read_text(), (out.read_text(), err)

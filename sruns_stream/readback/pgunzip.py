@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import pairwise
 
 from isal import isal_zlib
 
-from ..access_index import AccessPoint
+from ..access_index import AccessPoint, deflate_bound
 from .damage import ArchiveDamaged
 from .gunzip import InflateError, trailer_problems
 
@@ -34,15 +35,13 @@ _END = b"\x03\x00"
 _TRAILER = 8
 
 
-def _inflate(data: bytes, raw_length: int | None) -> tuple[bytes, int]:
-    """One piece inflated alone (the last one: ``raw_length`` None), and its CRC32. Sized
-    to the length the index gives, the output buffer is allocated once: ISA-L inflates
-    off the GIL, growing a buffer does not."""
-    if raw_length is None:
-        out = isal_zlib.decompress(data, wbits=-15)
-    else:
-        out = isal_zlib.decompress(data + _END, wbits=-15, bufsize=max(raw_length, 1))
-    return out, isal_zlib.crc32(out)
+def _inflate(data: bytes, bound: int, last: bool) -> tuple[bytes, int, bool]:
+    """One piece inflated alone, to at most ``bound`` + 1 bytes (one more than it may
+    hold: a piece that inflates to more is found without inflating all of it), its
+    CRC32, and whether its deflate stream ended."""
+    inflater = isal_zlib.decompressobj(-15)
+    out = inflater.decompress(data if last else data + _END, bound + 1)
+    return out, isal_zlib.crc32(out), inflater.eof
 
 
 class ParallelGzipLayer:
@@ -60,7 +59,10 @@ class ParallelGzipLayer:
         self._size = archive_size
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="inflate")
         self._window = threads + 1  # pieces in flight: memory stays (threads + 1) × a piece
-        self._inflight: deque[tuple[int, Future[tuple[bytes, int]]]] = deque()
+        # The last piece ends before where the next point would be: at most one gap and
+        # one block further, and a block is no longer than a gap.
+        self._last_bound = max((b.raw - a.raw for a, b in pairwise(points)), default=0) * 2
+        self._inflight: deque[tuple[int, Future[tuple[bytes, int, bool]]]] = deque()
         self._input = bytearray()
         self._pos = 0  # archive offset of self._input[0]
         self._next = 0  # the next piece to submit
@@ -108,11 +110,19 @@ class ParallelGzipLayer:
             return False
         last = k + 1 == len(self._points)
         end = self._size - _TRAILER if last else self._points[k + 1].archive
+        bound = self._last_bound if last else self._points[k + 1].raw - self._points[k].raw
+        if end - self._points[k].archive > deflate_bound(bound):
+            # Never buffered: that many raw bytes cannot take so much room compressed.
+            raise ArchiveDamaged(
+                f"{self._name}: {self._index_where} places "
+                + (f"access point {k + 1}" if not last else "the end of the compressed data")
+                + f" {end - self._points[k].archive} bytes after point {k}, more than {bound} raw bytes can take "
+                "compressed: the index is damaged (verify --threads 1 reads the archive without the index)"
+            )
         if end < self._pos or not self._fill(end):
             raise ArchiveDamaged(f"{self._name} is truncated: it ends at byte {self._pos + len(self._input)}, "
                                  f"before access point {k + 1} at byte {end}")
-        raw_length = None if last else self._points[k + 1].raw - self._points[k].raw
-        self._inflight.append((k, self._pool.submit(_inflate, self._take(end), raw_length)))
+        self._inflight.append((k, self._pool.submit(_inflate, self._take(end), bound, last)))
         self._next += 1
         return True
 
@@ -133,17 +143,22 @@ class ParallelGzipLayer:
         end = self._points[k + 1] if k + 1 < len(self._points) else None
         span = f"bytes {point.archive}-{end.archive if end else self._size - _TRAILER}"
         try:
-            out, crc = future.result()
+            out, crc, ended = future.result()
         except InflateError as exc:
             self.close()
             raise ArchiveDamaged(
                 f"{self._name} {span} (from access point {k} of {self._index_where}) do not inflate ({exc}): "
                 "the archive or its index is damaged (verify --threads 1 reads the archive without the index)"
             ) from None
-        if end is not None and len(out) != end.raw - point.raw:
+        said = end.raw - point.raw if end is not None else self._last_bound
+        if len(out) > said or not ended or (end is not None and len(out) != said):
             self.close()
+            what = (f"more than {said} bytes" if len(out) > said else "a deflate stream that does not end"
+                    if not ended else f"{len(out)} bytes")
+            says = (f"says {said}" if end is not None else
+                    f"ends at point {k}, and the stream must end within {said} bytes of it")
             raise ArchiveDamaged(
-                f"{self._name} {span} inflate to {len(out)} bytes, but {self._index_where} says {end.raw - point.raw}: "
+                f"{self._name} {span} inflate to {what}, but {self._index_where} {says}: "
                 "the archive or its index is damaged (verify --threads 1 reads the archive without the index)"
             )
         self._crc = isal_zlib.crc32_combine(self._crc, crc, len(out))

@@ -29,11 +29,11 @@ from ..progress import Progress
 from ..stopping import STOP
 from .damage import ArchiveDamaged
 from .gunzip import InflateError
-from .sources import ArchiveSource, ByteSource, ResumableReader
+from .sources import PIECE, ArchiveSource, ByteSource, ResumableReader
 from .tarparse import BLOCK, Member, TarMembers
 
-__all__ = ["TO_THE_END", "WHOLE_INDEX", "AccessIndex", "Range", "RangedMembers", "has_offsets", "load_index",
-           "parallel_points", "plan", "spans_of"]
+__all__ = ["TO_THE_END", "WHOLE_INDEX", "AccessIndex", "Range", "RangedMembers", "check_coverage", "has_offsets",
+           "load_index", "parallel_points", "plan", "raw_size", "spans_of"]
 
 # An index up to this size is read in one request; a bigger one (a run of terabytes has
 # about 130,000 points per TiB) is read a line at a time, each at a place it can compute.
@@ -114,6 +114,7 @@ def load_index(src: ArchiveSource, note: Callable[[str], None] | None) -> Access
         return None
     try:
         index = AccessIndex(src.index, src.index_location, note)
+        check_coverage(src, index, None, note)  # without the manifest: no read of the archive's trailer
     except IntegrityError as exc:
         if note is not None:
             note(f"{exc}: reading the archive from its start")
@@ -123,14 +124,85 @@ def load_index(src: ArchiveSource, note: Callable[[str], None] | None) -> Access
     return index
 
 
-def parallel_points(src: ArchiveSource, threads: int, note: Callable[[str], None] | None) -> list[AccessPoint] | None:
+def parallel_points(
+    src: ArchiveSource, threads: int, note: Callable[[str], None] | None,
+    manifest: dict[str, ManifestRow] | None = None, *, check: bool = False,
+) -> list[AccessPoint] | None:
     """The access points to inflate the archive on ``threads`` threads, or None when one
     thread is asked for or there is nothing to split (a plain .tar, no index, one point).
-    IntegrityError when the index is there but unreadable."""
-    if threads <= 1 or not src.gzip or src.index is None:
+    IntegrityError when the index is there but unreadable, or does not cover the archive
+    (`check_coverage`, with ``manifest``); ``check``: look at the index even for one thread."""
+    if (threads <= 1 and not check) or not src.gzip or src.index is None:
         return None
-    points = AccessIndex(src.index, src.index_location, note).points()
+    index = AccessIndex(src.index, src.index_location, note)
+    check_coverage(src, index, manifest, note)
+    if threads <= 1:
+        return None
+    points = index.points()
     return points if len(points) >= 2 else None
+
+
+_TRAILER = 8  # a gzip member's CRC32 and length
+
+
+def raw_size(src: ArchiveSource, manifest: dict[str, ManifestRow] | None,
+             note: Callable[[str], None] | None) -> int | None:
+    """The tar stream's length, or None when the manifest cannot place its end. The
+    manifest's rows give a lower bound (its header, its data, the end-of-archive
+    marker), the gzip trailer the length mod 2^32: together, the length itself, since
+    what a member adds beyond that bound (long-name headers) is far less than 4 GiB."""
+    if manifest is None or not has_offsets(manifest) or src.data.size < _TRAILER:
+        return None
+    # The furthest end any row gives (a row added out of order cannot lower it).
+    low = max((row.offset or 0) + BLOCK + -(-row.size // BLOCK) * BLOCK for row in manifest.values()) + len(_EOF)
+    reader = ResumableReader(src.data, note=note, start=src.data.size - _TRAILER, end=src.data.size)
+    try:
+        trailer = b""
+        while piece := reader.read_piece():
+            trailer += piece
+    finally:
+        reader.close()
+    isize = int.from_bytes(trailer[4:8], "little")
+    return low + ((isize - low) & 0xFFFFFFFF)
+
+
+def check_coverage(
+    src: ArchiveSource, index: AccessIndex, manifest: dict[str, ManifestRow] | None,
+    note: Callable[[str], None] | None,
+) -> None:
+    """IntegrityError naming the index unless its points reach the end of the archive:
+    the compressed bytes after its last point no more than the raw bytes up to where the
+    next point would be can take (`access_index.deflate_bound`), and, when the manifest
+    gives the tar stream's length (`raw_size`), one point for every place the header puts
+    one before that length. An index cut at a line boundary parses; without this, its
+    last piece would be the rest of the archive."""
+    if index.count == 0:
+        return
+    size = src.data.size
+    k = index.count - 1
+    last = index.point(k)
+    where = index.where
+    if last.archive >= size - _TRAILER:
+        raise IntegrityError(f"{where}: access point {k} is at archive byte {last.archive}, past the end of the "
+                             f"compressed data ({size - _TRAILER}): the archive is truncated, or the index is not "
+                             "its own")
+    room = index.header.point_raw(index.count) - last.raw
+    if size - _TRAILER - last.archive > access_index.deflate_bound(room):
+        raise IntegrityError(
+            f"{where} ends at access point {k} (archive byte {last.archive}), {size - _TRAILER - last.archive} "
+            f"compressed bytes before the end: more than the {room} raw bytes to where its next point would be can "
+            "take; the index is cut short"
+        )
+    length = raw_size(src, manifest, note)
+    if length is None:
+        return
+    expected = index.header.point_at_or_before(length - 1) + 1 if length > 0 else 0
+    if index.count != expected:
+        raise IntegrityError(
+            f"{where} lists {index.count} access points, but a tar stream of {length} bytes (by the manifest "
+            f"and the gzip trailer) with access_interval={index.header.access_interval} has {expected}: the index "
+            + ("is cut short" if index.count < expected else "is not its own, or the archive is damaged")
+        )
 
 
 @dataclass
@@ -200,44 +272,83 @@ class RangedMembers:
                 yield member, tar
 
     def _inflated(self, r: Range) -> Callable[[], bytes]:
-        """A pull function: the raw bytes [r.first, r.raw_end), then an end-of-archive marker."""
+        """A pull function: the raw bytes [r.first, r.raw_end), then an end-of-archive marker.
+
+        Inflated at most `PIECE` raw bytes at a time (max_length), whatever the archive
+        or its index hold: a piece of zeros, or a point that lies, cannot make one call's
+        output huge. The range must inflate to exactly the raw bytes its index points
+        place between them (the last range: to no further than where the index's next
+        point would be, since the stream ends before it); more, or less, is damage.
+        Once the wanted bytes are out, the rest of a range that ends at a point is
+        inflated (and dropped) to check that; the last range stops there."""
         end = self._end(r)
         reader = ResumableReader(self.src.data, note=self.progress.note, start=r.point.archive, end=end)
         self._readers.append(reader)
         inflater = isal_zlib.decompressobj(-15)
+        limit = r.end.raw if r.end is not None else self.index.header.point_raw(self.index.count)
         raw = r.point.raw  # raw offset of the next inflated byte
+        pending = b""  # compressed bytes read and not yet inflated
+        exhausted = False  # every compressed byte of the range inflated
         done = False
         tail = [_EOF]
         where = f"{self.src.location} bytes {r.point.archive}-{end}"
         fetched_before = self.fetched
 
-        def pull() -> bytes:
-            nonlocal raw, done
-            STOP.check()
-            while not done:
-                piece = reader.read_piece()
+        def step() -> bytes | None:
+            """The next inflated bytes (perhaps none yet); None once the range is all inflated."""
+            nonlocal raw, pending, exhausted
+            if exhausted:
+                return None
+            if not pending and not inflater.eof:
+                pending = reader.read_piece()
                 self.fetched = fetched_before + reader.pos - r.point.archive
                 self.progress.update(self.fetched, self.fetched,
                                      self._files_done() if self._files_done is not None else None)
-                try:
-                    out = inflater.decompress(piece) if piece else inflater.flush()
-                except InflateError as exc:
-                    raise ArchiveDamaged(f"{where} (from the access point at raw byte {r.point.raw}) do not "
-                                         f"inflate: {exc}; the archive or its index is damaged") from None
-                if not piece:
+            try:
+                if pending and not inflater.eof:
+                    out = inflater.decompress(pending, PIECE)
+                    pending = inflater.unconsumed_tail
+                else:
+                    out = inflater.flush()  # what the inflater holds: less than its window
+                    exhausted = True
+            except InflateError as exc:
+                raise ArchiveDamaged(f"{where} (from the access point at raw byte {r.point.raw}) do not "
+                                     f"inflate: {exc}; the archive or its index is damaged") from None
+            raw += len(out)
+            if raw > limit:
+                raise ArchiveDamaged(
+                    f"{where} inflate past raw byte {limit}, where {self.index.where} "
+                    + ("places the next access point: the archive or its index is damaged" if r.end is not None
+                       else "would have its next access point: the index is cut short, or the archive is damaged")
+                )
+            if exhausted and r.end is not None and raw < r.end.raw:
+                raise ArchiveDamaged(f"{where} inflate to raw bytes {r.point.raw}-{raw}, but {self.index.where} "
+                                     f"places the next access point at {r.end.raw}: the archive or its index is "
+                                     "damaged")
+            if exhausted and raw < r.raw_end != TO_THE_END:
+                raise ArchiveDamaged(f"{where} inflate to raw bytes {r.point.raw}-{raw}, short of {r.raw_end}: "
+                                     "the archive or its index is damaged")
+            return out
+
+        def pull() -> bytes:
+            nonlocal done
+            STOP.check()
+            while not done:
+                start = raw
+                out = step()
+                if out is None:
                     done = True
-                    if raw + len(out) < r.raw_end != TO_THE_END:
-                        raise ArchiveDamaged(
-                            f"{where} inflate to raw bytes {r.point.raw}-{raw + len(out)}, short of "
-                            f"{r.raw_end}: the archive or its index is damaged"
-                        )
-                start, raw = raw, raw + len(out)
+                    break
                 lo, hi = max(start, r.first), min(raw, r.raw_end)
                 if hi > lo:
+                    piece = out[lo - start : hi - start]
                     if raw >= r.raw_end:
-                        done = True  # everything wanted is out: the rest of the range is not needed
+                        done = True  # everything wanted is out
+                        if r.end is not None:
+                            while step() is not None:  # the rest: at most one interval, to check its length
+                                STOP.check()
                         reader.close()
-                    return bytes(out[lo - start : hi - start])
+                    return piece
             return tail.pop() if tail else b""
 
         return pull

@@ -155,7 +155,7 @@ def _restore(
         stream = _ranged(src, manifest, selector, progress, files_total, lambda: report.files) if include else None
         if stream is None:
             try:
-                points = parallel_points(src, threads, progress.note)
+                points = parallel_points(src, threads, progress.note, manifest)
             except IntegrityError as exc:
                 progress.note(f"{exc}: reading the archive without it")
                 points = None
