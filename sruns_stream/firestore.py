@@ -75,7 +75,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from .config import Config
-from .errors import ConfigError, FirestoreError, JournalError
+from .errors import ConfigError, FirestoreError, JournalError, UsageError
 from .journal import Journal, OutboxItem, Task, WorkflowStatus
 from .layout import storage_uri
 
@@ -189,14 +189,59 @@ class RunRecord:
 
     @classmethod
     def from_document(cls, name: str, data: dict[str, Any]) -> RunRecord:
-        """Build from a document's fields, ignoring fields other tools add to it."""
+        """Build from a document's fields, ignoring fields other tools add to it.
+
+        A document is shared by every host and anyone with write access to the
+        collection can change it: each field we know is checked for its type and range
+        here, where it is read (UsageError, exit 2, naming the run, the field and the
+        value), so no later step meets a size of -1 or a crc32c that is not one. What
+        ``storage`` may name is the reader's to say (`readback.sources`).
+        """
         known = {f.name for f in fields(cls)} - {"name"}
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
         for key in _FLOATS & values.keys():
             # Firestore returns 3.0 stored as an integer value as int: keep the type.
-            if isinstance(values[key], int):
+            if isinstance(values[key], int) and not isinstance(values[key], bool):
                 values[key] = float(values[key])
+        for key, value in values.items():
+            why = _field_problem(key, value)
+            if why:
+                shown = repr(value)
+                shown = shown if len(shown) <= 80 else shown[:77] + "..."
+                raise UsageError(f"run {name}: its Firestore document's {key} is {shown}: {why}; "
+                                     "correct or delete the document (the journal on the archiving host has the truth)")
         return cls(name=str(data.get("name") or name), **values)
+
+
+_INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
+_TIMES = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
+_TEXTS = frozenset({"host", "last_error", "instrument_status"})
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    """What is wrong with one known field of a document, or None."""
+    if key in _INTS:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+            return "expected a whole number from 0 to 2^63-1"
+    elif key in _FLOATS:
+        if not isinstance(value, float) or not 0 <= value < 1e15:
+            return "expected a non-negative number"
+    elif key in _TIMES:
+        if not isinstance(value, dt.datetime):
+            return "expected a timestamp"
+    elif key in _TEXTS:
+        if not isinstance(value, str) or len(value) > 1 << 16:
+            return "expected a string"
+    elif key == "workflow_status":
+        if value not in _STATUSES:
+            return f"expected one of {', '.join(get_args(WorkflowStatus))}"
+    elif key == "crc32c":
+        if not isinstance(value, str) or len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            return "expected 8 hexadecimal digits"
+    elif key == "volumes":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 100_000:
+            return "expected a list of locations"
+    return None
 
 
 def fields_from_task(

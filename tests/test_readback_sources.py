@@ -379,3 +379,30 @@ def test_ctrl_c_during_a_download_backoff_stops_the_verify(made: dict[str, Path]
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "sruns-stream: interrupted; the archive was not fully verified"
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("field, value, why", [
+    ("archive_bytes", -1, "expected a whole number from 0 to 2^63-1"),
+    ("raw_bytes", True, "expected a whole number from 0 to 2^63-1"),
+    ("file_count", "many", "expected a whole number from 0 to 2^63-1"),
+    ("crc32c", "not-a-crc", "expected 8 hexadecimal digits"),
+    ("volumes", [1, 2], "expected a list of locations"),
+    ("workflow_status", "archived!", "expected one of new, starting"),
+    ("finished_at", "yesterday", "expected a timestamp"),
+])
+def test_a_firestore_field_out_of_type_or_range_is_one_line(firestore, tmp_path: Path, field: str, value: Any,
+                                                            why: str) -> None:
+    """Every field of a document is checked where it is read: a value another host (or
+    anyone who can write the collection) put there is one line naming it, never a
+    traceback and never a size or checksum used further on."""
+    run = "240101_HOSTILE"
+    _firestore_documents(firestore, {run: {"storage": "bucket/runs/x.tar.gz", "workflow_status": "complete",
+                                           field: value}})
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"firestore_collection": "runs", "sqlite_db": str(tmp_path / "empty.db")}))
+    proc = run_cli("verify", run, "--config", str(conf), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"sruns-stream: error: run {run}: its Firestore document's {field} is "), proc.stderr
+    assert why in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
