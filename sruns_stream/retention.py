@@ -38,7 +38,7 @@ from .errors import SrunsError
 from .exclude import matcher
 from .journal import Journal, Task
 from .layout import parse_location
-from .runfolder import Manifest, compare, reading_threads, scan_run_folder
+from .runfolder import DIR, Entry, Manifest, compare, reading_threads, scan_run_folder
 from .safefs import Listed, remove_listed
 from .sinks import probe_archive
 
@@ -136,7 +136,7 @@ class Retention:
             # only what the walk listed is deleted, so what lands after it survives.
             if not self._archive_intact(task):
                 continue
-            listed = self._still_archived(task, folder, "deleted", self._sweep_refused, whole=True)
+            listed = self._still_archived(task, folder, "deleted", self._sweep_refused, sweeping=True)
             if listed is None:
                 continue
             try:
@@ -156,13 +156,18 @@ class Retention:
             log.info("%s: swept %s", task.name, folder)
 
     def _still_archived(
-        self, task: Task, folder: Path, what: str, refused: set[str], whole: bool = False
+        self, task: Task, folder: Path, what: str, refused: set[str], sweeping: bool = False
     ) -> Manifest | None:
         """Walk ``folder`` and compare it with the archive's manifest: the walk, when
         nothing differs, else None. A difference means the folder is archived again from
-        where it is (once quiet): never moved or deleted. ``whole``: the walk also lists
-        the excluded entries (a sweep deletes what it lists; the comparison leaves them
-        aside all the same)."""
+        where it is (once quiet): never moved or deleted.
+
+        ``sweeping``: the walk also lists the excluded entries (a sweep deletes what it
+        lists; the comparison leaves them aside all the same), and entries that are only
+        missing do not stop it (nor the directories that held them, whose mtime changed
+        with that): every file and link still there is as archived, so deleting them loses
+        nothing. That is what a sweep killed half-way leaves; archiving that folder again
+        would replace the archive with one that lacks what the sweep had deleted."""
         if not task.manifest_id:
             self._refuse(refused, task.name,
                          f"archived by sruns-monitor, which kept no manifest to compare {folder} with: not {what}")
@@ -171,12 +176,17 @@ class Retention:
             threads = reading_threads(self.config.archive.read_threads, folder) or 1
             # What the archive left out on purpose is not "new" in the folder.
             exclude = task.params.get("exclude", [])
-            walk = scan_run_folder(folder, threads, () if whole else exclude)
-            seen = _without(walk, exclude) if whole and exclude else walk
-            diff = compare(self.journal.entries(task.name), seen)
+            walk = scan_run_folder(folder, threads, () if sweeping else exclude)
+            seen = _without(walk, exclude) if sweeping and exclude else walk
+            archived = self.journal.entries(task.name)
+            diff = compare(archived, seen)
         except SrunsError as exc:
             self._refuse(refused, task.name, f"cannot compare {folder} with its archive ({exc}): not {what}")
             return None
+        if sweeping and diff and not diff.new and not _files_differ(archived, seen):
+            log.warning("%s: %d archived entries are gone from %s already (a sweep interrupted, or deleted by "
+                        "hand); everything left is as archived: sweeping it", task.name, len(diff.missing), folder)
+            return walk
         if diff:
             self._archive_again(task, folder, f"the run folder changed after it was archived: {diff.summary()}",
                                 changed=True)
@@ -262,3 +272,11 @@ def _without(walk: Manifest, exclude: list[str]) -> Manifest:
         return not any(excluded(b"/".join(parts[: i + 1])) for i in range(len(parts)))
 
     return Manifest(root=walk.root, entries=[e for e in walk.entries if kept(e.rel)], skipped=walk.skipped)
+
+
+def _files_differ(archived: list[Entry], walk: Manifest) -> bool:
+    """Whether a file or link in ``walk`` is new or not as archived (directories aside:
+    their mtimes change when entries in them are deleted)."""
+    diff = compare([e for e in archived if e.kind != DIR],
+                   Manifest(root=walk.root, entries=[e for e in walk.entries if e.kind != DIR]))
+    return bool(diff.new or diff.changed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -239,3 +240,29 @@ def test_remove_listed_removes_only_what_is_still_as_listed_and_follows_no_link(
         os.unlink(run / rel)
     assert remove_listed(run, listed) == []
     assert not run.exists()
+
+
+@pytest.mark.slow  # an archive, a move and a sweep by real daemons
+@pytest.mark.timeout(240)
+def test_a_sweep_killed_half_way_is_finished_and_the_run_is_not_archived_again(tmp_path: Path) -> None:
+    """A sweep killed half-way (kill -9, a reboot) leaves the folder with part of its
+    archived entries gone and the journal not saying swept. Old code took the folder for
+    one that changed after its archive and handed it back: archived again as it was,
+    the new archive would have replaced the one holding what the sweep had deleted. Now
+    everything still there is as archived, so the next sweep finishes the job."""
+    conf = _config(tmp_path)
+    moved = _archived_and_moved(tmp_path, conf)
+    archive = tmp_path / "archives" / NAME / f"{NAME}.tar.gz"
+    archived = archive.read_bytes()
+    # What the sweep deletes first (its listing bottom-up, last directory first) is gone,
+    # the run's identity (RunInfo.xml, the completion markers) is still there.
+    first = max(p for p in moved.iterdir() if p.is_dir())
+    shutil.rmtree(first)
+    assert (moved / "RunInfo.xml").exists()
+
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = journal_row(tmp_path / "sruns.db", NAME)
+    assert not moved.exists() and row["swept_at"] and row["status"] == "complete", proc.stderr
+    assert "gone from" in proc.stderr and "sweeping it" in proc.stderr
+    assert archive.read_bytes() == archived
