@@ -142,12 +142,10 @@ class Retention:
             try:
                 left = remove_listed(folder, [Listed(e.rel, e.kind, e.ino, e.size, e.mtime_ns) for e in listed.entries])
             except OSError as exc:
-                self._refuse(self._sweep_refused, task.name, f"cannot sweep {folder}: {exc} (tried again every cycle)")
-                continue
-            if left == [b""]:
+                # What was deleted is in the archive; the next cycle's sweep finishes the rest.
+                where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
                 self._refuse(self._sweep_refused, task.name,
-                             f"{folder} is no longer the directory that was walked (replaced, or a symlink now): "
-                             "not swept (tried again every cycle)")
+                             f"cannot sweep {folder}: {exc.strerror or exc}{where} (tried again every cycle)")
                 continue
             if left:
                 self._swept_in_part(task, folder, left)
@@ -200,7 +198,7 @@ class Retention:
         its archive, which holds everything that was deleted. The journal stops naming the
         folder as the run's (moved_to), so no later cycle walks, compares or sweeps it;
         the run stays complete (its archive is intact) and not swept."""
-        names = [os.fsdecode(rel) if rel else "the folder itself" for rel in left]
+        names = [os.fsdecode(rel) for rel in left]
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
         why = (f"{len(left)} entries appeared or changed while {folder} was swept; they are in no archive and "
                f"were kept ({shown}); the rest, all in the archive, was deleted; the daemon leaves the folder "
@@ -211,8 +209,8 @@ class Retention:
     def _archive_intact(self, task: Task) -> bool:
         """The archive is still where the journal says, with its size and crc32c. GCS says
         both at once; a local archive is read whole for its crc32c, on a thread (the loop
-        goes on meanwhile; the sweep happens on a later cycle): this is the last look
-        before the only other copy is deleted."""
+        goes on meanwhile; the sweep happens on a later cycle): the last look at the
+        archive before the only other copy is walked once more and deleted."""
         assert task.destination is not None
         location = task.location or ""
         try:

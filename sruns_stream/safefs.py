@@ -195,7 +195,9 @@ def remove_listed(root: Path | str, listed: Sequence[Listed]) -> list[bytes]:
     the one listed (its inode). ``root`` itself must be the directory listed, not a link.
 
     Returns the paths below ``root`` that are left: listed entries that changed or could
-    not be reached, and entries found that were not listed; empty when ``root`` is gone.
+    not be reached through directories, and entries found that were not listed; empty
+    when ``root`` is gone. Any other error (permissions, I/O) is raised as it comes, with
+    what was removed so far removed; so is a ``root`` that is not the directory listed.
     Between the check and the ``unlink`` of one entry there is no atomic "unlink if still
     this inode" in POSIX: that window is one system call wide.
     """
@@ -206,14 +208,14 @@ def remove_listed(root: Path | str, listed: Sequence[Listed]) -> list[bytes]:
     except FileNotFoundError:
         return []
     if top is None or not stat.S_ISDIR(st.st_mode) or st.st_ino != top.ino:
-        return [b""]  # not the folder that was walked (replaced, or a link now): nothing to do here
+        raise _not_walked(root)
     left: list[bytes] = []
     order = [e for e in reversed(listed) if e.rel and e.kind != "d"] + [
         e for e in reversed(listed) if e.rel and e.kind == "d"
     ]
     with Tree(root) as tree:
         if tree.root_stat().st_ino != top.ino:
-            return [b""]
+            raise _not_walked(root)
         checked: bytes | None = None  # the parent directory last found to be the listed one
         for entry in order:
             parent = entry.rel.rpartition(b"/")[0]
@@ -228,7 +230,9 @@ def remove_listed(root: Path | str, listed: Sequence[Listed]) -> list[bytes]:
                 now = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # gone already
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
                 checked = None
                 left.append(entry.rel)  # unreachable: a link or a file where a directory was
                 continue
@@ -243,20 +247,22 @@ def remove_listed(root: Path | str, listed: Sequence[Listed]) -> list[bytes]:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                if entry.kind == "d" and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    left.extend(_unlisted(fd, name, entry.rel, by_rel))
-                else:
-                    left.append(entry.rel)
+                if entry.kind != "d" or exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                left.extend(_unlisted(fd, name, entry.rel, by_rel))
         try:
             os.rmdir(root)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                left.extend(_unlisted(tree.dir_fd(b""), b".", b"", by_rel))
-            else:
-                left.append(b"")
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            left.extend(_unlisted(tree.dir_fd(b""), b".", b"", by_rel))
     return left
+
+
+def _not_walked(root: Path | str) -> OSError:
+    return OSError(errno.ESTALE, "not the directory that was walked (replaced, or a symlink now)", str(root))
 
 
 def _still(entry: Listed, now: os.stat_result) -> bool:

@@ -266,3 +266,18 @@ def test_a_sweep_killed_half_way_is_finished_and_the_run_is_not_archived_again(t
     assert not moved.exists() and row["swept_at"] and row["status"] == "complete", proc.stderr
     assert "gone from" in proc.stderr and "sweeping it" in proc.stderr
     assert archive.read_bytes() == archived
+
+
+def test_remove_listed_removes_nothing_from_a_folder_that_is_not_the_one_walked(tmp_path: Path) -> None:
+    """The run folder swapped for a link to another folder after the walk: the link's
+    target is not entered, the error names the folder."""
+    run = tmp_path / "run"
+    (run / "Data").mkdir(parents=True)
+    (run / "Data" / "a.bcl").write_bytes(b"a")
+    listed = [Listed(e.rel, e.kind, e.ino, e.size, e.mtime_ns) for e in scan_run_folder(run).entries]
+    os.rename(run, tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", run)
+    with pytest.raises(OSError, match="not the directory that was walked") as raised:
+        remove_listed(run, listed)
+    assert raised.value.filename == str(run)
+    assert (tmp_path / "elsewhere" / "Data" / "a.bcl").read_bytes() == b"a"
