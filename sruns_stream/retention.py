@@ -4,7 +4,10 @@ from there ``sweep_age_sec`` after the move.
 Nothing is moved or deleted unless every entry of the folder at that moment is in the
 verified archive: right before the move, and again right before the sweep, the folder
 is walked and compared with the archive's manifest, and before the sweep the archive
-itself must still be there with its size and crc32c. A folder that changed after its
+itself must still be there with its size and crc32c. The sweep looks at the archive
+first and walks last, then deletes only what that walk listed (`safefs.remove_listed`):
+a file written while GCS answers is seen by the walk, one written after the walk
+survives (`Retention._swept_in_part`). A folder that changed after its
 archive (analysis software writes FASTQs and ``Alignment_*`` folders into run folders
 after the instrument is done), or whose archive is gone or altered, is handed back to
 be archived again from where it is now (`Retention` marks its journal row; the daemon's
@@ -25,7 +28,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,9 +35,11 @@ from pathlib import Path
 
 from .config import Config
 from .errors import SrunsError
+from .exclude import matcher
 from .journal import Journal, Task
 from .layout import parse_location
-from .runfolder import compare, reading_threads, scan_run_folder
+from .runfolder import DIR, Entry, Manifest, compare, reading_threads, scan_run_folder
+from .safefs import Listed, remove_listed
 from .sinks import probe_archive
 
 __all__ = ["Retention"]
@@ -83,7 +87,7 @@ class Retention:
             if not src.is_dir():
                 continue
             dst = target / task.name
-            if not self._still_archived(task, src, "moved", self._move_refused):
+            if self._still_archived(task, src, "moved", self._move_refused) is None:
                 continue
             if src == dst:  # archived again where an earlier move had put it
                 self.journal.update(task.name, moved_to=str(dst), moved_at=self.clock())
@@ -127,41 +131,86 @@ class Retention:
                              "swept, since those files are in no archive; delete it by hand, or set "
                              "sweep_excluded: true")
                 continue
-            if not self._still_archived(task, folder, "deleted", self._sweep_refused) or not self._archive_intact(task):
+            # The archive first (GCS may take seconds to answer, a local read minutes), then
+            # the walk: whatever lands in the folder before the walk is seen by it, and
+            # only what the walk listed is deleted, so what lands after it survives.
+            if not self._archive_intact(task):
+                continue
+            listed = self._still_archived(task, folder, "deleted", self._sweep_refused, sweeping=True)
+            if listed is None:
                 continue
             try:
-                shutil.rmtree(folder)
+                left = remove_listed(folder, [Listed(e.rel, e.kind, e.ino, e.size, e.mtime_ns) for e in listed.entries])
             except OSError as exc:
-                self._refuse(self._sweep_refused, task.name, f"cannot sweep {folder}: {exc} (tried again every cycle)")
+                # What was deleted is in the archive; the next cycle's sweep finishes the rest.
+                where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
+                self._refuse(self._sweep_refused, task.name,
+                             f"cannot sweep {folder}: {exc.strerror or exc}{where} (tried again every cycle)")
+                continue
+            if left:
+                self._swept_in_part(task, folder, left)
                 continue
             self.journal.update(task.name, swept_at=self.clock())
             log.info("%s: swept %s", task.name, folder)
 
-    def _still_archived(self, task: Task, folder: Path, what: str, refused: set[str]) -> bool:
-        """Walk ``folder`` and compare it with the archive's manifest. A difference means
-        the folder is archived again from where it is (once quiet): never moved or deleted."""
+    def _still_archived(
+        self, task: Task, folder: Path, what: str, refused: set[str], sweeping: bool = False
+    ) -> Manifest | None:
+        """Walk ``folder`` and compare it with the archive's manifest: the walk, when
+        nothing differs, else None. A difference means the folder is archived again from
+        where it is (once quiet): never moved or deleted.
+
+        ``sweeping``: the walk also lists the excluded entries (a sweep deletes what it
+        lists; the comparison leaves them aside all the same), and entries that are only
+        missing do not stop it (nor the directories that held them, whose mtime changed
+        with that): every file and link still there is as archived, so deleting them loses
+        nothing. That is what a sweep killed half-way leaves; archiving that folder again
+        would replace the archive with one that lacks what the sweep had deleted."""
         if not task.manifest_id:
             self._refuse(refused, task.name,
                          f"archived by sruns-monitor, which kept no manifest to compare {folder} with: not {what}")
-            return False
+            return None
         try:
             threads = reading_threads(self.config.archive.read_threads, folder) or 1
             # What the archive left out on purpose is not "new" in the folder.
             exclude = task.params.get("exclude", [])
-            diff = compare(self.journal.entries(task.name), scan_run_folder(folder, threads, exclude))
+            walk = scan_run_folder(folder, threads, () if sweeping else exclude)
+            seen = _without(walk, exclude) if sweeping and exclude else walk
+            archived = self.journal.entries(task.name)
+            diff = compare(archived, seen)
         except SrunsError as exc:
             self._refuse(refused, task.name, f"cannot compare {folder} with its archive ({exc}): not {what}")
-            return False
+            return None
+        if sweeping and diff and not diff.new and not _files_differ(archived, seen):
+            log.warning("%s: %d archived entries are gone from %s already (a sweep interrupted, or deleted by "
+                        "hand); everything left is as archived: sweeping it", task.name, len(diff.missing), folder)
+            return walk
         if diff:
             self._archive_again(task, folder, f"the run folder changed after it was archived: {diff.summary()}",
                                 changed=True)
-        return not diff
+            return None
+        return walk
+
+    def _swept_in_part(self, task: Task, folder: Path, left: list[bytes]) -> None:
+        """Entries appeared (or changed) in the folder between the walk and the deletion:
+        they are in no archive and were kept, with the directories holding them. The run
+        is not archived again from what is left: an archive of the leftovers would replace
+        its archive, which holds everything that was deleted. The journal stops naming the
+        folder as the run's (moved_to), so no later cycle walks, compares or sweeps it;
+        the run stays complete (its archive is intact) and not swept."""
+        names = [os.fsdecode(rel) for rel in left]
+        shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+        why = (f"{len(left)} entries appeared or changed while {folder} was swept; they are in no archive and "
+               f"were kept ({shown}); the rest, all in the archive, was deleted; the daemon leaves the folder "
+               "alone from now on: move what is left away or delete it by hand")
+        log.error("%s: %s", task.name, why)
+        self.journal.update(task.name, moved_to=None, last_error=why)
 
     def _archive_intact(self, task: Task) -> bool:
         """The archive is still where the journal says, with its size and crc32c. GCS says
         both at once; a local archive is read whole for its crc32c, on a thread (the loop
-        goes on meanwhile; the sweep happens on a later cycle): this is the last look
-        before the only other copy is deleted."""
+        goes on meanwhile; the sweep happens on a later cycle): the last look at the
+        archive before the only other copy is walked once more and deleted."""
         assert task.destination is not None
         location = task.location or ""
         try:
@@ -209,3 +258,23 @@ class Retention:
         if name not in seen:
             seen.add(name)
             log.error("%s: %s", name, message)
+
+
+def _without(walk: Manifest, exclude: list[str]) -> Manifest:
+    """``walk`` as a walk with ``exclude`` would have listed it: without the excluded
+    entries and what is below an excluded directory."""
+    excluded = matcher(exclude)
+
+    def kept(rel: bytes) -> bool:
+        parts = rel.split(b"/") if rel else []
+        return not any(excluded(b"/".join(parts[: i + 1])) for i in range(len(parts)))
+
+    return Manifest(root=walk.root, entries=[e for e in walk.entries if kept(e.rel)], skipped=walk.skipped)
+
+
+def _files_differ(archived: list[Entry], walk: Manifest) -> bool:
+    """Whether a file or link in ``walk`` is new or not as archived (directories aside:
+    their mtimes change when entries in them are deleted)."""
+    diff = compare([e for e in archived if e.kind != DIR],
+                   Manifest(root=walk.root, entries=[e for e in walk.entries if e.kind != DIR]))
+    return bool(diff.new or diff.changed)

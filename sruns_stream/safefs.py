@@ -17,13 +17,16 @@ decide what a missing or swapped entry means for them.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["DIR_FLAGS", "FILE_FLAGS", "Tree", "kind_of", "probe_latency"]
+__all__ = ["DIR_FLAGS", "FILE_FLAGS", "Listed", "Tree", "kind_of", "probe_latency", "remove_listed"]
 
 # O_NOFOLLOW on every component below the root; O_CLOEXEC so the daemon's children
 # inherit none of them.
@@ -166,3 +169,122 @@ def probe_latency(root: Path | str, sample: int = 8) -> float:
     except OSError:
         return 0.0
     return statistics.median(times) if times else 0.0
+
+
+class Listed(NamedTuple):
+    """One entry as a walk saw it: enough to tell whether the entry on disk is still it."""
+
+    rel: bytes  # below the root; b"" is the root itself
+    kind: str  # kind_of()
+    ino: int
+    size: int  # a file's; not compared for directories and links
+    mtime_ns: int  # not compared for directories (removing their entries changes it)
+
+
+def remove_listed(root: Path | str, listed: Sequence[Listed]) -> list[bytes]:
+    """Delete ``root`` and the entries below it, but only those in ``listed`` and only
+    while each is still what was listed (type, inode, and for files and links size and
+    mtime): what appeared or changed after the walk that made ``listed`` survives, and
+    so do the directories that hold it, up to ``root``.
+
+    ``listed`` is in walk order (a directory before what it holds). Non-directories go
+    first, then directories, each bottom-up; a directory is removed with ``rmdir``, which
+    fails on one that is not empty, so nothing unlisted is ever removed with it. Every
+    entry is reached through directory descriptors without following links (a link
+    planted where a directory was is never entered), and each parent directory must be
+    the one listed (its inode). ``root`` itself must be the directory listed, not a link.
+
+    Returns the paths below ``root`` that are left: listed entries that changed or could
+    not be reached through directories, and entries found that were not listed; empty
+    when ``root`` is gone. Any other error (permissions, I/O) is raised as it comes, with
+    what was removed so far removed; so is a ``root`` that is not the directory listed.
+    Between the check and the ``unlink`` of one entry there is no atomic "unlink if still
+    this inode" in POSIX: that window is one system call wide.
+    """
+    by_rel = {e.rel: e for e in listed}
+    top = by_rel.get(b"")
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return []
+    if top is None or not stat.S_ISDIR(st.st_mode) or st.st_ino != top.ino:
+        raise _not_walked(root)
+    left: list[bytes] = []
+    order = [e for e in reversed(listed) if e.rel and e.kind != "d"] + [
+        e for e in reversed(listed) if e.rel and e.kind == "d"
+    ]
+    with Tree(root) as tree:
+        if tree.root_stat().st_ino != top.ino:
+            raise _not_walked(root)
+        checked: bytes | None = None  # the parent directory last found to be the listed one
+        for entry in order:
+            parent = entry.rel.rpartition(b"/")[0]
+            try:
+                fd, name = tree.split(entry.rel)
+                if parent != checked:
+                    want = by_rel.get(parent)
+                    if want is None or os.fstat(fd).st_ino != want.ino:
+                        left.append(entry.rel)  # another directory under the listed name
+                        continue
+                    checked = parent
+                now = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone already
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                checked = None
+                left.append(entry.rel)  # unreachable: a link or a file where a directory was
+                continue
+            if not _still(entry, now):
+                left.append(entry.rel)
+                continue
+            try:
+                if entry.kind == "d":
+                    os.rmdir(name, dir_fd=fd)
+                else:
+                    os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if entry.kind != "d" or exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                left.extend(_unlisted(fd, name, entry.rel, by_rel))
+        try:
+            os.rmdir(root)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            left.extend(_unlisted(tree.dir_fd(b""), b".", b"", by_rel))
+    return left
+
+
+def _not_walked(root: Path | str) -> OSError:
+    return OSError(errno.ESTALE, "not the directory that was walked (replaced, or a symlink now)", str(root))
+
+
+def _still(entry: Listed, now: os.stat_result) -> bool:
+    if kind_of(now.st_mode) != entry.kind or now.st_ino != entry.ino:
+        return False
+    if entry.kind == "d":
+        return True
+    return now.st_mtime_ns == entry.mtime_ns and (entry.kind != "f" or now.st_size == entry.size)
+
+
+def _unlisted(parent_fd: int, name: bytes, rel: bytes, listed: dict[bytes, Listed]) -> list[bytes]:
+    """What a directory that could not be removed holds that was not listed (what was
+    listed and is still there is reported where it was kept)."""
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return []
+    try:
+        with os.scandir(fd) as it:
+            found = sorted(os.fsencode(d.name) for d in it)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return [p for p in ((rel + b"/" + n) if rel else n for n in found) if p not in listed]

@@ -40,7 +40,8 @@ _OWN = {"server", "date"}
 #   corrupt      flip one byte in the middle of the body, then forward
 #   hold         read half the body and wait until released (a test kills the client meanwhile)
 #   hold_stored  forward, then wait until released before answering (likewise)
-KINDS = ("reset", "status", "lost", "silent", "partial", "corrupt", "hold", "hold_stored")
+#   slow         forward, then wait until released and answer what the server said (a slow GCS)
+KINDS = ("reset", "status", "lost", "silent", "partial", "corrupt", "hold", "hold_stored", "slow")
 
 
 @dataclass
@@ -48,7 +49,8 @@ class Fault:
     kind: str
     # Which request: "chunk" (a PUT with data, not the last), "final" (the PUT that
     # carries the total), "query" (a status query), "create" (the session-creating POST),
-    # "compose" (a compose POST), "delete" (an object DELETE).
+    # "compose" (a compose POST), "delete" (an object DELETE), "metadata" (a GET of an
+    # object's metadata, not of its bytes).
     target: str = "chunk"
     nth: int = 1  # the nth such request from now on (1 = the next one)
     status: int = 503
@@ -92,6 +94,8 @@ def _classify(method: str, path: str, headers: Any) -> tuple[str, int | None]:
         return "compose", None
     if method == "DELETE":
         return "delete", None
+    if method == "GET" and "/o/" in path and "alt=media" not in path and not path.startswith("/download/"):
+        return "metadata", None
     if method == "PUT" and "upload_id=" in path and content_range.startswith("bytes "):
         spec = content_range[6:]
         span, _, total = spec.partition("/")
@@ -235,6 +239,10 @@ class FaultProxy:
                     self._wait_for_client_to_give_up()
                     self._reset()
                     return
+                if kind == "slow":
+                    holds = proxy.holds
+                    holds.held.set()
+                    holds.release.wait()
                 self._answer(exchange, status, headers, payload)
 
             def _forward(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
