@@ -10,14 +10,19 @@ catch: every byte arrives well inside it.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import journal_row, run_cli, start_cli, wait_until
+from test_webhook import _config
 
 from sruns_stream.config import MailConfig
 from sruns_stream.notify import DeliveryQueue, MailEvent, SmtpNotifier
@@ -205,3 +210,56 @@ def test_the_delivery_queue_never_blocks_drops_beyond_its_bound_and_logs_what_a_
     left = "the daemon stopped before it was delivered (waited 0.2 s)"
     assert lines == [f"notification '[sruns-stream] {name}: archived' not delivered: {why}" for name, why in (
         (names[2], full), (names[0], left), (names[1], left), (names[0], "the daemon is stopping"))], lines
+
+
+# -- the daemon ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_trickling_webhook_neither_stalls_the_daemon_nor_delays_its_stop(trickle: Any, tmp_path: Path) -> None:
+    """The first run's "archived" post hangs (the server trickles); a second run appears
+    only then, and must still be archived; SIGTERM must then end the daemon in seconds,
+    saying what was not delivered. The old daemon posted from its loop: it archived
+    nothing more, and did not stop, for as long as the server trickled."""
+    import make_fake_run
+
+    server = trickle(HTTP_TRICKLE)
+    first = tmp_path / "watch" / "240101_M00001_0001_000000000-HANG1"
+    make_fake_run.make_run(first, "miseq", 1 << 20, seed=1)
+    conf = _config(tmp_path, f"http://127.0.0.1:{server.port}/services/T000/B000/secret-token")
+    daemon = start_cli("monitor", "--config", str(conf), cwd=tmp_path)
+    wait_until(server.accepted.is_set, "the first run's post, hanging", proc=daemon)
+
+    # Made aside and moved in whole, so the daemon never sees it half written.
+    second = tmp_path / "staging" / "240101_M00001_0002_000000000-HANG2"
+    make_fake_run.make_run(second, "miseq", 1 << 20, seed=2)
+    os.rename(second, tmp_path / "watch" / second.name)
+    db = tmp_path / "sruns.db"
+    wait_until(lambda: journal_row(db, second.name).get("status") == "complete", "the second run archived",
+               proc=daemon)
+
+    daemon.send_signal(signal.SIGTERM)
+    _, err = daemon.communicate(timeout=5)  # the old daemon is still stuck in the first post here
+    assert daemon.returncode == 0, err
+    assert f"notification '[sruns-stream] {second.name}: archived' not delivered: the daemon stopped before it " \
+           "was delivered" in err, err
+    assert "posted" not in err and "secret-token" not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_daemon_reports_a_redirect_as_not_delivered(redirecting: tuple[dict[str, Any], str],
+                                                        tmp_path: Path) -> None:
+    import make_fake_run
+
+    state, url = redirecting
+    run = tmp_path / "watch" / "240101_M00001_0003_000000000-REDIR"
+    make_fake_run.make_run(run, "miseq", 1 << 20, seed=3)
+    proc = run_cli("monitor", "--config", str(_config(tmp_path, url)), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert journal_row(tmp_path / "sruns.db", run.name)["status"] == "complete"
+    [line] = [line for line in proc.stderr.splitlines() if "sruns_stream.webhook" in line]
+    assert f"webhook '[sruns-stream] {run.name}: archived' not delivered to http://127.0.0.1:" in line, line
+    assert "HTTP 302 redirect to 127.0.0.1, not followed" in line, line
+    assert "posted" not in proc.stderr and state["followed"] == 0
