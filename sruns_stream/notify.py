@@ -311,15 +311,13 @@ class ExchangeDeadline:
     registered with :meth:`watch`; when ``seconds`` have passed, a timer thread shuts
     them down (``shutdown(2)``, which wakes a ``recv`` or ``send`` blocked in another
     thread), and the exchange fails at once; a block that ends normally after that raises
-    TimeoutError. Use it as a context manager around the exchange, and close the sockets
-    only after it has exited: the timer is stopped first, so it never shuts down a
-    descriptor that was closed and reused meanwhile.
+    TimeoutError. Use it as a context manager around the exchange.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
-        self._fds: list[int] = []
+        self._copies: list[socket.socket] = []
         self._done = False
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
@@ -332,6 +330,8 @@ class ExchangeDeadline:
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         with self._lock:
             self._done = True
+            for copy in self._copies:
+                copy.close()
         self._timer.cancel()
         if self.expired and exc_type is None:
             # A socket shut down mid-answer reads as an early end, which can parse as a
@@ -340,12 +340,14 @@ class ExchangeDeadline:
 
     def watch(self, sock: socket.socket) -> socket.socket:
         """Shut ``sock`` down at the deadline (now, if it has passed); returns it."""
+        # A descriptor of our own for the same connection: it stays open (never reused for
+        # something else) until the exchange ends, however the exchange closes its own, and
+        # it survives the socket being wrapped in TLS (a new object on the same descriptor).
+        copy = socket.socket(fileno=os.dup(sock.fileno()))
         with self._lock:
-            # The descriptor, not the object: wrapping a socket in TLS moves its descriptor
-            # to a new object (the same number), and the handshake happens in between.
-            self._fds.append(sock.fileno())
+            self._copies.append(copy)
             if self.expired:
-                _shut_down(sock.fileno())
+                _shut_down(copy)
         return sock
 
     def _expire(self) -> None:
@@ -353,21 +355,15 @@ class ExchangeDeadline:
             if self._done:
                 return
             self.expired = True
-            for fd in self._fds:
-                _shut_down(fd)
+            for copy in self._copies:
+                _shut_down(copy)
 
 
-def _shut_down(fd: int) -> None:
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:  # already closed
-        return
+def _shut_down(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:  # not connected (any more): nothing is waiting on it
         pass
-    finally:
-        sock.detach()  # the descriptor belongs to the exchange, which closes it
 
 
 _STOP = object()  # tells the delivery thread to finish
@@ -583,14 +579,19 @@ class SmtpNotifier:
         smtp._get_socket = (  # type: ignore[attr-defined]
             lambda host, port, timeout: deadline.watch(get_socket(host, port, timeout))
         )
+        refused: dict[str, tuple[int, bytes]] | None = None
         try:
             with deadline:
-                return self._exchange(smtp, msg)
+                refused = self._exchange(smtp, msg)
+        except TimeoutError:
+            if refused is None:
+                raise
+            # The message was accepted; only the goodbye ran into the deadline.
         finally:
             # Not `with smtp:` — its __exit__ sends QUIT even after a timeout, which would
-            # wait a second full timeout on a server that has stopped answering. Closed
-            # after the deadline has stopped watching (see ExchangeDeadline).
+            # wait a second full timeout on a server that has stopped answering.
             smtp.close()
+        return refused
 
     def _exchange(self, smtp: smtplib.SMTP, msg: EmailMessage) -> dict[str, tuple[int, bytes]]:
         cfg = self.config

@@ -113,7 +113,7 @@ class WebhookNotifier:
                 response.read(65536)
                 return response.status, response.reason, response.getheader("Location")
         finally:
-            conn.close()  # after the deadline stopped watching (see ExchangeDeadline)
+            conn.close()
 
     def _connection(self) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
         """The connection, the request target and the proxy's headers for the URL."""
