@@ -16,6 +16,9 @@ folders into run folders after the instrument is done.
 
 Children die with the daemon (SIGTERM through PR_SET_PDEATHSIG) and stop at a
 checkpoint, so the next start resumes them without re-uploading what was stored.
+
+Mail and webhook posts go out on a thread of their own (`notify.DeliveryQueue`): a slow
+or hung server never holds up a cycle, a lease renewal or a stop.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .firestore import NoMirror, StatusMirror, fields_from_task
 from .journal import Journal
 from .layout import storage_uri
 from .leases import Leases
-from .notify import MailEvent, Notifier, NullNotifier
+from .notify import DEFAULT_SUBJECT_PREFIX, DeliveryQueue, MailEvent, Notifier, NullNotifier
 from .retention import Retention
 from .status import IN_PROGRESS, process_alive
 
@@ -53,6 +56,11 @@ log = logging.getLogger("sruns_stream.monitor")
 _BACKOFF_BASE_S = 60.0
 _BACKOFF_MAX_S = 6 * 3600.0
 _KILL_GRACE_S = 30.0
+# How long notifications still waiting may take once the daemon stops: on a signal only
+# seconds (a stop must not wait for a hung server); at the end of --once, which no one is
+# waiting to end, about one webhook exchange's deadline.
+_NOTIFY_GRACE_ON_STOP_S = 2.0
+_NOTIFY_GRACE_ONCE_S = 30.0
 
 
 def process_start_time(pid: int) -> int | None:
@@ -98,7 +106,9 @@ class Monitor:
         self.config_path = config_path.absolute()
         self.journal = journal
         self.mirror: StatusMirror = mirror or NoMirror()
-        self.notifier: Notifier = notifier or NullNotifier()
+        # Sent from the loop, delivered on the queue's thread: the loop never waits for a server.
+        self.notifier = DeliveryQueue(notifier or NullNotifier(),
+                                      subject_prefix=config.name or DEFAULT_SUBJECT_PREFIX)
         self.clock = clock
         self.python = python
         self.host = host or config.host_id or socket.gethostname()
@@ -164,7 +174,10 @@ class Monitor:
                 self.enforce_limits()
                 self.reap()
         self.retention.finish_checks(stop)  # sweeps waiting on a local archive's read-back, in this run too
-        self.shutdown("stop requested" if stop.is_set() else "--once finished")
+        if stop.is_set():
+            self.shutdown("stop requested")
+        else:
+            self.shutdown("--once finished", notify_grace=_NOTIFY_GRACE_ONCE_S)
         return 0
 
     def cycle(self) -> None:
@@ -186,8 +199,9 @@ class Monitor:
                 # Stopped without recording it (kill -9, a reboot): an interruption, resumed.
                 self.journal.update(task.name, status="not_running", pid=None, interrupted_at=self.clock())
 
-    def shutdown(self, why: str) -> None:
-        """SIGTERM every child (they stop at a checkpoint), wait, mail, flush."""
+    def shutdown(self, why: str, *, notify_grace: float = _NOTIFY_GRACE_ON_STOP_S) -> None:
+        """SIGTERM every child (they stop at a checkpoint), wait, mail, flush; notifications
+        not delivered within ``notify_grace`` seconds are logged as such."""
         names = list(self.children)
         for child in self.children.values():
             child.stopping = True
@@ -207,6 +221,7 @@ class Monitor:
         self.publish()
         self.mirror.flush(deadline_s=10.0)
         self.mirror.close()
+        self.notifier.close(notify_grace)
         stopped = (f"{len(names)} archive(s) stopped at a checkpoint, resumed at the next start: {', '.join(names)}"
                    if names else "no archive was running")
         log.info("sruns-stream monitor stopped (%s): %s", why, stopped)

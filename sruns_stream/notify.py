@@ -6,9 +6,12 @@ The daemon builds a :class:`MailEvent` with one of its constructors
 delivers it over SMTP (plain, STARTTLS or implicit TLS, optional login).
 
 A mail is a courtesy, never a reason to stop archiving: sruns-monitor crashed when its
-SMTP server was down. So every network step has a short timeout and every delivery
-failure (refused connection, timeout, TLS or SMTP error, missing password) is logged on
-the ``sruns_stream.notify`` logger and reported as ``False``; ``send`` never raises.
+SMTP server was down. So every network step has a short timeout, the whole exchange a
+deadline (:class:`ExchangeDeadline`: a server answering one byte at a time cannot
+stretch it), and every delivery failure (refused connection, timeout, TLS or SMTP error,
+missing password) is logged on the ``sruns_stream.notify`` logger and reported as
+``False``; ``send`` never raises. The daemon sends through a :class:`DeliveryQueue`, on a
+thread of its own, so that no server can hold up its loop or its stop.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import email.policy
 import enum
 import logging
 import os
+import queue
 import signal
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,15 +37,19 @@ from . import __version__
 from .config import MailConfig
 
 __all__ = [
+    "DEFAULT_DEADLINE",
     "DEFAULT_SUBJECT_PREFIX",
     "DEFAULT_TIMEOUT",
+    "DeliveryQueue",
     "EventKind",
+    "ExchangeDeadline",
     "MailEvent",
     "Notifier",
     "Notifiers",
     "NullNotifier",
     "SmtpNotifier",
     "make_notifier",
+    "takes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +58,11 @@ logger = logging.getLogger(__name__)
 #: because the daemon sends mail from its scheduling loop: a dead or tarpitting server
 #: must cost it seconds, not hours.
 DEFAULT_TIMEOUT = 20.0
+
+#: Seconds a whole SMTP exchange (connect, TLS, login, the message, QUIT) may take. The
+#: per-step timeout alone bounds nothing: a server sending a byte every few seconds
+#: resets it with every byte.
+DEFAULT_DEADLINE = 60.0
 
 # RFC 5322's hard line limit is 998; its 78 is a SHOULD. With 78, CPython folds a header whose
 # value holds a long unbreakable word (a run name, a Message-ID) by moving the whole value to
@@ -256,8 +270,18 @@ class Notifier(Protocol):
     def send(self, event: MailEvent) -> bool: ...
 
 
+def takes(notifier: Notifier, event: MailEvent) -> bool:
+    """Whether ``notifier`` would send ``event`` anywhere: a notifier that sends only some
+    kinds (the webhook) or none (`NullNotifier`) says so with a ``takes`` method."""
+    method = getattr(notifier, "takes", None)
+    return True if method is None else bool(method(event))
+
+
 class NullNotifier:
     """Used when no ``mail`` block is configured: logs the event at debug level, sends nothing."""
+
+    def takes(self, event: MailEvent) -> bool:
+        return False
 
     def send(self, event: MailEvent) -> bool:
         logger.debug("mail not configured; not sending %r", event.subject())
@@ -271,9 +295,163 @@ class Notifiers:
     def __init__(self, *notifiers: Notifier) -> None:
         self.notifiers = notifiers
 
+    def takes(self, event: MailEvent) -> bool:
+        return any(takes(notifier, event) for notifier in self.notifiers)
+
     def send(self, event: MailEvent) -> bool:
         sent = [notifier.send(event) for notifier in self.notifiers]  # all of them, not up to the first True
         return any(sent)
+
+
+class ExchangeDeadline:
+    """A time limit on a whole network exchange, which a server cannot extend.
+
+    A socket timeout bounds each operation, and a server that sends one byte every few
+    seconds satisfies every one of them for ever. So each socket of the exchange is
+    registered with :meth:`watch`; when ``seconds`` have passed, a timer thread shuts
+    them down (``shutdown(2)``, which wakes a ``recv`` or ``send`` blocked in another
+    thread), and the exchange fails at once; a block that ends normally after that raises
+    TimeoutError. Use it as a context manager around the exchange.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._copies: list[socket.socket] = []
+        self._done = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> ExchangeDeadline:  # noqa: PYI034 - typing.Self needs Python 3.11; we support 3.10
+        self._timer.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        with self._lock:
+            self._done = True
+            for copy in self._copies:
+                copy.close()
+        self._timer.cancel()
+        if self.expired and exc_type is None:
+            # A socket shut down mid-answer reads as an early end, which can parse as a
+            # complete (short) answer: an exchange cut off at the deadline never succeeded.
+            raise TimeoutError(f"no complete exchange within the {self.seconds:g} s deadline")
+
+    def watch(self, sock: socket.socket) -> socket.socket:
+        """Shut ``sock`` down at the deadline (now, if it has passed); returns it."""
+        # A descriptor of our own for the same connection: it stays open (never reused for
+        # something else) until the exchange ends, however the exchange closes its own, and
+        # it survives the socket being wrapped in TLS (a new object on the same descriptor).
+        copy = socket.socket(fileno=os.dup(sock.fileno()))
+        with self._lock:
+            self._copies.append(copy)
+            if self.expired:
+                _shut_down(copy)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for copy in self._copies:
+                _shut_down(copy)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # not connected (any more): nothing is waiting on it
+        pass
+
+
+_STOP = object()  # tells the delivery thread to finish
+
+
+class DeliveryQueue:
+    """Sends events through ``notifier`` on one thread of its own, so that a slow or
+    hung server (a webhook trickling its answer, an SMTP server that stopped reading)
+    never holds up the caller: `send` only queues, and returns at once.
+
+    At most ``size`` events wait; another one is dropped with an error line naming it.
+    `close` gives those waiting ``grace`` seconds, then logs each one not delivered and
+    returns; the thread is a daemon thread, so one stuck in an exchange (which its
+    notifier's deadline ends anyway) never keeps the process from exiting.
+    """
+
+    def __init__(self, notifier: Notifier, *, size: int = 100, subject_prefix: str = DEFAULT_SUBJECT_PREFIX) -> None:
+        self.notifier = notifier
+        self.size = size
+        self.subject_prefix = subject_prefix
+        self._queue: queue.Queue[object] = queue.Queue()  # bounded by send, the only producer besides close
+        self._lock = threading.Lock()
+        self._current: MailEvent | None = None
+        self._closed = False
+        self._abandoned = False
+        self._thread: threading.Thread | None = None
+
+    def send(self, event: MailEvent) -> bool:
+        """Queue ``event`` for delivery; False if it was dropped (full, or closed)."""
+        if not takes(self.notifier, event):
+            return self.notifier.send(event)  # goes nowhere (no mail, a webhook kind): at once, no network
+        if self._closed:
+            self._not_delivered(event, "the daemon is stopping")
+            return False
+        if self._queue.qsize() >= self.size:
+            self._not_delivered(event, f"the delivery queue is full ({self.size} waiting: the mail server "
+                                       "or webhook is slow or not answering)")
+            return False
+        if self._thread is None:  # started on first use: a daemon that never sends needs no thread
+            self._thread = threading.Thread(target=self._deliver, name="sruns-notify", daemon=True)
+            self._thread.start()
+        self._queue.put(event)
+        return True
+
+    def close(self, grace: float) -> None:
+        """Take no more events; wait up to ``grace`` s for the queued ones, then log each
+        one left (and the one being sent) as not delivered. Can be called twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(grace)
+        with self._lock:
+            self._abandoned = True
+            left = [self._current] if self._current is not None else []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, MailEvent):
+                    left.append(item)
+        for event in left:
+            self._not_delivered(event, f"the daemon stopped before it was delivered (waited {grace:g} s)")
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            with self._lock:
+                if item is _STOP or self._abandoned:
+                    # After close gave up, close logged what it found; this one it did not.
+                    if isinstance(item, MailEvent):
+                        self._not_delivered(item, "the daemon stopped before it was delivered")
+                    return
+                assert isinstance(item, MailEvent)
+                self._current = item
+            try:
+                self.notifier.send(item)
+            except Exception:  # send never raises; a bug in one must not end every later delivery
+                logger.exception("notification %r: sending it failed", item.subject(self.subject_prefix))
+            finally:
+                with self._lock:
+                    self._current = None
+
+    def _not_delivered(self, event: MailEvent, why: str) -> None:
+        logger.error("notification %r not delivered: %s", event.subject(self.subject_prefix), why)
 
 
 class SmtpNotifier:
@@ -283,7 +461,8 @@ class SmtpNotifier:
     host name). ``clock`` gives the Date header's time. ``ssl_context`` replaces the system
     trust store for STARTTLS/SSL, for a private CA (and tests). ``environ`` is where the
     password is looked up, read once here. ``subject_prefix`` replaces ``sruns-stream`` in
-    ``[...]``, as sruns-monitor's ``name`` did.
+    ``[...]``, as sruns-monitor's ``name`` did. ``timeout`` bounds each network step,
+    ``deadline`` the whole exchange.
     """
 
     def __init__(
@@ -293,6 +472,7 @@ class SmtpNotifier:
         host_name: str | None = None,
         clock: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         ssl_context: ssl.SSLContext | None = None,
         environ: Mapping[str, str] | None = None,
         subject_prefix: str = DEFAULT_SUBJECT_PREFIX,
@@ -304,6 +484,7 @@ class SmtpNotifier:
         self.host_name = host_name or socket.gethostname()
         self.clock = clock
         self.timeout = timeout
+        self.deadline = deadline
         self.subject_prefix = subject_prefix
         self._ssl_context = ssl_context
         self._password: str | None = None
@@ -353,8 +534,9 @@ class SmtpNotifier:
         if self._login_problem:
             logger.error("mail %r not sent: %s", subject, self._login_problem)
             return False
+        deadline = ExchangeDeadline(self.deadline)
         try:
-            refused = self._deliver(msg)
+            refused = self._deliver(msg, deadline)
         except _DELIVERY_ERRORS as exc:
             # One line for the operator; the traceback only when debugging the daemon.
             logger.error(
@@ -362,7 +544,8 @@ class SmtpNotifier:
                 subject,
                 where,
                 self.config.tls,
-                _describe(exc),
+                f"no complete exchange within the {self.deadline:g} s deadline" if deadline.expired
+                else _describe(exc),
                 exc_info=logger.isEnabledFor(logging.DEBUG),
             )
             return False
@@ -380,30 +563,52 @@ class SmtpNotifier:
         )
         return True
 
-    def _deliver(self, msg: EmailMessage) -> dict[str, tuple[int, bytes]]:
+    def _deliver(self, msg: EmailMessage, deadline: ExchangeDeadline) -> dict[str, tuple[int, bytes]]:
         """Connect, secure, log in, send; returns the recipients the server refused."""
         cfg = self.config
         smtp: smtplib.SMTP
+        # Not connected by the constructor, so that the socket is watched from before the
+        # greeting; the constructor would also have set _host (TLS checks the name against it).
         if cfg.tls == "ssl":
-            smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=self.timeout, context=self._context())
+            smtp = smtplib.SMTP_SSL(timeout=self.timeout, context=self._context())
         else:
-            smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=self.timeout)
+            smtp = smtplib.SMTP(timeout=self.timeout)
+        smtp._host = cfg.host  # type: ignore[attr-defined]
+        # _get_socket is where smtplib opens (and for SMTP_SSL, wraps) its socket; not in typeshed.
+        get_socket = smtp._get_socket  # type: ignore[attr-defined]
+        smtp._get_socket = (  # type: ignore[attr-defined]
+            lambda host, port, timeout: deadline.watch(get_socket(host, port, timeout))
+        )
+        refused: dict[str, tuple[int, bytes]] | None = None
         try:
-            if cfg.tls == "starttls":
-                smtp.starttls(context=self._context())
-            if cfg.user and self._password is not None:
-                smtp.login(cfg.user, self._password)
-            refused = smtp.send_message(msg, from_addr=cfg.from_addr, to_addrs=list(cfg.to_addrs))
-            try:
-                smtp.quit()
-            except _DELIVERY_ERRORS as exc:
-                # The message was already accepted; a rude goodbye changes nothing.
-                logger.debug("SMTP QUIT failed after delivery: %s", exc)
-            return refused
+            with deadline:
+                refused = self._exchange(smtp, msg)
+        except TimeoutError:
+            if refused is None:
+                raise
+            # The message was accepted; only the goodbye ran into the deadline.
         finally:
             # Not `with smtp:` — its __exit__ sends QUIT even after a timeout, which would
             # wait a second full timeout on a server that has stopped answering.
             smtp.close()
+        return refused
+
+    def _exchange(self, smtp: smtplib.SMTP, msg: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        cfg = self.config
+        code, reply = smtp.connect(cfg.host, cfg.port)
+        if code != 220:  # as the constructor checks when it connects
+            raise smtplib.SMTPConnectError(code, reply)
+        if cfg.tls == "starttls":
+            smtp.starttls(context=self._context())
+        if cfg.user and self._password is not None:
+            smtp.login(cfg.user, self._password)
+        refused = smtp.send_message(msg, from_addr=cfg.from_addr, to_addrs=list(cfg.to_addrs))
+        try:
+            smtp.quit()
+        except _DELIVERY_ERRORS as exc:
+            # The message was already accepted; a rude goodbye changes nothing.
+            logger.debug("SMTP QUIT failed after delivery: %s", exc)
+        return refused
 
     def _context(self) -> ssl.SSLContext:
         return self._ssl_context if self._ssl_context is not None else ssl.create_default_context()
@@ -415,6 +620,7 @@ def make_notifier(
     host_name: str | None = None,
     clock: Callable[[], float] = time.time,
     timeout: float = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
     ssl_context: ssl.SSLContext | None = None,
     environ: Mapping[str, str] | None = None,
     subject_prefix: str = DEFAULT_SUBJECT_PREFIX,
@@ -427,6 +633,7 @@ def make_notifier(
         host_name=host_name,
         clock=clock,
         timeout=timeout,
+        deadline=deadline,
         ssl_context=ssl_context,
         environ=environ,
         subject_prefix=subject_prefix,
