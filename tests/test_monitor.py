@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -180,7 +181,10 @@ def test_runtime_limit_kills_once_and_mails_once(smtp, tmp_path: Path) -> None:
     try:
         wait_until(lambda: _pending_signals(pid) & (1 << (signal.SIGTERM - 1)), "the daemon's SIGTERM", poll=0.02)
     finally:
-        os.kill(pid, signal.SIGCONT)
+        # Gone already only if the daemon's SIGKILL came first (30 s after its SIGTERM, on
+        # a very slow machine): the assertions below hold either way.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
     _, err = daemon.communicate(timeout=120)
     assert daemon.returncode == 0, err
     row = _rows(tmp_path)[run.name]
