@@ -2,7 +2,10 @@
 
 - sizes and rates in SI units (1 MB = 10^6 bytes, MB/s), as the archive's summary line,
   the mails and ``gcloud storage`` have them;
-- durations as ``h:mm:ss`` (ten hours is ``10:00:00``, never ``600:00``);
+- a size where the exact count matters too (a mail, a webhook) as ``4.19 GB (4,194,304,000 bytes)``;
+- the compression ratio as raw / archive (``1.68``: how many times smaller), everywhere;
+- durations as ``h:mm:ss`` (ten hours is ``10:00:00``, never ``600:00``), and a time
+  relative to now as ``in 4 min`` or ``5 min ago``;
 - times as local ``YYYY-MM-DD HH:MM:SS`` for reading, ISO 8601 with the UTC offset for
   ``--json``;
 - a crc32c as 8 hex digits and as gcloud shows it (``crc32c_hash``: the four bytes,
@@ -15,7 +18,9 @@ import base64
 import datetime as dt
 import math
 
-__all__ = ["ago", "crc32c_base64", "hms", "human_bytes", "human_rate", "iso_time", "local_time"]
+__all__ = [
+    "ago", "crc32c_base64", "exact_bytes", "hms", "human_bytes", "human_rate", "iso_time", "local_time", "ratio",
+]
 
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 
@@ -30,6 +35,16 @@ def human_bytes(n: float) -> str:
     if unit == "B":
         return f"{value:.0f} B"
     return f"{value:.3g} {unit}" if abs(value) >= 1 else f"{value:.2f} {unit}"
+
+
+def exact_bytes(n: int) -> str:
+    """``4.19 GB (4,194,304,000 bytes)``; ``512 B`` where the two would say the same."""
+    return human_bytes(n) if abs(n) < 1000 else f"{human_bytes(n)} ({n:,} bytes)"
+
+
+def ratio(raw_bytes: int, archive_bytes: int) -> str:
+    """Raw / archive, two decimals (``1.68``): how many times smaller the archive is."""
+    return f"{raw_bytes / archive_bytes:.2f}" if archive_bytes > 0 else "n/a"
 
 
 def human_rate(bytes_per_s: float | None) -> str:

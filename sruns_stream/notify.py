@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 
 from . import __version__
 from .config import MailConfig
+from .humanize import ago, exact_bytes, hms, human_rate, ratio
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -140,11 +141,11 @@ class MailEvent:
         facts: list[tuple[str, str]] = [
             ("run", run),
             ("location", location),
-            ("raw size", _size(raw_bytes)),
-            ("archive size", _size(archive_bytes)),
-            ("ratio", f"{archive_bytes / raw_bytes:.3f} (archive / raw)" if raw_bytes > 0 else "n/a"),
-            ("rate", f"{raw_bytes / seconds / 1e6:.1f} MB/s" if seconds > 0 else "n/a"),
-            ("elapsed", _duration(seconds)),
+            ("raw size", exact_bytes(raw_bytes)),
+            ("archive size", exact_bytes(archive_bytes)),
+            ("ratio", f"{ratio(raw_bytes, archive_bytes)} (raw / archive)"),
+            ("rate", human_rate(raw_bytes / seconds) if seconds > 0 else "n/a"),
+            ("elapsed", hms(seconds)),
         ]
         if files is not None:
             facts.append(("files", f"{files:,}"))
@@ -174,7 +175,7 @@ class MailEvent:
     ) -> MailEvent:
         """Attempt ``attempt`` of ``max_attempts`` at archiving ``run`` failed with ``error``."""
         if will_retry:
-            when = f" in {_duration(retry_in_sec)}" if retry_in_sec is not None else ""
+            when = f" {ago(-retry_in_sec)}" if retry_in_sec is not None else ""
             next_step = f"yes, it will be retried{when} from its checkpoint"
         else:
             next_step = "no"
@@ -202,8 +203,8 @@ class MailEvent:
             (
                 ("run", run),
                 ("pid", str(pid)),
-                ("runtime", _duration(runtime_sec)),
-                ("limit", _duration(limit_sec)),
+                ("runtime", hms(runtime_sec)),
+                ("limit", hms(limit_sec)),
             ),
         )
 
@@ -665,28 +666,6 @@ def _describe(exc: BaseException) -> str:
 
 def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-
-
-def _size(n: int) -> str:
-    """``4.19 GB (4,194,304,000 bytes)``: decimal units, like the MB/s of the rate."""
-    value = float(n)
-    for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            break
-        value /= 1000
-    return f"{n:,} bytes" if unit == "bytes" else f"{value:.2f} {unit} ({n:,} bytes)"
-
-
-def _duration(seconds: float) -> str:
-    """``2 h 03 min 04 s``; short enough for a table, exact enough for a limit."""
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min {secs:02d} s"
-    if minutes:
-        return f"{minutes} min {secs:02d} s"
-    return f"{seconds:.1f} s" if seconds < 10 else f"{secs} s"
 
 
 def _one_line(text: str) -> str:

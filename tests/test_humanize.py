@@ -1,0 +1,24 @@
+"""One convention for numbers shown to people (humanize), as the CLI, status, mail and
+webhook all show them."""
+
+from __future__ import annotations
+
+from sruns_stream.humanize import ago, exact_bytes, hms, human_bytes, human_rate, ratio
+
+
+def test_sizes_are_si_with_three_figures_and_the_exact_count_where_asked() -> None:
+    assert [human_bytes(n) for n in (0, 512, 1500, 4_194_304_000, 11 * 10**12)] == [
+        "0 B", "512 B", "1.5 kB", "4.19 GB", "11 TB"]
+    assert exact_bytes(4_194_304_000) == "4.19 GB (4,194,304,000 bytes)"
+    assert exact_bytes(999) == "999 B"
+
+
+def test_the_ratio_is_raw_over_archive_everywhere() -> None:
+    assert ratio(4_194_304_000, 2_600_000_000) == "1.61"
+    assert ratio(100, 0) == "n/a"
+
+
+def test_durations_rates_and_relative_times() -> None:
+    assert (hms(172_900), hms(59.9), hms(None)) == ("48:01:40", "0:00:59", "-:--:--")
+    assert human_rate(209_715_200) == "209.7 MB/s"
+    assert (ago(-240), ago(300), ago(2 * 86400 + 5)) == ("in 4 min", "5 min ago", "2 days ago")
