@@ -740,6 +740,11 @@ def _unpack(blob: bytes) -> array[int]:
 
 
 _ENTRIES_PER_TRANSACTION = 4096
+# A test's kill point (tests/test_resume_entries.py): with this set to a path, the entries
+# writer creates that file once every slice but the last has committed, with no
+# transaction open (the stream's checkpoints go on), and then waits for ever: the test
+# kills the process while the upload is under way and the entries are not all committed.
+_HOLD_ENTRIES_ENV = "SRUNS_TEST_HOLD_ENTRIES"
 
 
 class EntriesWriter:
@@ -759,7 +764,11 @@ class EntriesWriter:
                 db.execute("DELETE FROM manifest WHERE task = ?", (name,))
                 # In slices, each its own transaction: the stream's checkpoints wait for the
                 # journal's lock at most one slice long.
+                hold = os.environ.get(_HOLD_ENTRIES_ENV)
                 for first in range(0, len(entries), _ENTRIES_PER_TRANSACTION):
+                    if hold and first + _ENTRIES_PER_TRANSACTION >= len(entries):
+                        Path(hold).touch()
+                        threading.Event().wait()
                     db.execute("BEGIN IMMEDIATE")
                     db.executemany(
                         "INSERT INTO manifest (task, idx, path, kind, size, mode, mtime_ns, uid, gid,"
