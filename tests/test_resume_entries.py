@@ -210,3 +210,34 @@ def test_a_kill_with_part_of_the_entries_committed_resumes_only_an_unchanged_fol
         assert result["resumed_from_archive"] == 0 and reason in result["restart_reason"], result
         assert len(sessions) == 2
     assert _entries_committed(db, run.name)
+
+
+@pytest.mark.timeout(180)
+def test_a_kill_after_the_last_request_committed_before_the_entries_commit_sends_nothing_again(
+    gcs, make_run, tmp_path: Path
+) -> None:
+    run = make_run("miseq", 4 << 20, seed=14)
+    reference = _reference(run, tmp_path)
+    db = tmp_path / "sruns.db"
+    held = tmp_path / "entries-held"
+    args = ("archive", str(run), "--dest", f"gs://{gcs.bucket}/{PREFIX}", *FLAGS, "--journal", str(db))
+    with FaultProxy(gcs.url) as proxy:
+        env = {"STORAGE_EMULATOR_HOST": proxy.url, "SRUNS_TEST_HOLD_ENTRIES": str(held)}
+        # The request carrying the last bytes reaches the server; its answer never comes back.
+        proxy.add(Fault("hold_stored", target="final"))
+        _kill_with_entries_held(start_cli(*args, cwd=tmp_path, env=env), proxy, held)
+        assert not _entries_committed(db, run.name)
+        committed = gcs.resource(f"{PREFIX}/{run.name}/{run.name}.tar.gz")
+        assert committed is not None and int(committed["size"]) == len(reference)
+        proxy.epoch = 1
+        # Real GCS answers a status query on a committed session with 200 and the object;
+        # the emulator forgets the session (404), so the proxy answers as GCS does.
+        proxy.add(Fault("status", target="query", status=200, body=json.dumps(committed).encode()))
+        env.pop("SRUNS_TEST_HOLD_ENTRIES")
+        proc = run_cli(*args, cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr
+    assert "starting from zero" not in proc.stderr
+    assert json.loads(proc.stdout)["resumed_from_archive"] == len(reference)
+    assert gcs.download(f"{PREFIX}/{run.name}/{run.name}.tar.gz") == reference
+    assert [e for e in _uploads(proxy) if e.epoch == 1] == []
+    assert _entries_committed(db, run.name)
