@@ -470,7 +470,7 @@ class Journal:
 
     def write_entries(self, name: str, entries: Sequence[Entry]) -> EntriesWriter:
         """Insert the manifest's entries on a thread with a connection of its own, while
-        the stream starts: on a 400,000-file run that is 3 to 4 s, which would delay the
+        the stream starts: on a 400,000-file run that is 3 to 6.5 s, which would delay the
         first byte as long if it came first. Wait for it (`wait`) before the archive is
         reported done. A crash before it committed leaves entries that do not match the
         fingerprint while chunks are stored and checkpointed: the next attempt scans the
