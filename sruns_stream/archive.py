@@ -1,7 +1,9 @@
 """One run, end to end: manifest, stream, destination, checkpoints, verification.
 
 Start or resume: a run whose journal row has an intact checkpoint (its digest checks
-out, the manifest in the journal matches its fingerprint, the 32 KiB dictionary read
+out, the manifest in the journal matches its fingerprint, or, when a crash came before
+its entries committed, the folder scanned again matches the fingerprint and the inode
+and ctime digest recorded before the first byte left; the 32 KiB dictionary read
 back from the folder has the crc the checkpoint recorded), the same stream parameters,
 the same destination and an unchanged run folder resumes from the newest checkpoint at
 or below what the destination durably holds; anything else starts from zero and says
@@ -19,6 +21,7 @@ reports it without a read).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -41,7 +44,15 @@ from .layout import Location, parse_location, storage_uri
 from .lock import RunLock
 from .pipeline import Saved, stream_range
 from .progress import NoProgress, Progress
-from .runfolder import Manifest, compare, fingerprint, reading_threads, resolve_run_folder, scan_run_folder
+from .runfolder import (
+    Entry,
+    Manifest,
+    compare,
+    fingerprint,
+    reading_threads,
+    resolve_run_folder,
+    scan_run_folder,
+)
 from .sinks import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
 from .tarstream import TarLayout
 
@@ -291,20 +302,54 @@ def _resume_problem(task: Task | None, rundir: Path, destination: str, params: d
     return ""
 
 
-def _resumable_manifest(task: Task, rundir: Path, journal: Journal, threads: int) -> tuple[Manifest | None, str]:
-    """The journal's manifest if the folder still matches it, else (None, why not)."""
+def _identity(entries: list[Entry]) -> str:
+    """A digest of what `fingerprint` leaves out and a resume still compares
+    (`runfolder.Manifest.changed_entries`): each entry's inode and ctime, the run
+    folder's own ctime aside."""
+    h = hashlib.sha256()
+    for e in entries:
+        h.update(b"%b\0%d\0%d\n" % (e.path, e.ino, e.ctime_ns if e.rel else 0))
+    return h.hexdigest()
+
+
+def _resumable_manifest(
+    task: Task, rundir: Path, journal: Journal, options: ArchiveOptions
+) -> tuple[Manifest | None, str, Manifest | None]:
+    """The manifest to resume with if the folder still matches the attempt's, else (None,
+    why not); and the folder scanned again, if it was."""
+    threads = options.read_threads or 1
     entries = journal.entries(task.name)
+    scan: Manifest | None = None
     if fingerprint(entries) != task.manifest_id:
-        return None, "the journal's manifest does not match its fingerprint (damaged)"
+        if task.manifest_identity is None:  # recorded since; without it a scan proves too little
+            return None, "the journal's manifest does not match its fingerprint (damaged)", None
+        # The entries are written while the upload starts (`Journal.write_entries`): a crash
+        # before they committed leaves chunks stored and checkpointed under a session. A new
+        # scan stands for them if it matches both digests taken before the first byte left.
+        scan = scan_run_folder(rundir, threads, options.exclude)
+        if scan.fingerprint() != task.manifest_id:
+            return None, "the journal's manifest is incomplete, and the run folder changed since it was scanned", scan
+        if _identity(scan.entries) != task.manifest_identity:
+            return None, "the journal's manifest is incomplete, and a file was replaced or rewritten in place", scan
+        # Slices commit in order: what a crash left is a prefix of the scan's entries. Any
+        # other difference is damage, and no scan makes up for it.
+        head = scan.entries[: len(entries)]
+        if len(entries) >= len(scan.entries) or (fingerprint(head), _identity(head)) != (
+            fingerprint(entries), _identity(entries)
+        ):
+            return None, "the journal's manifest does not match its fingerprint (damaged)", scan
+        entries = scan.entries
     crcs = journal.member_crcs(task.name, len(entries), segment=-1)
     done = [(i, crc) for i, crc in enumerate(crcs) if crc is not None]
     if files_crc32c(0, done) != task.files_crc32c:
-        return None, "the journal's member checksums do not match the checkpoint (damaged)"
+        return None, "the journal's member checksums do not match the checkpoint (damaged)", scan
+    if scan is not None:
+        return scan, "", scan  # scanned just now: it is the folder as it is
     manifest = Manifest(root=rundir, entries=entries)
     change = next(manifest.changed_entries(threads), None)  # the first one decides: stop there
     if change is not None:
-        return None, f"the run folder changed since its manifest ({change})"
-    return manifest, ""
+        return None, f"the run folder changed since its manifest ({change})", None
+    return manifest, "", None
 
 
 def _run(
@@ -331,8 +376,11 @@ def _run(
     if restart_reason is None:
         restart_reason = _resume_problem(task, rundir, destination, params, force)
     manifest: Manifest | None = None
+    entries_missing = False  # resumed from a new scan: the journal lacks the entries
     if restart_reason == "" and task is not None:
-        manifest, restart_reason = _resumable_manifest(task, rundir, journal, options.read_threads or 1)
+        manifest, restart_reason, rescan = _resumable_manifest(task, rundir, journal, options)
+        entries_missing = manifest is not None and rescan is not None
+        scan = scan or rescan
     if task is not None and task.legacy_tarfile:
         progress.note(
             f"{name}: sruns-monitor's local tarball {task.legacy_tarfile} is not used (it may be partial); "
@@ -357,6 +405,7 @@ def _run(
             tarfile=sink.archive_name,
             params=params,
             manifest_id=manifest.fingerprint(),
+            manifest_identity=_identity(manifest.entries),
         )
         fresh = True
     task = journal.get(name)
@@ -369,7 +418,8 @@ def _run(
         restart_reason = "the number of upload streams changed"
         progress.note(f"{name}: starting from zero: {restart_reason}")
         journal.start_fresh(name, rundir=str(rundir), destination=destination, tarfile=sink.archive_name,
-                            params=params, manifest_id=manifest.fingerprint())
+                            params=params, manifest_id=manifest.fingerprint(),
+                            manifest_identity=_identity(manifest.entries))
         fresh = True
         task = journal.get(name)
         assert task is not None
@@ -380,8 +430,10 @@ def _run(
                    manifest.files_before(task.checkpoint.cursor.index) if resumed_raw else 0)
     journal.update(name, status="tarring", session_started_at=time.time(), raw_total=layout.size,
                    raw_resumed=resumed_raw)
-    # The manifest's entries go into the journal while the stream starts.
-    entries_written = journal.write_entries(name, manifest.entries) if fresh else None
+    # The manifest's entries go into the journal while the stream starts: written first,
+    # they would delay the first byte by seconds on a large run; a crash before they
+    # commit is resumed from a new scan (`_resumable_manifest`).
+    entries_written = journal.write_entries(name, manifest.entries) if fresh or entries_missing else None
     try:
         # The archive proves the run archived only if the folder still holds exactly what
         # it holds: anything written meanwhile (analysis software writes into run folders
