@@ -25,6 +25,13 @@ pytestmark = pytest.mark.slow
 BLOCK = 64 * 1024
 SYNC = 1 << 20
 FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--json")
+# What a local archive can hold past the journal's checkpoint at a kill, whatever the
+# machine's load: a sync starts every half interval once the previous one finished, so
+# the disk holds at most one interval plus the piece in the writer's hands unsynced; the
+# main thread queues one more piece before it records the sync; and the checkpoint
+# recorded is the newest at or below the synced offset (a block below at most). A piece
+# is one block's deflate output (no larger than the block plus its framing).
+REDO_BOUND = SYNC + 3 * BLOCK + 1024
 
 
 def _start(run: Path, dest: Path, cwd: Path, *extra: str) -> subprocess.Popen[str]:
@@ -75,9 +82,9 @@ def test_kill_9_twice_then_resume_gives_identical_bytes_and_bounded_rework(make_
     # Work redone: what was written after the last durable checkpoint, at most one
     # sync interval plus one block, whatever the size of the run.
     redone_archive = at_kill - result["resumed_from_archive"]
-    assert 0 <= redone_archive <= SYNC + BLOCK + 1024
+    assert 0 <= redone_archive <= REDO_BOUND
     redone_raw = _raw_len(reference[:at_kill]) - result["resumed_from_raw"]
-    assert redone_raw <= (SYNC + BLOCK) * 3  # miseq-style data compresses < 3x
+    assert redone_raw <= REDO_BOUND * 3  # miseq-style data compresses < 3x
     assert result["raw_processed"] == result["raw_bytes"] - result["resumed_from_raw"]
     gnu_untar(final, tmp_path / "out")
     assert tree(tmp_path / "out" / run.name) == tree(run)
@@ -96,8 +103,8 @@ def test_resume_with_stored_members_and_many_small_files(make_run, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     resumed = json.loads(done.stdout)["resumed_from_archive"]
     # The journal keeps up with the disk: what is redone stays within one sync interval
-    # (plus a block), however far ahead of the disk the compressors were.
-    assert 0 < resumed and at_kill - resumed <= SYNC + BLOCK + 1024
+    # (plus three blocks), however far ahead of the disk the compressors were.
+    assert 0 < resumed and at_kill - resumed <= REDO_BOUND
     assert part.with_name(f"{run.name}.tar.gz").read_bytes() == reference
 
 
