@@ -37,12 +37,13 @@ from . import __version__, access_index, manifest_tsv
 from .access_index import AccessPoint
 from .blockgzip import Checkpoint, Codec, GzipCodec, PlainTarCodec
 from .config import AUTO_STREAMS, AUTO_STREAMS_FROM, ArchiveOptions
-from .exclude import check_leaves_run
 from .errors import IntegrityError, Interrupted, JournalError, RunFolderChanged, UploadError, UsageError
+from .exclude import check_leaves_run
 from .journal import Journal, Task, files_crc32c
 from .layout import Location, parse_location, storage_uri
 from .lock import RunLock
 from .pipeline import Saved, stream_range
+from .process import start_time
 from .progress import NoProgress, Progress
 from .runfolder import (
     Entry,
@@ -423,7 +424,7 @@ def _run(
         fresh = True
         task = journal.get(name)
         assert task is not None
-    journal.update(name, pid=os.getpid(), status="starting", last_error=None)
+    journal.update(name, pid=os.getpid(), pid_start=start_time(os.getpid()), status="starting", last_error=None)
     saved = None if fresh else Saved(task.durable_offset, task.checkpoint, task.files_crc32c, task.sink_state)
     resumed_raw = task.checkpoint.raw_offset if saved and not streams else 0
     progress.start(layout.size, resumed_raw, manifest.file_count,

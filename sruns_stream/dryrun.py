@@ -179,7 +179,7 @@ def _decide(
     if reason is None:
         reason = _resume_problem(task, root, destination, stream_params(options), force)
     if reason == "" and task is not None and journal is not None:
-        manifest, reason = _resumable_manifest(task, root, journal, threads)
+        manifest, reason, _ = _resumable_manifest(task, root, journal, options)
         if manifest is not None:
             return ("resume", None, task) if task.durable_offset else ("archive", None, None)
     return "archive", reason or None, None

@@ -238,9 +238,10 @@ def _field_problem(key: str, value: Any) -> str | None:
     elif key == "crc32c":
         if not isinstance(value, str) or len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
             return "expected 8 hexadecimal digits"
-    elif key == "volumes":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 100_000:
-            return "expected a list of locations"
+    elif key == "volumes" and (
+        not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 100_000
+    ):
+        return "expected a list of locations"
     return None
 
 

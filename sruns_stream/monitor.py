@@ -46,10 +46,11 @@ from .journal import Journal
 from .layout import storage_uri
 from .leases import Leases
 from .notify import DEFAULT_SUBJECT_PREFIX, DeliveryQueue, MailEvent, Notifier, NullNotifier
+from .process import alive, start_time
 from .retention import Retention
-from .status import IN_PROGRESS, process_alive
+from .status import IN_PROGRESS
 
-__all__ = ["Monitor", "process_start_time", "retry_run"]
+__all__ = ["Monitor", "retry_run"]
 
 log = logging.getLogger("sruns_stream.monitor")
 
@@ -61,18 +62,6 @@ _KILL_GRACE_S = 30.0
 # waiting to end, about one webhook exchange's deadline.
 _NOTIFY_GRACE_ON_STOP_S = 2.0
 _NOTIFY_GRACE_ONCE_S = 30.0
-
-
-def process_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])
 
 
 @dataclass
@@ -195,7 +184,7 @@ class Monitor:
         """At start: rows left "in progress" by a crash become not_running (resumable)."""
         for task in self.journal.tasks():
             in_progress = task.status in ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
-            if in_progress and not _alive(task.pid, task.pid_start):
+            if in_progress and not alive(task.pid, task.pid_start):
                 # Stopped without recording it (kill -9, a reboot): an interruption, resumed.
                 self.journal.update(task.name, status="not_running", pid=None, interrupted_at=self.clock())
 
@@ -348,7 +337,7 @@ class Monitor:
 
     def _signal(self, child: _Child, sig: int) -> None:
         # Only a process that is still our child with the start time we recorded.
-        if child.proc.poll() is None and process_start_time(child.proc.pid) == child.start_ticks:
+        if child.proc.poll() is None and start_time(child.proc.pid) == child.start_ticks:
             child.proc.send_signal(sig)
 
     def scan(self) -> None:
@@ -409,7 +398,7 @@ class Monitor:
             if task.next_attempt_at is not None and task.next_attempt_at > now:
                 return self._wait(name, f"attempt {task.failures} failed ({task.last_error}); retrying in "
                                         f"{task.next_attempt_at - now:.0f} s")
-            if _alive(task.pid, task.pid_start):
+            if alive(task.pid, task.pid_start):
                 # A live archive of it that we did not start (another daemon, a person).
                 return self._wait(name, f"being archived by another process (pid {task.pid})")
             if task.changed_at is not None and not self._quiet(task.name, rundir, task.changed_at, now):
@@ -462,7 +451,7 @@ class Monitor:
             proc = subprocess.Popen(cmd, stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         finally:
             os.close(log_fd)
-        ticks = process_start_time(proc.pid)
+        ticks = start_time(proc.pid)
         self.children[name] = _Child(name, rundir, proc, ticks, self.clock(), log_path)
         self.journal.update(name, pid_start=ticks, next_attempt_at=None)
         log.info("%s: archiving (pid %d)", name, proc.pid)
@@ -500,7 +489,7 @@ def retry_run(journal: Journal, name: str) -> str:
     if task.status == "complete":
         raise UsageError(f"run {name!r} is archived (complete): to archive it again, "
                          "sruns-stream archive RUNDIR --force")
-    if task.status in IN_PROGRESS and process_alive(task.pid, task.pid_start):
+    if task.status in IN_PROGRESS and alive(task.pid, task.pid_start):
         raise RunLocked(f"run {name!r} is being archived now (pid {task.pid}): nothing to retry")
     if task.gave_up_at is not None:
         was = f"the daemon had given up after {task.failures} failed attempts"
@@ -511,11 +500,6 @@ def retry_run(journal: Journal, name: str) -> str:
     journal.update(name, gave_up_at=None, failures=0, next_attempt_at=None)
     last = f" (last error: {task.last_error})" if task.last_error else ""
     return f"{name}: eligible again; {was}{last}. The daemon starts it at its next cycle."
-
-
-def _alive(pid: int | None, start_ticks: int | None) -> bool:
-    """Whether ``pid`` is still the process whose start time was recorded."""
-    return pid is not None and start_ticks is not None and process_start_time(pid) == start_ticks
 
 
 def _last_line(path: Path) -> str | None:

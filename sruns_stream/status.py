@@ -20,31 +20,18 @@ from typing import Any, TextIO
 from .humanize import ago, crc32c_base64, hms, human_bytes, human_rate, iso_time, local_time
 from .journal import Task
 from .layout import storage_uri
+from .process import alive
 
-__all__ = ["IN_PROGRESS", "process_alive", "render_json", "render_text", "run_view", "watch"]
+__all__ = ["IN_PROGRESS", "render_json", "render_text", "run_view", "watch"]
 
 IN_PROGRESS = ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
-
-
-def process_alive(pid: int | None, pid_start: int | None) -> bool:
-    """Whether the archive process a row names still runs (by its start time when the
-    daemon recorded one, so a reused PID does not count; an archive started by hand
-    records none)."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return pid_start is None or int(stat[stat.rindex(b")") + 2 :].split()[19]) == pid_start
 
 
 def run_view(task: Task, now: float, done: tuple[int, int] | None = None) -> dict[str, Any]:
     """One run as `status --json` shows it (times as epoch seconds here; see `render_json`).
     ``done`` is `Journal.progress` (raw bytes archived, archive bytes stored), which sums
     the segments of a run uploaded by several streams; without it, the row's checkpoint."""
-    running = task.status in IN_PROGRESS and process_alive(task.pid, task.pid_start)
+    running = task.status in IN_PROGRESS and alive(task.pid, task.pid_start)
     raw_done, durable = done or (task.checkpoint.raw_offset, task.durable_offset)
     if task.status == "complete" and task.raw_bytes:
         raw_done = task.raw_bytes
