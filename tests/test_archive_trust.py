@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -323,6 +324,23 @@ def test_an_entry_swapped_mid_archive_is_never_read(tmp_path: Path, swap: str) -
     assert not (dest / run.name / f"{run.name}.tar.gz").exists()
     leaked = part.read_bytes() if part.exists() else b""
     assert b"SSSSSSSS" not in leaked
+
+
+@pytest.mark.timeout(120)
+def test_a_run_folder_deleted_mid_archive_is_said_gone_exit_3(tmp_path: Path) -> None:
+    run = _big_run(tmp_path)
+    dest = tmp_path / "dest"
+    proc, gate = _paused_before(run, "zzz/late.txt", tmp_path, dest)
+    with open(gate, "wb"):
+        shutil.rmtree(run)
+    out, err = proc.communicate(timeout=60)
+    line = _one_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 3,
+                      str(run), "the run folder disappeared during the archive")
+    assert "late.txt" not in line
+    row = Journal(tmp_path / "sruns.db").get(run.name)
+    # Not "changed": nothing waits for a quiet folder that is not there.
+    assert row is not None and row.status == "not_running" and row.changed_at is None
+    assert row.last_error is not None and "disappeared during the archive" in row.last_error
 
 
 # -- 6. planted links in the destination are refused ---------------------------------------------

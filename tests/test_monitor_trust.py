@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -172,3 +173,46 @@ def test_a_symlink_in_a_watch_directory_is_never_archived(tmp_path: Path) -> Non
     assert not _row(tmp_path, elsewhere.name)
     assert not (tmp_path / "archives").exists() or not list((tmp_path / "archives").iterdir())
     assert elsewhere.is_dir()
+
+
+@pytest.mark.timeout(240)
+def test_a_run_folder_deleted_while_it_is_archived_is_said_gone_and_no_longer_watched(tmp_path: Path) -> None:
+    """Deleted mid-archive, a folder's files vanish or look rewritten in place (unlinking
+    an open file changes its ctime): the daemon says the folder is gone, once, and stops
+    watching it instead of waiting for it to be quiet; a folder of that name found later
+    is a run again."""
+    run = _run(tmp_path)
+    saved = tmp_path / "saved"
+    shutil.copytree(run, saved, symlinks=True)
+    conf = _config(tmp_path)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    # memberio's test hook: the archive child stops before it opens RunInfo.xml, after the scan.
+    daemon = start_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path,
+                       env={"SRUNS_TEST_PAUSE_BEFORE": f"RunInfo.xml={gate}"})
+    wait_until(lambda: Path(f"{gate}.reached").exists(), "the archive child at RunInfo.xml", proc=daemon)
+    with open(gate, "wb"):  # the child goes on when this closes
+        shutil.rmtree(run)
+    _, err = daemon.communicate(timeout=120)
+    assert daemon.returncode == 0, err
+    said = [line for line in err.splitlines() if run.name in line and "archiving" not in line]
+    assert len(said) == 1 and "the run folder" in said[0] and "disappeared during the archive" in said[0], err
+    row = _row(tmp_path, run.name)
+    assert row["status"] == "not_running" and row["failures"] == 0 and not row["next_attempt_at"]
+    assert not row["changed_at"] and not row["rundir_found"]  # waits for no quiet, looks for no folder
+    assert "disappeared during the archive" in row["last_error"]
+
+    # The next passes neither start it nor say anything about it.
+    for _ in range(2):
+        proc = _once(conf, tmp_path)
+        assert run.name not in proc.stderr, proc.stderr
+    assert {k: v for k, v in _row(tmp_path, run.name).items() if k not in ("updated_at", "published")} == {
+        k: v for k, v in row.items() if k not in ("updated_at", "published")
+    }
+
+    # It reappears: archived as a run, and moved once archived.
+    shutil.copytree(saved, run, symlinks=True)
+    row = _once_until(conf, tmp_path, run.name, "moved_at")
+    assert row["status"] == "complete"
+    assert _archived_tree(tmp_path, run.name, "reappeared") == tree(saved)
+
