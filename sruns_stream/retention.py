@@ -36,6 +36,7 @@ from .errors import SrunsError
 from .journal import Journal, Task
 from .layout import parse_location
 from .runfolder import compare, reading_threads, scan_run_folder
+from .safefs import make_dirs
 from .sinks import probe_archive
 
 __all__ = ["Retention"]
@@ -91,7 +92,7 @@ class Retention:
             if dst.exists():
                 self._refuse(self._move_refused, task.name, f"cannot move to {dst}: it exists already")
                 continue
-            target.mkdir(parents=True, exist_ok=True)
+            make_dirs(target)
             try:
                 # Rename only: across filesystems a move is a copy of up to terabytes that
                 # would stall this loop for hours and, if interrupted, leave a half copy

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import REPO, gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
 
 from sruns_stream.journal import Journal
 
@@ -341,6 +342,25 @@ def test_a_run_folder_deleted_mid_archive_is_said_gone_exit_3(tmp_path: Path) ->
     # Not "changed": nothing waits for a quiet folder that is not there.
     assert row is not None and row.status == "not_running" and row.changed_at is None
     assert row.last_error is not None and "disappeared during the archive" in row.last_error
+
+
+def _under_umask_000(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m sruns_stream ARGS` in a real process whose umask is 000."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "sruns_stream", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.timeout(120)
+def test_the_directories_an_archive_makes_are_0755_under_umask_000(make_run, tmp_path: Path) -> None:
+    """As tar makes its own: a umask of 000 must not leave a destination anyone may write
+    into (and delete or replace an archive in)."""
+    run = make_run("miseq", 1 << 20)
+    dest = tmp_path / "new" / "archives"
+    _ok(_under_umask_000("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(tmp_path / "sruns.db"),
+                         cwd=tmp_path))
+    made = {tmp_path / "new": 0o755, dest: 0o755, dest / run.name: 0o755, tmp_path / "sruns.db.locks": 0o700}
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {str(p): oct(m) for p, m in made.items()}
 
 
 # -- 6. planted links in the destination are refused ---------------------------------------------

@@ -11,12 +11,14 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import REPO, gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
 
 # Real processes killed, stopped or run for many seconds: not the quick inner loop.
 pytestmark = pytest.mark.slow
@@ -216,3 +218,21 @@ def test_a_run_folder_deleted_while_it_is_archived_is_said_gone_and_no_longer_wa
     assert row["status"] == "complete"
     assert _archived_tree(tmp_path, run.name, "reappeared") == tree(saved)
 
+
+@pytest.mark.timeout(240)
+def test_the_directories_the_daemon_makes_are_0755_under_umask_000(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    conf = _config(tmp_path, completed_runs_dir=str(tmp_path / "new" / "completed"),
+                   local_dest=str(tmp_path / "new" / "archives"))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for _ in range(15):  # as _once_until, each pass under umask 000
+        proc = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "sruns_stream",
+                               "monitor", "--config", str(conf), "--once"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        if _row(tmp_path, run.name).get("moved_at"):
+            break
+    assert (tmp_path / "new" / "completed" / run.name).is_dir()
+    made = [tmp_path / "new", tmp_path / "new" / "completed", tmp_path / "new" / "archives",
+            tmp_path / "new" / "archives" / run.name]
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {str(p): "0o755" for p in made}

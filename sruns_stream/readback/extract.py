@@ -35,6 +35,7 @@ import google_crc32c
 
 from ..errors import DestinationNotWritable, DiskFull
 from ..manifest_tsv import ManifestRow
+from ..safefs import DIR_MODE
 from .confine import NotADir, open_dirs, safe_name
 from .report import KIND_NAMES, Problems, RestoreReport, show
 from .rowcheck import content_vs_row, shape_vs_row
@@ -106,7 +107,7 @@ class Extractor:
     # -- directories on the way
 
     def _made(self, fd: int, name: str, shown: str) -> None:
-        os.mkdir(name, dir_fd=fd)
+        os.mkdir(name, DIR_MODE, dir_fd=fd)  # not 0777 under a umask of 000: see safefs.DIR_MODE
         if shown in self.dir_meta:  # its member was left out by --include: still its mode
             self.finish_dirs[shown] = None
 
