@@ -544,3 +544,23 @@ def test_dest_and_the_parents_restore_makes_are_0755_under_umask_000(make_run, t
         if p.is_dir():
             assert stat.S_IMODE(p.stat().st_mode) & 0o022 == 0, (p, oct(p.stat().st_mode))
 
+
+@pytest.mark.timeout(120)
+def test_a_sparse_file_is_restored_sparse(make_run, tmp_path: Path) -> None:
+    """A 64 MiB file of zeros but for a few bytes: restored byte for byte, in holes."""
+    run = make_run("miseq", 1 << 20)
+    sparse = run / "Data" / "sparse.bin"
+    size = 64 * MIB
+    with sparse.open("wb") as f:
+        for offset in (0, 5 * MIB + 3, 40 * MIB - 1, size - 2):  # not block-aligned: their blocks are data
+            f.seek(offset)
+            f.write(b"\x01")
+        f.truncate(size)
+    archive = archived(run, str(tmp_path / "d"), tmp_path)
+    out = tmp_path / "out"
+    proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    restored = out / run.name / "Data" / "sparse.bin"
+    assert restored.read_bytes() == sparse.read_bytes()
+    assert restored.stat().st_blocks * 512 <= 1 * MIB, restored.stat().st_blocks * 512
+    assert tree(out / run.name) == tree(run)
