@@ -95,7 +95,7 @@ def check(fd: int, entry: Entry, when: str) -> None:
     """The open member is still the regular file the scan saw, unchanged."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        problem = "is no longer a regular file (replaced by a directory, FIFO or device)"
+        problem = f"is no longer a regular file (replaced by {_KINDS.get(stat.S_IFMT(st.st_mode), 'something else')})"
     elif entry.ino and st.st_ino != entry.ino:
         problem = "was replaced by another file (its inode changed)"
     elif st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
