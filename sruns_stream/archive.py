@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,16 @@ from . import __version__, access_index, manifest_tsv
 from .access_index import AccessPoint
 from .blockgzip import Checkpoint, Codec, GzipCodec, PlainTarCodec
 from .config import AUTO_STREAMS, AUTO_STREAMS_FROM, ArchiveOptions
-from .errors import IntegrityError, Interrupted, JournalError, RunFolderChanged, UploadError, UsageError
+from .errors import (
+    IntegrityError,
+    Interrupted,
+    JournalError,
+    RunFolderChanged,
+    RunFolderError,
+    RunFolderGone,
+    UploadError,
+    UsageError,
+)
 from .exclude import check_leaves_run
 from .journal import Journal, Task, files_crc32c
 from .layout import Location, parse_location, storage_uri
@@ -197,17 +207,34 @@ def archive_run(
             return _run(root, destination, replace(options, read_threads=threads), journal, progress, task,
                         force, sink_factory, clock, t0, scan, restart_reason)
         except BaseException as exc:
+            # Deleted under us, the folder's files vanish or look rewritten (unlinking an open
+            # file changes its ctime): name the cause, and let no one wait for it to be quiet.
+            gone = _gone(root) if isinstance(exc, (RunFolderError, OSError)) else None
             # KeyboardInterrupt/SystemExit too: the row must never stay "in progress".
-            fields: dict[str, Any] = {"status": "not_running", "pid": None, "last_error": _one_line(exc)}
+            fields: dict[str, Any] = {"status": "not_running", "pid": None, "last_error": _one_line(gone or exc)}
             if isinstance(exc, (Interrupted, KeyboardInterrupt)):
                 # A stop asked for (SIGTERM, Ctrl-C) is no error: the next attempt resumes.
                 fields.update(last_error=None, interrupted_at=time.time())
-            if isinstance(exc, RunFolderChanged):
+            if isinstance(exc, RunFolderChanged) and gone is None:
                 fields["changed_at"] = time.time()  # the daemon waits for a quiet folder
             journal.update(name, **fields)
+            if gone is not None:
+                raise gone from exc
             raise
         finally:
             progress.close()
+
+
+def _gone(root: Path) -> RunFolderGone | None:
+    """The error to report if the run folder is no longer there (or no longer a folder)."""
+    try:
+        if stat.S_ISDIR(os.lstat(root).st_mode):
+            return None
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:  # cannot tell (permissions on a parent): not said to be gone
+        return None
+    return RunFolderGone(f"{root}: the run folder disappeared during the archive; nothing of it was archived")
 
 
 def _one_line(exc: BaseException) -> str:

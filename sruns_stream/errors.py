@@ -9,7 +9,8 @@
     ├── RunFolderError               a run folder cannot be read as it must be
     │   ├── UnreadableEntry          a file or directory cannot be read (names the path)
     │   └── RunFolderChanged         exit 3: an entry appeared, vanished or changed while the
-    │                                run was archived; run again once the folder is quiet
+    │       │                        run was archived; run again once the folder is quiet
+    │       └── RunFolderGone        the run folder itself disappeared during the archive
     ├── DestinationError             the destination cannot take the archive
     │   ├── DestinationNotWritable
     │   ├── DiskFull                 ENOSPC/EDQUOT while writing; progress is kept
@@ -51,6 +52,7 @@ __all__ = [
     "JournalError",
     "RunFolderChanged",
     "RunFolderError",
+    "RunFolderGone",
     "RunFolderMissing",
     "RunLocked",
     "SrunsError",
@@ -123,6 +125,10 @@ class UnreadableEntry(RunFolderError):
 
 class RunFolderChanged(RunFolderError):
     exit_code = EXIT_CHANGED
+
+
+class RunFolderGone(RunFolderChanged):
+    pass
 
 
 class DestinationError(SrunsError):

@@ -12,7 +12,9 @@ journal's outbox. A failing run is retried with exponential backoff up to
 A run found changed after it was scanned (an archive that stopped with exit 3, or one
 `retention` handed back) is archived again, from where it is now, once nothing in it
 changed for ``quiet_period_sec``: analysis software writes FASTQs and ``Alignment_*``
-folders into run folders after the instrument is done.
+folders into run folders after the instrument is done. A run whose folder disappeared
+while it was archived is logged once and no longer watched; it is a run again if a
+folder of its name appears.
 
 Children die with the daemon (SIGTERM through PR_SET_PDEATHSIG) and stop at a
 checkpoint, so the next start resumes them without re-uploading what was stored.
@@ -250,6 +252,9 @@ class Monitor:
                 if task is not None and task.status != "not_running":
                     self.journal.update(name, status="not_running", pid=None, interrupted_at=self.clock())
                 continue
+            if not child.killed and not (child.rundir.is_dir() and not child.rundir.is_symlink()):
+                self._gone(name, child.rundir)
+                continue
             if code == EXIT_CHANGED and not child.killed:
                 # Not a failure: the folder is still being written. Archived again once quiet.
                 log.warning("%s: %s; archived again once nothing in it changed for %d s", name,
@@ -260,6 +265,15 @@ class Monitor:
             if child.killed:
                 error = f"killed after exceeding task_runtime_limit_sec ({self.config.task_runtime_limit_sec} s)"
             self._failed(name, error, child if child.killed else None)
+
+    def _gone(self, name: str, rundir: Path) -> None:
+        """The run folder was deleted (or moved away) while it was archived: nothing to
+        wait for or retry. Forgetting where it was found stops every later cycle from
+        looking for it; a folder of that name found again is a run again."""
+        error = f"the run folder {rundir} disappeared during the archive; no longer watched"
+        log.warning("%s: %s (archived as a run again if it reappears)", name, error)
+        self.journal.update(name, status="not_running", pid=None, last_error=error, changed_at=None,
+                            rundir_found=None, next_attempt_at=None)
 
     def _failed(self, name: str, error: str, killed: _Child | None = None) -> None:
         task = self.journal.get(name)

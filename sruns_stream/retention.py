@@ -39,7 +39,7 @@ from .exclude import matcher
 from .journal import Journal, Task
 from .layout import parse_location
 from .runfolder import DIR, Entry, Manifest, compare, reading_threads, scan_run_folder
-from .safefs import Listed, remove_listed
+from .safefs import Listed, make_dirs, remove_listed
 from .sinks import probe_archive
 
 __all__ = ["Retention"]
@@ -95,7 +95,7 @@ class Retention:
             if dst.exists():
                 self._refuse(self._move_refused, task.name, f"cannot move to {dst}: it exists already")
                 continue
-            target.mkdir(parents=True, exist_ok=True)
+            make_dirs(target)
             try:
                 # Rename only: across filesystems a move is a copy of up to terabytes that
                 # would stall this loop for hours and, if interrupted, leave a half copy

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["DIR_FLAGS", "FILE_FLAGS", "Listed", "Tree", "kind_of", "probe_latency", "remove_listed"]
+__all__ = [
+    "DIR_FLAGS", "DIR_MODE", "FILE_FLAGS", "Listed", "Tree", "kind_of", "make_dirs", "probe_latency", "remove_listed",
+]
 
 # O_NOFOLLOW on every component below the root; O_CLOEXEC so the daemon's children
 # inherit none of them.
@@ -34,6 +36,11 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever. On regular
 # files (local, NFS, SMB) it changes nothing.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# The directories sruns-stream makes for itself (a destination, a completed_runs_dir, a
+# restore's DEST and the parents it needs): the umask still applies, as for the
+# directories tar makes for itself, but a umask of 000 gives 0755, never a directory
+# anyone may write into (or delete an archive from).
+DIR_MODE = 0o755
 # Reading must not touch atimes; the kernel allows O_NOATIME only on files we own.
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -144,6 +151,23 @@ class Tree:
         """Whether we may read (and, for a directory, list) ``rel``."""
         fd, name = self.split(rel)
         return os.access(name, os.R_OK | (os.X_OK if directory else 0), dir_fd=fd)
+
+
+def make_dirs(path: Path | str) -> None:
+    """``mkdir -p path`` with `DIR_MODE` for every directory it makes (``Path.mkdir``
+    makes the parents 0777 less the umask, whatever mode it is given). An existing
+    directory, or a link to one, is left as it is."""
+    missing: list[Path] = []
+    p = Path(path)
+    while not p.is_dir() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, DIR_MODE)
+        except FileExistsError:
+            if not p.is_dir():  # made meanwhile by someone else is fine; a file is not
+                raise
 
 
 def probe_latency(root: Path | str, sample: int = 8) -> float:

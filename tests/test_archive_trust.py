@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import REPO, gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
 
 from sruns_stream.journal import Journal
 
@@ -45,9 +48,10 @@ def _one_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -
     return lines[0]
 
 
-def _start(run: Path, dest: Path, cwd: Path, *extra: str, db: Path | None = None) -> subprocess.Popen[str]:
+def _start(run: Path, dest: Path, cwd: Path, *extra: str, db: Path | None = None,
+           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return start_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(db or cwd / "sruns.db"),
-                     *extra, cwd=cwd)
+                     *extra, cwd=cwd, env=env)
 
 
 def _stop_when_part_reaches(proc: subprocess.Popen[str], part: Path, size: int, sig: int) -> None:
@@ -263,9 +267,25 @@ def test_a_destination_that_is_no_known_form_is_a_usage_error(make_run, tmp_path
 # -- 5. links are never followed, FIFOs never opened, swaps never read -------------------------
 
 
+def _paused_before(run: Path, rel: str, tmp_path: Path, dest: Path) -> tuple[subprocess.Popen[str], Path]:
+    """An archive of ``run`` stopped just before it opens member ``rel`` (memberio's test
+    hook), and the FIFO that lets it go on once the test has closed its end."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    proc = _start(run, dest, tmp_path, env={"SRUNS_TEST_PAUSE_BEFORE": f"{rel}={gate}"})
+    wait_until(lambda: Path(f"{gate}.reached").exists(), f"the archive at {rel}", proc=proc)
+    return proc, gate
+
+
+def _bind_socket(path: Path) -> None:
+    """A Unix socket at ``path``, bound by another process from the directory itself:
+    bind() takes at most 107 bytes of path, fewer than a pytest tmp_path may need."""
+    subprocess.run([sys.executable, "-c", f"import socket; socket.socket(socket.AF_UNIX).bind({path.name!r})"],
+                   cwd=path.parent, check=True)
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("swap", ["file-to-symlink", "dir-to-symlink", "file-to-fifo", "file-to-dir"])
-@pytest.mark.slow
+@pytest.mark.parametrize("swap", ["file-to-symlink", "dir-to-symlink", "file-to-fifo", "file-to-dir", "file-to-socket"])
 def test_an_entry_swapped_mid_archive_is_never_read(tmp_path: Path, swap: str) -> None:
     run = _big_run(tmp_path)
     secret = tmp_path / "outside" / "secret.txt"
@@ -274,9 +294,10 @@ def test_an_entry_swapped_mid_archive_is_never_read(tmp_path: Path, swap: str) -
     secret.write_bytes(b"S" * late.stat().st_size)  # same size: only a link check can tell
     dest = tmp_path / "dest"
     part = dest / run.name / f"{run.name}.tar.gz.part"
-    proc = _start(run, dest, tmp_path)
-    _stop_when_part_reaches(proc, part, 1 << 20, signal.SIGSTOP)
-    try:
+    # Swapped after the scan and before the archive opens it: the archive cannot finish
+    # (or read it) first, whatever the load.
+    proc, gate = _paused_before(run, "zzz/late.txt", tmp_path, dest)
+    with open(gate, "wb"):  # the archive goes on when this closes
         st = late.stat()
         if swap == "file-to-symlink":
             late.unlink()
@@ -291,17 +312,56 @@ def test_an_entry_swapped_mid_archive_is_never_read(tmp_path: Path, swap: str) -
         elif swap == "file-to-fifo":
             late.unlink()
             os.mkfifo(late)
+        elif swap == "file-to-socket":
+            late.unlink()
+            _bind_socket(late)
         else:
             late.unlink()
             late.mkdir()
-    finally:
-        proc.send_signal(signal.SIGCONT)
     out, err = proc.communicate(timeout=60)  # a FIFO opened for reading would hang here
-    assert proc.returncode == 3, (out, err)
-    assert "Traceback" not in err and "late.txt" in err
+    line = _one_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 3, "late.txt")
+    now = {"file-to-socket": "a socket", "file-to-fifo": "a FIFO", "file-to-dir": "a directory"}.get(swap)
+    if now is not None:  # one line for every kind, naming what stands there now
+        assert f"is no longer a regular file (replaced by {now})" in line, line
     assert not (dest / run.name / f"{run.name}.tar.gz").exists()
     leaked = part.read_bytes() if part.exists() else b""
     assert b"SSSSSSSS" not in leaked
+
+
+@pytest.mark.timeout(120)
+def test_a_run_folder_deleted_mid_archive_is_said_gone_exit_3(tmp_path: Path) -> None:
+    run = _big_run(tmp_path)
+    dest = tmp_path / "dest"
+    proc, gate = _paused_before(run, "zzz/late.txt", tmp_path, dest)
+    with open(gate, "wb"):
+        shutil.rmtree(run)
+    out, err = proc.communicate(timeout=60)
+    line = _one_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 3,
+                      str(run), "the run folder disappeared during the archive")
+    assert "late.txt" not in line
+    row = Journal(tmp_path / "sruns.db").get(run.name)
+    # Not "changed": nothing waits for a quiet folder that is not there.
+    assert row is not None and row.status == "not_running" and row.changed_at is None
+    assert row.last_error is not None and "disappeared during the archive" in row.last_error
+
+
+def _under_umask_000(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m sruns_stream ARGS` in a real process whose umask is 000."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "sruns_stream", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.timeout(120)
+def test_the_directories_an_archive_makes_are_0755_under_umask_000(make_run, tmp_path: Path) -> None:
+    """As tar makes its own: a umask of 000 must not leave a destination anyone may write
+    into (and delete or replace an archive in)."""
+    run = make_run("miseq", 1 << 20)
+    dest = tmp_path / "new" / "archives"
+    _ok(_under_umask_000("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(tmp_path / "sruns.db"),
+                         cwd=tmp_path))
+    made = {tmp_path / "new": 0o755, dest: 0o755, dest / run.name: 0o755, tmp_path / "sruns.db.locks": 0o700}
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {str(p): oct(m) for p, m in made.items()}
 
 
 # -- 6. planted links in the destination are refused ---------------------------------------------

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import REPO, gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
 
 # Real processes killed, stopped or run for many seconds: not the quick inner loop.
 pytestmark = pytest.mark.slow
@@ -172,3 +175,64 @@ def test_a_symlink_in_a_watch_directory_is_never_archived(tmp_path: Path) -> Non
     assert not _row(tmp_path, elsewhere.name)
     assert not (tmp_path / "archives").exists() or not list((tmp_path / "archives").iterdir())
     assert elsewhere.is_dir()
+
+
+@pytest.mark.timeout(240)
+def test_a_run_folder_deleted_while_it_is_archived_is_said_gone_and_no_longer_watched(tmp_path: Path) -> None:
+    """Deleted mid-archive, a folder's files vanish or look rewritten in place (unlinking
+    an open file changes its ctime): the daemon says the folder is gone, once, and stops
+    watching it instead of waiting for it to be quiet; a folder of that name found later
+    is a run again."""
+    run = _run(tmp_path)
+    saved = tmp_path / "saved"
+    shutil.copytree(run, saved, symlinks=True)
+    conf = _config(tmp_path)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    # memberio's test hook: the archive child stops before it opens RunInfo.xml, after the scan.
+    daemon = start_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path,
+                       env={"SRUNS_TEST_PAUSE_BEFORE": f"RunInfo.xml={gate}"})
+    wait_until(lambda: Path(f"{gate}.reached").exists(), "the archive child at RunInfo.xml", proc=daemon)
+    with open(gate, "wb"):  # the child goes on when this closes
+        shutil.rmtree(run)
+    _, err = daemon.communicate(timeout=120)
+    assert daemon.returncode == 0, err
+    said = [line for line in err.splitlines() if run.name in line and "archiving" not in line]
+    assert len(said) == 1 and "the run folder" in said[0] and "disappeared during the archive" in said[0], err
+    row = _row(tmp_path, run.name)
+    assert row["status"] == "not_running" and row["failures"] == 0 and not row["next_attempt_at"]
+    assert not row["changed_at"] and not row["rundir_found"]  # waits for no quiet, looks for no folder
+    assert "disappeared during the archive" in row["last_error"]
+
+    # The next passes neither start it nor say anything about it.
+    for _ in range(2):
+        proc = _once(conf, tmp_path)
+        assert run.name not in proc.stderr, proc.stderr
+    assert {k: v for k, v in _row(tmp_path, run.name).items() if k not in ("updated_at", "published")} == {
+        k: v for k, v in row.items() if k not in ("updated_at", "published")
+    }
+
+    # It reappears: archived as a run, and moved once archived.
+    shutil.copytree(saved, run, symlinks=True)
+    row = _once_until(conf, tmp_path, run.name, "moved_at")
+    assert row["status"] == "complete"
+    assert _archived_tree(tmp_path, run.name, "reappeared") == tree(saved)
+
+
+@pytest.mark.timeout(240)
+def test_the_directories_the_daemon_makes_are_0755_under_umask_000(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    conf = _config(tmp_path, completed_runs_dir=str(tmp_path / "new" / "completed"),
+                   local_dest=str(tmp_path / "new" / "archives"))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for _ in range(15):  # as _once_until, each pass under umask 000
+        proc = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "sruns_stream",
+                               "monitor", "--config", str(conf), "--once"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        if _row(tmp_path, run.name).get("moved_at"):
+            break
+    assert (tmp_path / "new" / "completed" / run.name).is_dir()
+    made = [tmp_path / "new", tmp_path / "new" / "completed", tmp_path / "new" / "archives",
+            tmp_path / "new" / "archives" / run.name]
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {str(p): "0o755" for p in made}

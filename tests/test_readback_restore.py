@@ -13,13 +13,16 @@ import io
 import json
 import os
 import shutil
+import stat
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import realruns_dir, run_cli, tree
+from helpers import REPO, realruns_dir, run_cli, tree
 from readback_helpers import (
     MIB,
     RUN_DIR,
@@ -513,3 +516,51 @@ def test_a_member_bigger_than_its_manifest_row_is_refused_before_a_byte_is_writt
     assert any(p.startswith("run/typed: a file in the archive, a directory in the manifest") for p in report["problems"])
     assert sorted(os.listdir(dest / "run")) == ["after.txt"]
     assert (dest / "run" / "after.txt").read_bytes() == after
+
+
+def _under_umask_000(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m sruns_stream ARGS` in a real process whose umask is 000."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "sruns_stream", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.timeout(120)
+def test_dest_and_the_parents_restore_makes_are_0755_under_umask_000(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    archive = archived(run, str(tmp_path / "d"), tmp_path)
+    out = tmp_path / "new" / "deeper" / "out"
+    # --include: the members above InterOp's files are never read, so restore makes them itself.
+    proc = _under_umask_000("restore", str(archive), str(out), "--include", f"{run.name}/InterOp/*", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (out / run.name / "InterOp").iterdir()) == sorted(
+        p.name for p in (run / "InterOp").iterdir()
+    )
+    made = [tmp_path / "new", tmp_path / "new" / "deeper", out]
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in made}
+    assert modes == {str(p.relative_to(tmp_path)): "0o755" for p in made}
+    # Below DEST: the archive's modes, or 0755 where it was not read; never writable by all.
+    for p in [out / run.name, *(out / run.name).rglob("*")]:
+        if p.is_dir():
+            assert stat.S_IMODE(p.stat().st_mode) & 0o022 == 0, (p, oct(p.stat().st_mode))
+
+
+@pytest.mark.timeout(120)
+def test_a_sparse_file_is_restored_sparse(make_run, tmp_path: Path) -> None:
+    """A 64 MiB file of zeros but for a few bytes: restored byte for byte, in holes."""
+    run = make_run("miseq", 1 << 20)
+    sparse = run / "Data" / "sparse.bin"
+    size = 64 * MIB
+    with sparse.open("wb") as f:
+        for offset in (0, 5 * MIB + 3, 40 * MIB - 1, size - 2):  # not block-aligned: their blocks are data
+            f.seek(offset)
+            f.write(b"\x01")
+        f.truncate(size)
+    archive = archived(run, str(tmp_path / "d"), tmp_path)
+    out = tmp_path / "out"
+    proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    restored = out / run.name / "Data" / "sparse.bin"
+    assert restored.read_bytes() == sparse.read_bytes()
+    assert restored.stat().st_blocks * 512 <= 1 * MIB, restored.stat().st_blocks * 512
+    assert tree(out / run.name) == tree(run)

@@ -35,6 +35,7 @@ import google_crc32c
 
 from ..errors import DestinationNotWritable, DiskFull
 from ..manifest_tsv import ManifestRow
+from ..safefs import DIR_MODE
 from .confine import NotADir, open_dirs, safe_name
 from .report import KIND_NAMES, Problems, RestoreReport, show
 from .rowcheck import content_vs_row, shape_vs_row
@@ -106,7 +107,7 @@ class Extractor:
     # -- directories on the way
 
     def _made(self, fd: int, name: str, shown: str) -> None:
-        os.mkdir(name, dir_fd=fd)
+        os.mkdir(name, DIR_MODE, dir_fd=fd)  # not 0777 under a umask of 000: see safefs.DIR_MODE
         if shown in self.dir_meta:  # its member was left out by --include: still its mode
             self.finish_dirs[shown] = None
 
@@ -218,10 +219,11 @@ class Extractor:
         placed = False
         try:
             crc = 0
-            with open(fd, "wb", closefd=False) as f:
-                for piece in tar.data():
-                    f.write(piece)
-                    crc = google_crc32c.extend(crc, piece)
+            out = _HoleyWriter(fd)
+            for piece in tar.data():
+                out.write(piece)
+                crc = google_crc32c.extend(crc, piece)
+            out.finish()
             if row is not None:
                 bad = content_vs_row(member, crc, row)
                 if bad:
@@ -409,6 +411,64 @@ class Extractor:
                 raise self._os_error(exc, self._path(rel)) from exc
             finally:
                 os.close(fd)
+
+
+_BLOCK = 4096  # the block size of ext4, XFS and most others: the smallest hole they keep
+_ZEROS = bytes(_BLOCK)
+
+
+class _HoleyWriter:
+    """Writes a new file's bytes, leaving each aligned 4 KiB block of zeros as a hole: a
+    sparse file (a VM image, a preallocated log) restored takes what it took before on
+    disk, not its full size, and so does any file with long runs of zeros. Reading it
+    back gives the same bytes. Costs one 4 KiB memcmp per block (``startswith`` at an
+    offset: no copy), about 0.1 s per GiB."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pos = 0  # where the next whole block starts in the file
+        self.carry = bytearray()  # the start of a block cut by the end of a piece
+
+    def write(self, piece: bytes) -> None:
+        at = 0
+        if self.carry:
+            at = _BLOCK - len(self.carry)
+            self.carry += piece[:at]
+            if len(self.carry) < _BLOCK:
+                return
+            self._blocks(self.carry, 0, _BLOCK)
+            self.carry = bytearray()
+        whole = at + (len(piece) - at) // _BLOCK * _BLOCK
+        if whole > at:
+            self._blocks(piece, at, whole)
+        if whole < len(piece):
+            self.carry = bytearray(piece[whole:])
+
+    def finish(self) -> None:
+        """The last partial block, and the size: a file ending in a hole ends in no write."""
+        if self.carry.strip(b"\0"):
+            self._put(memoryview(self.carry), self.pos)
+        os.ftruncate(self.fd, self.pos + len(self.carry))
+
+    def _blocks(self, buf: bytes | bytearray, begin: int, end: int) -> None:
+        """Write ``buf[begin:end]`` (whole blocks) at ``pos``, skipping the zero blocks."""
+        view = memoryview(buf)
+        data = None  # where the run of data blocks being gathered starts in ``buf``
+        for at in range(begin, end, _BLOCK):
+            if buf.startswith(_ZEROS, at):
+                if data is not None:
+                    self._put(view[data:at], self.pos + data - begin)
+                    data = None
+            elif data is None:
+                data = at
+        if data is not None:
+            self._put(view[data:end], self.pos + data - begin)
+        self.pos += end - begin
+
+    def _put(self, data: memoryview, offset: int) -> None:
+        while data:
+            n = os.pwrite(self.fd, data, offset)
+            data, offset = data[n:], offset + n
 
 
 def _symlink_at(link: str, parent: int, name: str) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from ..errors import DestinationNotWritable, IntegrityError, UsageError
 from ..manifest_tsv import ManifestRow
 from ..progress import Progress
+from ..safefs import make_dirs
 from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
 from .extract import Extractor, Refused
@@ -140,7 +141,7 @@ def _restore(
     if manifest is not None and not force:
         _refuse_existing(manifest, selector, dest)
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        make_dirs(dest)
     except OSError as exc:
         raise DestinationNotWritable(f"cannot create {dest}: {exc.strerror}") from exc
     report = RestoreReport(

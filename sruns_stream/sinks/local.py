@@ -48,7 +48,7 @@ import google_crc32c
 from ..crc import crc32c_combine
 from ..errors import DestinationNotWritable, DiskFull, IntegrityError, RunLocked
 from ..layout import archive_filename, index_next_to, manifest_filename, volume_names
-from ..safefs import DIR_FLAGS
+from ..safefs import DIR_FLAGS, make_dirs
 from ..stopping import STOP
 from ..volumes import Volume, is_stored_form, listing_name, render
 from .base import ArchiveInfo, Stored
@@ -99,7 +99,7 @@ class LocalSink:
         self._queued_bytes = 0
         saved = _parse_state(state)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.dir)
             self._dir_fd = os.open(self.dir, DIR_FLAGS)
         except OSError as exc:
             self.abort()
