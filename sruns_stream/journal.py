@@ -610,8 +610,14 @@ class Journal:
         for r in rows:
             cp = None
             if r[7]:
-                f = json.loads(r[7])
-                cp = Checkpoint(f[0], f[1], f[2], f[3], Cursor(f[4], f[5]), f[6])
+                where = f"journal {self.path}, run {name!r}, segment {r[1]}"
+                try:
+                    f = json.loads(r[7])
+                except ValueError as exc:
+                    raise JournalError(f"{where}: its checkpoint is not JSON (damaged)") from exc
+                if not isinstance(f, list):
+                    raise JournalError(f"{where}: its checkpoint is not a list (damaged)")
+                cp = _checkpoint(f, where)
             out.append(SegmentRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], cp, r[8], r[9], r[10], r[11], r[12],
                                   json.loads(r[13]) if r[13] else None))
         return out
@@ -852,14 +858,29 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     return db
 
 
+# Each checkpoint field's range, in Checkpoint's order (raw and archive offsets, crc32,
+# crc32c, member index, member crc32c, window crc32): checked where a row is read, so a
+# damaged or hand-edited journal is one line naming it, never a resume from nonsense.
+_CK_LIMITS = (1 << 63, 1 << 63, 1 << 32, 1 << 32, 1 << 63, 1 << 32, 1 << 32)
+
+
+def _checkpoint(values: Sequence[Any], where: str) -> Checkpoint:
+    if len(values) != len(_CK_LIMITS):
+        raise JournalError(f"{where}: a checkpoint of {len(values)} fields, not {len(_CK_LIMITS)} (damaged)")
+    for value, limit in zip(values, _CK_LIMITS, strict=True):
+        # NULL: a row with no checkpoint yet (its columns are all NULL).
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit):
+            raise JournalError(f"{where}: checkpoint field {value!r} is out of range 0..{limit - 1} (damaged); "
+                               "archive the run again with --force")
+    raw, gz, crc32, crc32c, member, member_crc32c, window = values
+    return Checkpoint(raw, gz, crc32, crc32c, Cursor(member, member_crc32c), window)
+
+
 def _task(row: dict[str, Any]) -> Task:
-    cp = Checkpoint(
-        row.pop("ck_raw"),
-        row.pop("ck_gz"),
-        row.pop("ck_crc32"),
-        row.pop("ck_crc32c"),
-        Cursor(row.pop("ck_member"), row.pop("ck_member_crc32c")),
-        row.pop("ck_window_crc32"),
+    cp = _checkpoint(
+        [row.pop(k) for k in ("ck_raw", "ck_gz", "ck_crc32", "ck_crc32c", "ck_member", "ck_member_crc32c",
+                              "ck_window_crc32")],
+        f"journal row of run {row.get('name')!r}",
     )
     row["files_crc32c"] = row.pop("ck_files_crc32c")
     try:

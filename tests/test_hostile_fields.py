@@ -140,3 +140,24 @@ def test_an_index_offset_past_2_63_is_reported(folder: Path) -> None:
     assert report["problems"][0].startswith(
         f"{folder / RUN}.index.tsv: access point 3 has an offset of {(1 << 64) - 1}, past 2^63-1"
     ), report["problems"]
+
+
+@pytest.mark.parametrize("column, value", [("ck_raw", -5), ("ck_crc32", 1 << 40), ("ck_member", "x")])
+def test_a_journal_checkpoint_out_of_range_is_one_line(made: Path, tmp_path: Path, column: str, value: object) -> None:
+    """A checkpoint column no writer makes (a damaged or hand-edited journal) is one line
+    naming the run and the value, when `status` reads the row and when `archive` would
+    resume from it; never a traceback, never a resume from it."""
+    import sqlite3
+
+    journal = tmp_path / "sruns.db"
+    shutil.copy(made.parent.parent / "sruns.db", journal)
+    with sqlite3.connect(journal) as db:
+        db.execute(f"UPDATE tasks SET {column} = ? WHERE name = ?", (value, RUN))
+    proc = run_cli("status", "--journal", str(journal), cwd=tmp_path)
+    assert proc.returncode == 1
+    _one_line(proc, f"run {RUN!r}", repr(value), "damaged")
+    root = made.parent.parent / "runs" / RUN
+    proc = run_cli("archive", str(root), "--dest", str(tmp_path / "dest"), "--journal", str(journal), *ACCESS,
+                   cwd=tmp_path)
+    assert proc.returncode == 1 and not (tmp_path / "dest").exists()
+    _one_line(proc, f"run {RUN!r}", repr(value), "damaged")
