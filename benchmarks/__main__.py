@@ -86,11 +86,11 @@ def _start_loopback(stack: contextlib.ExitStack, tools: Tools) -> ByteCounter | 
 
 def _check_sruns_gs(tools: Tools) -> None:
     try:
-        found = importlib.util.find_spec("sruns_stream.sinks.gcs") is not None
+        found = importlib.util.find_spec("sruns_stream.storage.gcs.upload") is not None
     except ImportError:
         found = False
     if not found:
-        tools.missing["sruns-gs"] = "sruns-stream has no gs:// destination yet (sruns_stream/sinks/gcs.py is missing)"
+        tools.missing["sruns-gs"] = "sruns-stream has no gs:// destination yet (sruns_stream/storage/gcs/upload.py is missing)"
 
 
 def _notes_for(rows_by_section: dict[str, list[Row]], tools: Tools) -> list[str]:

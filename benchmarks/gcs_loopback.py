@@ -22,7 +22,7 @@ is real) and discards it. What it speaks, as GCS does:
   its sources, as GCS does it: 1 to 32 sources per request (else 400), at most 1,024
   components in all (a composite counts its sources' components), sources named by
   generation must have it (else 404), ``deleteSourceObjects``; the result's size is the
-  sum and its crc32c is combined from the sources' (`sruns_stream.crc`), with a
+  sum and its crc32c is combined from the sources' (`sruns_stream.storage.crc`), with a
   ``componentCount`` and no MD5, as GCS reports a composite. Since resumable bodies are
   discarded, nothing but that metadata is composed (and the bytes, when every source
   was a small object kept whole)
@@ -66,7 +66,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import google_crc32c
 
-from sruns_stream.crc import crc32c_combine
+from sruns_stream.storage.crc import crc32c_combine
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; only the type checker needs it

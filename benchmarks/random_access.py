@@ -170,7 +170,7 @@ def _points(index: Path | None, raw_total: int, archive_bytes: int) -> tuple[lis
     points = [(0, 0)]
     found = False
     if index is not None and index.is_file():
-        from sruns_stream.access_index import parse
+        from sruns_stream.storage.access_index import parse
 
         _, parsed = parse(index.read_bytes(), str(index))
         points = [(p.raw, p.archive) for p in parsed] or points

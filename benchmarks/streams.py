@@ -21,7 +21,7 @@ says, with its size and crc32c, the temporary parts deleted, and every archive b
 received once (the small gzip trailer object aside).
 
 A segment is uploaded by one stream, so only min(streams, segments) streams work at
-once: segments are at least 8 upload chunks long (`sruns_stream.segments.plan_segments`;
+once: segments are at least 8 upload chunks long (`sruns_stream.archiver.segments.plan_segments`;
 128 MiB at the default 16 MiB chunk), so a 1 GiB run has 9 of them. The report shows the
 plan each row got, and what the defaults give runs of other sizes.
 
@@ -192,16 +192,16 @@ def speedup(s: Samples, base: Samples | None) -> tuple[float | None, float | Non
 
 def _plan(raw: int, streams: int, options: dict[str, int]) -> tuple[int, int]:
     """(segments, size) of the plan `archive` makes with these options."""
+    from sruns_stream.archiver.segments import plan_segments
     from sruns_stream.config import ArchiveOptions
-    from sruns_stream.segments import plan_segments
 
     plan = plan_segments(raw, ArchiveOptions(**options), streams)  # type: ignore[arg-type]
     return plan.count, plan.size
 
 
 def _default_plans() -> list[list[str]]:
+    from sruns_stream.archiver.segments import plan_segments
     from sruns_stream.config import AUTO_STREAMS, ArchiveOptions
-    from sruns_stream.segments import plan_segments
 
     out = []
     for raw in (2 * GiB, 20 * GiB, 100 * GiB, 1024 * GiB):

@@ -21,12 +21,12 @@ from types import FrameType
 from typing import TextIO
 
 from . import __version__, stopping
-from .archive import archive_run, check_places
+from .archiver.run import archive_run, check_places
 from .config import ArchiveOptions, Config, load_config, with_overrides
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError, redact
-from .exclude import check_patterns
-from .journal import Journal
 from .progress import NoProgress, Progress, TerminalProgress
+from .runfolder.exclude import check_patterns
+from .state.journal import Journal
 
 __all__ = ["main", "main_cli"]
 
@@ -178,7 +178,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     dest = args.dest or config.destination or DEFAULT_DEST
     if args.dry_run:
-        from .dryrun import plan_archive
+        from .archiver.dryrun import plan_archive
 
         plan = plan_archive(args.rundir, dest, options, args.journal or config.sqlite_db, force=args.force)
         print(json.dumps(plan.as_dict(), sort_keys=True) if args.json else plan.summary(), file=out)
@@ -202,11 +202,11 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _monitor(args: argparse.Namespace) -> int:
     import threading
 
-    from . import daemonlog
-    from .firestore import open_mirror
-    from .leases import Leases
-    from .monitor import Monitor
-    from .notify import DEFAULT_SUBJECT_PREFIX, Notifiers, make_notifier
+    from .daemon import daemonlog
+    from .daemon.leases import Leases
+    from .daemon.monitor import Monitor
+    from .daemon.notify import DEFAULT_SUBJECT_PREFIX, Notifiers, make_notifier
+    from .state.firestore import open_mirror
 
     daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
     config = load_config(args.config)
@@ -217,7 +217,7 @@ def _monitor(args: argparse.Namespace) -> int:
     prefix = config.name or DEFAULT_SUBJECT_PREFIX
     notifier = make_notifier(config.mail, subject_prefix=prefix)
     if config.webhook_url:
-        from .webhook import WebhookNotifier
+        from .daemon.webhook import WebhookNotifier
 
         notifier = Notifiers(notifier, WebhookNotifier(config.webhook_url, subject_prefix=prefix))
     mirror = open_mirror(config, journal)
@@ -311,7 +311,7 @@ def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
-    from . import status
+    from .state import status
 
     if args.interval <= 0:
         raise UsageError(f"--interval must be more than 0 seconds, not {args.interval:g}")
@@ -344,7 +344,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _retry(args: argparse.Namespace, out: TextIO) -> int:
-    from .monitor import retry_run
+    from .daemon.monitor import retry_run
 
     journal = _existing_journal(args, _load(args))
     try:

@@ -14,8 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, UsageError
-from .exclude import check_patterns
-from .layout import Location
+from .runfolder.exclude import check_patterns
+from .storage.layout import Location
 
 __all__ = [
     "AUTO_READ_THREADS",

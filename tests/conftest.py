@@ -56,7 +56,7 @@ def _no_process_left_behind():
 @pytest.fixture
 def journal(tmp_path: Path):
     """A journal in the test's directory, closed at the end."""
-    from sruns_stream.journal import Journal
+    from sruns_stream.state.journal import Journal
 
     j = Journal(tmp_path / "sruns.db")
     yield j

@@ -18,9 +18,9 @@ import google_crc32c
 import make_fake_run
 from helpers import REPO, run_cli
 
-from sruns_stream.journal import Journal
 from sruns_stream.progress import NoProgress
 from sruns_stream.readback import VerifyReport, verify_archive
+from sruns_stream.state.journal import Journal
 
 # --- archives made by the real CLI --------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import gnu_untar, gzip_ok, journal_row, run_cli, tree
 
-from sruns_stream.lock import RunLock
+from sruns_stream.archiver.lock import RunLock
 
 
 def _archive(run: Path, dest: Path, *extra: str, cwd: Path) -> dict:

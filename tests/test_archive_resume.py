@@ -17,7 +17,7 @@ import google_crc32c
 import pytest
 from helpers import gnu_untar, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
 
-from sruns_stream.journal import Journal
+from sruns_stream.state.journal import Journal
 
 # Real processes killed, stopped or run for many seconds: not the quick inner loop.
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
 
-from sruns_stream.journal import Journal
+from sruns_stream.state.journal import Journal
 
 FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--json")
 
@@ -462,7 +462,7 @@ def test_a_part_file_shorter_than_the_journal_starts_over_without_hanging(make_r
 
 
 def test_a_fifo_or_link_named_like_a_marker_never_hangs_the_completion_check(tmp_path: Path) -> None:
-    from sruns_stream.completion import CompletionRules, run_state
+    from sruns_stream.runfolder.completion import CompletionRules, run_state
 
     run = tmp_path / "run"
     run.mkdir()
@@ -537,8 +537,8 @@ def test_a_resumed_local_archive_is_not_read_back_from_the_start(tmp_path: Path)
     back at resume are those after it, not the whole prefix (hours on a TB over NFS)."""
     import google_crc32c
 
-    from sruns_stream.sinks.base import ArchiveInfo
-    from sruns_stream.sinks.local import LocalSink
+    from sruns_stream.storage.local import LocalSink
+    from sruns_stream.storage.sink import ArchiveInfo
 
     prefix = os.urandom(32 << 20)
     sink = LocalSink(tmp_path, "RUN", ".tar.gz", sync_interval=1 << 20)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import realruns_dir
 
-from sruns_stream.completion import CompletionRules, instrument_family, read_run_info, run_state
+from sruns_stream.runfolder.completion import CompletionRules, instrument_family, read_run_info, run_state
 
 REAL = realruns_dir()
 XML = REAL / "xml" if REAL else None

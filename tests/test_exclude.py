@@ -241,8 +241,8 @@ def test_the_scan_check_refuses_a_run_without_its_identity_whatever_made_the_sca
     # `check_patterns` already refuses such patterns; the scan check is the second line,
     # for a walk that left out what the patterns were not expected to.
     from sruns_stream.errors import UsageError
-    from sruns_stream.exclude import check_leaves_run
-    from sruns_stream.runfolder import scan_run_folder
+    from sruns_stream.runfolder.exclude import check_leaves_run
+    from sruns_stream.runfolder.scan import scan_run_folder
 
     run = make_run("miseq", 1 << 20)
     scan = scan_run_folder(run, 1, ["RunInfo.xml", "Logs"])

@@ -22,7 +22,7 @@ from plugins.firestore_emulator import FirestoreEmulator
 
 from sruns_stream.config import Config
 from sruns_stream.errors import ConfigError, SrunsError
-from sruns_stream.firestore import (
+from sruns_stream.state.firestore import (
     BATCH_SIZE,
     FirestoreMirror,
     NoMirror,
@@ -33,7 +33,7 @@ from sruns_stream.firestore import (
     lookup,
     open_mirror,
 )
-from sruns_stream.journal import STATUSES, Journal
+from sruns_stream.state.journal import STATUSES, Journal
 
 COLL = "sruns"
 RUN = "240101_M00001_0001_000000000-ABCDE"
@@ -157,7 +157,7 @@ def test_firestore_down_then_back_the_document_catches_up(
     for status in ("tarring", "tarring_complete", "uploading", "uploading_complete"):
         mirror.publish(RUN, workflow_status=status)  # returns: only the journal is written
     mirror.publish(RUN, workflow_status="complete", archive_bytes=42)
-    caplog.set_level(logging.DEBUG, logger="sruns_stream.firestore")
+    caplog.set_level(logging.DEBUG, logger="sruns_stream.state.firestore")
     # Five cycles over about 8 s of outage: long enough for gRPC's reconnect backoff to
     # outlast the emulator's restart, which is what a rebuilt client must not inherit.
     results = []

@@ -26,8 +26,8 @@ if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import
 from helpers import run_cli
 
 from benchmarks.gcs_loopback import LoopbackGcsServer
-from sruns_stream.gcs import crc32c_from_b64, make_client
-from sruns_stream.sinks.gcs_parts import Parts
+from sruns_stream.storage.gcs.client import crc32c_from_b64, make_client
+from sruns_stream.storage.gcs.parts import Parts
 
 BUCKET = "loop-bucket"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, gnu_untar, run_cli, tree
 
-from sruns_stream.journal import STATUS_MEANINGS, STATUSES, Journal
+from sruns_stream.state.journal import STATUS_MEANINGS, STATUSES, Journal
 
 SCHEMAS = {
     "0.1.9": "CREATE TABLE IF NOT EXISTS tasks (name text PRIMARY KEY, pid integer, tarfile text, gcp_tarfile text)",
@@ -123,7 +123,7 @@ def test_a_transaction_cut_short_by_a_signal_does_not_wedge_the_journal(tmp_path
     one that marks the row resumable, must still land."""
     import sqlite3
 
-    from sruns_stream.journal import Journal
+    from sruns_stream.state.journal import Journal
 
     journal = Journal(tmp_path / "j.db")
     journal.ensure("RUN1", status="uploading")

@@ -10,8 +10,8 @@ import pytest
 from google.cloud import firestore as gfs
 from plugins.firestore_emulator import FirestoreEmulator
 
-from sruns_stream.firestore import FirestoreMirror
-from sruns_stream.leases import Leases
+from sruns_stream.daemon.leases import Leases
+from sruns_stream.state.firestore import FirestoreMirror
 
 COLL = "sruns"
 RUN = "240101_M00001_0001_000000000-ABCDE"

@@ -20,7 +20,7 @@ import pytest
 from plugins.smtp_server import PASSWORD, REFUSED, USER, free_port
 
 from sruns_stream.config import MailConfig
-from sruns_stream.notify import (
+from sruns_stream.daemon.notify import (
     EventKind,
     MailEvent,
     Notifier,
@@ -83,7 +83,7 @@ def client_tls(cert: tuple[Path, Path]) -> ssl.SSLContext:
 
 @pytest.fixture
 def log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="sruns_stream.notify")
+    caplog.set_level(logging.DEBUG, logger="sruns_stream.daemon.notify")
     return caplog
 
 

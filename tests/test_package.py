@@ -1,5 +1,6 @@
-"""The house: every module declares what it exports, and the README's module table
-lists every module (a newcomer finds each stage by its file name)."""
+"""The house: every module declares what it exports, the README's module table follows
+the package's folders (a newcomer finds each stage by its folder and file name), and no
+folder imports from one that comes after it."""
 
 from __future__ import annotations
 
@@ -27,13 +28,35 @@ def test_each_module_says_what_it_exports_and_exports_it(name: str) -> None:
         assert hasattr(module, member), f"{name}.__all__ names {member!r}, which it does not define"
 
 
-def test_the_readme_module_table_lists_every_module() -> None:
+def test_the_readme_module_table_follows_the_folders() -> None:
+    """Each folder of the package has its row, and each module is listed under its own
+    folder's row: the table reads as the tree does."""
     text = (REPO / "README.md").read_text()
     table = text[text.index("| module | concern |") :].split("\n\n", 1)[0]
-    listed = set(re.findall(r"`(?:sruns_stream/)?([\w/]+\.py|sinks/)`", table))
+    folder = ""
+    listed: dict[str, set[str]] = {}
+    for row in table.splitlines()[2:]:
+        first = row.split("|")[1]
+        names = re.findall(r"`([\w/]+(?:\.py|/))`", first)
+        if len(names) == 1 and names[0].startswith("sruns_stream/") and names[0].endswith("/"):
+            folder = names[0].removeprefix("sruns_stream/")
+            listed.setdefault(folder, set())
+            continue
+        for name in names:
+            listed.setdefault(folder, set()).add(name)
+    packages = {m.removeprefix("sruns_stream.").replace(".", "/") + "/" for m in MODULES
+                if (REPO / m.replace(".", "/") / "__init__.py").exists() and m != "sruns_stream"}
+    top = {p.split("/")[0] + "/" for p in packages}
+    assert top <= set(listed), f"folders without a row of their own: {sorted(top - set(listed))}"
     for name in MODULES:
-        path = name.removeprefix("sruns_stream.").replace(".", "/")
-        if path in ("__init__", "readback") or path.startswith("sinks"):
-            continue  # the package itself; sinks/ is listed as a folder
-        assert f"{path}.py" in listed, f"{path}.py is missing from the README's module table"
-    assert "sinks/" in listed
+        path = name.removeprefix("sruns_stream").removeprefix(".").replace(".", "/")
+        if not path or f"{path}/" in packages:
+            continue  # a package: its folder's row says what it is
+        parts = path.split("/")
+        here = "" if len(parts) == 1 else parts[0] + "/"
+        names = listed.get(here, set())
+        short = parts[-1] + ".py"
+        rel = "/".join(parts) + ".py"
+        sub = "/".join(parts[:-1]) + "/"
+        assert rel in names or short in names or sub in names, (
+            f"{rel} is not listed under sruns_stream/{here} in the README's module table")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import gnu_untar, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
 
-from sruns_stream.readahead import SMALL
-from sruns_stream.runfolder import scan_run_folder
-from sruns_stream.tarstream import TarLayout, TarReader
+from sruns_stream.archiver.readahead import SMALL
+from sruns_stream.archiver.tarstream import TarLayout, TarReader
+from sruns_stream.runfolder.scan import scan_run_folder
 
 FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--json")
 SERIAL = ("--read-threads", "0")

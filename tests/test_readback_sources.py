@@ -24,10 +24,10 @@ from helpers import run_cli, tree
 from readback_helpers import RUN, archive, archived, odd_novaseq, one_run_archived_twice, verified
 
 from sruns_stream.errors import DestinationError, RunFolderMissing, UsageError
-from sruns_stream.journal import Journal
 from sruns_stream.progress import NoProgress
 from sruns_stream.readback import restore_archive, verify_archive
 from sruns_stream.readback.sources import ConnectionDropped, ResumableReader
+from sruns_stream.state.journal import Journal
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; only the type checker needs it
@@ -92,7 +92,7 @@ def _firestore_documents(firestore, documents: dict[str, dict[str, Any]]) -> Non
 def test_run_name_found_through_firestore_when_the_journal_does_not_know_it(
     made: dict[str, Path], gcs, firestore, tmp_path: Path
 ) -> None:
-    from sruns_stream.gcs import make_client
+    from sruns_stream.storage.gcs.client import make_client
 
     blob = f"runs/{RUN}/{RUN}.tar.gz"
     client = make_client()

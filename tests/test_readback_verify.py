@@ -21,7 +21,7 @@ import pytest
 from helpers import run_cli
 from readback_helpers import RUN, archive, copy_archive, flip, one_run_archived_twice, verified
 
-from sruns_stream.journal import Journal
+from sruns_stream.state.journal import Journal
 
 
 @pytest.fixture(scope="module")

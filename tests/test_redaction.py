@@ -32,7 +32,7 @@ from sruns_stream.errors import (
     UsageError,
     redact,
 )
-from sruns_stream.journal import Journal
+from sruns_stream.state.journal import Journal
 
 RUN = "240101_M00001_0001_000000000-REDCT"
 # google-cloud-storage uploads a string over this many bytes through a resumable session

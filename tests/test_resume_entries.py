@@ -24,8 +24,8 @@ import pytest
 from faultproxy import Exchange, Fault, FaultProxy, resent
 from helpers import gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
 
-from sruns_stream.journal import Journal
-from sruns_stream.runfolder import fingerprint
+from sruns_stream.runfolder.scan import fingerprint
+from sruns_stream.state.journal import Journal
 
 CHUNK = 256 * 1024
 FLAGS = ("--chunk-size", "256K", "--block-size", "64K", "--threads", "2", "--json")

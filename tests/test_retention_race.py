@@ -27,12 +27,12 @@ import pytest
 from faultproxy import Fault, FaultProxy
 from helpers import journal_row, run_cli, start_cli, tree
 
-from sruns_stream import retention
 from sruns_stream.config import load_config
-from sruns_stream.journal import Journal
-from sruns_stream.retention import Retention
-from sruns_stream.runfolder import scan_run_folder
-from sruns_stream.safefs import Listed, remove_listed
+from sruns_stream.daemon import retention
+from sruns_stream.daemon.retention import Retention
+from sruns_stream.runfolder.safefs import Listed, remove_listed
+from sruns_stream.runfolder.scan import scan_run_folder
+from sruns_stream.state.journal import Journal
 
 NAME = "240101_M00001_0001_000000000-SWEEP"
 LATE = {"written_late.txt": b"late\n", "Alignment_2/late.fastq.gz": b"@r1\nACGT\n+\nIIII\n"}

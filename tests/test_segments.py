@@ -23,9 +23,9 @@ import pytest
 from faultproxy import Fault, FaultProxy, resent
 from helpers import gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
 
-from sruns_stream import volumes
 from sruns_stream.errors import IntegrityError
-from sruns_stream.layout import PARTS_FOLDER
+from sruns_stream.storage import volumes
+from sruns_stream.storage.layout import PARTS_FOLDER
 
 CHUNK = 256 * 1024
 FLAGS = ("--chunk-size", "256K", "--block-size", "64K", "--threads", "2", "--json")
@@ -370,7 +370,7 @@ def test_the_volume_listing_reads_back_what_it_wrote_and_refuses_what_it_is_not(
 def test_compose_nests_past_32_sources_and_the_result_is_their_concatenation(
     gcs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sruns_stream.sinks.gcs_parts import COMPOSE_LIMIT, Parts
+    from sruns_stream.storage.gcs.parts import COMPOSE_LIMIT, Parts
 
     pieces = [os.urandom(100 + i) for i in range(70)]
     with FaultProxy(gcs.url) as proxy:

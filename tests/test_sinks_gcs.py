@@ -22,13 +22,13 @@ from faultproxy import Exchange, Fault, FaultProxy, resent
 from helpers import gnu_untar, gzip_ok, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
 
 from sruns_stream import __version__
-from sruns_stream.archive import archive_run
+from sruns_stream.archiver.run import archive_run
 from sruns_stream.config import ArchiveOptions
 from sruns_stream.errors import IntegrityError, UploadError
-from sruns_stream.journal import Journal
-from sruns_stream.layout import blob_name
-from sruns_stream.retry import RETRY
-from sruns_stream.sinks.gcs import GcsSink
+from sruns_stream.state.journal import Journal
+from sruns_stream.storage.gcs.upload import GcsSink
+from sruns_stream.storage.layout import blob_name
+from sruns_stream.storage.retry import RETRY
 
 CHUNK = 256 * 1024  # the smallest legal chunk: many chunks from a small run
 FLAGS = ("--chunk-size", "256K", "--threads", "2", "--json")

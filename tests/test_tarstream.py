@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import tree
 
+from sruns_stream.archiver.tarstream import TarLayout, TarReader, render_header
 from sruns_stream.errors import RunFolderChanged
-from sruns_stream.runfolder import FILE, Entry, Manifest, scan_run_folder
-from sruns_stream.tarstream import TarLayout, TarReader, render_header
+from sruns_stream.runfolder.scan import FILE, Entry, Manifest, scan_run_folder
 
 
 def _tar_bytes(manifest: Manifest, start: int = 0, block: int = 65536) -> bytes:

@@ -25,8 +25,8 @@ from helpers import journal_row, run_cli, start_cli, wait_until
 from test_webhook import _config
 
 from sruns_stream.config import MailConfig
-from sruns_stream.notify import DeliveryQueue, MailEvent, SmtpNotifier
-from sruns_stream.webhook import WebhookNotifier
+from sruns_stream.daemon.notify import DeliveryQueue, MailEvent, SmtpNotifier
+from sruns_stream.daemon.webhook import WebhookNotifier
 
 RUN = "240101_M00001_0001_000000000-ABCDE"
 
@@ -128,14 +128,14 @@ def archived(run: str = RUN) -> MailEvent:
 
 @pytest.mark.timeout(20)  # the old code hangs here for as long as the server trickles
 def test_a_trickling_webhook_is_cut_off_at_the_deadline(trickle: Any, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="sruns_stream.webhook")
+    caplog.set_level(logging.INFO, logger="sruns_stream.daemon.webhook")
     server = trickle(HTTP_TRICKLE)
     notifier = WebhookNotifier(f"http://127.0.0.1:{server.port}/hook", timeout=10, deadline=1.0)
     started = time.monotonic()
     assert notifier.send(archived()) is False
     # The deadline, not the 10 s per-step timeout (which every byte of the trickle resets).
     assert time.monotonic() - started < 5
-    [line] = [r.getMessage() for r in caplog.records if r.name == "sruns_stream.webhook"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "sruns_stream.daemon.webhook"]
     assert line == (f"webhook '[sruns-stream] {RUN}: archived' not sent to http://127.0.0.1:{server.port}/…: "
                     "no complete answer within the 1 s deadline"), line
     assert server.hung_up.wait(10)  # and the connection was really given up
@@ -143,7 +143,7 @@ def test_a_trickling_webhook_is_cut_off_at_the_deadline(trickle: Any, caplog: py
 
 @pytest.mark.timeout(20)
 def test_a_trickling_smtp_server_is_cut_off_at_the_deadline(trickle: Any, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="sruns_stream.notify")
+    caplog.set_level(logging.INFO, logger="sruns_stream.daemon.notify")
     server = trickle(b"220")  # a greeting that never ends
     config = MailConfig(host="127.0.0.1", port=server.port, from_addr="sruns@lab.example",
                         to_addrs=("ops@lab.example",))
@@ -163,11 +163,11 @@ def test_a_trickling_smtp_server_is_cut_off_at_the_deadline(trickle: Any, caplog
 def test_a_redirect_is_reported_and_not_followed(
     redirecting: tuple[dict[str, Any], str], status: int, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sruns_stream.webhook")
+    caplog.set_level(logging.INFO, logger="sruns_stream.daemon.webhook")
     state, url = redirecting
     state["status"] = status
     assert WebhookNotifier(url).send(archived()) is False
-    [line] = [r.getMessage() for r in caplog.records if r.name == "sruns_stream.webhook"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "sruns_stream.daemon.webhook"]
     assert f"not delivered to http://127.0.0.1:{url.split(':')[2].split('/')[0]}/…: HTTP {status} redirect to " \
            "127.0.0.1, not followed" in line, line
     assert state["followed"] == 0  # the payload went nowhere else
@@ -193,7 +193,7 @@ def test_the_environments_http_proxy_is_still_used(webhook: Any, monkeypatch: py
 def test_the_delivery_queue_never_blocks_drops_beyond_its_bound_and_logs_what_a_close_left(
     trickle: Any, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sruns_stream.notify")
+    caplog.set_level(logging.INFO, logger="sruns_stream.daemon.notify")
     server = trickle(HTTP_TRICKLE)
     queue = DeliveryQueue(WebhookNotifier(f"http://127.0.0.1:{server.port}/hook"), size=1)
     names = [f"240101_M00001_000{i}_000000000-QUEUE" for i in (1, 2, 3)]
@@ -205,7 +205,7 @@ def test_the_delivery_queue_never_blocks_drops_beyond_its_bound_and_logs_what_a_
     queue.close(0.2)
     assert time.monotonic() - started < 2  # the hung post does not hold up the close
     assert queue.send(archived(names[0])) is False  # closed: nothing more is taken
-    lines = [r.getMessage() for r in caplog.records if r.name == "sruns_stream.notify"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sruns_stream.daemon.notify"]
     full = "the delivery queue is full (1 waiting: the mail server or webhook is slow or not answering)"
     left = "the daemon stopped before it was delivered (waited 0.2 s)"
     assert lines == [f"notification '[sruns-stream] {name}: archived' not delivered: {why}" for name, why in (
@@ -259,7 +259,7 @@ def test_the_daemon_reports_a_redirect_as_not_delivered(redirecting: tuple[dict[
     proc = run_cli("monitor", "--config", str(_config(tmp_path, url)), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert journal_row(tmp_path / "sruns.db", run.name)["status"] == "complete"
-    [line] = [line for line in proc.stderr.splitlines() if "sruns_stream.webhook" in line]
+    [line] = [line for line in proc.stderr.splitlines() if "sruns_stream.daemon.webhook" in line]
     assert f"webhook '[sruns-stream] {run.name}: archived' not delivered to http://127.0.0.1:" in line, line
     assert "HTTP 302 redirect to 127.0.0.1, not followed" in line, line
     assert "posted" not in proc.stderr and state["followed"] == 0

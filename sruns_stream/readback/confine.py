@@ -16,7 +16,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from ..safefs import DIR_FLAGS
+from ..runfolder.safefs import DIR_FLAGS
 
 __all__ = ["NotADir", "open_dirs", "safe_name"]
 

@@ -34,8 +34,8 @@ from pathlib import Path
 import google_crc32c
 
 from ..errors import DestinationNotWritable, DiskFull
-from ..manifest_tsv import ManifestRow
-from ..safefs import DIR_MODE
+from ..runfolder.safefs import DIR_MODE
+from ..storage.manifest_tsv import ManifestRow
 from .confine import NotADir, open_dirs, safe_name
 from .report import KIND_NAMES, Problems, RestoreReport, show
 from .rowcheck import content_vs_row, shape_vs_row

@@ -23,8 +23,8 @@ import google_crc32c
 
 from ..errors import DestinationError, IntegrityError, UsageError
 from ..humanize import human_bytes
-from ..manifest_tsv import ManifestRow
 from ..progress import Progress
+from ..storage.manifest_tsv import ManifestRow
 from .damage import ArchiveDamaged
 from .ranged import RangedMembers, has_offsets, load_index, plan, spans_of
 from .report import KIND_NAMES, show
@@ -34,7 +34,7 @@ from .stream import MemberStream
 from .tarparse import Member, TarMembers
 
 if TYPE_CHECKING:
-    from ..journal import Journal
+    from ..state.journal import Journal
 
 __all__ = ["CatReport", "cat_member", "list_members", "render_listing"]
 

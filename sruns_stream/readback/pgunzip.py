@@ -24,7 +24,7 @@ from itertools import pairwise
 
 from isal import isal_zlib
 
-from ..access_index import AccessPoint, deflate_bound
+from ..storage.access_index import AccessPoint, deflate_bound
 from .damage import ArchiveDamaged
 from .gunzip import InflateError, trailer_problems
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 from isal import isal_zlib
 
-from .. import access_index
-from ..access_index import AccessPoint
 from ..errors import IntegrityError
-from ..manifest_tsv import ManifestRow
 from ..progress import Progress
 from ..stopping import STOP
+from ..storage import access_index
+from ..storage.access_index import AccessPoint
+from ..storage.manifest_tsv import ManifestRow
 from .damage import ArchiveDamaged
 from .gunzip import InflateError
 from .sources import PIECE, ArchiveSource, ByteSource, ResumableReader

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DestinationNotWritable, IntegrityError, UsageError
-from ..manifest_tsv import ManifestRow
 from ..progress import Progress
-from ..safefs import make_dirs
+from ..runfolder.safefs import make_dirs
+from ..storage.manifest_tsv import ManifestRow
 from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
 from .extract import Extractor, Refused
@@ -36,7 +36,7 @@ from .sources import ArchiveSource, resolve_source
 from .stream import MemberStream
 
 if TYPE_CHECKING:
-    from ..journal import Journal
+    from ..state.journal import Journal
 
 __all__ = ["Selector", "restore_archive"]
 

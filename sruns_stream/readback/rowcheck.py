@@ -10,7 +10,7 @@ they do not).
 
 from __future__ import annotations
 
-from ..manifest_tsv import ManifestRow
+from ..storage.manifest_tsv import ManifestRow
 from .report import KIND_NAMES
 from .tarparse import Member
 

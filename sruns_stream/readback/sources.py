@@ -31,9 +31,9 @@ from urllib.parse import quote
 
 import google_crc32c
 
-from .. import manifest_tsv, volumes
 from ..errors import DestinationError, IntegrityError, UsageError
-from ..layout import (
+from ..storage import manifest_tsv, volumes
+from ..storage.layout import (
     Location,
     archive_filename,
     blob_name,
@@ -45,15 +45,15 @@ from ..layout import (
     split_archive_filename,
     storage_uri,
 )
-from ..manifest_tsv import ManifestRow
-from ..retry import RETRY, pause
+from ..storage.manifest_tsv import ManifestRow
+from ..storage.retry import RETRY, pause
 from .damage import ArchiveDamaged
 
 if TYPE_CHECKING:
     import requests
     from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
 
-    from ..journal import Journal
+    from ..state.journal import Journal
 
 __all__ = [
     "PIECE",
@@ -141,7 +141,7 @@ class GcsObject:
         self, client: Client, bucket: str, name: str, size: int, generation: int | None, *,
         timeout: tuple[float, float] | None = None,
     ) -> None:
-        from ..gcs import DEFAULT_TIMEOUT  # the Google libraries load only for gs://
+        from ..storage.gcs.client import DEFAULT_TIMEOUT  # the Google libraries load only for gs://
 
         self.description = str(Location("gcs", bucket, name))
         self.size = size
@@ -158,7 +158,7 @@ class GcsObject:
         import requests
         import urllib3
 
-        from ..gcs import TRANSIENT_ERRORS
+        from ..storage.gcs.client import TRANSIENT_ERRORS
 
         headers = {"Accept-Encoding": "gzip"}
         if end is not None and end < self.size:
@@ -184,7 +184,7 @@ class GcsObject:
 
     def _check(self, resp: requests.Response, start: int) -> int:
         """Raise for a failed answer; returns how many leading bytes to drop."""
-        from ..gcs import TRANSIENT_STATUS
+        from ..storage.gcs.client import TRANSIENT_STATUS
 
         status: int = resp.status_code
         if status == 206:
@@ -492,7 +492,7 @@ def _local(path: Path) -> ArchiveSource:
 def _gcs(where: Location, url: str, client_factory: Callable[[], Client] | None) -> ArchiveSource:
     if not where.path:
         raise UsageError(f"{url!r} names no object: use gs://BUCKET/PREFIX/RUN/RUN.tar.gz")
-    from ..gcs import make_client
+    from ..storage.gcs.client import make_client
 
     client = (client_factory or make_client)()
     try:
@@ -505,7 +505,7 @@ def _gcs(where: Location, url: str, client_factory: Callable[[], Client] | None)
 def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
     from google.api_core import exceptions as api_exceptions
 
-    from ..gcs import DEFAULT_TIMEOUT, crc32c_from_b64
+    from ..storage.gcs.client import DEFAULT_TIMEOUT, crc32c_from_b64
 
     bucket_name, name = where.bucket, where.path
     bucket = client.bucket(bucket_name)
@@ -576,7 +576,7 @@ def _gcs_volumes(client: Client, bucket: str, name: str) -> Volumes | None:
     """The volumes of archive ``gs://bucket/name`` (which is not an object), or None."""
     from google.api_core import exceptions as api_exceptions
 
-    from ..gcs import DEFAULT_TIMEOUT, crc32c_from_b64
+    from ..storage.gcs.client import DEFAULT_TIMEOUT, crc32c_from_b64
 
     base = name.rsplit("/", 1)[-1]
     folder = name[: len(name) - len(base)]
@@ -621,7 +621,7 @@ def _from_run_name(name: str, journal: Journal | None, collection: str | None) -
                 return storage_uri(location)
             why = f"journal {journal.path} says run {name} is {task.status}, not archived"
     if collection:
-        from ..firestore import lookup
+        from ..state.firestore import lookup
 
         record = lookup(name, collection)
         if record is not None:

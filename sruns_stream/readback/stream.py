@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from ..access_index import AccessPoint
 from ..progress import Progress
 from ..stopping import STOP
+from ..storage.access_index import AccessPoint
 from .gunzip import GzipLayer
 from .pgunzip import ParallelGzipLayer
 from .report import Problems

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 import google_crc32c
 
 from ..errors import IntegrityError, RunFolderMissing
-from ..exclude import matcher
-from ..manifest_tsv import ManifestRow, Rows
 from ..progress import Progress
-from ..safefs import DIR_FLAGS, FILE_FLAGS
+from ..runfolder.exclude import matcher
+from ..runfolder.safefs import DIR_FLAGS, FILE_FLAGS
+from ..storage.manifest_tsv import ManifestRow, Rows
 from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
 from .ranged import parallel_points
@@ -44,7 +44,7 @@ from .stream import MemberStream
 from .tarparse import Member, TarMembers
 
 if TYPE_CHECKING:
-    from ..journal import Journal
+    from ..state.journal import Journal
 
 __all__ = ["verify_archive"]
 

@@ -216,7 +216,7 @@ def firestore(firestore_emulator: FirestoreEmulator, monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def mirror(journal: Any, firestore: FirestoreEmulator) -> Iterator[Any]:
     """A FirestoreMirror of the test's journal into collection ``sruns``."""
-    from sruns_stream.firestore import FirestoreMirror
+    from sruns_stream.state.firestore import FirestoreMirror
 
     # Generous: the emulator's first commit after a (re)start takes seconds (JVM warm-up).
     m = FirestoreMirror(journal, "sruns", call_timeout_s=10.0)

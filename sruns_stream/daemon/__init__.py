@@ -1,0 +1,3 @@
+"""The daemon: the loop, moves and sweeps, leases between hosts, notifications, its log."""
+
+__all__: list[str] = []

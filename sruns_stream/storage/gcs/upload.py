@@ -1,0 +1,741 @@
+"""The gs:// destination: one GCS resumable upload per archive, resumable across processes.
+
+Blob ``<prefix>/<run>/<run>.tar.gz`` (sruns-monitor's layout) with
+``<run>.manifest.tsv`` beside it. The session is created through the public
+google-cloud-storage API; chunks are PUT through the client's authorized session,
+because the library offers no public way to continue a saved session URI in a new
+process.
+
+The resumable protocol, as GCS documents it, and how it is used here:
+
+- Pending bytes are buffered until one chunk (``chunk_size``, a multiple of 256 KiB)
+  is full; that chunk goes out as ``Content-Range: bytes a-b/*``. The last request
+  carries the total (``bytes a-b/TOTAL``, or ``bytes */TOTAL`` when nothing remains)
+  and the whole object's crc32c in ``X-Goog-Hash``.
+- Full chunks go to one background uploader thread through a queue of depth 1, so
+  compression goes on while a chunk is in flight. ``write()`` hands a full chunk over
+  once the previous one is acknowledged: memory stays about two chunks (one
+  uploading, one filling), and bytes go out in the order they were written. An error
+  in the uploader is kept and raised by the next ``write()`` or ``finalize()``.
+- ``durable_offset`` is what the server acknowledged (308 + ``Range``, or 200/201 at
+  the end). Acknowledged bytes leave the buffer.
+- After any failed or unanswered request, a status query (``bytes */*``) says what the
+  server holds, and the upload continues from there: never from what we assume.
+- Transient failures (connection errors, timeouts, the statuses in
+  ``gcs.TRANSIENT_STATUS``) are retried with jittered exponential backoff, a bounded
+  number of times; permanent ones (400, 401, 403, a missing bucket) fail at once with
+  one line naming bucket and blob.
+- ``state()`` is the session URI and its creation time. ``open(state)`` asks the server
+  how much it holds, which may be ahead of the journal. Sessions live a week: an older
+  one, or one the server no longer knows (404/410), starts a new session from zero.
+- ``finalize`` uploads the manifest first (so an archive under its final name always
+  has one), sends the last request, and compares size and crc32c *as GCS reports them*
+  with what was streamed. A mismatch deletes the object and raises IntegrityError.
+
+The session URI is a bearer credential: it goes into the journal (created 0600) and
+nowhere else. Messages name a session by the first characters of its upload id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import logging
+import queue
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import google_crc32c
+import requests
+from google.auth import exceptions as auth_exceptions
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # type: ignore[import-untyped]
+
+from ... import __version__
+from ...config import GCS_CHUNK_QUANTUM, ArchiveOptions
+from ...errors import IntegrityError, UploadError, redact
+from ...stopping import STOP
+from ..layout import blob_name, index_next_to, manifest_filename, manifest_next_to
+from ..retry import RetryPolicy, pause
+from ..sink import ArchiveInfo, Stored
+from .client import (
+    API_ERRORS,
+    DEFAULT_TIMEOUT,
+    TRANSIENT_ERRORS,
+    TRANSIENT_STATUS,
+    Client,
+    b64_crc32c,
+    crc32c_from_b64,
+    is_transient,
+    make_client,
+    reason,
+)
+from .parts import Parts
+
+log = logging.getLogger(__name__)
+
+# Chunks are 16 MiB buffers allocated and freed on several threads. glibc keeps what a
+# thread's arena freed for that thread, so each upload stream held on to ~70 MiB more
+# than its two buffers (benchmarks/streams.py: 4 streams peaked at 425 MiB, 305-340 MiB
+# with malloc_trim after each chunk, at the same speed). Elsewhere it is a no-op.
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)
+
+
+def _give_back_freed_memory() -> None:
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+__all__ = ["SESSION_LIFETIME", "GcsSink"]
+
+# GCS forgets a resumable session a week after it was created.
+SESSION_LIFETIME = 7 * 24 * 3600.0
+
+_RESUME_INCOMPLETE = 308
+_RANGE = re.compile(r"bytes=0-(\d+)$")
+# How often a waiting thread looks at the stop flag and the uploader's error.
+_POLL = 0.1
+
+T = TypeVar("T")
+Note = Callable[[str], None]
+
+
+class _Transient(UploadError):
+    """A failure worth retrying (connection, timeout, 408/429/5xx). Private: after the
+    last attempt it is re-raised as a plain UploadError saying how often we tried."""
+
+
+class _SessionGone(UploadError):
+    """The server no longer knows the session (404/410): expired or cancelled."""
+
+
+def _stderr_note(message: str) -> None:
+    print(f"sruns-stream: {message}", file=sys.stderr)
+
+
+def _short_reason(resp: requests.Response) -> str:
+    """The server's own error message, one line, short."""
+    text = ""
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            text = str(body["error"].get("message") or "")
+    except ValueError:
+        text = resp.text
+    text = " ".join(text.split())[:200]
+    return f"HTTP {resp.status_code}" + (f" {text}" if text else "")
+
+
+class GcsSink:
+    """Streams one archive into a GCS resumable upload session; see the module docstring."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        run: str,
+        extension: str,
+        options: ArchiveOptions,
+        *,
+        client: Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.time,
+        note: Note | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        part: str | None = None,
+    ) -> None:
+        self.bucket_name = bucket
+        # A part (one segment of an archive uploaded in parallel, see `segments`) is a
+        # temporary object of its own name, without manifest or final metadata.
+        self.blob_name = part or blob_name(prefix, run, extension)
+        self.manifest_name: str | None = None if part else manifest_next_to(self.blob_name, run)
+        self.description = f"gs://{bucket}/{self.blob_name}"
+        self.archive_name = self.blob_name
+        self.run = run
+        self.compression = options.compression
+        self.content_type = "application/x-tar" if extension == ".tar" else "application/gzip"
+        self._chunk = options.chunk_size
+        self._retry = RetryPolicy(attempts=options.upload_retries + 1)
+        self._client = client
+        self._own_client = client is None
+        self._sleep = sleep
+        self._now = now
+        self._note = note or _stderr_note
+        self._timeout = timeout
+        self._uri: str | None = None
+        self._created = 0.0
+        self._fresh = False  # a session this process created, nothing sent to it yet
+        # Uploader state (the caller's thread touches it only while no uploader runs):
+        self._base = 0  # bytes the server acknowledged; self._buf starts there
+        self._buf = bytearray()
+        self._base_lock = threading.Lock()  # durable_offset is read from the caller's thread
+        # Caller state: bytes written since the last hand-over; they follow self._buf.
+        self._fill = bytearray()
+        # (bytes, flush): with flush, the uploader also sends what whole 256 KiB units it
+        # holds beyond the last full chunk, so the next checkpoint need not wait for one.
+        self._queue: queue.Queue[tuple[bytearray, bool]] = queue.Queue(maxsize=1)
+        self._idle = threading.Event()  # the uploader holds no chunk it has not sent
+        self._idle.set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # the uploader's, raised by the next call
+        self._finished: dict[str, Any] | None = None  # the object, once GCS committed it
+        self._final_crc32c: int | None = None
+
+    # -- the Sink protocol ----------------------------------------------------------
+
+    def open(self, state: str | None, durable: int) -> int:
+        self._stop_uploader()
+        self._raise_error()
+        if self._client is None:
+            self._client = make_client()
+        self._buf = bytearray()
+        self._fill = bytearray()
+        self._finished = None
+        if state is not None:
+            resumed = self._resume(state)
+            if resumed is not None:
+                return resumed
+        if self._uri is not None and self._fresh:
+            # The archive opens twice when a resume falls back to zero; reuse the empty
+            # session made a moment ago rather than leaving it orphaned.
+            self._base = 0
+            return 0
+        self._create_session()
+        return 0
+
+    def state(self) -> str | None:
+        if self._uri is None:
+            return None
+        return json.dumps(
+            {"session": self._uri, "created": self._created, "bucket": self.bucket_name, "blob": self.blob_name},
+            sort_keys=True,
+        )
+
+    @property
+    def durable_offset(self) -> int:
+        with self._base_lock:
+            return self._base
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._raise_error()
+        if self._finished is not None:
+            raise IntegrityError(
+                f"{self.description} was already committed with {self.durable_offset} bytes, but the "
+                "stream goes on: the stored object is not this archive"
+            )
+        self._fill += data
+        if len(self._fill) >= self._chunk:
+            self._hand_over()
+
+    def request_durable(self) -> None:
+        if self._uri is not None and self._finished is None:
+            self._hand_over(flush=True)
+
+    def finalize(self, info: ArchiveInfo, manifest_tsv: bytes, index_tsv: bytes | None = None) -> Stored:
+        self._raise_error()
+        if self._uri is None:
+            raise UploadError(f"{self.description}: finalize() before open()")
+        # Wait for the chunk in flight; from here on everything runs on this thread.
+        self._wait_idle()
+        self._stop_uploader()
+        self._raise_error()
+        if self._fill:
+            self._buf = self._fill if not self._buf else self._buf + self._fill
+            self._fill = bytearray()
+        if self._finished is None and self._base + len(self._buf) != info.size:
+            raise IntegrityError(
+                f"{self.description}: {self._base + len(self._buf)} bytes were streamed, "
+                f"but the archive has {info.size}"
+            )
+        manifest_location = None
+        if self.manifest_name:
+            if index_tsv is not None:
+                self._upload_beside(index_next_to(self.blob_name, self.run), index_tsv, "access index")
+            manifest_location = self._upload_beside(self.manifest_name, manifest_tsv, "manifest")
+        if self._finished is None:
+            self._final_crc32c = info.crc32c
+            try:
+                self._send(total=info.size)
+            except _SessionGone:
+                # The last request may have committed the object and lost its answer;
+                # a server that then forgets the session (the emulator does) leaves the
+                # object itself as the only witness.
+                self._finished = self._existing_object(info)
+        assert self._finished is not None
+        resource = self._finished
+        size = int(resource.get("size", -1))
+        crc = crc32c_from_b64(resource.get("crc32c"))
+        generation = int(resource.get("generation") or 0) or None
+        if size != info.size or crc != info.crc32c:
+            self._reject(size, crc, info, generation)
+        if self.manifest_name:
+            size, crc = self._set_metadata(info, generation)
+            if size != info.size or crc != info.crc32c:
+                self._reject(size, crc, info, generation)
+        assert crc is not None
+        if self.manifest_name:
+            self._remove_stale()
+        self._close_client()
+        return Stored(
+            location=f"{self.bucket_name}/{self.blob_name}",
+            size=size,
+            crc32c=crc,
+            manifest_location=manifest_location,
+        )
+
+    def _remove_stale(self) -> None:
+        """Volumes (and their listing) an earlier archive of this run was cut into go: the
+        one object replaces them. Best effort: a bucket that keeps objects keeps them."""
+        left = Parts(self.bucket_name, client=self._client).remove_stale(self.blob_name, [self.blob_name])
+        if left:
+            log.warning("%s: an earlier archive's volumes could not be deleted: %s", self.description, ", ".join(left))
+
+    def abort(self) -> None:
+        # The session stays on the server and in the journal: the next run resumes it.
+        # Safe to call twice: the uploader is stopped once, the client closed once.
+        self._stop_uploader()
+        self._buf = bytearray()
+        self._fill = bytearray()
+        self._close_client()
+
+    # -- the uploader thread -----------------------------------------------------------
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _wait_idle(self) -> None:
+        """Until the uploader has sent what it was given (or failed; then raise)."""
+        while not self._idle.wait(_POLL):
+            self._raise_error()
+            STOP.check()
+            if self._thread is None or not self._thread.is_alive():
+                break
+        self._raise_error()
+
+    def _hand_over(self, flush: bool = False) -> None:
+        """Give the filled bytes to the uploader once it is idle; returns at once then."""
+        self._wait_idle()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._upload_loop, name=f"gcs-upload-{self.run}", daemon=True)
+            self._thread.start()
+        chunk, self._fill = self._fill, bytearray()
+        self._idle.clear()
+        while True:
+            try:
+                self._queue.put((chunk, flush), timeout=_POLL)
+                return
+            except queue.Full:
+                self._raise_error()
+                STOP.check()
+
+    def _upload_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    chunk, flush = self._queue.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
+                self._buf = chunk if not self._buf else self._buf + chunk
+                del chunk
+                while len(self._buf) >= self._chunk and not self._stop.is_set():
+                    self._send(total=None)
+                _give_back_freed_memory()
+                if flush and len(self._buf) >= GCS_CHUNK_QUANTUM and not self._stop.is_set():
+                    self._send(total=None, partial=True)
+                self._idle.set()
+        except BaseException as exc:  # noqa: BLE001  # kept for the caller's next write() or finalize()
+            self._error = exc
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._idle.set()
+
+    def _stop_uploader(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+            self._stop.clear()
+        self._idle.set()
+
+    # -- sessions -------------------------------------------------------------------
+
+    def _short(self) -> str:
+        """A session's name for messages: never the URI, which is a bearer credential."""
+        if not self._uri:
+            return "(none)"
+        ids = parse_qs(urlsplit(self._uri).query).get("upload_id", [""])
+        return (ids[0][:8] or "?") + "…"
+
+    def _resume(self, state: str) -> int | None:
+        """The server's offset for the saved session, or None when a new one is needed."""
+        try:
+            saved = json.loads(state)
+            uri, created = str(saved["session"]), float(saved["created"])
+            same = saved.get("bucket") == self.bucket_name and saved.get("blob") == self.blob_name
+        except (ValueError, KeyError, TypeError):
+            self._note(f"{self.run}: the journal's upload state is unreadable: starting a new upload session from zero")
+            return None
+        if not same:
+            self._note(f"{self.run}: the journal's upload session was for another object: starting a new session from zero")
+            return None
+        self._uri, self._created, self._fresh, self._base = uri, created, False, 0
+        age = self._now() - created
+        if age > SESSION_LIFETIME:
+            self._note(
+                f"{self.run}: upload session {self._short()} was created {age / 86400:.1f} days ago and "
+                "has expired (GCS keeps sessions 7 days): starting a new session from zero"
+            )
+            self._uri = None
+            return None
+        try:
+            self._with_retries("status query", lambda _: self._resync_from_zero())
+        except _SessionGone:
+            self._note(
+                f"{self.run}: GCS no longer knows upload session {self._short()} (expired or "
+                "cancelled): starting a new session from zero"
+            )
+            self._uri = None
+            return None
+        return self._base
+
+    def _resync_from_zero(self) -> None:
+        self._base = 0
+        self._buf = bytearray()
+        self._finished = None
+        self._resync(resuming=True)
+
+    def _create_session(self) -> None:
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        # What is known now; the sizes and checksums are added once the object exists.
+        blob.metadata = {"run": self.run, "compression": self.compression, "tool_version": __version__}
+        blob.content_type = self.content_type
+
+        def create() -> str:
+            uri: str = self._api(
+                "cannot start the upload",
+                lambda: blob.create_resumable_upload_session(
+                    content_type=self.content_type, size=None, timeout=self._timeout, retry=None
+                ),
+            )
+            return uri
+
+        self._uri = self._with_retries("session creation", lambda _: create())
+        self._created = self._now()
+        self._fresh = True
+        self._base = 0
+
+    # -- requests on the session ----------------------------------------------------
+
+    def _send(self, total: int | None, partial: bool = False) -> None:
+        """Have the server acknowledge the first chunk of the buffer (all of it, and
+        commit the object, when ``total`` is given; its whole 256 KiB units when
+        ``partial``). Every retry starts with a status query."""
+
+        def attempt(number: int) -> None:
+            if self._stop.is_set():
+                raise UploadError(f"the upload of {self.description} was stopped")
+            if number > 1:
+                self._resync()
+            self._put_pending(total, partial)
+
+        self._with_retries("chunk upload", attempt)
+        # A final request the server answered with 308 after keeping part of it: send
+        # the rest. Each round made progress (see _put_pending), so this ends.
+        while total is not None and self._finished is None:
+            self._with_retries("chunk upload", attempt)
+
+    def _put_pending(self, total: int | None, partial: bool = False) -> None:
+        if self._finished is not None:
+            if total is None:
+                self._committed_early()
+            return
+        if total is not None:
+            n = len(self._buf)
+        elif partial:
+            n = len(self._buf) // GCS_CHUNK_QUANTUM * GCS_CHUNK_QUANTUM
+            if not n:
+                return  # the server kept enough already
+        elif len(self._buf) < self._chunk:
+            return  # the server kept part of the chunk; the rest waits for more bytes
+        else:
+            n = self._chunk
+        start = self._base
+        if n:
+            content_range = f"bytes {start}-{start + n - 1}/{'*' if total is None else total}"
+        else:
+            content_range = f"bytes */{total}"
+        headers = {"Content-Range": content_range}
+        if total is not None and self._final_crc32c is not None:
+            headers["X-Goog-Hash"] = f"crc32c={b64_crc32c(self._final_crc32c)}"
+        # The chunk goes out as a view of the buffer: no second copy of up to 64 MiB.
+        with memoryview(self._buf) as view, view[:n] as body:
+            resp = self._put(body if n else None, headers)
+        if resp.status_code == _RESUME_INCOMPLETE:
+            self._acknowledge(self._persisted(resp), limit=start + n)
+            if self._base == start:
+                # Nothing kept (or, for the last request, nothing committed): count it as a
+                # failed attempt, so a server that never takes the bytes cannot loop us.
+                raise _Transient(f"GCS kept none of the bytes sent at offset {start}")
+        elif resp.status_code in (200, 201):
+            self._commit(resp)
+            if total is None:
+                self._committed_early()
+        elif resp.status_code == 400 and total is not None and "X-Goog-Hash" in headers:
+            raise IntegrityError(
+                f"GCS refused to commit {self.description}: {_short_reason(resp)} (the crc32c sent "
+                f"with the last request is {self._final_crc32c:08x}): the upload was corrupted"
+            )
+        else:
+            self._fail(resp, "chunk upload")
+
+    def _resync(self, resuming: bool = False) -> None:
+        """Status query: drop what the server already holds from the buffer."""
+        resp = self._put(None, {"Content-Range": "bytes */*"})
+        if resp.status_code == _RESUME_INCOMPLETE:
+            # Resuming, nothing is buffered yet and any amount is plausible.
+            self._acknowledge(self._persisted(resp), limit=None if resuming else self._base + len(self._buf))
+        elif resp.status_code in (200, 201):
+            self._commit(resp)
+        else:
+            self._fail(resp, "status query")
+
+    def _persisted(self, resp: requests.Response) -> int:
+        """How many bytes a 308 answer says the server holds."""
+        header = resp.headers.get("Range")
+        if not header:
+            return 0  # no Range: nothing persisted
+        match = _RANGE.match(header.strip())
+        if not match:
+            raise UploadError(f"GCS answered {self.description} with an unreadable Range {header!r}")
+        last = int(match.group(1))
+        # "bytes=0-0" would mean one byte. gcp-storage-emulator answers it for an empty
+        # session. Real GCS is not expected to hold a lone first byte of an unfinished
+        # upload (it persists non-final data in 256 KiB units, hence the chunk rule);
+        # were it ever to, the chunk sent from 0 would overlap by one byte, GCS would
+        # refuse or ignore it, and the crc32c read back at the end still decides: a
+        # wrong object is never reported as stored.
+        return 0 if last == 0 and self._base == 0 else last + 1
+
+    def _acknowledge(self, persisted: int, limit: int | None) -> None:
+        if persisted < self._base:
+            raise UploadError(
+                f"GCS holds {persisted} bytes of {self.description} after acknowledging {self._base} "
+                f"(session {self._short()}): the session lost data; run with --force to start over"
+            )
+        if limit is not None and persisted > limit:
+            raise IntegrityError(
+                f"GCS holds {persisted} bytes of {self.description}, more than the {limit} sent "
+                f"(session {self._short()}): the session is not this archive's"
+            )
+        self._drop(persisted - self._base)
+        with self._base_lock:
+            self._base = persisted
+        self._fresh = False
+
+    def _commit(self, resp: requests.Response) -> None:
+        try:
+            resource = resp.json()
+            size = int(resource["size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UploadError(f"GCS committed {self.description} but its answer is unreadable") from exc
+        self._finished = resource
+        self._drop(size - self._base)
+        with self._base_lock:
+            self._base = size
+        self._fresh = False
+
+    def _drop(self, n: int) -> None:
+        """Forget the first ``n`` buffered bytes: the server has them."""
+        if n > 0:
+            # A fresh buffer rather than `del buf[:n]`: a library may still hold a view
+            # of the old one (an exception's frames), and a viewed bytearray cannot be
+            # resized. The copy is what follows the acknowledged bytes: usually less than
+            # one write, at most one chunk.
+            self._buf = self._buf[n:]
+
+    def _committed_early(self) -> NoReturn:
+        raise IntegrityError(
+            f"GCS committed {self.description} at {self._base} bytes before the stream ended "
+            f"(session {self._short()}): the session is not this archive's"
+        )
+
+    def _put(self, body: memoryview | None, headers: dict[str, str]) -> requests.Response:
+        assert self._client is not None and self._uri is not None
+        try:
+            resp: requests.Response = self._client._http.request(
+                "PUT", self._uri, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            )
+        except TRANSIENT_ERRORS as exc:
+            raise _Transient(self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        except auth_exceptions.RefreshError as exc:
+            raise UploadError(f"cannot refresh Google credentials for {self.description}: {exc}") from None
+        if resp.status_code in TRANSIENT_STATUS:
+            raise _Transient(_short_reason(resp))
+        return resp
+
+    def _fail(self, resp: requests.Response, what: str) -> NoReturn:
+        reason = _short_reason(resp)
+        if resp.status_code in (404, 410):
+            raise _SessionGone(
+                f"{what} for {self.description}: GCS no longer knows upload session {self._short()} "
+                f"({reason}); run the same command again to start a new session from zero"
+            )
+        if resp.status_code in (401, 403):
+            raise UploadError(
+                f"permission denied writing {self.description} in bucket {self.bucket_name!r}: {reason}"
+            )
+        raise UploadError(f"{what} for {self.description} failed: {reason}")
+
+    def _scrub(self, text: str) -> str:
+        """A library message without the session URI's secret part."""
+        if self._uri:
+            text = text.replace(self._uri, f"<session {self._short()}>")
+        text = redact(text)
+        return " ".join(text.split())[:300]
+
+    def _pause(self, seconds: float) -> None:
+        """The backoff between attempts; a stop (abort, or a signal's stop request) cuts
+        it short."""
+        if self._sleep is not time.sleep:
+            self._sleep(seconds)
+            return
+        pause(seconds, cancel=self._stop)
+
+    def _with_retries(self, what: str, fn: Callable[[int], T]) -> T:
+        """``fn(attempt_number)`` with the GCS retry policy on transient failures
+        (``_Transient``); anything else goes straight through."""
+        try:
+            return self._retry.call(fn, _Transient, sleep=self._pause)
+        except _Transient as exc:
+            # Not `from exc`: the chained error could carry the session URI.
+            raise UploadError(
+                f"{what} for {self.description} failed {self._retry.attempts} times, last: {exc}; "
+                "run the same command again to resume"
+            ) from None
+
+    # -- calls through google-cloud-storage ----------------------------------------------
+
+    def _api(self, what: str, fn: Callable[[], T], missing: str | None = None) -> T:
+        """A google-cloud-storage call with its errors mapped to ours."""
+        try:
+            return fn()
+        except API_ERRORS as exc:
+            if is_transient(exc):
+                raise _Transient(f"{what}: {reason(exc)}") from exc
+            code = getattr(exc, "code", 0) or 0
+            if code == 404:
+                raise UploadError(
+                    missing or f"bucket {self.bucket_name!r} does not exist ({what} for {self.description})"
+                ) from exc
+            if code in (401, 403):
+                raise UploadError(
+                    f"permission denied: {what} for {self.description} in bucket {self.bucket_name!r}: {reason(exc)}"
+                ) from exc
+            raise UploadError(f"{what} for {self.description}: {reason(exc)}") from exc
+        except DataCorruption as exc:
+            # The library compared the server's checksum with its own and they differ.
+            raise IntegrityError(f"{what} for {self.description}: {exc}") from exc
+        except InvalidResponse as exc:
+            # A status the library did not map to an API error (e.g. a 308 where it wants 200).
+            raise UploadError(f"{what} for {self.description}: unexpected answer from GCS ({exc})") from exc
+
+    def _upload_beside(self, name: str, data: bytes, what: str) -> str:
+        """A small file beside the archive (manifest, access index), checked by crc32c."""
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(name)
+
+        def upload(_: int) -> None:
+            self._api(
+                f"{what} upload",
+                lambda: blob.upload_from_string(
+                    data, content_type="text/tab-separated-values; charset=utf-8",
+                    timeout=self._timeout, checksum="crc32c", retry=None,
+                ),
+            )
+
+        self._with_retries(f"{what} upload", upload)
+        stored = crc32c_from_b64(blob.crc32c)
+        expected = google_crc32c.value(data)
+        if stored != expected:
+            raise IntegrityError(
+                f"gs://{self.bucket_name}/{name} reads back with crc32c "
+                f"{stored if stored is None else f'{stored:08x}'}, expected {expected:08x}"
+            )
+        return f"{self.bucket_name}/{name}"
+
+    def _existing_object(self, info: ArchiveInfo) -> dict[str, Any]:
+        """The committed object, when the session is gone after our last request."""
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        missing = (
+            f"GCS forgot upload session {self._short()} of {self.description} before it was "
+            "committed; run the same command again to start a new session from zero"
+        )
+        self._with_retries(
+            "read back",
+            lambda _: self._api("read back", lambda: blob.reload(timeout=self._timeout, retry=None), missing),
+        )
+        # Same size and crc32c as what we streamed: these are our bytes, whichever
+        # request committed them.
+        if blob.size != info.size or crc32c_from_b64(blob.crc32c) != info.crc32c:
+            raise UploadError(missing)
+        return {"size": blob.size, "crc32c": blob.crc32c, "generation": blob.generation}
+
+    def _set_metadata(self, info: ArchiveInfo, generation: int | None) -> tuple[int, int | None]:
+        """Add what only the end knows to the object's metadata; returns (size, crc32c)
+        as GCS reports them in its answer: the read-back the run is judged by."""
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        blob.metadata = {
+            "run": info.run,
+            "raw_bytes": str(info.raw_bytes),
+            "file_count": str(info.file_count),
+            "tar_crc32": f"{info.tar_crc32:08x}",
+            "compression": info.compression,
+            "tool_version": info.tool_version,
+            "manifest": manifest_filename(self.run),
+        }
+        missing = f"{self.description} disappeared right after it was committed"
+        self._with_retries(
+            "metadata update",
+            lambda _: self._api(
+                "metadata update",
+                lambda: blob.patch(if_generation_match=generation, timeout=self._timeout, retry=None),
+                missing,
+            ),
+        )
+        return (blob.size if blob.size is not None else -1), crc32c_from_b64(blob.crc32c)
+
+    def _reject(self, size: int, crc: int | None, info: ArchiveInfo, generation: int | None) -> NoReturn:
+        """A committed object that is not what we streamed must not stay under its name."""
+        assert self._client is not None
+        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        try:
+            self._api("delete", lambda: blob.delete(if_generation_match=generation, timeout=self._timeout, retry=None))
+            fate = "it was deleted"
+        except UploadError as exc:
+            fate = f"deleting it failed too ({exc})"
+        shown = f"{crc:08x}" if crc is not None else "none"
+        raise IntegrityError(
+            f"{self.description} holds {size} bytes with crc32c {shown}, but {info.size} bytes with "
+            f"crc32c {info.crc32c:08x} were sent; {fate}: run with --force to upload again"
+        )
+
+    def _close_client(self) -> None:
+        if self._own_client and self._client is not None:
+            self._client.close()
+            self._client = None
