@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sruns_stream.archiver.blockgzip import WINDOW, Checkpoint, GzipCodec, PlainTarCodec, compressed_stream
+from sruns_stream.archiver.blockgzip import GzipCodec, PlainTarCodec, compressed_stream
 from sruns_stream.archiver.tarstream import TarLayout, TarReader
 from sruns_stream.runfolder.scan import scan_run_folder
+from sruns_stream.state.checkpoint import WINDOW, Checkpoint
 
 BLOCK = 64 * 1024
 

@@ -4,9 +4,11 @@ folder imports from one that comes after it."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 import re
+from pathlib import Path
 
 import pytest
 from helpers import REPO
@@ -60,3 +62,76 @@ def test_the_readme_module_table_follows_the_folders() -> None:
         sub = "/".join(parts[:-1]) + "/"
         assert rel in names or short in names or sub in names, (
             f"{rel} is not listed under sruns_stream/{here} in the README's module table")
+
+
+# The folders in the order they may import each other: each from those before it, and
+# all from the shared modules at the top. config.py validates with two leaves of the
+# folders (exclude patterns, places), which import nothing but errors.
+LAYERS = ("runfolder", "storage", "state", "archiver", "readback", "daemon")
+SHARED_MAY_USE = {"sruns_stream.runfolder.exclude", "sruns_stream.storage.layout"}
+
+
+def _imports(name: str) -> set[str]:
+    """The package's modules that module ``name`` imports (anywhere in it, lazily too)."""
+    module = importlib.import_module(name)
+    path = Path(module.__file__ or "")
+    is_pkg = path.name == "__init__.py"
+    here = name.split(".") if is_pkg else name.split(".")[:-1]
+    found: set[str] = set()
+    tree = ast.parse(path.read_text())
+    # Imports for the type checker only (``if TYPE_CHECKING:``) make no runtime edge.
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                   for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else [])) if node.level else (node.module or "")
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in MODULES else target)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("sruns_stream.") and m in MODULES}
+
+
+def _layer(module: str) -> int | None:
+    """The folder's place in LAYERS; None for the shared modules at the top."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) >= 2 and parts[1] in LAYERS else None
+
+
+def test_no_folder_imports_from_a_later_one_and_no_module_cycles() -> None:
+    graph = {name: _imports(name) for name in MODULES if name != "sruns_stream"}
+    upward = []
+    for name, deps in graph.items():
+        mine = _layer(name)
+        for dep in deps:
+            theirs = _layer(dep)
+            if theirs is None:
+                continue
+            if mine is None:
+                if name not in ("sruns_stream.cli",) and dep not in SHARED_MAY_USE:
+                    upward.append(f"{name} -> {dep}")
+            elif theirs > mine:
+                upward.append(f"{name} -> {dep}")
+    assert not upward, "imports against the folders' order:\n" + "\n".join(sorted(upward))
+    # No cycles between modules (a package's __init__ importing its own modules aside).
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in graph.get(node, ()):
+            if dep == node or node.startswith(dep + "."):
+                continue
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sruns_stream.errors import RunFolderChanged, RunFolderMissing
-from sruns_stream.runfolder.scan import DIR, FILE, SYMLINK, check_unchanged, scan_run_folder
+from sruns_stream.runfolder.safefs import DIR, FILE, SYMLINK
+from sruns_stream.runfolder.scan import check_unchanged, scan_run_folder
 
 
 def test_walk_is_depth_first_and_bytewise_sorted(tmp_path: Path) -> None:

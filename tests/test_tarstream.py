@@ -13,7 +13,8 @@ from helpers import tree
 
 from sruns_stream.archiver.tarstream import TarLayout, TarReader, render_header
 from sruns_stream.errors import RunFolderChanged
-from sruns_stream.runfolder.scan import FILE, Entry, Manifest, scan_run_folder
+from sruns_stream.runfolder.safefs import FILE
+from sruns_stream.runfolder.scan import Entry, Manifest, scan_run_folder
 
 
 def _tar_bytes(manifest: Manifest, start: int = 0, block: int = 65536) -> bytes:

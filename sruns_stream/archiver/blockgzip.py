@@ -24,17 +24,16 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import google_crc32c
 from isal import isal_zlib
 
-from .tarstream import Cursor, RawBlock
+from ..state.checkpoint import WINDOW, Checkpoint, Cursor
+from .tarstream import RawBlock
 
 __all__ = [
-    "WINDOW",
-    "Checkpoint",
     "Codec",
     "CompressedBlock",
     "GzipCodec",
@@ -43,7 +42,6 @@ __all__ = [
     "is_access_point",
 ]
 
-WINDOW = 32 * 1024  # deflate's window: the dictionary a block needs from before it
 _STORED_MAX = 0xFFFF
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # mtime 0, OS unknown
 _FINAL_EMPTY_BLOCK = b"\x03\x00"  # last-block bit, fixed Huffman, end-of-block
@@ -171,24 +169,6 @@ def _stored(data: memoryview) -> bytes:
         parts.append(struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF))
         parts.append(piece)
     return b"".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """What the stream knows after a block: enough to restart right after it."""
-
-    raw_offset: int
-    gz_offset: int
-    crc32: int  # of the raw tar bytes before raw_offset
-    crc32c: int  # of the output bytes before gz_offset
-    cursor: Cursor = field(default_factory=Cursor)
-    # crc32 of the raw bytes just before raw_offset (at most WINDOW): the dictionary a
-    # resume re-reads from the run folder must be the one these bytes were deflated with.
-    window_crc32: int = 0
-
-    @classmethod
-    def start(cls) -> Checkpoint:
-        return cls(0, 0, 0, 0, Cursor(), 0)
 
 
 @dataclass(slots=True)

@@ -26,11 +26,12 @@ from isal import isal_zlib
 
 from ..config import ArchiveOptions
 from ..progress import Progress
+from ..state.checkpoint import WINDOW, Checkpoint, Cursor
 from ..state.journal import files_crc32c
 from ..stopping import STOP
 from ..storage.stores import Sink
-from .blockgzip import WINDOW, Checkpoint, Codec, compressed_stream
-from .tarstream import Cursor, TarLayout, TarReader
+from .blockgzip import Codec, compressed_stream
+from .tarstream import TarLayout, TarReader
 
 __all__ = ["CheckpointStore", "RangeResult", "Saved", "range_start", "stream_range"]
 

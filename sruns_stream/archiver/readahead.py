@@ -26,8 +26,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from ..runfolder import memberio
-from ..runfolder.safefs import Tree
-from ..runfolder.scan import FILE, Manifest
+from ..runfolder.safefs import FILE, Tree
+from ..runfolder.scan import Manifest
 from ..stopping import STOP
 
 __all__ = ["Ahead", "ReadAhead"]

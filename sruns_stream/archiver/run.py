@@ -57,13 +57,14 @@ from ..runfolder.scan import (
     resolve_run_folder,
     scan_run_folder,
 )
+from ..state.checkpoint import Checkpoint
 from ..state.journal import Journal, Task, files_crc32c
 from ..state.process import start_time
 from ..storage import access_index, manifest_tsv
 from ..storage.access_index import AccessPoint
 from ..storage.layout import Location, parse_location, storage_uri
 from ..storage.stores import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
-from .blockgzip import Checkpoint, Codec, GzipCodec, PlainTarCodec
+from .blockgzip import Codec, GzipCodec, PlainTarCodec
 from .lock import RunLock
 from .pipeline import Saved, stream_range
 from .tarstream import TarLayout

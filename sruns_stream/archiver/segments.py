@@ -41,7 +41,9 @@ from .. import __version__
 from ..config import ArchiveOptions
 from ..errors import IntegrityError
 from ..progress import Progress
-from ..runfolder.scan import FILE, Manifest
+from ..runfolder.safefs import FILE
+from ..runfolder.scan import Manifest
+from ..state.checkpoint import Checkpoint
 from ..state.journal import Journal, SegmentRow, Task, files_crc32c
 from ..storage import access_index, manifest_tsv
 from ..storage.access_index import AccessPoint
@@ -59,7 +61,7 @@ from ..storage.layout import (
 )
 from ..storage.sink import ArchiveInfo, Stored
 from ..storage.volumes import Volume, combined, listing_name, render
-from .blockgzip import Checkpoint, Codec
+from .blockgzip import Codec
 from .pipeline import Saved, range_start, stream_range
 from .tarstream import TarLayout
 

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import google_crc32c
 
 from ..runfolder import classify, memberio
-from ..runfolder.safefs import Tree
-from ..runfolder.scan import DIR, FILE, SYMLINK, Entry, Manifest
+from ..runfolder.safefs import DIR, FILE, SYMLINK, Tree
+from ..runfolder.scan import Entry, Manifest
+from ..state.checkpoint import Cursor
 from .readahead import ReadAhead
 
-__all__ = ["BLOCK", "Cursor", "RawBlock", "TarLayout", "TarReader", "render_header"]
+__all__ = ["BLOCK", "RawBlock", "TarLayout", "TarReader", "render_header"]
 
 BLOCK = 512
 _EOF = b"\0" * (2 * BLOCK)
@@ -184,14 +185,6 @@ class TarLayout:
     def locate(self, offset: int) -> int:
         """Index of the member whose header, data or padding holds offset (len at EOF)."""
         return bisect_right(self.starts, offset) - 1 if offset < self.starts[-1] else len(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """Per-member state at a raw offset: the member there and its crc32c so far."""
-
-    index: int = 0
-    crc32c: int = 0
 
 
 @dataclass(slots=True)

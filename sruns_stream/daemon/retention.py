@@ -36,8 +36,8 @@ from pathlib import Path
 from ..config import Config
 from ..errors import SrunsError
 from ..runfolder.exclude import matcher
-from ..runfolder.safefs import Listed, make_dirs, remove_listed
-from ..runfolder.scan import DIR, Entry, Manifest, compare, reading_threads, scan_run_folder
+from ..runfolder.safefs import DIR, Listed, make_dirs, remove_listed
+from ..runfolder.scan import Entry, Manifest, compare, reading_threads, scan_run_folder
 from ..state.journal import Journal, Task
 from ..storage.layout import parse_location
 from ..storage.stores import probe_archive

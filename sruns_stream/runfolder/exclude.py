@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .completion import CompletionRules
+from .safefs import FILE
 
 if TYPE_CHECKING:  # runfolder imports this module: the type only
     from .scan import Manifest
@@ -87,8 +88,6 @@ def check_leaves_run(manifest: Manifest, patterns: Iterable[str]) -> None:
             f"{name}: exclude {shown} would leave out {_names(lost)}: what identifies the run and marks it "
             f"finished is never left out; narrow the patterns ({_EXAMPLES})"
         )
-    from .scan import FILE  # here: runfolder imports this module
-
     identity = {os.fsencode(n) for n in IDENTITY}
     if any(e.kind == FILE and e.rel not in identity for e in manifest.entries):
         return

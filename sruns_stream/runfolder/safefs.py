@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 __all__ = [
-    "DIR_FLAGS", "DIR_MODE", "FILE_FLAGS", "Listed", "Tree", "kind_of", "make_dirs", "probe_latency", "remove_listed",
+    "DIR", "DIR_FLAGS", "DIR_MODE", "FILE", "FILE_FLAGS", "SYMLINK", "Listed", "Tree", "kind_of", "make_dirs", "probe_latency", "remove_listed",
 ]
 
 # O_NOFOLLOW on every component below the root; O_CLOEXEC so the daemon's children
@@ -45,14 +45,20 @@ DIR_MODE = 0o755
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
+# The kinds of entry a run folder may hold, as manifests record them.
+FILE = "f"
+DIR = "d"
+SYMLINK = "l"
+
+
 def kind_of(mode: int) -> str | None:
-    """``"f"``, ``"d"``, ``"l"`` for the types a run folder may hold, else None."""
+    """`FILE`, `DIR`, `SYMLINK` for the types a run folder may hold, else None."""
     if stat.S_ISREG(mode):
-        return "f"
+        return FILE
     if stat.S_ISDIR(mode):
-        return "d"
+        return DIR
     if stat.S_ISLNK(mode):
-        return "l"
+        return SYMLINK
     return None
 
 

@@ -31,12 +31,9 @@ from ..config import AUTO_READ_THREADS, LOCAL_OPEN_SECONDS
 from ..errors import RunFolderChanged, RunFolderMissing, UnreadableEntry, UsageError
 from ..stopping import STOP
 from .exclude import matcher
-from .safefs import Tree, kind_of, probe_latency
+from .safefs import DIR, FILE, SYMLINK, Tree, kind_of, probe_latency
 
 __all__ = [
-    "DIR",
-    "FILE",
-    "SYMLINK",
     "Entry",
     "FolderDiff",
     "Manifest",
@@ -47,9 +44,6 @@ __all__ = [
     "scan_run_folder",
 ]
 
-FILE = "f"
-DIR = "d"
-SYMLINK = "l"
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,11 +40,10 @@ from typing import Any, Literal, get_args
 
 import google_crc32c
 
-from ..archiver.blockgzip import Checkpoint
-from ..archiver.tarstream import Cursor
 from ..errors import JournalError, redact
 from ..runfolder.scan import Entry
 from ..storage.layout import destination_of
+from .checkpoint import Checkpoint, Cursor
 
 __all__ = ["STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal", "OutboxItem", "SegmentRow", "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c"]
 

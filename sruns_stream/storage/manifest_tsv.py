@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import IntegrityError
-from ..runfolder.scan import FILE, Entry
+from ..runfolder.safefs import FILE
+from ..runfolder.scan import Entry
 
 __all__ = ["COLUMNS", "OFFSET", "ManifestRow", "Rows", "parse", "render"]
 
