@@ -90,7 +90,9 @@ def _check_sruns_gs(tools: Tools) -> None:
     except ImportError:
         found = False
     if not found:
-        tools.missing["sruns-gs"] = "sruns-stream has no gs:// destination yet (sruns_stream/storage/gcs/upload.py is missing)"
+        tools.missing["sruns-gs"] = (
+            "sruns-stream has no gs:// destination yet (sruns_stream/storage/gcs/upload.py is missing)"
+        )
 
 
 def _notes_for(rows_by_section: dict[str, list[Row]], tools: Tools) -> list[str]:

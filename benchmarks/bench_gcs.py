@@ -102,7 +102,9 @@ def _run_once(row: Row, run: Path, server: LoopbackGcsServer, work: Path, rep: i
     if row.dest == "gs":
         sent = server.bytes_received - before
         if sent != result["archive_bytes"]:
-            raise SystemExit(f"{row.name}: the server received {sent} bytes for a {result['archive_bytes']}-byte archive")
+            raise SystemExit(
+                f"{row.name}: the server received {sent} bytes for a {result['archive_bytes']}-byte archive"
+            )
         blob = f"{scratch.name}/{run.name}/{run.name}.tar.gz"
         obj = server.get_object(BUCKET, blob)
         if obj is None or f"{int.from_bytes(base64.b64decode(obj['crc32c']), 'big'):08x}" != result["crc32c"]:

@@ -82,7 +82,8 @@ def _headline(sc: Scenarios, main: dict[str, list[Row]], path: Path, title: str)
     cols = 2
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(12, 2.3 * nrows + 0.6), squeeze=False)
-    for ax, (name, labels, values, unit, log) in zip(axes.flat, panels):
+    # strict=False: the grid has a spare cell when the panel count is odd (turned off below).
+    for ax, (name, labels, values, unit, log) in zip(axes.flat, panels, strict=False):
         _bars(ax, name, labels, values, unit, log)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")

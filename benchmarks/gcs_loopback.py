@@ -592,7 +592,8 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.uploads[upload_id] = _Upload(bucket, name, meta, preconditions,
                                                md5=hashlib.md5() if self.server.md5 else None)
-        location = f"{self._base_url()}/upload/storage/v1/b/{quote(bucket, safe='')}/o?uploadType=resumable&upload_id={upload_id}"
+        location = (f"{self._base_url()}/upload/storage/v1/b/{quote(bucket, safe='')}/o"
+                    f"?uploadType=resumable&upload_id={upload_id}")
         self._send(200, b"", "application/json", {"Location": location, "X-GUploader-UploadID": upload_id})
 
     def _resumable_put(self, upload_id: str) -> None:
@@ -670,7 +671,9 @@ class _Handler(BaseHTTPRequestHandler):
                 meta["contentType"] = value.strip()
         crc = google_crc32c.value(data)
         if meta.get("crc32c") and meta["crc32c"] != _b64_crc32c(crc):
-            raise _Reply(400, f'Provided CRC32C "{meta["crc32c"]}" doesn\'t match calculated CRC32C "{_b64_crc32c(crc)}".')
+            raise _Reply(
+                400, f'Provided CRC32C "{meta["crc32c"]}" doesn\'t match calculated CRC32C "{_b64_crc32c(crc)}".'
+            )
         self._send_json(200, self.server.state.commit(bucket, name, meta, len(data), crc, data,
                                                       hashlib.md5(data).digest(), preconditions=query))
 

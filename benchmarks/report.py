@@ -60,11 +60,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
 
     def line(r: Sequence[str]) -> str:
         return "| " + " | ".join(
-            c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(r, widths, align)
+            c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(r, widths, align, strict=True)
         ) + " |"
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else (":" + "-" * (w + 1))
-                          for w, a in zip(widths, align)) + "|"
+                          for w, a in zip(widths, align, strict=True)) + "|"
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
@@ -142,7 +142,8 @@ def evaluate_targets(report: Report, miseq: str = "MiSeq", novaseq: str = "NovaS
                       f"#11 page cache, {miseq}: sruns-stream (auto, local) ≥ 1.0× tar | isal igzip_threaded"),
         _ratio_target(report, novaseq, CEILING, 1.0,
                       f"#11 page cache, {novaseq} (large files): no regression, ≥ 1.0× the isal ceiling"),
-        _ratio_target(report, novaseq, CEILING, 1.5, f"#5 {novaseq}: sruns-stream (auto, local) ≥ 1.5× the isal ceiling"),
+        _ratio_target(report, novaseq, CEILING, 1.5,
+                      f"#5 {novaseq}: sruns-stream (auto, local) ≥ 1.5× the isal ceiling"),
         _ratio_target(report, miseq, PIGZ, 4.0, f"#5 {miseq}: sruns-stream (auto, local) ≥ 4× tar | pigz -1"),
         _ratio_target(report, miseq, MONITOR, 8.0, f"#5 {miseq}: sruns-stream (auto, local) ≥ 8× sruns-monitor's way"),
     ]
@@ -393,7 +394,7 @@ def write_charts(report: Report, directory: Path, stem: str) -> list[str]:
         counts = [len([r for r in report.main[d.spec.label] if r.ok_samples]) for d in datasets]
         fig, axes = plt.subplots(len(datasets), 1, figsize=(9, 1.2 + 0.42 * sum(counts) + 0.6 * len(datasets)),
                                  squeeze=False, gridspec_kw={"height_ratios": [c + 1.5 for c in counts]})
-        for ax, ds in zip(axes[:, 0], datasets):
+        for ax, ds in zip(axes[:, 0], datasets, strict=True):
             rows = [r for r in report.main[ds.spec.label] if r.ok_samples]
             names = [r.competitor.name for r in rows][::-1]
             speeds = [r.mb_per_s or 0.0 for r in rows][::-1]

@@ -93,7 +93,9 @@ def _archive_path(scratch: Path, ds: Dataset) -> Path:
     return scratch / "out" / ds.path.name / f"{ds.path.name}.tar.gz.part"
 
 
-def _kill_at(cmd_argv: Sequence[str], env: dict[str, str], written: Callable[[], int], threshold: int) -> tuple[float, str | None]:
+def _kill_at(
+    cmd_argv: Sequence[str], env: dict[str, str], written: Callable[[], int], threshold: int
+) -> tuple[float, str | None]:
     """Start the command, SIGKILL it once ``written() >= threshold``; (seconds, error)."""
     t0 = time.perf_counter()
     first = subprocess.Popen(list(cmd_argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)

@@ -42,6 +42,7 @@ API:  make_run(path, kind, size, seed=0, files=None, markers=True, errored=False
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import os
@@ -334,10 +335,8 @@ def _run_meta(run_id: str, kind: str, seed: int) -> RunMeta:
     instrument, number, flowcell, side = spec.instrument, 1, spec.flowcell, "A"
     match = _NAME_RE.match(run_id)
     if match:
-        try:
+        with contextlib.suppress(ValueError):
             date = datetime.strptime(match.group(1)[-6:], "%y%m%d").replace(tzinfo=timezone.utc)
-        except ValueError:
-            pass
         instrument, number, flowcell = match.group(2), int(match.group(3)), match.group(4)
         if kind != "miseq" and flowcell[0] in "AB" and len(flowcell) > 1:
             side, flowcell = flowcell[0], flowcell[1:]
@@ -754,7 +753,7 @@ def _cbcl_header(tiles: Sequence[int], clusters: int, blocks: Sequence[bytes]) -
         struct.pack("<HIBBI", 1, header_size, 2, 2, len(_QBINS)),
         *(struct.pack("<II", b, q) for b, q in _QBINS),
         struct.pack("<I", len(tiles)),
-        *(struct.pack("<IIII", tile, clusters, payload, len(block)) for tile, block in zip(tiles, blocks)),
+        *(struct.pack("<IIII", tile, clusters, payload, len(block)) for tile, block in zip(tiles, blocks, strict=True)),
         b"\x00",  # non-PF clusters are included, so the blocks hold every cluster of the tile
     ])
 
@@ -951,7 +950,7 @@ def _write(root: Path, entries: Sequence[Entry], sizes: Sequence[int], picks: Se
     utime_fd = os.utime in os.supports_fd
     content = _Content(seed, clusters, members)
     prefix = str(root) + os.sep
-    for (rel, ctype, arg), n, pick in zip(entries, sizes, picks):
+    for (rel, ctype, arg), n, pick in zip(entries, sizes, picks, strict=True):
         if ctype == "dir":
             continue
         chunks = content.chunks(ctype, arg, n, pick)

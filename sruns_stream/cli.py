@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("archive", help="archive one run folder (resumes an interrupted attempt)")
     a.add_argument("rundir", type=Path, help="the run folder")
-    a.add_argument("--dest", help=f"DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: config, else ./{DEFAULT_DEST})")
+    a.add_argument("--dest",
+                   help=f"DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: config, else ./{DEFAULT_DEST})")
     a.add_argument("--threads", type=int, help="compression threads (default: all cores)")
     a.add_argument("--level", type=int, help="gzip level 1-3 (ISA-L); alone it deflates every member")
     a.add_argument("--compression", choices=["auto", "level", "none"],
@@ -73,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="threads that list directories and read files ahead (default 8; 0: none)")
     a.add_argument("--read-ahead", type=_size, help="how far files are read ahead of the stream (default 64M; 0: off)")
     a.add_argument("--streams", type=int,
-                   help="GCS upload streams, each sending segments composed at the end (default: 4 from 2 GiB up, else 1)")
-    a.add_argument("--volume-size", type=_size, help="store a larger archive as volumes of at most this (default: just under 5T)")
+                   help="GCS upload streams, each sending segments composed at the end "
+                        "(default: 4 from 2 GiB up, else 1)")
+    a.add_argument("--volume-size", type=_size,
+                   help="store a larger archive as volumes of at most this (default: just under 5T)")
     a.add_argument("--access-interval", type=_size,
                    help="raw bytes between access points, where a reader can start (default 8M; 0: none)")
     a.add_argument("--exclude", action="append", default=[], metavar="PATTERN",

@@ -142,7 +142,9 @@ class ArchiveOptions:
         if self.upload_streams is not None and not 1 <= self.upload_streams <= 64:
             raise ConfigError(f"upload_streams must be between 1 and 64, not {self.upload_streams!r}")
         if not MiB <= self.volume_size <= 5 * TiB:
-            raise ConfigError(f"volume_size must be between 1 MiB and 5 TiB (GCS's object limit), not {self.volume_size!r}")
+            raise ConfigError(
+                f"volume_size must be between 1 MiB and 5 TiB (GCS's object limit), not {self.volume_size!r}"
+            )
         if self.access_interval < 0:
             raise ConfigError(f"access_interval must be 0 (none) or more bytes, not {self.access_interval!r}")
         if self.checkpoint_seconds < 1:

@@ -81,7 +81,9 @@ _SECRET_QUERY = re.compile(
 )
 # The same secrets outside a URL: an Authorization header's value, GCS's upload id header.
 # "Bearer" as the header writes it: "a bearer credential" in a sentence is no token.
-_SECRET_HEADER = re.compile(r"((?:(?-i:\bBearer)|\bx-guploader-uploadid[\"']?\s*[:=])\s*[\"']?)[^\s,;'\"]+", re.IGNORECASE)
+_SECRET_HEADER = re.compile(
+    r"((?:(?-i:\bBearer)|\bx-guploader-uploadid[\"']?\s*[:=])\s*[\"']?)[^\s,;'\"]+", re.IGNORECASE
+)
 _REDACTED = "<redacted>"
 
 

@@ -105,7 +105,7 @@ def test_resume_with_stored_members_and_many_small_files(make_run, tmp_path: Pat
     resumed = json.loads(done.stdout)["resumed_from_archive"]
     # The journal keeps up with the disk: what is redone stays within one sync interval
     # (plus four blocks), however far ahead of the disk the compressors were.
-    assert 0 < resumed and at_kill - resumed <= REDO_BOUND
+    assert resumed > 0 and at_kill - resumed <= REDO_BOUND
     assert part.with_name(f"{run.name}.tar.gz").read_bytes() == reference
 
 

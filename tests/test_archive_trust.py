@@ -29,7 +29,9 @@ from sruns_stream.state.journal import Journal
 FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--json")
 
 
-def _archive(run: Path, dest: Path | str, cwd: Path, *extra: str, db: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _archive(
+    run: Path, dest: Path | str, cwd: Path, *extra: str, db: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return run_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(db or cwd / "sruns.db"),
                    *extra, cwd=cwd)
 

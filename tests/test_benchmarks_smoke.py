@@ -16,11 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import it from the checkout
     sys.path.insert(0, str(REPO))
 
-from benchmarks.competitors import REFERENCE, Competitor, Tools, main_competitors, sruns_stream
-from benchmarks.data import Dataset, DatasetSpec, prepare
-from benchmarks.measure import Command, RssProbe, Sample, median, run_command
-from benchmarks.plan import make_plan, thread_counts
-from benchmarks.report import (
+# Imports after code, so noqa: E402 on each: they need the sys.path entry made just above.
+from benchmarks.competitors import REFERENCE, Competitor, Tools, main_competitors, sruns_stream  # noqa: E402
+from benchmarks.data import Dataset, DatasetSpec, prepare  # noqa: E402
+from benchmarks.measure import Command, RssProbe, Sample, median, run_command  # noqa: E402
+from benchmarks.plan import make_plan, thread_counts  # noqa: E402
+from benchmarks.report import (  # noqa: E402
     Report,
     evaluate_targets,
     markdown_table,
@@ -29,7 +30,7 @@ from benchmarks.report import (
     slug,
     write_charts,
 )
-from benchmarks.suite import Row, interleave, sruns_json
+from benchmarks.suite import Row, interleave, sruns_json  # noqa: E402
 
 
 def test_median_and_ratio() -> None:

@@ -58,7 +58,7 @@ def test_defaults_are_in_one_place() -> None:
     # The values the README documents, spelled out: a changed default must change this test.
     assert (options.block_size, options.chunk_size, options.compression, options.level) == (
         1 << 20, 16 << 20, "auto", 1)
-    assert (DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE) == (options.block_size, options.chunk_size)
+    assert (options.block_size, options.chunk_size) == (DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE)
     assert options.checkpoint_raw_interval == 256 << 20 and options.checkpoint_seconds == 30
 
 

@@ -23,11 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import it from the checkout
     sys.path.insert(0, str(REPO))
 
-from helpers import run_cli
+# Imports after code, so noqa: E402 on each: they need the sys.path entry made just above.
+from helpers import run_cli  # noqa: E402
 
-from benchmarks.gcs_loopback import LoopbackGcsServer
-from sruns_stream.storage.gcs.client import crc32c_from_b64, make_client
-from sruns_stream.storage.gcs.parts import Parts
+from benchmarks.gcs_loopback import LoopbackGcsServer  # noqa: E402
+from sruns_stream.storage.gcs.client import crc32c_from_b64, make_client  # noqa: E402
+from sruns_stream.storage.gcs.parts import Parts  # noqa: E402
 
 BUCKET = "loop-bucket"
 
@@ -193,7 +194,9 @@ def test_cap_limits_one_connection() -> None:
         assert crc32c_from_b64(done.json()["crc32c"]) == google_crc32c.value(data)
         assert server.bytes_received == size
     piece = max(16 << 10, cap / 20)  # what the server reads at a time under this cap
-    assert size / cap - piece / cap <= virtual.now <= size / cap + 1e-6, f"paced {virtual.now:.3f} s: the cap did not hold"
+    assert size / cap - piece / cap <= virtual.now <= size / cap + 1e-6, (
+        f"paced {virtual.now:.3f} s: the cap did not hold"
+    )
 
 
 def test_segmented_archive_end_to_end(server: LoopbackGcsServer, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

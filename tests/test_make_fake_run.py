@@ -16,7 +16,7 @@ import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-import make_fake_run
+import make_fake_run  # noqa: E402 -- scripts/ is not a package: importable only after the sys.path entry above
 
 SIZE = 8 << 20
 SEED = 3

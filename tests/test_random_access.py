@@ -121,7 +121,9 @@ def test_cat_writes_each_member_exactly_as_gnu_tar_extracts_it(run: Path, tmp_pa
 
 def test_cat_refuses_what_is_not_one_file_in_one_line(run: Path, tmp_path: Path) -> None:
     archive = _archive(run, str(tmp_path / "dest"), tmp_path)["location"]
-    for member, expect in [("Data", b"is a directory"), ("RunInfo.link", b"is a symlink"), ("nope.txt", b"not a member")]:
+    for member, expect in [
+        ("Data", b"is a directory"), ("RunInfo.link", b"is a symlink"), ("nope.txt", b"not a member")
+    ]:
         proc = _cat(archive, f"{RUN}/{member}", tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stdout == b""

@@ -64,7 +64,9 @@ def test_flipped_byte_in_stored_cbcl_data_names_the_member(made: dict[str, Path]
     at = gz.find(window)
     assert at > 0
     flip(archive, at + 24)
-    changed = _changed_members(_inflate_ignoring_trailer(archive.read_bytes()), archive.with_name(f"{RUN}.manifest.tsv"))
+    changed = _changed_members(
+        _inflate_ignoring_trailer(archive.read_bytes()), archive.with_name(f"{RUN}.manifest.tsv")
+    )
     assert len(changed) == 1
     member = changed.pop()
     assert member.endswith(".cbcl")

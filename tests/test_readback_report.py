@@ -31,7 +31,9 @@ def test_summaries_say_ok_or_count_the_problems_and_show_the_first() -> None:
     restore = RestoreReport(source="s", manifest=None, dest="d", problem_count=2, problems=["y: bad", "z"])
     assert restore.summary() == "FAILED: s -> d: 2 problems; first: y: bad\n  - z"
     restore.ok = True
-    assert restore.summary() == "OK: restored 0 files, 0 directories, 0 links (0 B) from s into d; unchecked: no manifest"
+    assert restore.summary() == (
+        "OK: restored 0 files, 0 directories, 0 links (0 B) from s into d; unchecked: no manifest"
+    )
 
 
 def test_problems_keep_the_first_ones_and_count_them_all() -> None:

@@ -77,7 +77,9 @@ def test_realruns_pieces_round_trip(tmp_path: Path) -> None:
 def test_generated_run_round_trips_through_gcs_and_a_local_dir(novaseq: Path, gcs, tmp_path: Path) -> None:
     archived(novaseq, f"gs://{gcs.bucket}/p", tmp_path)
     local = archived(novaseq, str(tmp_path / "d"), tmp_path, "--compression", "none", "--force")
-    for source, out in ((f"gs://{gcs.bucket}/p/{novaseq.name}", tmp_path / "from_gcs"), (str(local), tmp_path / "from_tar")):
+    for source, out in (
+        (f"gs://{gcs.bucket}/p/{novaseq.name}", tmp_path / "from_gcs"), (str(local), tmp_path / "from_tar")
+    ):
         report = _restore(source, out)
         assert report.ok, report.problems
         assert tree(out / novaseq.name) == tree(novaseq)
@@ -171,7 +173,8 @@ def test_crafted_archive_cannot_write_outside_dest(tmp_path: Path, no_outside_li
         (str(outside / "abs.txt"), "absolute path"),
         ("run/hard_out", "'..' component"),
         ("run/link_out/planted.txt", "it is below run/link_out, a symlink in the archive"),
-        ("run/hatch/planted.txt", f"it is below run/hatch, a symlink to {str(outside)!r} in {dest}: links are not followed"),
+        ("run/hatch/planted.txt",
+         f"it is below run/hatch, a symlink to {str(outside)!r} in {dest}: links are not followed"),
         ("run/dev", "device files and fifos are never restored"),
         ("run/fifo", "device files and fifos are never restored"),
         ("run/dangling/x.txt", "it is below run/dangling, a symlink in the archive"),
@@ -219,7 +222,9 @@ def test_a_file_that_does_not_match_the_manifest_is_removed(novaseq: Path, tmp_p
 
     report = _restore(str(archive), tmp_path / "out")
     assert not report.ok and report.failed == 1
-    assert report.problems == [f"{member}: crc32c {cols[2]} in the archive, deadbeef in the manifest: removed, not restored"]
+    assert report.problems == [
+        f"{member}: crc32c {cols[2]} in the archive, deadbeef in the manifest: removed, not restored"
+    ]
     assert not (tmp_path / "out" / member).exists()
     expected = tree(novaseq)
     del expected["RunInfo.xml"]
@@ -319,7 +324,8 @@ def test_links_pointing_out_of_dest_are_restored_as_archived(make_run, tmp_path:
     report = json.loads(_one_line(proc))
     assert report["refused"] == 2 and report["problem_count"] == 2, report
     assert set(report["problems"]) == {
-        f"refused {run.name}/link_abs: it is a symlink to the absolute path '/etc/hostname': removed (--no-outside-links)",
+        (f"refused {run.name}/link_abs: it is a symlink to the absolute path '/etc/hostname': "
+         "removed (--no-outside-links)"),
         (f"refused {run.name}/link_up: it is a symlink to '../../elsewhere/x', which resolves outside {strict}: "
          "removed (--no-outside-links)"),
     }
@@ -513,7 +519,9 @@ def test_a_member_bigger_than_its_manifest_row_is_refused_before_a_byte_is_writt
     report = json.loads(out)
     assert report["failed"] == 2 and report["files"] == 1 and report["checked"] == 1, report
     assert f"run/bomb.bin: {size} bytes in the archive, 10 in the manifest: not restored" in report["problems"]
-    assert any(p.startswith("run/typed: a file in the archive, a directory in the manifest") for p in report["problems"])
+    assert any(
+        p.startswith("run/typed: a file in the archive, a directory in the manifest") for p in report["problems"]
+    )
     assert sorted(os.listdir(dest / "run")) == ["after.txt"]
     assert (dest / "run" / "after.txt").read_bytes() == after
 

@@ -51,7 +51,9 @@ def test_unknown_sources_and_bad_against_are_one_line_errors(made: dict[str, Pat
     with pytest.raises(UsageError, match="is neither a gs:// URL nor an existing path, and no journal"):
         verified("no_such_run")
     # A path to nothing is a failure to find the archive (exit 1), not a usage error.
-    with pytest.raises(DestinationError, match=r"^no archive at .*/nothing/x\.tar\.gz \(nothing there\): check the path"):
+    with pytest.raises(
+        DestinationError, match=r"^no archive at .*/nothing/x\.tar\.gz \(nothing there\): check the path"
+    ):
         verified(str(tmp_path / "nothing" / "x.tar.gz"))
     with pytest.raises(DestinationError, match=r"^no archive at .*/RUN\.tar\.gz"):
         verified("RUN.tar.gz")  # no "/", so first looked up as a run: then a path, not there

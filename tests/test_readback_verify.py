@@ -175,11 +175,14 @@ def test_cli_verify_exit_codes_and_json(made: dict[str, Path], tmp_path: Path) -
 
     missing = run_cli("verify", str(tmp_path / "none.tar.gz"), cwd=tmp_path)
     assert missing.returncode == 1 and missing.stdout == ""
-    assert missing.stderr == f"sruns-stream: error: no archive at {tmp_path / 'none.tar.gz'} (nothing there): check the path\n"
+    assert missing.stderr == (
+        f"sruns-stream: error: no archive at {tmp_path / 'none.tar.gz'} (nothing there): check the path\n"
+    )
 
     scheme = run_cli("verify", "gs:/bucket/run.tar.gz", cwd=tmp_path)
     assert scheme.returncode == 2 and scheme.stderr.count("\n") == 1, scheme.stderr
-    assert "is not a source sruns-stream reads" in scheme.stderr and "gs://BUCKET/PREFIX/RUN/RUN.tar.gz" in scheme.stderr
+    assert "is not a source sruns-stream reads" in scheme.stderr
+    assert "gs://BUCKET/PREFIX/RUN/RUN.tar.gz" in scheme.stderr
 
 
 # --- --against never leaves the run folder ------------------------------------------------
@@ -221,7 +224,9 @@ def test_against_does_not_join_unsafe_member_names_to_the_run_folder(tmp_path: P
     crafted = tmp_path / "evil" / "run.tar.gz"
     crafted.parent.mkdir()
     with tarfile.open(crafted, "w:gz", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in (("run", None), ("run/../secret.txt", b"secret"), (str(tmp_path / "x" / "secret.txt"), b"secret")):
+        for name, data in (
+            ("run", None), ("run/../secret.txt", b"secret"), (str(tmp_path / "x" / "secret.txt"), b"secret")
+        ):
             info = tarfile.TarInfo(name)
             info.type = tarfile.DIRTYPE if data is None else tarfile.REGTYPE
             info.size = len(data or b"")

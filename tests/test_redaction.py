@@ -47,16 +47,17 @@ def test_redact_hides_credentials_in_urls_and_headers_and_keeps_the_rest() -> No
     secret = "ADPycdv4Xq-_9zZ"
     cases = {
         # As google-cloud-storage words a failed resumable request.
-        f"HTTP 503 PUT https://storage.googleapis.com/upload/storage/v1/b/b/o?uploadType=resumable&upload_id={secret}: "
-        "Request failed with status code 503":
-        "HTTP 503 PUT https://storage.googleapis.com/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=<redacted>: "
-        "Request failed with status code 503",
+        f"HTTP 503 PUT https://storage.googleapis.com/upload/storage/v1/b/b/o"
+        f"?uploadType=resumable&upload_id={secret}: Request failed with status code 503":
+        "HTTP 503 PUT https://storage.googleapis.com/upload/storage/v1/b/b/o"
+        "?uploadType=resumable&upload_id=<redacted>: Request failed with status code 503",
         # As requests words a connection failure: the path only, then a parenthesis.
         f"ConnectionError: HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: "
         f"/upload?upload_id={secret} (Caused by x)":
         "ConnectionError: HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: "
         "/upload?upload_id=<redacted> (Caused by x)",
-        f"GET /o?alt=media&access_token={secret}&userProject=p": "GET /o?alt=media&access_token=<redacted>&userProject=p",
+        f"GET /o?alt=media&access_token={secret}&userProject=p":
+        "GET /o?alt=media&access_token=<redacted>&userProject=p",
         f"https://h/o?X-Goog-Algorithm=A&X-Goog-Credential={secret}/auto&X-Goog-Signature={secret}":
         "https://h/o?X-Goog-Algorithm=A&X-Goog-Credential=<redacted>&X-Goog-Signature=<redacted>",
         f"next=%2Fo%3Fupload_id%3D{secret}": "next=%2Fo%3Fupload_id%3D<redacted>",
@@ -92,7 +93,9 @@ def test_the_journal_redacts_a_last_error_whatever_built_it(tmp_path: Path) -> N
         journal.update(RUN, last_error="ValueError: PUT http://h/o?upload_id=SECRET42: boom")
     finally:
         journal.close()
-    assert journal_row(tmp_path / "sruns.db", RUN)["last_error"] == "ValueError: PUT http://h/o?upload_id=<redacted>: boom"
+    assert journal_row(tmp_path / "sruns.db", RUN)["last_error"] == (
+        "ValueError: PUT http://h/o?upload_id=<redacted>: boom"
+    )
 
 
 # -- the manifest's own resumable upload fails: every outlet ---------------------------------

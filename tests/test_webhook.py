@@ -85,8 +85,10 @@ def test_a_failing_webhook_is_logged_and_the_run_is_archived(webhook, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert journal_row(tmp_path / "sruns.db", run.name)["status"] == "complete"
     [line] = [line for line in proc.stderr.splitlines() if "sruns_stream.daemon.webhook" in line]
-    assert f"ERROR sruns_stream.daemon.webhook: webhook '[sruns-stream] {run.name}: archived' not sent to http://127.0.0.1:" \
+    assert (
+        f"ERROR sruns_stream.daemon.webhook: webhook '[sruns-stream] {run.name}: archived' not sent to http://127.0.0.1:"
         in line
+    )
     assert ("HTTP 500" in line) if broken == "http 500" else ("refused" in line), line
 
 

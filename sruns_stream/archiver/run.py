@@ -272,7 +272,8 @@ def _other_exclusions(task: Task, options: ArchiveOptions) -> str | None:
     before, now = task.params.get("exclude", []), list(options.exclude)
     if before == now:
         return None
-    return f"it was archived leaving out {', '.join(before) or 'nothing'}; now {', '.join(now) or 'nothing'} is left out"
+    return (f"it was archived leaving out {', '.join(before) or 'nothing'}; "
+            f"now {', '.join(now) or 'nothing'} is left out")
 
 
 def _legacy_gone(task: Task, probe: Probe) -> str | None:
@@ -308,7 +309,9 @@ def _not_archived_because(
     return None
 
 
-def _resume_problem(task: Task | None, rundir: Path, destination: str, params: dict[str, Any], force: bool) -> str | None:
+def _resume_problem(
+    task: Task | None, rundir: Path, destination: str, params: dict[str, Any], force: bool
+) -> str | None:
     """Why the journal row cannot be resumed, "" if it may be (after the checks on the
     folder), or None when there is nothing to resume."""
     if task is None or task.status == "new" and not task.manifest_id:
@@ -594,7 +597,11 @@ def _single_stream(
     )
     journal.update(name, status="uploading")
     points = [*journal.access_points(name), *streamed.pending_points]
-    stored = sink.finalize(info, manifest_tsv.render(manifest.entries, crcs, layout.starts, options.exclude), _index(codec, options, points))
+    stored = sink.finalize(
+        info,
+        manifest_tsv.render(manifest.entries, crcs, layout.starts, options.exclude),
+        _index(codec, options, points),
+    )
     _verify(stored, info)
     streamed.commit()
     start = streamed.start

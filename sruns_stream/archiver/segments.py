@@ -374,11 +374,15 @@ class SegmentedUpload:
             points: list[AccessPoint] = []
             before = 0
             for row in rows:
-                points.extend(AccessPoint(raw, before + at) for raw, at in self.journal.access_points(self.name, row.seq))
+                points.extend(
+                    AccessPoint(raw, before + at) for raw, at in self.journal.access_points(self.name, row.seq)
+                )
                 before += row.size or 0
             if points:
                 index = access_index.render(points, self.options.block_size, self.options.access_interval)
-                self.parts.upload(index_next_to(self.archive, self.name), index, "text/tab-separated-values; charset=utf-8")
+                self.parts.upload(
+                    index_next_to(self.archive, self.name), index, "text/tab-separated-values; charset=utf-8"
+                )
         tsv = manifest_tsv.render(self.manifest.entries, self._member_crcs(rows), self.layout.starts,
                                   self.options.exclude)
         self.parts.upload(manifest_name, tsv, "text/tab-separated-values; charset=utf-8")

@@ -16,6 +16,7 @@ thread of its own, so that no server can hold up its loop or its stop.
 
 from __future__ import annotations
 
+import contextlib
 import email.policy
 import enum
 import logging
@@ -361,10 +362,8 @@ class ExchangeDeadline:
 
 
 def _shut_down(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):  # not connected (any more): nothing is waiting on it
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:  # not connected (any more): nothing is waiting on it
-        pass
 
 
 _STOP = object()  # tells the delivery thread to finish

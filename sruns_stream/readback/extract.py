@@ -118,7 +118,9 @@ class Extractor:
             return open_dirs(self.root_fd, parts, self._made)
         except NotADir as exc:
             if exc.link is not None:
-                raise Refused(f"is below {exc.shown}, a symlink to {exc.link!r} in {self.dest}: links are not followed") from None
+                raise Refused(
+                    f"is below {exc.shown}, a symlink to {exc.link!r} in {self.dest}: links are not followed"
+                ) from None
             raise Refused(f"is below {exc.shown}, which is not a directory in {self.dest}") from None
 
     def _parent_fd(self, parts: list[str]) -> int:
@@ -153,7 +155,9 @@ class Extractor:
         parts = rel.split("/")
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in self.symlink_names:
-                raise Refused(f"is below {'/'.join(parts[:i])}, a symlink in the archive: nothing is written through a link")
+                raise Refused(
+                    f"is below {'/'.join(parts[:i])}, a symlink in the archive: nothing is written through a link"
+                )
         long = next((p for p in parts if len(os.fsencode(p)) > self.name_max), None)
         if long is not None:
             raise Refused(self._too_long(long))
@@ -254,7 +258,9 @@ class Extractor:
         if st is not None and not stat.S_ISDIR(st.st_mode):
             if not self.force:
                 self.report.existing += 1
-                self.problems.add(f"{self._path(rel)} already exists and is not a directory: not replaced (use --force)")
+                self.problems.add(
+                    f"{self._path(rel)} already exists and is not a directory: not replaced (use --force)"
+                )
                 return
             os.unlink(name, dir_fd=parent)  # a file or a link: removing it follows nothing
             st = None
@@ -337,7 +343,9 @@ class Extractor:
             if os.path.isabs(member.linkname):
                 offending.append((member, rel, f"is a symlink to the absolute path {member.linkname!r}"))
             elif self._leads_out(rel):
-                offending.append((member, rel, f"is a symlink to {member.linkname!r}, which resolves outside {self.dest}"))
+                offending.append(
+                    (member, rel, f"is a symlink to {member.linkname!r}, which resolves outside {self.dest}")
+                )
         for member, rel, why in offending:
             parts = rel.split("/")
             try:

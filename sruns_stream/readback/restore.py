@@ -197,7 +197,7 @@ def _restore(
     for path in expected:
         report.missing += 1
         problems.add(f"{show(path)}: listed in the manifest, missing from the archive")
-    for pattern, used in zip(selector.patterns, selector.used):
+    for pattern, used in zip(selector.patterns, selector.used, strict=True):
         if not used:
             problems.add(
                 f"--include {pattern!r} matched no member (member paths start with the run folder, "

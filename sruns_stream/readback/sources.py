@@ -467,7 +467,9 @@ def _local(path: Path) -> ArchiveSource:
                 path = candidate
                 break
         else:
-            raise UsageError(f"{path} is a directory without {path.name}.tar.gz or {path.name}.tar: give the archive's path")
+            raise UsageError(
+                f"{path} is a directory without {path.name}.tar.gz or {path.name}.tar: give the archive's path"
+            )
     data = LocalFile(path) if path.is_file() else _local_volumes(path)
     if data is None:
         # A well-formed request for something that is not there: a failure, not a usage error.
@@ -583,7 +585,9 @@ def _gcs_volumes(client: Client, bucket: str, name: str) -> Volumes | None:
     try:
         blobs = list(client.list_blobs(bucket, prefix=name + ".", timeout=DEFAULT_TIMEOUT))
     except api_exceptions.Forbidden as exc:
-        raise DestinationError(f"permission denied listing gs://{bucket}/{name}.*: the account needs storage.objects.list") from exc
+        raise DestinationError(
+            f"permission denied listing gs://{bucket}/{name}.*: the account needs storage.objects.list"
+        ) from exc
     except (api_exceptions.GoogleAPIError, OSError) as exc:
         raise DestinationError(f"cannot list gs://{bucket}/{name}.*: {exc}") from exc
     objects = {b.name[len(folder):]: b for b in blobs if "/" not in b.name[len(folder):]}

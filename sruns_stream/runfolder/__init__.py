@@ -1,3 +1,4 @@
-"""The input model: a run folder read without leaving it, its ordered manifest, what is left out, when it is finished."""
+"""The input model: a run folder read without leaving it, its ordered manifest, what is left out,
+when it is finished."""
 
 __all__: list[str] = []

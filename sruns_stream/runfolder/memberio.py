@@ -99,7 +99,8 @@ def check(fd: int, entry: Entry, when: str) -> None:
     elif entry.ino and st.st_ino != entry.ino:
         problem = "was replaced by another file (its inode changed)"
     elif st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
-        problem = f"changed {when} (size {entry.size} -> {st.st_size}, mtime changed: {st.st_mtime_ns != entry.mtime_ns})"
+        problem = (f"changed {when} (size {entry.size} -> {st.st_size}, "
+                   f"mtime changed: {st.st_mtime_ns != entry.mtime_ns})")
     elif entry.ctime_ns and st.st_ctime_ns != entry.ctime_ns:
         problem = f"was rewritten in place {when} (its ctime changed; size and mtime were kept)"
     else:

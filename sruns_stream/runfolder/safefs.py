@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 __all__ = [
-    "DIR", "DIR_FLAGS", "DIR_MODE", "FILE", "FILE_FLAGS", "SYMLINK", "Listed", "Tree", "kind_of", "make_dirs", "probe_latency", "remove_listed",
+    "DIR", "DIR_FLAGS", "DIR_MODE", "FILE", "FILE_FLAGS", "SYMLINK", "Listed", "Tree", "kind_of", "make_dirs",
+    "probe_latency", "remove_listed",
 ]
 
 # O_NOFOLLOW on every component below the root; O_CLOEXEC so the daemon's children
@@ -101,7 +102,8 @@ class Tree:
             return self._chain[-1][1] if self._chain else self._root_fd
         parts = rel_dir.split(b"/") if rel_dir else []
         common = 0
-        for (have, _), want in zip(self._chain, parts):
+        # strict=False: the open chain and the wanted path differ in depth; only their common prefix is compared.
+        for (have, _), want in zip(self._chain, parts, strict=False):
             if have != want:
                 break
             common += 1

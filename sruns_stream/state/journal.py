@@ -45,7 +45,10 @@ from ..runfolder.scan import Entry
 from ..storage.layout import destination_of
 from .checkpoint import Checkpoint, Cursor
 
-__all__ = ["STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal", "OutboxItem", "SegmentRow", "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c"]
+__all__ = [
+    "STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal", "OutboxItem", "SegmentRow", "Task", "WorkflowStatus",
+    "checkpoint_sum", "files_crc32c",
+]
 
 # sruns-monitor's workflow_status values, in their order.
 WorkflowStatus = Literal[
@@ -503,7 +506,7 @@ class Journal:
             raise JournalError(f"journal {self.path}: {exc}") from exc
         for (blob,) in rows:
             pairs = _unpack(blob)
-            for idx, crc in zip(pairs[::2], pairs[1::2]):
+            for idx, crc in zip(pairs[::2], pairs[1::2], strict=True):
                 if idx < count:
                     crcs[idx] = crc
         return crcs
@@ -522,7 +525,7 @@ class Journal:
         out: list[tuple[int, int]] = []
         for (blob,) in rows:
             flat = _unpack_points(blob)
-            out.extend(zip(flat[::2], flat[1::2]))
+            out.extend(zip(flat[::2], flat[1::2], strict=True))
         return out
 
     def forget_member_crcs(self, name: str) -> None:
@@ -681,7 +684,7 @@ class Journal:
         out: list[tuple[int, int]] = []
         for (blob,) in rows:
             pairs = _unpack(blob)
-            out.extend(zip(pairs[::2], pairs[1::2]))
+            out.extend(zip(pairs[::2], pairs[1::2], strict=True))
         return out
 
     def forget_segment_member_crcs(self, name: str, seq: int) -> None:

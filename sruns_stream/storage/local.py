@@ -32,6 +32,7 @@ there). An archive that fits keeps the one name and is written exactly as before
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -275,10 +276,8 @@ class LocalSink:
         """``name`` in the run's directory, whole or not at all (a temporary, synced, renamed)."""
         dfd = self._dir_fd
         tmp = name + ".part"
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dfd)  # a leftover, or a planted link: removed, never followed
-        except FileNotFoundError:
-            pass
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
         with open(fd, "wb") as f:
             f.write(data)

@@ -17,6 +17,7 @@ their early deletion, since compose needs sources of the result's class).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -91,7 +92,9 @@ class Parts:
                     raise _Transient(f"{what}: {reason(exc)}") from exc
                 code = getattr(exc, "code", 0) or 0
                 if code in (401, 403):
-                    raise UploadError(f"permission denied: {what} in bucket {self.bucket_name!r}: {reason(exc)}") from exc
+                    raise UploadError(
+                        f"permission denied: {what} in bucket {self.bucket_name!r}: {reason(exc)}"
+                    ) from exc
                 raise UploadError(f"{what} in bucket {self.bucket_name!r}: {reason(exc)}") from exc
 
         try:
@@ -152,10 +155,8 @@ class Parts:
         """Delete ``names``; one already gone is not an error."""
         for name in names:
             def drop(name: str = name) -> None:
-                try:
+                with contextlib.suppress(api_exceptions.NotFound):
                     self._bucket.blob(name).delete(timeout=DEFAULT_TIMEOUT, retry=None)
-                except api_exceptions.NotFound:
-                    pass
 
             self._call(f"deleting gs://{self.bucket_name}/{name}", drop)
 

@@ -389,7 +389,9 @@ class GcsSink:
             self._note(f"{self.run}: the journal's upload state is unreadable: starting a new upload session from zero")
             return None
         if not same:
-            self._note(f"{self.run}: the journal's upload session was for another object: starting a new session from zero")
+            self._note(
+                f"{self.run}: the journal's upload session was for another object: starting a new session from zero"
+            )
             return None
         self._uri, self._created, self._fresh, self._base = uri, created, False, 0
         age = self._now() - created
@@ -474,7 +476,7 @@ class GcsSink:
         else:
             n = self._chunk
         start = self._base
-        if n:
+        if n:  # noqa: SIM108 -- as a ternary, with the nested conditional inside the f-string, it reads worse
             content_range = f"bytes {start}-{start + n - 1}/{'*' if total is None else total}"
         else:
             content_range = f"bytes */{total}"
