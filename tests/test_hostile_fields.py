@@ -161,3 +161,27 @@ def test_a_journal_checkpoint_out_of_range_is_one_line(made: Path, tmp_path: Pat
                    cwd=tmp_path)
     assert proc.returncode == 1 and not (tmp_path / "dest").exists()
     _one_line(proc, f"run {RUN!r}", repr(value), "damaged")
+
+
+def test_a_packed_journal_column_of_broken_pairs_is_one_line(tmp_path: Path) -> None:
+    """The members' crc32c and the access points are stored packed as pairs: a blob that
+    is not whole pairs (a damaged journal) is a JournalError naming the damage, never a
+    ValueError from deep inside, and never a pair made up from half of one."""
+    import sqlite3
+
+    from sruns_stream.errors import JournalError
+    from sruns_stream.state.journal import Journal
+
+    path = tmp_path / "sruns.db"
+    Journal(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO member_crcs (task, seq, pairs, segment, points) VALUES (?, 0, ?, -1, ?)",
+                   (RUN, b"\x01\x00\x00\x00" * 3, b"\x00" * 24))
+    journal = Journal(path)
+    try:
+        with pytest.raises(JournalError, match="not whole pairs"):
+            journal.member_crcs(RUN, 10)
+        with pytest.raises(JournalError, match="not whole pairs"):
+            journal.access_points(RUN)
+    finally:
+        journal.close()

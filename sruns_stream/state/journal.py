@@ -743,16 +743,21 @@ def _pack_points(points: Sequence[tuple[int, int]]) -> bytes | None:
 
 
 def _unpack_points(blob: bytes) -> array[int]:
-    flat = array("Q")
-    flat.frombytes(bytes(blob))
-    if sys.byteorder == "big":
-        flat.byteswap()
-    return flat
+    return _pairs("Q", blob)
 
 
 def _unpack(blob: bytes) -> array[int]:
-    flat = array("I")
-    flat.frombytes(bytes(blob))
+    return _pairs("I", blob)
+
+
+def _pairs(typecode: str, blob: bytes) -> array[int]:
+    """A packed column of (a, b) pairs, little-endian; a damaged one is one line."""
+    flat = array(typecode)
+    data = bytes(blob)
+    if len(data) % (2 * flat.itemsize):
+        raise JournalError(f"a packed column of {len(data)} bytes is not whole pairs (damaged); "
+                           "archive the run again with --force")
+    flat.frombytes(data)
     if sys.byteorder == "big":
         flat.byteswap()
     return flat
