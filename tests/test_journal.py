@@ -136,6 +136,83 @@ def test_a_transaction_cut_short_by_a_signal_does_not_wedge_the_journal(tmp_path
     journal.close()
 
 
+def test_a_status_none_of_ours_is_read_as_not_running_with_why_until_the_next_write(tmp_path: Path) -> None:
+    """A damaged or hand-edited status: never a crash in every command that lists the
+    journal, and never "archived" (so nothing moves or sweeps the folder): read as
+    not_running, the reason in last_error, and the first status written repairs it."""
+    import io
+
+    from sruns_stream.cli import main
+
+    db = tmp_path / "j.db"
+    journal = Journal(db)
+    journal.ensure("RUN1", status="complete", last_error="disk hiccup")
+    other = sqlite3.connect(db)
+    with other:
+        other.execute("UPDATE tasks SET status = 'Complete' WHERE name = 'RUN1'")
+    other.close()
+    why = "the journal's status 'Complete' is not one of ours (damaged); read as not_running"
+    for reader in (journal, Journal(db, readonly=True)):
+        task = reader.get("RUN1")
+        assert task is not None and task.status == "not_running"
+        assert task.last_error == f"{why}; last error: disk hiccup"
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["status", "--journal", str(db)], out=out, err=err) == 0, err.getvalue()
+    assert "RUN1  not_running: failed\n" in out.getvalue() and f"  error      {why}; " in out.getvalue()
+    journal.update("RUN1", status="new")
+    task = journal.get("RUN1")
+    assert task is not None and task.status == "new" and task.last_error == "disk hiccup"
+    journal.close()
+
+
+def test_a_misspelt_status_passed_untyped_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """mypy checks a ``status=`` written at the call; one that comes in a ``**fields``
+    dict (typed ``dict[str, Any]``) is checked when it is written."""
+    journal = Journal(tmp_path / "j.db")
+    journal.ensure("RUN1", status="tarring")
+    fields: dict[str, object] = {"status": "complet", "pid": None}
+    with pytest.raises(ValueError, match=r"^unknown workflow status 'complet': one of new, starting, .*not_running$"):
+        journal.update("RUN1", **fields)  # type: ignore[arg-type]  # the mistake under test
+    task = journal.get("RUN1")
+    assert task is not None and task.status == "tarring"
+    journal.close()
+
+
+# Each line ending in "# error" must be refused by mypy, every other line accepted.
+_TYPED_CALLS = """\
+from sruns_stream.state.journal import IN_PROGRESS, Journal, Task
+
+
+def transitions(journal: Journal, task: Task) -> bool:
+    journal.update("RUN", status="complete", pid=None)
+    journal.ensure("RUN", status="new")
+    journal.update("RUN", status="complet", pid=None)  # error
+    journal.ensure("RUN", status="tarrring")  # error
+    if task.status == "uploading_complete" or task.status in IN_PROGRESS:
+        return True
+    return task.status == "not-running"  # error
+"""
+
+
+@pytest.mark.slow  # mypy takes 3 to 7 s to load the package
+@pytest.mark.timeout(120)
+def test_mypy_refuses_a_misspelt_status(tmp_path: Path) -> None:
+    snippet = tmp_path / "calls.py"
+    snippet.write_text(_TYPED_CALLS)
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
+         snippet.name],
+        # This checkout's package, not an installed one.
+        cwd=tmp_path, env={**os.environ, "MYPYPATH": str(REPO)}, capture_output=True, text=True, check=False,
+    )
+    flagged = sorted({int(m) for m in re.findall(r"^calls\.py:(\d+): error:", proc.stdout, re.M)})
+    expected = [i for i, line in enumerate(_TYPED_CALLS.splitlines(), 1) if line.endswith("# error")]
+    assert proc.returncode == 1 and flagged == expected, proc.stdout + proc.stderr
+
+
 def _upload(gcs, blob: str, data: bytes) -> None:
     """Put an object in the emulator the way sruns-monitor's upload left it."""
     import urllib.parse

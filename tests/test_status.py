@@ -141,3 +141,29 @@ def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make
     for name, words in ((run.name, "is archived (complete)"), ("NO_SUCH_RUN", "is not in the journal")):
         proc = run_cli("retry", name, "--config", str(conf), cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
+
+
+def test_the_archive_line_and_a_gone_process_follow_what_each_status_means(tmp_path: Path) -> None:
+    """In process, one row per status, each with a location and no live process: the
+    archive line only where the status says stored and verified, "its process is gone"
+    only where it says an archive process holds the run (the sets spelled out here, from
+    the README's table, as the oracle for the journal's ARCHIVED and IN_PROGRESS)."""
+    import time
+
+    from sruns_stream.state.journal import STATUSES, Journal
+    from sruns_stream.state.status import render_text
+
+    journal = Journal(tmp_path / "j.db")
+    for status in STATUSES:
+        journal.ensure(f"RUN_{status}", status=status, location="/archives/x.tar.gz", pid=4242, pid_start=1)
+    blocks = render_text(journal.tasks(), time.time()).split("\n\n")
+    journal.close()
+    shown = {block.split()[0].removeprefix("RUN_"): block for block in blocks}
+    assert sorted(shown) == sorted(STATUSES)
+    for status, block in shown.items():
+        archived = status in ("uploading_complete", "complete")
+        assert ("\n  archive    /archives/x.tar.gz (size unknown)\n" in block) == archived, block
+        assert ("\n  last       /archives/x.tar.gz (not this run's archive now)\n" in block) != archived, block
+        in_progress = status in ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
+        assert block.startswith(f"RUN_{status}  {status} (its process is gone: resumed at the next attempt)\n") \
+            == in_progress, block

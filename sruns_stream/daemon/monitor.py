@@ -44,9 +44,8 @@ from ..config import Config
 from ..errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, RunLocked, UsageError
 from ..runfolder.completion import CompletionRules, newest_change, run_state
 from ..state.firestore import NoMirror, StatusMirror, fields_from_task
-from ..state.journal import Journal
+from ..state.journal import IN_PROGRESS, Journal
 from ..state.process import alive, start_time
-from ..state.status import IN_PROGRESS
 from ..storage.layout import storage_uri
 from .leases import Leases
 from .notify import DEFAULT_SUBJECT_PREFIX, DeliveryQueue, MailEvent, Notifier, NullNotifier
@@ -185,8 +184,7 @@ class Monitor:
     def recover(self) -> None:
         """At start: rows left "in progress" by a crash become not_running (resumable)."""
         for task in self.journal.tasks():
-            in_progress = task.status in ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
-            if in_progress and not alive(task.pid, task.pid_start):
+            if task.status in IN_PROGRESS and not alive(task.pid, task.pid_start):
                 # Stopped without recording it (kill -9, a reboot): an interruption, resumed.
                 self.journal.update(task.name, status="not_running", pid=None, interrupted_at=self.clock())
 
@@ -279,7 +277,7 @@ class Monitor:
         task = self.journal.get(name)
         failures = (task.failures if task else 0) + 1
         now = self.clock()
-        fields: dict[str, Any] = {"status": "not_running", "pid": None, "failures": failures, "last_error": error}
+        fields: dict[str, Any] = {"pid": None, "failures": failures, "last_error": error}
         if failures >= self.config.max_attempts:
             fields["gave_up_at"] = now
             log.error("%s: giving up after %d failed attempts: %s", name, failures, error)
@@ -287,7 +285,7 @@ class Monitor:
             delay = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (failures - 1))
             fields["next_attempt_at"] = now + delay
             log.warning("%s: attempt %d failed (%s); retrying in %.0f s", name, failures, error, delay)
-        self.journal.update(name, **fields)
+        self.journal.update(name, status="not_running", **fields)
         # Mail once per kill, on the first failure and on giving up: never every cycle.
         if killed is not None:
             self.notifier.send(

@@ -618,10 +618,14 @@ def _from_run_name(name: str, journal: Journal | None, collection: str | None) -
     this host, and the error would quote its first bytes)."""
     why = ""
     if journal is not None:
+        # Here, not at the top: given a journal, its module is loaded already; without one
+        # (a path, a gs:// URI) the read side does not load SQLite.
+        from ..state.journal import ARCHIVED
+
         task = journal.get(name)
         if task is not None:
             location = task.location or task.gcp_tarfile
-            if location and task.status in ("uploading_complete", "complete"):
+            if location and task.status in ARCHIVED:
                 return storage_uri(location)
             why = f"journal {journal.path} says run {name} is {task.status}, not archived"
     if collection:

@@ -67,7 +67,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast, get_args
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
@@ -77,7 +77,7 @@ from google.cloud import firestore
 from ..config import Config
 from ..errors import ConfigError, FirestoreError, JournalError, UsageError
 from ..storage.layout import storage_uri
-from .journal import Journal, OutboxItem, Task, WorkflowStatus
+from .journal import ARCHIVED, STATUSES, Journal, OutboxItem, Task, WorkflowStatus
 
 if TYPE_CHECKING:
     # Only for annotations (they are strings at run time): no runtime dependency on
@@ -152,7 +152,6 @@ _INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
 _FLOATS = frozenset({"throughput_mb_s"})
 _STRING_LISTS = frozenset({"volumes"})
 _TIMESTAMPS = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
-_STATUSES = frozenset(get_args(WorkflowStatus))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +161,7 @@ class RunRecord:
     name: str
     storage: str | None = None
     volumes: list[str] | None = None
-    workflow_status: str | None = None
+    workflow_status: WorkflowStatus | None = None
     raw_bytes: int | None = None
     archive_bytes: int | None = None
     crc32c: str | None = None
@@ -180,7 +179,7 @@ class RunRecord:
     @property
     def archived(self) -> bool:
         """True once the archive is stored and verified: ``storage`` can be used."""
-        return self.workflow_status in ("uploading_complete", "complete") and bool(self.storage)
+        return self.workflow_status in ARCHIVED and bool(self.storage)
 
     @property
     def archive_uri(self) -> str | None:
@@ -233,8 +232,8 @@ def _field_problem(key: str, value: Any) -> str | None:
         if not isinstance(value, str) or len(value) > 1 << 16:
             return "expected a string"
     elif key == "workflow_status":
-        if value not in _STATUSES:
-            return f"expected one of {', '.join(get_args(WorkflowStatus))}"
+        if value not in STATUSES:
+            return f"expected one of {', '.join(STATUSES)}"
     elif key == "crc32c":
         if not isinstance(value, str) or len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
             return "expected 8 hexadecimal digits"
@@ -262,7 +261,7 @@ def fields_from_task(
     out: RunFields = {
         "storage": task.gcp_tarfile or task.location,
         "volumes": list(task.volume_locations) or None,
-        "workflow_status": cast(WorkflowStatus, task.status),
+        "workflow_status": task.status,
         "raw_bytes": task.raw_bytes,
         "archive_bytes": task.archive_bytes,
         "crc32c": task.crc32c,
@@ -315,8 +314,8 @@ def _encode(fields_: dict[str, Any], now: float) -> dict[str, Any]:
         elif key in _STRINGS:
             if not isinstance(value, str):
                 raise TypeError(f"{key} must be a string, not {value!r}")
-            if key == "workflow_status" and value not in _STATUSES:
-                raise ValueError(f"workflow_status must be one of {', '.join(sorted(_STATUSES))}, not {value!r}")
+            if key == "workflow_status" and value not in STATUSES:
+                raise ValueError(f"workflow_status must be one of {', '.join(sorted(STATUSES))}, not {value!r}")
             out[key] = value
         elif key in _INTS:
             if isinstance(value, bool) or not isinstance(value, int):

@@ -46,8 +46,8 @@ from ..storage.layout import destination_of
 from .checkpoint import Checkpoint, Cursor
 
 __all__ = [
-    "STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal", "OutboxItem", "SegmentRow", "Task", "WorkflowStatus",
-    "checkpoint_sum", "files_crc32c",
+    "ARCHIVED", "IN_PROGRESS", "STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal", "OutboxItem", "SegmentRow",
+    "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c",
 ]
 
 # sruns-monitor's workflow_status values, in their order.
@@ -61,11 +61,11 @@ WorkflowStatus = Literal[
     "complete",
     "not_running",
 ]
-STATUSES: tuple[str, ...] = get_args(WorkflowStatus)
+STATUSES: tuple[WorkflowStatus, ...] = get_args(WorkflowStatus)
 # What each value means now that tarring and uploading overlap in one stream (bytes
 # leave while the run is still being read). The one statement of it: the journal, the
 # Firestore documents and the README's table (checked by a test) all say this.
-STATUS_MEANINGS: dict[str, str] = {
+STATUS_MEANINGS: dict[WorkflowStatus, str] = {
     "new": "seen and recorded (finished on the instrument); not started",
     "starting": "an archive process took it: lock, manifest, destination session opened or resumed",
     "tarring": "streaming: read, tar, gzip and the transfer to the destination run together",
@@ -77,6 +77,15 @@ STATUS_MEANINGS: dict[str, str] = {
     "not_running": "failed, stopped, or the folder changed under it; `last_error` says why (empty after a "
     "clean stop, which `interrupted_at` dates); the next attempt resumes when it can, else starts from zero",
 }
+# The two questions every reader of a row asks, answered here once from the meanings above.
+# In progress: an archive process has taken the run and not yet let go (`uploading_complete`
+# too: `complete` is still to be written); whether that process is alive is `process.alive`.
+IN_PROGRESS: frozenset[WorkflowStatus] = frozenset(
+    {"starting", "tarring", "tarring_complete", "uploading", "uploading_complete"}
+)
+# Archived: stored and verified, so ``location`` (or sruns-monitor's ``gcp_tarfile``) can
+# be read back. Only `complete` lets the daemon move the run folder.
+ARCHIVED: frozenset[WorkflowStatus] = frozenset({"uploading_complete", "complete"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -192,7 +201,7 @@ class Task:
     pid: int | None
     tarfile: str | None
     gcp_tarfile: str | None
-    status: str
+    status: WorkflowStatus
     rundir: str | None
     destination: str | None
     location: str | None
@@ -401,16 +410,16 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
 
-    def ensure(self, name: str, **fields: Any) -> None:
-        """Create the task row as `new` if it does not exist, then set ``fields``."""
+    def ensure(self, name: str, *, status: WorkflowStatus | None = None, **fields: Any) -> None:
+        """Create the task row as `new` if it does not exist, then set ``status`` and ``fields``."""
         with self._tx() as db:
             db.execute(
                 "INSERT INTO tasks (name, status, created_at) VALUES (?, 'new', ?)"
                 " ON CONFLICT(name) DO NOTHING",
                 (name, time.time()),
             )
-        if fields:
-            self.update(name, **fields)
+        if status is not None or fields:
+            self.update(name, status=status, **fields)
 
     def get(self, name: str) -> Task | None:
         try:
@@ -533,8 +542,14 @@ class Journal:
         with self._tx() as db:
             db.execute("DELETE FROM member_crcs WHERE task = ? AND segment = -1", (name,))
 
-    def update(self, name: str, **fields: Any) -> None:
-        """Set named columns of a task (names are ours, never user input)."""
+    def update(self, name: str, *, status: WorkflowStatus | None = None, **fields: Any) -> None:
+        """Set a task's status (None: leave it) and named columns (names are ours, never
+        user input). ``status`` is typed so that mypy refuses a misspelt one; the check
+        here catches one passed in an untyped ``**fields`` dict."""
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"unknown workflow status {status!r}: one of {', '.join(STATUSES)}")
+            fields["status"] = status
         fields["updated_at"] = time.time()
         fields.update({k: redact(str(v)) for k, v in fields.items() if k == "last_error" and v})  # on to logs, mail
         unknown = set(fields) - _COLUMNS
@@ -627,7 +642,7 @@ class Journal:
     def progress(self, task: Task) -> tuple[int, int]:
         """(raw bytes archived, archive bytes stored durably) of a run: its row's
         checkpoint, or, for an archive uploaded in segments, theirs summed."""
-        if task.status in ("complete", "uploading_complete") and task.raw_bytes is not None:
+        if task.status in ARCHIVED and task.raw_bytes is not None:
             return task.raw_bytes, task.archive_bytes or 0
         segments = self.segments(task.name)
         if not segments:
@@ -890,6 +905,15 @@ def _task(row: dict[str, Any]) -> Task:
         f"journal row of run {row.get('name')!r}",
     )
     row["files_crc32c"] = row.pop("ck_files_crc32c")
+    if row["status"] not in STATUSES:
+        # Only damage or a hand edit writes one (`_migrate` sets sruns-monitor's rows, which
+        # have no status). Read as not_running, the value that claims nothing: the run is
+        # not archived and no process holds it, so the next attempt resumes if its checkpoint
+        # holds (its digest does not cover the status) and starts from zero if not; the
+        # first status written repairs the row. The reason takes last_error's place.
+        row["last_error"] = (f"the journal's status {row['status']!r} is not one of ours (damaged); read as "
+                             f"not_running" + (f"; last error: {row['last_error']}" if row["last_error"] else ""))
+        row["status"] = "not_running"
     try:
         row["params"] = json.loads(row["params"]) if row["params"] else {}
     except ValueError:

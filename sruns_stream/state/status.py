@@ -19,12 +19,10 @@ from typing import Any, TextIO
 
 from ..humanize import ago, crc32c_base64, hms, human_bytes, human_rate, iso_time, local_time
 from ..storage.layout import storage_uri
-from .journal import Task
+from .journal import ARCHIVED, IN_PROGRESS, Task
 from .process import alive
 
-__all__ = ["IN_PROGRESS", "render_json", "render_text", "run_view", "watch"]
-
-IN_PROGRESS = ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
+__all__ = ["render_json", "render_text", "run_view", "watch"]
 
 
 def run_view(task: Task, now: float, done: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -138,7 +136,7 @@ def _block(task: Task, now: float, done: tuple[int, int] | None) -> str:
     elif task.status != "complete" and v["percent"] is not None and v["raw_done"]:
         add("progress", f"{v['percent']:.1f}% stored ({human_bytes(v['raw_done'])} of "
             f"{human_bytes(v['raw_total'])}); the next attempt resumes from there if it can")
-    if v["location"] and task.status in ("uploading_complete", "complete"):
+    if v["location"] and task.status in ARCHIVED:
         size = f"{human_bytes(task.archive_bytes)}" if task.archive_bytes is not None else "size unknown"
         files = f", {task.file_count:,} files" if task.file_count is not None else ""
         add("archive", f"{v['location']} ({size}{files})")
