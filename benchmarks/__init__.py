@@ -13,5 +13,6 @@ generated data, never asserted in unit tests. One concern per module:
 - ``machine``: the machine's description
 - ``report``: ratios, targets, the markdown table and the charts
 
-``gcs_loopback`` (the loopback GCS upload server) and ``bench_gcs`` are separate work.
+``bench_gcs`` is separate work. The loopback GCS server the upload rows talk to is
+``loopback.gcs`` (top level, shared with the tests).
 """

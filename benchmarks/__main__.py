@@ -69,9 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _start_loopback(stack: contextlib.ExitStack, tools: Tools) -> ByteCounter | None:
     try:
-        from .gcs_loopback import LoopbackGcsServer
+        from loopback.gcs import LoopbackGcsServer
     except ImportError as exc:
-        tools.missing["loopback"] = f"no loopback GCS server: benchmarks/gcs_loopback.py cannot be imported ({exc})"
+        tools.missing["loopback"] = f"no loopback GCS server: loopback/gcs.py cannot be imported ({exc})"
         return None
     try:
         server = stack.enter_context(LoopbackGcsServer())

@@ -8,7 +8,7 @@ each round, so drift on this shared machine hits every row alike. Time is wall c
 around the whole `sruns-stream archive` process, start-up included (the gs:// run also
 pays for importing google-cloud-storage); MB/s are raw input MB (SI) per second.
 
-The loopback server (benchmarks/gcs_loopback.py) runs in this process and shares the
+The loopback server (loopback/gcs.py) runs in this process and shares the
 cores with the archive, so what it spends receiving bytes and computing their crc32c
 is charged to the gs:// rows: a pessimistic setting. It computes no MD5 here (GCS
 computes it on its own machines; the sink never asks for it).
@@ -43,8 +43,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loopback.gcs import LoopbackGcsServer
+
 from .data import MB, REPO, DatasetSpec, prepare, warm_page_cache
-from .gcs_loopback import LoopbackGcsServer
 
 __all__ = ["main"]
 

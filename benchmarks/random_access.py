@@ -47,9 +47,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from loopback.gcs import LoopbackGcsServer
+
 from .competitors import Tools
 from .data import REPO, Dataset
-from .gcs_loopback import LoopbackGcsServer
 from .measure import Command, RssProbe, median, run_command
 
 __all__ = [

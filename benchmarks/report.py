@@ -369,7 +369,7 @@ def render_markdown(report: Report, targets: Sequence[Target], scenarios: str = 
          "timed region (sruns-stream also syncs its own); the directory is deleted at the end."),
         f"- Peak RSS: {report.rss_method}.",
         ("- loopback-gs: a GCS JSON-API resumable-upload server on 127.0.0.1 in the benchmark's own process "
-         "(`benchmarks/gcs_loopback.py`), which discards the bytes after a crc32c. It measures the client "
+         "(`loopback/gcs.py`), which discards the bytes after a crc32c. It measures the client "
          "side of an upload, not a network; the server's own work (HTTP, crc32c of every byte, in Python) "
          "runs on the same cores, so these rows overstate what an upload to GCS costs the client."),
         ("- sruns-stream runs as `python -m sruns_stream archive RUN --dest … --journal <fresh> --json`, "

@@ -228,7 +228,7 @@ def _share_section(results: Sequence[ShareResult]) -> list[str]:
 def _streams_section(sc: Scenarios) -> list[str]:
     out = ["## Upload streams: `archive --streams N` to a loopback GCS server capped per connection\n",
            (f"{sc.streams_data}; options `{' '.join(sc.streams_options) or '(defaults)'}`. The loopback server "
-           "(`benchmarks/gcs_loopback.py`) reads each connection's bodies at most the cap (a scaled-down stand-in "
+           "(`loopback/gcs.py`) reads each connection's bodies at most the cap (a scaled-down stand-in "
            "for GCS's ~200 MiB/s per upload stream) and serves connections in parallel; `compose` joins the "
            "segments. Every run is checked: the object has the archive's size and crc32c, no part is left, no "
            "byte was sent twice. Speed-up = one stream's median seconds ÷ the row's at the same cap; paired = "

@@ -5,7 +5,7 @@ whose connections are capped, as GCS caps one upload stream.
                                  [--low-cap MBPS] [--label NAME]
 
 One GCS upload stream tops out near 200 MiB/s. The loopback server
-(`benchmarks/gcs_loopback.py`) reads each connection's bodies at most ``--cap`` MB/s, a
+(`loopback/gcs.py`) reads each connection's bodies at most ``--cap`` MB/s, a
 scaled-down stand-in for that ceiling, and serves connections in parallel, so N streams
 may reach N times the cap. On a NovaSeq-style run (large, already-compressed CBCL files:
 little CPU per byte), sruns-stream archives to it with ``--streams 1``, 4 and 8 under the
@@ -47,9 +47,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from loopback.gcs import LoopbackGcsServer
+
 from .bench_gcs import _size as parse_size
 from .data import MB, REPO, Dataset, DatasetSpec, GiB, MiB, prepare, warm_page_cache
-from .gcs_loopback import LoopbackGcsServer
 from .machine import describe_machine
 from .measure import Command, RssProbe, median, run_command
 from .report import markdown_table, slug
@@ -241,7 +242,7 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
     out.append(
         f"Data: {meta['data']}; tar stream {results[0].raw_bytes / MB:,.0f} MB, archive "
         f"{results[0].archive_bytes / MB:,.0f} MB. Destination: `gs://` on the loopback GCS server "
-        "(benchmarks/gcs_loopback.py) in the benchmark's own process, on the same cores, bodies discarded "
+        "(loopback/gcs.py) in the benchmark's own process, on the same cores, bodies discarded "
         "after their crc32c; each connection read at most the cap. Options passed: "
         f"`{' '.join(meta['extra']) or '(none)'}`. Medians of {meta['reps']} interleaved repetitions (order "
         "rotated each time); speed-up = one stream's seconds ÷ the row's at the same cap; paired = median "
