@@ -42,7 +42,7 @@ from pathlib import Path
 from loopback.gcs import LoopbackGcsServer
 
 from . import scenario
-from .data import MB, REPO, DatasetSpec, prepare, warm_page_cache
+from .data import MB, REPO, DatasetSpec, parse_size, prepare, warm_page_cache
 from .measure import Command, RssProbe, Sample, median, run_command
 from .scenario import Row
 
@@ -57,12 +57,6 @@ class GcsCase:
     name: str
     dest: str  # "null" or "gs"
     chunk: int | None
-
-
-def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
 
 
 def _run_once(row: Row[GcsCase], run: Path, server: LoopbackGcsServer, work: Path, rep: int,
@@ -132,12 +126,12 @@ def _table(rows: list[Row[GcsCase]], raw_bytes: int, null: Row[GcsCase]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_gcs", description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=_size, default=500 * MB, help="raw size of the generated run (default 500 MB)")
+    p.add_argument("--size", type=parse_size, default=500 * MB, help="raw size of the generated run (default 500 MB)")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3, at least 3 for the method)")
     p.add_argument("--chunks", default="8M,16M,64M", help="chunk sizes to compare (default 8M,16M,64M)")
     p.add_argument("--threads", type=int, help="compression threads (default: all cores)")
     args = p.parse_args(argv)
-    chunks = [_size(c) for c in args.chunks.split(",") if c.strip()]
+    chunks = [parse_size(c) for c in args.chunks.split(",") if c.strip()]
 
     ds = prepare(DatasetSpec("MiSeq", "miseq", args.size), log=lambda m: print(m, file=sys.stderr))
     print(f"data: {ds.describe()}", file=sys.stderr)

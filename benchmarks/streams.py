@@ -48,8 +48,7 @@ from typing import Any
 from loopback.gcs import LoopbackGcsServer
 
 from . import scenario
-from .bench_gcs import _size as parse_size
-from .data import MB, REPO, Dataset, DatasetSpec, GiB, MiB, prepare, warm_page_cache
+from .data import MB, REPO, Dataset, DatasetSpec, GiB, MiB, parse_size, prepare, warm_page_cache
 from .machine import describe_machine
 from .measure import Command, RssProbe, Sample, median, run_command
 from .report import markdown_table, slug

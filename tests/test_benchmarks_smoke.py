@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import
 
 # Imports after code, so noqa: E402 on each: they need the sys.path entry made just above.
 from benchmarks.competitors import REFERENCE, Competitor, Tools, main_competitors, sruns_stream  # noqa: E402
-from benchmarks.data import Dataset, DatasetSpec, prepare  # noqa: E402
+from benchmarks.data import Dataset, DatasetSpec, parse_size, prepare  # noqa: E402
 from benchmarks.measure import Command, RssProbe, Sample, median, run_command, sruns_json  # noqa: E402
 from benchmarks.plan import make_plan, thread_counts  # noqa: E402
 from benchmarks.report import (  # noqa: E402
@@ -57,6 +57,10 @@ def test_slug_and_thread_counts() -> None:
     assert thread_counts(2) == [1, 2]
     assert thread_counts(32) == [1, 2, 4, 8, 16, 32]
     assert thread_counts(12) == [1, 2, 4, 8, 12]
+
+
+def test_sizes_on_the_command_line_are_binary() -> None:
+    assert [parse_size(t) for t in ("512M", "1G", "4MiB", "8k", "100")] == [512 << 20, 1 << 30, 4 << 20, 8 << 10, 100]
 
 
 def test_quick_plan_lists_what_it_leaves_out() -> None:
