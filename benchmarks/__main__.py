@@ -35,8 +35,9 @@ from .plan import ALL_SECTIONS, MISEQ, Plan, block_rows, chunk_rows, make_plan, 
 from .random_access import access_point_cost, measure_random_access
 from .report import Report, evaluate_targets, render_markdown, slug, write_charts
 from .resume import ResumeSetting, measure_resume
+from .scenario import Row
 from .scenario_report import Scenarios, render_scenarios, scenario_targets
-from .suite import ByteCounter, Row, interleave
+from .suite import ByteCounter, interleave
 from .verify_bench import make_archive, measure_verify
 
 __all__ = ["main"]
@@ -69,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _start_loopback(stack: contextlib.ExitStack, tools: Tools) -> ByteCounter | None:
     try:
-        from .gcs_loopback import LoopbackGcsServer
+        from loopback.gcs import LoopbackGcsServer
     except ImportError as exc:
-        tools.missing["loopback"] = f"no loopback GCS server: benchmarks/gcs_loopback.py cannot be imported ({exc})"
+        tools.missing["loopback"] = f"no loopback GCS server: loopback/gcs.py cannot be imported ({exc})"
         return None
     try:
         server = stack.enter_context(LoopbackGcsServer())
@@ -95,17 +96,18 @@ def _check_sruns_gs(tools: Tools) -> None:
         )
 
 
-def _notes_for(rows_by_section: dict[str, list[Row]], tools: Tools) -> list[str]:
+def _notes_for(rows_by_section: dict[str, list[Row[Competitor]]], tools: Tools) -> list[str]:
     notes = []
     for need, why in sorted(tools.missing.items()):
-        affected = sorted({r.competitor.name for rows in rows_by_section.values() for r in rows
-                           if need in r.competitor.needs})
+        affected = sorted({r.case.name for rows in rows_by_section.values() for r in rows
+                           if need in r.case.needs})
         if affected:
             notes.append(f"{why}: skipped {', '.join(affected)}")
     for section, rows in rows_by_section.items():
         for r in rows:
-            if r.skipped and not r.competitor.unavailable(tools):
-                notes.append(f"{section}: {r.competitor.name} on {r.dataset.spec.label}: {r.skipped}")
+            if r.skipped and not r.case.unavailable(tools):
+                where = r.dataset.spec.label if r.dataset else "?"
+                notes.append(f"{section}: {r.case.name} on {where}: {r.skipped}")
     return notes
 
 
@@ -128,10 +130,10 @@ def _run_scenarios(plan: Plan, sections: set[str], by_label: dict[str, Dataset],
     if "streams" in sections:
         ds = prepare(sp.streams_dataset, cache, log=_log)
         sc.streams_data = ds.describe()
-        rows = streams.make_rows(sp.streams_counts, sp.streams_cap, None)
-        _log(f"\n== upload streams on {ds.spec.label}: {', '.join(r.name for r in rows)}")
+        cases = streams.make_cases(sp.streams_counts, sp.streams_cap, None)
+        _log(f"\n== upload streams on {ds.spec.label}: {', '.join(c.name for c in cases)}")
         try:
-            sc.streams = streams.sweep(ds, rows, plan.reps, sp.streams_options, workroot / "streams", log=_log)
+            sc.streams = streams.sweep(ds, cases, plan.reps, sp.streams_options, workroot / "streams", log=_log)
         except streams.StreamsFailed as exc:
             sc.skipped["streams"] = str(exc)
     if "verify" in sections and sp.verify_on in by_label:
@@ -203,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_method=probe.description, quick=plan.quick, reps=plan.reps, datasets=datasets,
         main={}, left_out={}, resume_on=plan.resume_on,
     )
-    sections_rows: dict[str, list[Row]] = {}
+    sections_rows: dict[str, list[Row[Competitor]]] = {}
     try:
         with contextlib.ExitStack() as stack:
             tools = Tools(threads=args.threads or cores, scratch=workroot / "tools")
@@ -217,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for need, why in sorted(tools.missing.items()):
                 _log(f"  unavailable ({need}): {why}")
 
-            def run(rows: Sequence[Competitor], ds: Dataset, reps: int = plan.reps) -> list[Row]:
+            def run(rows: Sequence[Competitor], ds: Dataset, reps: int = plan.reps) -> list[Row[Competitor]]:
                 warm_page_cache(ds.path)
                 return interleave(rows, ds, tools, reps, probe, workroot / "runs", server, _log)
 
@@ -293,11 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "share": [r.as_dict() for r in scenarios.share],
         "streams": {"cap_mb_s": scenarios.streams_cap, "options": scenarios.streams_options,
                     "data": scenarios.streams_data,
-                    "rows": [{"name": s.row.name, "streams": s.row.streams, "cap_mb_s": s.row.cap,
-                              "median_s": s.median, "seconds": s.seconds, "cpu_s": s.cpu_s,
-                              "server_cpu_s": s.server_cpu_s, "rss_kib": s.rss_kib, "streams_used": s.streams_used,
-                              "raw_bytes": s.raw_bytes, "archive_bytes": s.archive_bytes}
-                             for s in scenarios.streams]},
+                    "rows": [streams.row_as_dict(s) for s in scenarios.streams]},
         "verify": scenarios.verify.as_dict() if scenarios.verify else None,
         "random_access": scenarios.random.as_dict() if scenarios.random else None,
         "access_cost": scenarios.access_cost,

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .competitors import Competitor
 from .data import MB
+from .scenario import Row
 from .scenario_report import ISAL, PIGZ, SHARE_TARGET, SRUNS, Scenarios
-from .streams import baseline, speedup
-from .suite import Row
+from .streams import baseline, seconds, speedup
 
 __all__ = ["write_scenario_charts"]
 
@@ -41,12 +42,15 @@ def _bars(ax: Any, title: str, labels: Sequence[str], values: Sequence[float], u
         ax.set_xlim(0, max(values) * 1.25)
 
 
-def _panels(sc: Scenarios, main: dict[str, list[Row]]) -> list[tuple[str, list[str], list[float], str, bool]]:
+_Panel = tuple[str, list[str], list[float], str, bool]  # title, names, values, axis label, log scale
+
+
+def _panels(sc: Scenarios, main: dict[str, list[Row[Competitor]]]) -> list[_Panel]:
     panels = []
     for label, rows in main.items():
-        picked = [r for r in rows if r.mb_per_s and (r.competitor.dest == "local")]
+        picked = [r for r in rows if r.mb_per_s and (r.case.dest == "local")]
         if picked:
-            panels.append((f"page cache: {label}", [r.competitor.name for r in picked],
+            panels.append((f"page cache: {label}", [r.case.name for r in picked],
                            [r.mb_per_s or 0.0 for r in picked], "MB/s (median)", False))
     for r in sc.share:
         if r.latency_ms == 0.5:
@@ -54,26 +58,26 @@ def _panels(sc: Scenarios, main: dict[str, list[Row]]) -> list[tuple[str, list[s
             names = [n for n in (SRUNS, PIGZ, ISAL) if n in med]
             panels.append((f"share 0.5 ms/op: {r.dataset}", names, [r.raw_bytes / MB / med[n] for n in names],
                            "MB/s (median)", False))
-    capped = [s for s in sc.streams if s.row.cap == sc.streams_cap]
+    capped = [s for s in sc.streams if s.case.cap == sc.streams_cap]
     if capped:
         panels.append((f"upload streams, cap {sc.streams_cap:g} MB/s each",
-                       [f"sruns-stream --streams {s.row.streams}" for s in capped],
-                       [s.archive_bytes / MB / s.median for s in capped], "archive MB/s (median)", False))
+                       [f"sruns-stream --streams {s.case.streams}" for s in capped],
+                       [(s.archive_bytes or 0) / MB / seconds(s) for s in capped], "archive MB/s (median)", False))
     v = sc.verify
     if v is not None and v.median_s:
         panels.append((f"verify: {v.dataset}", list(v.median_s),
                        [v.raw_bytes / MB / s for s in v.median_s.values()], "MB/s of tar (median)", False))
     ra = sc.random
     if ra is not None:
-        fetched = [x for x in ra.rows if x.median_bytes and x.label in ("RunInfo.xml", "")]
+        fetched = [x for x in ra.rows if x.median_of("bytes_sent") and x.case.label in ("RunInfo.xml", "")]
         if fetched:
             panels.append((f"RunInfo.xml from a {ra.archive_bytes / MB:,.0f} MB archive in GCS",
                            [x.name.replace(" (RunInfo.xml)", "") for x in fetched],
-                           [(x.median_bytes or 1) / MB for x in fetched], "MB on the wire (log)", True))
+                           [(x.median_of("bytes_sent") or 1) / MB for x in fetched], "MB on the wire (log)", True))
     return panels
 
 
-def _headline(sc: Scenarios, main: dict[str, list[Row]], path: Path, title: str) -> bool:
+def _headline(sc: Scenarios, main: dict[str, list[Row[Competitor]]], path: Path, title: str) -> bool:
     import matplotlib.pyplot as plt
 
     panels = _panels(sc, main)
@@ -134,13 +138,13 @@ def _streams(sc: Scenarios, path: Path, title: str) -> bool:
     if not sc.streams:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for cap in dict.fromkeys(s.row.cap for s in sc.streams):
-        rows = sorted((s for s in sc.streams if s.row.cap == cap), key=lambda s: s.row.streams)
+    for cap in dict.fromkeys(s.case.cap for s in sc.streams):
+        rows = sorted((s for s in sc.streams if s.case.cap == cap), key=lambda s: s.case.streams)
         base = baseline(sc.streams, cap)
-        pts = [(s.row.streams, x) for s in rows if (x := speedup(s, base)[0]) is not None]
+        pts = [(s.case.streams, x) for s in rows if (x := speedup(s, base)[0]) is not None]
         label = f"cap {cap:g} MB/s per connection" if cap else "no cap (the machine is the limit)"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", label=label)
-    most = max(s.row.streams for s in sc.streams)
+    most = max(s.case.streams for s in sc.streams)
     ax.plot([1, most], [1, most], ":", color="grey", label="ideal (N×)")
     ax.scatter([4, 8], [3, 5], marker="_", s=400, color=OURS, label="targets (4: 3×, 8: 5×)")
     _finish_line_chart(fig, ax, path, "upload streams", "speed-up over one stream",
@@ -148,7 +152,7 @@ def _streams(sc: Scenarios, path: Path, title: str) -> bool:
     return True
 
 
-def write_scenario_charts(sc: Scenarios, main: dict[str, list[Row]], directory: Path, stem: str,
+def write_scenario_charts(sc: Scenarios, main: dict[str, list[Row[Competitor]]], directory: Path, stem: str,
                           title: str) -> tuple[dict[str, str], list[str]]:
     """The charts drawn (kind -> file name beside the page) and notes on what failed."""
     try:

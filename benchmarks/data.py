@@ -22,7 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MB", "REPO", "Dataset", "DatasetSpec", "GeneratorMissing", "GiB", "MiB", "prepare", "warm_page_cache"]
+__all__ = [
+    "MB",
+    "REPO",
+    "Dataset",
+    "DatasetSpec",
+    "GeneratorMissing",
+    "GiB",
+    "MiB",
+    "parse_size",
+    "prepare",
+    "warm_page_cache",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATOR = REPO / "scripts" / "make_fake_run.py"
@@ -31,6 +42,13 @@ ALREADY_COMPRESSED = (".cbcl", ".gz", ".bgzf", ".jpg", ".jpeg", ".png", ".zip", 
 MB = 1_000_000  # MB/s and MB in the tables are SI, like the tools they compare with
 MiB = 1 << 20
 GiB = 1 << 30
+
+
+def parse_size(text: str) -> int:
+    """A size given on a benchmark's command line: bytes, or K/M/G (binary), e.g. 512M, 1G."""
+    units = {"K": 1 << 10, "M": MiB, "G": GiB}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
 
 # Illumina-style folder names: the instrument letter tells a reader which kind it is.
 _RUN_NAMES = {

@@ -19,7 +19,9 @@ reported as the *sum* of its processes' peaks (an upper bound, never an underest
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -31,8 +33,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Command", "RssProbe", "Sample", "interpreter_startup", "median", "run_command"]
+__all__ = ["Command", "RssProbe", "Sample", "interpreter_startup", "median", "run_command", "sruns_json"]
 
 _RUSAGE_WRAPPER = (
     "import resource, subprocess, sys\n"
@@ -44,6 +47,20 @@ _RUSAGE_WRAPPER = (
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def sruns_json(stdout: str) -> dict[str, Any] | None:
+    """The JSON summary sruns-stream prints with --json (its last JSON line)."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
 
 
 class RssProbe:
@@ -111,10 +128,18 @@ class Sample:
     stdout: str
     error: str | None = None
     first_byte_s: float | None = None  # seconds until the local output first held a byte
+    # What a scenario measured beside time and memory, by name: "cpu_s" and "server_cpu_s"
+    # (from `run_command`), "archive_bytes", "bytes_sent", "requests", "streams_used", …
+    measures: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _fsync(path: Path) -> int:
@@ -167,6 +192,7 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
     env = dict(os.environ)
     env.update(cmd.env)
     script = "set -o pipefail; " + cmd.shell(reports, probe)
+    children, own = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
     with open(err_path, "wb") as err:
         t0 = time.perf_counter()
         watch = _FirstByte(cmd.output, t0) if cmd.output is not None else None
@@ -210,7 +236,10 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
         ]
         error = f"exit {proc.returncode}: " + (tail[-1].strip() if tail else "(no message)")
     first = watch.seconds if watch is not None else None
-    return Sample(seconds, peak, stage_rss, size, out.decode(errors="replace"), error, first)
+    # The command's processes (bash waits for each, so they count as our children), and
+    # this process meanwhile: the in-process loopback GCS server's work, when one runs.
+    cpu = {"cpu_s": _cpu(resource.RUSAGE_CHILDREN) - children, "server_cpu_s": _cpu(resource.RUSAGE_SELF) - own}
+    return Sample(seconds, peak, stage_rss, size, out.decode(errors="replace"), error, first, cpu)
 
 
 def interpreter_startup(argv: Sequence[str], reps: int, env: Mapping[str, str] | None = None) -> list[float]:

@@ -47,15 +47,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from loopback.gcs import LoopbackGcsServer
+
+from . import scenario
 from .competitors import Tools
 from .data import REPO, Dataset
-from .gcs_loopback import LoopbackGcsServer
-from .measure import Command, RssProbe, median, run_command
+from .measure import Command, RssProbe, Sample, run_command, sruns_json
+from .scenario import Row
 
 __all__ = [
     "ACCESS_COST_LIMIT",
     "MARGIN",
-    "RaRow",
+    "RaCase",
     "RandomAccessResult",
     "Span",
     "access_point_cost",
@@ -100,24 +103,11 @@ class Span:
         return self.compressed + MARGIN
 
 
-@dataclass
-class RaRow:
+@dataclass(frozen=True)
+class RaCase:
     label: str  # which Span it fetches ("" for ls)
     name: str  # shown in the table
     tool: str  # sruns-stream | gcloud | curl
-    command: str = ""
-    seconds: list[float] = field(default_factory=list)
-    bytes_sent: list[int] = field(default_factory=list)
-    requests: list[int] = field(default_factory=list)
-    skipped: str | None = None
-
-    @property
-    def median_s(self) -> float | None:
-        return median(self.seconds) if self.seconds else None
-
-    @property
-    def median_bytes(self) -> int | None:
-        return int(median(self.bytes_sent)) if self.bytes_sent else None
 
 
 @dataclass
@@ -127,7 +117,7 @@ class RandomAccessResult:
     raw_bytes: int = 0
     indexed: bool = False  # an index.tsv was beside the archive
     spans: dict[str, Span] = field(default_factory=dict)
-    rows: list[RaRow] = field(default_factory=list)
+    rows: list[Row[RaCase]] = field(default_factory=list)
     error: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -136,7 +126,7 @@ class RandomAccessResult:
             "dataset": self.dataset, "archive_bytes": self.archive_bytes, "raw_bytes": self.raw_bytes,
             "indexed": self.indexed, "error": self.error, "notes": self.notes,
             "spans": {k: {**v.__dict__, "compressed": v.compressed, "limit": v.limit} for k, v in self.spans.items()},
-            "rows": [{**r.__dict__, "median_s": r.median_s, "median_bytes": r.median_bytes} for r in self.rows],
+            "rows": [r.as_dict() for r in self.rows],
         }
 
 
@@ -208,26 +198,26 @@ def find_spans(archive: Path, run_name: str, raw_total: int) -> tuple[dict[str, 
 # -- the rows --------------------------------------------------------------------------------
 
 
-def _rows(spans: dict[str, Span], can_ls: bool, can_cat: bool, gcloud: str | None) -> list[RaRow]:
-    rows = [RaRow("", "sruns-stream ls", "sruns-stream",
-                  skipped=None if can_ls else "this sruns-stream has no `ls` subcommand yet (issue 13)")]
+def _rows(spans: dict[str, Span], can_ls: bool, can_cat: bool, gcloud: str | None) -> list[Row[RaCase]]:
+    rows = [Row(RaCase("", "sruns-stream ls", "sruns-stream"),
+                skipped=None if can_ls else "this sruns-stream has no `ls` subcommand yet (issue 13)")]
     for label in ("RunInfo.xml", "middle member"):
         if label in spans:
-            rows.append(RaRow(label, f"sruns-stream cat ({label})", "sruns-stream",
-                              skipped=None if can_cat else "this sruns-stream has no `cat` subcommand yet (issue 13)"))
+            rows.append(Row(RaCase(label, f"sruns-stream cat ({label})", "sruns-stream"),
+                            skipped=None if can_cat else "this sruns-stream has no `cat` subcommand yet (issue 13)"))
     for label in ("RunInfo.xml", "InterOp/"):
         if label in spans:
-            rows.append(RaRow(label, f"sruns-stream restore --include ({label})", "sruns-stream"))
+            rows.append(Row(RaCase(label, f"sruns-stream restore --include ({label})", "sruns-stream")))
     for label in ("RunInfo.xml", "InterOp/"):
         if label in spans:
-            rows.append(RaRow(label, f"gcloud storage cat | tar xz ({label})", "gcloud", skipped=gcloud))
+            rows.append(Row(RaCase(label, f"gcloud storage cat | tar xz ({label})", "gcloud"), skipped=gcloud))
     if "RunInfo.xml" in spans:
-        rows.append(RaRow("RunInfo.xml", "curl | tar xz (RunInfo.xml)", "curl",
-                          skipped=None if shutil.which("curl") else "curl is not installed"))
+        rows.append(Row(RaCase("RunInfo.xml", "curl | tar xz (RunInfo.xml)", "curl"),
+                        skipped=None if shutil.which("curl") else "curl is not installed"))
     return rows
 
 
-def _command(row: RaRow, spans: dict[str, Span], url: str, http_url: str, out: Path,
+def _command(row: RaCase, spans: dict[str, Span], url: str, http_url: str, out: Path,
              env_gs: dict[str, str], env_gcloud: dict[str, str]) -> Command:
     sruns = (sys.executable, "-m", "sruns_stream")
     journal = ("--journal", str(out.parent / "no-journal.db"))
@@ -246,7 +236,7 @@ def _command(row: RaRow, spans: dict[str, Span], url: str, http_url: str, out: P
     return Command((("curl", "-sSf", http_url), untar))
 
 
-def _check(row: RaRow, span: Span | None, ds: Dataset, out: Path) -> str | None:
+def _check(row: RaCase, span: Span | None, ds: Dataset, out: Path) -> str | None:
     """None if the output holds what was asked for, else what is wrong."""
     if span is None:  # ls: a listing that names RunInfo.xml
         text = out.read_text(errors="replace") if out.is_file() else ""
@@ -293,32 +283,28 @@ def measure_random_access(
         (gcloud_tools.scratch / "gcloud-config").mkdir(parents=True, exist_ok=True)
         env_gs, env_gcloud = gcloud_tools.env_gs(), gcloud_tools.env_gcloud()
         result.rows = _rows(result.spans, can_ls, can_cat, gcloud)
-        for rep in range(reps):
-            for row in result.rows:
-                if row.skipped:
-                    continue
-                where = workdir / "run"
-                shutil.rmtree(where, ignore_errors=True)
-                writes_stdout = row.name.startswith(("sruns-stream ls", "sruns-stream cat"))
-                out = where / ("out" if writes_stdout else "dest")
-                where.mkdir(parents=True)
-                if out.name == "dest":
-                    out.mkdir()
-                cmd = _command(row, result.spans, url, http_url, out, env_gs, env_gcloud)
-                row.command = cmd.display()
-                sent, asked = server.bytes_sent, server.requests
-                sample = run_command(cmd, where / "m", probe)
-                sent, asked = server.bytes_sent - sent, server.requests - asked
-                problem = sample.error or _check(row, result.spans.get(row.label), ds, out)
-                if problem:
-                    row.skipped = f"failed in repetition {rep + 1}: {problem}"
-                    log(f"    [{rep + 1}/{reps}] {row.name}: FAILED {problem}")
-                    continue
-                row.seconds.append(sample.seconds)
-                row.bytes_sent.append(sent)
-                row.requests.append(asked)
-                log(f"    [{rep + 1}/{reps}] {row.name}: {sample.seconds:.2f} s, {sent / 1e6:,.2f} MB in "
-                    f"{asked} requests")
+
+        def measure(row: Row[RaCase], rep: int) -> Sample:
+            where = workdir / "run"
+            shutil.rmtree(where, ignore_errors=True)
+            writes_stdout = row.name.startswith(("sruns-stream ls", "sruns-stream cat"))
+            out = where / ("out" if writes_stdout else "dest")
+            where.mkdir(parents=True)
+            if out.name == "dest":
+                out.mkdir()
+            cmd = _command(row.case, result.spans, url, http_url, out, env_gs, env_gcloud)
+            row.command = cmd.display()
+            sent, asked = server.bytes_sent, server.requests
+            sample = run_command(cmd, where / "m", probe)
+            sample.measures.update(bytes_sent=server.bytes_sent - sent, requests=server.requests - asked)
+            if sample.ok:
+                sample.error = _check(row.case, result.spans.get(row.case.label), ds, out)
+            return sample
+
+        def describe(row: Row[RaCase], sample: Sample) -> str:
+            return f", {sample.measures['bytes_sent'] / 1e6:,.2f} MB in {sample.measures['requests']:.0f} requests"
+
+        scenario.run(result.rows, reps, measure, describe=describe, log=log)
         shutil.rmtree(workdir / "run", ignore_errors=True)
     return result
 
@@ -332,15 +318,10 @@ def access_point_cost(ds: Dataset, workdir: Path) -> tuple[int, int] | str:
                 str(workdir / f"journal{len(sizes)}.db"), "--force", "--json", *options]
         workdir.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **_ENV}, check=False)
-        summary = _json_line(proc.stdout)
+        summary = sruns_json(proc.stdout)
         if proc.returncode != 0 or summary is None or "archive_bytes" not in summary:
             tail = proc.stderr.strip().splitlines()
             return f"archive {' '.join(options) or '(defaults)'} failed: " + (tail[-1] if tail else "no --json")
         sizes.append(int(summary["archive_bytes"]))
     return sizes[0], sizes[1]
 
-
-def _json_line(stdout: str) -> dict[str, Any] | None:
-    from .suite import sruns_json
-
-    return sruns_json(stdout)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .competitors import REFERENCE
+from .competitors import REFERENCE, Competitor
 from .data import MB, Dataset
-from .measure import median
+from .measure import median, sruns_json
 from .resume import ResumeResult
-from .suite import Row, sruns_json
+from .scenario import Row
 
 __all__ = [
     "Report",
@@ -103,11 +103,11 @@ class Report:
     quick: bool
     reps: int
     datasets: list[Dataset]
-    main: dict[str, list[Row]]  # data set label -> rows
+    main: dict[str, list[Row[Competitor]]]  # data set label -> rows
     left_out: dict[str, list[str]]
-    scaling: dict[str, list[Row]] = field(default_factory=dict)
-    blocks: list[Row] = field(default_factory=list)
-    chunks: list[Row] = field(default_factory=list)
+    scaling: dict[str, list[Row[Competitor]]] = field(default_factory=dict)
+    blocks: list[Row[Competitor]] = field(default_factory=list)
+    chunks: list[Row[Competitor]] = field(default_factory=list)
     resume: list[ResumeResult] = field(default_factory=list)
     resume_on: str = ""  # data set label
     notes: list[str] = field(default_factory=list)  # skips and problems, shown at the top
@@ -115,8 +115,8 @@ class Report:
     wall_seconds: float = 0.0
 
 
-def _find(rows: Sequence[Row], name: str) -> Row | None:
-    return next((r for r in rows if r.competitor.name == name), None)
+def _find(rows: Sequence[Row[Competitor]], name: str) -> Row[Competitor] | None:
+    return next((r for r in rows if r.case.name == name), None)
 
 
 def _ratio_target(report: Report, dataset: str, other: str, limit: float, text: str) -> Target:
@@ -148,8 +148,8 @@ def evaluate_targets(report: Report, miseq: str = "MiSeq", novaseq: str = "NovaS
         _ratio_target(report, miseq, MONITOR, 8.0, f"#5 {miseq}: sruns-stream (auto, local) ≥ 8× sruns-monitor's way"),
     ]
     # Peak RSS at defaults: every "sruns-stream auto → …" row of the main table.
-    peaks = [(r.peak_rss_kib, f"{r.competitor.name}, {label}") for label, rows in report.main.items()
-             for r in rows if r.competitor.tool == "sruns-stream" and r.competitor.setting == "auto"
+    peaks = [(r.peak_rss_kib, f"{r.case.name}, {label}") for label, rows in report.main.items()
+             for r in rows if r.case.tool == "sruns-stream" and r.case.setting == "auto"
              and r.peak_rss_kib is not None]
     text = f"#11 peak RSS ≤ {RSS_LIMIT_MIB} MiB at defaults (page-cache rows)"
     if peaks:
@@ -175,12 +175,17 @@ def evaluate_targets(report: Report, miseq: str = "MiSeq", novaseq: str = "NovaS
     return targets
 
 
+def _data_set(rows: Sequence[Row[Competitor]]) -> str:
+    ds = rows[0].dataset
+    return ds.spec.label if ds is not None else "?"
+
+
 def _short(reason: str | None, width: int = 70) -> str:
     reason = reason or "no samples"
     return reason if len(reason) <= width else reason[: width - 1] + "…"
 
 
-def _own_mb_per_s(row: Row) -> float | None:
+def _own_mb_per_s(row: Row[Competitor]) -> float | None:
     """sruns-stream's own figure from --json (tar bytes ÷ its seconds, no interpreter start-up)."""
     values = [j["mb_per_s"] for j in (sruns_json(s.stdout) for s in row.ok_samples) if j and "mb_per_s" in j]
     return median(values) if values else None
@@ -192,7 +197,7 @@ def _main_table(report: Report, ds: Dataset) -> str:
     ref_s = ref.seconds if ref and ref.complete else None
     body = []
     for r in rows:
-        c = r.competitor
+        c = r.case
         if not r.ok_samples:
             body.append([c.name, c.dest, f"skipped: {_short(r.skipped)}", "", "", "", "", "", "", "", ""])
             continue
@@ -219,24 +224,24 @@ def _main_table(report: Report, ds: Dataset) -> str:
     return table
 
 
-def _sweep_table(rows: Sequence[Row], first: str) -> str:
+def _sweep_table(rows: Sequence[Row[Competitor]], first: str) -> str:
     body = []
     for r in rows:
         if not r.ok_samples:
-            body.append([r.competitor.setting, f"skipped: {_short(r.skipped)}", "", "", "", ""])
+            body.append([r.case.setting, f"skipped: {_short(r.skipped)}", "", "", "", ""])
             continue
         lo, hi = r.spread or (0.0, 0.0)
         arch = r.archive_bytes
-        body.append([r.competitor.setting, f"{r.seconds:.2f} ({lo:.2f}–{hi:.2f})", f"{r.mb_per_s:.0f}",
+        body.append([r.case.setting, f"{r.seconds:.2f} ({lo:.2f}–{hi:.2f})", f"{r.mb_per_s:.0f}",
                      _f(arch / MB if arch else None, ",.1f"), _mib(r.peak_rss_kib), str(len(r.ok_samples))])
     return markdown_table([first, "median s (min–max)", "MB/s", "archive MB", "peak RSS MiB", "n"], body)
 
 
-def _scaling_table(rows: Sequence[Row]) -> str:
-    by_threads: dict[int, dict[str, Row]] = {}
+def _scaling_table(rows: Sequence[Row[Competitor]]) -> str:
+    by_threads: dict[int, dict[str, Row[Competitor]]] = {}
     for r in rows:
-        t = int("".join(ch for ch in r.competitor.setting if ch.isdigit()) or 0)
-        by_threads.setdefault(t, {})[r.competitor.tool] = r
+        t = int("".join(ch for ch in r.case.setting if ch.isdigit()) or 0)
+        by_threads.setdefault(t, {})[r.case.tool] = r
     body = []
     one = by_threads.get(1, {}).get("sruns-stream")
     for t in sorted(by_threads):
@@ -340,10 +345,10 @@ def render_markdown(report: Report, targets: Sequence[Target], scenarios: str = 
         if "scaling" in report.charts:
             out.append(f"![thread scaling]({report.charts['scaling']})\n")
     if report.blocks:
-        out.append(f"## Block size (sruns-stream auto → null, {report.blocks[0].dataset.spec.label})\n")
+        out.append(f"## Block size (sruns-stream auto → null, {_data_set(report.blocks)})\n")
         out.append(_sweep_table(report.blocks, "setting") + "\n")
     if report.chunks:
-        out.append(f"## Upload chunk size (sruns-stream auto → loopback-gs, {report.chunks[0].dataset.spec.label})\n")
+        out.append(f"## Upload chunk size (sruns-stream auto → loopback-gs, {_data_set(report.chunks)})\n")
         out.append(_sweep_table(report.chunks, "setting") + "\n")
     if report.resume:
         out.append(f"## Resume cost ({report.resume_on}: kill -9 at half the archive, "
@@ -369,7 +374,7 @@ def render_markdown(report: Report, targets: Sequence[Target], scenarios: str = 
          "timed region (sruns-stream also syncs its own); the directory is deleted at the end."),
         f"- Peak RSS: {report.rss_method}.",
         ("- loopback-gs: a GCS JSON-API resumable-upload server on 127.0.0.1 in the benchmark's own process "
-         "(`benchmarks/gcs_loopback.py`), which discards the bytes after a crc32c. It measures the client "
+         "(`loopback/gcs.py`), which discards the bytes after a crc32c. It measures the client "
          "side of an upload, not a network; the server's own work (HTTP, crc32c of every byte, in Python) "
          "runs on the same cores, so these rows overstate what an upload to GCS costs the client."),
         ("- sruns-stream runs as `python -m sruns_stream archive RUN --dest … --journal <fresh> --json`, "
@@ -396,7 +401,7 @@ def write_charts(report: Report, directory: Path, stem: str) -> list[str]:
                                  squeeze=False, gridspec_kw={"height_ratios": [c + 1.5 for c in counts]})
         for ax, ds in zip(axes[:, 0], datasets, strict=True):
             rows = [r for r in report.main[ds.spec.label] if r.ok_samples]
-            names = [r.competitor.name for r in rows][::-1]
+            names = [r.case.name for r in rows][::-1]
             speeds = [r.mb_per_s or 0.0 for r in rows][::-1]
             colors = ["#d62728" if n == REFERENCE else ("#1f77b4" if n.startswith("sruns-stream") else "#7f7f7f")
                       for n in names]
@@ -423,8 +428,8 @@ def write_charts(report: Report, directory: Path, stem: str) -> list[str]:
         for label, rows in report.scaling.items():
             for tool, style in (("sruns-stream", "-o"), ("tar | igzip_threaded", "--s")):
                 pts = sorted(
-                    (int("".join(ch for ch in r.competitor.setting if ch.isdigit())), r.mb_per_s)
-                    for r in rows if r.competitor.tool == tool and r.mb_per_s
+                    (int("".join(ch for ch in r.case.setting if ch.isdigit())), r.mb_per_s)
+                    for r in rows if r.case.tool == tool and r.mb_per_s
                 )
                 if pts:
                     who = "sruns-stream auto → null" if tool == "sruns-stream" else "ceiling (tar | igzip_threaded)"

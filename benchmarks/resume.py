@@ -23,8 +23,8 @@ from typing import Any
 
 from .competitors import Tools, sruns_stream_command
 from .data import Dataset
-from .measure import RssProbe, median, run_command
-from .suite import ByteCounter, sruns_json
+from .measure import RssProbe, median, run_command, sruns_json
+from .suite import ByteCounter
 
 __all__ = ["Attempt", "ResumeResult", "ResumeSetting", "measure_resume"]
 

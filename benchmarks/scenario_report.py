@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .competitors import Competitor
 from .data import MB
 from .measure import median
 from .random_access import ACCESS_COST_LIMIT, RandomAccessResult
 from .report import Target, markdown_table
+from .scenario import Row
 from .share import ROWS as SHARE_ROWS
 from .share import ShareResult
-from .streams import Row as StreamsRow
-from .streams import Samples, baseline, speedup
-from .suite import Row
+from .streams import StreamsCase, baseline, seconds, speedup
 from .verify_bench import VERIFY_TARGET, VerifyResult
 
 __all__ = ["Scenarios", "render_scenarios", "scenario_targets", "startup_share_target", "timed_rows"]
@@ -36,7 +36,7 @@ class Scenarios:
     """What the scenario sections measured (None / empty: not run, and why in ``skipped``)."""
 
     share: list[ShareResult] = field(default_factory=list)
-    streams: list[Samples] = field(default_factory=list)
+    streams: list[Row[StreamsCase]] = field(default_factory=list)
     streams_cap: float = 20.0
     streams_data: str = ""
     streams_options: tuple[str, ...] = ()
@@ -81,19 +81,19 @@ def _streams_targets(sc: Scenarios) -> list[Target]:
     one = baseline(sc.streams, cap)
     for n, limit in ((4, 3.0), (8, 5.0)):
         text = f"#12 upload streams, cap {cap:g} MB/s per connection: {n} streams ≥ {limit:g}× one"
-        row = next((s for s in sc.streams if s.row == StreamsRow(n, cap)), None)
+        row = next((s for s in sc.streams if s.case == StreamsCase(n, cap)), None)
         if row is None or one is None:
             out.append(_not(text, limit, sc.skipped.get("streams", "the streams section was not run")))
             continue
         value = speedup(row, one)[0]
-        out.append(Target(text, value, limit, f"{_f(value, '.2f')}× ({one.median:.1f} s → {row.median:.1f} s)"))
+        out.append(Target(text, value, limit, f"{_f(value, '.2f')}× ({seconds(one):.1f} s → {seconds(row):.1f} s)"))
     text = "#12 upload streams, no cap: 4 streams no slower than one (≥ 1×)"
-    free, free1 = (next((s for s in sc.streams if s.row == StreamsRow(n, None)), None) for n in (4, 1))
+    free, free1 = (next((s for s in sc.streams if s.case == StreamsCase(n, None)), None) for n in (4, 1))
     if free is None or free1 is None:
         out.append(_not(text, 1.0, sc.skipped.get("streams", "the streams section was not run")))
     else:
         value = speedup(free, free1)[0]
-        out.append(Target(text, value, 1.0, f"{_f(value, '.2f')}× ({free1.median:.2f} s → {free.median:.2f} s)"))
+        out.append(Target(text, value, 1.0, f"{_f(value, '.2f')}× ({seconds(free1):.2f} s → {seconds(free):.2f} s)"))
     return out
 
 
@@ -111,11 +111,11 @@ def _random_targets(sc: Scenarios) -> list[Target]:
         row = next((x for x in r.rows if x.name == row_name), None)
         if span is None:
             out.append(_not(text, 0, f"the archive has no {label}", True))
-        elif row is None or row.median_bytes is None:
+        elif row is None or (wire := row.median_of("bytes_sent")) is None:
             out.append(_not(text, span.limit, (row.skipped if row else None) or "no samples", True))
         else:
-            out.append(Target(text, row.median_bytes / MB, span.limit / MB,
-                              f"{row.median_bytes / MB:,.2f} MB (`{row_name}`) vs limit {span.limit / MB:,.2f} MB",
+            out.append(Target(text, wire / MB, span.limit / MB,
+                              f"{wire / MB:,.2f} MB (`{row_name}`) vs limit {span.limit / MB:,.2f} MB",
                               at_most=True))
     return out
 
@@ -151,21 +151,21 @@ def _access_cost_targets(sc: Scenarios) -> list[Target]:
     return out
 
 
-def timed_rows(sc: Scenarios, main: dict[str, list[Row]]) -> list[tuple[str, float]]:
+def timed_rows(sc: Scenarios, main: dict[str, list[Row[Competitor]]]) -> list[tuple[str, float]]:
     """(name, median seconds) of every throughput row on the page: the page cache, the
     share, the upload streams, verify. Random access and resume are left out: a one-file
     fetch or a resumed tail is short by nature, and its start-up is part of what it costs."""
-    rows = [(f"{r.competitor.name}, {label}", r.seconds) for label, rows in main.items() for r in rows
+    rows = [(f"{r.case.name}, {label}", r.seconds) for label, rows in main.items() for r in rows
             if r.seconds]
     rows += [(f"share {r.latency_ms:g} ms {name}, {r.dataset.split(' (')[0]}", s)
              for r in sc.share for name, s in r.median_s.items()]
-    rows += [(f"streams {s.row.name}", s.median) for s in sc.streams if s.seconds]
+    rows += [(f"streams {s.name}", seconds(s)) for s in sc.streams if s.ok_samples]
     if sc.verify is not None:
         rows += [(f"verify: {name}", s) for name, s in sc.verify.median_s.items()]
     return rows
 
 
-def startup_share_target(sc: Scenarios, main: dict[str, list[Row]], startup_s: float | None) -> Target:
+def startup_share_target(sc: Scenarios, main: dict[str, list[Row[Competitor]]], startup_s: float | None) -> Target:
     """The interpreter's start-up (``sruns-stream --version``: the largest any compared tool
     pays; tar and pigz start in milliseconds) over each timed row's median: issue 15 asks
     that it stay under 10 % of every one."""
@@ -182,7 +182,7 @@ def startup_share_target(sc: Scenarios, main: dict[str, list[Row]], startup_s: f
     return Target(text, worst * 100, STARTUP_LIMIT * 100, shown, at_most=True)
 
 
-def scenario_targets(sc: Scenarios, main: dict[str, list[Row]], wall_s: float, quick: bool,
+def scenario_targets(sc: Scenarios, main: dict[str, list[Row[Competitor]]], wall_s: float, quick: bool,
                      startup_s: float | None = None) -> list[Target]:
     limit = QUICK_LIMIT_S if quick else FULL_LIMIT_S
     mode = "quick mode ≤ ~5 min" if quick else "full mode ≤ 1 h"
@@ -211,15 +211,15 @@ def _share_section(results: Sequence[ShareResult]) -> list[str]:
     for ds in dict.fromkeys(r.dataset for r in results):
         rows = [r for r in results if r.dataset == ds]
         out.append(f"### {ds}: {rows[0].files:,} files, {rows[0].raw_bytes / MB:,.0f} MB\n")
-        names = list(rows[0].samples_s)
+        names = [row.name for row in rows[0].rows]
         body = []
         for r in rows:
             med = r.median_s
-            first = r.first_byte_s.get(SRUNS)
+            ours = r.row(SRUNS)
             body.append([f"{r.latency_ms:g} ms", *[_f(med.get(n), ".2f") for n in names],
                          _f(r.speedup(PIGZ), ".2f") + "×", _f(r.speedup(ISAL), ".2f") + "×",
-                         _f(median(first) if first else None, ".2f"),
-                         f"{r.peak_rss_kib.get(SRUNS, 0) / 1024:.0f}"])
+                         _f(ours.first_byte_s if ours else None, ".2f"),
+                         f"{((ours.peak_rss_kib if ours else None) or 0) / 1024:.0f}"])
         head = ["latency/op", *[f"{n} s" for n in names], "× pigz", "× isal", "first byte s", "peak RSS MiB"]
         out.append(markdown_table(head, body) + "\n")
     return out
@@ -228,7 +228,7 @@ def _share_section(results: Sequence[ShareResult]) -> list[str]:
 def _streams_section(sc: Scenarios) -> list[str]:
     out = ["## Upload streams: `archive --streams N` to a loopback GCS server capped per connection\n",
            (f"{sc.streams_data}; options `{' '.join(sc.streams_options) or '(defaults)'}`. The loopback server "
-           "(`benchmarks/gcs_loopback.py`) reads each connection's bodies at most the cap (a scaled-down stand-in "
+           "(`loopback/gcs.py`) reads each connection's bodies at most the cap (a scaled-down stand-in "
            "for GCS's ~200 MiB/s per upload stream) and serves connections in parallel; `compose` joins the "
            "segments. Every run is checked: the object has the archive's size and crc32c, no part is left, no "
            "byte was sent twice. Speed-up = one stream's median seconds ÷ the row's at the same cap; paired = "
@@ -236,11 +236,11 @@ def _streams_section(sc: Scenarios) -> list[str]:
            "included.\n")]
     body = []
     for s in sc.streams:
-        by_median, paired = speedup(s, baseline(sc.streams, s.row.cap))
-        body.append([s.row.name, f"{s.median:.2f}", f"{s.archive_bytes / MB / s.median:.0f}",
-                     _f(by_median, ".2f") + "×", _f(paired, ".2f") + "×", str(max(s.streams_used)),
-                     f"{median(s.cpu_s):.1f}", f"{max(s.rss_kib) / 1024:.0f}",
-                     ", ".join(f"{x:.1f}" for x in s.seconds)])
+        by_median, paired = speedup(s, baseline(sc.streams, s.case.cap))
+        body.append([s.name, f"{seconds(s):.2f}", f"{(s.archive_bytes or 0) / MB / seconds(s):.0f}",
+                     _f(by_median, ".2f") + "×", _f(paired, ".2f") + "×", f"{max(s.measured('streams_used')):.0f}",
+                     f"{median(s.measured('cpu_s')):.1f}", f"{(s.peak_rss_kib or 0) / 1024:.0f}",
+                     ", ".join(f"{x:.1f}" for x in s.all_seconds)])
     out.append(markdown_table(["row", "median s", "MB/s", "speed-up", "paired", "streams used", "CPU s",
                                "peak RSS MiB", "runs (s)"], body, "lrrrrrrrl") + "\n")
     return out
@@ -257,9 +257,9 @@ def _verify_section(v: VerifyResult) -> list[str]:
                    "measured, and the N-thread target is not measured.\n")
     med = v.median_s
     one = med.get(v.one)
-    body = [[name, f"{s:.2f}", f"{v.raw_bytes / MB / s:.0f}", _f(one / s if one else None, ".2f") + "×",
-             f"{v.rss_kib.get(name, 0) / 1024:.0f}", ", ".join(f"{x:.2f}" for x in v.samples_s[name])]
-            for name, s in med.items()]
+    body = [[row.name, f"{s:.2f}", f"{v.raw_bytes / MB / s:.0f}", _f(one / s if one else None, ".2f") + "×",
+             f"{(row.peak_rss_kib or 0) / 1024:.0f}", ", ".join(f"{x:.2f}" for x in row.all_seconds)]
+            for row in v.rows if (s := row.seconds) is not None]
     out.append(markdown_table(["command", "median s", "MB/s", f"× `{v.one}`", "peak RSS MiB", "runs (s)"],
                               body, "lrrrrl") + "\n")
     return out
@@ -278,14 +278,14 @@ def _random_section(r: RandomAccessResult) -> list[str]:
           f"{s.limit / MB:,.2f}"] for s in r.spans.values()], "llrrrr") + "\n")
     body = []
     for row in r.rows:
-        if row.median_s is None:
+        if row.seconds is None:
             body.append([row.name, f"skipped: {row.skipped}", "", "", ""])
             continue
-        span = r.spans.get(row.label)
-        ok = "–" if span is None or row.median_bytes is None else (
-            "yes" if row.median_bytes <= span.limit else "**no**")
-        body.append([row.name, f"{row.median_s:.2f}", f"{(row.median_bytes or 0) / MB:,.2f}",
-                     str(int(median(row.requests))), ok])
+        span = r.spans.get(row.case.label)
+        wire = row.median_of("bytes_sent")
+        ok = "–" if span is None or wire is None else ("yes" if wire <= span.limit else "**no**")
+        body.append([row.name, f"{row.seconds:.2f}", f"{(wire or 0) / MB:,.2f}",
+                     str(int(row.median_of("requests") or 0)), ok])
     out.append(markdown_table(["command", "median s", "MB on the wire", "requests", "≤ span + 16 MiB"],
                               body, "lrrrl") + "\n")
     out.extend(f"- {n}" for n in r.notes)
@@ -317,7 +317,7 @@ def render_scenarios(sc: Scenarios, charts: dict[str, str]) -> str:
         out += _streams_section(sc)
         if "streams" in charts:
             out.append(f"![speed-up vs upload streams]({charts['streams']})\n")
-    if sc.verify is not None and sc.verify.samples_s:
+    if sc.verify is not None and sc.verify.median_s:
         out += _verify_section(sc.verify)
     if sc.random is not None and sc.random.rows:
         out += _random_section(sc.random)

@@ -29,15 +29,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from . import scenario
 from .data import MB, REPO, Dataset, DatasetSpec, prepare
-from .measure import Command, RssProbe, median, run_command
+from .measure import Command, RssProbe, Sample, run_command
 from .report import markdown_table
+from .scenario import Row
 
-__all__ = ["ROWS", "Row", "ShareResult", "ShareUnavailable", "build_sharesim", "main", "mounted", "sweep"]
+__all__ = ["ROWS", "ShareCase", "ShareResult", "ShareUnavailable", "build_sharesim", "main", "mounted", "sweep"]
 
 SOURCE = REPO / "benchmarks" / "sharesim" / "sharesim.c"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -52,26 +54,27 @@ class ShareUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Row:
+class ShareCase:
     name: str
     build: str  # "sruns", "sruns-serial", "pigz", "isal"
 
 
 @dataclass
 class ShareResult:
-    """One data set at one latency: every row's seconds, interleaved repetitions."""
+    """One data set at one latency: a row per reader, interleaved repetitions."""
 
     dataset: str
     files: int
     raw_bytes: int
     latency_ms: float
-    samples_s: dict[str, list[float]] = field(default_factory=dict)  # row name -> seconds
-    peak_rss_kib: dict[str, int] = field(default_factory=dict)
-    first_byte_s: dict[str, list[float]] = field(default_factory=dict)  # row name -> time to first byte
+    rows: list[Row[ShareCase]] = field(default_factory=list)
 
     @property
     def median_s(self) -> dict[str, float]:
-        return {name: median(v) for name, v in self.samples_s.items() if v}
+        return {r.name: r.seconds for r in self.rows if r.seconds is not None}
+
+    def row(self, name: str) -> Row[ShareCase] | None:
+        return next((r for r in self.rows if r.name == name), None)
 
     def speedup(self, other: str, ours: str = "sruns-stream (defaults)") -> float | None:
         """The competitor's median seconds ÷ sruns-stream's: how many times faster it is."""
@@ -79,14 +82,15 @@ class ShareResult:
         return med[other] / med[ours] if other in med and med.get(ours) else None
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "median_s": self.median_s}
+        return {"dataset": self.dataset, "files": self.files, "raw_bytes": self.raw_bytes,
+                "latency_ms": self.latency_ms, "rows": [r.as_dict() for r in self.rows], "median_s": self.median_s}
 
 
 ROWS = (
-    Row("sruns-stream (defaults)", "sruns"),
-    Row("sruns-stream --read-threads 0 (serial)", "sruns-serial"),
-    Row("tar | pigz -1", "pigz"),
-    Row("tar | isal igzip_threaded -1", "isal"),
+    ShareCase("sruns-stream (defaults)", "sruns"),
+    ShareCase("sruns-stream --read-threads 0 (serial)", "sruns-serial"),
+    ShareCase("tar | pigz -1", "pigz"),
+    ShareCase("tar | isal igzip_threaded -1", "isal"),
 )
 
 
@@ -125,7 +129,7 @@ def mounted(binary: Path, source: Path, latency_ms: float, mountpoint: Path = CA
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
 
 
-def command(row: Row, run: Path, scratch: Path, threads: int) -> Command:
+def command(row: ShareCase, run: Path, scratch: Path, threads: int) -> Command:
     out = scratch / "out.tar.gz"
     tar = ("tar", "-cf", "-", "-C", str(run.parent), run.name)
     if row.build in ("sruns", "sruns-serial"):
@@ -142,9 +146,28 @@ def command(row: Row, run: Path, scratch: Path, threads: int) -> Command:
     return Command((tar, gz), stdout_file=out, output=out, env={"PYTHONPATH": str(REPO)})
 
 
+def _at_latency(result: ShareResult, ds: Dataset, run: Path, reps: int, scratch: Path, threads: int,
+                probe: RssProbe, log: Callable[[str], None]) -> None:
+    """The rows of ``result``, interleaved ``reps`` times, on the mounted ``run``."""
+
+    def measure(row: Row[ShareCase], rep: int) -> Sample:
+        where = scratch / f"{row.case.build}-{rep}"
+        shutil.rmtree(where, ignore_errors=True)
+        cmd = command(row.case, run, where, threads)
+        row.command = cmd.display()
+        sample = run_command(cmd, where, probe)
+        shutil.rmtree(where, ignore_errors=True)
+        if not sample.ok:  # every speed-up compares two rows: the section stops at the first failure
+            raise RuntimeError(f"{row.name} failed on {ds.spec.label} at {result.latency_ms} ms: {sample.error}")
+        return sample
+
+    scenario.run(result.rows, reps, measure, describe=lambda row, sample: f" ({ds.spec.label}, "
+                 f"{result.latency_ms:g} ms)", log=log)
+
+
 def sweep(
     datasets: Sequence[Dataset], latencies: Sequence[float], reps: int, scratch: Path,
-    mountpoint: Path = CACHE / "share-mnt", rows: Sequence[Row] = ROWS, cache: Path = CACHE,
+    mountpoint: Path = CACHE / "share-mnt", rows: Sequence[ShareCase] = ROWS, cache: Path = CACHE,
     log: Callable[[str], None] = print,
 ) -> list[ShareResult]:
     """Every data set at every latency, the rows interleaved ``reps`` times."""
@@ -155,23 +178,9 @@ def sweep(
     results = []
     for ds in datasets:
         for latency in latencies:
-            result = ShareResult(ds.spec.label, ds.files, ds.raw_bytes, latency, {r.name: [] for r in rows})
+            result = ShareResult(ds.spec.label, ds.files, ds.raw_bytes, latency, [Row(r, ds) for r in rows])
             with mounted(binary, ds.path.parent, latency, mountpoint) as mnt:
-                run = mnt / ds.path.name
-                for rep in range(reps):
-                    for row in rows:  # interleaved: the machine's drift hits every row alike
-                        where = scratch / f"{row.build}-{rep}"
-                        shutil.rmtree(where, ignore_errors=True)
-                        sample = run_command(command(row, run, where, threads), where, probe)
-                        if not sample.ok:
-                            raise RuntimeError(f"{row.name} failed on {ds.spec.label} at {latency} ms: {sample.error}")
-                        result.samples_s[row.name].append(sample.seconds)
-                        if sample.first_byte_s is not None:
-                            result.first_byte_s.setdefault(row.name, []).append(sample.first_byte_s)
-                        result.peak_rss_kib[row.name] = max(result.peak_rss_kib.get(row.name, 0),
-                                                            sample.peak_rss_kib or 0)
-                        shutil.rmtree(where, ignore_errors=True)
-                        log(f"    [{rep + 1}/{reps}] {ds.spec.label} {latency:g} ms {row.name}: {sample.seconds:.2f} s")
+                _at_latency(result, ds, mnt / ds.path.name, reps, scratch, threads, probe, log)
             results.append(result)
     return results
 
@@ -189,7 +198,7 @@ def render(results: list[ShareResult], label: str, command_line: str, reps: int)
         rows = [r for r in results if r.dataset == ds]
         first = rows[0]
         out.append(f"## {ds}: {first.files:,} files, {first.raw_bytes / MB:,.0f} MB\n")
-        names = list(first.samples_s)
+        names = [row.name for row in first.rows]
         head = ["latency per operation", *[f"{n} (s)" for n in names], "speed-up vs tar | pigz",
                 "speed-up vs tar | isal", "sruns-stream peak RSS"]
         table = []
@@ -197,7 +206,7 @@ def render(results: list[ShareResult], label: str, command_line: str, reps: int)
             med = r.median_s
             vs = [f"{x:.2f}×" if (x := r.speedup(n.name)) is not None else "–" for n in (ROWS[2], ROWS[3])]
             table.append([f"{r.latency_ms:g} ms", *[f"{med[n]:.2f}" for n in names], *vs,
-                          f"{r.peak_rss_kib.get(ROWS[0].name, 0) / 1024:.0f} MiB"])
+                          f"{((ours.peak_rss_kib or 0) if (ours := r.row(ROWS[0].name)) else 0) / 1024:.0f} MiB"])
         out.append(markdown_table(head, table) + "\n")
     return "\n".join(out)
 

@@ -5,7 +5,7 @@ whose connections are capped, as GCS caps one upload stream.
                                  [--low-cap MBPS] [--label NAME]
 
 One GCS upload stream tops out near 200 MiB/s. The loopback server
-(`benchmarks/gcs_loopback.py`) reads each connection's bodies at most ``--cap`` MB/s, a
+(`loopback/gcs.py`) reads each connection's bodies at most ``--cap`` MB/s, a
 scaled-down stand-in for that ceiling, and serves connections in parallel, so N streams
 may reach N times the cap. On a NovaSeq-style run (large, already-compressed CBCL files:
 little CPU per byte), sruns-stream archives to it with ``--streams 1``, 4 and 8 under the
@@ -36,25 +36,38 @@ import base64
 import json
 import os
 import platform
-import resource
 import shutil
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .bench_gcs import _size as parse_size
-from .data import MB, REPO, Dataset, DatasetSpec, GiB, MiB, prepare, warm_page_cache
-from .gcs_loopback import LoopbackGcsServer
-from .machine import describe_machine
-from .measure import Command, RssProbe, median, run_command
-from .report import markdown_table, slug
+from loopback.gcs import LoopbackGcsServer
 
-__all__ = ["Row", "Samples", "StreamsFailed", "baseline", "main", "make_rows", "render", "speedup", "sweep", "targets"]
+from . import scenario
+from .data import MB, REPO, Dataset, DatasetSpec, GiB, MiB, parse_size, prepare, warm_page_cache
+from .machine import describe_machine
+from .measure import Command, RssProbe, Sample, median, run_command
+from .report import markdown_table, slug
+from .scenario import Row
+
+__all__ = [
+    "StreamsCase",
+    "StreamsFailed",
+    "baseline",
+    "main",
+    "make_cases",
+    "render",
+    "row_as_dict",
+    "row_from_dict",
+    "seconds",
+    "speedup",
+    "sweep",
+    "targets",
+]
 
 BUCKET = "bench-streams"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -70,7 +83,7 @@ class StreamsFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Row:
+class StreamsCase:
     streams: int
     cap: float | None  # MB/s per connection; None: no cap
 
@@ -80,33 +93,50 @@ class Row:
         return f"{where}, {self.streams} stream{'s' if self.streams > 1 else ''}"
 
 
-@dataclass
-class Samples:
-    row: Row
-    seconds: list[float] = field(default_factory=list)
-    cpu_s: list[float] = field(default_factory=list)  # the archive process's user + system
-    server_cpu_s: list[float] = field(default_factory=list)  # this process's (the server's) meanwhile
-    rss_kib: list[int] = field(default_factory=list)
-    streams_used: list[int] = field(default_factory=list)  # as the archive reports it
-    raw_bytes: int = 0  # the tar stream
-    archive_bytes: int = 0
-
-    @property
-    def median(self) -> float:
-        return median(self.seconds)
+def seconds(row: Row[StreamsCase]) -> float:
+    """The row's median seconds; a row of this section always has samples (a failure stops it)."""
+    value = row.seconds
+    if value is None:
+        raise StreamsFailed(f"{row.name} has no samples")
+    return value
 
 
-def make_rows(streams: Sequence[int], cap: float, low_cap: float | None) -> list[Row]:
+def _bytes(row: Row[StreamsCase], key: str) -> int:
+    return int(row.median_of(key) or 0)
+
+
+def make_cases(streams: Sequence[int], cap: float, low_cap: float | None) -> list[StreamsCase]:
     """Under the cap every streams count; with no cap one and four (or the largest
     asked for under 4); the same counts again at ``low_cap``."""
-    rows = [Row(n, cap) for n in streams]
-    rows += [Row(n, None) for n in sorted({min(streams), min(4, max(streams))})]
+    cases = [StreamsCase(n, cap) for n in streams]
+    cases += [StreamsCase(n, None) for n in sorted({min(streams), min(4, max(streams))})]
     if low_cap:
-        rows += [Row(n, low_cap) for n in streams]
-    return rows
+        cases += [StreamsCase(n, low_cap) for n in streams]
+    return cases
 
 
-def _command(row: Row, run: Path, scratch: Path, server: LoopbackGcsServer, prefix: str,
+def row_as_dict(row: Row[StreamsCase]) -> dict[str, Any]:
+    """A row in the results JSON, in the shape ``--render`` reads back (`row_from_dict`)."""
+    ok = row.ok_samples
+    return {"name": row.name, "streams": row.case.streams, "cap_mb_s": row.case.cap, "median_s": row.seconds,
+            "seconds": [x.seconds for x in ok], "cpu_s": row.measured("cpu_s"),
+            "server_cpu_s": row.measured("server_cpu_s"), "rss_kib": [x.peak_rss_kib or 0 for x in ok],
+            "streams_used": [int(x) for x in row.measured("streams_used")],
+            "raw_bytes": _bytes(row, "raw_bytes"), "archive_bytes": _bytes(row, "archive_bytes")}
+
+
+def row_from_dict(saved: dict[str, Any]) -> Row[StreamsCase]:
+    """The row `row_as_dict` wrote (also the pages written before the rows had one type)."""
+    row: Row[StreamsCase] = Row(StreamsCase(saved["streams"], saved["cap_mb_s"]))
+    for i, secs in enumerate(saved["seconds"]):
+        measures = {"cpu_s": saved["cpu_s"][i], "server_cpu_s": saved["server_cpu_s"][i],
+                    "streams_used": saved["streams_used"][i], "raw_bytes": saved["raw_bytes"],
+                    "archive_bytes": saved["archive_bytes"]}
+        row.samples.append(Sample(secs, saved["rss_kib"][i], [], None, "", measures=measures))
+    return row
+
+
+def _command(row: StreamsCase, run: Path, scratch: Path, server: LoopbackGcsServer, prefix: str,
              extra: Sequence[str]) -> Command:
     argv = (sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", f"gs://{BUCKET}/{prefix}",
             "--streams", str(row.streams), "--journal", str(scratch / "sruns.db"), "--json", *extra)
@@ -132,62 +162,58 @@ def _check(result: dict[str, Any], server: LoopbackGcsServer, prefix: str, run: 
                          "archive: bytes were sent twice, or not at all")
 
 
-def sweep(ds: Dataset, rows: list[Row], reps: int, extra: Sequence[str], scratch: Path,
-          log: Callable[[str], None] = print) -> list[Samples]:
+def sweep(ds: Dataset, cases: list[StreamsCase], reps: int, extra: Sequence[str], scratch: Path,
+          log: Callable[[str], None] = print) -> list[Row[StreamsCase]]:
     probe = RssProbe()
-    samples = {row: Samples(row) for row in rows}
+    rows = [Row(case, ds) for case in cases]
     servers = {cap: LoopbackGcsServer(md5=False, cap_bytes_per_s=cap * MB if cap else None).start()
-               for cap in dict.fromkeys(row.cap for row in rows)}
+               for cap in dict.fromkeys(case.cap for case in cases)}
+
+    def measure(row: Row[StreamsCase], rep: int) -> Sample:
+        server = servers[row.case.cap]
+        prefix = f"{slug(row.name)}-{rep}"
+        where = scratch / prefix
+        shutil.rmtree(where, ignore_errors=True)
+        before = server.bytes_received
+        cmd = _command(row.case, ds.path, where, server, prefix, extra)
+        row.command = cmd.display()
+        sample = run_command(cmd, where, probe)
+        if not sample.ok:  # every speed-up is over the one-stream row: stop at the first failure
+            raise StreamsFailed(f"{row.name} failed: {sample.error}")
+        result = json.loads(sample.stdout)
+        _check(result, server, prefix, ds.path, server.bytes_received - before)
+        sample.measures.update(streams_used=int(result.get("streams", 1)), raw_bytes=int(result["raw_bytes"]),
+                               archive_bytes=int(result["archive_bytes"]))
+        shutil.rmtree(where, ignore_errors=True)
+        return sample
+
+    def describe(row: Row[StreamsCase], sample: Sample) -> str:
+        return (f", {sample.measures['archive_bytes'] / MB / sample.seconds:.0f} MB/s, "
+                f"streams used {sample.measures['streams_used']:.0f}")
+
     try:
         warm_page_cache(ds.path)
-        for rep in range(reps):
-            order = rows[rep % len(rows):] + rows[: rep % len(rows)]  # rotated: no row always first
-            for row in order:
-                server = servers[row.cap]
-                prefix = f"{slug(row.name)}-{rep}"
-                where = scratch / prefix
-                shutil.rmtree(where, ignore_errors=True)
-                before = server.bytes_received
-                children = resource.getrusage(resource.RUSAGE_CHILDREN)
-                own = resource.getrusage(resource.RUSAGE_SELF)
-                sample = run_command(_command(row, ds.path, where, server, prefix, extra), where, probe)
-                own_after = resource.getrusage(resource.RUSAGE_SELF)
-                children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                if not sample.ok:
-                    raise StreamsFailed(f"{row.name} failed: {sample.error}")
-                result = json.loads(sample.stdout)
-                _check(result, server, prefix, ds.path, server.bytes_received - before)
-                s = samples[row]
-                s.seconds.append(sample.seconds)
-                s.cpu_s.append(children_after.ru_utime + children_after.ru_stime
-                               - children.ru_utime - children.ru_stime)
-                s.server_cpu_s.append(own_after.ru_utime + own_after.ru_stime - own.ru_utime - own.ru_stime)
-                s.rss_kib.append(sample.peak_rss_kib or 0)
-                s.streams_used.append(int(result.get("streams", 1)))
-                s.raw_bytes, s.archive_bytes = int(result["raw_bytes"]), int(result["archive_bytes"])
-                shutil.rmtree(where, ignore_errors=True)
-                log(f"    [{rep + 1}/{reps}] {row.name}: {sample.seconds:.2f} s, "
-                      f"{s.archive_bytes / MB / sample.seconds:.0f} MB/s, streams used {s.streams_used[-1]}, "
-                      f"peak RSS {(sample.peak_rss_kib or 0) / 1024:.0f} MiB")
+        # Rotated: no row always runs first.
+        scenario.run(rows, reps, measure, rotate=True, describe=describe, log=log)
     finally:
         for server in servers.values():
             server.stop()
-    return list(samples.values())
+    return rows
 
 
 # -- the report -------------------------------------------------------------------------
 
 
-def baseline(results: list[Samples], cap: float | None) -> Samples | None:
-    return next((s for s in results if s.row.cap == cap and s.row.streams == 1), None)
+def baseline(results: list[Row[StreamsCase]], cap: float | None) -> Row[StreamsCase] | None:
+    return next((s for s in results if s.case.cap == cap and s.case.streams == 1), None)
 
 
-def speedup(s: Samples, base: Samples | None) -> tuple[float | None, float | None]:
+def speedup(s: Row[StreamsCase], base: Row[StreamsCase] | None) -> tuple[float | None, float | None]:
     """(by medians, paired): one stream's seconds ÷ this row's."""
-    if base is None or not s.seconds:
+    if base is None or not s.all_seconds:
         return None, None
-    paired = statistics.median(b / x for b, x in zip(base.seconds, s.seconds, strict=True))
-    return base.median / s.median, float(paired)
+    paired = median([b / x for b, x in zip(base.all_seconds, s.all_seconds, strict=True)])
+    return seconds(base) / seconds(s), float(paired)
 
 
 def _plan(raw: int, streams: int, options: dict[str, int]) -> tuple[int, int]:
@@ -212,15 +238,15 @@ def _default_plans() -> list[list[str]]:
     return out
 
 
-def targets(results: list[Samples], cap: float) -> list[tuple[str, float | None, str]]:
+def targets(results: list[Row[StreamsCase]], cap: float) -> list[tuple[str, float | None, str]]:
     out = []
     base = baseline(results, cap)
     for n, limit in ((4, 3.0), (8, 5.0)):
-        s = next((x for x in results if x.row == Row(n, cap)), None)
+        s = next((x for x in results if x.case == StreamsCase(n, cap)), None)
         value = speedup(s, base)[0] if s else None
         verdict = "not measured" if value is None else ("met" if value >= limit else "NOT met")
         out.append((f"cap {cap:g} MB/s: {n} streams ≥ {limit:g}× one stream", value, verdict))
-    free = next((x for x in results if x.row == Row(4, None)), None)
+    free = next((x for x in results if x.case == StreamsCase(4, None)), None)
     value = speedup(free, baseline(results, None))[0] if free else None
     if value is None:
         verdict = "not measured"
@@ -234,14 +260,14 @@ def targets(results: list[Samples], cap: float) -> list[tuple[str, float | None,
     return out
 
 
-def render(results: list[Samples], meta: dict[str, Any]) -> str:
+def render(results: list[Row[StreamsCase]], meta: dict[str, Any]) -> str:
     cap, low = meta["cap"], meta["low_cap"]
     out = [f"# Upload streams: {meta['label']}, {meta['date']}\n"]
     out.append(f"Command: `{meta['command']}` ({meta['minutes']:.1f} min in all)\n")
     out.append(
-        f"Data: {meta['data']}; tar stream {results[0].raw_bytes / MB:,.0f} MB, archive "
-        f"{results[0].archive_bytes / MB:,.0f} MB. Destination: `gs://` on the loopback GCS server "
-        "(benchmarks/gcs_loopback.py) in the benchmark's own process, on the same cores, bodies discarded "
+        f"Data: {meta['data']}; tar stream {_bytes(results[0], 'raw_bytes') / MB:,.0f} MB, archive "
+        f"{_bytes(results[0], 'archive_bytes') / MB:,.0f} MB. Destination: `gs://` on the loopback GCS server "
+        "(loopback/gcs.py) in the benchmark's own process, on the same cores, bodies discarded "
         "after their crc32c; each connection read at most the cap. Options passed: "
         f"`{' '.join(meta['extra']) or '(none)'}`. Medians of {meta['reps']} interleaved repetitions (order "
         "rotated each time); speed-up = one stream's seconds ÷ the row's at the same cap; paired = median "
@@ -259,18 +285,19 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
     head = ["row", "segments", "median s", "MB/s", "MB/s per working stream", "speed-up", "paired",
             "CPU s", "server CPU s", "cores busy", "peak RSS MiB", "runs (s)"]
     table = []
-    busy: dict[Row, float] = {}
+    busy: dict[StreamsCase, float] = {}
     for s in results:
-        by_median, paired = speedup(s, baseline(results, s.row.cap))
-        count = _plan(s.raw_bytes, s.row.streams, meta["plan_options"])[0] if max(s.streams_used) > 1 else 1
-        working = min(count, max(s.streams_used))
-        rate = s.archive_bytes / MB / s.median
-        busy[s.row] = (median(s.cpu_s) + median(s.server_cpu_s)) / (s.median * cores)
+        by_median, paired = speedup(s, baseline(results, s.case.cap))
+        used = int(max(s.measured("streams_used")))
+        count = _plan(_bytes(s, "raw_bytes"), s.case.streams, meta["plan_options"])[0] if used > 1 else 1
+        working = min(count, used)
+        rate = _bytes(s, "archive_bytes") / MB / seconds(s)
+        busy[s.case] = (median(s.measured("cpu_s")) + median(s.measured("server_cpu_s"))) / (seconds(s) * cores)
         table.append([
-            s.row.name, str(count), f"{s.median:.2f}", f"{rate:.0f}", f"{rate / working:.1f}",
+            s.case.name, str(count), f"{seconds(s):.2f}", f"{rate:.0f}", f"{rate / working:.1f}",
             "–" if by_median is None else f"{by_median:.2f}×", "–" if paired is None else f"{paired:.2f}×",
-            f"{median(s.cpu_s):.1f}", f"{median(s.server_cpu_s):.1f}", f"{busy[s.row]:.0%}",
-            f"{max(s.rss_kib) / 1024:.0f}", ", ".join(f"{x:.1f}" for x in s.seconds),
+            f"{median(s.measured('cpu_s')):.1f}", f"{median(s.measured('server_cpu_s')):.1f}", f"{busy[s.case]:.0%}",
+            f"{(s.peak_rss_kib or 0) / 1024:.0f}", ", ".join(f"{x:.1f}" for x in s.all_seconds),
         ])
     out.append("## Results\n")
     out.append(markdown_table(head, table, "lrrrrrrrrrrl") + "\n")
@@ -282,7 +309,7 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
     capped = [row for row in busy if row.cap == cap]
     worst = max(busy[row] for row in capped)
     free = baseline(results, None)
-    feed = free.archive_bytes / MB / free.median if free is not None else None
+    feed = _bytes(free, "archive_bytes") / MB / seconds(free) if free is not None else None
     verdict = (f"at most {worst:.0%} of the cores were busy in the rows at {cap:g} MB/s: they measure the "
                "upload streams, not the CPU" if worst < 0.7 else
                f"up to {worst:.0%} of the cores were busy in the rows at {cap:g} MB/s: the CPU, not only the "
@@ -300,14 +327,15 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
     )
     one = baseline(results, cap)
     if one is not None:
-        more = [s for s in results if s.row.cap == cap and s.row.streams > 1]
+        more = [s for s in results if s.case.cap == cap and s.case.streams > 1]
+        base_kib = one.peak_rss_kib or 0
         extra = ", ".join(
-            f"{s.row.streams} streams +{(max(s.rss_kib) - max(one.rss_kib)) / 1024:.0f} MiB "
-            f"({(max(s.rss_kib) - max(one.rss_kib)) / 1024 / (s.row.streams - 1):.0f} MiB per extra stream)"
+            f"{s.case.streams} streams +{((s.peak_rss_kib or 0) - base_kib) / 1024:.0f} MiB "
+            f"({((s.peak_rss_kib or 0) - base_kib) / 1024 / (s.case.streams - 1):.0f} MiB per extra stream)"
             for s in more)
         chunk = meta["plan_options"].get("chunk_size", 16 * MiB) / MiB
         out.append(
-            f"**Memory.** Peak RSS with one stream: {max(one.rss_kib) / 1024:.0f} MiB; {extra}. Each stream "
+            f"**Memory.** Peak RSS with one stream: {(one.peak_rss_kib or 0) / 1024:.0f} MiB; {extra}. Each stream "
             f"has its own upload buffers, a few chunks ({chunk:g} MiB each here; `--chunk-size` sets it), and its "
             "own reader and compressor. The README's target is ≤ 300 MiB at defaults.\n"
         )
@@ -315,9 +343,9 @@ def render(results: list[Samples], meta: dict[str, Any]) -> str:
     out.append(
         "`plan_segments` cuts the tar stream into about 4 segments per stream, each at least 8 upload chunks "
         "(and `min(volume_size, run) / 512`) long. "
-        + "; ".join(f"{s.row.streams} streams: {c} × {z / MiB:,.0f} MiB" for s in results
-                    if s.row.cap == cap and s.row.streams > 1
-                    for c, z in [_plan(s.raw_bytes, s.row.streams, meta["plan_options"])])
+        + "; ".join(f"{s.case.streams} streams: {c} × {z / MiB:,.0f} MiB" for s in results
+                    if s.case.cap == cap and s.case.streams > 1
+                    for c, z in [_plan(_bytes(s, "raw_bytes"), s.case.streams, meta["plan_options"])])
         + ". At defaults, with `AUTO_STREAMS` streams, runs of these sizes get:\n"
     )
     out.append(markdown_table(["tar stream", "segments", "streams that can work at once"], _default_plans(),
@@ -341,9 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.render:
         saved = json.loads(args.render.read_text())
-        results = [Samples(Row(r["streams"], r["cap_mb_s"]), r["seconds"], r["cpu_s"], r["server_cpu_s"],
-                           r["rss_kib"], r["streams_used"], r["raw_bytes"], r["archive_bytes"])
-                   for r in saved["rows"]]
+        results = [row_from_dict(r) for r in saved["rows"]]
         args.render.with_suffix(".md").write_text(render(results, saved["meta"]))
         print(f"written: {args.render.with_suffix('.md')}")
         return 0
@@ -364,10 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.volume_size:
         extra += ["--volume-size", args.volume_size]
         plan_options["volume_size"] = parse_size(args.volume_size)
-    rows = make_rows(streams, args.cap, args.low_cap)
+    cases = make_cases(streams, args.cap, args.low_cap)
     t0 = time.perf_counter()
     try:
-        results = sweep(ds, rows, args.reps, extra, args.cache / "streams-scratch")
+        results = sweep(ds, cases, args.reps, extra, args.cache / "streams-scratch")
     except StreamsFailed as exc:
         raise SystemExit(str(exc)) from exc
     machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -386,8 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "meta": meta, "dataset": {"label": ds.spec.label, "path": str(ds.path), "files": ds.files,
                                   "raw_bytes": ds.raw_bytes, "spec": asdict(ds.spec)},
         "targets": [{"text": t, "value": v, "verdict": d} for t, v, d in targets(results, args.cap)],
-        "rows": [{"name": s.row.name, "streams": s.row.streams, "cap_mb_s": s.row.cap, "median_s": s.median,
-                  **{k: v for k, v in asdict(s).items() if k != "row"}} for s in results],
+        "rows": [row_as_dict(s) for s in results],
     }, indent=2))
     print(text)
     print(f"written: {stem}.md and .json")

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import scenario
 from .data import REPO, Dataset
-from .measure import Command, RssProbe, median, run_command
-from .suite import sruns_json
+from .measure import Command, RssProbe, Sample, run_command, sruns_json
+from .scenario import Row
 
-__all__ = ["VERIFY_TARGET", "VerifyResult", "has_option", "make_archive", "measure_verify"]
+__all__ = ["VERIFY_TARGET", "VerifyCase", "VerifyResult", "has_option", "make_archive", "measure_verify"]
 
 VERIFY_TARGET = 1.7  # N threads over 1 thread (issue 13)
 _ENV = {"PYTHONPATH": str(REPO)}
@@ -61,6 +62,12 @@ def make_archive(ds: Dataset, where: Path, *options: str) -> tuple[Path, dict[st
     return archive, summary
 
 
+@dataclass(frozen=True)
+class VerifyCase:
+    name: str  # shown in the table
+    command: Command
+
+
 @dataclass
 class VerifyResult:
     dataset: str
@@ -68,14 +75,12 @@ class VerifyResult:
     raw_bytes: int = 0
     threads: int = 1  # N of the N-thread row
     has_threads_option: bool = False
-    samples_s: dict[str, list[float]] = field(default_factory=dict)  # row name -> seconds
-    rss_kib: dict[str, int] = field(default_factory=dict)
-    commands: dict[str, str] = field(default_factory=dict)
+    rows: list[Row[VerifyCase]] = field(default_factory=list)
     error: str | None = None
 
     @property
     def median_s(self) -> dict[str, float]:
-        return {k: median(v) for k, v in self.samples_s.items() if v}
+        return {r.name: r.seconds for r in self.rows if r.seconds is not None}
 
     @property
     def one(self) -> str:
@@ -91,21 +96,23 @@ class VerifyResult:
         return med[self.one] / med[self.many] if self.one in med and self.many in med else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "median_s": self.median_s, "speedup": self.speedup()}
+        return {**{k: v for k, v in self.__dict__.items() if k != "rows"}, "rows": [r.as_dict() for r in self.rows],
+                "median_s": self.median_s, "speedup": self.speedup()}
 
 
-def _rows(archive: Path, result: VerifyResult, journal: Path) -> list[tuple[str, Command]]:
+def _cases(archive: Path, result: VerifyResult, journal: Path) -> list[VerifyCase]:
     verify = (sys.executable, "-m", "sruns_stream", "verify", str(archive), "--journal", str(journal))
-    rows: list[tuple[str, Command]] = []
+    cases: list[VerifyCase] = []
     if result.has_threads_option:
-        rows.append((result.one, Command(((*verify, "--threads", "1"),), env=_ENV)))
-        rows.append((result.many, Command(((*verify, "--threads", str(result.threads)),), env=_ENV)))
+        cases.append(VerifyCase(result.one, Command(((*verify, "--threads", "1"),), env=_ENV)))
+        cases.append(VerifyCase(result.many, Command(((*verify, "--threads", str(result.threads)),), env=_ENV)))
     else:
-        rows.append((result.one, Command((verify,), env=_ENV)))
+        cases.append(VerifyCase(result.one, Command((verify,), env=_ENV)))
     if shutil.which("gzip"):
-        rows.append(("gzip -t", Command((("gzip", "-t", str(archive)),))))
-    rows.append(("tar tzf > /dev/null", Command((("tar", "tzf", str(archive)),), stdout_file=Path(os.devnull))))
-    return rows
+        cases.append(VerifyCase("gzip -t", Command((("gzip", "-t", str(archive)),))))
+    cases.append(VerifyCase("tar tzf > /dev/null",
+                            Command((("tar", "tzf", str(archive)),), stdout_file=Path(os.devnull))))
+    return cases
 
 
 def measure_verify(
@@ -126,18 +133,14 @@ def measure_verify(
     with open(archive, "rb") as f:  # into the page cache: every row reads it from memory
         while f.read(8 << 20):
             pass
-    rows = _rows(archive, result, workdir / "no-journal.db")
-    for name, cmd in rows:
-        result.samples_s[name] = []
-        result.commands[name] = cmd.display()
-    for rep in range(reps):
-        for name, cmd in rows:
-            sample = run_command(cmd, workdir / "run", probe)
-            if not sample.ok:
-                result.error = f"{name} failed: {sample.error}"
-                return result
-            result.samples_s[name].append(sample.seconds)
-            result.rss_kib[name] = max(result.rss_kib.get(name, 0), sample.peak_rss_kib or 0)
-            log(f"    [{rep + 1}/{reps}] {name}: {sample.seconds:.2f} s")
-    return result
+    result.rows = [Row(case, command=case.command.display())
+                   for case in _cases(archive, result, workdir / "no-journal.db")]
 
+    def measure(row: Row[VerifyCase], rep: int) -> Sample:
+        return run_command(row.case.command, workdir / "run", probe)
+
+    scenario.run(result.rows, reps, measure, log=log)
+    failed = next((r for r in result.rows if r.skipped), None)
+    if failed is not None:  # every row reads the same archive: one failure makes the section unmeasured
+        result.error = f"{failed.name} failed: {failed.skipped}"
+    return result

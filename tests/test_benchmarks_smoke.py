@@ -18,8 +18,8 @@ if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import
 
 # Imports after code, so noqa: E402 on each: they need the sys.path entry made just above.
 from benchmarks.competitors import REFERENCE, Competitor, Tools, main_competitors, sruns_stream  # noqa: E402
-from benchmarks.data import Dataset, DatasetSpec, prepare  # noqa: E402
-from benchmarks.measure import Command, RssProbe, Sample, median, run_command  # noqa: E402
+from benchmarks.data import Dataset, DatasetSpec, parse_size, prepare  # noqa: E402
+from benchmarks.measure import Command, RssProbe, Sample, median, run_command, sruns_json  # noqa: E402
 from benchmarks.plan import make_plan, thread_counts  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     Report,
@@ -30,7 +30,8 @@ from benchmarks.report import (  # noqa: E402
     slug,
     write_charts,
 )
-from benchmarks.suite import Row, interleave, sruns_json  # noqa: E402
+from benchmarks.scenario import Row, run  # noqa: E402
+from benchmarks.suite import interleave  # noqa: E402
 
 
 def test_median_and_ratio() -> None:
@@ -58,6 +59,10 @@ def test_slug_and_thread_counts() -> None:
     assert thread_counts(12) == [1, 2, 4, 8, 12]
 
 
+def test_sizes_on_the_command_line_are_binary() -> None:
+    assert [parse_size(t) for t in ("512M", "1G", "4MiB", "8k", "100")] == [512 << 20, 1 << 30, 4 << 20, 8 << 10, 100]
+
+
 def test_quick_plan_lists_what_it_leaves_out() -> None:
     plan = make_plan(quick=True, cores=2)
     assert {"share", "streams", "verify", "random", "resume", "main"} <= set(plan.sections)
@@ -74,11 +79,12 @@ def _fake_dataset(tmp_path: Path, label: str) -> Dataset:
     return Dataset(DatasetSpec(label, label.lower(), 100), tmp_path, 10, 12, 100_000_000, 0.0, "x")
 
 
-def _row(competitor: Competitor, ds: Dataset, seconds: list[float], rss_kib: int = 50_000) -> Row:
-    row = Row(competitor, ds)
-    row.samples = [Sample(s, rss_kib, [rss_kib], 1000, "") for s in seconds]
-    row.archive_sizes = [50_000_000] * len(seconds)
-    return row
+def _sample(seconds: float, rss_kib: int | None = 50_000, **measures: float) -> Sample:
+    return Sample(seconds, rss_kib, [rss_kib], 1000, "", measures=measures)
+
+
+def _row(competitor: Competitor, ds: Dataset, seconds: list[float], rss_kib: int = 50_000) -> Row[Competitor]:
+    return Row(competitor, ds, [_sample(s, rss_kib, archive_bytes=50_000_000) for s in seconds])
 
 
 def test_targets_met_not_met_and_not_measured(tmp_path: Path) -> None:
@@ -167,7 +173,7 @@ def test_tiny_real_run_of_sruns_stream_and_the_ceiling(tmp_path: Path) -> None:
     tools = Tools(threads=2, scratch=tmp_path / "tools")
     rows = interleave(chosen, ds, tools, 1, RssProbe(), tmp_path / "runs", log=lambda _: None)
     for row in rows:
-        assert row.complete, (row.competitor.name, row.skipped)
+        assert row.complete, (row.name, row.skipped)
         assert row.archive_bytes and row.archive_bytes < ds.raw_bytes
         assert row.peak_rss_kib and row.peak_rss_kib > 1024
     summary = sruns_json(rows[0].samples[0].stdout)
@@ -189,22 +195,25 @@ def test_ceiling_program_writes_valid_gzip(tmp_path: Path) -> None:
 
 
 def test_scenario_targets_met_not_met_and_not_measured() -> None:
-    from benchmarks.random_access import RandomAccessResult, RaRow, Span
+    from benchmarks.random_access import RaCase, RandomAccessResult, Span
     from benchmarks.scenario_report import Scenarios, render_scenarios, scenario_targets
-    from benchmarks.share import ShareResult
-    from benchmarks.streams import Row as StreamsRow
-    from benchmarks.streams import Samples
+    from benchmarks.share import ShareCase, ShareResult
+    from benchmarks.streams import StreamsCase
 
     sc = Scenarios(streams_cap=20.0)
     sc.share = [ShareResult("many files (x)", 800, 32_000_000, 0.5,
-                            {"sruns-stream (defaults)": [1.0, 1.0, 1.0], "tar | pigz -1": [5.0, 5.0, 5.0],
-                             "tar | isal igzip_threaded -1": [3.0, 3.0, 3.0]})]
-    sc.streams = [Samples(StreamsRow(n, cap), [s] * 3, [1.0] * 3, [1.0] * 3, [100_000] * 3, [n] * 3, 10, 10)
+                            [Row(ShareCase(name, build), None, [_sample(s) for s in [seconds] * 3])
+                             for name, build, seconds in (("sruns-stream (defaults)", "sruns", 1.0),
+                                                          ("tar | pigz -1", "pigz", 5.0),
+                                                          ("tar | isal igzip_threaded -1", "isal", 3.0))])]
+    sc.streams = [Row(StreamsCase(n, cap), None,
+                      [_sample(s, 100_000, cpu_s=1.0, server_cpu_s=1.0, streams_used=n, raw_bytes=10, archive_bytes=10)
+                       for _ in range(3)])
                   for n, cap, s in ((1, 20.0, 12.0), (4, 20.0, 3.5), (8, 20.0, 3.0), (1, None, 2.0), (4, None, 2.0))]
     span = Span("RunInfo.xml", "R/RunInfo.xml", 1, 0, 1024, 900, 0, 500)
     sc.random = RandomAccessResult("NovaSeq", 10 << 20, 10 << 20, True, {"RunInfo.xml": span},
-                                   [RaRow("RunInfo.xml", "sruns-stream cat (RunInfo.xml)", "sruns-stream",
-                                          seconds=[0.5], bytes_sent=[70_000], requests=[3])])
+                                   [Row(RaCase("RunInfo.xml", "sruns-stream cat (RunInfo.xml)", "sruns-stream"), None,
+                                        [_sample(0.5, bytes_sent=70_000, requests=3)])])
     sc.access_cost = {"MiSeq": (1_002_000, 1_000_000)}
     status = {t.text: t.status for t in scenario_targets(sc, {}, 200.0, quick=True)}
     assert status["#11 share, many files, 0.5 ms/op: sruns-stream ≥ 4× tar | pigz -1"] == "met"
@@ -227,3 +236,35 @@ def test_first_byte_is_timed_from_the_output(tmp_path: Path) -> None:
     sample = run_command(cmd, tmp_path / "s", RssProbe())
     assert sample.ok, sample.error
     assert sample.first_byte_s is not None and 0.25 <= sample.first_byte_s < sample.seconds
+
+
+def test_every_section_runs_in_one_shape_interleaved_rotated_and_not_retried() -> None:
+    """`scenario.run`: rounds of every row (rotated when asked), a failed row skipped from then on."""
+    from benchmarks.share import ShareCase
+
+    calls: list[tuple[str, int]] = []
+
+    def measure(row: Row[ShareCase], rep: int) -> Sample:
+        calls.append((row.name, rep))
+        failing = row.name == "b" and rep == 1
+        return Sample(1.0 + rep, None, [], None, "", "exit 1: no" if failing else None)
+
+    rows = [Row(ShareCase(n, n)) for n in "abc"]
+    run(rows, 3, measure, rotate=True, log=lambda _: None)
+    assert calls == [("a", 0), ("b", 0), ("c", 0), ("b", 1), ("c", 1), ("a", 1), ("c", 2), ("a", 2)]
+    assert rows[1].skipped == "failed in repetition 2: exit 1: no"
+    assert [len(r.ok_samples) for r in rows] == [3, 1, 3]
+    assert rows[0].seconds == 2.0 and rows[1].seconds == 1.0
+
+
+def test_streams_rows_render_again_from_their_json() -> None:
+    """`python -m benchmarks.streams --render` reads back what the page's JSON holds."""
+    from benchmarks.streams import StreamsCase, row_as_dict, row_from_dict
+
+    row = Row(StreamsCase(4, 20.0), None, [_sample(s, 90_000 + i, cpu_s=2.0 + i, server_cpu_s=0.5, streams_used=4,
+                                                   raw_bytes=1000, archive_bytes=900)
+                                           for i, s in enumerate((3.0, 2.0, 4.0))])
+    saved = row_as_dict(row)
+    assert saved["seconds"] == [3.0, 2.0, 4.0] and saved["median_s"] == 3.0 and saved["archive_bytes"] == 900
+    again = row_from_dict(saved)
+    assert again.case == row.case and row_as_dict(again) == saved

@@ -1,4 +1,4 @@
-"""The loopback GCS server (benchmarks/gcs_loopback.py) speaks what a segmented upload
+"""The loopback GCS server (loopback/gcs.py) speaks what a segmented upload
 uses, the way GCS does: compose with its limits and combined crc32c, preconditions,
 listings, bucket settings, and a per-connection upload cap that really limits.
 
@@ -20,13 +20,13 @@ import requests
 from google.api_core import exceptions as api_exceptions
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import it from the checkout
+if str(REPO) not in sys.path:  # loopback/ is not an installed package: import it from the checkout
     sys.path.insert(0, str(REPO))
 
 # Imports after code, so noqa: E402 on each: they need the sys.path entry made just above.
 from helpers import run_cli  # noqa: E402
 
-from benchmarks.gcs_loopback import LoopbackGcsServer  # noqa: E402
+from loopback.gcs import LoopbackGcsServer  # noqa: E402
 from sruns_stream.storage.gcs.client import crc32c_from_b64, make_client  # noqa: E402
 from sruns_stream.storage.gcs.parts import Parts  # noqa: E402
 

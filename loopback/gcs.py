@@ -41,7 +41,7 @@ Point a client at it with ``STORAGE_EMULATOR_HOST=<url>``.
     with LoopbackGcsServer() as server:          # in a program
         ...  server.url, server.bytes_received
 
-    python -m benchmarks.gcs_loopback --port 8123 [--cap 20]  # standalone
+    python -m loopback.gcs --port 8123 [--cap 20]  # standalone
 """
 
 from __future__ import annotations
@@ -812,7 +812,7 @@ class LoopbackGcsServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gcs_loopback", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m loopback.gcs", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: any free port (default)")
     p.add_argument("--verbose", action="store_true", help="log every request")
