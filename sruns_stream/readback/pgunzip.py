@@ -24,7 +24,8 @@ from itertools import pairwise
 
 from isal import isal_zlib
 
-from ..storage.access_index import AccessPoint, deflate_bound
+from ..storage.access_index import deflate_bound
+from ..storage.gzipframe import AccessPoint
 from .damage import ArchiveDamaged
 from .gunzip import InflateError, trailer_problems
 

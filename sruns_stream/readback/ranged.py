@@ -25,7 +25,7 @@ from ..errors import IntegrityError
 from ..progress import Progress
 from ..stopping import STOP
 from ..storage import access_index
-from ..storage.access_index import AccessPoint
+from ..storage.gzipframe import AccessPoint
 from ..storage.manifest_tsv import ManifestRow
 from .damage import ArchiveDamaged
 from .gunzip import InflateError
