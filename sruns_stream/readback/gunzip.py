@@ -30,7 +30,7 @@ def trailer_problems(name: str, trailer: bytes, crc: int, isize: int) -> list[st
     if stored.crc32 != crc:
         problems.append(f"{name}: the gzip CRC32 is {crc:08x} over the data, but the trailer says "
                         f"{stored.crc32:08x}: the compressed bytes were altered")
-    if stored.isize != isize & 0xFFFFFFFF:
+    if stored.isize != isize % gzipframe.ISIZE_MODULUS:
         problems.append(f"{name}: the gzip length is {isize} bytes, but the trailer says {stored.isize} (mod 2^32)")
     return problems
 

@@ -161,7 +161,7 @@ def raw_size(src: ArchiveSource, manifest: dict[str, ManifestRow] | None,
     finally:
         reader.close()
     isize = gzipframe.parse_trailer(trailer).isize
-    return low + ((isize - low) & 0xFFFFFFFF)
+    return low + (isize - low) % gzipframe.ISIZE_MODULUS
 
 
 def check_coverage(

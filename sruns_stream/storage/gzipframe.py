@@ -18,8 +18,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["END_BLOCK", "HEADER", "TRAILER_SIZE", "AccessPoint", "Trailer", "header_length", "is_access_point",
-           "is_member_start", "parse_trailer", "point_at_or_before", "point_raw", "trailer"]
+__all__ = ["END_BLOCK", "HEADER", "ISIZE_MODULUS", "TRAILER_SIZE", "AccessPoint", "Trailer", "header_length",
+           "is_access_point", "is_member_start", "parse_trailer", "point_at_or_before", "point_raw", "trailer"]
 
 _MAGIC = b"\x1f\x8b\x08"  # ID1, ID2 and CM = 8 (deflate): how every gzip member starts
 # No flags, mtime 0, no extra flags, OS unknown: nothing in it depends on when or where.
@@ -30,6 +30,7 @@ _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16
 # appends it to the bytes between two access points to inflate them alone.
 END_BLOCK = b"\x03\x00"
 TRAILER_SIZE = 8  # CRC32 and ISIZE, little-endian
+ISIZE_MODULUS = 1 << 32  # ISIZE is the inflated length modulo this
 
 
 def is_member_start(data: bytes | bytearray) -> bool:
@@ -68,7 +69,7 @@ class Trailer:
 
 def trailer(crc32: int, raw_size: int) -> bytes:
     """The 8-byte trailer of a member whose inflated bytes have ``crc32`` and ``raw_size``."""
-    return struct.pack("<II", crc32, raw_size & 0xFFFFFFFF)
+    return struct.pack("<II", crc32, raw_size % ISIZE_MODULUS)
 
 
 def parse_trailer(data: bytes | bytearray) -> Trailer:
