@@ -15,6 +15,7 @@ from sruns_stream.archiver.blockgzip import GzipCodec, PlainTarCodec, compressed
 from sruns_stream.archiver.tarstream import TarLayout, TarReader
 from sruns_stream.runfolder.scan import scan_run_folder
 from sruns_stream.state.checkpoint import WINDOW, Checkpoint
+from sruns_stream.storage.gzipframe import HEADER, AccessPoint, point_raw
 
 BLOCK = 64 * 1024
 
@@ -118,3 +119,25 @@ def test_checkpoints_carry_crc32_of_raw_and_crc32c_of_output(mixed_run: Path) ->
 def test_none_is_the_plain_tar(mixed_run: Path) -> None:
     data, _ = _encode(mixed_run, PlainTarCodec(), 2)
     assert data == _raw_tar(mixed_run)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_access_points_are_where_the_rule_puts_them_and_inflate_alone(mixed_run: Path, threads: int) -> None:
+    """Every access point the writer reports is at `gzipframe.point_raw` (k), and the
+    archive inflates from its output offset with no history (no dictionary) to the raw
+    tar from its raw offset: what the index promises a reader."""
+    layout = TarLayout(scan_run_folder(mixed_run))
+    interval = 3 * BLOCK + 1000  # not a multiple of the block: points fall on the first block after
+    with TarReader(layout, store_precompressed=True) as reader:
+        blocks = list(compressed_stream(GzipCodec(1, auto=True), reader.blocks(BLOCK), Checkpoint.start(), b"",
+                                        layout.size, threads, access_interval=interval, block_size=BLOCK))
+    data = b"".join(cb.data for cb in blocks)
+    raw = _raw_tar(mixed_run)
+    points = [cb.access_point for cb in blocks if cb.access_point is not None]
+    assert all(isinstance(p, AccessPoint) for p in points)
+    assert [p.raw for p in points] == [point_raw(k, BLOCK, interval) for k in range(len(points))]
+    assert len(points) == -(-len(raw) // interval) > 3 and points[0] == AccessPoint(0, len(HEADER))
+    for p in points:
+        inflater = zlib.decompressobj(-15)
+        assert inflater.decompress(data[p.archive :]) == raw[p.raw :]
+        assert inflater.eof

@@ -10,11 +10,10 @@ each block is all the state needed.
 Members the tar stream marks as already compressed are emitted as deflate *stored*
 blocks: no CPU is spent deflating CBCL or JPEG data for a 0–3 % gain.
 
-Access points: the first block at or after each multiple of ``access_interval`` raw
-bytes is deflated without the dictionary, so inflation can start at its first byte with no history (a
-reader fetching one member starts at the access point before it, `readback.index`).
-Which blocks those are depends only on the raw offset, so the output stays
-deterministic; the points' compressed offsets go into ``<run>.index.tsv``.
+Access points (`storage.gzipframe`: the rule, the header and trailer framing the member)
+are deflated without the dictionary, so inflation can start at their first byte with no
+history (a reader fetching one member starts at the access point before it,
+`readback.ranged`); their compressed offsets go into ``<run>.index.tsv``.
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ import google_crc32c
 from isal import isal_zlib
 
 from ..state.checkpoint import WINDOW, Checkpoint, Cursor
+from ..storage import gzipframe
+from ..storage.gzipframe import AccessPoint
 from .tarstream import RawBlock
 
 __all__ = [
@@ -39,12 +40,9 @@ __all__ = [
     "GzipCodec",
     "PlainTarCodec",
     "compressed_stream",
-    "is_access_point",
 ]
 
 _STORED_MAX = 0xFFFF
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # mtime 0, OS unknown
-_FINAL_EMPTY_BLOCK = b"\x03\x00"  # last-block bit, fixed Huffman, end-of-block
 
 
 class Codec(Protocol):
@@ -99,7 +97,7 @@ class GzipCodec:
         return f"auto (level {self.level})" if self.auto else f"level {self.level}"
 
     def header(self) -> bytes:
-        return _GZIP_HEADER
+        return gzipframe.HEADER
 
     def encode(self, block: RawBlock, dictionary: bytes) -> bytes:
         data = memoryview(block.data)
@@ -129,7 +127,7 @@ class GzipCodec:
         return c.compress(data) + c.flush(isal_zlib.Z_SYNC_FLUSH)
 
     def trailer(self, crc32: int, raw_size: int) -> bytes:
-        return _FINAL_EMPTY_BLOCK + struct.pack("<II", crc32, raw_size & 0xFFFFFFFF)
+        return gzipframe.END_BLOCK + gzipframe.trailer(crc32, raw_size)
 
 
 # isal's own threaded writer deflates blocks with this class: one call, no compressor
@@ -183,11 +181,11 @@ class CompressedBlock:
     access: bool = False  # deflated without a dictionary: inflation can start at its first byte
 
     @property
-    def access_point(self) -> tuple[int, int] | None:
-        """(raw offset, output offset) of this block's start when it is an access point."""
+    def access_point(self) -> AccessPoint | None:
+        """This block's start (raw and output offsets) when it is an access point."""
         if not self.access:
             return None
-        return self.checkpoint.raw_offset - self.raw_len, self.checkpoint.gz_offset - len(self.data)
+        return AccessPoint(self.checkpoint.raw_offset - self.raw_len, self.checkpoint.gz_offset - len(self.data))
 
 
 def _encode(codec: Codec, block: RawBlock, dictionary: bytes) -> tuple[bytes, int]:
@@ -222,13 +220,6 @@ class _Running:
         return CompressedBlock(data, self.cp, files_done or [], raw_len, stored_bytes)
 
 
-def is_access_point(raw_offset: int, block_size: int, access_interval: int) -> bool:
-    """Whether the block at ``raw_offset`` is deflated without a dictionary: the first
-    block at or after each multiple of ``access_interval`` (every block when blocks are
-    larger). Point k is then at raw offset `access_index.point_raw` (k)."""
-    return access_interval > 0 and raw_offset % access_interval < block_size
-
-
 def compressed_stream(
     codec: Codec,
     blocks: Iterator[RawBlock],
@@ -248,8 +239,8 @@ def compressed_stream(
     ``raw_size`` is reached, each as a block of its own with its own checkpoint. A
     segment starting inside the stream counts its output from 0 (``start.gz_offset``)
     and its raw crc32 from its first byte (``start.crc32``). The first block of ``block_size``
-    at or after each multiple of ``access_interval`` (0: none) is an access point (see
-    the module doc).
+    at or after each multiple of ``access_interval`` (0: none) is an access point
+    (`gzipframe.is_access_point`).
     """
     running = _Running(start)
     if start.raw_offset == 0 and start.gz_offset == 0 and codec.header():
@@ -261,7 +252,9 @@ def compressed_stream(
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate") as pool:
         try:
             for block in blocks:
-                access = codec.header() != b"" and is_access_point(block.raw_offset, block_size, access_interval)
+                access = codec.header() != b"" and gzipframe.is_access_point(
+                    block.raw_offset, block_size, access_interval
+                )
                 future = pool.submit(_encode, codec, block, b"" if access else dictionary)
                 dictionary = (dictionary + bytes(block.data[-WINDOW:]))[-WINDOW:]
                 pending.append((block, future, isal_zlib.crc32(dictionary), access))

@@ -29,6 +29,7 @@ from ..progress import Progress
 from ..state.checkpoint import WINDOW, Checkpoint, Cursor
 from ..state.journal import files_crc32c
 from ..stopping import STOP
+from ..storage.gzipframe import AccessPoint
 from ..storage.stores import Sink
 from .blockgzip import Codec, compressed_stream
 from .tarstream import TarLayout, TarReader
@@ -36,7 +37,7 @@ from .tarstream import TarLayout, TarReader
 __all__ = ["CheckpointStore", "RangeResult", "Saved", "range_start", "stream_range"]
 
 FilesDone = list[tuple[int, int]]
-Points = list[tuple[int, int]]  # access points: (raw offset, output offset)
+Points = list[AccessPoint]  # offsets in this range's output
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class _Attempt:
         self.store = store
         self.sink = sink
         # Checkpoints written but not yet durable (never the data: memory stays small).
-        self.pending: deque[tuple[Checkpoint, FilesDone, tuple[int, int] | None]] = deque()
+        self.pending: deque[tuple[Checkpoint, FilesDone, AccessPoint | None]] = deque()
         self.last_durable = durable
         self.files_crc = files_crc  # over the members the newest recorded checkpoint finished
         self.durable_raw = start.raw_offset  # raw offset of the newest recorded checkpoint

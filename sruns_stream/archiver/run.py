@@ -61,7 +61,7 @@ from ..state.checkpoint import Checkpoint
 from ..state.journal import Journal, Task, files_crc32c
 from ..state.process import start_time
 from ..storage import access_index, manifest_tsv
-from ..storage.access_index import AccessPoint
+from ..storage.gzipframe import AccessPoint
 from ..storage.layout import Location, parse_location, storage_uri
 from ..storage.stores import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
 from .blockgzip import Codec, GzipCodec, PlainTarCodec
@@ -688,13 +688,12 @@ def _verify(stored: Stored, info: ArchiveInfo) -> None:
         )
 
 
-def _index(codec: Codec, options: ArchiveOptions, points: list[tuple[int, int]]) -> bytes | None:
-    """``<run>.index.tsv`` from the (raw, archive offset) access points recorded; None for
-    a plain tar (any offset is a place to start) or when there are none."""
+def _index(codec: Codec, options: ArchiveOptions, points: list[AccessPoint]) -> bytes | None:
+    """``<run>.index.tsv`` from the access points recorded; None for a plain tar (any
+    offset is a place to start) or when there are none."""
     if not codec.header() or not points or not options.access_interval:
         return None
-    return access_index.render((AccessPoint(raw, at) for raw, at in sorted(set(points))),
-                               options.block_size, options.access_interval)
+    return access_index.render(sorted(set(points)), options.block_size, options.access_interval)
 
 
 class _TaskStore:
@@ -705,7 +704,7 @@ class _TaskStore:
         self.task = task
 
     def record(self, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]], files_crc: int,
-               state: str | None, points: list[tuple[int, int]]) -> None:
+               state: str | None, points: list[AccessPoint]) -> None:
         self.journal.record_checkpoint(self.task, durable, cp, files_done, files_crc, state, points)
 
     def forget_member_crcs(self) -> None:

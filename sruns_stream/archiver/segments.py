@@ -46,10 +46,10 @@ from ..runfolder.scan import Manifest
 from ..state.checkpoint import Checkpoint
 from ..state.journal import Journal, SegmentRow, Task, files_crc32c
 from ..storage import access_index, manifest_tsv
-from ..storage.access_index import AccessPoint
 from ..storage.crc import crc32c_combine
 from ..storage.gcs.parts import COMPONENT_LIMIT, Parts
 from ..storage.gcs.upload import GcsSink
+from ..storage.gzipframe import AccessPoint
 from ..storage.layout import (
     Location,
     blob_name,
@@ -375,7 +375,7 @@ class SegmentedUpload:
             before = 0
             for row in rows:
                 points.extend(
-                    AccessPoint(raw, before + at) for raw, at in self.journal.access_points(self.name, row.seq)
+                    AccessPoint(p.raw, before + p.archive) for p in self.journal.access_points(self.name, row.seq)
                 )
                 before += row.size or 0
             if points:
@@ -420,7 +420,7 @@ class _SegmentStore:
         self.journal, self.task, self.seq = journal, task, seq
 
     def record(self, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]], files_crc: int,
-               state: str | None, points: list[tuple[int, int]]) -> None:
+               state: str | None, points: list[AccessPoint]) -> None:
         self.journal.record_segment_checkpoint(self.task, self.seq, durable, cp, files_done, files_crc, state,
                                                points)
 

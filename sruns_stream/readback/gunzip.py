@@ -12,13 +12,12 @@ from collections.abc import Callable
 
 from isal import isal_zlib
 
+from ..storage import gzipframe
 from .damage import MAX_EXTENDED, ArchiveDamaged
 from .sources import PIECE
 
 __all__ = ["GzipLayer", "InflateError", "trailer_problems"]
 
-
-_FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16
 # isal's stub declares `error` as an instance; at run time it is the exception class.
 InflateError: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 
@@ -26,14 +25,13 @@ InflateError: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 def trailer_problems(name: str, trailer: bytes, crc: int, isize: int) -> list[str]:
     """How a gzip member's 8-byte trailer disagrees with the ``crc`` (CRC32) and ``isize``
     (length) of what was inflated; empty when it does not."""
-    stored_crc = int.from_bytes(trailer[:4], "little")
-    stored_isize = int.from_bytes(trailer[4:8], "little")
+    stored = gzipframe.parse_trailer(trailer)
     problems = []
-    if stored_crc != crc:
+    if stored.crc32 != crc:
         problems.append(f"{name}: the gzip CRC32 is {crc:08x} over the data, but the trailer says "
-                        f"{stored_crc:08x}: the compressed bytes were altered")
-    if stored_isize != isize & 0xFFFFFFFF:
-        problems.append(f"{name}: the gzip length is {isize} bytes, but the trailer says {stored_isize} (mod 2^32)")
+                        f"{stored.crc32:08x}: the compressed bytes were altered")
+    if stored.isize != isize % gzipframe.ISIZE_MODULUS:
+        problems.append(f"{name}: the gzip length is {isize} bytes, but the trailer says {stored.isize} (mod 2^32)")
     return problems
 
 
@@ -84,40 +82,20 @@ class GzipLayer:
             if self._members == 0:
                 raise ArchiveDamaged(f"{self._name} is empty")
             return False
-        if not self._fill(10):
+        if not self._fill(len(gzipframe.HEADER)):  # no header is shorter than ours, which has no optional field
             raise self._truncated("in a gzip header")
-        head = self._input
-        if head[:2] != b"\x1f\x8b" or head[2] != 8:
+        if not gzipframe.is_member_start(self._input):
             if self._members:
                 raise ArchiveDamaged(
                     f"{self._name} has unexpected bytes after the end of its gzip stream, "
-                    f"at archive byte {self._where() - len(head)}"
+                    f"at archive byte {self._where() - len(self._input)}"
                 )
-            raise ArchiveDamaged(f"{self._name} is not a gzip stream (it starts with {head[:4].hex()})")
-        flags = head[3]
-        pos = 10
-        if flags & _FEXTRA:
-            if not self._fill(pos + 2):
+            raise ArchiveDamaged(f"{self._name} is not a gzip stream (it starts with {self._input[:4].hex()})")
+        while (pos := gzipframe.header_length(self._input)) is None:
+            if len(self._input) > MAX_EXTENDED:  # real ones hold at most a file name; never buffer more
+                raise ArchiveDamaged(f"{self._name} has a gzip header over 1 MiB long: it is not an archive")
+            if not self._fill(len(self._input) + 1):
                 raise self._truncated("in a gzip header")
-            pos += 2 + int.from_bytes(self._input[pos : pos + 2], "little")
-        for flag in (_FNAME, _FCOMMENT):
-            if flags & flag:
-                while True:
-                    if not self._fill(pos + 1):
-                        raise self._truncated("in a gzip header")
-                    end = self._input.find(b"\0", pos)
-                    if end >= 0:
-                        pos = end + 1
-                        break
-                    pos = len(self._input)
-                    if pos > MAX_EXTENDED:  # real ones are a file name; never buffer more
-                        raise ArchiveDamaged(f"{self._name} has a gzip header over 1 MiB long: it is not an archive")
-                    if not self._fill(pos + 1):
-                        raise self._truncated("in a gzip header")
-        if flags & _FHCRC:
-            pos += 2
-        if not self._fill(pos):
-            raise self._truncated("in a gzip header")
         self._input = self._input[pos:]
         self._inflater = isal_zlib.decompressobj(-15)  # raw deflate: the trailer is ours to check
         self._crc = 0
@@ -154,10 +132,10 @@ class GzipLayer:
         return out
 
     def _finish_member(self) -> None:
-        if not self._fill(8):
+        if not self._fill(gzipframe.TRAILER_SIZE):
             raise self._truncated("in the gzip trailer")
-        self.problems += trailer_problems(self._name, self._input[:8], self._crc, self._isize)
-        self._input = self._input[8:]
+        self.problems += trailer_problems(self._name, self._input[: gzipframe.TRAILER_SIZE], self._crc, self._isize)
+        self._input = self._input[gzipframe.TRAILER_SIZE :]
         self._inflater = None
 
     def _truncated(self, where: str) -> ArchiveDamaged:

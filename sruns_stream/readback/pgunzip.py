@@ -24,15 +24,13 @@ from itertools import pairwise
 
 from isal import isal_zlib
 
-from ..storage.access_index import AccessPoint, deflate_bound
+from ..storage import gzipframe
+from ..storage.access_index import deflate_bound
+from ..storage.gzipframe import AccessPoint
 from .damage import ArchiveDamaged
 from .gunzip import InflateError, trailer_problems
 
 __all__ = ["ParallelGzipLayer"]
-
-# An empty final fixed-Huffman block: after a sync flush it ends the deflate stream.
-_END = b"\x03\x00"
-_TRAILER = 8
 
 
 def _inflate(data: bytes, bound: int, last: bool) -> tuple[bytes, int, bool]:
@@ -40,7 +38,7 @@ def _inflate(data: bytes, bound: int, last: bool) -> tuple[bytes, int, bool]:
     hold: a piece that inflates to more is found without inflating all of it), its
     CRC32, and whether its deflate stream ended."""
     inflater = isal_zlib.decompressobj(-15)
-    out = inflater.decompress(data if last else data + _END, bound + 1)
+    out = inflater.decompress(data if last else data + gzipframe.END_BLOCK, bound + 1)
     return out, isal_zlib.crc32(out), inflater.eof
 
 
@@ -90,17 +88,20 @@ class ParallelGzipLayer:
 
     def _header(self) -> None:
         first = self._points[0].archive
-        if not self._fill(min(first, 10)) or first < 10:
+        shortest = len(gzipframe.HEADER)  # no header is shorter than ours, which has no optional field
+        if not self._fill(min(first, shortest)) or first < shortest:
             raise ArchiveDamaged(f"{self._name}: its index {self._index_where} places the first access point at "
                                  f"byte {first}, inside the gzip header: the index is damaged")
-        head = bytes(self._input[:10])
-        if head[:2] != b"\x1f\x8b" or head[2] != 8:
-            raise ArchiveDamaged(f"{self._name} is not a gzip stream (it starts with {head[:4].hex()})")
-        if head[3] == 0 and first != 10:
-            raise ArchiveDamaged(f"{self._name}: its gzip header is 10 bytes, but its index {self._index_where} "
+        if not gzipframe.is_member_start(self._input):
+            raise ArchiveDamaged(f"{self._name} is not a gzip stream (it starts with {self._input[:4].hex()})")
+        # The header ends where the first access point starts: never buffered past it.
+        while (length := gzipframe.header_length(self._input)) is None and len(self._input) < first:
+            if not self._fill(len(self._input) + 1):
+                raise ArchiveDamaged(f"{self._name} is truncated: it ends in its gzip header")
+        if length != first:
+            said = f"{length} bytes" if length is not None else f"longer than {first} bytes"
+            raise ArchiveDamaged(f"{self._name}: its gzip header is {said}, but its index {self._index_where} "
                                  f"places the first access point at byte {first}: the index is damaged")
-        if not self._fill(first):
-            raise ArchiveDamaged(f"{self._name} is truncated: it ends in its gzip header")
         self._take(first)
 
     def _submit(self) -> bool:
@@ -109,7 +110,7 @@ class ParallelGzipLayer:
         if k >= len(self._points):
             return False
         last = k + 1 == len(self._points)
-        end = self._size - _TRAILER if last else self._points[k + 1].archive
+        end = self._size - gzipframe.TRAILER_SIZE if last else self._points[k + 1].archive
         bound = self._last_bound if last else self._points[k + 1].raw - self._points[k].raw
         if end - self._points[k].archive > deflate_bound(bound):
             # Never buffered: that many raw bytes cannot take so much room compressed.
@@ -141,7 +142,7 @@ class ParallelGzipLayer:
         k, future = self._inflight.popleft()
         point = self._points[k]
         end = self._points[k + 1] if k + 1 < len(self._points) else None
-        span = f"bytes {point.archive}-{end.archive if end else self._size - _TRAILER}"
+        span = f"bytes {point.archive}-{end.archive if end else self._size - gzipframe.TRAILER_SIZE}"
         try:
             out, crc, ended = future.result()
         except InflateError as exc:

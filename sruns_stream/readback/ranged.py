@@ -24,8 +24,8 @@ from isal import isal_zlib
 from ..errors import IntegrityError
 from ..progress import Progress
 from ..stopping import STOP
-from ..storage import access_index
-from ..storage.access_index import AccessPoint
+from ..storage import access_index, gzipframe
+from ..storage.gzipframe import AccessPoint
 from ..storage.manifest_tsv import ManifestRow
 from .damage import ArchiveDamaged
 from .gunzip import InflateError
@@ -142,8 +142,6 @@ def parallel_points(
     return points if len(points) >= 2 else None
 
 
-_TRAILER = 8  # a gzip member's CRC32 and length
-
 
 def raw_size(src: ArchiveSource, manifest: dict[str, ManifestRow] | None,
              note: Callable[[str], None] | None) -> int | None:
@@ -151,19 +149,19 @@ def raw_size(src: ArchiveSource, manifest: dict[str, ManifestRow] | None,
     manifest's rows give a lower bound (its header, its data, the end-of-archive
     marker), the gzip trailer the length mod 2^32: together, the length itself, since
     what a member adds beyond that bound (long-name headers) is far less than 4 GiB."""
-    if manifest is None or not has_offsets(manifest) or src.data.size < _TRAILER:
+    if manifest is None or not has_offsets(manifest) or src.data.size < gzipframe.TRAILER_SIZE:
         return None
     # The furthest end any row gives (a row added out of order cannot lower it).
     low = max((row.offset or 0) + BLOCK + -(-row.size // BLOCK) * BLOCK for row in manifest.values()) + len(_EOF)
-    reader = ResumableReader(src.data, note=note, start=src.data.size - _TRAILER, end=src.data.size)
+    reader = ResumableReader(src.data, note=note, start=src.data.size - gzipframe.TRAILER_SIZE, end=src.data.size)
     try:
         trailer = b""
         while piece := reader.read_piece():
             trailer += piece
     finally:
         reader.close()
-    isize = int.from_bytes(trailer[4:8], "little")
-    return low + ((isize - low) & 0xFFFFFFFF)
+    isize = gzipframe.parse_trailer(trailer).isize
+    return low + (isize - low) % gzipframe.ISIZE_MODULUS
 
 
 def check_coverage(
@@ -178,18 +176,18 @@ def check_coverage(
     last piece would be the rest of the archive."""
     if index.count == 0:
         return
-    size = src.data.size
+    deflated_end = src.data.size - gzipframe.TRAILER_SIZE  # where the compressed data ends
     k = index.count - 1
     last = index.point(k)
     where = index.where
-    if last.archive >= size - _TRAILER:
+    if last.archive >= deflated_end:
         raise IntegrityError(f"{where}: access point {k} is at archive byte {last.archive}, past the end of the "
-                             f"compressed data ({size - _TRAILER}): the archive is truncated, or the index is not "
+                             f"compressed data ({deflated_end}): the archive is truncated, or the index is not "
                              "its own")
     room = index.header.point_raw(index.count) - last.raw
-    if size - _TRAILER - last.archive > access_index.deflate_bound(room):
+    if deflated_end - last.archive > access_index.deflate_bound(room):
         raise IntegrityError(
-            f"{where} ends at access point {k} (archive byte {last.archive}), {size - _TRAILER - last.archive} "
+            f"{where} ends at access point {k} (archive byte {last.archive}), {deflated_end - last.archive} "
             f"compressed bytes before the end: more than the {room} raw bytes to where its next point would be can "
             "take; the index is cut short"
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from ..progress import Progress
 from ..stopping import STOP
-from ..storage.access_index import AccessPoint
+from ..storage.gzipframe import AccessPoint
 from .gunzip import GzipLayer
 from .pgunzip import ParallelGzipLayer
 from .report import Problems

@@ -42,6 +42,7 @@ import google_crc32c
 
 from ..errors import JournalError, redact
 from ..runfolder.scan import Entry
+from ..storage.gzipframe import AccessPoint
 from ..storage.layout import destination_of
 from .checkpoint import Checkpoint, Cursor
 
@@ -520,9 +521,9 @@ class Journal:
                     crcs[idx] = crc
         return crcs
 
-    def access_points(self, name: str, segment: int = -1) -> list[tuple[int, int]]:
-        """The (raw offset, output offset) access points recorded by the single stream or
-        by one segment (offsets in its own output), in order."""
+    def access_points(self, name: str, segment: int = -1) -> list[AccessPoint]:
+        """The access points recorded by the single stream or by one segment (offsets in
+        its own output), in order."""
         try:
             with self._lock:
                 rows = self._db.execute(
@@ -531,10 +532,10 @@ class Journal:
                 ).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
-        out: list[tuple[int, int]] = []
+        out: list[AccessPoint] = []
         for (blob,) in rows:
             flat = _unpack_points(blob)
-            out.extend(zip(flat[::2], flat[1::2], strict=True))
+            out.extend(AccessPoint(raw, at) for raw, at in zip(flat[::2], flat[1::2], strict=True))
         return out
 
     def forget_member_crcs(self, name: str) -> None:
@@ -567,10 +568,10 @@ class Journal:
         files_done: list[tuple[int, int]],
         files_crc32c: int,
         sink_state: str | None,
-        points: Sequence[tuple[int, int]] = (),
+        points: Sequence[AccessPoint] = (),
     ) -> None:
         """One durable advance: the offset, the checkpoint under it, members finished and
-        access points passed ((raw offset, archive offset) pairs).
+        access points passed.
 
         ``task`` is the attempt's row as `start_fresh` left it: its params and manifest
         id go into the checkpoint's digest."""
@@ -658,7 +659,7 @@ class Journal:
 
     def record_segment_checkpoint(
         self, task: Task, seq: int, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]],
-        files_crc32c: int, sink_state: str | None, points: Sequence[tuple[int, int]] = (),
+        files_crc32c: int, sink_state: str | None, points: Sequence[AccessPoint] = (),
     ) -> None:
         """A segment's durable advance, as `record_checkpoint` is the single stream's."""
         ck = json.dumps([cp.raw_offset, cp.gz_offset, cp.crc32, cp.crc32c, cp.cursor.index, cp.cursor.crc32c,
@@ -747,11 +748,11 @@ def _pack(pairs: list[tuple[int, int]]) -> bytes:
     return flat.tobytes()
 
 
-def _pack_points(points: Sequence[tuple[int, int]]) -> bytes | None:
+def _pack_points(points: Sequence[AccessPoint]) -> bytes | None:
     """(raw offset, output offset) pairs as little-endian uint64s; None when there are none."""
     if not points:
         return None
-    flat = array("Q", [v for pair in points for v in pair])
+    flat = array("Q", [v for p in points for v in (p.raw, p.archive)])
     if sys.byteorder == "big":
         flat.byteswap()
     return flat.tobytes()

@@ -2,9 +2,9 @@
 
 The archive is one gzip member of blocks, each ending on a byte boundary; the first
 block at or after every multiple of ``access_interval`` raw bytes is deflated with no
-dictionary (`blockgzip`), so a reader can start inflating at its first byte. The index
-lists those access points, one per line, under a header naming the columns and the two
-stream parameters that place them::
+dictionary (`gzipframe`, the rule's home), so a reader can start inflating at its first
+byte. The index lists those access points, one per line, under a header naming the
+columns and the two stream parameters that place them::
 
     raw_offset<TAB>archive_offset<TAB>block_size=1048576<TAB>access_interval=8388608
     00000000000000000000<TAB>00000000000000000010
@@ -13,7 +13,7 @@ stream parameters that place them::
 
 ``raw_offset`` is the point's offset in the tar stream, ``archive_offset`` in the stored
 archive (the concatenation of its volumes, when it has several). Point *k* is always at
-raw offset `point_raw` (k) and its line has a fixed width, so a reader that knows a
+raw offset `gzipframe.point_raw` (k) and its line has a fixed width, so a reader that knows a
 member's tar offset (the manifest's ``offset`` column) fetches the one line it needs
 with a ranged read (`line_span`), then the archive from that point: at most
 ``access_interval`` raw bytes of other members, compressed. The range between two
@@ -27,9 +27,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import IntegrityError
+from . import gzipframe
+from .gzipframe import AccessPoint
 
-__all__ = ["COLUMNS", "LINE", "MAX_OFFSET", "AccessPoint", "IndexHeader", "deflate_bound", "parse", "parse_header",
-           "parse_line", "render"]
+__all__ = ["COLUMNS", "LINE", "MAX_OFFSET", "IndexHeader", "deflate_bound", "parse", "parse_header", "parse_line",
+           "render"]
 
 COLUMNS = ("raw_offset", "archive_offset")
 _WIDTH = 20  # digits: any 64-bit offset
@@ -50,30 +52,18 @@ def deflate_bound(raw: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class AccessPoint:
-    raw: int  # offset in the tar stream
-    archive: int  # offset in the stored archive
-
-
-@dataclass(frozen=True, slots=True)
 class IndexHeader:
     block_size: int
     access_interval: int
     length: int  # bytes of the header line, its newline included
 
     def point_raw(self, k: int) -> int:
-        """The raw offset of access point k: the first block at or after k intervals."""
-        if self.block_size >= self.access_interval:
-            return k * self.block_size
-        return -(-k * self.access_interval // self.block_size) * self.block_size
+        """The raw offset of access point k (`gzipframe.point_raw`)."""
+        return gzipframe.point_raw(k, self.block_size, self.access_interval)
 
     def point_at_or_before(self, raw: int) -> int:
         """k of the last access point at or before raw offset ``raw``."""
-        step = max(self.block_size, self.access_interval)
-        k = raw // step
-        while k > 0 and self.point_raw(k) > raw:
-            k -= 1
-        return k
+        return gzipframe.point_at_or_before(raw, self.block_size, self.access_interval)
 
     def line_span(self, k: int) -> tuple[int, int]:
         """Byte range [start, end) of point k's line in the index file."""
