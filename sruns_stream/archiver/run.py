@@ -1,21 +1,18 @@
-"""One run, end to end: manifest, stream, destination, checkpoints, verification.
+"""One run, end to end: the decision, the write strategy, statuses, the closing walk.
 
-Start or resume: a run whose journal row has an intact checkpoint (its digest checks
-out, the manifest in the journal matches its fingerprint, or, when a crash came before
-its entries committed, the folder scanned again matches the fingerprint and the inode
-and ctime digest recorded before the first byte left; the 32 KiB dictionary read
-back from the folder has the crc the checkpoint recorded), the same stream parameters,
-the same destination and an unchanged run folder resumes from the newest checkpoint at
-or below what the destination durably holds; anything else starts from zero and says
-why.
+`decide` says whether the run is already archived, resumes from the journal's
+checkpoint, or starts from zero (and why); this module acts on it. It picks the write
+strategy once (`choose_strategy`: one stream, or segments when the destination is GCS
+and the bucket's policy allows temporary parts) and hands it an `attempt.Attempt`; the
+strategy resumes from the newest checkpoint at or below what the destination durably
+holds (the 32 KiB dictionary read back from the folder must have the crc the checkpoint
+recorded, `pipeline`), and returns what was stored, checked against what was sent.
 
 Only an archive whose bytes the destination reads back with our crc32c is reported
 done, and only if the run folder, walked again once the archive is stored, still holds
 exactly what was archived: a file that appeared, vanished or changed meanwhile means
 the run is not reported archived (`RunFolderChanged`, exit 3) and must be archived
-again. "Already archived" is answered only after the same checks: same folder (path
-and contents), archive present with the recorded size (and crc32c where the store
-reports it without a read).
+again.
 """
 
 from __future__ import annotations

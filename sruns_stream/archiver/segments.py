@@ -9,7 +9,7 @@ blocks (`plan`); several workers each produce one segment at a time (`pipeline`:
 tar reader, compressor and resumable upload to a temporary object, checkpointed in the
 journal's ``segments`` table as the single stream is in the run's row). The gzip
 trailer, which needs the whole stream's CRC32, is a small object of its own. Then
-``compose`` (`sinks.gcs_parts`) concatenates header-carrying segment 0, the others and
+``compose`` (`storage.gcs.parts`) concatenates header-carrying segment 0, the others and
 the trailer into ``<run>.tar.gz``, or into volumes ``<run>.tar.gz.000``, ``.001``, … of
 at most ``volume_size`` each when it would be larger. Each composed object's size and
 crc32c must equal what was streamed (crc32c combined from the parts, `crc`); then the
