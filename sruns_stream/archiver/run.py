@@ -264,15 +264,7 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
         if manifest.excluded:
             shown = ", ".join(manifest.excluded[:3]) + (", …" if len(manifest.excluded) > 3 else "")
             progress.note(f"{name}: left out {len(manifest.excluded)} entries matching exclude: {shown}")
-        journal.start_fresh(
-            name,
-            rundir=str(rundir),
-            destination=destination,
-            tarfile=sink.archive_name,
-            params=params,
-            manifest_id=manifest.fingerprint(),
-            manifest_identity=identity(manifest.entries),
-        )
+        _start_fresh(journal, rundir, destination, sink, params, manifest)
         fresh = True
     task = journal.get(name)
     assert task is not None  # resumed, or just written by start_fresh
@@ -284,9 +276,7 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
         # A run begun as one stream is not continued in segments, nor the other way.
         restart_reason = "the number of upload streams changed"
         progress.note(f"{name}: starting from zero: {restart_reason}")
-        journal.start_fresh(name, rundir=str(rundir), destination=destination, tarfile=sink.archive_name,
-                            params=params, manifest_id=manifest.fingerprint(),
-                            manifest_identity=identity(manifest.entries))
+        _start_fresh(journal, rundir, destination, sink, params, manifest)
         fresh = True
         task = journal.get(name)
         assert task is not None
@@ -381,6 +371,14 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
         streams=strategy.streams,
         volumes=len(stored.volumes) or 1,
     )
+
+
+def _start_fresh(
+    journal: Journal, rundir: Path, destination: str, sink: Sink, params: dict[str, Any], manifest: Manifest
+) -> None:
+    """The run's row starts over with this manifest (its digests recorded before the first byte leaves)."""
+    journal.start_fresh(rundir.name, rundir=str(rundir), destination=destination, tarfile=sink.archive_name,
+                        params=params, manifest_id=manifest.fingerprint(), manifest_identity=identity(manifest.entries))
 
 
 def choose_strategy(where: Location, raw_size: int, options: ArchiveOptions, progress: Progress, name: str) -> Strategy:
