@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import gnu_untar, gzip_ok, journal_row, run_cli, tree
 
+from sruns_stream.archiver.attempt import Strategy
 from sruns_stream.archiver.lock import RunLock
+from sruns_stream.archiver.run import choose_strategy
+from sruns_stream.archiver.single import SingleStream
+from sruns_stream.config import AUTO_STREAMS, ArchiveOptions
+from sruns_stream.errors import UploadError
+from sruns_stream.progress import NoProgress
+from sruns_stream.storage.layout import parse_location
 
 
 def _archive(run: Path, dest: Path, *extra: str, cwd: Path) -> dict:
@@ -184,3 +194,49 @@ def test_disk_full_keeps_progress_and_resumes_once_there_is_space(make_run, tmp_
         assert tree(tmp_path / "out" / run.name) == tree(run)
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def _patch_bucket(gcs, **fields: object) -> None:  # type: ignore[no-untyped-def]
+    """Bucket settings set over the emulator's JSON API, as an administrator would."""
+    request = urllib.request.Request(
+        f"{gcs.url}/storage/v1/b/{gcs.bucket}", data=json.dumps(fields).encode(), method="PATCH",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60):
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_the_strategy_is_picked_once_from_the_destination_and_the_buckets_policy(gcs) -> None:  # type: ignore[no-untyped-def]
+    big = 64 << 30  # a tar stream of this size: no byte is produced here
+    notes = io.StringIO()
+
+    def pick(dest: str, size: int = big, **options: Any) -> Strategy:
+        return choose_strategy(parse_location(dest), size, ArchiveOptions(**options), NoProgress(notes), "run1")
+
+    # Only GCS has parts to compose: any other destination is one stream, however large.
+    assert isinstance(pick("/tmp/somewhere", upload_streams=4), SingleStream)
+    assert isinstance(pick("null", upload_streams=4), SingleStream)
+    # One stream asked for, no volumes needed: decided without asking the bucket.
+    assert isinstance(pick("gs://no-such-bucket-anywhere/p", upload_streams=1), SingleStream)
+    # Large enough for the automatic streams, in a plain bucket: segments.
+    auto = pick(f"gs://{gcs.bucket}/p")
+    assert not isinstance(auto, SingleStream) and auto.streams == AUTO_STREAMS
+    # Volumes need parts, even on one stream.
+    assert pick(f"gs://{gcs.bucket}/p", upload_streams=1, volume_size=8 << 30).streams == 1
+    assert not isinstance(pick(f"gs://{gcs.bucket}/p", upload_streams=1, volume_size=8 << 30), SingleStream)
+    assert notes.getvalue() == ""
+
+    # A class that bills early deletion: one stream, said once; volumes still use parts, said too.
+    _patch_bucket(gcs, storageClass="NEARLINE")
+    assert isinstance(pick(f"gs://{gcs.bucket}/p", upload_streams=4), SingleStream)
+    assert "run1: one upload stream, not 4: bucket" in notes.getvalue() and "NEARLINE" in notes.getvalue()
+    assert not isinstance(pick(f"gs://{gcs.bucket}/p", upload_streams=4, volume_size=8 << 30), SingleStream)
+    assert "volumes need parts, so they are used" in notes.getvalue()
+
+    # A retention policy: parts could never be deleted; volumes cannot be made there at all.
+    _patch_bucket(gcs, storageClass="STANDARD", retentionPolicy={"retentionPeriod": "86400"})
+    assert isinstance(pick(f"gs://{gcs.bucket}/p", upload_streams=4), SingleStream)
+    with pytest.raises(UploadError) as e:
+        pick(f"gs://{gcs.bucket}/p", upload_streams=4, volume_size=8 << 30)
+    e.match(r"run1 needs several volumes .* it has a retention policy \(86400 s\).*archive it to another bucket")

@@ -4,7 +4,9 @@ the directory trees before and after are compared byte for byte, the journal inc
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import io
 import json
 import os
 import signal
@@ -12,6 +14,11 @@ from pathlib import Path
 
 import pytest
 from helpers import journal_row, run_cli, start_cli, wait_until
+
+from sruns_stream.archiver.dryrun import plan_archive
+from sruns_stream.archiver.run import archive_run
+from sruns_stream.config import ArchiveOptions
+from sruns_stream.progress import NoProgress
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:
@@ -96,3 +103,52 @@ def test_dry_run_reads_the_journal_without_touching_it(make_run, tmp_path: Path)
     assert "already archived" in other.stdout  # level alone does not make an archive another one's
     force = json.loads(run_cli("archive", str(run), *flags, "--dry-run", "--force", "--json", cwd=tmp_path).stdout)
     assert force["decision"] == "archive" and force["reason"] == "--force was given"
+
+
+@pytest.mark.timeout(120)
+def test_archive_and_the_dry_run_make_one_decision(make_run, tmp_path: Path, journal) -> None:  # type: ignore[no-untyped-def]
+    """In process: in each state the journal and the folder can be in, the dry run's
+    decision and reason are the ones `archive_run` then acts on."""
+    run = make_run("miseq", 1 << 20)
+    dest = str(tmp_path / "dest")
+    options = ArchiveOptions(threads=2)
+    quiet = NoProgress(io.StringIO())
+
+    def plan(opts: ArchiveOptions = options, force: bool = False) -> tuple[str, str | None]:
+        p = plan_archive(run, dest, opts, journal.path, force=force)
+        return p.decision, p.reason
+
+    assert plan() == ("archive", None)
+    first = archive_run(run, dest, options, journal, quiet)
+    assert first.restart_reason is None and not first.already_complete
+
+    assert plan() == ("already archived", f"at {first.location}")
+    assert archive_run(run, dest, options, journal, quiet).already_complete
+
+    with (run / "RunInfo.xml").open("ab") as f:
+        f.write(b"<!-- rewritten after the archive -->\n")
+    decision, reason = plan()
+    assert decision == "archive" and reason and reason.startswith("the run folder changed since it was archived: ")
+    assert archive_run(run, dest, options, journal, quiet).restart_reason == reason
+
+    left_out = ArchiveOptions(threads=2, exclude=("Thumbnail_Images",))
+    decision, reason = plan(left_out)
+    assert (decision, reason) == ("archive", "it was archived leaving out nothing; now Thumbnail_Images is left out")
+    assert archive_run(run, dest, left_out, journal, quiet).restart_reason == reason
+
+    assert plan(left_out, force=True) == ("archive", "--force was given")
+    assert archive_run(run, dest, left_out, journal, quiet, force=True).restart_reason == "--force was given"
+
+
+def test_the_dry_run_uses_no_private_name_of_another_module() -> None:
+    """One decision, in `decide`: the dry run must not reach into `run` (or anything) for
+    a second copy of its parts."""
+    source = (Path(__file__).resolve().parents[1] / "sruns_stream" / "archiver" / "dryrun.py").read_text()
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    assert private == []

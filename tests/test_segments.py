@@ -9,6 +9,7 @@ what went over the wire again after a crash is counted there too.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import google_crc32c
@@ -23,7 +25,10 @@ import pytest
 from faultproxy import Fault, FaultProxy, resent
 from helpers import gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
 
-from sruns_stream.errors import IntegrityError
+from sruns_stream.archiver.run import archive_run
+from sruns_stream.config import ArchiveOptions
+from sruns_stream.errors import IntegrityError, Interrupted
+from sruns_stream.progress import NoProgress
 from sruns_stream.storage import volumes
 from sruns_stream.storage.layout import PARTS_FOLDER
 
@@ -164,6 +169,32 @@ def test_kill_9_twice_during_a_parallel_upload_then_the_same_command_gives_the_s
     assert resent(proxy.log, 1) <= streams * CHUNK
     assert resent(proxy.log, 2) <= streams * CHUNK
     assert resent(proxy.log, 1) + resent(proxy.log, 2) > 0  # the crashes did cut chunks
+
+
+class _StopAtTheFirstBlock(NoProgress):
+    """A stop asked for once the first block is out (as SIGTERM is honoured between blocks)."""
+
+    def update(self, done: int, output_bytes: int, files_done: int | None = None) -> None:
+        raise Interrupted("stopped for the test")
+
+
+@pytest.mark.timeout(240)
+def test_a_run_begun_on_one_stream_is_not_continued_in_segments(gcs, make_run, tmp_path: Path, journal) -> None:  # type: ignore[no-untyped-def]
+    """In process: the strategy is picked after the decision to resume, and a resume
+    made with the other strategy's progress starts from zero, saying why."""
+    run = _run_with_a_big_file(make_run)
+    reference, _ = _reference(run, tmp_path)
+    dest = f"gs://{gcs.bucket}/{PREFIX}"
+    one = ArchiveOptions(chunk_size=CHUNK, block_size=64 << 10, threads=2, upload_streams=1)
+    with pytest.raises(Interrupted):
+        archive_run(run, dest, one, journal, _StopAtTheFirstBlock(io.StringIO()))
+    task = journal.get(run.name)
+    assert task is not None and task.manifest_id is not None  # resumable, by one stream
+    notes = io.StringIO()
+    result = archive_run(run, dest, replace(one, upload_streams=2), journal, NoProgress(notes))
+    assert (result.restart_reason, result.streams) == ("the number of upload streams changed", 2)
+    assert f"{run.name}: starting from zero: the number of upload streams changed" in notes.getvalue()
+    assert gcs.download(_blob(run)) == reference
 
 
 @pytest.mark.timeout(240)

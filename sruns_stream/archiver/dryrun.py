@@ -4,7 +4,7 @@ It walks the folder as `archive` would (with the same `exclude` patterns), count
 would be archived and what is left out (excluded entries are walked here, only to count
 them), names where the archive would go, and makes the same decision `archive_run`
 makes: already archived, resume from the journal's checkpoint, or start from zero and
-why, with the same checks (`archive`'s own functions). It creates nothing: no journal
+why, with the same checks (`decide`, which `archive` calls too). It creates nothing: no journal
 (an existing one is read with `Journal(readonly=True)`, which makes no ``-wal`` or
 ``-shm`` file either), no lock file, no destination directory, no upload session. What
 the destination holds is looked at as a real run would (its size and crc32c); whether
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +24,11 @@ from ..config import ArchiveOptions
 from ..humanize import human_bytes
 from ..runfolder.exclude import check_leaves_run
 from ..runfolder.scan import reading_threads, scan_run_folder
-from ..state.journal import Journal, Task
+from ..state.journal import Journal
 from ..storage.layout import archive_filename, blob_name, parse_location
 from ..storage.stores import normalize_destination, probe_archive
-from .run import (
-    _LEGACY_NOTE,
-    _legacy_gone,
-    _not_archived_because,
-    _other_exclusions,
-    _resumable_manifest,
-    _resume_problem,
-    check_places,
-    make_codec,
-    stream_params,
-)
+from .decide import decide
+from .run import check_places, make_codec
 from .tarstream import TarLayout
 
 __all__ = ["Plan", "plan_archive"]
@@ -144,10 +135,19 @@ def plan_archive(
     journal = Journal(journal_path, readonly=True) if exists else None
     try:
         task = journal.get(name) if journal is not None else None
-        decision, reason, task_at = _decide(task, root, destination, options, journal, scan, force, threads)
+        decided = decide(task, root, destination, replace(options, read_threads=threads), journal, probe_archive,
+                         force=force, scan=scan)
     finally:
         if journal is not None:
             journal.close()
+    decision, reason = decided.action, decided.reason
+    task_at = task if decision == "resume" else None
+    if decision == "already archived" and reason is None:
+        assert task is not None
+        reason = f"at {task.location}"
+    elif task_at is not None and not task_at.durable_offset:
+        decision = "archive"  # nothing stored yet: the resume would start at byte 0
+        task_at = None
     return Plan(
         run=name, rundir=str(root), archive=_archive_place(destination, name, make_codec(options).extension),
         journal=str(Path(journal_path).absolute()), journal_exists=exists, decision=decision, reason=reason,
@@ -157,29 +157,3 @@ def plan_archive(
         resume_archive=task_at.durable_offset if task_at else 0,
     )
 
-
-def _decide(
-    task: Task | None, root: Path, destination: str, options: ArchiveOptions, journal: Journal | None,
-    scan: Any, force: bool, threads: int,
-) -> tuple[str, str | None, Task | None]:
-    """(decision, reason, the row a resume continues) as `archive_run` and `_run` decide."""
-    reason: str | None = None
-    if task and task.status == "complete" and not force and task.destination == destination:
-        assert journal is not None
-        if task.manifest_id is None:
-            reason = _legacy_gone(task, probe_archive)
-            if reason is None:
-                return "already archived", _LEGACY_NOTE, None
-        elif _other_exclusions(task, options):
-            reason = _other_exclusions(task, options)
-        else:
-            reason = _not_archived_because(task, root, scan, journal, probe_archive)
-            if reason is None:
-                return "already archived", f"at {task.location}", None
-    if reason is None:
-        reason = _resume_problem(task, root, destination, stream_params(options), force)
-    if reason == "" and task is not None and journal is not None:
-        manifest, reason, _ = _resumable_manifest(task, root, journal, options)
-        if manifest is not None:
-            return ("resume", None, task) if task.durable_offset else ("archive", None, None)
-    return "archive", reason or None, None

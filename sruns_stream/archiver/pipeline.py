@@ -83,7 +83,7 @@ def range_start(layout: TarLayout, raw_start: int) -> Checkpoint:
     return Checkpoint(raw_start, 0, 0, 0, Cursor(layout.locate(raw_start), 0), 0)
 
 
-class _Attempt:
+class _Durable:
     """Checkpoints not yet durable, and the recording of the newest durable one."""
 
     def __init__(self, store: CheckpointStore, sink: Sink, start: Checkpoint, files_crc: int, durable: int) -> None:
@@ -174,7 +174,7 @@ def stream_range(
     # The session the sink has now (new, or resumed) is recorded before any byte goes out.
     store.record(offset, start, [], files_crc, sink.state(), [])
 
-    attempt = _Attempt(store, sink, start, files_crc, offset)
+    durable = _Durable(store, sink, start, files_crc, offset)
     skip = offset - start.gz_offset
     result = RangeResult(start=start, resumed_from=offset, discarded=skip, last=start, restarted=restarted)
     with TarReader(
@@ -194,16 +194,16 @@ def stream_range(
                 data, skip = data[cut:], skip - cut
             if data:
                 sink.write(data)
-            attempt.pending.append((cb.checkpoint, cb.files_done, cb.access_point))
-            attempt.commit_durable()
-            attempt.space_checkpoints(cb.checkpoint.raw_offset, options)
+            durable.pending.append((cb.checkpoint, cb.files_done, cb.access_point))
+            durable.commit_durable()
+            durable.space_checkpoints(cb.checkpoint.raw_offset, options)
             result.stored_bytes += cb.stored_bytes
             if on_block is not None:
                 on_block(cb.checkpoint, len(cb.files_done))
             result.last = cb.checkpoint
-    result.pending = [pair for _, files_done, _ in attempt.pending for pair in files_done]
-    result.pending_points = [point for _, _, point in attempt.pending if point is not None]
-    result.commit = attempt.commit_durable
+    result.pending = [pair for _, files_done, _ in durable.pending for pair in files_done]
+    result.pending_points = [point for _, _, point in durable.pending if point is not None]
+    result.commit = durable.commit_durable
     return result
 
 

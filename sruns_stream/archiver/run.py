@@ -1,27 +1,23 @@
-"""One run, end to end: manifest, stream, destination, checkpoints, verification.
+"""One run, end to end: the decision, the write strategy, statuses, the closing walk.
 
-Start or resume: a run whose journal row has an intact checkpoint (its digest checks
-out, the manifest in the journal matches its fingerprint, or, when a crash came before
-its entries committed, the folder scanned again matches the fingerprint and the inode
-and ctime digest recorded before the first byte left; the 32 KiB dictionary read
-back from the folder has the crc the checkpoint recorded), the same stream parameters,
-the same destination and an unchanged run folder resumes from the newest checkpoint at
-or below what the destination durably holds; anything else starts from zero and says
-why.
+`decide` says whether the run is already archived, resumes from the journal's
+checkpoint, or starts from zero (and why); this module acts on it. It picks the write
+strategy once (`choose_strategy`: one stream, or segments when the destination is GCS
+and the bucket's policy allows temporary parts) and hands it an `attempt.Attempt`; the
+strategy resumes from the newest checkpoint at or below what the destination durably
+holds (the 32 KiB dictionary read back from the folder must have the crc the checkpoint
+recorded, `pipeline`), and returns what was stored, checked against what was sent.
 
 Only an archive whose bytes the destination reads back with our crc32c is reported
 done, and only if the run folder, walked again once the archive is stored, still holds
 exactly what was archived: a file that appeared, vanished or changed meanwhile means
 the run is not reported archived (`RunFolderChanged`, exit 3) and must be archived
-again. "Already archived" is answered only after the same checks: same folder (path
-and contents), archive present with the recorded size (and crc32c where the store
-reports it without a read).
+again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import stat
@@ -32,9 +28,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import isal
-
-from .. import __version__
 from ..config import AUTO_STREAMS, AUTO_STREAMS_FROM, ArchiveOptions
 from ..errors import (
     IntegrityError,
@@ -48,33 +41,22 @@ from ..errors import (
 )
 from ..progress import NoProgress, Progress
 from ..runfolder.exclude import check_leaves_run
-from ..runfolder.scan import (
-    Entry,
-    Manifest,
-    compare,
-    fingerprint,
-    reading_threads,
-    resolve_run_folder,
-    scan_run_folder,
-)
-from ..state.checkpoint import Checkpoint
-from ..state.journal import Journal, Task, files_crc32c
+from ..runfolder.scan import Manifest, compare, reading_threads, resolve_run_folder, scan_run_folder
+from ..state.journal import Journal, Task
 from ..state.process import start_time
-from ..storage import access_index, manifest_tsv
-from ..storage.gzipframe import AccessPoint
 from ..storage.layout import Location, parse_location, storage_uri
-from ..storage.stores import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
+from ..storage.stores import Sink, make_sink, normalize_destination, probe_archive
+from .attempt import Attempt, Strategy
 from .blockgzip import Codec, GzipCodec, PlainTarCodec
+from .decide import Decision, Probe, decide, identity, stream_params
 from .lock import RunLock
-from .pipeline import Saved, stream_range
+from .pipeline import Saved
+from .single import SingleStream
 from .tarstream import TarLayout
 
-__all__ = ["ArchiveResult", "archive_run", "check_places", "make_codec", "stream_params"]
+__all__ = ["ArchiveResult", "archive_run", "check_places", "choose_strategy", "make_codec"]
 
 SinkFactory = Callable[[str, str, str, ArchiveOptions], Sink]
-# (destination, location) -> (size, crc32c if the store reports it) or None when absent
-# (destination, location, volumes=…) -> (size, crc32c) or None: `sinks.probe_archive`.
-Probe = Callable[..., "tuple[int, int | None] | None"]
 
 
 @dataclass(frozen=True)
@@ -137,20 +119,6 @@ def make_codec(options: ArchiveOptions) -> Codec:
     return GzipCodec(level=options.level, auto=options.compression == "auto")
 
 
-def stream_params(options: ArchiveOptions) -> dict[str, Any]:
-    """What the archive bytes depend on: a resume with other values starts from zero."""
-    return {
-        "format": 1,
-        "isal": isal.__version__,
-        "compression": options.compression,
-        "level": options.level if options.compression != "none" else None,
-        "block_size": options.block_size,
-        "access_interval": options.access_interval if options.compression != "none" else None,
-        # Only when there are some: a journal from before exclusions existed still resumes.
-        **({"exclude": list(options.exclude)} if options.exclude else {}),
-    }
-
-
 def check_places(rundir: Path | str, destination: str, journal_path: Path | str) -> Path:
     """The run folder's resolved path, once the destination and the journal are known to
     lie outside it: what we write inside a run folder would make it change under its own
@@ -187,27 +155,17 @@ def archive_run(
     root = check_places(rundir, destination, journal.path)
     destination = normalize_destination(destination)
     name = root.name
-    threads = reading_threads(options.read_threads, root)
+    options = replace(options, read_threads=reading_threads(options.read_threads, root))
     with RunLock(journal.path, name):
         task = journal.get(name)
         t0 = clock()
         try:
-            restart_reason: str | None = None
-            scan: Manifest | None = None
-            if task and task.status == "complete" and not force and task.destination == destination:
-                if task.manifest_id is None:  # only sruns-monitor's rows are complete without one
-                    restart_reason = _legacy_gone(task, probe)
-                    if restart_reason is None:
-                        return _already_complete(task, note=_LEGACY_NOTE)
-                elif _other_exclusions(task, options):
-                    restart_reason = _other_exclusions(task, options)
-                else:
-                    scan = scan_run_folder(root, threads, options.exclude)
-                    restart_reason = _not_archived_because(task, root, scan, journal, probe)
-                    if restart_reason is None:
-                        return _already_complete(task)
-            return _run(root, destination, replace(options, read_threads=threads), journal, progress, task,
-                        force, sink_factory, clock, t0, scan, restart_reason)
+            decision = decide(task, root, destination, options, journal, probe, force=force)
+            if decision.action == "already archived":
+                assert task is not None
+                return _already_complete(task, note=decision.reason)
+            request = _Request(root, destination, options, journal, progress, sink_factory, clock, t0)
+            return _run(request, task, decision)
         except BaseException as exc:
             # Deleted under us, the folder's files vanish or look rewritten (unlinking an open
             # file changes its ctime): name the cause, and let no one wait for it to be quiet.
@@ -261,144 +219,24 @@ def _already_complete(task: Task, note: str | None = None) -> ArchiveResult:
     )
 
 
-_LEGACY_NOTE = (
-    "archived by sruns-monitor, which kept no manifest: its contents cannot be compared with the folder; "
-    "--force archives it again with sruns-stream"
-)
+@dataclass(frozen=True)
+class _Request:
+    """What `archive_run` was asked, resolved: the run folder, the canonical destination,
+    the options with the reading threads decided."""
+
+    root: Path
+    destination: str
+    options: ArchiveOptions
+    journal: Journal
+    progress: Progress
+    sink_factory: SinkFactory
+    clock: Callable[[], float]
+    t0: float
 
 
-def _other_exclusions(task: Task, options: ArchiveOptions) -> str | None:
-    """Why an archive made with other `exclude` patterns is not this request's, or None."""
-    before, now = task.params.get("exclude", []), list(options.exclude)
-    if before == now:
-        return None
-    return (f"it was archived leaving out {', '.join(before) or 'nothing'}; "
-            f"now {', '.join(now) or 'nothing'} is left out")
-
-
-def _legacy_gone(task: Task, probe: Probe) -> str | None:
-    """For a run sruns-monitor archived (it kept no manifest, so only the object can be
-    checked): why it must be archived again, or None while its object is there."""
-    assert task.destination is not None and task.location is not None
-    if probe(task.destination, task.location, volumes=task.volume_locations) is None:
-        return f"the archive sruns-monitor recorded at {storage_uri(task.location)} is gone"
-    return None
-
-
-def _not_archived_because(
-    task: Task, root: Path, scan: Manifest, journal: Journal, probe: Probe
-) -> str | None:
-    """Why a `complete` row does not prove ``root`` archived now, or None if it does."""
-    if task.destination == "null":
-        return "the null destination keeps nothing"
-    if task.rundir != str(root):
-        return f"the journal's archive of {task.name} was made from {task.rundir}, not {root}"
-    diff = compare(journal.entries(task.name), scan)
-    if diff:
-        return f"the run folder changed since it was archived: {diff.summary()}"
-    assert task.destination is not None
-    where = task.location or "?"
-    found = probe(task.destination, where, volumes=task.volume_locations) if task.location else None
-    if found is None:
-        return f"the archive recorded at {where} no longer exists"
-    size, crc = found
-    if size != task.archive_bytes:
-        return f"{where} holds {size} bytes, but the archive had {task.archive_bytes}"
-    if crc is not None and task.crc32c is not None and f"{crc:08x}" != task.crc32c:
-        return f"{where} has crc32c {crc:08x}, but the archive had {task.crc32c}"
-    return None
-
-
-def _resume_problem(
-    task: Task | None, rundir: Path, destination: str, params: dict[str, Any], force: bool
-) -> str | None:
-    """Why the journal row cannot be resumed, "" if it may be (after the checks on the
-    folder), or None when there is nothing to resume."""
-    if task is None or task.status == "new" and not task.manifest_id:
-        return None
-    if force:
-        return "--force was given"
-    if not task.manifest_id:
-        if not task.durable_offset:
-            return None  # nothing was ever stored: a first start, not a restart
-        why = f" ({task.last_error})" if task.last_error else ""
-        return f"the last attempt left nothing to resume{why}"
-    if task.rundir != str(rundir):
-        return f"the journal's attempt was for {task.rundir}"
-    if task.destination != destination:
-        return f"the destination changed from {task.destination}"
-    if task.params != params:
-        changed = sorted(k for k in params.keys() | task.params.keys() if task.params.get(k) != params.get(k))
-        return f"stream parameters changed ({', '.join(changed)})"
-    if not task.checkpoint_intact():
-        return "the journal's checkpoint fails its checksum (damaged, or written by an older version)"
-    return ""
-
-
-def _identity(entries: list[Entry]) -> str:
-    """A digest of what `fingerprint` leaves out and a resume still compares
-    (`runfolder.Manifest.changed_entries`): each entry's inode and ctime, the run
-    folder's own ctime aside."""
-    h = hashlib.sha256()
-    for e in entries:
-        h.update(b"%b\0%d\0%d\n" % (e.path, e.ino, e.ctime_ns if e.rel else 0))
-    return h.hexdigest()
-
-
-def _resumable_manifest(
-    task: Task, rundir: Path, journal: Journal, options: ArchiveOptions
-) -> tuple[Manifest | None, str, Manifest | None]:
-    """The manifest to resume with if the folder still matches the attempt's, else (None,
-    why not); and the folder scanned again, if it was."""
-    threads = options.read_threads or 1
-    entries = journal.entries(task.name)
-    scan: Manifest | None = None
-    if fingerprint(entries) != task.manifest_id:
-        if task.manifest_identity is None:  # recorded since; without it a scan proves too little
-            return None, "the journal's manifest does not match its fingerprint (damaged)", None
-        # The entries are written while the upload starts (`Journal.write_entries`): a crash
-        # before they committed leaves chunks stored and checkpointed under a session. A new
-        # scan stands for them if it matches both digests taken before the first byte left.
-        scan = scan_run_folder(rundir, threads, options.exclude)
-        if scan.fingerprint() != task.manifest_id:
-            return None, "the journal's manifest is incomplete, and the run folder changed since it was scanned", scan
-        if _identity(scan.entries) != task.manifest_identity:
-            return None, "the journal's manifest is incomplete, and a file was replaced or rewritten in place", scan
-        # Slices commit in order: what a crash left is a prefix of the scan's entries. Any
-        # other difference is damage, and no scan makes up for it.
-        head = scan.entries[: len(entries)]
-        if len(entries) >= len(scan.entries) or (fingerprint(head), _identity(head)) != (
-            fingerprint(entries), _identity(entries)
-        ):
-            return None, "the journal's manifest does not match its fingerprint (damaged)", scan
-        entries = scan.entries
-    crcs = journal.member_crcs(task.name, len(entries), segment=-1)
-    done = [(i, crc) for i, crc in enumerate(crcs) if crc is not None]
-    if files_crc32c(0, done) != task.files_crc32c:
-        return None, "the journal's member checksums do not match the checkpoint (damaged)", scan
-    if scan is not None:
-        return scan, "", scan  # scanned just now: it is the folder as it is
-    manifest = Manifest(root=rundir, entries=entries)
-    change = next(manifest.changed_entries(threads), None)  # the first one decides: stop there
-    if change is not None:
-        return None, f"the run folder changed since its manifest ({change})", None
-    return manifest, "", None
-
-
-def _run(
-    rundir: Path,
-    destination: str,
-    options: ArchiveOptions,
-    journal: Journal,
-    progress: Progress,
-    task: Task | None,
-    force: bool,
-    sink_factory: SinkFactory,
-    clock: Callable[[], float],
-    t0: float,
-    scan: Manifest | None,
-    restart_reason: str | None,
-) -> ArchiveResult:
+def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveResult:
+    rundir, destination, options = request.root, request.destination, request.options
+    journal, progress = request.journal, request.progress
     name = rundir.name
     params = stream_params(options)
     codec = make_codec(options)
@@ -406,20 +244,15 @@ def _run(
     # starts (an unwritable destination) is an attempt too.
     journal.ensure(name)
     journal.update(name, attempts=(task.attempts if task else 0) + 1, interrupted_at=None)
-    if restart_reason is None:
-        restart_reason = _resume_problem(task, rundir, destination, params, force)
-    manifest: Manifest | None = None
-    entries_missing = False  # resumed from a new scan: the journal lacks the entries
-    if restart_reason == "" and task is not None:
-        manifest, restart_reason, rescan = _resumable_manifest(task, rundir, journal, options)
-        entries_missing = manifest is not None and rescan is not None
-        scan = scan or rescan
+    restart_reason = decision.reason
+    manifest = decision.manifest
+    scan = decision.scan
     if task is not None and task.legacy_tarfile:
         progress.note(
             f"{name}: sruns-monitor's local tarball {task.legacy_tarfile} is not used (it may be partial); "
             "delete it by hand once this archive is verified"
         )
-    sink = sink_factory(destination, name, codec.extension, options)
+    sink = request.sink_factory(destination, name, codec.extension, options)
     fresh = False
     if manifest is None:
         if restart_reason:
@@ -431,42 +264,35 @@ def _run(
         if manifest.excluded:
             shown = ", ".join(manifest.excluded[:3]) + (", …" if len(manifest.excluded) > 3 else "")
             progress.note(f"{name}: left out {len(manifest.excluded)} entries matching exclude: {shown}")
-        journal.start_fresh(
-            name,
-            rundir=str(rundir),
-            destination=destination,
-            tarfile=sink.archive_name,
-            params=params,
-            manifest_id=manifest.fingerprint(),
-            manifest_identity=_identity(manifest.entries),
-        )
+        _start_fresh(journal, rundir, destination, sink, params, manifest)
         fresh = True
     task = journal.get(name)
     assert task is not None  # resumed, or just written by start_fresh
     layout = TarLayout(manifest)
     where = parse_location(destination)
-    streams = _segmented(where, layout.size, options, progress, name)
-    if not fresh and streams != _saved_mode(task, streams):
+    strategy = choose_strategy(where, layout.size, options, progress, name)
+    segmented = not isinstance(strategy, SingleStream)
+    if not fresh and segmented != _in_segments(task):
         # A run begun as one stream is not continued in segments, nor the other way.
         restart_reason = "the number of upload streams changed"
         progress.note(f"{name}: starting from zero: {restart_reason}")
-        journal.start_fresh(name, rundir=str(rundir), destination=destination, tarfile=sink.archive_name,
-                            params=params, manifest_id=manifest.fingerprint(),
-                            manifest_identity=_identity(manifest.entries))
+        _start_fresh(journal, rundir, destination, sink, params, manifest)
         fresh = True
         task = journal.get(name)
         assert task is not None
     journal.update(name, pid=os.getpid(), pid_start=start_time(os.getpid()), status="starting", last_error=None)
     saved = None if fresh else Saved(task.durable_offset, task.checkpoint, task.files_crc32c, task.sink_state)
-    resumed_raw = task.checkpoint.raw_offset if saved and not streams else 0
+    resumed_raw = task.checkpoint.raw_offset if saved and not segmented else 0
     progress.start(layout.size, resumed_raw, manifest.file_count,
                    manifest.files_before(task.checkpoint.cursor.index) if resumed_raw else 0)
     journal.update(name, status="tarring", session_started_at=time.time(), raw_total=layout.size,
                    raw_resumed=resumed_raw)
     # The manifest's entries go into the journal while the stream starts: written first,
     # they would delay the first byte by seconds on a large run; a crash before they
-    # commit is resumed from a new scan (`_resumable_manifest`).
-    entries_written = journal.write_entries(name, manifest.entries) if fresh or entries_missing else None
+    # commit is resumed from a new scan (`decide`).
+    entries_written = (
+        journal.write_entries(name, manifest.entries) if fresh or decision.entries_missing else None
+    )
     try:
         # The archive proves the run archived only if the folder still holds exactly what
         # it holds: anything written meanwhile (analysis software writes into run folders
@@ -478,13 +304,11 @@ def _run(
             def walk_again() -> None:
                 closing.append(walker.submit(scan_run_folder, rundir, options.read_threads or 1, options.exclude))
 
+            attempt = Attempt(name=name, rundir=rundir, manifest=manifest, layout=layout, codec=codec,
+                              options=options, journal=journal, task=task, where=where, sink=sink, saved=saved,
+                              progress=progress, walk_again=walk_again)
             try:
-                if streams:
-                    outcome = _segmented_upload(name, manifest, layout, codec, options, journal, task, where,
-                                                streams, progress, walk_again)
-                else:
-                    outcome = _single_stream(name, manifest, layout, codec, options, journal, task, sink, saved,
-                                             progress, walk_again)
+                outcome = strategy.run(attempt)
             except BaseException:
                 for future in closing:
                     future.cancel()
@@ -535,7 +359,7 @@ def _run(
         crc32c=f"{stored.crc32c:08x}",
         tar_crc32=f"{outcome.tar_crc32:08x}",
         compression=codec.name,
-        seconds=clock() - t0,
+        seconds=request.clock() - request.t0,
         resumed_from_raw=outcome.resumed_from_raw,
         resumed_from_archive=outcome.resumed_from_archive,
         raw_processed=outcome.raw_processed,
@@ -544,118 +368,37 @@ def _run(
         skipped=list(manifest.skipped),
         excluded=list(manifest.excluded),
         restart_reason=restart_reason or None,
-        streams=streams or 1,
+        streams=strategy.streams,
         volumes=len(stored.volumes) or 1,
     )
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    """What producing and storing the archive came to, however many streams it took."""
-
-    stored: Stored
-    tar_crc32: int
-    resumed_from_raw: int
-    resumed_from_archive: int
-    raw_processed: int
-    discarded: int
-    stored_bytes: int
+def _start_fresh(
+    journal: Journal, rundir: Path, destination: str, sink: Sink, params: dict[str, Any], manifest: Manifest
+) -> None:
+    """The run's row starts over with this manifest (its digests recorded before the first byte leaves)."""
+    journal.start_fresh(rundir.name, rundir=str(rundir), destination=destination, tarfile=sink.archive_name,
+                        params=params, manifest_id=manifest.fingerprint(), manifest_identity=identity(manifest.entries))
 
 
-def _single_stream(
-    name: str, manifest: Manifest, layout: TarLayout, codec: Codec, options: ArchiveOptions, journal: Journal,
-    task: Task, sink: Sink, saved: Saved | None, progress: Progress, walk_again: Callable[[], None],
-) -> _Outcome:
-    files_shown = manifest.files_before(saved.checkpoint.cursor.index) if saved else 0
-
-    def on_block(cp: Checkpoint, files: int) -> None:
-        nonlocal files_shown
-        files_shown += files
-        progress.update(cp.raw_offset, cp.gz_offset, files_shown)
-
-    streamed = stream_range(
-        layout=layout, codec=codec, options=options, sink=sink, store=_TaskStore(journal, task),
-        saved=saved, initial=Checkpoint.start(), raw_end=layout.size, trailer=True, progress=progress,
-        label=name, on_block=on_block,
-    )
-    walk_again()
-    last = streamed.last
-    journal.update(name, status="tarring_complete")
-    # Every member's crc32c: committed ones from the journal, the rest from memory.
-    crcs = journal.member_crcs(name, len(manifest.entries))
-    for idx, crc in streamed.pending:
-        crcs[idx] = crc
-    info = ArchiveInfo(
-        run=name,
-        size=last.gz_offset,
-        crc32c=last.crc32c,
-        raw_bytes=layout.size,
-        file_count=manifest.file_count,
-        tar_crc32=last.crc32,
-        compression=codec.name,
-        tool_version=__version__,
-    )
-    journal.update(name, status="uploading")
-    points = [*journal.access_points(name), *streamed.pending_points]
-    stored = sink.finalize(
-        info,
-        manifest_tsv.render(manifest.entries, crcs, layout.starts, options.exclude),
-        _index(codec, options, points),
-    )
-    _verify(stored, info)
-    streamed.commit()
-    start = streamed.start
-    return _Outcome(stored, last.crc32, start.raw_offset, streamed.resumed_from, layout.size - start.raw_offset,
-                    streamed.discarded, streamed.stored_bytes)
-
-
-def _segmented_upload(
-    name: str, manifest: Manifest, layout: TarLayout, codec: Codec, options: ArchiveOptions, journal: Journal,
-    task: Task, where: Location, streams: int, progress: Progress, walk_again: Callable[[], None],
-) -> _Outcome:
-    # google-cloud-storage loads only for GCS destinations.
-    from ..storage.gcs.parts import Parts
-    from .segments import SegmentedUpload, plan_segments
-
-    plan = plan_segments(layout.size, options, streams)
-    parts = Parts(where.bucket)
-    try:
-        upload = SegmentedUpload(name=name, manifest=manifest, layout=layout, codec=codec, options=options,
-                                 journal=journal, task=task, where=where, streams=streams, plan=plan,
-                                 progress=progress, parts=parts)
-
-        def read() -> None:
-            walk_again()
-            journal.update(name, status="uploading")  # composing, checking, cleaning up
-
-        stored, tar_crc32 = upload.run(read)
-    finally:
-        parts.close()
-    t = upload.totals
-    return _Outcome(stored, tar_crc32, 0, t.resumed_from, t.raw_processed, t.discarded, t.stored_bytes)
-
-
-def _segmented(where: Location, raw_size: int, options: ArchiveOptions, progress: Progress, name: str) -> int:
-    """How many streams upload the archive in segments: 0 for the single stream (any
-    destination but GCS, one stream asked for and no volumes needed, or a bucket where
-    temporary parts cannot be used)."""
+def choose_strategy(where: Location, raw_size: int, options: ArchiveOptions, progress: Progress, name: str) -> Strategy:
+    """One stream, or segments (`segments.Segmented`): the single stream for any
+    destination but GCS, when one stream is asked for and no volumes are needed, or in a
+    bucket where temporary parts cannot be used (`gcs.parts.bucket_policy`)."""
     if where.kind != "gcs":
-        return 0
+        return SingleStream()
     streams = options.upload_streams or (AUTO_STREAMS if raw_size >= AUTO_STREAMS_FROM else 1)
     # Deflate may grow stored data by 5 bytes per 64 KiB; anything close to a volume is split.
     needs_volumes = raw_size + raw_size // 8192 + (1 << 20) > options.volume_size
     if streams == 1 and not needs_volumes:
-        return 0
-    from ..storage.gcs.parts import Parts
-    from .segments import plan_segments
+        return SingleStream()
+    # google-cloud-storage loads only for GCS destinations.
+    from ..storage.gcs.parts import bucket_policy
+    from .segments import Segmented, plan_segments
 
     if plan_segments(raw_size, options, streams).count == 1 and not needs_volumes:
-        return 0
-    parts = Parts(where.bucket)
-    try:
-        limits = parts.constraints()
-    finally:
-        parts.close()
+        return SingleStream()
+    limits = bucket_policy(where.bucket)
     if limits.undeletable and needs_volumes:
         raise UploadError(
             f"{name} needs several volumes (over {options.volume_size} bytes), which are composed from temporary "
@@ -666,46 +409,14 @@ def _segmented(where: Location, raw_size: int, options: ArchiveOptions, progress
         progress.note(f"{name}: bucket {where.bucket!r}: {limits.billed}; volumes need parts, so they are used")
     elif limits.first:
         progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: {limits.first}")
-        return 0
-    return streams
+        return SingleStream()
+    return Segmented(streams)
 
 
-def _saved_mode(task: Task, streams: int) -> int:
-    """The streams the journal's progress was made with, as far as it matters: 0 for a
-    single stream, ``streams`` for segments (their plan is checked on its own)."""
+def _in_segments(task: Task) -> bool:
+    """Whether the journal's progress was made in segments (their plan is checked on its own)."""
     try:
         state = json.loads(task.sink_state or "{}")
     except ValueError:
-        return 0
-    return streams if isinstance(state, dict) and state.get("mode") == "segments" else 0
-
-
-def _verify(stored: Stored, info: ArchiveInfo) -> None:
-    if stored.crc32c != info.crc32c or stored.size != info.size:
-        raise IntegrityError(
-            f"{stored.location} holds {stored.size} bytes with crc32c {stored.crc32c:08x}, but "
-            f"{info.size} bytes with crc32c {info.crc32c:08x} were sent: the archive is not trusted"
-        )
-
-
-def _index(codec: Codec, options: ArchiveOptions, points: list[AccessPoint]) -> bytes | None:
-    """``<run>.index.tsv`` from the access points recorded; None for a plain tar (any
-    offset is a place to start) or when there are none."""
-    if not codec.header() or not points or not options.access_interval:
-        return None
-    return access_index.render(sorted(set(points)), options.block_size, options.access_interval)
-
-
-class _TaskStore:
-    """The single stream's checkpoints: in the run's journal row."""
-
-    def __init__(self, journal: Journal, task: Task) -> None:
-        self.journal = journal
-        self.task = task
-
-    def record(self, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]], files_crc: int,
-               state: str | None, points: list[AccessPoint]) -> None:
-        self.journal.record_checkpoint(self.task, durable, cp, files_done, files_crc, state, points)
-
-    def forget_member_crcs(self) -> None:
-        self.journal.forget_member_crcs(self.task.name)
+        return False
+    return isinstance(state, dict) and state.get("mode") == "segments"

@@ -9,7 +9,7 @@ blocks (`plan`); several workers each produce one segment at a time (`pipeline`:
 tar reader, compressor and resumable upload to a temporary object, checkpointed in the
 journal's ``segments`` table as the single stream is in the run's row). The gzip
 trailer, which needs the whole stream's CRC32, is a small object of its own. Then
-``compose`` (`sinks.gcs_parts`) concatenates header-carrying segment 0, the others and
+``compose`` (`storage.gcs.parts`) concatenates header-carrying segment 0, the others and
 the trailer into ``<run>.tar.gz``, or into volumes ``<run>.tar.gz.000``, ``.001``, … of
 at most ``volume_size`` each when it would be larger. Each composed object's size and
 crc32c must equal what was streamed (crc32c combined from the parts, `crc`); then the
@@ -40,18 +40,14 @@ from isal import isal_zlib
 from .. import __version__
 from ..config import ArchiveOptions
 from ..errors import IntegrityError
-from ..progress import Progress
 from ..runfolder.safefs import FILE
-from ..runfolder.scan import Manifest
 from ..state.checkpoint import Checkpoint
-from ..state.journal import Journal, SegmentRow, Task, files_crc32c
-from ..storage import access_index, manifest_tsv
+from ..state.journal import SegmentRow, files_crc32c
 from ..storage.crc import crc32c_combine
 from ..storage.gcs.parts import COMPONENT_LIMIT, Parts
 from ..storage.gcs.upload import GcsSink
 from ..storage.gzipframe import AccessPoint
 from ..storage.layout import (
-    Location,
     blob_name,
     index_next_to,
     manifest_next_to,
@@ -59,13 +55,12 @@ from ..storage.layout import (
     parts_prefix,
     volume_names,
 )
-from ..storage.sink import ArchiveInfo, Stored
+from ..storage.sink import Stored
 from ..storage.volumes import Volume, combined, listing_name, render
-from .blockgzip import Codec
+from .attempt import Attempt, JournalStore, Outcome, archive_info, check_stored, render_index, render_manifest
 from .pipeline import Saved, range_start, stream_range
-from .tarstream import TarLayout
 
-__all__ = ["SegmentPlan", "SegmentedUpload", "plan_segments"]
+__all__ = ["SegmentPlan", "Segmented", "SegmentedUpload", "plan_segments"]
 
 @dataclass(frozen=True)
 class SegmentPlan:
@@ -109,40 +104,49 @@ class _Totals:
     stored_bytes: int = 0
 
 
+class Segmented:
+    """A GCS destination, ``streams`` upload streams (`attempt.Strategy`)."""
+
+    def __init__(self, streams: int) -> None:
+        self.streams = streams
+
+    def run(self, attempt: Attempt) -> Outcome:
+        plan = plan_segments(attempt.layout.size, attempt.options, self.streams)
+        parts = Parts(attempt.where.bucket)
+        try:
+            upload = SegmentedUpload(attempt, self.streams, plan, parts)
+
+            def read() -> None:
+                attempt.walk_again()
+                attempt.journal.update(attempt.name, status="uploading")  # composing, checking, cleaning up
+
+            stored, tar_crc32 = upload.run(read)
+        finally:
+            parts.close()
+        t = upload.totals
+        return Outcome(stored, tar_crc32, 0, t.resumed_from, t.raw_processed, t.discarded, t.stored_bytes)
+
+
 class SegmentedUpload:
     """One archive uploaded as segments on ``streams`` workers; see the module docstring."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        manifest: Manifest,
-        layout: TarLayout,
-        codec: Codec,
-        options: ArchiveOptions,
-        journal: Journal,
-        task: Task,
-        where: Location,
-        streams: int,
-        plan: SegmentPlan,
-        progress: Progress,
-        parts: Parts,
-    ) -> None:
-        self.name = name
-        self.manifest = manifest
-        self.layout = layout
-        self.codec = codec
-        self.options = options
-        self.journal = journal
-        self.task = task
-        self.where = where
+    def __init__(self, attempt: Attempt, streams: int, plan: SegmentPlan, parts: Parts) -> None:
+        self.attempt = attempt
+        self.name = attempt.name
+        self.manifest = attempt.manifest
+        self.layout = attempt.layout
+        self.codec = attempt.codec
+        self.options = attempt.options
+        self.journal = attempt.journal
+        self.task = attempt.task  # refreshed as the coordinator's state is saved
+        self.where = attempt.where
         self.streams = streams
         self.plan = plan
-        self.progress = progress
+        self.progress = attempt.progress
         self.parts = parts
-        self.archive = blob_name(where.path, name, codec.extension)
-        self.prefix = parts_prefix(where.path, name)
-        self.content_type = "application/x-tar" if codec.extension == ".tar" else "application/gzip"
+        self.archive = blob_name(self.where.path, self.name, self.codec.extension)
+        self.prefix = parts_prefix(self.where.path, self.name)
+        self.content_type = "application/x-tar" if self.codec.extension == ".tar" else "application/gzip"
         self.totals = _Totals()
         self._abort = threading.Event()
         self._lock = threading.Lock()
@@ -257,7 +261,7 @@ class SegmentedUpload:
         )
         sink = GcsSink(self.where.bucket, self.where.path, self.name, self.codec.extension, options,
                        part=row.object, note=self.progress.note)
-        store = _SegmentStore(self.journal, self.task, row.seq)
+        store = JournalStore(self.journal, self.task, row.seq)
         initial = range_start(self.layout, row.raw_start)
 
         def on_block(cp: Checkpoint, files: int) -> None:
@@ -276,14 +280,8 @@ class SegmentedUpload:
                 progress=self.progress, label=f"{self.name} segment {row.seq}", on_block=on_block,
             )
             last = streamed.last
-            info = ArchiveInfo(run=self.name, size=last.gz_offset, crc32c=last.crc32c, raw_bytes=0, file_count=0,
-                               tar_crc32=last.crc32, compression=self.codec.name, tool_version=__version__)
-            stored = sink.finalize(info, b"")
-            if (stored.size, stored.crc32c) != (info.size, info.crc32c):
-                raise IntegrityError(
-                    f"gs://{self.where.bucket}/{row.object} holds {stored.size} bytes with crc32c "
-                    f"{stored.crc32c:08x}, but {info.size} bytes with {info.crc32c:08x} were sent"
-                )
+            info = archive_info(self.attempt, last)  # a part gets no metadata: only its size and crc32c count
+            check_stored(sink.finalize(info, b""), info, sink.description)
             streamed.commit()
         except BaseException:
             sink.abort()
@@ -369,22 +367,18 @@ class SegmentedUpload:
         """Manifest (and volume list), metadata, and a last look at every volume."""
         size, crc = combined([(n, c) for _, n, c in volumes])
         manifest_name = manifest_next_to(self.archive, self.name)
-        if self.codec.header():
-            # Each segment's access points, from its own output offsets to the archive's.
-            points: list[AccessPoint] = []
-            before = 0
-            for row in rows:
-                points.extend(
-                    AccessPoint(p.raw, before + p.archive) for p in self.journal.access_points(self.name, row.seq)
-                )
-                before += row.size or 0
-            if points:
-                index = access_index.render(points, self.options.block_size, self.options.access_interval)
-                self.parts.upload(
-                    index_next_to(self.archive, self.name), index, "text/tab-separated-values; charset=utf-8"
-                )
-        tsv = manifest_tsv.render(self.manifest.entries, self._member_crcs(rows), self.layout.starts,
-                                  self.options.exclude)
+        # Each segment's access points, from its own output offsets to the archive's.
+        points: list[AccessPoint] = []
+        before = 0
+        for row in rows:
+            points.extend(
+                AccessPoint(p.raw, before + p.archive) for p in self.journal.access_points(self.name, row.seq)
+            )
+            before += row.size or 0
+        index = render_index(self.attempt, points)
+        if index is not None:
+            self.parts.upload(index_next_to(self.archive, self.name), index, "text/tab-separated-values; charset=utf-8")
+        tsv = render_manifest(self.attempt, self._member_crcs(rows))
         self.parts.upload(manifest_name, tsv, "text/tab-separated-values; charset=utf-8")
         if len(volumes) > 1:
             listing = render(Volume(v[0].rsplit("/", 1)[-1], v[1], v[2]) for v in volumes)
@@ -412,17 +406,3 @@ class SegmentedUpload:
             volumes=tuple(f"{self.where.bucket}/{v[0]}" for v in volumes) if len(volumes) > 1 else (),
         )
 
-
-class _SegmentStore:
-    """One segment's checkpoints: in its row of the journal's ``segments`` table."""
-
-    def __init__(self, journal: Journal, task: Task, seq: int) -> None:
-        self.journal, self.task, self.seq = journal, task, seq
-
-    def record(self, durable: int, cp: Checkpoint, files_done: list[tuple[int, int]], files_crc: int,
-               state: str | None, points: list[AccessPoint]) -> None:
-        self.journal.record_segment_checkpoint(self.task, self.seq, durable, cp, files_done, files_crc, state,
-                                               points)
-
-    def forget_member_crcs(self) -> None:
-        self.journal.forget_segment_member_crcs(self.task.name, self.seq)

@@ -37,7 +37,7 @@ from .client import (
     reason,
 )
 
-__all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "Constraints", "ObjectInfo", "Parts"]
+__all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "Constraints", "ObjectInfo", "Parts", "bucket_policy"]
 
 COMPOSE_LIMIT = 32  # sources per compose request
 COMPONENT_LIMIT = 1024  # components in one composite object
@@ -211,3 +211,14 @@ class Parts:
             lambda: blob.patch(if_generation_match=generation, timeout=DEFAULT_TIMEOUT, retry=None),
         )
         return ObjectInfo(int(blob.size or 0), crc32c_from_b64(blob.crc32c), blob.generation, dict(blob.metadata or {}))
+
+
+def bucket_policy(bucket: str, *, client: Client | None = None) -> Constraints:
+    """What ``bucket``'s settings (retention policy, default event-based hold, storage
+    class) mean for temporary parts: the one question the archive asks of the bucket
+    before it picks one stream or segments (`archiver.run`)."""
+    parts = Parts(bucket, client=client)
+    try:
+        return parts.constraints()
+    finally:
+        parts.close()
