@@ -392,8 +392,8 @@ def test_a_permanent_error_fails_at_once_naming_bucket_and_blob(
     with FaultProxy(gcs.url) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         proxy.add(Fault("status", status=403, nth=2, body=denied.encode()))
-        with pytest.raises(UploadError, match=rf"permission denied writing gs://{gcs.bucket}/{_blob(run)} "
-                                              rf"in bucket '{gcs.bucket}': HTTP 403 caller does not have"):
+        with pytest.raises(UploadError, match=rf"^permission denied: writing gs://{gcs.bucket}/{_blob(run)}: "
+                                              rf"HTTP 403 caller does not have storage.objects.create$"):
             _archive_gs(run, gcs, tmp_path, sleeps)
     assert sleeps == []
 

@@ -63,6 +63,7 @@ from ..state.process import start_time
 from ..storage import access_index, manifest_tsv
 from ..storage.access_index import AccessPoint
 from ..storage.layout import Location, parse_location, storage_uri
+from ..storage.retry import RetryPolicy
 from ..storage.stores import ArchiveInfo, Sink, Stored, make_sink, normalize_destination, probe_archive
 from .blockgzip import Codec, GzipCodec, PlainTarCodec
 from .lock import RunLock
@@ -618,7 +619,7 @@ def _segmented_upload(
     from .segments import SegmentedUpload, plan_segments
 
     plan = plan_segments(layout.size, options, streams)
-    parts = Parts(where.bucket)
+    parts = Parts(where.bucket, retry=RetryPolicy.for_retries(options.upload_retries))
     try:
         upload = SegmentedUpload(name=name, manifest=manifest, layout=layout, codec=codec, options=options,
                                  journal=journal, task=task, where=where, streams=streams, plan=plan,
@@ -651,7 +652,7 @@ def _segmented(where: Location, raw_size: int, options: ArchiveOptions, progress
 
     if plan_segments(raw_size, options, streams).count == 1 and not needs_volumes:
         return 0
-    parts = Parts(where.bucket)
+    parts = Parts(where.bucket, retry=RetryPolicy.for_retries(options.upload_retries))
     try:
         limits = parts.constraints()
     finally:
