@@ -135,6 +135,10 @@ def reason(failure: Failure) -> str:
         text = " ".join(text.split())[:200]
         return f"HTTP {failure.status_code}" + (f" {text}" if text else "")
     if isinstance(failure, api_exceptions.GoogleAPICallError):
+        if isinstance(failure.response, requests.Response):
+            # The answer itself, as the session's requests are worded: the library's own
+            # message prefixes the method and URL, which can carry a session's upload id.
+            return reason(failure.response)
         message = " ".join(str(getattr(failure, "message", "") or failure).split())[:200]
         return f"HTTP {failure.code} {message}".strip()
     return f"{type(failure).__name__}: {' '.join(str(failure).split())[:200]}"

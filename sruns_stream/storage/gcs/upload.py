@@ -107,6 +107,13 @@ SESSION_LIFETIME = 7 * 24 * 3600.0
 
 _RESUME_INCOMPLETE = 308
 _RANGE = re.compile(r"bytes=0-(\d+)$")
+# An emulator quirk, switched on: "bytes=0-0" would mean one byte held, but
+# gcp-storage-emulator answers it for an empty session, so with nothing acknowledged yet
+# it is read as none. Real GCS is not expected to hold a lone first byte of an unfinished
+# upload (it persists non-final data in 256 KiB units, hence the chunk rule); were it ever
+# to, the chunk sent from 0 would overlap by one byte, GCS would refuse or ignore it, and
+# the crc32c read back at the end still decides: a wrong object is never reported as stored.
+_EMULATOR_EMPTY_RANGE = True
 # How often a waiting thread looks at the stop flag and the uploader's error.
 _POLL = 0.1
 
@@ -511,13 +518,9 @@ class GcsSink:
         if not match:
             raise UploadError(f"GCS answered {self.description} with an unreadable Range {header!r}")
         last = int(match.group(1))
-        # "bytes=0-0" would mean one byte. gcp-storage-emulator answers it for an empty
-        # session. Real GCS is not expected to hold a lone first byte of an unfinished
-        # upload (it persists non-final data in 256 KiB units, hence the chunk rule);
-        # were it ever to, the chunk sent from 0 would overlap by one byte, GCS would
-        # refuse or ignore it, and the crc32c read back at the end still decides: a
-        # wrong object is never reported as stored.
-        return 0 if last == 0 and self._base == 0 else last + 1
+        if _EMULATOR_EMPTY_RANGE and last == 0 and self._base == 0:
+            return 0
+        return last + 1
 
     def _acknowledge(self, persisted: int, limit: int | None) -> None:
         if persisted < self._base:
