@@ -550,12 +550,14 @@ def test_a_403_is_the_same_line_for_an_upload_a_compose_a_list_and_a_read(
 
 
 @pytest.mark.timeout(120)
-def test_upload_retries_bound_the_retries_of_a_compose(gcs, make_run, tmp_path: Path) -> None:
+def test_the_upload_retries_setting_bounds_the_retries_of_a_compose(gcs, make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 10 << 20)  # segments are at least 8 chunks (2 MiB): several of them
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"upload_retries": 2}))
     with FaultProxy(gcs.url) as proxy:
         proxy.add(Fault("status", status=503, target="compose", times=1000))
-        proc = run_cli("archive", str(run), "--dest", f"gs://{gcs.bucket}/{PREFIX}", *FLAGS,
-                       "--streams", "2", "--upload-retries", "2", "--journal", str(tmp_path / "sruns.db"),
+        proc = run_cli("archive", str(run), "--dest", f"gs://{gcs.bucket}/{PREFIX}", *FLAGS, "--streams", "2",
+                       "--config", str(conf), "--journal", str(tmp_path / "sruns.db"),
                        cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": proxy.url})
         composes = proxy.exchanges("compose")
     assert proc.returncode == 1, proc.stderr
