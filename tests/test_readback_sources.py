@@ -1,5 +1,5 @@
-"""`readback.sources`: finding an archive (run name via the journal then Firestore,
-gs://, file://, a path) and reading its bytes resumably (a dropped connection re-opens at
+"""`readback.locate` and `readback.sources`: finding an archive (run name via the journal
+then Firestore, gs://, file://, a path) and reading its bytes resumably (a dropped connection re-opens at
 the byte where it stopped, with bounded, stop-aware retries).
 
 Faults the GCS emulator cannot produce on cue (a download cut mid-body, every download
@@ -28,6 +28,8 @@ from sruns_stream.progress import NoProgress
 from sruns_stream.readback import restore_archive, verify_archive
 from sruns_stream.readback.sources import ConnectionDropped, ResumableReader
 from sruns_stream.state.journal import Journal
+from sruns_stream.storage.layout import local_temporary, volume_names, volume_number, volume_of
+from sruns_stream.storage.volumes import is_stored_form
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; only the type checker needs it
@@ -408,3 +410,18 @@ def test_a_firestore_field_out_of_type_or_range_is_one_line(firestore, tmp_path:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"sruns-stream: error: run {run}: its Firestore document's {field} is "), proc.stderr
     assert why in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_volume_names_are_written_and_read_by_one_parser() -> None:
+    archive = "runs/R/R.tar.gz"
+    names = volume_names(archive, 1001)
+    assert names[0] == "runs/R/R.tar.gz.0000" and names[-1] == "runs/R/R.tar.gz.1000"
+    assert [volume_number(archive, n) for n in names] == list(range(1001))
+    assert {volume_of(n) for n in names} == {archive}
+    for other in ("runs/R/R.tar.gz.volumes.tsv", "runs/R/R.tar.gz.", "runs/R/R.tar.gz.0a", "runs/R/R.tar.gzx.000",
+                  "runs/R/R.manifest.tsv.000"):
+        assert volume_number(archive, other) is None and volume_of(other) is None, other
+    assert is_stored_form(archive, archive) and is_stored_form(archive, names[7])
+    assert is_stored_form(archive, "runs/R/R.tar.gz.volumes.tsv")
+    assert not is_stored_form(archive, "runs/R/R.tar.gz.part") and not is_stored_form(archive, "runs/R/R.tar.gz.0a")
+    assert local_temporary("R.tar.gz") == "R.tar.gz.part" and local_temporary("R.tar.gz", 2) == "R.tar.gz.part.2"

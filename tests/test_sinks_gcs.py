@@ -26,6 +26,7 @@ from sruns_stream.archiver.run import archive_run
 from sruns_stream.config import ArchiveOptions
 from sruns_stream.errors import IntegrityError, UploadError
 from sruns_stream.state.journal import Journal
+from sruns_stream.storage.gcs.parts import Parts
 from sruns_stream.storage.gcs.upload import GcsSink
 from sruns_stream.storage.layout import blob_name
 from sruns_stream.storage.retry import RETRY
@@ -392,8 +393,8 @@ def test_a_permanent_error_fails_at_once_naming_bucket_and_blob(
     with FaultProxy(gcs.url) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         proxy.add(Fault("status", status=403, nth=2, body=denied.encode()))
-        with pytest.raises(UploadError, match=rf"permission denied writing gs://{gcs.bucket}/{_blob(run)} "
-                                              rf"in bucket '{gcs.bucket}': HTTP 403 caller does not have"):
+        with pytest.raises(UploadError, match=rf"^permission denied: writing gs://{gcs.bucket}/{_blob(run)}: "
+                                              rf"HTTP 403 caller does not have storage.objects.create$"):
             _archive_gs(run, gcs, tmp_path, sleeps)
     assert sleeps == []
 
@@ -489,3 +490,79 @@ def test_a_missing_bucket_is_one_clear_line_and_exit_1(gcs, make_run, tmp_path: 
         )
     ]
     assert gcs.names() == []
+
+
+# -- (g) one error table for every GCS call ------------------------------------------------------
+
+
+_DENIED = json.dumps({"error": {"code": 403, "message": "caller lacks the permission"}}).encode()
+
+
+@pytest.mark.timeout(120)
+def test_a_403_is_the_same_line_for_an_upload_a_compose_a_list_and_a_read(
+    gcs, make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = make_run("miseq", 1 << 20)
+    dest = f"gs://{gcs.bucket}/{PREFIX}"
+    made = run_cli("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(tmp_path / "a.db"), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    other = make_run("miseq", 1 << 20, seed=1, name="240102_M00001_0002_000000000-OTHER")
+    lines: dict[str, str] = {}
+    with FaultProxy(gcs.url) as proxy:
+        env = {"STORAGE_EMULATOR_HOST": proxy.url}
+        # An upload: the session's first chunk (a PUT the sink sends itself).
+        proxy.add(Fault("status", status=403, target="chunk", body=_DENIED))
+        proc = run_cli("archive", str(other), "--dest", dest, *FLAGS, "--journal", str(tmp_path / "b.db"),
+                       cwd=tmp_path, env=env)
+        assert proc.returncode == 1
+        lines["writing"] = proc.stderr.strip().splitlines()[-1].removeprefix("sruns-stream: error: ")
+        # A read: verify looks the archive up (a call through google-cloud-storage).
+        proxy.clear()
+        proxy.add(Fault("status", status=403, target="metadata", body=_DENIED))
+        proc = run_cli("verify", f"{dest}/{run.name}/{run.name}.tar.gz", cwd=tmp_path, env=env)
+        assert proc.returncode == 1
+        lines["reading"] = proc.stderr.strip().splitlines()[-1].removeprefix("sruns-stream: error: ")
+        # Compose and list, as a segmented archive calls them.
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        parts = Parts(gcs.bucket)
+        try:
+            proxy.clear()
+            proxy.add(Fault("status", status=403, target="compose", body=_DENIED))
+            with pytest.raises(UploadError) as composing:
+                parts.compose([_blob(run)], "scratch/composed", "application/gzip", "scratch/tmp-")
+            lines["composing"] = str(composing.value)
+            proxy.clear()
+            proxy.add(Fault("status", status=403, target="other", body=_DENIED))
+            with pytest.raises(UploadError) as listing:
+                parts.names("scratch/")
+            lines["listing"] = str(listing.value)
+        finally:
+            parts.close()
+    objects = {
+        "writing": f"{_blob(other)}",
+        "reading": _blob(run),
+        "composing": "scratch/composed",
+        "listing": "scratch/*",
+    }
+    for doing, line in lines.items():
+        assert line == f"permission denied: {doing} gs://{gcs.bucket}/{objects[doing]}: HTTP 403 caller lacks the " \
+                       "permission", lines
+
+
+@pytest.mark.timeout(120)
+def test_the_upload_retries_setting_bounds_the_retries_of_a_compose(gcs, make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 10 << 20)  # segments are at least 8 chunks (2 MiB): several of them
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"upload_retries": 2}))
+    with FaultProxy(gcs.url) as proxy:
+        proxy.add(Fault("status", status=503, target="compose", times=1000))
+        proc = run_cli("archive", str(run), "--dest", f"gs://{gcs.bucket}/{PREFIX}", *FLAGS, "--streams", "2",
+                       "--config", str(conf), "--journal", str(tmp_path / "sruns.db"),
+                       cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": proxy.url})
+        composes = proxy.exchanges("compose")
+    assert proc.returncode == 1, proc.stderr
+    assert len(composes) == 3 and all(e.status == 503 for e in composes)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"sruns-stream: error: composing gs://{gcs.bucket}/{_blob(run)} failed 3 times, "
+                           "last: HTTP 503"), line
+    assert line.endswith("; run the same command again"), line

@@ -45,6 +45,7 @@ from ..runfolder.scan import Manifest, compare, reading_threads, resolve_run_fol
 from ..state.journal import Journal, Task
 from ..state.process import start_time
 from ..storage.layout import Location, parse_location, storage_uri
+from ..storage.retry import RetryPolicy
 from ..storage.stores import Sink, make_sink, normalize_destination, probe_archive
 from .attempt import Attempt, Strategy
 from .blockgzip import Codec, GzipCodec, PlainTarCodec
@@ -398,7 +399,7 @@ def choose_strategy(where: Location, raw_size: int, options: ArchiveOptions, pro
 
     if plan_segments(raw_size, options, streams).count == 1 and not needs_volumes:
         return SingleStream()
-    limits = bucket_policy(where.bucket)
+    limits = bucket_policy(where.bucket, retry=RetryPolicy.for_retries(options.upload_retries))
     if limits.undeletable and needs_volumes:
         raise UploadError(
             f"{name} needs several volumes (over {options.volume_size} bytes), which are composed from temporary "

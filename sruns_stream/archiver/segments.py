@@ -48,13 +48,20 @@ from ..storage.gcs.parts import COMPONENT_LIMIT, Parts
 from ..storage.gcs.upload import GcsSink
 from ..storage.gzipframe import AccessPoint
 from ..storage.layout import (
+    TSV_CONTENT_TYPE,
+    archive_content_type,
+    archive_metadata,
     blob_name,
+    compose_scratch,
     index_next_to,
     manifest_next_to,
     part_name,
     parts_prefix,
+    trailer_name,
+    volume_metadata,
     volume_names,
 )
+from ..storage.retry import RetryPolicy
 from ..storage.sink import Stored
 from ..storage.volumes import Volume, combined, listing_name, render
 from .attempt import Attempt, JournalStore, Outcome, archive_info, check_stored, render_index, render_manifest
@@ -112,7 +119,7 @@ class Segmented:
 
     def run(self, attempt: Attempt) -> Outcome:
         plan = plan_segments(attempt.layout.size, attempt.options, self.streams)
-        parts = Parts(attempt.where.bucket)
+        parts = Parts(attempt.where.bucket, retry=RetryPolicy.for_retries(attempt.options.upload_retries))
         try:
             upload = SegmentedUpload(attempt, self.streams, plan, parts)
 
@@ -146,7 +153,7 @@ class SegmentedUpload:
         self.parts = parts
         self.archive = blob_name(self.where.path, self.name, self.codec.extension)
         self.prefix = parts_prefix(self.where.path, self.name)
-        self.content_type = "application/x-tar" if self.codec.extension == ".tar" else "application/gzip"
+        self.content_type = archive_content_type(self.codec.extension)
         self.totals = _Totals()
         self._abort = threading.Event()
         self._lock = threading.Lock()
@@ -340,7 +347,7 @@ class SegmentedUpload:
         pieces = [(row.object, row.size or 0, row.crc32c or 0) for row in rows]
         trailer = self.codec.trailer(raw_crc32, self.layout.size)
         if trailer:
-            name = f"{self.prefix}trailer"
+            name = trailer_name(self.prefix)
             info = self.parts.upload(name, trailer, self.content_type)
             pieces.append((name, info.size, info.crc32c or 0))
         groups: list[list[tuple[str, int, int]]] = [[]]
@@ -352,7 +359,7 @@ class SegmentedUpload:
         volumes = []
         for v, (dest, group) in enumerate(zip(names, groups, strict=True)):
             size, crc = combined([(n, c) for _, n, c in group])
-            got = self.parts.compose([p[0] for p in group], dest, self.content_type, f"{self.prefix}v{v:03d}-")
+            got = self.parts.compose([p[0] for p in group], dest, self.content_type, compose_scratch(self.prefix, v))
             if (got.size, got.crc32c) != (size, crc):
                 self.parts.delete([dest])
                 raise IntegrityError(
@@ -377,23 +384,20 @@ class SegmentedUpload:
             before += row.size or 0
         index = render_index(self.attempt, points)
         if index is not None:
-            self.parts.upload(index_next_to(self.archive, self.name), index, "text/tab-separated-values; charset=utf-8")
+            self.parts.upload(index_next_to(self.archive, self.name), index, TSV_CONTENT_TYPE)
         tsv = render_manifest(self.attempt, self._member_crcs(rows))
-        self.parts.upload(manifest_name, tsv, "text/tab-separated-values; charset=utf-8")
+        self.parts.upload(manifest_name, tsv, TSV_CONTENT_TYPE)
         if len(volumes) > 1:
             listing = render(Volume(v[0].rsplit("/", 1)[-1], v[1], v[2]) for v in volumes)
-            self.parts.upload(listing_name(self.archive), listing, "text/tab-separated-values")
-        metadata = {
-            "run": self.name, "raw_bytes": str(self.layout.size), "file_count": str(self.manifest.file_count),
-            "tar_crc32": f"{raw_crc32:08x}", "compression": self.codec.name, "tool_version": __version__,
-            "manifest": manifest_next_to(self.archive, self.name).rsplit("/", 1)[-1],
-            "volumes": str(len(volumes)), "archive_bytes": str(size), "archive_crc32c": f"{crc:08x}",
-        }
+            self.parts.upload(listing_name(self.archive), listing, TSV_CONTENT_TYPE)
+        metadata = archive_metadata(self.name, self.layout.size, self.manifest.file_count, raw_crc32,
+                                    self.codec.name, __version__)
         for i, (name, n, c) in enumerate(volumes):
             info = self.parts.stat(name)
             if info is None or (info.size, info.crc32c) != (n, c):
                 raise IntegrityError(f"gs://{self.where.bucket}/{name} is not the volume that was composed")
-            self.parts.patch_metadata(name, {**metadata, "volume": str(i)}, info.generation)
+            self.parts.patch_metadata(name, {**metadata, **volume_metadata(len(volumes), size, crc, i)},
+                                      info.generation)
         keep = [v[0] for v in volumes] + ([listing_name(self.archive)] if len(volumes) > 1 else [])
         left = self.parts.remove_stale(self.archive, keep)
         if left:

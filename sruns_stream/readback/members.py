@@ -26,10 +26,11 @@ from ..humanize import human_bytes
 from ..progress import Progress
 from ..storage.manifest_tsv import ManifestRow
 from .damage import ArchiveDamaged
+from .locate import resolve_source
 from .ranged import RangedMembers, has_offsets, load_index, plan, spans_of
 from .report import KIND_NAMES, show
 from .restore import Selector
-from .sources import ArchiveSource, resolve_source
+from .sources import ArchiveSource
 from .stream import MemberStream
 from .tarparse import Member, TarMembers
 

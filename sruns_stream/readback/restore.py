@@ -30,9 +30,10 @@ from ..storage.manifest_tsv import ManifestRow
 from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
 from .extract import Extractor, Refused
+from .locate import resolve_source
 from .ranged import RangedMembers, has_offsets, load_index, parallel_points, plan, spans_of
 from .report import Problems, RestoreReport, show
-from .sources import ArchiveSource, resolve_source
+from .sources import ArchiveSource
 from .stream import MemberStream
 
 if TYPE_CHECKING:

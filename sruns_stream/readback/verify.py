@@ -36,10 +36,11 @@ from ..runfolder.safefs import DIR_FLAGS, FILE_FLAGS
 from ..storage.manifest_tsv import ManifestRow, Rows
 from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
+from .locate import resolve_source
 from .ranged import parallel_points
 from .report import KIND_NAMES, Problems, VerifyReport, show
 from .rowcheck import member_vs_row
-from .sources import PIECE, ArchiveSource, resolve_source
+from .sources import PIECE, ArchiveSource
 from .stream import MemberStream
 from .tarparse import Member, TarMembers
 

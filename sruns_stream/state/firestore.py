@@ -194,7 +194,7 @@ class RunRecord:
         collection can change it: each field we know is checked for its type and range
         here, where it is read (UsageError, exit 2, naming the run, the field and the
         value), so no later step meets a size of -1 or a crc32c that is not one. What
-        ``storage`` may name is the reader's to say (`readback.sources`).
+        ``storage`` may name is the reader's to say (`readback.locate`).
         """
         known = {f.name for f in fields(cls)} - {"name"}
         values = {k: v for k, v in data.items() if k in known and v is not None}

@@ -9,6 +9,11 @@ The storage contract, sruns-monitor's layout kept as it was:
 - the journal's ``gcp_tarfile`` and Firestore's ``storage`` name a GCS archive as
   ``BUCKET/BLOB`` (sruns-monitor's form), a local one by its absolute path.
 
+This module is also the one home of every other name the stores write: volumes
+(``<archive>.000`` …, read back by `volume_number`), temporaries (a local ``.part``, a
+segmented upload's parts, trailer and compose intermediates), the content types of the
+objects, and the metadata keys a GCS archive carries.
+
 Every command reads places in the same grammar (`parse_location`): ``null``;
 ``gs://BUCKET[/PATH]``; ``file://PATH``; a plain path. Anything else that looks like a
 URL (``gs:/x``, ``gs:bucket``, ``s3://x``) is a usage error naming the forms, never a
@@ -26,29 +31,48 @@ from ..errors import UsageError
 
 __all__ = [
     "INDEX_SUFFIX",
+    "LOCAL_TEMPORARY_SUFFIX",
     "MANIFEST_SUFFIX",
     "READ_EXTENSIONS",
+    "TSV_CONTENT_TYPE",
+    "WRITE_EXTENSIONS",
     "Location",
+    "archive_content_type",
     "archive_filename",
+    "archive_metadata",
     "blob_name",
     "check_bucket_name",
+    "compose_scratch",
+    "compose_temporary",
     "destination_of",
     "index_next_to",
     "is_url",
+    "local_temporary",
     "manifest_filename",
     "manifest_next_to",
     "parse_location",
     "part_name",
     "parts_prefix",
+    "session_metadata",
     "split_archive_filename",
     "storage_uri",
+    "trailer_name",
+    "volume_metadata",
     "volume_names",
+    "volume_number",
+    "volume_of",
 ]
 
 MANIFEST_SUFFIX = ".manifest.tsv"
 INDEX_SUFFIX = ".index.tsv"  # the archive's access points (`access_index`)
 # What a reader accepts as an archive's name (sruns-monitor and hand-made ones use .tgz).
 READ_EXTENSIONS = (".tar.gz", ".tgz", ".tar")
+# What sruns-stream writes, gzip first: the names a reader looks for in a run's folder.
+WRITE_EXTENSIONS = (".tar.gz", ".tar")
+# The manifest, the access index and the volume listing: UTF-8 text (paths may be any Unicode).
+TSV_CONTENT_TYPE = "text/tab-separated-values; charset=utf-8"
+# Bytes go to ``<name>.part`` (volume k > 0 to ``<name>.part.<k>``) and are renamed at the end.
+LOCAL_TEMPORARY_SUFFIX = ".part"
 FORMS = "DIR, file://DIR, gs://BUCKET[/PATH] or null"
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # what a URL starts with (RFC 3986)
@@ -86,6 +110,27 @@ def part_name(parts: str, seq: int) -> str:
     return f"{parts}segment-{seq:05d}"
 
 
+def trailer_name(parts: str) -> str:
+    """The temporary object holding the gzip trailer a segmented archive ends with."""
+    return f"{parts}trailer"
+
+
+def compose_scratch(parts: str, volume: int) -> str:
+    """Where the intermediate objects of volume ``volume``'s compose tree are named."""
+    return f"{parts}v{volume:03d}-"
+
+
+def compose_temporary(scratch: str, level: int, index: int) -> str:
+    """An intermediate object of a compose tree (more sources than one request takes)."""
+    return f"{scratch}compose-{level}-{index:04d}"
+
+
+def local_temporary(final: str, volume: int = 0) -> str:
+    """The name a local archive (or its volume ``volume``) is written under until renamed."""
+    name = final + LOCAL_TEMPORARY_SUFFIX
+    return name if volume == 0 else f"{name}.{volume}"
+
+
 def volume_names(archive: str, count: int) -> list[str]:
     """The names of an archive's volumes: the archive's own name when it is one object,
     else ``<archive>.000``, ``.001`` … (in name order, their concatenation is the archive)."""
@@ -93,6 +138,52 @@ def volume_names(archive: str, count: int) -> list[str]:
         return [archive]
     width = max(3, len(str(count - 1)))
     return [f"{archive}.{i:0{width}d}" for i in range(count)]
+
+
+def volume_number(archive: str, name: str) -> int | None:
+    """k for ``<archive>.<k>`` (a volume's name, any width of digits), else None."""
+    tail = name[len(archive) + 1 :] if name.startswith(archive + ".") else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def volume_of(name: str) -> str | None:
+    """The archive a volume's name (``<run>.tar.gz.<k>``, with or without a folder) is
+    part of, else None."""
+    head, _, number = name.rpartition(".")
+    return head if number.isdigit() and split_archive_filename(head.rsplit("/", 1)[-1]) else None
+
+
+def archive_content_type(extension: str) -> str:
+    return "application/x-tar" if extension == ".tar" else "application/gzip"
+
+
+def session_metadata(run: str, compression: str, tool_version: str) -> dict[str, str]:
+    """What a GCS archive's metadata holds from the start (`archive_metadata` at the end)."""
+    return {"run": run, "compression": compression, "tool_version": tool_version}
+
+
+def archive_metadata(
+    run: str, raw_bytes: int, file_count: int, tar_crc32: int, compression: str, tool_version: str
+) -> dict[str, str]:
+    """A GCS archive's metadata once it is stored, the same keys whether it was uploaded
+    as one stream or in segments (volumes add `volume_metadata`)."""
+    return {
+        **session_metadata(run, compression, tool_version),
+        "raw_bytes": str(raw_bytes),
+        "file_count": str(file_count),
+        "tar_crc32": f"{tar_crc32:08x}",
+        "manifest": manifest_filename(run),
+    }
+
+
+def volume_metadata(volumes: int, archive_bytes: int, archive_crc32c: int, volume: int) -> dict[str, str]:
+    """What each volume of an archive stored as several carries beside `archive_metadata`."""
+    return {
+        "volumes": str(volumes),
+        "archive_bytes": str(archive_bytes),
+        "archive_crc32c": f"{archive_crc32c:08x}",
+        "volume": str(volume),
+    }
 
 
 def manifest_next_to(archive: str, run: str) -> str:

@@ -50,7 +50,7 @@ from ..errors import DestinationNotWritable, DiskFull, IntegrityError, RunLocked
 from ..runfolder.safefs import DIR_FLAGS, make_dirs
 from ..stopping import STOP
 from .crc import crc32c_combine
-from .layout import archive_filename, index_next_to, manifest_filename, volume_names
+from .layout import archive_filename, index_next_to, local_temporary, manifest_filename, volume_names
 from .sink import ArchiveInfo, Stored
 from .volumes import Volume, is_stored_form, listing_name, render
 
@@ -68,7 +68,7 @@ class LocalSink:
     ) -> None:
         self.dir = Path(directory) / run
         self.final = self.dir / archive_filename(run, extension)
-        self.part = self.final.with_name(self.final.name + ".part")
+        self.part = self.final.with_name(local_temporary(self.final.name))
         self.manifest_path = self.dir / manifest_filename(run)
         self.index_name = index_next_to(self.final.name, run)
         self.description = str(self.final)
@@ -158,7 +158,7 @@ class LocalSink:
     # -- the part files (one per volume) -----------------------------------------------
 
     def _part_name(self, volume: int) -> str:
-        return self.part.name if volume == 0 else f"{self.part.name}.{volume}"
+        return local_temporary(self.final.name, volume)
 
     def _open_part(self, volume: int, flags: int = os.O_RDWR | os.O_CREAT) -> tuple[int, int]:
         """(fd, size) of one volume's part file, refusing links (see the module doc)."""
@@ -275,7 +275,7 @@ class LocalSink:
     def _write_beside(self, name: str, data: bytes) -> None:
         """``name`` in the run's directory, whole or not at all (a temporary, synced, renamed)."""
         dfd = self._dir_fd
-        tmp = name + ".part"
+        tmp = local_temporary(name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dfd)  # a leftover, or a planted link: removed, never followed
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)

@@ -50,6 +50,11 @@ class RetryPolicy:
     multiplier: float = 1.0
     max_wait: float = 32.0
 
+    @classmethod
+    def for_retries(cls, retries: int) -> RetryPolicy:
+        """The policy with ``retries`` tries after the first (``--upload-retries``)."""
+        return cls(attempts=retries + 1)
+
     def call(
         self,
         fn: Callable[[int], T],

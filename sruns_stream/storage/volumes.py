@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..errors import IntegrityError
 from .crc import crc32c_combine
+from .layout import volume_number
 
 __all__ = ["LISTING_SUFFIX", "Volume", "combined", "is_stored_form", "listing_name", "parse", "render"]
 
@@ -44,8 +45,7 @@ def listing_name(archive: str) -> str:
 def is_stored_form(archive: str, name: str) -> bool:
     """Whether ``name`` is the archive stored as one file, one of its volumes or their
     listing: what an archive stored afresh (cut another way) replaces."""
-    tail = name[len(archive) + 1:] if name.startswith(archive + ".") else None
-    return name == archive or name == listing_name(archive) or (tail is not None and tail.isdigit())
+    return name == archive or name == listing_name(archive) or volume_number(archive, name) is not None
 
 
 def render(volumes: Iterable[Volume]) -> bytes:

@@ -1,3 +1,3 @@
-"""Google Cloud Storage: the client, the resumable upload, and compose/list/delete of parts."""
+"""Google Cloud Storage: the client and its one error table, the resumable upload, and compose/list/delete of parts."""
 
 __all__: list[str] = []

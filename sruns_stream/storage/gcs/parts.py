@@ -17,36 +17,19 @@ their early deletion, since compose needs sources of the result's class).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
-from google.api_core import exceptions as api_exceptions
-
-from ...errors import DestinationError, IntegrityError, UploadError
+from ...errors import DestinationError, IntegrityError
+from ..layout import compose_temporary
 from ..retry import RETRY, RetryPolicy
 from ..volumes import is_stored_form
-from .client import (
-    API_ERRORS,
-    DEFAULT_TIMEOUT,
-    Client,
-    crc32c_from_b64,
-    is_transient,
-    make_client,
-    reason,
-)
+from .client import Client, GcsBucket, ObjectInfo, make_client
 
-__all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "Constraints", "ObjectInfo", "Parts", "bucket_policy"]
+__all__ = ["COMPONENT_LIMIT", "COMPOSE_LIMIT", "Constraints", "Parts", "bucket_policy"]
 
 COMPOSE_LIMIT = 32  # sources per compose request
 COMPONENT_LIMIT = 1024  # components in one composite object
-
-T = TypeVar("T")
-
-
-class _Transient(UploadError):
-    """Worth another try (see gcs.is_transient); private to this module's retries."""
 
 
 @dataclass(frozen=True)
@@ -61,78 +44,39 @@ class Constraints:
         return self.undeletable or self.billed
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
-    size: int
-    crc32c: int | None
-    generation: int | None
-    metadata: dict[str, str]
-
-
 class Parts:
-    """One bucket's objects, as an archive's parts are assembled in it."""
+    """One bucket's objects, as an archive's parts are assembled in it. Each call is one
+    of `client.GcsBucket`'s, under ``retry`` (the archive's ``--upload-retries``)."""
 
     def __init__(self, bucket: str, *, client: Client | None = None, retry: RetryPolicy = RETRY) -> None:
         self.bucket_name = bucket
         self._client = client or make_client()
         self._own = client is None
-        self._bucket = self._client.bucket(bucket)
-        self._retry = retry
+        self._gcs = GcsBucket(bucket, self._client, retry=retry)
 
     def close(self) -> None:
         if self._own:
             self._client.close()
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        def once(_: int) -> T:
-            try:
-                return fn()
-            except API_ERRORS as exc:
-                if is_transient(exc):
-                    raise _Transient(f"{what}: {reason(exc)}") from exc
-                code = getattr(exc, "code", 0) or 0
-                if code in (401, 403):
-                    raise UploadError(
-                        f"permission denied: {what} in bucket {self.bucket_name!r}: {reason(exc)}"
-                    ) from exc
-                raise UploadError(f"{what} in bucket {self.bucket_name!r}: {reason(exc)}") from exc
-
-        try:
-            return self._retry.call(once, _Transient)
-        except _Transient as exc:
-            raise UploadError(f"{exc} ({self._retry.attempts} attempts); run the same command again") from None
-
     def constraints(self) -> Constraints:
         """What this bucket's settings mean for temporary parts (read once per archive)."""
-        self._call("reading the bucket's settings", lambda: self._bucket.reload(timeout=DEFAULT_TIMEOUT, retry=None))
+        bucket = self._gcs.settings()
         undeletable = None
-        if self._bucket.retention_period:
-            undeletable = f"it has a retention policy ({self._bucket.retention_period} s): parts could not be deleted"
-        elif self._bucket.default_event_based_hold:
+        if bucket.retention_period:
+            undeletable = f"it has a retention policy ({bucket.retention_period} s): parts could not be deleted"
+        elif bucket.default_event_based_hold:
             undeletable = "new objects get an event-based hold: parts could not be deleted"
-        storage_class = self._bucket.storage_class or "STANDARD"
+        storage_class = bucket.storage_class or "STANDARD"
         billed = None
         if storage_class not in ("STANDARD", "MULTI_REGIONAL", "REGIONAL"):
             billed = f"its storage class is {storage_class}: deleting parts early is billed"
         return Constraints(undeletable, billed)
 
     def stat(self, name: str) -> ObjectInfo | None:
-        def get() -> Any:
-            try:
-                return self._bucket.get_blob(name, timeout=DEFAULT_TIMEOUT, retry=None)
-            except api_exceptions.NotFound:
-                return None
-
-        blob = self._call(f"reading gs://{self.bucket_name}/{name}", get)
-        if blob is None:
-            return None
-        return ObjectInfo(int(blob.size or 0), crc32c_from_b64(blob.crc32c), blob.generation, dict(blob.metadata or {}))
+        return self._gcs.stat(name)
 
     def names(self, prefix: str) -> list[str]:
-        return self._call(
-            f"listing gs://{self.bucket_name}/{prefix}",
-            lambda: [b.name for b in self._client.list_blobs(self._bucket, prefix=prefix, timeout=DEFAULT_TIMEOUT)],
-        )
+        return [info.name for info in self._gcs.list(prefix)]
 
     def remove_stale(self, archive: str, keep: Sequence[str]) -> list[str]:
         """Delete what an earlier archive of the same run, cut another way, left beside
@@ -146,7 +90,7 @@ class Parts:
 
     def _try_delete(self, name: str) -> bool:
         try:
-            self.delete([name])
+            self._gcs.delete(name)
         except DestinationError:
             return False
         return True
@@ -154,29 +98,18 @@ class Parts:
     def delete(self, names: Sequence[str]) -> None:
         """Delete ``names``; one already gone is not an error."""
         for name in names:
-            def drop(name: str = name) -> None:
-                with contextlib.suppress(api_exceptions.NotFound):
-                    self._bucket.blob(name).delete(timeout=DEFAULT_TIMEOUT, retry=None)
-
-            self._call(f"deleting gs://{self.bucket_name}/{name}", drop)
+            self._gcs.delete(name)
 
     def upload(self, name: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """A small object, written whole, checked by its crc32c."""
-        blob = self._bucket.blob(name)
-        if metadata:
-            blob.metadata = metadata
-        self._call(
-            f"uploading gs://{self.bucket_name}/{name}",
-            lambda: blob.upload_from_string(data, content_type=content_type, timeout=DEFAULT_TIMEOUT,
-                                            checksum="crc32c", retry=None),
-        )
-        return ObjectInfo(len(data), crc32c_from_b64(blob.crc32c), blob.generation, dict(blob.metadata or {}))
+        return self._gcs.upload(name, data, content_type, metadata)
 
     def compose(
         self, sources: Sequence[str], dest: str, content_type: str, scratch: str
     ) -> ObjectInfo:
         """``dest`` as the concatenation of ``sources``, in a tree of intermediate objects
-        named under ``scratch`` when there are more than COMPOSE_LIMIT of them."""
+        named under ``scratch`` (`layout.compose_temporary`) when there are more than
+        COMPOSE_LIMIT of them."""
         if len(sources) > COMPONENT_LIMIT:
             raise IntegrityError(
                 f"gs://{self.bucket_name}/{dest} would have {len(sources)} components, more than GCS's "
@@ -187,37 +120,22 @@ class Parts:
             groups = [names[i : i + COMPOSE_LIMIT] for i in range(0, len(names), COMPOSE_LIMIT)]
             names = []
             for i, group in enumerate(groups):
-                name = f"{scratch}compose-{level}-{i:04d}"
-                self._compose_one(group, name, content_type)
+                name = compose_temporary(scratch, level, i)
+                self._gcs.compose(group, name, content_type)
                 names.append(name)
             level += 1
-        return self._compose_one(names, dest, content_type)
-
-    def _compose_one(self, sources: Sequence[str], dest: str, content_type: str) -> ObjectInfo:
-        blob = self._bucket.blob(dest)
-        blob.content_type = content_type
-        self._call(
-            f"composing gs://{self.bucket_name}/{dest}",
-            lambda: blob.compose([self._bucket.blob(s) for s in sources], timeout=DEFAULT_TIMEOUT, retry=None),
-        )
-        return ObjectInfo(int(blob.size or 0), crc32c_from_b64(blob.crc32c), blob.generation, {})
+        return self._gcs.compose(names, dest, content_type)
 
     def patch_metadata(self, name: str, metadata: dict[str, str], generation: int | None) -> ObjectInfo:
         """Add ``metadata`` to the object (of ``generation``: never to one that replaced it)."""
-        blob = self._bucket.blob(name)
-        blob.metadata = metadata
-        self._call(
-            f"updating the metadata of gs://{self.bucket_name}/{name}",
-            lambda: blob.patch(if_generation_match=generation, timeout=DEFAULT_TIMEOUT, retry=None),
-        )
-        return ObjectInfo(int(blob.size or 0), crc32c_from_b64(blob.crc32c), blob.generation, dict(blob.metadata or {}))
+        return self._gcs.patch_metadata(name, metadata, generation)
 
 
-def bucket_policy(bucket: str, *, client: Client | None = None) -> Constraints:
+def bucket_policy(bucket: str, *, client: Client | None = None, retry: RetryPolicy | None = None) -> Constraints:
     """What ``bucket``'s settings (retention policy, default event-based hold, storage
     class) mean for temporary parts: the one question the archive asks of the bucket
     before it picks one stream or segments (`archiver.run`)."""
-    parts = Parts(bucket, client=client)
+    parts = Parts(bucket, client=client, retry=retry or RETRY)
     try:
         return parts.constraints()
     finally:

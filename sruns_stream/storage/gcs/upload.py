@@ -21,10 +21,12 @@ The resumable protocol, as GCS documents it, and how it is used here:
   the end). Acknowledged bytes leave the buffer.
 - After any failed or unanswered request, a status query (``bytes */*``) says what the
   server holds, and the upload continues from there: never from what we assume.
-- Transient failures (connection errors, timeouts, the statuses in
-  ``gcs.TRANSIENT_STATUS``) are retried with jittered exponential backoff, a bounded
-  number of times; permanent ones (400, 401, 403, a missing bucket) fail at once with
-  one line naming bucket and blob.
+- Failures are told transient or permanent, and worded, by the one error table
+  (`client.translate`). Transient ones (connection errors, timeouts, the statuses in
+  ``client.TRANSIENT_STATUS``) are retried with jittered exponential backoff, a bounded
+  number of times (``--upload-retries``, for the session's requests and for every other
+  call on the bucket); permanent ones (400, 401, 403, a missing bucket) fail at once with
+  one line naming the object.
 - ``state()`` is the session URI and its creation time. ``open(state)`` asks the server
   how much it holds, which may be ahead of the journal. Sessions live a week: an older
   one, or one the server no longer knows (404/410), starts a new session from zero.
@@ -51,29 +53,36 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-import google_crc32c
 import requests
-from google.auth import exceptions as auth_exceptions
-from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # type: ignore[import-untyped]
 
 from ... import __version__
 from ...config import GCS_CHUNK_QUANTUM, ArchiveOptions
 from ...errors import IntegrityError, UploadError, redact
 from ...stopping import STOP
-from ..layout import blob_name, index_next_to, manifest_filename, manifest_next_to
+from ..layout import (
+    TSV_CONTENT_TYPE,
+    archive_content_type,
+    archive_metadata,
+    blob_name,
+    index_next_to,
+    manifest_next_to,
+    session_metadata,
+)
 from ..retry import RetryPolicy, pause
 from ..sink import ArchiveInfo, Stored
 from .client import (
-    API_ERRORS,
     DEFAULT_TIMEOUT,
-    TRANSIENT_ERRORS,
-    TRANSIENT_STATUS,
+    FAILURES,
     Client,
+    GcsBucket,
+    Transient,
     b64_crc32c,
     crc32c_from_b64,
-    is_transient,
+    exhausted,
     make_client,
     reason,
+    request,
+    translate,
 )
 from .parts import Parts
 
@@ -98,16 +107,18 @@ SESSION_LIFETIME = 7 * 24 * 3600.0
 
 _RESUME_INCOMPLETE = 308
 _RANGE = re.compile(r"bytes=0-(\d+)$")
+# An emulator quirk, switched on: "bytes=0-0" would mean one byte held, but
+# gcp-storage-emulator answers it for an empty session, so with nothing acknowledged yet
+# it is read as none. Real GCS is not expected to hold a lone first byte of an unfinished
+# upload (it persists non-final data in 256 KiB units, hence the chunk rule); were it ever
+# to, the chunk sent from 0 would overlap by one byte, GCS would refuse or ignore it, and
+# the crc32c read back at the end still decides: a wrong object is never reported as stored.
+_EMULATOR_EMPTY_RANGE = True
 # How often a waiting thread looks at the stop flag and the uploader's error.
 _POLL = 0.1
 
 T = TypeVar("T")
 Note = Callable[[str], None]
-
-
-class _Transient(UploadError):
-    """A failure worth retrying (connection, timeout, 408/429/5xx). Private: after the
-    last attempt it is re-raised as a plain UploadError saying how often we tried."""
 
 
 class _SessionGone(UploadError):
@@ -116,19 +127,6 @@ class _SessionGone(UploadError):
 
 def _stderr_note(message: str) -> None:
     print(f"sruns-stream: {message}", file=sys.stderr)
-
-
-def _short_reason(resp: requests.Response) -> str:
-    """The server's own error message, one line, short."""
-    text = ""
-    try:
-        body = resp.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            text = str(body["error"].get("message") or "")
-    except ValueError:
-        text = resp.text
-    text = " ".join(text.split())[:200]
-    return f"HTTP {resp.status_code}" + (f" {text}" if text else "")
 
 
 class GcsSink:
@@ -158,10 +156,11 @@ class GcsSink:
         self.archive_name = self.blob_name
         self.run = run
         self.compression = options.compression
-        self.content_type = "application/x-tar" if extension == ".tar" else "application/gzip"
+        self.content_type = archive_content_type(extension)
         self._chunk = options.chunk_size
-        self._retry = RetryPolicy(attempts=options.upload_retries + 1)
+        self._retry = RetryPolicy.for_retries(options.upload_retries)
         self._client = client
+        self._gcs: GcsBucket | None = None  # every call on the bucket but the session's PUTs
         self._own_client = client is None
         self._sleep = sleep
         self._now = now
@@ -194,6 +193,9 @@ class GcsSink:
         self._raise_error()
         if self._client is None:
             self._client = make_client()
+        if self._gcs is None:
+            self._gcs = GcsBucket(self.bucket_name, self._client, retry=self._retry, sleep=self._pause,
+                                  timeout=self._timeout)
         self._buf = bytearray()
         self._fill = bytearray()
         self._finished = None
@@ -258,8 +260,8 @@ class GcsSink:
         manifest_location = None
         if self.manifest_name:
             if index_tsv is not None:
-                self._upload_beside(index_next_to(self.blob_name, self.run), index_tsv, "access index")
-            manifest_location = self._upload_beside(self.manifest_name, manifest_tsv, "manifest")
+                self._upload_beside(index_next_to(self.blob_name, self.run), index_tsv)
+            manifest_location = self._upload_beside(self.manifest_name, manifest_tsv)
         if self._finished is None:
             self._final_crc32c = info.crc32c
             try:
@@ -294,7 +296,9 @@ class GcsSink:
     def _remove_stale(self) -> None:
         """Volumes (and their listing) an earlier archive of this run was cut into go: the
         one object replaces them. Best effort: a bucket that keeps objects keeps them."""
-        left = Parts(self.bucket_name, client=self._client).remove_stale(self.blob_name, [self.blob_name])
+        left = Parts(self.bucket_name, client=self._client, retry=self._retry).remove_stale(
+            self.blob_name, [self.blob_name]
+        )
         if left:
             log.warning("%s: an earlier archive's volumes could not be deleted: %s", self.description, ", ".join(left))
 
@@ -403,7 +407,7 @@ class GcsSink:
             self._uri = None
             return None
         try:
-            self._with_retries("status query", lambda _: self._resync_from_zero())
+            self._with_retries(lambda _: self._resync_from_zero())
         except _SessionGone:
             self._note(
                 f"{self.run}: GCS no longer knows upload session {self._short()} (expired or "
@@ -420,22 +424,12 @@ class GcsSink:
         self._resync(resuming=True)
 
     def _create_session(self) -> None:
-        assert self._client is not None
-        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        assert self._gcs is not None
         # What is known now; the sizes and checksums are added once the object exists.
-        blob.metadata = {"run": self.run, "compression": self.compression, "tool_version": __version__}
-        blob.content_type = self.content_type
-
-        def create() -> str:
-            uri: str = self._api(
-                "cannot start the upload",
-                lambda: blob.create_resumable_upload_session(
-                    content_type=self.content_type, size=None, timeout=self._timeout, retry=None
-                ),
-            )
-            return uri
-
-        self._uri = self._with_retries("session creation", lambda _: create())
+        self._uri = self._gcs.create_session(
+            self.blob_name, self.content_type, session_metadata(self.run, self.compression, __version__),
+            missing=f"bucket {self.bucket_name!r} does not exist (cannot start the upload for {self.description})",
+        )
         self._created = self._now()
         self._fresh = True
         self._base = 0
@@ -454,11 +448,11 @@ class GcsSink:
                 self._resync()
             self._put_pending(total, partial)
 
-        self._with_retries("chunk upload", attempt)
+        self._with_retries(attempt)
         # A final request the server answered with 308 after keeping part of it: send
         # the rest. Each round made progress (see _put_pending), so this ends.
         while total is not None and self._finished is None:
-            self._with_retries("chunk upload", attempt)
+            self._with_retries(attempt)
 
     def _put_pending(self, total: int | None, partial: bool = False) -> None:
         if self._finished is not None:
@@ -491,18 +485,18 @@ class GcsSink:
             if self._base == start:
                 # Nothing kept (or, for the last request, nothing committed): count it as a
                 # failed attempt, so a server that never takes the bytes cannot loop us.
-                raise _Transient(f"GCS kept none of the bytes sent at offset {start}")
+                raise Transient("writing", self.description, f"GCS kept none of the bytes sent at offset {start}")
         elif resp.status_code in (200, 201):
             self._commit(resp)
             if total is None:
                 self._committed_early()
         elif resp.status_code == 400 and total is not None and "X-Goog-Hash" in headers:
             raise IntegrityError(
-                f"GCS refused to commit {self.description}: {_short_reason(resp)} (the crc32c sent "
+                f"GCS refused to commit {self.description}: {reason(resp)} (the crc32c sent "
                 f"with the last request is {self._final_crc32c:08x}): the upload was corrupted"
             )
         else:
-            self._fail(resp, "chunk upload")
+            self._fail(resp, "writing")
 
     def _resync(self, resuming: bool = False) -> None:
         """Status query: drop what the server already holds from the buffer."""
@@ -513,7 +507,7 @@ class GcsSink:
         elif resp.status_code in (200, 201):
             self._commit(resp)
         else:
-            self._fail(resp, "status query")
+            self._fail(resp, "asking how much GCS holds of")
 
     def _persisted(self, resp: requests.Response) -> int:
         """How many bytes a 308 answer says the server holds."""
@@ -524,13 +518,9 @@ class GcsSink:
         if not match:
             raise UploadError(f"GCS answered {self.description} with an unreadable Range {header!r}")
         last = int(match.group(1))
-        # "bytes=0-0" would mean one byte. gcp-storage-emulator answers it for an empty
-        # session. Real GCS is not expected to hold a lone first byte of an unfinished
-        # upload (it persists non-final data in 256 KiB units, hence the chunk rule);
-        # were it ever to, the chunk sent from 0 would overlap by one byte, GCS would
-        # refuse or ignore it, and the crc32c read back at the end still decides: a
-        # wrong object is never reported as stored.
-        return 0 if last == 0 and self._base == 0 else last + 1
+        if _EMULATOR_EMPTY_RANGE and last == 0 and self._base == 0:
+            return 0
+        return last + 1
 
     def _acknowledge(self, persisted: int, limit: int | None) -> None:
         if persisted < self._base:
@@ -578,29 +568,31 @@ class GcsSink:
     def _put(self, body: memoryview | None, headers: dict[str, str]) -> requests.Response:
         assert self._client is not None and self._uri is not None
         try:
-            resp: requests.Response = self._client._http.request(
-                "PUT", self._uri, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            resp = request(
+                self._client, "PUT", self._uri, data=body, headers=headers, timeout=self._timeout,
+                allow_redirects=False,
             )
-        except TRANSIENT_ERRORS as exc:
-            raise _Transient(self._scrub(f"{type(exc).__name__}: {exc}")) from None
-        except auth_exceptions.RefreshError as exc:
-            raise UploadError(f"cannot refresh Google credentials for {self.description}: {exc}") from None
-        if resp.status_code in TRANSIENT_STATUS:
-            raise _Transient(_short_reason(resp))
+        except FAILURES as exc:
+            # Not `from exc`, and the library's words scrubbed: they could carry the session URI.
+            failure = translate(exc, "writing", self.description, UploadError)
+            if isinstance(failure, Transient):
+                raise Transient(failure.doing, failure.where, self._scrub(failure.why)) from None
+            raise type(failure)(self._scrub(str(failure))) from None
+        if resp.status_code in (200, 201, _RESUME_INCOMPLETE):
+            return resp
+        failure = translate(resp, "writing", self.description, UploadError)
+        if isinstance(failure, Transient):
+            raise failure
         return resp
 
-    def _fail(self, resp: requests.Response, what: str) -> NoReturn:
-        reason = _short_reason(resp)
+    def _fail(self, resp: requests.Response, doing: str) -> NoReturn:
         if resp.status_code in (404, 410):
+            # The session's URI, not a bucket or object: its 404 means the session is gone.
             raise _SessionGone(
-                f"{what} for {self.description}: GCS no longer knows upload session {self._short()} "
-                f"({reason}); run the same command again to start a new session from zero"
+                f"{doing} {self.description}: GCS no longer knows upload session {self._short()} "
+                f"({reason(resp)}); run the same command again to start a new session from zero"
             )
-        if resp.status_code in (401, 403):
-            raise UploadError(
-                f"permission denied writing {self.description} in bucket {self.bucket_name!r}: {reason}"
-            )
-        raise UploadError(f"{what} for {self.description} failed: {reason}")
+        raise translate(resp, doing, self.description, UploadError)
 
     def _scrub(self, text: str) -> str:
         """A library message without the session URI's secret part."""
@@ -617,117 +609,54 @@ class GcsSink:
             return
         pause(seconds, cancel=self._stop)
 
-    def _with_retries(self, what: str, fn: Callable[[int], T]) -> T:
-        """``fn(attempt_number)`` with the GCS retry policy on transient failures
-        (``_Transient``); anything else goes straight through."""
+    def _with_retries(self, fn: Callable[[int], T]) -> T:
+        """``fn(attempt_number)`` (the session's requests) with the GCS retry policy on
+        transient failures (`client.Transient`); anything else goes straight through."""
         try:
-            return self._retry.call(fn, _Transient, sleep=self._pause)
-        except _Transient as exc:
+            return self._retry.call(fn, Transient, sleep=self._pause)
+        except Transient as exc:
             # Not `from exc`: the chained error could carry the session URI.
-            raise UploadError(
-                f"{what} for {self.description} failed {self._retry.attempts} times, last: {exc}; "
-                "run the same command again to resume"
-            ) from None
+            raise exhausted(exc, self._retry.attempts, UploadError) from None
 
-    # -- calls through google-cloud-storage ----------------------------------------------
+    # -- calls on the bucket (client.GcsBucket) ------------------------------------------
 
-    def _api(self, what: str, fn: Callable[[], T], missing: str | None = None) -> T:
-        """A google-cloud-storage call with its errors mapped to ours."""
-        try:
-            return fn()
-        except API_ERRORS as exc:
-            if is_transient(exc):
-                raise _Transient(f"{what}: {reason(exc)}") from exc
-            code = getattr(exc, "code", 0) or 0
-            if code == 404:
-                raise UploadError(
-                    missing or f"bucket {self.bucket_name!r} does not exist ({what} for {self.description})"
-                ) from exc
-            if code in (401, 403):
-                raise UploadError(
-                    f"permission denied: {what} for {self.description} in bucket {self.bucket_name!r}: {reason(exc)}"
-                ) from exc
-            raise UploadError(f"{what} for {self.description}: {reason(exc)}") from exc
-        except DataCorruption as exc:
-            # The library compared the server's checksum with its own and they differ.
-            raise IntegrityError(f"{what} for {self.description}: {exc}") from exc
-        except InvalidResponse as exc:
-            # A status the library did not map to an API error (e.g. a 308 where it wants 200).
-            raise UploadError(f"{what} for {self.description}: unexpected answer from GCS ({exc})") from exc
-
-    def _upload_beside(self, name: str, data: bytes, what: str) -> str:
+    def _upload_beside(self, name: str, data: bytes) -> str:
         """A small file beside the archive (manifest, access index), checked by crc32c."""
-        assert self._client is not None
-        blob = self._client.bucket(self.bucket_name).blob(name)
-
-        def upload(_: int) -> None:
-            self._api(
-                f"{what} upload",
-                lambda: blob.upload_from_string(
-                    data, content_type="text/tab-separated-values; charset=utf-8",
-                    timeout=self._timeout, checksum="crc32c", retry=None,
-                ),
-            )
-
-        self._with_retries(f"{what} upload", upload)
-        stored = crc32c_from_b64(blob.crc32c)
-        expected = google_crc32c.value(data)
-        if stored != expected:
-            raise IntegrityError(
-                f"gs://{self.bucket_name}/{name} reads back with crc32c "
-                f"{stored if stored is None else f'{stored:08x}'}, expected {expected:08x}"
-            )
+        assert self._gcs is not None
+        self._gcs.upload(name, data, TSV_CONTENT_TYPE)
         return f"{self.bucket_name}/{name}"
 
     def _existing_object(self, info: ArchiveInfo) -> dict[str, Any]:
         """The committed object, when the session is gone after our last request."""
-        assert self._client is not None
-        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        assert self._gcs is not None
         missing = (
             f"GCS forgot upload session {self._short()} of {self.description} before it was "
             "committed; run the same command again to start a new session from zero"
         )
-        self._with_retries(
-            "read back",
-            lambda _: self._api("read back", lambda: blob.reload(timeout=self._timeout, retry=None), missing),
-        )
+        found = self._gcs.stat(self.blob_name)
         # Same size and crc32c as what we streamed: these are our bytes, whichever
         # request committed them.
-        if blob.size != info.size or crc32c_from_b64(blob.crc32c) != info.crc32c:
+        if found is None or found.size != info.size or found.crc32c != info.crc32c:
             raise UploadError(missing)
-        return {"size": blob.size, "crc32c": blob.crc32c, "generation": blob.generation}
+        return {"size": found.size, "crc32c": b64_crc32c(info.crc32c), "generation": found.generation}
 
     def _set_metadata(self, info: ArchiveInfo, generation: int | None) -> tuple[int, int | None]:
         """Add what only the end knows to the object's metadata; returns (size, crc32c)
         as GCS reports them in its answer: the read-back the run is judged by."""
-        assert self._client is not None
-        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
-        blob.metadata = {
-            "run": info.run,
-            "raw_bytes": str(info.raw_bytes),
-            "file_count": str(info.file_count),
-            "tar_crc32": f"{info.tar_crc32:08x}",
-            "compression": info.compression,
-            "tool_version": info.tool_version,
-            "manifest": manifest_filename(self.run),
-        }
-        missing = f"{self.description} disappeared right after it was committed"
-        self._with_retries(
-            "metadata update",
-            lambda _: self._api(
-                "metadata update",
-                lambda: blob.patch(if_generation_match=generation, timeout=self._timeout, retry=None),
-                missing,
-            ),
+        assert self._gcs is not None
+        metadata = archive_metadata(
+            info.run, info.raw_bytes, info.file_count, info.tar_crc32, info.compression, info.tool_version
         )
-        return (blob.size if blob.size is not None else -1), crc32c_from_b64(blob.crc32c)
+        found = self._gcs.patch_metadata(
+            self.blob_name, metadata, generation, missing=f"{self.description} disappeared right after it was committed"
+        )
+        return found.size, found.crc32c
 
     def _reject(self, size: int, crc: int | None, info: ArchiveInfo, generation: int | None) -> NoReturn:
         """A committed object that is not what we streamed must not stay under its name."""
-        assert self._client is not None
-        blob = self._client.bucket(self.bucket_name).blob(self.blob_name)
+        assert self._gcs is not None
         try:
-            self._api("delete", lambda: blob.delete(if_generation_match=generation, timeout=self._timeout, retry=None))
+            self._gcs.delete(self.blob_name, generation)
             fate = "it was deleted"
         except UploadError as exc:
             fate = f"deleting it failed too ({exc})"
@@ -741,3 +670,4 @@ class GcsSink:
         if self._own_client and self._client is not None:
             self._client.close()
             self._client = None
+            self._gcs = None
