@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyte
 import pytest
-from helpers import REPO
+from helpers import child_env
 
 HEIGHT = 60
 BAR = re.compile(
@@ -60,9 +60,7 @@ def _in_terminal(width: int, *args: str, cwd: Path) -> tuple[list[str], str, int
     rendered screen, stdout, the exit code."""
     master, slave = pty.openpty()
     _size(slave, width)
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["TERM"] = "xterm-256color"
+    env = {k: v for k, v in child_env({"TERM": "xterm-256color"}).items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen([sys.executable, "-m", "sruns_stream", *args], cwd=cwd, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
