@@ -17,9 +17,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +55,16 @@ def gnu_untar(archive: Path, dest: Path) -> None:
 
 def gzip_ok(archive: Path) -> None:
     subprocess.run(["gzip", "-t", str(archive)], check=True)
+
+
+def untars_to_the_input(data: bytes, run: Path, tmp_path: Path, label: str = "download") -> None:
+    """The archive's bytes (as downloaded) are one gzip stream that GNU tar extracts to
+    the run folder, exactly."""
+    path = tmp_path / f"{label}.tar.gz"
+    path.write_bytes(data)
+    gzip_ok(path)
+    gnu_untar(path, tmp_path / f"{label}.out")
+    assert tree(tmp_path / f"{label}.out" / run.name) == tree(run)
 
 
 def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -161,6 +174,16 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, capture:
     )
     STARTED.append(proc)
     return proc
+
+
+def kill_at_hold(proc: subprocess.Popen[str], proxy: FaultProxy) -> None:
+    """SIGKILL the archive while the proxy holds one of its requests (deterministic: no
+    race with the upload finishing first), then let the held request end."""
+    wait_until(lambda: proxy.holds.held.is_set(), "a request held by the proxy", proc=proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    proxy.release()
 
 
 def wait_until(

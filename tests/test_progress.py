@@ -83,6 +83,7 @@ def _the_bar(lines: list[str], width: int) -> str:
     return bars[0]
 
 
+@pytest.mark.slow  # three real processes on a terminal each, ~2 s apiece
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("width", [40, 80, 200])
 def test_archive_verify_restore_draw_one_line_that_fits(make_run, tmp_path: Path, width: int) -> None:

@@ -409,6 +409,7 @@ def test_an_index_point_lying_about_its_raw_length_is_an_error_in_bounded_memory
     assert peak < BOUNDED_KIB, f"peak RSS {peak >> 10} MiB"
 
 
+@pytest.mark.slow  # real processes whose peak memory is the point, over a large archive
 @pytest.mark.timeout(120)
 def test_an_index_cut_short_is_reported_by_verify_and_restore_stays_bounded(zeros: Path, tmp_path: Path) -> None:
     """The index cut at a line boundary: header and 2 of its 257 points. Caught on the

@@ -58,6 +58,7 @@ def novaseq(make_run) -> Path:
 
 
 @pytest.mark.skipif(REALRUNS is None, reason="../shared/realruns (or $SRUNS_REALRUNS) is absent")
+@pytest.mark.slow  # every real run piece archived and restored: seconds
 @pytest.mark.timeout(60)
 def test_realruns_pieces_round_trip(tmp_path: Path) -> None:
     assert REALRUNS is not None

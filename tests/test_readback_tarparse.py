@@ -102,6 +102,7 @@ def test_hostile_header_is_one_damaged_archive_line_for_verify_and_restore(case:
     assert written in ([], ["run"]), written
 
 
+@pytest.mark.slow  # 256 MiB inflated twice, in real processes (their peak memory is the point)
 @pytest.mark.timeout(120)
 def test_a_huge_long_name_is_refused_without_buffering_it(tmp_path: Path) -> None:
     """A 256 MiB GNU long name inflates from ~260 KB of gzip: it is refused at its header,

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import gnu_untar, gzip_ok, realruns_dir, run_in_process, tree
 
+# Every real run piece archived and untarred: together, seconds.
+pytestmark = pytest.mark.slow
+
 REALRUNS = realruns_dir()
 PIECES = sorted(p.name for p in REALRUNS.iterdir() if p.is_dir()) if REALRUNS else []
 

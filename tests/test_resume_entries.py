@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from faultproxy import Exchange, Fault, FaultProxy, resent
-from helpers import gnu_untar, gzip_ok, journal_row, run_in_process, start_cli, tree, wait_until
+from helpers import journal_row, run_in_process, start_cli, untars_to_the_input, wait_until
 
 from sruns_stream.runfolder.scan import fingerprint
 from sruns_stream.state.journal import Journal
@@ -38,14 +38,6 @@ def _reference(run: Path, tmp_path: Path) -> bytes:
                           str(tmp_path / "ref.db"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return Path(json.loads(proc.stdout)["location"]).read_bytes()
-
-
-def _untars_to_the_input(data: bytes, run: Path, tmp_path: Path) -> None:
-    path = tmp_path / "download.tar.gz"
-    path.write_bytes(data)
-    gzip_ok(path)
-    gnu_untar(path, tmp_path / "out")
-    assert tree(tmp_path / "out" / run.name) == tree(run)
 
 
 def _kill_with_entries_held(proc: subprocess.Popen[str], proxy: FaultProxy, held: Path) -> None:
@@ -110,7 +102,7 @@ def test_kill_9_twice_before_the_entries_commit_resumes_the_same_session_resendi
     assert result["resumed_from_archive"] == server_has
     data = gcs.download(f"{PREFIX}/{run.name}/{run.name}.tar.gz")
     assert data == reference
-    _untars_to_the_input(data, run, tmp_path)
+    untars_to_the_input(data, run, tmp_path)
     # On the wire: one session for all three processes; crash 1 lost the half chunk in
     # flight, crash 2 nothing (the server had it).
     uploads = _uploads(proxy)
@@ -154,7 +146,7 @@ def test_a_kill_before_the_entries_commit_during_a_parallel_upload_resends_at_mo
     assert "starting from zero" not in proc.stderr
     data = gcs.download(f"{PREFIX}/{run.name}/{run.name}.tar.gz")
     assert data == reference
-    _untars_to_the_input(data, run, tmp_path)
+    untars_to_the_input(data, run, tmp_path)
     # Every segment's bytes went once, but for at most one chunk in flight per stream.
     assert sum(e.received for e in _uploads(proxy)) - len(reference) <= streams * CHUNK
     assert resent(proxy.log, 1) <= streams * CHUNK
@@ -200,7 +192,7 @@ def test_a_kill_with_part_of_the_entries_committed_resumes_only_an_unchanged_fol
         result = json.loads(proc.stdout)
 
     data = gcs.download(f"{PREFIX}/{run.name}/{run.name}.tar.gz")
-    _untars_to_the_input(data, run, tmp_path)
+    untars_to_the_input(data, run, tmp_path)
     sessions = {e.session for e in _uploads(proxy)}
     if change == "none":
         assert result["restart_reason"] is None and result["resumed_from_archive"] == 2 * CHUNK

@@ -21,7 +21,15 @@ from pathlib import Path
 import google_crc32c
 import pytest
 from faultproxy import Fault, FaultProxy, resent
-from helpers import gnu_untar, gzip_ok, journal_row, run_in_process, start_cli, tree, wait_until
+from helpers import (
+    journal_row,
+    kill_at_hold,
+    run_in_process,
+    start_cli,
+    tree,
+    untars_to_the_input,
+    wait_until,
+)
 
 from sruns_stream.errors import IntegrityError
 from sruns_stream.storage import volumes
@@ -67,22 +75,6 @@ def _index_blob(run: Path) -> str:
     return f"{PREFIX}/{run.name}/{run.name}.index.tsv"
 
 
-def _untars_to_the_input(data: bytes, run: Path, tmp_path: Path, label: str) -> None:
-    path = tmp_path / f"{label}.tar.gz"
-    path.write_bytes(data)
-    gzip_ok(path)
-    gnu_untar(path, tmp_path / f"{label}.out")
-    assert tree(tmp_path / f"{label}.out" / run.name) == tree(run)
-
-
-def _kill_at_hold(proc: subprocess.Popen[str], proxy: FaultProxy) -> None:
-    wait_until(lambda: proxy.holds.held.is_set(), "a request held by the proxy", proc=proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    proxy.release()
-
-
 def _upload(gcs, name: str, data: bytes) -> None:
     url = f"{gcs.url}/upload/storage/v1/b/{gcs.bucket}/o?uploadType=media&name={urllib.parse.quote(name, safe='')}"
     urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST"), timeout=60).read()
@@ -117,7 +109,7 @@ def test_streams_1_2_and_7_give_the_same_object_which_untars_to_the_input(gcs, m
             assert len(segments) >= 3
             big = (run / "Data" / "big.bin").stat().st_size
             assert big > 2 * max(s["raw_end"] - s["raw_start"] for s in segments)  # spans 3+ segments
-    _untars_to_the_input(gcs.download(_blob(run)), run, tmp_path, "streams")
+    untars_to_the_input(gcs.download(_blob(run)), run, tmp_path, "streams")
 
 
 def journal_rows_of(db: Path, run: str) -> list[dict[str, int]]:
@@ -148,11 +140,11 @@ def test_kill_9_twice_during_a_parallel_upload_then_the_same_command_gives_the_s
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         # Crash 1 while the 6th chunk (of any segment) is half sent.
         proxy.add(Fault("hold", nth=6))
-        _kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
+        kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
         # Crash 2 after a chunk reached the server, before its answer reached the client.
         proxy.epoch = 1
         proxy.add(Fault("hold_stored", nth=5))
-        _kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
+        kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
         proxy.epoch = 2
         proc = run_in_process(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
@@ -178,7 +170,7 @@ def test_a_crash_after_compose_before_the_temporaries_are_deleted_leaves_no_orph
     with FaultProxy(gcs.url) as proxy:
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         proxy.add(Fault("hold", target="delete"))
-        _kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
+        kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
         assert any(e.target == "compose" for e in proxy.log)
         names = gcs.names()
         assert _blob(run) in names and any(f"/{PARTS_FOLDER}/" in n for n in names)
@@ -291,6 +283,7 @@ def test_a_single_object_archive_replaces_earlier_volumes(gcs, make_run, tmp_pat
     assert gcs.download(_blob(run)) == reference
 
 
+@pytest.mark.slow  # kills a real process
 @pytest.mark.timeout(300)
 def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_one_is_named(
     make_run, tmp_path: Path

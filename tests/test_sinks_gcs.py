@@ -9,8 +9,6 @@ a fake used only for that; everything else is the emulator's own behaviour.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +17,16 @@ from typing import Any
 import google_crc32c
 import pytest
 from faultproxy import Exchange, Fault, FaultProxy, resent
-from helpers import gnu_untar, gzip_ok, journal_row, run_in_process, sigterm_once_past, start_cli, tree, wait_until
+from helpers import (
+    gnu_untar,
+    gzip_ok,
+    journal_row,
+    kill_at_hold,
+    run_in_process,
+    sigterm_once_past,
+    start_cli,
+    tree,
+)
 
 from sruns_stream import __version__
 from sruns_stream.archiver.run import archive_run
@@ -65,16 +72,6 @@ def _untars_to(data: bytes, run: Path, tmp_path: Path, name: str = "download.tar
 
 def _start(run: Path, dest: str, db: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     return start_cli("archive", str(run), "--dest", dest, "--journal", str(db), *FLAGS, cwd=cwd, env=env)
-
-
-def _kill_at_hold(proc: subprocess.Popen[str], proxy: FaultProxy) -> None:
-    """SIGKILL the archive while the proxy holds one of its requests (deterministic: no
-    race with the upload finishing first), then let the held request end."""
-    wait_until(lambda: proxy.holds.held.is_set(), "a request held by the proxy", proc=proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    proxy.release()
 
 
 # -- the sink on its own ------------------------------------------------------------------
@@ -188,14 +185,14 @@ def test_kill_9_twice_mid_upload_then_resume_gives_the_same_object_resending_at_
 
         # Crash 1 in the middle of the 5th chunk: that chunk never reaches the server.
         proxy.add(Fault("hold", nth=5))
-        _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
+        kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
         assert 0 < journal_row(db, run.name)["durable_offset"] <= 4 * CHUNK
 
         # Crash 2 after the 4th chunk of the next run reached the server, before its
         # answer reached us: the server is now ahead of the journal.
         proxy.epoch = 1
         proxy.add(Fault("hold_stored", nth=4))
-        _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
+        kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
         held = proxy.exchanges("chunk", epoch=1)[-1]
         assert held.start is not None
         server_has = held.start + held.received
@@ -231,7 +228,7 @@ def test_a_crash_after_the_last_request_committed_finishes_without_sending_again
     with FaultProxy(gcs.url) as proxy:
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         proxy.add(Fault("hold_stored", target="final"))
-        _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
+        kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
         committed = gcs.resource(_blob(run))
         assert committed is not None and int(committed["size"]) == len(reference)
         proxy.epoch = 1
@@ -411,7 +408,7 @@ def test_an_expired_session_starts_a_new_one_from_zero(gcs, make_run, tmp_path: 
     with FaultProxy(gcs.url) as proxy:
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         proxy.add(Fault("hold", nth=4))
-        _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
+        kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
         old_state = json.loads(journal_row(db, run.name)["sink_state"])
         assert journal_row(db, run.name)["durable_offset"] > 0
         if how == "older-than-7-days":

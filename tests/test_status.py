@@ -85,6 +85,7 @@ def test_a_running_archive_shows_percent_rate_and_eta_and_a_clean_stop_is_no_err
     assert "error" not in text and "  stopped    " in text
 
 
+@pytest.mark.slow  # signals a real process
 @pytest.mark.timeout(60)
 def test_watch_refreshes_until_ctrl_c_and_exits_0(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
