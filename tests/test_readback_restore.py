@@ -484,6 +484,7 @@ def test_paths_longer_than_path_max_restore(tmp_path: Path) -> None:
 # --- a gzip bomb against a small manifest row ------------------------------------------------
 
 
+@pytest.mark.slow  # 256 MiB inflated in a real process (its file size limit is the point)
 @pytest.mark.timeout(120)
 def test_a_member_bigger_than_its_manifest_row_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
     """A gzip bomb: 256 MiB of zeros where the manifest says 10 bytes. Restore skips the
