@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import signal
 import sqlite3
@@ -84,7 +83,8 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
             timeout: float = 300, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     """`python -m sruns_stream ARGS` in a real process: for what needs one (a signal, a
     kill, an environment read at import, a umask, the console entry point's own
-    handling). ``prefix`` is a command the process is started under (`UMASK_000`)."""
+    handling, and `monitor`, whose passes and quiet periods are timed by the start of a
+    real process). ``prefix`` is a command the process is started under (`UMASK_000`)."""
     return subprocess.run(
         [*prefix, sys.executable, "-m", "sruns_stream", *args],
         cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=timeout, check=False,
@@ -100,13 +100,13 @@ def run_in_process(*args: str, cwd: Path | None = None, env: dict[str, str] | No
 
     What a real process would not share with the next test is put back: the working
     directory, the environment, the SIGINT/SIGTERM handlers (archive and the read path
-    install their own: `stopping.install`), the stop flag, and the root logger's handlers
-    and levels (`monitor` replaces them: `daemonlog.configure`). ``timeout`` is accepted
+    install their own: `stopping.install`) and the stop flag. ``timeout`` is accepted
     for the same signature; pytest's timeout covers a hang here. An exception that
     escapes `main` (a bug: the console entry point would print "internal error") is
     raised in the test, with its traceback."""
     from sruns_stream import cli, stopping
 
+    assert args[:1] != ("monitor",), "the daemon runs in a real process: run_cli"
     del timeout
     # Bytes underneath, like a real stdout: `cat` writes to `out.buffer`.
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
@@ -114,8 +114,6 @@ def run_in_process(*args: str, cwd: Path | None = None, env: dict[str, str] | No
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     saved_env = dict(os.environ)
     saved_cwd = os.getcwd()
-    root, ours = logging.getLogger(), logging.getLogger("sruns_stream")
-    saved_logging = (list(root.handlers), root.level, ours.level)
     try:
         os.environ.update(env or {})
         if cwd is not None:
@@ -130,12 +128,6 @@ def run_in_process(*args: str, cwd: Path | None = None, env: dict[str, str] | No
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         stopping.STOP._event.clear()  # process-wide by design (signals are): one per process
-        for handler in root.handlers[:]:
-            root.removeHandler(handler)
-        for handler in saved_logging[0]:
-            root.addHandler(handler)
-        root.setLevel(saved_logging[1])
-        ours.setLevel(saved_logging[2])
     return subprocess.CompletedProcess(["sruns-stream", *args], code, _output(out, text), _output(err, text))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import google_crc32c
 import pytest
-from helpers import gnu_untar, journal_row, run_in_process, sigterm_once_past, start_cli, tree, wait_until
+from helpers import gnu_untar, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
 
 from sruns_stream.state.journal import Journal
 
@@ -49,8 +49,8 @@ def _kill_when_part_reaches(proc: subprocess.Popen[str], part: Path, size: int) 
 
 def _reference(run: Path, tmp_path: Path) -> bytes:
     """The archive of an uninterrupted run with the same flags: the oracle for resumes."""
-    ref = run_in_process("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
-                         "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
+    ref = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS,
+                  "--journal", str(tmp_path / "ref.db"), cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     return Path(json.loads(ref.stdout)["location"]).read_bytes()
 
@@ -75,7 +75,7 @@ def test_kill_9_twice_then_resume_gives_identical_bytes_and_bounded_rework(make_
         # What was on disk at the kill is a prefix of the right archive.
         assert part.read_bytes()[: at_kill] == reference[: at_kill] or part.stat().st_size < at_kill
 
-    proc = run_in_process("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    proc = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert final.read_bytes() == reference
@@ -100,7 +100,7 @@ def test_resume_with_stored_members_and_many_small_files(make_run, tmp_path: Pat
     part = dest / run.name / f"{run.name}.tar.gz.part"
     proc = _start(run, dest, tmp_path)
     at_kill = _kill_when_part_reaches(proc, part, len(reference) // 2)
-    done = run_in_process("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    done = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     resumed = json.loads(done.stdout)["resumed_from_archive"]
     # The journal keeps up with the disk: what is redone stays within one sync interval
@@ -118,7 +118,7 @@ def test_changed_run_folder_or_parameters_restart_from_zero_and_say_so(make_run,
     _kill_when_part_reaches(proc, part, 2 << 20)
 
     # A different level changes the bytes: resuming would splice two streams.
-    again = run_in_process("archive", str(run), "--dest", str(dest), *FLAGS, "--level", "2", cwd=tmp_path)
+    again = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--level", "2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "starting from zero" in again.stderr and "level" in again.stderr
     assert json.loads(again.stdout)["resumed_from_archive"] == 0
@@ -128,7 +128,7 @@ def test_changed_run_folder_or_parameters_restart_from_zero_and_say_so(make_run,
     victim = next(p for p in sorted(run.rglob("*.bcl")))
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
     os.utime(victim, (1, 1))
-    again = run_in_process("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    again = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "changed since its manifest" in again.stderr and victim.name in again.stderr
     gnu_untar(Path(json.loads(again.stdout)["location"]), tmp_path / "out")
@@ -151,7 +151,7 @@ def test_sigterm_at_many_moments_always_exits_130_resumable_and_ends_identical(m
             break
         stopped += 1
     assert stopped >= 3
-    done = run_in_process("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    done = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert part.with_name(f"{run.name}.tar.gz").read_bytes() == reference
 
@@ -192,12 +192,12 @@ def test_a_byte_the_disk_changed_under_the_checkpoint_fails_the_run_then_it_star
         f.seek(half + 100)
         f.write(bytes([byte[0] ^ 0x01]))
 
-    failed = run_in_process("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    failed = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
     assert failed.returncode == 1
     assert "the disk lost data" in failed.stderr.strip().splitlines()[-1]
     assert not final.exists()
 
-    again = run_in_process("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
+    again = run_cli("archive", str(run), "--dest", str(dest), *FLAGS, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
     assert result["resumed_from_archive"] == 0

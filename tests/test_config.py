@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_in_process
+from helpers import run_cli
 
 from sruns_stream.config import (
     DEFAULT_BLOCK_SIZE,
@@ -113,6 +113,6 @@ def test_flags_override_the_file_and_an_integer_compression_means_a_level() -> N
 def test_the_cli_says_which_key_is_wrong_with_exit_2(tmp_path: Path) -> None:
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({"watchdir": str(tmp_path), "sweep_age_sec": "soon"}))
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "sweep_age_sec" in proc.stderr and "Traceback" not in proc.stderr

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, journal_row, run_in_process, start_cli, tree, wait_until
+from helpers import gnu_untar, journal_row, run_cli, run_in_process, start_cli, tree, wait_until
 
 PATTERNS = ("Thumbnail_Images", "Logs/*", "*.jpg")
 
@@ -141,7 +141,7 @@ def test_the_daemon_moves_a_run_archived_with_exclusions_but_sweeps_it_only_when
     }
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps(conf_data))
-    first = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    first = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     row = journal_row(tmp_path / "sruns.db", run.name)
     moved = tmp_path / "completed" / run.name
@@ -152,7 +152,7 @@ def test_the_daemon_moves_a_run_archived_with_exclusions_but_sweeps_it_only_when
     def past_the_sweep_age() -> subprocess.CompletedProcess[str]:
         with sqlite3.connect(tmp_path / "sruns.db") as db:
             db.execute("UPDATE tasks SET moved_at = 1")
-        return run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+        return run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
 
     kept = past_the_sweep_age()
     assert kept.returncode == 0, kept.stderr
@@ -197,8 +197,9 @@ def test_a_config_whose_exclude_leaves_out_the_run_identity_is_refused_at_load(m
         "watchdir": str(run.parent), "local_dest": str(tmp_path / "dest"), "sqlite_db": str(tmp_path / "sruns.db"),
         "sentinal_file_age_minutes": 0, "exclude": ["Logs", "*"], "sweep_excluded": True,
     }))
-    for args in (("monitor", "--config", str(conf), "--once"), ("archive", str(run), "--config", str(conf))):
-        proc = run_in_process(*args, cwd=tmp_path)
+    for run_it, args in ((run_cli, ("monitor", "--config", str(conf), "--once")),
+                         (run_in_process, ("archive", str(run), "--config", str(conf)))):
+        proc = run_it(*args, cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert "config key 'exclude': '*' would leave out RunInfo.xml" in proc.stderr
     assert not (tmp_path / "dest").exists() and not (tmp_path / "sruns.db").exists() and run.is_dir()
@@ -267,7 +268,7 @@ def test_the_daemon_marks_a_run_failed_when_its_exclusions_leave_no_data(tmp_pat
         "sentinal_file_age_minutes": 0, "sweep_age_sec": 1, "exclude": list(NO_DATA), "sweep_excluded": True,
         "threads": 2,
     }))
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     row = journal_row(tmp_path / "sruns.db", run.name)
     assert row["status"] != "complete" and row["failures"] == 1 and not row["moved_to"], row

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, run_in_process, tree
+from helpers import REPO, gnu_untar, run_cli, run_in_process, tree
 
 from sruns_stream.state.journal import STATUS_MEANINGS, STATUSES, Journal
 
@@ -176,7 +176,7 @@ def test_an_upgraded_daemon_archives_what_sruns_monitor_had_not_and_leaves_the_r
         "gcp_bucket_name": gcs.bucket, "gcp_bucket_basedir": "runs", "firestore_collection": "sruns",
         "cycle_pause_sec": 1, "sentinal_file_age_minutes": 0, "chunk_size": 262144, "leases": False,
     }))
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
     journal = Journal(db)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, journal_rows, run_in_process, start_cli, tree, wait_until
+from helpers import gnu_untar, journal_rows, run_cli, start_cli, tree, wait_until
 
 # Real processes killed, stopped or run for many seconds: not the quick inner loop.
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def watch(make_run, tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.timeout(180)
 def test_once_archives_complete_runs_moves_them_and_leaves_the_rest(watch, tmp_path: Path) -> None:
     copies = {k: tree(p) for k, p in watch.items()}
-    proc = run_in_process("monitor", "--config", str(_config(tmp_path)), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(_config(tmp_path)), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = _rows(tmp_path)
     for kind in ("miseq", "novaseq", "errored"):
@@ -88,19 +88,19 @@ def test_failures_back_off_then_give_up(tmp_path: Path, make_run) -> None:
     # The destination is a regular file: every attempt fails with a clear error.
     (tmp_path / "archives").write_text("not a directory")
     conf = _config(tmp_path, max_attempts=2)
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     row = _rows(tmp_path)[run.name]
     assert row["status"] == "not_running" and row["failures"] == 1
     assert "cannot write" in row["last_error"]
     assert row["next_attempt_at"] > time.time() + 30  # backed off, not retried every cycle
-    again = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    again = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert again.returncode == 0
     assert _rows(tmp_path)[run.name]["failures"] == 1  # still backing off
     db = sqlite3.connect(tmp_path / "sruns.db")
     db.execute("UPDATE tasks SET next_attempt_at = 0")
     db.commit()
-    run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     row = _rows(tmp_path)[run.name]
     assert row["failures"] == 2 and row["gave_up_at"] is not None
     assert run.exists()  # never moved: it was never archived
@@ -123,7 +123,7 @@ def test_sigterm_stops_children_at_a_checkpoint_and_the_next_start_resumes(make_
     assert row["status"] == "not_running" and row["durable_offset"] > 0
     assert row["failures"] == 0  # an interruption is not a failure
     assert row["last_error"] is None and row["interrupted_at"]  # nor recorded as an error
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     row = _rows(tmp_path)[run.name]
     assert row["status"] == "complete"
@@ -191,7 +191,7 @@ def test_runtime_limit_kills_once_and_mails_once(smtp, tmp_path: Path) -> None:
     assert row["status"] == "not_running" and "task_runtime_limit_sec" in row["last_error"]
     assert row["failures"] == 1 and run.exists()
     # A second pass inside the backoff neither restarts nor mails again.
-    run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     messages = [r.message for r in inbox.received]
     subjects = [m["Subject"] for m in messages]
     assert sum("killed" in s for s in subjects) == 1, subjects
@@ -212,7 +212,7 @@ def test_daemon_with_gcs_firestore_and_mail_end_to_end(watch, gcs, firestore, sm
     )
     conf.write_text(json.dumps({k: v for k, v in json.loads(conf.read_text()).items() if v is not None}))
     copies = {k: tree(p) for k, p in watch.items()}
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = _rows(tmp_path)
     for kind in ("miseq", "novaseq", "errored"):
@@ -251,7 +251,7 @@ def test_daemon_with_gcs_firestore_and_mail_end_to_end(watch, gcs, firestore, sm
         firestore.start()
     doc = firestore.document("sruns", late.name)
     assert doc is None or doc["workflow_status"] != "complete"
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert firestore.document("sruns", late.name)["workflow_status"] == "complete"
 
@@ -274,7 +274,7 @@ def test_kill_9_daemon_mid_upload_then_restart_finishes_without_resending(gcs, t
     wait_until(lambda: _rows(tmp_path)[run.name]["status"] == "not_running", "the child stopped at a checkpoint")
     stored = _rows(tmp_path)[run.name]["durable_offset"]
     assert stored >= 4 << 20
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     row = _rows(tmp_path)[run.name]
     assert row["status"] == "complete"
@@ -307,7 +307,7 @@ def test_completed_runs_dir_on_another_filesystem_is_refused_once_and_the_run_st
         make_fake_run.make_run(run, "miseq", 1 << 20, seed=5)
         copy = tree(run)
         conf = _config(tmp_path)
-        first = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+        first = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
         row = _rows(tmp_path)[run.name]
         assert row["status"] == "complete" and row["moved_to"] is None

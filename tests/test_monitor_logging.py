@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import journal_row, run_in_process, start_cli, wait_until
+from helpers import journal_row, run_cli, start_cli, wait_until
 
 from sruns_stream import __version__
 
@@ -55,7 +55,7 @@ def _started_line(conf: Path, tmp_path: Path, mode: str) -> re.Pattern[str]:
 @pytest.mark.timeout(180)
 def test_start_up_shutdown_and_verbose_waiting_lines(tmp_path: Path) -> None:
     conf, runs = _setup(tmp_path)
-    proc = run_in_process("monitor", "--config", str(conf), "--once", "-v", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", "-v", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert _started_line(conf, tmp_path, "one pass (--once)").search(lines[0]), lines[0]
@@ -75,7 +75,7 @@ def test_start_up_shutdown_and_verbose_waiting_lines(tmp_path: Path) -> None:
                         r"\(sentinal_file_age_minutes\)", waiting[runs["copying"].name][1]), waiting
     assert not any("waiting" in line and runs["done"].name in line for line in lines)
 
-    quiet = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    quiet = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert quiet.returncode == 0
     assert _started_line(conf, tmp_path, "one pass (--once)").search(quiet.stderr.splitlines()[0])
     assert "waiting" not in quiet.stderr  # only with -v
@@ -104,7 +104,7 @@ def test_a_missing_watch_directory_is_a_configuration_error(tmp_path: Path) -> N
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({"watchdirs": [str(tmp_path / "nowhere")], "sqlite_db": str(tmp_path / "sruns.db"),
                                 "local_dest": str(tmp_path / "archives")}))
-    proc = run_in_process("monitor", "--config", str(conf), cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (f"sruns-stream: error: watch directory {tmp_path / 'nowhere'} does not exist or is not "
                            f"a directory: create (or mount) it, or fix 'watchdirs' in {conf}\n")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import UMASK_000, gnu_untar, journal_row, run_cli, run_in_process, start_cli, tree, wait_until
+from helpers import UMASK_000, gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
 
 # Real processes killed, stopped or run for many seconds: not the quick inner loop.
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def _row(tmp_path: Path, name: str) -> dict:
 
 
 def _once(conf: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -111,7 +111,7 @@ def test_a_folder_that_changed_after_its_archive_is_not_moved_but_archived_again
     run = _run(tmp_path)
     conf = _config(tmp_path)
     # Archived by hand with the daemon's journal; then analysis software adds a file.
-    first = run_in_process("archive", str(run), "--config", str(conf), cwd=tmp_path)
+    first = run_cli("archive", str(run), "--config", str(conf), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     (run / "Data" / "Intensities" / "BaseCalls" / "late.fastq.gz").write_bytes(b"late")
     proc = _once(conf, tmp_path)

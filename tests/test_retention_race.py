@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from faultproxy import Fault, FaultProxy
-from helpers import journal_row, run_in_process, start_cli, tree
+from helpers import journal_row, run_cli, start_cli, tree
 
 from sruns_stream.config import load_config
 from sruns_stream.daemon import retention
@@ -61,7 +61,7 @@ def _archived_and_moved(tmp_path: Path, conf: Path, env: dict[str, str] | None =
     import make_fake_run
 
     make_fake_run.make_run(tmp_path / "watch" / NAME, "miseq", 1 << 20, seed=41)
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path, env=env)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     row = journal_row(tmp_path / "sruns.db", NAME)
     assert row["status"] == "complete" and row["moved_to"] and not row["swept_at"], proc.stderr
@@ -260,7 +260,7 @@ def test_a_sweep_killed_half_way_is_finished_and_the_run_is_not_archived_again(t
     shutil.rmtree(first)
     assert (moved / "RunInfo.xml").exists()
 
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     row = journal_row(tmp_path / "sruns.db", NAME)
     assert not moved.exists() and row["swept_at"] and row["status"] == "complete", proc.stderr

@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import INTERRUPTED_LINE, journal_row, run_in_process, start_cli, wait_until
+from helpers import INTERRUPTED_LINE, journal_row, run_cli, run_in_process, start_cli, wait_until
 
 BLOCK_FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "1")
 
@@ -114,7 +114,7 @@ def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make
         "watchdir": str(watch), "sqlite_db": str(tmp_path / "sruns.db"), "local_dest": str(dest),
         "cycle_pause_sec": 1, "sentinal_file_age_minutes": 0, "max_attempts": 1, "threads": 2,
     }))
-    assert run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
+    assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
     view = json.loads(run_in_process("status", "--config", str(conf), "--json", cwd=tmp_path).stdout)[0]
     assert view["gave_up"] is True and view["failures"] == 1
     assert view["attempts"] == 1  # the failed attempt counts, though it failed before its stream started
@@ -125,7 +125,7 @@ def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make
 
     # Given up: another pass leaves it alone, even with the cause fixed.
     dest.unlink()
-    assert run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
+    assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
     assert journal_row(tmp_path / "sruns.db", run.name)["gave_up_at"] is not None and not dest.exists()
 
     retried = run_in_process("retry", run.name, "--config", str(conf), cwd=tmp_path)
@@ -133,7 +133,7 @@ def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make
     assert retried.stdout.startswith(f"{run.name}: eligible again; the daemon had given up after 1 failed attempts")
     row = journal_row(tmp_path / "sruns.db", run.name)
     assert row["gave_up_at"] is None and row["failures"] == 0 and row["next_attempt_at"] is None
-    assert run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
+    assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
     row = journal_row(tmp_path / "sruns.db", run.name)
     assert row["status"] == "complete" and row["attempts"] == 2
     assert (dest / run.name / f"{run.name}.tar.gz").is_file()

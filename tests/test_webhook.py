@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import journal_row, run_in_process
+from helpers import journal_row, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_archived_failed_and_gave_up_are_posted(webhook, tmp_path: Path) -> None
     inbox, url = webhook
     good = tmp_path / "watch" / "240101_M00001_0001_000000000-HOOK1"
     make_fake_run.make_run(good, "miseq", 1 << 20, seed=1)
-    proc = run_in_process("monitor", "--config", str(_config(tmp_path, url)), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(_config(tmp_path, url)), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     [post] = inbox.posts
     assert post["path"] == "/services/T000/B000/secret-token" and post["content_type"] == "application/json"
@@ -51,12 +51,12 @@ def test_archived_failed_and_gave_up_are_posted(webhook, tmp_path: Path) -> None
     bad = tmp_path / "watch" / "240101_M00001_0002_000000000-HOOK2"
     make_fake_run.make_run(bad, "miseq", 1 << 20, seed=2)
     conf = _config(tmp_path, url, max_attempts=2, name="seq-lab")
-    assert run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
+    assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
     import sqlite3
 
     with sqlite3.connect(tmp_path / "sruns.db") as db:
         db.execute("UPDATE tasks SET next_attempt_at = 0")
-    assert run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
+    assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
     assert journal_row(tmp_path / "sruns.db", bad.name)["gave_up_at"] is not None
     events = [(p["json"]["run"], p["json"]["event"]) for p in inbox.posts[1:]]
     assert events == [(bad.name, "failed"), (bad.name, "gave_up")]
@@ -81,7 +81,7 @@ def test_a_failing_webhook_is_logged_and_the_run_is_archived(webhook, tmp_path: 
         inbox.status = 500
     run = tmp_path / "watch" / "240101_M00001_0003_000000000-HOOK3"
     make_fake_run.make_run(run, "miseq", 1 << 20, seed=3)
-    proc = run_in_process("monitor", "--config", str(_config(tmp_path, url)), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(_config(tmp_path, url)), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert journal_row(tmp_path / "sruns.db", run.name)["status"] == "complete"
     [line] = [line for line in proc.stderr.splitlines() if "sruns_stream.daemon.webhook" in line]
@@ -97,6 +97,6 @@ def test_a_failing_webhook_is_logged_and_the_run_is_archived(webhook, tmp_path: 
 def test_a_webhook_url_that_is_not_http_is_a_config_error(tmp_path: Path, url: object) -> None:
     (tmp_path / "watch").mkdir()
     conf = _config(tmp_path, url)  # type: ignore[arg-type]
-    proc = run_in_process("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "config key 'webhook_url' must be " in proc.stderr and "URL" in proc.stderr, proc.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import journal_row, run_in_process, start_cli, wait_until
+from helpers import journal_row, run_cli, start_cli, wait_until
 from test_webhook import _config
 
 from sruns_stream.config import MailConfig
@@ -259,7 +259,7 @@ def test_the_daemon_reports_a_redirect_as_not_delivered(redirecting: tuple[dict[
     state, url = redirecting
     run = tmp_path / "watch" / "240101_M00001_0003_000000000-REDIR"
     make_fake_run.make_run(run, "miseq", 1 << 20, seed=3)
-    proc = run_in_process("monitor", "--config", str(_config(tmp_path, url)), "--once", cwd=tmp_path)
+    proc = run_cli("monitor", "--config", str(_config(tmp_path, url)), "--once", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert journal_row(tmp_path / "sruns.db", run.name)["status"] == "complete"
     [line] = [line for line in proc.stderr.splitlines() if "sruns_stream.daemon.webhook" in line]
