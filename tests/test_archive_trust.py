@@ -357,19 +357,14 @@ def test_a_run_folder_deleted_mid_archive_is_said_gone_exit_3(tmp_path: Path) ->
     assert row.last_error is not None and "disappeared during the archive" in row.last_error
 
 
-def _under_umask_000(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m sruns_stream ARGS` in a real process whose umask is 000."""
-    return run_cli(*args, cwd=cwd, timeout=120, prefix=UMASK_000)
-
-
 @pytest.mark.timeout(120)
 def test_the_directories_an_archive_makes_are_0755_under_umask_000(make_run, tmp_path: Path) -> None:
     """As tar makes its own: a umask of 000 must not leave a destination anyone may write
     into (and delete or replace an archive in)."""
     run = make_run("miseq", 1 << 20)
     dest = tmp_path / "new" / "archives"
-    _ok(_under_umask_000("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(tmp_path / "sruns.db"),
-                         cwd=tmp_path))
+    _ok(run_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(tmp_path / "sruns.db"),
+                cwd=tmp_path, prefix=UMASK_000))
     made = {tmp_path / "new": 0o755, dest: 0o755, dest / run.name: 0o755, tmp_path / "sruns.db.locks": 0o700}
     assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {str(p): oct(m) for p, m in made.items()}
 

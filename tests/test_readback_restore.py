@@ -264,7 +264,6 @@ def test_sigterm_stops_a_restore_cleanly_and_what_it_wrote_is_whole(make_run, tm
     """A signal mid-restore: exit 130 with one line, no temp file left behind, and every
     file already under its name is complete (it was checked before it was renamed)."""
     import signal
-    import subprocess
     import time
 
     run = make_run("hiseq", 24 << 20, seed=9, files=8000)
@@ -524,18 +523,14 @@ def test_a_member_bigger_than_its_manifest_row_is_refused_before_a_byte_is_writt
     assert (dest / "run" / "after.txt").read_bytes() == after
 
 
-def _under_umask_000(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m sruns_stream ARGS` in a real process whose umask is 000."""
-    return run_cli(*args, cwd=cwd, timeout=120, prefix=UMASK_000)
-
-
 @pytest.mark.timeout(120)
 def test_dest_and_the_parents_restore_makes_are_0755_under_umask_000(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
     archive = archived(run, str(tmp_path / "d"), tmp_path)
     out = tmp_path / "new" / "deeper" / "out"
     # --include: the members above InterOp's files are never read, so restore makes them itself.
-    proc = _under_umask_000("restore", str(archive), str(out), "--include", f"{run.name}/InterOp/*", cwd=tmp_path)
+    proc = run_cli("restore", str(archive), str(out), "--include", f"{run.name}/InterOp/*", cwd=tmp_path,
+                   prefix=UMASK_000)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / run.name / "InterOp").iterdir()) == sorted(
         p.name for p in (run / "InterOp").iterdir()
