@@ -4,8 +4,9 @@ the GCS emulator (``gcs``), the Firestore emulator (``firestore``) and an SMTP s
 an HTTP server that takes webhook POSTs (``webhook``).
 
 Tests that start an emulator are marked ``slow`` here, by the fixtures they use; tests
-that kill or stop real processes carry the mark themselves. ``pytest -m "not slow"``
-is the quick inner loop.
+that kill, signal or time real processes, or take more than ~3 s, carry the mark
+themselves. ``pytest -m "not slow"`` is the quick inner loop: there the CLI runs in
+process (``helpers.run_in_process``) unless a real process is the point.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""Shared test helpers: the oracles (GNU tar, gzip -t, tree comparison), real processes
-(`run_cli` waits for one, `start_cli` starts one), `wait_until` a condition holds, and
-reading the journal (`journal_row`) while another process writes it."""
+"""Shared test helpers: the oracles (GNU tar, gzip -t, tree comparison), the CLI in this
+process (`run_in_process`) or in a real one (`run_cli` waits for one, `start_cli` starts
+one), `wait_until` a condition holds, and reading the journal (`journal_row`) while
+another process writes it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import sqlite3
@@ -11,11 +14,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,17 +56,89 @@ def gzip_ok(archive: Path) -> None:
     subprocess.run(["gzip", "-t", str(archive)], check=True)
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`python -m sruns_stream ARGS` in a real process."""
+def untars_to_the_input(data: bytes, run: Path, tmp_path: Path, label: str = "download") -> None:
+    """The archive's bytes (as downloaded) are one gzip stream that GNU tar extracts to
+    the run folder, exactly."""
+    path = tmp_path / f"{label}.tar.gz"
+    path.write_bytes(data)
+    gzip_ok(path)
+    gnu_untar(path, tmp_path / f"{label}.out")
+    assert tree(tmp_path / f"{label}.out" / run.name) == tree(run)
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a real process the tests start: ours, this repo first on
+    PYTHONPATH (the child imports this checkout's package), and ``env`` over it."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    if env:
-        full_env.update(env)
+    full_env.update(env or {})
+    return full_env
+
+
+# A prefix for run_cli: the command runs with umask 000 (what a test of modes needs).
+UMASK_000 = ("sh", "-c", 'umask 000; exec "$@"', "sh")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 300, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`python -m sruns_stream ARGS` in a real process: for what needs one (a signal, a
+    kill, an environment read at import, a umask, the console entry point's own
+    handling, and `monitor`, whose passes and quiet periods are timed by the start of a
+    real process). ``prefix`` is a command the process is started under (`UMASK_000`)."""
     return subprocess.run(
-        [sys.executable, "-m", "sruns_stream", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
+        [*prefix, sys.executable, "-m", "sruns_stream", *args],
+        cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+def run_in_process(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                   timeout: float = 300, text: bool = True) -> subprocess.CompletedProcess[Any]:
+    """`sruns_stream.cli.main(ARGS)` in this process, with the shape of `run_cli` (exit
+    code, stdout, stderr as text; as bytes with ``text=False``, as `subprocess.run`
+    gives them: what `cat` writes), so a test switches with one word. It saves a Python
+    start-up and the package's imports per call (most of a short command's time).
+
+    What a real process would not share with the next test is put back: the working
+    directory, the environment, the SIGINT/SIGTERM handlers (archive and the read path
+    install their own: `stopping.install`) and the stop flag. ``timeout`` is accepted
+    for the same signature; pytest's timeout covers a hang here. An exception that
+    escapes `main` (a bug: the console entry point would print "internal error") is
+    raised in the test, with its traceback."""
+    from sruns_stream import cli, stopping
+
+    assert args[:1] != ("monitor",), "the daemon runs in a real process: run_cli"
+    del timeout
+    # Bytes underneath, like a real stdout: `cat` writes to `out.buffer`.
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    try:
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        # argparse prints usage and --help to sys.stderr and sys.stdout, not to out/err.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args), out=out, err=err)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        stopping.STOP._event.clear()  # process-wide by design (signals are): one per process
+    return subprocess.CompletedProcess(["sruns-stream", *args], code, _output(out, text), _output(err, text))
+
+
+def _output(stream: io.TextIOWrapper, text: bool) -> str | bytes:
+    """What `subprocess.run(text=text)` would have read: bytes, or decoded with universal
+    newlines."""
+    raw = stream.buffer
+    assert isinstance(raw, io.BytesIO)
+    if not text:
+        return raw.getvalue()
+    return io.TextIOWrapper(io.BytesIO(raw.getvalue()), encoding="utf-8").read()
 
 
 def realruns_dir() -> Path | None:
@@ -82,16 +160,22 @@ STARTED: list[subprocess.Popen[str]] = []
 
 def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, capture: bool = True) -> subprocess.Popen[str]:
     """`python -m sruns_stream ARGS` started in a real process, not waited for."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    if env:
-        full_env.update(env)
     pipe = subprocess.PIPE if capture else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sruns_stream", *args], cwd=cwd, env=full_env, stdout=pipe, stderr=pipe, text=True,
+        [sys.executable, "-m", "sruns_stream", *args], cwd=cwd, env=child_env(env), stdout=pipe, stderr=pipe, text=True,
     )
     STARTED.append(proc)
     return proc
+
+
+def kill_at_hold(proc: subprocess.Popen[str], proxy: FaultProxy) -> None:
+    """SIGKILL the archive while the proxy holds one of its requests (deterministic: no
+    race with the upload finishing first), then let the held request end."""
+    wait_until(lambda: proxy.holds.held.is_set(), "a request held by the proxy", proc=proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    proxy.release()
 
 
 def wait_until(

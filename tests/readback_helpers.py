@@ -16,7 +16,7 @@ from typing import Any
 
 import google_crc32c
 import make_fake_run
-from helpers import REPO, run_cli
+from helpers import child_env, run_in_process
 
 from sruns_stream.progress import NoProgress
 from sruns_stream.readback import VerifyReport, verify_archive
@@ -29,7 +29,8 @@ RUN = "240101_A00001_0001_AHVERIFYXX"
 
 def archive(run: Path, dest: str, cwd: Path, *extra: str) -> dict[str, Any]:
     """`sruns-stream archive RUN --dest DEST --json`: its JSON result."""
-    proc = run_cli("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *extra, cwd=cwd)
+    proc = run_in_process("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *extra,
+                          cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
@@ -157,7 +158,7 @@ def run_measured(*args: str, cwd: Path, fsize: int = 0) -> tuple[int, str, str, 
     """`python -m sruns_stream ARGS` in a real process: (exit code, stdout, stderr, peak
     RSS in KiB). ``fsize`` caps the size of any file it writes (RLIMIT_FSIZE): a write
     past it fails (EFBIG), which is how a test sees bytes that should not be written."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     out, err, peak = cwd / "stdout.txt", cwd / "stderr.txt", cwd / "peak_kib.txt"
     with out.open("w") as fo, err.open("w") as fe:
         proc = subprocess.run([sys.executable, "-c", MEASURED, str(fsize), str(peak), *args], cwd=cwd, env=env,

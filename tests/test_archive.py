@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import gnu_untar, gzip_ok, journal_row, run_cli, tree
+from helpers import gnu_untar, gzip_ok, journal_row, run_cli, run_in_process, tree
 
 from sruns_stream.archiver.attempt import Strategy
 from sruns_stream.archiver.lock import RunLock
@@ -26,7 +26,7 @@ from sruns_stream.storage.layout import parse_location
 
 
 def _archive(run: Path, dest: Path, *extra: str, cwd: Path) -> dict:
-    proc = run_cli("archive", str(run), "--dest", str(dest), "--json", *extra, cwd=cwd)
+    proc = run_in_process("archive", str(run), "--dest", str(dest), "--json", *extra, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -83,7 +83,7 @@ def test_compression_choices(make_run, tmp_path: Path, flags: list[str], suffix:
 
 def test_human_summary_line_and_sruns_monitor_columns(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
-    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
     assert "\n" not in line
@@ -96,7 +96,7 @@ def test_human_summary_line_and_sruns_monitor_columns(make_run, tmp_path: Path) 
     assert (name, status, gcp_tarfile, pid) == (run.name, "complete", None, None)
     assert tarfile.endswith(f"{run.name}.tar.gz")
     assert oct(os.stat(tmp_path / "sruns.db").st_mode & 0o777) == "0o600"
-    again = run_cli("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path)
+    again = run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path)
     assert again.returncode == 0 and "already archived" in again.stdout
 
 
@@ -109,20 +109,20 @@ def _error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> No
 
 
 def test_rundir_missing_or_not_a_directory(tmp_path: Path) -> None:
-    _error(run_cli("archive", str(tmp_path / "nope"), cwd=tmp_path), 2, "nope", "does not exist")
+    _error(run_in_process("archive", str(tmp_path / "nope"), cwd=tmp_path), 2, "nope", "does not exist")
     (tmp_path / "f").write_text("x")
-    _error(run_cli("archive", str(tmp_path / "f"), cwd=tmp_path), 2, "not a directory")
+    _error(run_in_process("archive", str(tmp_path / "f"), cwd=tmp_path), 2, "not a directory")
 
 
 def test_bad_usage_and_bad_config_exit_2(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
-    proc = run_cli("archive", str(run), "--level", "0", cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--level", "0", cwd=tmp_path)
     _error(proc, 2, "level")
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({"watchdir": "/x", "chunk_size": 1000}))
-    _error(run_cli("archive", str(run), "--config", str(conf), cwd=tmp_path), 2, "chunk_size", "256 KiB")
+    _error(run_in_process("archive", str(run), "--config", str(conf), cwd=tmp_path), 2, "chunk_size", "256 KiB")
     conf.write_text(json.dumps({"wtachdir": "/x"}))
-    _error(run_cli("archive", str(run), "--config", str(conf), cwd=tmp_path), 2, "wtachdir")
+    _error(run_in_process("archive", str(run), "--config", str(conf), cwd=tmp_path), 2, "wtachdir")
 
 
 def _without_dac_override() -> list[str]:
@@ -135,19 +135,13 @@ def _without_dac_override() -> list[str]:
 
 
 def test_unreadable_file_is_named_and_nothing_is_declared_done(make_run, tmp_path: Path) -> None:
-    import sys
-
     run = make_run("miseq", 1 << 20)
     secret = run / "Logs" / "secret.log"
     secret.parent.mkdir(exist_ok=True)
     secret.write_text("x")
     secret.chmod(0)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.run(
-        [*_without_dac_override(), sys.executable, "-m", "sruns_stream", "archive", str(run),
-         "--dest", str(tmp_path / "d")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )
+    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path, timeout=60,
+                   prefix=_without_dac_override())
     _error(proc, 1, "secret.log", "permission")
     # Nothing declared done: no archive anywhere, and the journal does not say complete.
     assert not list(tmp_path.rglob("*.tar.gz"))
@@ -157,15 +151,16 @@ def test_unreadable_file_is_named_and_nothing_is_declared_done(make_run, tmp_pat
 def test_destination_not_writable(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
     (tmp_path / "file").write_text("x")
-    _error(run_cli("archive", str(run), "--dest", str(tmp_path / "file" / "sub"), cwd=tmp_path), 1, "cannot write")
+    _error(run_in_process("archive", str(run), "--dest", str(tmp_path / "file" / "sub"), cwd=tmp_path), 1,
+           "cannot write")
 
 
 def test_second_archive_of_the_same_run_is_refused(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
     with RunLock(tmp_path / "sruns.db", run.name):
-        _error(run_cli("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path), 1,
+        _error(run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path), 1,
                "already being archived")
-    assert run_cli("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path).returncode == 0
+    assert run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.timeout(120)
@@ -180,13 +175,13 @@ def test_disk_full_keeps_progress_and_resumes_once_there_is_space(make_run, tmp_
     try:
         run = make_run("novaseq", 3 << 20)  # incompressible: ~3 MiB of archive
         args = ("archive", str(run), "--dest", str(small), "--block-size", "64K", "--sync-interval", "256K")
-        _error(run_cli(*args, cwd=tmp_path), 1, "no space left")
+        _error(run_in_process(*args, cwd=tmp_path), 1, "no space left")
         assert not list(small.rglob("*.tar.gz"))
         db = sqlite3.connect(tmp_path / "sruns.db")
         status, durable = db.execute("SELECT status, durable_offset FROM tasks").fetchone()
         assert status == "not_running" and durable > 0
         subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
-        proc = run_cli(*args, "--json", cwd=tmp_path)
+        proc = run_in_process(*args, "--json", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["resumed_from_archive"] == durable

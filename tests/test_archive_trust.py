@@ -22,7 +22,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import (
+    UMASK_000,
+    gnu_untar,
+    gzip_ok,
+    journal_row,
+    run_cli,
+    run_in_process,
+    start_cli,
+    tree,
+    wait_until,
+)
 
 from sruns_stream.state.journal import Journal
 
@@ -32,8 +42,8 @@ FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--js
 def _archive(
     run: Path, dest: Path | str, cwd: Path, *extra: str, db: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return run_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(db or cwd / "sruns.db"),
-                   *extra, cwd=cwd)
+    return run_in_process("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(db or cwd / "sruns.db"),
+                          *extra, cwd=cwd)
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> dict:
@@ -125,7 +135,7 @@ def test_another_folder_with_the_same_name_is_archived_again(make_run, tmp_path:
     make_fake_run.make_run(other, "miseq", 2 << 20, seed=2)
     result = _ok(_archive(other, dest, tmp_path))
     assert not result["already_complete"] and str(run) in result["restart_reason"]
-    proc = run_cli("verify", result["location"], "--against", str(other), cwd=tmp_path)
+    proc = run_in_process("verify", result["location"], "--against", str(other), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -262,7 +272,7 @@ def test_a_dictionary_that_reads_back_differently_restarts_from_zero(make_run, t
                                   "gs://Bad_Bucket!/x", "gs://ab"])
 def test_a_destination_that_is_no_known_form_is_a_usage_error(make_run, tmp_path: Path, dest: str) -> None:
     run = make_run("miseq", 1 << 20)
-    _one_error(run_cli("archive", str(run), "--dest", dest, cwd=tmp_path), 2, dest.split("/")[0][:3])
+    _one_error(run_in_process("archive", str(run), "--dest", dest, cwd=tmp_path), 2, dest.split("/")[0][:3])
     assert not any(p.name.startswith(("gs", "s3", "http")) for p in tmp_path.iterdir())
 
 
@@ -347,21 +357,14 @@ def test_a_run_folder_deleted_mid_archive_is_said_gone_exit_3(tmp_path: Path) ->
     assert row.last_error is not None and "disappeared during the archive" in row.last_error
 
 
-def _under_umask_000(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m sruns_stream ARGS` in a real process whose umask is 000."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "sruns_stream", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
-
-
 @pytest.mark.timeout(120)
 def test_the_directories_an_archive_makes_are_0755_under_umask_000(make_run, tmp_path: Path) -> None:
     """As tar makes its own: a umask of 000 must not leave a destination anyone may write
     into (and delete or replace an archive in)."""
     run = make_run("miseq", 1 << 20)
     dest = tmp_path / "new" / "archives"
-    _ok(_under_umask_000("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(tmp_path / "sruns.db"),
-                         cwd=tmp_path))
+    _ok(run_cli("archive", str(run), "--dest", str(dest), *FLAGS, "--journal", str(tmp_path / "sruns.db"),
+                cwd=tmp_path, prefix=UMASK_000))
     made = {tmp_path / "new": 0o755, dest: 0o755, dest / run.name: 0o755, tmp_path / "sruns.db.locks": 0o700}
     assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {str(p): oct(m) for p, m in made.items()}
 
@@ -419,20 +422,21 @@ def test_dot_dot_and_links_are_resolved_to_the_run_folder_itself(make_run, tmp_p
     inner = run / "Logs"
     inner.mkdir(exist_ok=True)
     dest = tmp_path / "dest"
-    result = _ok(run_cli("archive", "..", "--dest", str(dest), "--journal", str(tmp_path / "j.db"), "--json",
-                         cwd=inner))
+    result = _ok(run_in_process("archive", "..", "--dest", str(dest), "--journal", str(tmp_path / "j.db"), "--json",
+                                cwd=inner))
     assert result["run"] == run.name and Path(result["location"]) == dest / run.name / f"{run.name}.tar.gz"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([run.name, "dest", "j.db", "j.db.locks"] + [
         p.name for p in tmp_path.iterdir() if p.name.startswith("j.db-")])
     names = subprocess.run(["tar", "-tzf", result["location"]], capture_output=True, text=True, check=True)
     assert all(n.startswith(run.name + "/") or n == run.name + "/" for n in names.stdout.split())
-    _one_error(run_cli("archive", "/", "--dest", str(dest), cwd=tmp_path), 2, "names no run folder")
+    _one_error(run_in_process("archive", "/", "--dest", str(dest), cwd=tmp_path), 2, "names no run folder")
 
 
 def test_a_journal_or_destination_inside_the_run_folder_is_refused(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
-    _one_error(run_cli("archive", ".", "--dest", str(tmp_path / "d"), cwd=run), 2, "journal", "inside the run folder")
-    _one_error(run_cli("archive", str(run), "--dest", str(run / "out"), cwd=tmp_path), 2, "destination",
+    _one_error(run_in_process("archive", ".", "--dest", str(tmp_path / "d"), cwd=run), 2, "journal",
+               "inside the run folder")
+    _one_error(run_in_process("archive", str(run), "--dest", str(run / "out"), cwd=tmp_path), 2, "destination",
                "inside the run folder")
     assert not (run / "sruns.db").exists() and not (run / "out").exists()
 

@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import journal_row, run_cli, start_cli, wait_until
+from helpers import journal_row, run_in_process, start_cli, wait_until
 
 from sruns_stream.archiver.dryrun import plan_archive
 from sruns_stream.archiver.run import archive_run
@@ -46,8 +46,8 @@ def test_dry_run_says_what_would_happen_and_writes_nothing(make_run, tmp_path: P
     state.mkdir()
     db = state / "sruns.db"
     before = _snapshot(tmp_path)
-    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), "--journal", str(db), "--dry-run",
-                   "--exclude", "Thumbnail_Images", "--json", cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "dest"), "--journal", str(db), "--dry-run",
+                          "--exclude", "Thumbnail_Images", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert _snapshot(tmp_path) == before and not db.exists() and not (tmp_path / "dest").exists()
     plan = json.loads(proc.stdout)
@@ -60,8 +60,8 @@ def test_dry_run_says_what_would_happen_and_writes_nothing(make_run, tmp_path: P
     assert plan["archive"] == str(tmp_path / "dest" / run.name / f"{run.name}.tar.gz")
     assert plan["decision"] == "archive" and plan["reason"] is None and plan["journal_exists"] is False
 
-    text = run_cli("archive", str(run), "--dest", "gs://some-bucket/runs", "--journal", str(db), "--dry-run",
-                   cwd=tmp_path)
+    text = run_in_process("archive", str(run), "--dest", "gs://some-bucket/runs", "--journal", str(db), "--dry-run",
+                          cwd=tmp_path)
     assert text.returncode == 0, text.stderr
     assert f"in gs://some-bucket/runs/{run.name}/{run.name}.tar.gz" in text.stdout
     assert "archive from the start" in text.stdout and "(not there: archive would create it)" in text.stdout
@@ -84,7 +84,7 @@ def test_dry_run_reads_the_journal_without_touching_it(make_run, tmp_path: Path)
     row = journal_row(db, run.name)
 
     before = _snapshot(tmp_path)
-    dry = run_cli("archive", str(run), *flags, "--dry-run", "--json", cwd=tmp_path)
+    dry = run_in_process("archive", str(run), *flags, "--dry-run", "--json", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert _snapshot(tmp_path) == before  # not even the journal's -wal/-shm, nor a lock file
     plan = json.loads(dry.stdout)
@@ -92,16 +92,17 @@ def test_dry_run_reads_the_journal_without_touching_it(make_run, tmp_path: Path)
     assert (plan["resume_archive"], plan["resume_raw"]) == (row["durable_offset"], row["ck_raw"])
 
     # What the real run then does is what the dry run said.
-    real = run_cli("archive", str(run), *flags, "--json", cwd=tmp_path)
+    real = run_in_process("archive", str(run), *flags, "--json", cwd=tmp_path)
     assert real.returncode == 0, real.stderr
     assert json.loads(real.stdout)["resumed_from_archive"] >= plan["resume_archive"] > 0
 
     # Finished: nothing to do; another level: from the start, saying why.
-    done = json.loads(run_cli("archive", str(run), *flags, "--dry-run", "--json", cwd=tmp_path).stdout)
+    done = json.loads(run_in_process("archive", str(run), *flags, "--dry-run", "--json", cwd=tmp_path).stdout)
     assert done["decision"] == "already archived"
-    other = run_cli("archive", str(run), *flags, "--dry-run", "--level", "2", cwd=tmp_path)
+    other = run_in_process("archive", str(run), *flags, "--dry-run", "--level", "2", cwd=tmp_path)
     assert "already archived" in other.stdout  # level alone does not make an archive another one's
-    force = json.loads(run_cli("archive", str(run), *flags, "--dry-run", "--force", "--json", cwd=tmp_path).stdout)
+    force = json.loads(
+        run_in_process("archive", str(run), *flags, "--dry-run", "--force", "--json", cwd=tmp_path).stdout)
     assert force["decision"] == "archive" and force["reason"] == "--force was given"
 
 

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import gnu_untar, journal_row, run_cli, run_in_process, start_cli, tree, wait_until
 
 PATTERNS = ("Thumbnail_Images", "Logs/*", "*.jpg")
 
@@ -44,7 +44,7 @@ def test_excluded_paths_are_not_archived_or_walked_and_verify_against_passes(mak
     args = ["archive", str(run), "--dest", str(tmp_path / "dest"), "--json"]
     for p in PATTERNS:
         args += ["--exclude", p]
-    proc = run_cli(*args, cwd=tmp_path)
+    proc = run_in_process(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["skipped"] == []  # the FIFO in the excluded directory was never looked at
@@ -56,21 +56,21 @@ def test_excluded_paths_are_not_archived_or_walked_and_verify_against_passes(mak
     header = archive.with_name(f"{run.name}.manifest.tsv").read_text().split("\n", 1)[0]
     assert header.split("\t")[8] == "exclude=" + json.dumps(sorted(PATTERNS))
 
-    verify = run_cli("verify", str(archive), "--against", str(run), "--json", cwd=tmp_path)
+    verify = run_in_process("verify", str(archive), "--against", str(run), "--json", cwd=tmp_path)
     assert verify.returncode == 0, verify.stdout
     doc = json.loads(verify.stdout)
     assert doc["ok"] and doc["disk_extra"] == 0 and doc["exclude"] == sorted(PATTERNS)
     # Same exclusions, same folder: already archived.
-    assert json.loads(run_cli(*args, cwd=tmp_path).stdout)["already_complete"] is True
+    assert json.loads(run_in_process(*args, cwd=tmp_path).stdout)["already_complete"] is True
     # A file the archive really lacks is still reported.
     (run / "late.txt").write_text("written after the archive")
-    late = json.loads(run_cli("verify", str(archive), "--against", str(run), "--json", cwd=tmp_path).stdout)
+    late = json.loads(run_in_process("verify", str(archive), "--against", str(run), "--json", cwd=tmp_path).stdout)
     assert not late["ok"] and late["disk_extra"] == 1
     assert late["problems"][0].startswith(f"{run.name}/late.txt: on disk")
 
     # Other exclusions: archived again, saying why.
     (run / "late.txt").unlink()
-    again = run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), "--json", cwd=tmp_path)
+    again = run_in_process("archive", str(run), "--dest", str(tmp_path / "dest"), "--json", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     redone = json.loads(again.stdout)
     assert not redone["already_complete"] and redone["excluded"] == []
@@ -82,12 +82,12 @@ def test_excluded_paths_are_not_archived_or_walked_and_verify_against_passes(mak
 @pytest.mark.parametrize("pattern", ["/abs/path", "../outside", "", "Logs/../.."])
 def test_a_pattern_outside_the_run_folder_is_refused_in_one_line(make_run, tmp_path: Path, pattern: str) -> None:
     run = make_run("miseq", 1 << 20)
-    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "d"), "--exclude", pattern, cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), "--exclude", pattern, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "--exclude" in proc.stderr and "relative to the run folder" in proc.stderr
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({"exclude": ["Logs", pattern]}))
-    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "d"), "--config", str(conf), cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), "--config", str(conf), cwd=tmp_path)
     assert proc.returncode == 2 and "config key 'exclude'" in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "sruns.db").exists()
 
@@ -111,13 +111,13 @@ def test_a_resume_with_other_exclusions_starts_from_zero_and_with_the_same_resum
         assert proc.returncode == 130
 
     interrupted("--exclude", "Thumbnail_Images")
-    same = run_cli("archive", str(run), *flags, "--exclude", "Thumbnail_Images/", cwd=tmp_path)  # same pattern
+    same = run_in_process("archive", str(run), *flags, "--exclude", "Thumbnail_Images/", cwd=tmp_path)  # same pattern
     assert same.returncode == 0, same.stderr
     resumed = json.loads(same.stdout)
     assert resumed["resumed_from_archive"] > 0 and resumed["restart_reason"] is None
 
     interrupted("--exclude", "Thumbnail_Images", "--force")
-    other = run_cli("archive", str(run), *flags, cwd=tmp_path)
+    other = run_in_process("archive", str(run), *flags, cwd=tmp_path)
     assert other.returncode == 0, other.stderr
     result = json.loads(other.stdout)
     assert result["resumed_from_archive"] == 0 and result["restart_reason"] == "stream parameters changed (exclude)"
@@ -181,8 +181,8 @@ def test_a_pattern_that_leaves_out_the_run_identity_is_refused_in_one_line(
 ) -> None:
     run = make_run("miseq", 1 << 20)
     for extra in ((), ("--dry-run",)):
-        proc = run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), "--exclude", pattern, *extra,
-                       cwd=tmp_path)
+        proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "dest"), "--exclude", pattern, *extra,
+                              cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert f"--exclude: {pattern!r} would leave out RunInfo.xml" in proc.stderr
         assert "never left out" in proc.stderr and "Traceback" not in proc.stderr
@@ -197,8 +197,9 @@ def test_a_config_whose_exclude_leaves_out_the_run_identity_is_refused_at_load(m
         "watchdir": str(run.parent), "local_dest": str(tmp_path / "dest"), "sqlite_db": str(tmp_path / "sruns.db"),
         "sentinal_file_age_minutes": 0, "exclude": ["Logs", "*"], "sweep_excluded": True,
     }))
-    for args in (("monitor", "--config", str(conf), "--once"), ("archive", str(run), "--config", str(conf))):
-        proc = run_cli(*args, cwd=tmp_path)
+    for run_it, args in ((run_cli, ("monitor", "--config", str(conf), "--once")),
+                         (run_in_process, ("archive", str(run), "--config", str(conf)))):
+        proc = run_it(*args, cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert "config key 'exclude': '*' would leave out RunInfo.xml" in proc.stderr
     assert not (tmp_path / "dest").exists() and not (tmp_path / "sruns.db").exists() and run.is_dir()
@@ -212,8 +213,8 @@ def test_exclusions_that_leave_none_of_the_data_are_refused_before_anything_is_w
     args = ["archive", str(run), "--dest", str(tmp_path / "dest")]
     for p in NO_DATA:
         args += ["--exclude", p]
-    dry = run_cli(*args, "--dry-run", cwd=tmp_path)
-    proc = run_cli(*args, cwd=tmp_path)
+    dry = run_in_process(*args, "--dry-run", cwd=tmp_path)
+    proc = run_in_process(*args, cwd=tmp_path)
     for refused in (dry, proc):
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
         assert f"{run.name}: exclude */*, SampleSheet.csv would leave out all of the run's data (such as " \
@@ -226,15 +227,15 @@ def test_exclusions_that_leave_none_of_the_data_are_refused_before_anything_is_w
 @pytest.mark.timeout(60)
 def test_a_narrow_pattern_inside_a_folder_still_archives_and_verifies(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
-    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), "--exclude", "Thumbnail_Images/**",
-                   "--json", cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "dest"), "--exclude", "Thumbnail_Images/**",
+                          "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     archive = Path(json.loads(proc.stdout)["location"])
     gnu_untar(archive, tmp_path / "out")
     expected = {k: v for k, v in tree(run).items() if not k.startswith("Thumbnail_Images/")}
     assert "Thumbnail_Images" in expected and len(expected) < len(tree(run))
     assert tree(tmp_path / "out" / run.name) == expected
-    verify = run_cli("verify", str(archive), "--against", str(run), "--json", cwd=tmp_path)
+    verify = run_in_process("verify", str(archive), "--against", str(run), "--json", cwd=tmp_path)
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout
 
 

@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:  # loopback/ is not an installed package: import i
     sys.path.insert(0, str(REPO))
 
 # Imports after code, so noqa: E402 on each: they need the sys.path entry made just above.
-from helpers import run_cli  # noqa: E402
+from helpers import run_in_process  # noqa: E402
 
 from loopback.gcs import LoopbackGcsServer  # noqa: E402
 from sruns_stream.storage.gcs.client import crc32c_from_b64, make_client  # noqa: E402
@@ -203,9 +203,9 @@ def test_segmented_archive_end_to_end(server: LoopbackGcsServer, make_run, tmp_p
     """`archive --streams 3` over the loopback: parts, compose, checks, clean-up."""
     run = make_run("novaseq", 6 << 20, seed=3)
     # Segments are at least 8 upload chunks long: 256 KiB chunks make this 6 MiB run three.
-    proc = run_cli("archive", str(run), "--dest", f"gs://{BUCKET}/pre", "--streams", "3", "--chunk-size", "256K",
-                   "--journal", str(tmp_path / "j.db"), "--json",
-                   env={"STORAGE_EMULATOR_HOST": server.url, "GOOGLE_CLOUD_PROJECT": "loopback"})
+    proc = run_in_process("archive", str(run), "--dest", f"gs://{BUCKET}/pre", "--streams", "3", "--chunk-size", "256K",
+                          "--journal", str(tmp_path / "j.db"), "--json",
+                          env={"STORAGE_EMULATOR_HOST": server.url, "GOOGLE_CLOUD_PROJECT": "loopback"})
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["streams"] == 3

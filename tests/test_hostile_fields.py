@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import run_in_process
 
 RUN = "241127_M00001_0042_000000000-HOSTILE"
 ACCESS = ("--block-size", "256K", "--access-interval", "1M")
@@ -29,8 +29,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "Data").mkdir(parents=True)
     (root / "RunInfo.xml").write_bytes(b'<?xml version="1.0"?>\n<RunInfo/>\n')
     (root / "Data" / "random.bin").write_bytes(random.Random(3).randbytes(3 << 20))
-    proc = run_cli("archive", str(root), "--dest", str(base / "dest"), "--journal", str(base / "sruns.db"), "--json",
-                   *ACCESS, cwd=base)
+    proc = run_in_process("archive", str(root), "--dest", str(base / "dest"), "--journal", str(base / "sruns.db"),
+                          "--json", *ACCESS, cwd=base)
     assert proc.returncode == 0, proc.stderr
     return Path(json.loads(proc.stdout)["location"]).parent
 
@@ -85,11 +85,11 @@ def test_a_manifest_field_out_of_range_is_one_line_naming_it(folder: Path, colum
     with an OverflowError traceback for the mtimes)."""
     number = _set_manifest_field(folder, f"{RUN}/RunInfo.xml", column, value)
     where = f"{folder / RUN}.manifest.tsv line {number}"
-    proc = run_cli("ls", "-l", str(folder / f"{RUN}.tar.gz"), cwd=folder)
+    proc = run_in_process("ls", "-l", str(folder / f"{RUN}.tar.gz"), cwd=folder)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     _one_line(proc, where, says, "the manifest is damaged")
     if column == "mtime":
-        proc = run_cli("verify", str(folder / f"{RUN}.tar.gz"), cwd=folder)
+        proc = run_in_process("verify", str(folder / f"{RUN}.tar.gz"), cwd=folder)
         assert proc.returncode == 1, proc.stdout + proc.stderr
         _one_line(proc, where, says)
 
@@ -115,7 +115,7 @@ def test_an_index_block_size_no_writer_makes_is_reported_not_allocated(folder: P
     """block_size=2^40 with each point where it places them. Caught on the old code:
     verify --threads 2 sized a piece's buffer by it (MemoryError, a traceback)."""
     _rewrite_index(folder, block_size=1 << 40)
-    proc = run_cli("verify", str(folder / f"{RUN}.tar.gz"), "--threads", "2", "--json", cwd=folder)
+    proc = run_in_process("verify", str(folder / f"{RUN}.tar.gz"), "--threads", "2", "--json", cwd=folder)
     assert "Traceback" not in proc.stderr and proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["problem_count"] == 1 and not report["damaged"] and report["files"] == 2, report
@@ -123,7 +123,7 @@ def test_an_index_block_size_no_writer_makes_is_reported_not_allocated(folder: P
         f"{folder / RUN}.index.tsv: its header's block_size={1 << 40} is not one the writer makes"
     ), report["problems"]
     # cat reads the archive from its start instead, and says why.
-    proc = run_cli("cat", "-v", str(folder / f"{RUN}.tar.gz"), f"{RUN}/RunInfo.xml", cwd=folder)
+    proc = run_in_process("cat", "-v", str(folder / f"{RUN}.tar.gz"), f"{RUN}/RunInfo.xml", cwd=folder)
     assert proc.returncode == 0 and proc.stdout.startswith("<?xml"), proc.stderr
     assert f"block_size={1 << 40}" in proc.stderr and "reading the archive from its start" in proc.stderr
 
@@ -133,7 +133,7 @@ def test_an_index_offset_past_2_63_is_reported(folder: Path) -> None:
     """Caught on the old code: an offset of 2^64-1 was taken as it was (the archive then
     called truncated, not the index damaged)."""
     _rewrite_index(folder, last_archive=(1 << 64) - 1)
-    proc = run_cli("verify", str(folder / f"{RUN}.tar.gz"), "--threads", "2", "--json", cwd=folder)
+    proc = run_in_process("verify", str(folder / f"{RUN}.tar.gz"), "--threads", "2", "--json", cwd=folder)
     assert "Traceback" not in proc.stderr and proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["problem_count"] == 1 and not report["damaged"], report
@@ -153,12 +153,12 @@ def test_a_journal_checkpoint_out_of_range_is_one_line(made: Path, tmp_path: Pat
     shutil.copy(made.parent.parent / "sruns.db", journal)
     with sqlite3.connect(journal) as db:
         db.execute(f"UPDATE tasks SET {column} = ? WHERE name = ?", (value, RUN))
-    proc = run_cli("status", "--journal", str(journal), cwd=tmp_path)
+    proc = run_in_process("status", "--journal", str(journal), cwd=tmp_path)
     assert proc.returncode == 1
     _one_line(proc, f"run {RUN!r}", repr(value), "damaged")
     root = made.parent.parent / "runs" / RUN
-    proc = run_cli("archive", str(root), "--dest", str(tmp_path / "dest"), "--journal", str(journal), *ACCESS,
-                   cwd=tmp_path)
+    proc = run_in_process("archive", str(root), "--dest", str(tmp_path / "dest"), "--journal", str(journal), *ACCESS,
+                          cwd=tmp_path)
     assert proc.returncode == 1 and not (tmp_path / "dest").exists()
     _one_line(proc, f"run {RUN!r}", repr(value), "damaged")
 

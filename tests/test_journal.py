@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, run_cli, tree
+from helpers import REPO, gnu_untar, run_cli, run_in_process, tree
 
 from sruns_stream.state.journal import STATUS_MEANINGS, STATUSES, Journal
 
@@ -53,7 +53,7 @@ def _legacy_journal(path: Path, version: str, watch: Path, bucket: str, basedir:
 def test_an_sruns_monitor_journal_migrates_and_keeps_its_columns(tmp_path: Path, version: str) -> None:
     db = tmp_path / "sruns.db"
     _legacy_journal(db, version, tmp_path / "watch", "bkt")
-    proc = run_cli("status", "--journal", str(db), "--json", cwd=tmp_path)
+    proc = run_in_process("status", "--journal", str(db), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert rows[FINISHED]["status"] == "complete"
@@ -62,7 +62,7 @@ def test_an_sruns_monitor_journal_migrates_and_keeps_its_columns(tmp_path: Path,
     assert rows[FINISHED]["gcp_tarfile"] == f"bkt/runs/{FINISHED}/{FINISHED}.tar.gz"
     assert rows[HALFWAY]["status"] == "new" and rows[HALFWAY]["legacy_tarfile"].endswith(f"{HALFWAY}.tar.gz")
     assert rows[NEW]["status"] == "new" and rows[NEW]["legacy_tarfile"] is None
-    text = run_cli("status", "--journal", str(db), cwd=tmp_path).stdout
+    text = run_in_process("status", "--journal", str(db), cwd=tmp_path).stdout
     assert "sruns-monitor's local tarball" in text and f"{HALFWAY}.tar.gz" in text
     assert f"gs://bkt/runs/{FINISHED}/{FINISHED}.tar.gz" in text
 
@@ -108,7 +108,7 @@ def test_a_journal_made_by_another_tool_is_made_0600_with_its_wal_and_shm(tmp_pa
         for suffix in ("-wal", "-shm"):
             if Path(f"{db}{suffix}").exists():
                 os.chmod(f"{db}{suffix}", 0o644)
-        proc = run_cli("status", "--journal", str(db), cwd=tmp_path)
+        proc = run_in_process("status", "--journal", str(db), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         for suffix in ("", "-wal", "-shm"):
             path = Path(f"{db}{suffix}")
@@ -286,7 +286,7 @@ def test_an_upgraded_daemon_archives_what_sruns_monitor_had_not_and_leaves_the_r
     assert doc["workflow_status"] == "complete" and doc["samplesheet_pubsub_data"] == {"from": "another tool"}
 
     # By hand, too: a finished run is reported archived (by sruns-monitor), not redone.
-    again = run_cli("archive", str(watch / FINISHED), "--config", str(conf), cwd=tmp_path)
+    again = run_in_process("archive", str(watch / FINISHED), "--config", str(conf), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "already archived" in again.stdout and "sruns-monitor" in again.stdout
     # Its object deleted since: archived again (by streaming), not "already archived".
@@ -296,7 +296,7 @@ def test_an_upgraded_daemon_archives_what_sruns_monitor_had_not_and_leaves_the_r
     quoted = urllib.parse.quote(old_blob, safe="")
     urllib.request.urlopen(urllib.request.Request(
         f"{gcs.url}/storage/v1/b/{gcs.bucket}/o/{quoted}", method="DELETE"), timeout=30).close()
-    redone = run_cli("archive", str(watch / FINISHED), "--config", str(conf), "--json", cwd=tmp_path)
+    redone = run_in_process("archive", str(watch / FINISHED), "--config", str(conf), "--json", cwd=tmp_path)
     assert redone.returncode == 0, redone.stderr
     result = json.loads(redone.stdout)
     assert not result["already_complete"] and "is gone" in result["restart_reason"]

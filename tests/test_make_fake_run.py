@@ -155,6 +155,7 @@ def test_novaseq_cbcl_blocks_are_valid(runs: Runs) -> None:
     assert seen_tiles == set(filters)
 
 
+@pytest.mark.slow  # 5000 files made: seconds
 def test_hiseq_many_small_gzip_files(tmp_path: Path) -> None:
     stats = make_fake_run.make_run(tmp_path / "run", "hiseq", 6 << 20, seed=SEED, files=5000)
     files = regular_files(tmp_path / "run")

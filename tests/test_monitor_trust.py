@@ -13,12 +13,11 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import UMASK_000, gnu_untar, journal_row, run_cli, start_cli, tree, wait_until
 
 # Real processes killed, stopped or run for many seconds: not the quick inner loop.
 pytestmark = pytest.mark.slow
@@ -224,11 +223,8 @@ def test_the_directories_the_daemon_makes_are_0755_under_umask_000(tmp_path: Pat
     run = _run(tmp_path)
     conf = _config(tmp_path, completed_runs_dir=str(tmp_path / "new" / "completed"),
                    local_dest=str(tmp_path / "new" / "archives"))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for _ in range(15):  # as _once_until, each pass under umask 000
-        proc = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "sruns_stream",
-                               "monitor", "--config", str(conf), "--once"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+        proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path, timeout=120, prefix=UMASK_000)
         assert proc.returncode == 0, proc.stderr
         if _row(tmp_path, run.name).get("moved_at"):
             break

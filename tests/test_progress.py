@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyte
 import pytest
-from helpers import REPO
+from helpers import child_env
 
 HEIGHT = 60
 BAR = re.compile(
@@ -60,9 +60,7 @@ def _in_terminal(width: int, *args: str, cwd: Path) -> tuple[list[str], str, int
     rendered screen, stdout, the exit code."""
     master, slave = pty.openpty()
     _size(slave, width)
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["TERM"] = "xterm-256color"
+    env = {k: v for k, v in child_env({"TERM": "xterm-256color"}).items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen([sys.executable, "-m", "sruns_stream", *args], cwd=cwd, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
@@ -85,6 +83,7 @@ def _the_bar(lines: list[str], width: int) -> str:
     return bars[0]
 
 
+@pytest.mark.slow  # three real processes on a terminal each, ~2 s apiece
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("width", [40, 80, 200])
 def test_archive_verify_restore_draw_one_line_that_fits(make_run, tmp_path: Path, width: int) -> None:

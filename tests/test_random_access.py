@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from faultproxy import FaultProxy
-from helpers import REPO, gnu_untar, run_cli, tree
+from helpers import child_env, gnu_untar, run_in_process, tree
 
 RUN = "241127_M00001_0042_000000000-RANDOM"
 ACCESS = ("--block-size", "256K", "--access-interval", "1M")
@@ -62,17 +62,15 @@ def run(tmp_path: Path) -> Path:
 
 
 def _archive(run: Path, dest: str, cwd: Path, *extra: str) -> dict:
-    proc = run_cli("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *ACCESS, *extra,
-                   cwd=cwd)
+    proc = run_in_process("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *ACCESS,
+                          *extra, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
 def _cat(source: str, member: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    """`sruns-stream cat` in a real process, its stdout as bytes."""
-    full = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "sruns_stream", "cat", "-v", source, member], cwd=cwd, env=full,
-                          capture_output=True, timeout=120, check=False)
+    """`sruns-stream cat`, its stdout as bytes."""
+    return run_in_process("cat", "-v", source, member, cwd=cwd, env=env, timeout=120, text=False)
 
 
 def _index(path_or_bytes: Path | bytes) -> list[tuple[int, int]]:
@@ -136,7 +134,7 @@ def test_restore_include_reads_only_ranges_and_restores_what_gnu_tar_does(run: P
     include = [f"{RUN}/InterOp", f"{RUN}/RunInfo.xml", f"{RUN}/RunInfo.link", f"{RUN}/Data/empty.txt",
                f"{RUN}/zz_last.txt"]
     args = [a for p in include for a in ("--include", p)]
-    proc = run_cli("restore", str(archive), str(tmp_path / "out"), *args, "--json", cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(tmp_path / "out"), *args, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] and report["ranges"] >= 1 and report["files"] == 6 and report["links"] == 1
@@ -171,8 +169,8 @@ def test_cat_and_restore_from_gcs_download_only_the_span_the_index_gives(gcs, ru
                              and f"{RUN}.tar.gz" in x.path)
             assert downloaded == span < size, (member, downloaded, span, size)
         proxy.log.clear()
-        proc = run_cli("restore", f"gs://{gcs.bucket}/{blob}", str(tmp_path / "out"), "--include", f"{RUN}/InterOp",
-                       "--json", cwd=tmp_path, env=env)
+        proc = run_in_process("restore", f"gs://{gcs.bucket}/{blob}", str(tmp_path / "out"), "--include",
+                              f"{RUN}/InterOp", "--json", cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         downloaded = sum(x.sent for x in proxy.log if x.method == "GET" and "alt=media" in x.path
                          and f"{RUN}.tar.gz" in x.path)
@@ -194,7 +192,8 @@ def test_a_flipped_byte_in_the_range_read_is_an_error_never_wrong_bytes(run: Pat
     assert proc.returncode == 1
     assert b"damaged" in proc.stderr and member.encode() in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout != (run / "Data/big.bin").read_bytes()
-    restored = run_cli("restore", str(archive), str(tmp_path / "out"), "--include", member, "--json", cwd=tmp_path)
+    restored = run_in_process("restore", str(archive), str(tmp_path / "out"), "--include", member, "--json",
+                              cwd=tmp_path)
     assert restored.returncode == 1
     report = json.loads(restored.stdout)
     assert not report["ok"] and "big.bin" in " ".join(report["problems"])
@@ -230,7 +229,7 @@ def test_archives_without_an_index_or_offsets_are_read_from_the_start(run: Path,
     # ... and a manifest from before the offset column: the first seven columns only.
     manifest = archive.with_name(f"{RUN}.manifest.tsv")
     manifest.write_bytes(b"\n".join(b"\t".join(line.split(b"\t")[:7]) for line in manifest.read_bytes().split(b"\n")))
-    proc = run_cli("restore", str(archive), str(tmp_path / "out"), "--include", f"{RUN}/InterOp", cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(tmp_path / "out"), "--include", f"{RUN}/InterOp", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no offset column" in proc.stderr
     assert tree(tmp_path / "out" / RUN / "InterOp") == tree(run / "InterOp")
@@ -253,20 +252,20 @@ def test_ls_answers_from_the_manifest_alone(run: Path, tmp_path: Path) -> None:
     listed = subprocess.run(["tar", "tzf", str(archive)], capture_output=True, text=True, check=True).stdout
     # The archive's bytes are not needed: replace them all with zeros.
     archive.write_bytes(bytes(archive.stat().st_size))
-    proc = run_cli("ls", str(archive), cwd=tmp_path)
+    proc = run_in_process("ls", str(archive), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [line.rstrip("/") for line in listed.splitlines()]
-    proc = run_cli("ls", str(archive), "--long", "--include", f"{RUN}/InterOp", cwd=tmp_path)
+    proc = run_in_process("ls", str(archive), "--long", "--include", f"{RUN}/InterOp", cwd=tmp_path)
     lines = proc.stdout.splitlines()
     assert len(lines) == 4 and lines[0].startswith("d") and lines[1].startswith("-rw-")
     assert lines[1].split()[1] == "70000" and lines[1].endswith(f"{RUN}/InterOp/ExtractionMetrics.bin")
-    link = run_cli("ls", str(archive), "-l", "--include", f"{RUN}/RunInfo.link", cwd=tmp_path).stdout
+    link = run_in_process("ls", str(archive), "-l", "--include", f"{RUN}/RunInfo.link", cwd=tmp_path).stdout
     assert link.startswith("l") and link.rstrip().endswith(f"{RUN}/RunInfo.link -> RunInfo.xml")
-    rows = json.loads(run_cli("ls", str(archive), "--json", cwd=tmp_path).stdout)
+    rows = json.loads(run_in_process("ls", str(archive), "--json", cwd=tmp_path).stdout)
     by_path = {r["path"]: r for r in rows}
     assert by_path[f"{RUN}/Data/empty.txt"]["size"] == 0 and by_path[f"{RUN}/RunInfo.link"]["link"] == "RunInfo.xml"
     assert by_path[RUN]["offset"] == 0 and all(isinstance(r["offset"], int) for r in rows)
-    missing = run_cli("ls", str(archive), "--include", f"{RUN}/Nope", cwd=tmp_path)
+    missing = run_in_process("ls", str(archive), "--include", f"{RUN}/Nope", cwd=tmp_path)
     assert missing.returncode == 2 and "matches" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -276,14 +275,14 @@ def test_the_run_name_is_looked_up_in_the_journal(run: Path, tmp_path: Path) -> 
     proc = _cat(RUN, "RunInfo.xml", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(b'<?xml version="1.0"?>')
-    assert run_cli("ls", RUN, cwd=tmp_path).stdout.splitlines()[0] == RUN
+    assert run_in_process("ls", RUN, cwd=tmp_path).stdout.splitlines()[0] == RUN
 
 
 # --- verify and restore on several threads, through the access points ---------------------
 
 
 def _verify(source: str, cwd: Path, *extra: str) -> tuple[int, dict]:
-    proc = run_cli("verify", source, "--json", *extra, cwd=cwd)
+    proc = run_in_process("verify", source, "--json", *extra, cwd=cwd)
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -294,7 +293,7 @@ def test_verify_and_restore_on_threads_find_what_one_thread_finds(run: Path, tmp
     assert one[0] == two[0] == 0
     for key in ("members", "files", "data_bytes", "crc32c", "archive_bytes"):
         assert one[1][key] == two[1][key], key
-    proc = run_cli("restore", str(archive), str(tmp_path / "out"), "--threads", "2", cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(tmp_path / "out"), "--threads", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tree(tmp_path / "out" / RUN) == tree(run)
 
@@ -339,10 +338,10 @@ def _measured(*args: str, cwd: Path) -> tuple[int, Path, str, int]:
     own peak RSS in KiB, `readback_helpers.MEASURED`); stdout goes to a file, unread."""
     from readback_helpers import MEASURED
 
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out, peak = cwd / "stdout.bin", cwd / "peak_kib.txt"
     with out.open("wb") as fo:
-        proc = subprocess.run([sys.executable, "-c", MEASURED, "0", str(peak), *args], cwd=cwd, env=env, stdout=fo,
+        proc = subprocess.run([sys.executable, "-c", MEASURED, "0", str(peak), *args], cwd=cwd, env=child_env(),
+                              stdout=fo,
                               stderr=subprocess.PIPE, text=True, timeout=120, check=False)
     return proc.returncode, out, proc.stderr, int(peak.read_text())
 
@@ -410,6 +409,7 @@ def test_an_index_point_lying_about_its_raw_length_is_an_error_in_bounded_memory
     assert peak < BOUNDED_KIB, f"peak RSS {peak >> 10} MiB"
 
 
+@pytest.mark.slow  # real processes whose peak memory is the point, over a large archive
 @pytest.mark.timeout(120)
 def test_an_index_cut_short_is_reported_by_verify_and_restore_stays_bounded(zeros: Path, tmp_path: Path) -> None:
     """The index cut at a line boundary: header and 2 of its 257 points. Caught on the

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
+from helpers import gnu_untar, journal_row, run_in_process, sigterm_once_past, start_cli, tree, wait_until
 
 from sruns_stream.archiver.readahead import SMALL
 from sruns_stream.archiver.tarstream import TarLayout, TarReader
@@ -38,8 +38,8 @@ def _mixed_run(tmp_path: Path, n_small: int = 1500) -> Path:
 
 
 def _archive(run: Path, tmp_path: Path, label: str, *flags: str) -> bytes:
-    proc = run_cli("archive", str(run), "--dest", str(tmp_path / label), "--journal", str(tmp_path / f"{label}.db"),
-                   *FLAGS, *flags, cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / label), "--journal",
+                          str(tmp_path / f"{label}.db"), *FLAGS, *flags, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return Path(json.loads(proc.stdout)["location"]).read_bytes()
 
@@ -129,8 +129,8 @@ def test_kill_9_with_a_full_read_ahead_buffer_resumes_within_the_bound(tmp_path:
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     at_kill = part.stat().st_size
-    done = run_cli("archive", str(run), "--dest", str(dest), "--journal", str(tmp_path / "j.db"), *FLAGS, *flags,
-                   cwd=tmp_path)
+    done = run_in_process("archive", str(run), "--dest", str(dest), "--journal", str(tmp_path / "j.db"), *FLAGS, *flags,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["resumed_from_archive"] > 0 and at_kill - result["resumed_from_archive"] <= (1 << 20) + 65536 + 1024
@@ -150,7 +150,7 @@ def test_a_stop_request_with_the_pool_busy_exits_130_and_resumes(tmp_path: Path)
         proc = start_cli("archive", str(run), "--dest", str(dest), "--journal", str(db), *FLAGS, *flags, cwd=tmp_path)
         stopped += sigterm_once_past(proc, db, run.name, int(fraction * len(reference)))
     assert stopped >= 1
-    done = run_cli("archive", str(run), "--dest", str(dest), "--journal", str(db), *FLAGS, *flags, cwd=tmp_path)
+    done = run_in_process("archive", str(run), "--dest", str(dest), "--journal", str(db), *FLAGS, *flags, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert Path(json.loads(done.stdout)["location"]).read_bytes() == reference
 
@@ -159,5 +159,5 @@ def test_read_settings_are_checked(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     for flags, word in ((("--read-threads", "-1"), "read_threads"), (("--read-ahead", "-5"), "read_ahead")):
-        bad = run_cli("archive", str(run), "--dest", str(tmp_path / "d"), *flags, cwd=tmp_path)
+        bad = run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), *flags, cwd=tmp_path)
         assert bad.returncode == 2 and word in bad.stderr and "Traceback" not in bad.stderr

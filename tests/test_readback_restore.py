@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, realruns_dir, run_cli, tree
+from helpers import UMASK_000, child_env, realruns_dir, run_cli, run_in_process, tree
 from readback_helpers import (
     MIB,
     RUN_DIR,
@@ -58,6 +58,7 @@ def novaseq(make_run) -> Path:
 
 
 @pytest.mark.skipif(REALRUNS is None, reason="../shared/realruns (or $SRUNS_REALRUNS) is absent")
+@pytest.mark.slow  # every real run piece archived and restored: seconds
 @pytest.mark.timeout(60)
 def test_realruns_pieces_round_trip(tmp_path: Path) -> None:
     assert REALRUNS is not None
@@ -238,22 +239,22 @@ def test_a_file_that_does_not_match_the_manifest_is_removed(novaseq: Path, tmp_p
 def test_cli_restore_round_trip_include_and_force(novaseq: Path, tmp_path: Path) -> None:
     archive = archived(novaseq, str(tmp_path / "d"), tmp_path)
     out = tmp_path / "out"
-    proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OK: restored ")
     assert tree(out / novaseq.name) == tree(novaseq)
 
-    again = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    again = run_in_process("restore", str(archive), str(out), cwd=tmp_path)
     assert again.returncode == 2 and "add --force" in again.stderr
-    assert run_cli("restore", str(archive), str(out), "--force", cwd=tmp_path).returncode == 0
+    assert run_in_process("restore", str(archive), str(out), "--force", cwd=tmp_path).returncode == 0
 
     part = tmp_path / "part"
-    proc = run_cli("restore", novaseq.name, str(part), "--include", f"{novaseq.name}/InterOp",
-                   "--journal", str(tmp_path / "sruns.db"), cwd=tmp_path)
+    proc = run_in_process("restore", novaseq.name, str(part), "--include", f"{novaseq.name}/InterOp",
+                          "--journal", str(tmp_path / "sruns.db"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (part / novaseq.name).iterdir()) == ["InterOp"]
 
-    typo = run_cli("restore", str(archive), str(tmp_path / "typo"), "--include", "nothing/*", cwd=tmp_path)
+    typo = run_in_process("restore", str(archive), str(tmp_path / "typo"), "--include", "nothing/*", cwd=tmp_path)
     assert typo.returncode == 1 and "matched no member" in typo.stdout + typo.stderr
 
 
@@ -263,18 +264,13 @@ def test_sigterm_stops_a_restore_cleanly_and_what_it_wrote_is_whole(make_run, tm
     """A signal mid-restore: exit 130 with one line, no temp file left behind, and every
     file already under its name is complete (it was checked before it was renamed)."""
     import signal
-    import subprocess
-    import sys
     import time
-
-    from helpers import REPO
 
     run = make_run("hiseq", 24 << 20, seed=9, files=8000)
     archive = archived(run, str(tmp_path / "a"), tmp_path)
     dest = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "sruns_stream", "restore", str(archive), str(dest)],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=child_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         if dest.exists() and sum(1 for _ in dest.rglob("*.bcl*")) > 200:
@@ -313,13 +309,13 @@ def test_links_pointing_out_of_dest_are_restored_as_archived(make_run, tmp_path:
     archive = archived(run, str(tmp_path / "d"), tmp_path)
 
     out = tmp_path / "out"
-    proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _one_line(proc).startswith("OK: restored ")
     assert tree(out / run.name) == tree(run)
 
     strict = tmp_path / "strict"
-    proc = run_cli("restore", str(archive), str(strict), "--no-outside-links", "--json", cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(strict), "--no-outside-links", "--json", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(_one_line(proc))
     assert report["refused"] == 2 and report["problem_count"] == 2, report
@@ -379,7 +375,7 @@ def test_no_link_lets_a_later_member_write_outside_dest(case: str, tmp_path: Pat
     members = [(n, k, str(outside) if e == "OUTSIDE" else e) for n, k, e in members]
     archive = _crafted(tmp_path / "evil" / "run.tar.gz", members)
     dest = tmp_path / "dest"
-    proc = run_cli("restore", str(archive), str(dest), "--force", "--json", cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(dest), "--force", "--json", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(_one_line(proc))
     assert list(outside.iterdir()) == []
@@ -405,7 +401,7 @@ def test_a_link_planted_in_dest_is_never_followed(tmp_path: Path) -> None:
         dest = tmp_path / ("dest" + "".join(extra).replace("/", "_"))
         dest.mkdir()
         os.symlink(outside, dest / "run")
-        proc = run_cli("restore", str(archive), str(dest), "--json", *extra, cwd=tmp_path)
+        proc = run_in_process("restore", str(archive), str(dest), "--json", *extra, cwd=tmp_path)
         assert proc.returncode == 1, proc.stdout + proc.stderr
         report = json.loads(_one_line(proc))
         assert list(outside.iterdir()) == []
@@ -428,7 +424,7 @@ def test_no_outside_links_judges_chains_once_every_link_exists(tmp_path: Path) -
         ("run/c", SYM, "d/../.."), ("run/d", SYM, "."), ("run/ok", SYM, "sub/file"), ("run/up", SYM, "../run/sub"),
     ])
     dest = tmp_path / "dest"
-    proc = run_cli("restore", str(archive), str(dest), "--no-outside-links", "--json", cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(dest), "--no-outside-links", "--json", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(_one_line(proc))
     refused = sorted(p.split(":", 1)[0] for p in report["problems"])
@@ -445,7 +441,7 @@ def test_a_name_component_over_name_max_is_refused_by_name(tmp_path: Path) -> No
     archive = _crafted(tmp_path / "a" / "run.tar.gz", [("run", DIR, ""), (f"run/{long}/f.txt", REG, "x"),
                                                      ("run/ok.txt", REG, "fine")])
     dest = tmp_path / "dest"
-    proc = run_cli("restore", str(archive), str(dest), cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(dest), cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = _one_line(proc)
     assert f"; first: refused run/{long}/f.txt: it has a name component of 300 bytes ({'n' * 40}…), longer than " \
@@ -479,7 +475,7 @@ def test_paths_longer_than_path_max_restore(tmp_path: Path) -> None:
     archive = _crafted(tmp_path / "a" / "run.tar.gz", [("run", DIR, ""), (f"run/{deep}/f.txt", REG, "at the bottom"),
                                                      (f"run/{deep}/l", SYM, "f.txt")])
     dest = tmp_path / "dest"
-    proc = run_cli("restore", str(archive), str(dest), cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(dest), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _read_deep(dest, f"run/{deep}") == (b"at the bottom", "f.txt")
 
@@ -487,6 +483,7 @@ def test_paths_longer_than_path_max_restore(tmp_path: Path) -> None:
 # --- a gzip bomb against a small manifest row ------------------------------------------------
 
 
+@pytest.mark.slow  # 256 MiB inflated in a real process (its file size limit is the point)
 @pytest.mark.timeout(120)
 def test_a_member_bigger_than_its_manifest_row_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
     """A gzip bomb: 256 MiB of zeros where the manifest says 10 bytes. Restore skips the
@@ -526,20 +523,14 @@ def test_a_member_bigger_than_its_manifest_row_is_refused_before_a_byte_is_writt
     assert (dest / "run" / "after.txt").read_bytes() == after
 
 
-def _under_umask_000(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m sruns_stream ARGS` in a real process whose umask is 000."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "sruns_stream", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
-
-
 @pytest.mark.timeout(120)
 def test_dest_and_the_parents_restore_makes_are_0755_under_umask_000(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
     archive = archived(run, str(tmp_path / "d"), tmp_path)
     out = tmp_path / "new" / "deeper" / "out"
     # --include: the members above InterOp's files are never read, so restore makes them itself.
-    proc = _under_umask_000("restore", str(archive), str(out), "--include", f"{run.name}/InterOp/*", cwd=tmp_path)
+    proc = run_cli("restore", str(archive), str(out), "--include", f"{run.name}/InterOp/*", cwd=tmp_path,
+                   prefix=UMASK_000)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / run.name / "InterOp").iterdir()) == sorted(
         p.name for p in (run / "InterOp").iterdir()
@@ -566,7 +557,7 @@ def test_a_sparse_file_is_restored_sparse(make_run, tmp_path: Path) -> None:
         f.truncate(size)
     archive = archived(run, str(tmp_path / "d"), tmp_path)
     out = tmp_path / "out"
-    proc = run_cli("restore", str(archive), str(out), cwd=tmp_path)
+    proc = run_in_process("restore", str(archive), str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     restored = out / run.name / "Data" / "sparse.bin"
     assert restored.read_bytes() == sparse.read_bytes()

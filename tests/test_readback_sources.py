@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import run_cli, tree
+from helpers import child_env, run_in_process, tree
 from readback_helpers import RUN, archive, archived, odd_novaseq, one_run_archived_twice, verified
 
 from sruns_stream.errors import DestinationError, RunFolderMissing, UsageError
@@ -138,7 +138,7 @@ def test_a_firestore_record_naming_a_local_file_is_refused_and_the_file_never_re
     for run, path in (("240101_SECRET", secret), (RUN, made["gz"])):
         for command in (("ls", run), ("verify", run), ("restore", run, str(tmp_path / "out")),
                         ("cat", run, f"{RUN}/RunInfo.xml")):
-            proc = run_cli(*command, "--config", str(conf), cwd=tmp_path)
+            proc = run_in_process(*command, "--config", str(conf), cwd=tmp_path)
             assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
             assert proc.stderr == (
                 f"sruns-stream: error: Firestore collection 'runs' says run {run} is stored at {str(path)!r}, "
@@ -149,7 +149,7 @@ def test_a_firestore_record_naming_a_local_file_is_refused_and_the_file_never_re
             assert not (tmp_path / "out").exists()
     # Not even a string: the same line, not a traceback.
     _firestore_documents(firestore, {"240101_NUMBER": {"storage": 42, "workflow_status": "complete"}})
-    proc = run_cli("verify", "240101_NUMBER", "--config", str(conf), cwd=tmp_path)
+    proc = run_in_process("verify", "240101_NUMBER", "--config", str(conf), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith(
         "sruns-stream: error: Firestore collection 'runs' says run 240101_NUMBER is stored at 42, not in GCS"
     ) and proc.stderr.count("\n") == 1, proc.stderr
@@ -159,7 +159,7 @@ def test_a_firestore_record_naming_a_local_file_is_refused_and_the_file_never_re
 @pytest.mark.timeout(60)
 def test_cli_verify_of_a_missing_gcs_object_is_a_failure(gcs, tmp_path: Path) -> None:
     url = f"gs://{gcs.bucket}/p/{RUN}/{RUN}.tar.gz"
-    proc = run_cli("verify", url, cwd=tmp_path)  # the subprocess inherits STORAGE_EMULATOR_HOST
+    proc = run_in_process("verify", url, cwd=tmp_path)  # the subprocess inherits STORAGE_EMULATOR_HOST
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith(f"sruns-stream: error: no archive at {url} (bucket '{gcs.bucket}')")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -360,15 +360,13 @@ def test_ctrl_c_during_a_download_backoff_stops_the_verify(made: dict[str, Path]
     import subprocess
     import sys
 
-    from helpers import REPO
-
     archive(made["run"], f"gs://{gcs.bucket}/p", tmp_path)
     proxy = _FailingDownloads(gcs.url)
     try:
-        env = dict(os.environ, PYTHONPATH=str(REPO), STORAGE_EMULATOR_HOST=proxy.url)
         proc = subprocess.Popen(
             [sys.executable, "-m", "sruns_stream", "verify", f"gs://{gcs.bucket}/p/{RUN}/{RUN}.tar.gz"],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=child_env({"STORAGE_EMULATOR_HOST": proxy.url}), cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )
         try:
             assert proxy.downloads.wait(60), "verify never tried to download"
@@ -406,7 +404,7 @@ def test_a_firestore_field_out_of_type_or_range_is_one_line(firestore, tmp_path:
                                            field: value}})
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({"firestore_collection": "runs", "sqlite_db": str(tmp_path / "empty.db")}))
-    proc = run_cli("verify", run, "--config", str(conf), cwd=tmp_path)
+    proc = run_in_process("verify", run, "--config", str(conf), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"sruns-stream: error: run {run}: its Firestore document's {field} is "), proc.stderr
     assert why in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

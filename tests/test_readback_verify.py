@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import run_in_process
 from readback_helpers import RUN, archive, copy_archive, flip, one_run_archived_twice, verified
 
 from sruns_stream.state.journal import Journal
@@ -159,7 +159,7 @@ def test_against_reports_what_changed_on_disk(made: dict[str, Path], tmp_path: P
 
 @pytest.mark.timeout(60)
 def test_cli_verify_exit_codes_and_json(made: dict[str, Path], tmp_path: Path) -> None:
-    good = run_cli("verify", str(made["gz"]), "--against", str(made["run"]), cwd=tmp_path)
+    good = run_in_process("verify", str(made["gz"]), "--against", str(made["run"]), cwd=tmp_path)
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith("OK: ")
 
@@ -168,18 +168,18 @@ def test_cli_verify_exit_codes_and_json(made: dict[str, Path], tmp_path: Path) -
     with tarfile.open(archive) as tf:
         info = tf.getmember(member)
     flip(archive, info.offset_data + 3)
-    bad = run_cli("verify", str(archive), "--json", cwd=tmp_path)
+    bad = run_in_process("verify", str(archive), "--json", cwd=tmp_path)
     assert bad.returncode == 1, bad.stderr
     doc = json.loads(bad.stdout)
     assert doc["ok"] is False and doc["problems"][0].startswith(f"{member}: crc32c ")
 
-    missing = run_cli("verify", str(tmp_path / "none.tar.gz"), cwd=tmp_path)
+    missing = run_in_process("verify", str(tmp_path / "none.tar.gz"), cwd=tmp_path)
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr == (
         f"sruns-stream: error: no archive at {tmp_path / 'none.tar.gz'} (nothing there): check the path\n"
     )
 
-    scheme = run_cli("verify", "gs:/bucket/run.tar.gz", cwd=tmp_path)
+    scheme = run_in_process("verify", "gs:/bucket/run.tar.gz", cwd=tmp_path)
     assert scheme.returncode == 2 and scheme.stderr.count("\n") == 1, scheme.stderr
     assert "is not a source sruns-stream reads" in scheme.stderr
     assert "gs://BUCKET/PREFIX/RUN/RUN.tar.gz" in scheme.stderr
@@ -253,7 +253,7 @@ def test_cli_lists_every_problem_up_to_the_limit_and_counts_the_rest(made: dict[
     with manifest.open("a") as f:
         for path in absent:
             f.write(f"{path}\t10\t0000abcd\tf\t0644\t1704067200\t\t0\n")
-    text = run_cli("verify", str(archive), cwd=tmp_path)
+    text = run_in_process("verify", str(archive), cwd=tmp_path)
     assert text.returncode == 1, text.stderr
     lines = text.stdout.splitlines()
     assert lines[0] == (f"FAILED: {archive}: {len(absent)} problems; first: {absent[0]}: "
@@ -262,7 +262,7 @@ def test_cli_lists_every_problem_up_to_the_limit_and_counts_the_rest(made: dict[
                                      for p in absent[1:MAX_PROBLEMS]]
     assert lines[MAX_PROBLEMS:] == [f"  … and 5 more (only the first {MAX_PROBLEMS} are listed)"]
 
-    doc = json.loads(run_cli("verify", str(archive), "--json", cwd=tmp_path).stdout)
+    doc = json.loads(run_in_process("verify", str(archive), "--json", cwd=tmp_path).stdout)
     assert doc["problem_count"] == len(absent) and doc["missing"] == len(absent)
     assert doc["problems"] == [f"{p}: listed in the manifest, missing from the archive" for p in absent[:MAX_PROBLEMS]]
     assert doc["damaged"] is False  # the archive's bytes are intact (its gzip CRC32 checks out)
@@ -276,12 +276,12 @@ def test_cli_json_says_damaged_for_altered_bytes_and_gives_crc32c_as_gcloud_does
 
     import google_crc32c
 
-    good = json.loads(run_cli("verify", str(made["gz"]), "--json", cwd=tmp_path).stdout)
+    good = json.loads(run_in_process("verify", str(made["gz"]), "--json", cwd=tmp_path).stdout)
     crc = google_crc32c.value(made["gz"].read_bytes())
     assert good["ok"] is True and good["damaged"] is False
     assert good["crc32c"] == f"{crc:08x}"
     assert good["crc32c_base64"] == base64.b64encode(crc.to_bytes(4, "big")).decode()
-    text = run_cli("verify", str(made["gz"]), cwd=tmp_path).stdout
+    text = run_in_process("verify", str(made["gz"]), cwd=tmp_path).stdout
     assert f"crc32c {crc:08x} (base64 {good['crc32c_base64']})" in text
 
     # A byte of a CBCL file, which `auto` stores verbatim: the gzip stream still inflates.
@@ -290,7 +290,7 @@ def test_cli_json_says_damaged_for_altered_bytes_and_gives_crc32c_as_gcloud_does
     at = archive.read_bytes().find(cbcl[len(cbcl) // 2 : len(cbcl) // 2 + 48])
     assert at > 0
     flip(archive, at + 24)
-    bad = run_cli("verify", str(archive), "--json", cwd=tmp_path)
+    bad = run_in_process("verify", str(archive), "--json", cwd=tmp_path)
     assert bad.returncode == 1
     doc = json.loads(bad.stdout)
     assert doc["ok"] is False and doc["damaged"] is True and doc["mismatched"] == 1
@@ -301,4 +301,4 @@ def test_cli_json_says_damaged_for_altered_bytes_and_gives_crc32c_as_gcloud_does
     with tarfile.open(tar) as tf:
         info = tf.getmember(f"{RUN}/RunInfo.xml")
     flip(tar, info.offset_data + 3)
-    assert json.loads(run_cli("verify", str(tar), "--json", cwd=tmp_path).stdout)["damaged"] is True
+    assert json.loads(run_in_process("verify", str(tar), "--json", cwd=tmp_path).stdout)["damaged"] is True

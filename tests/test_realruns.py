@@ -7,7 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import gnu_untar, gzip_ok, realruns_dir, run_cli, tree
+from helpers import gnu_untar, gzip_ok, realruns_dir, run_in_process, tree
+
+# Every real run piece archived and untarred: together, seconds.
+pytestmark = pytest.mark.slow
 
 REALRUNS = realruns_dir()
 PIECES = sorted(p.name for p in REALRUNS.iterdir() if p.is_dir()) if REALRUNS else []
@@ -20,7 +23,7 @@ def test_real_run_piece_round_trips(piece: str, tmp_path: Path) -> None:
     assert REALRUNS is not None
     run = tmp_path / piece
     shutil.copytree(REALRUNS / piece, run, symlinks=True)
-    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "d"), "--json", cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     archive = Path(json.loads(proc.stdout)["location"])
     gzip_ok(archive)

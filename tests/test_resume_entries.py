@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from faultproxy import Exchange, Fault, FaultProxy, resent
-from helpers import gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import journal_row, run_in_process, start_cli, untars_to_the_input, wait_until
 
 from sruns_stream.runfolder.scan import fingerprint
 from sruns_stream.state.journal import Journal
@@ -34,18 +34,10 @@ PREFIX = "runs"
 
 def _reference(run: Path, tmp_path: Path) -> bytes:
     """The archive of one uninterrupted stream to a local directory."""
-    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS, "--journal",
-                   str(tmp_path / "ref.db"), cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "ref"), *FLAGS, "--journal",
+                          str(tmp_path / "ref.db"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return Path(json.loads(proc.stdout)["location"]).read_bytes()
-
-
-def _untars_to_the_input(data: bytes, run: Path, tmp_path: Path) -> None:
-    path = tmp_path / "download.tar.gz"
-    path.write_bytes(data)
-    gzip_ok(path)
-    gnu_untar(path, tmp_path / "out")
-    assert tree(tmp_path / "out" / run.name) == tree(run)
 
 
 def _kill_with_entries_held(proc: subprocess.Popen[str], proxy: FaultProxy, held: Path) -> None:
@@ -102,7 +94,7 @@ def test_kill_9_twice_before_the_entries_commit_resumes_the_same_session_resendi
 
         proxy.epoch = 2
         env.pop("SRUNS_TEST_HOLD_ENTRIES")
-        proc = run_cli(*args, cwd=tmp_path, env=env)
+        proc = run_in_process(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
 
@@ -110,7 +102,7 @@ def test_kill_9_twice_before_the_entries_commit_resumes_the_same_session_resendi
     assert result["resumed_from_archive"] == server_has
     data = gcs.download(f"{PREFIX}/{run.name}/{run.name}.tar.gz")
     assert data == reference
-    _untars_to_the_input(data, run, tmp_path)
+    untars_to_the_input(data, run, tmp_path)
     # On the wire: one session for all three processes; crash 1 lost the half chunk in
     # flight, crash 2 nothing (the server had it).
     uploads = _uploads(proxy)
@@ -119,7 +111,7 @@ def test_kill_9_twice_before_the_entries_commit_resumes_the_same_session_resendi
     assert [resent(proxy.log, 1), resent(proxy.log, 2)] == [CHUNK // 2, 0]
     # The entries are in the journal now: the next run proves the folder archived from them.
     assert _entries_committed(db, run.name)
-    again = run_cli(*args, cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": gcs.url})
+    again = run_in_process(*args, cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": gcs.url})
     assert again.returncode == 0 and json.loads(again.stdout)["already_complete"], again.stderr
 
 
@@ -148,13 +140,13 @@ def test_a_kill_before_the_entries_commit_during_a_parallel_upload_resends_at_mo
 
         proxy.epoch = 1
         env.pop("SRUNS_TEST_HOLD_ENTRIES")
-        proc = run_cli(*args, cwd=tmp_path, env=env)
+        proc = run_in_process(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
 
     assert "starting from zero" not in proc.stderr
     data = gcs.download(f"{PREFIX}/{run.name}/{run.name}.tar.gz")
     assert data == reference
-    _untars_to_the_input(data, run, tmp_path)
+    untars_to_the_input(data, run, tmp_path)
     # Every segment's bytes went once, but for at most one chunk in flight per stream.
     assert sum(e.received for e in _uploads(proxy)) - len(reference) <= streams * CHUNK
     assert resent(proxy.log, 1) <= streams * CHUNK
@@ -195,12 +187,12 @@ def test_a_kill_with_part_of_the_entries_committed_resumes_only_an_unchanged_fol
 
         proxy.epoch = 1
         env.pop("SRUNS_TEST_HOLD_ENTRIES")
-        proc = run_cli(*args, cwd=tmp_path, env=env)
+        proc = run_in_process(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
 
     data = gcs.download(f"{PREFIX}/{run.name}/{run.name}.tar.gz")
-    _untars_to_the_input(data, run, tmp_path)
+    untars_to_the_input(data, run, tmp_path)
     sessions = {e.session for e in _uploads(proxy)}
     if change == "none":
         assert result["restart_reason"] is None and result["resumed_from_archive"] == 2 * CHUNK
@@ -234,7 +226,7 @@ def test_a_kill_after_the_last_request_committed_before_the_entries_commit_sends
         # the emulator forgets the session (404), so the proxy answers as GCS does.
         proxy.add(Fault("status", target="query", status=200, body=json.dumps(committed).encode()))
         env.pop("SRUNS_TEST_HOLD_ENTRIES")
-        proc = run_cli(*args, cwd=tmp_path, env=env)
+        proc = run_in_process(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
     assert "starting from zero" not in proc.stderr
     assert json.loads(proc.stdout)["resumed_from_archive"] == len(reference)

@@ -23,7 +23,15 @@ from pathlib import Path
 import google_crc32c
 import pytest
 from faultproxy import Fault, FaultProxy, resent
-from helpers import gnu_untar, gzip_ok, journal_row, run_cli, start_cli, tree, wait_until
+from helpers import (
+    journal_row,
+    kill_at_hold,
+    run_in_process,
+    start_cli,
+    tree,
+    untars_to_the_input,
+    wait_until,
+)
 
 from sruns_stream.archiver.run import archive_run
 from sruns_stream.config import ArchiveOptions
@@ -49,7 +57,7 @@ def _run_with_a_big_file(make_run, size: int = 10 << 20, big: int = 7 << 20, see
 
 def _archive(run: Path, dest: str, db: Path, cwd: Path, *extra: str, env: dict[str, str] | None = None
              ) -> subprocess.CompletedProcess[str]:
-    return run_cli("archive", str(run), "--dest", dest, *FLAGS, *extra, "--journal", str(db), cwd=cwd, env=env)
+    return run_in_process("archive", str(run), "--dest", dest, *FLAGS, *extra, "--journal", str(db), cwd=cwd, env=env)
 
 
 def _reference(run: Path, tmp_path: Path) -> tuple[bytes, bytes]:
@@ -70,22 +78,6 @@ def _manifest_blob(run: Path) -> str:
 
 def _index_blob(run: Path) -> str:
     return f"{PREFIX}/{run.name}/{run.name}.index.tsv"
-
-
-def _untars_to_the_input(data: bytes, run: Path, tmp_path: Path, label: str) -> None:
-    path = tmp_path / f"{label}.tar.gz"
-    path.write_bytes(data)
-    gzip_ok(path)
-    gnu_untar(path, tmp_path / f"{label}.out")
-    assert tree(tmp_path / f"{label}.out" / run.name) == tree(run)
-
-
-def _kill_at_hold(proc: subprocess.Popen[str], proxy: FaultProxy) -> None:
-    wait_until(lambda: proxy.holds.held.is_set(), "a request held by the proxy", proc=proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    proxy.release()
 
 
 def _upload(gcs, name: str, data: bytes) -> None:
@@ -122,7 +114,7 @@ def test_streams_1_2_and_7_give_the_same_object_which_untars_to_the_input(gcs, m
             assert len(segments) >= 3
             big = (run / "Data" / "big.bin").stat().st_size
             assert big > 2 * max(s["raw_end"] - s["raw_start"] for s in segments)  # spans 3+ segments
-    _untars_to_the_input(gcs.download(_blob(run)), run, tmp_path, "streams")
+    untars_to_the_input(gcs.download(_blob(run)), run, tmp_path, "streams")
 
 
 def journal_rows_of(db: Path, run: str) -> list[dict[str, int]]:
@@ -153,13 +145,13 @@ def test_kill_9_twice_during_a_parallel_upload_then_the_same_command_gives_the_s
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         # Crash 1 while the 6th chunk (of any segment) is half sent.
         proxy.add(Fault("hold", nth=6))
-        _kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
+        kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
         # Crash 2 after a chunk reached the server, before its answer reached the client.
         proxy.epoch = 1
         proxy.add(Fault("hold_stored", nth=5))
-        _kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
+        kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
         proxy.epoch = 2
-        proc = run_cli(*args, cwd=tmp_path, env=env)
+        proc = run_in_process(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["resumed_from_raw"] > 0 or "resum" in proc.stderr
     data = gcs.download(_blob(run))
@@ -209,13 +201,13 @@ def test_a_crash_after_compose_before_the_temporaries_are_deleted_leaves_no_orph
     with FaultProxy(gcs.url) as proxy:
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         proxy.add(Fault("hold", target="delete"))
-        _kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
+        kill_at_hold(start_cli(*args, cwd=tmp_path, env=env), proxy)
         assert any(e.target == "compose" for e in proxy.log)
         names = gcs.names()
         assert _blob(run) in names and any(f"/{PARTS_FOLDER}/" in n for n in names)
         assert journal_row(db, run.name)["status"] != "complete"
         proxy.epoch = 1
-        proc = run_cli(*args, cwd=tmp_path, env=env)
+        proc = run_in_process(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
         # Composed already: the next run finishes the job, it does not upload again.
         assert not [e for e in proxy.exchanges("chunk", epoch=1)]
@@ -235,14 +227,14 @@ def test_a_segment_whose_crc32c_does_not_match_fails_loudly_and_the_next_run_men
             "--journal", str(db))
     with FaultProxy(gcs.url) as proxy:
         proxy.add(Fault("corrupt", nth=3))  # one byte flipped in a chunk of some segment
-        proc = run_cli(*args, cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": proxy.url})
+        proc = run_in_process(*args, cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": proxy.url})
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("sruns-stream: error: ") and "crc32c" in lines[-1], proc.stderr
     assert f"/{PARTS_FOLDER}/" in lines[-1]  # names the temporary that came out wrong
     assert gcs.resource(_blob(run)) is None  # nothing under the archive's name
     assert "crc32c" in journal_row(db, run.name)["last_error"]
-    proc = run_cli(*args, cwd=tmp_path)
+    proc = run_in_process(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert gcs.download(_blob(run)) == reference
     assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
@@ -284,22 +276,22 @@ def test_volumes_on_gcs_concatenate_to_the_archive_and_verify_and_restore_name_a
     again = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--streams", "2", "--volume-size", "1M")
     assert again.returncode == 0 and json.loads(again.stdout)["already_complete"], again.stderr
 
-    verify = run_cli("verify", run.name, "--journal", str(db), cwd=tmp_path)
+    verify = run_in_process("verify", run.name, "--journal", str(db), cwd=tmp_path)
     assert verify.returncode == 0, verify.stderr + verify.stdout
     restored = tmp_path / "restored"
-    restore = run_cli("restore", f"gs://{gcs.bucket}/{_blob(run)}", str(restored), cwd=tmp_path)
+    restore = run_in_process("restore", f"gs://{gcs.bucket}/{_blob(run)}", str(restored), cwd=tmp_path)
     assert restore.returncode == 0, restore.stderr + restore.stdout
     assert tree(restored / run.name) == tree(run)
 
     # A truncated volume, then a missing one: verify names it.
     second = gcs.download(vols[1])
     _upload(gcs, vols[1], second[: len(second) // 2])
-    verify = run_cli("verify", run.name, "--journal", str(db), cwd=tmp_path)
+    verify = run_in_process("verify", run.name, "--journal", str(db), cwd=tmp_path)
     assert verify.returncode == 1
     assert f"gs://{gcs.bucket}/{vols[1]} (volume 2 of {len(vols)})" in verify.stdout + verify.stderr
     assert "truncated" in verify.stdout + verify.stderr
     _delete(gcs, vols[1])
-    verify = run_cli("verify", run.name, "--journal", str(db), cwd=tmp_path)
+    verify = run_in_process("verify", run.name, "--journal", str(db), cwd=tmp_path)
     assert verify.returncode == 1
     assert f"gs://{gcs.bucket}/{vols[1]} (volume 2 of {len(vols)}) is missing" in verify.stdout + verify.stderr
     # And the archive command no longer calls the run archived: it archives it again.
@@ -322,6 +314,7 @@ def test_a_single_object_archive_replaces_earlier_volumes(gcs, make_run, tmp_pat
     assert gcs.download(_blob(run)) == reference
 
 
+@pytest.mark.slow  # kills a real process
 @pytest.mark.timeout(300)
 def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_one_is_named(
     make_run, tmp_path: Path
@@ -339,7 +332,7 @@ def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert journal_row(db, run.name)["durable_offset"] > 2 << 20
-    done = run_cli(*args, cwd=tmp_path)
+    done = run_in_process(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["resumed_from_archive"] > 2 << 20
@@ -360,9 +353,9 @@ def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_
     ]
     assert json.loads(journal_row(db, run.name)["volumes"]) == [str(p) for p in vols]
 
-    verify = run_cli("verify", run.name, "--journal", str(db), cwd=tmp_path)
+    verify = run_in_process("verify", run.name, "--journal", str(db), cwd=tmp_path)
     assert verify.returncode == 0, verify.stderr + verify.stdout
-    restore = run_cli("restore", str(vols[0]), str(tmp_path / "restored"), cwd=tmp_path)  # one volume named
+    restore = run_in_process("restore", str(vols[0]), str(tmp_path / "restored"), cwd=tmp_path)  # one volume named
     assert restore.returncode == 0, restore.stderr + restore.stdout
     assert tree(tmp_path / "restored" / run.name) == tree(run)
 
@@ -370,14 +363,14 @@ def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_
     flipped = bytearray(original)
     flipped[len(flipped) // 2] ^= 0xFF
     vols[1].write_bytes(bytes(flipped))
-    verify = run_cli("verify", str(folder), cwd=tmp_path)
+    verify = run_in_process("verify", str(folder), cwd=tmp_path)
     assert verify.returncode == 1
     assert f"{vols[1]} (volume 2 of {len(vols)})" in verify.stdout + verify.stderr
     vols[1].unlink()
-    verify = run_cli("verify", str(folder), cwd=tmp_path)
+    verify = run_in_process("verify", str(folder), cwd=tmp_path)
     assert verify.returncode == 1 and f"{vols[1]} (volume 2 of {len(vols)}) is missing" in verify.stdout
     vols[1].write_bytes(original)
-    assert run_cli("verify", str(folder), cwd=tmp_path).returncode == 0
+    assert run_in_process("verify", str(folder), cwd=tmp_path).returncode == 0
 
 
 def test_the_volume_listing_reads_back_what_it_wrote_and_refuses_what_it_is_not() -> None:

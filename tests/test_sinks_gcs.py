@@ -9,8 +9,6 @@ a fake used only for that; everything else is the emulator's own behaviour.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +17,16 @@ from typing import Any
 import google_crc32c
 import pytest
 from faultproxy import Exchange, Fault, FaultProxy, resent
-from helpers import gnu_untar, gzip_ok, journal_row, run_cli, sigterm_once_past, start_cli, tree, wait_until
+from helpers import (
+    gnu_untar,
+    gzip_ok,
+    journal_row,
+    kill_at_hold,
+    run_in_process,
+    sigterm_once_past,
+    start_cli,
+    tree,
+)
 
 from sruns_stream import __version__
 from sruns_stream.archiver.run import archive_run
@@ -66,16 +73,6 @@ def _untars_to(data: bytes, run: Path, tmp_path: Path, name: str = "download.tar
 
 def _start(run: Path, dest: str, db: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     return start_cli("archive", str(run), "--dest", dest, "--journal", str(db), *FLAGS, cwd=cwd, env=env)
-
-
-def _kill_at_hold(proc: subprocess.Popen[str], proxy: FaultProxy) -> None:
-    """SIGKILL the archive while the proxy holds one of its requests (deterministic: no
-    race with the upload finishing first), then let the held request end."""
-    wait_until(lambda: proxy.holds.held.is_set(), "a request held by the proxy", proc=proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    proxy.release()
 
 
 # -- the sink on its own ------------------------------------------------------------------
@@ -130,14 +127,14 @@ def test_archive_to_gs_equals_the_local_archive_and_untars_to_the_input(
     gcs, make_run, tmp_path: Path, prefix: str, flags: tuple[str, ...], ext: str, content_type: str
 ) -> None:
     run = make_run("miseq", 3 << 20)
-    local = run_cli("archive", str(run), "--dest", str(tmp_path / "local"), *FLAGS, *flags,
-                    "--journal", str(tmp_path / "local.db"), cwd=tmp_path)
+    local = run_in_process("archive", str(run), "--dest", str(tmp_path / "local"), *FLAGS, *flags,
+                           "--journal", str(tmp_path / "local.db"), cwd=tmp_path)
     assert local.returncode == 0, local.stderr
     local_archive = Path(json.loads(local.stdout)["location"])
 
     db = tmp_path / "sruns.db"
     dest = f"gs://{gcs.bucket}/{prefix}" if prefix else f"gs://{gcs.bucket}"
-    proc = run_cli("archive", str(run), "--dest", dest, *FLAGS, *flags, "--journal", str(db), cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", dest, *FLAGS, *flags, "--journal", str(db), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     blob = _blob(run, prefix, ext)
@@ -189,21 +186,21 @@ def test_kill_9_twice_mid_upload_then_resume_gives_the_same_object_resending_at_
 
         # Crash 1 in the middle of the 5th chunk: that chunk never reaches the server.
         proxy.add(Fault("hold", nth=5))
-        _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
+        kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
         assert 0 < journal_row(db, run.name)["durable_offset"] <= 4 * CHUNK
 
         # Crash 2 after the 4th chunk of the next run reached the server, before its
         # answer reached us: the server is now ahead of the journal.
         proxy.epoch = 1
         proxy.add(Fault("hold_stored", nth=4))
-        _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
+        kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
         held = proxy.exchanges("chunk", epoch=1)[-1]
         assert held.start is not None
         server_has = held.start + held.received
         assert journal_row(db, run.name)["durable_offset"] <= held.start < server_has
 
         proxy.epoch = 2
-        proc = run_cli("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
+        proc = run_in_process("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
 
@@ -232,12 +229,12 @@ def test_a_crash_after_the_last_request_committed_finishes_without_sending_again
     with FaultProxy(gcs.url) as proxy:
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         proxy.add(Fault("hold_stored", target="final"))
-        _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
+        kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
         committed = gcs.resource(_blob(run))
         assert committed is not None and int(committed["size"]) == len(reference)
         proxy.epoch = 1
         proxy.add(Fault("status", target="query", status=200, body=json.dumps(committed).encode()))
-        proc = run_cli("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
+        proc = run_in_process("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["resumed_from_archive"] == len(reference)
     assert proxy.exchanges("chunk", epoch=1) == [] and proxy.exchanges("final", epoch=1) == []
@@ -265,7 +262,7 @@ def test_sigterm_mid_upload_at_many_moments_exits_130_and_ends_in_the_same_objec
             break
         stopped += 1
     assert stopped >= 2
-    proc = run_cli("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
+    proc = run_in_process("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert gcs.download(_blob(run)) == reference
 
@@ -412,7 +409,7 @@ def test_an_expired_session_starts_a_new_one_from_zero(gcs, make_run, tmp_path: 
     with FaultProxy(gcs.url) as proxy:
         env = {"STORAGE_EMULATOR_HOST": proxy.url}
         proxy.add(Fault("hold", nth=4))
-        _kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
+        kill_at_hold(_start(run, dest, db, env, tmp_path), proxy)
         old_state = json.loads(journal_row(db, run.name)["sink_state"])
         assert journal_row(db, run.name)["durable_offset"] > 0
         if how == "older-than-7-days":
@@ -428,7 +425,7 @@ def test_an_expired_session_starts_a_new_one_from_zero(gcs, make_run, tmp_path: 
         else:
             gcs.forget_sessions()
             said = "(expired or cancelled): starting a new session from zero"
-        proc = run_cli("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
+        proc = run_in_process("archive", str(run), "--dest", dest, *FLAGS, "--journal", str(db), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert said in proc.stderr
     assert "upload_id" not in proc.stderr
@@ -446,8 +443,8 @@ def test_a_corrupted_chunk_fails_the_run_and_leaves_no_object(gcs, make_run, tmp
     db = tmp_path / "sruns.db"
     with FaultProxy(gcs.url) as proxy:
         proxy.add(Fault("corrupt", nth=2))
-        proc = run_cli("archive", str(run), "--dest", f"gs://{gcs.bucket}/{PREFIX}", *FLAGS,
-                       "--journal", str(db), cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": proxy.url})
+        proc = run_in_process("archive", str(run), "--dest", f"gs://{gcs.bucket}/{PREFIX}", *FLAGS,
+                              "--journal", str(db), cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": proxy.url})
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sruns-stream: error: ")
@@ -480,8 +477,8 @@ def test_gcs_refusing_the_last_request_for_its_crc32c_is_an_integrity_error(
 @pytest.mark.timeout(60)
 def test_a_missing_bucket_is_one_clear_line_and_exit_1(gcs, make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
-    proc = run_cli("archive", str(run), "--dest", "gs://no-such-bucket/runs", *FLAGS,
-                   "--journal", str(tmp_path / "sruns.db"), cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--dest", "gs://no-such-bucket/runs", *FLAGS,
+                          "--journal", str(tmp_path / "sruns.db"), cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         (

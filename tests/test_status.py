@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import INTERRUPTED_LINE, journal_row, run_cli, start_cli, wait_until
+from helpers import INTERRUPTED_LINE, journal_row, run_cli, run_in_process, start_cli, wait_until
 
 BLOCK_FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "1")
 
@@ -26,7 +26,7 @@ def _listing(root: Path) -> list[str]:
 def test_status_never_creates_a_journal(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_cli("status", cwd=empty)
+    proc = run_in_process("status", cwd=empty)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert f"no journal at {empty / 'sruns.db'}" in proc.stderr
@@ -35,7 +35,7 @@ def test_status_never_creates_a_journal(tmp_path: Path) -> None:
     conf.write_text(json.dumps({"sqlite_db": str(tmp_path / "state" / "sruns.db")}))
     for args in (("status", "--config", str(conf)), ("status", "--journal", str(empty / "x.db"), "--json"),
                  ("status", "--watch", "--journal", str(empty / "x.db")), ("retry", "RUN", "--config", str(conf))):
-        proc = run_cli(*args, cwd=empty)
+        proc = run_in_process(*args, cwd=empty)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (args, proc.stderr)
         assert "no journal at " in proc.stderr and "Traceback" not in proc.stderr
     assert _listing(tmp_path) == ["conf.json", "empty"]
@@ -54,8 +54,8 @@ def test_a_running_archive_shows_percent_rate_and_eta_and_a_clean_stop_is_no_err
     os.kill(proc.pid, signal.SIGSTOP)  # it stays where it is while we look: no race with its end
     try:
         row = journal_row(db, run.name)
-        view = json.loads(run_cli("status", run.name, "--json", cwd=tmp_path).stdout)[0]
-        text = run_cli("status", "--journal", str(db), cwd=tmp_path).stdout
+        view = json.loads(run_in_process("status", run.name, "--json", cwd=tmp_path).stdout)[0]
+        text = run_in_process("status", "--journal", str(db), cwd=tmp_path).stdout
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         os.kill(proc.pid, signal.SIGCONT)
@@ -77,18 +77,19 @@ def test_a_running_archive_shows_percent_rate_and_eta_and_a_clean_stop_is_no_err
     # Stopped on purpose: no error recorded, the stop dated, and status says so.
     row = journal_row(db, run.name)
     assert row["status"] == "not_running" and row["last_error"] is None and row["interrupted_at"]
-    view = json.loads(run_cli("status", run.name, "--journal", str(db), "--json", cwd=tmp_path).stdout)[0]
+    view = json.loads(run_in_process("status", run.name, "--journal", str(db), "--json", cwd=tmp_path).stdout)[0]
     assert view["interrupted"] is True and view["running"] is False and view["last_error"] is None
     assert 0 < view["percent"] < 100
-    text = run_cli("status", run.name, "--journal", str(db), cwd=tmp_path).stdout
+    text = run_in_process("status", run.name, "--journal", str(db), cwd=tmp_path).stdout
     assert f"{run.name}  not_running: stopped (resumes at the next attempt)" in text
     assert "error" not in text and "  stopped    " in text
 
 
+@pytest.mark.slow  # signals a real process
 @pytest.mark.timeout(60)
 def test_watch_refreshes_until_ctrl_c_and_exits_0(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
-    assert run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), cwd=tmp_path).returncode == 0
+    assert run_in_process("archive", str(run), "--dest", str(tmp_path / "dest"), cwd=tmp_path).returncode == 0
     proc = start_cli("status", "--watch", "--json", "--interval", "0.1", cwd=tmp_path)
     assert proc.stdout is not None
     frames = [json.loads(proc.stdout.readline()) for _ in range(3)]
@@ -114,12 +115,12 @@ def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make
         "cycle_pause_sec": 1, "sentinal_file_age_minutes": 0, "max_attempts": 1, "threads": 2,
     }))
     assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
-    view = json.loads(run_cli("status", "--config", str(conf), "--json", cwd=tmp_path).stdout)[0]
+    view = json.loads(run_in_process("status", "--config", str(conf), "--json", cwd=tmp_path).stdout)[0]
     assert view["gave_up"] is True and view["failures"] == 1
     assert view["attempts"] == 1  # the failed attempt counts, though it failed before its stream started
     assert view["last_error"] and "cannot write" in view["last_error"]
     dt.datetime.fromisoformat(view["gave_up_at"])
-    text = run_cli("status", "--config", str(conf), cwd=tmp_path).stdout
+    text = run_in_process("status", "--config", str(conf), cwd=tmp_path).stdout
     assert "not_running: gave up" in text and f"sruns-stream retry {run.name}" in text
 
     # Given up: another pass leaves it alone, even with the cause fixed.
@@ -127,7 +128,7 @@ def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make
     assert run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path).returncode == 0
     assert journal_row(tmp_path / "sruns.db", run.name)["gave_up_at"] is not None and not dest.exists()
 
-    retried = run_cli("retry", run.name, "--config", str(conf), cwd=tmp_path)
+    retried = run_in_process("retry", run.name, "--config", str(conf), cwd=tmp_path)
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.startswith(f"{run.name}: eligible again; the daemon had given up after 1 failed attempts")
     row = journal_row(tmp_path / "sruns.db", run.name)
@@ -139,7 +140,7 @@ def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make
 
     # Nothing to retry: archived, or not in the journal. One line each, exit 2.
     for name, words in ((run.name, "is archived (complete)"), ("NO_SUCH_RUN", "is not in the journal")):
-        proc = run_cli("retry", name, "--config", str(conf), cwd=tmp_path)
+        proc = run_in_process("retry", name, "--config", str(conf), cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
 
 

@@ -111,7 +111,8 @@ def redirecting() -> Iterator[tuple[dict[str, Any], str]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for the loop's next poll: 0.5 s by default, in every test's teardown.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
         yield state, f"http://127.0.0.1:{server.server_address[1]}/hook"
     finally:
@@ -126,6 +127,7 @@ def archived(run: str = RUN) -> MailEvent:
 # -- the exchange's deadline ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # waits out a real 1 s deadline
 @pytest.mark.timeout(20)  # the old code hangs here for as long as the server trickles
 def test_a_trickling_webhook_is_cut_off_at_the_deadline(trickle: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="sruns_stream.daemon.webhook")
@@ -141,6 +143,7 @@ def test_a_trickling_webhook_is_cut_off_at_the_deadline(trickle: Any, caplog: py
     assert server.hung_up.wait(10)  # and the connection was really given up
 
 
+@pytest.mark.slow  # waits out a real 1 s deadline
 @pytest.mark.timeout(20)
 def test_a_trickling_smtp_server_is_cut_off_at_the_deadline(trickle: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="sruns_stream.daemon.notify")

@@ -41,7 +41,8 @@ def webhook() -> Iterator[tuple[Inbox, str]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for the loop's next poll: 0.5 s by default, in every test's teardown.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
         yield inbox, f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-token"
