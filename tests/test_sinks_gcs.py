@@ -22,6 +22,7 @@ from helpers import (
     gzip_ok,
     journal_row,
     kill_at_hold,
+    run_cli,
     run_in_process,
     sigterm_once_past,
     start_cli,
