@@ -169,9 +169,15 @@ def test_the_daemon_moves_a_run_archived_with_exclusions_but_sweeps_it_only_when
 # Each leaves out everything at the top of a run folder, RunInfo.xml and the markers with
 # it ("*/" is "*": a trailing "/" is dropped); the old code archived 0 files and said OK.
 EVERYTHING = ("*", "?*", "*/", "[!x]*", "**")
-# Leaves every directory and RunInfo.xml in, but no data file: what is below the
-# directories, and the one data file at the top of a MiSeq run (its sample sheet).
-NO_DATA = ("*/*", "SampleSheet.csv")
+# Each leaves out everything below the top of a run folder, its data with it; the old
+# code archived the top-level files alone and said OK.
+EVERYTHING_BELOW = ("*/*", "**/*", "?*/*", "*/**")
+
+
+def _every_folder(run: Path) -> list[str]:
+    """Each folder at the top of ``run`` by name: no pattern alone leaves out all the
+    data, together they do (only the sample sheet and the identity files are left)."""
+    return sorted(p.name for p in run.iterdir() if p.is_dir())
 
 
 @pytest.mark.timeout(60)
@@ -187,6 +193,24 @@ def test_a_pattern_that_leaves_out_the_run_identity_is_refused_in_one_line(
         assert f"--exclude: {pattern!r} would leave out RunInfo.xml" in proc.stderr
         assert "never left out" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "dest").exists() and not (tmp_path / "sruns.db").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pattern", EVERYTHING_BELOW)
+def test_a_pattern_that_leaves_out_everything_below_the_top_is_refused_in_one_line(
+    make_run, tmp_path: Path, pattern: str
+) -> None:
+    run = make_run("miseq", 1 << 20)
+    for extra in ((), ("--dry-run",)):
+        proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "dest"), "--exclude", pattern, *extra,
+                              cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"--exclude: {pattern!r} would leave out everything below the run folder's top" in proc.stderr
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"local_dest": str(tmp_path / "dest"), "exclude": [pattern]}))
+    proc = run_in_process("archive", str(run), "--config", str(conf), cwd=tmp_path)
+    assert proc.returncode == 2 and "would leave out everything below" in proc.stderr, proc.stderr
+    assert not (tmp_path / "dest").exists()
 
 
 @pytest.mark.timeout(60)
@@ -210,15 +234,18 @@ def test_exclusions_that_leave_none_of_the_data_are_refused_before_anything_is_w
     make_run, tmp_path: Path
 ) -> None:
     run = make_run("miseq", 1 << 20)
+    folders = _every_folder(run)
+    assert len(folders) >= 3 and (run / "SampleSheet.csv").is_file()
     args = ["archive", str(run), "--dest", str(tmp_path / "dest")]
-    for p in NO_DATA:
+    for p in folders:
         args += ["--exclude", p]
     dry = run_in_process(*args, "--dry-run", cwd=tmp_path)
     proc = run_in_process(*args, cwd=tmp_path)
     for refused in (dry, proc):
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-        assert f"{run.name}: exclude */*, SampleSheet.csv would leave out all of the run's data (such as " \
+        assert f"{run.name}: exclude {', '.join(folders)} would leave out all of the run's data (such as " \
                f"{run.name}/" in refused.stderr
+        assert "nothing but files at the top of the run folder" in refused.stderr
     assert not (tmp_path / "dest").exists()
     row = journal_row(tmp_path / "sruns.db", run.name)
     assert row["status"] != "complete" and "all of the run's data" in row["last_error"]
@@ -265,7 +292,7 @@ def test_the_daemon_marks_a_run_failed_when_its_exclusions_leave_no_data(tmp_pat
     conf.write_text(json.dumps({
         "watchdir": str(watch), "completed_runs_dir": str(tmp_path / "completed"),
         "sqlite_db": str(tmp_path / "sruns.db"), "local_dest": str(tmp_path / "archives"), "cycle_pause_sec": 1,
-        "sentinal_file_age_minutes": 0, "sweep_age_sec": 1, "exclude": list(NO_DATA), "sweep_excluded": True,
+        "sentinal_file_age_minutes": 0, "sweep_age_sec": 1, "exclude": _every_folder(run), "sweep_excluded": True,
         "threads": 2,
     }))
     proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)

@@ -10,9 +10,11 @@ directory that matches is not walked at all. A trailing ``/`` is dropped (so ``*
 What identifies a run and says it finished (`IDENTITY`: ``RunInfo.xml``, the run
 parameters, the completion markers `completion` reads) is never left out: a pattern that
 matches one of those names at the top of a run folder (``*``, ``?*``, ``**``, ``*.xml``)
-is refused where it is read (`check_patterns`). Nor is all of a run's data: once the run
-is scanned, `check_leaves_run` refuses exclusions after which the archive would hold
-nothing but those files, or without one of them that the folder has.
+is refused where it is read (`check_patterns`), and so is a pattern that matches
+everything below the top (``*/*``, ``**/*``). Nor is all of a run's data: once the run is
+scanned, `check_leaves_run` refuses exclusions after which the archive would hold none of
+the files in the run's folders (only top-level files such as a sample sheet), or would
+lack an identity file that the folder has.
 
 Exclusions change the archive's bytes, so they are part of what a resume compares
 (`archive.stream_params`), and they are written into the manifest's header, so `verify
@@ -48,6 +50,9 @@ _MARKERS = CompletionRules()
 IDENTITY = ("RunInfo.xml", "RunParameters.xml", "runParameters.xml", _MARKERS.status_file,
             *_MARKERS.copy_markers, *_MARKERS.rta_markers)
 _EXAMPLES = "examples: Thumbnail_Images, Logs/*, *.jpg"
+# A path below the top that no narrow pattern names (no known folder, no extension): a
+# pattern matching it matches everything in every folder of the run (``*/*``, ``**/*``).
+_ANY_NESTED = b"zq0Vx7/zq0Vx7/zq0Vx7"
 
 
 def check_patterns(patterns: Iterable[str], where: str = "exclude") -> tuple[str, ...]:
@@ -70,6 +75,11 @@ def check_patterns(patterns: Iterable[str], where: str = "exclude") -> tuple[str
                 f"{where}: {pattern!r} would leave out {_names(hits)}: what identifies the run and marks it "
                 f"finished is never left out; name what to leave out more narrowly ({_EXAMPLES})"
             )
+        if matcher((p,))(_ANY_NESTED):
+            raise UsageError(
+                f"{where}: {pattern!r} would leave out everything below the run folder's top (its data: "
+                f"Data/, InterOp/, ...); name what to leave out more narrowly ({_EXAMPLES})"
+            )
         out.add(p)
     return tuple(sorted(out))
 
@@ -88,14 +98,22 @@ def check_leaves_run(manifest: Manifest, patterns: Iterable[str]) -> None:
             f"{name}: exclude {shown} would leave out {_names(lost)}: what identifies the run and marks it "
             f"finished is never left out; narrow the patterns ({_EXAMPLES})"
         )
-    identity = {os.fsencode(n) for n in IDENTITY}
-    if any(e.kind == FILE and e.rel not in identity for e in manifest.entries):
+    # The data is in the run's folders (Data/, InterOp/, ...): an archive that keeps none
+    # of the files below the top while the folder has some holds only a sample sheet and
+    # the like. Only for a run with nothing below its top do top-level files count.
+    if any(e.kind == FILE and b"/" in e.rel for e in manifest.entries):
         return
-    example = next(_files(manifest.root.parent, manifest.excluded), None)
+    parent = manifest.root.parent
+    example = next((f for f in _files(parent, manifest.excluded) if f.count("/") >= 2), None)
+    if example is None:
+        identity = {os.fsencode(n) for n in IDENTITY}
+        if any(e.kind == FILE and e.rel not in identity for e in manifest.entries):
+            return
+        example = next(_files(parent, manifest.excluded), None)
     if example is not None:
         raise UsageError(
             f"{name}: exclude {shown} would leave out all of the run's data (such as {example}): the archive "
-            f"would hold nothing but what identifies the run; narrow the patterns ({_EXAMPLES})"
+            f"would hold nothing but files at the top of the run folder; narrow the patterns ({_EXAMPLES})"
         )
 
 
