@@ -78,6 +78,9 @@ def _set_manifest_field(folder: Path, member: str, column: str, value: str) -> i
         ("mode", "177777", "mode 177777 is not permission bits"),
         ("type", "x", "type 'x' is not one of f, d, l"),
         ("offset", str(1 << 64), f"offset {1 << 64} is not between 0 and 2^63-1"),
+        # A file row without its crc32c passed every check that compares with it.
+        ("crc32c", "", "crc32c '' is not 8 hex digits for a file row"),
+        ("crc32c", "1f", "crc32c '1f' is not 8 hex digits for a file row"),
     ],
 )
 def test_a_manifest_field_out_of_range_is_one_line_naming_it(folder: Path, column: str, value: str, says: str) -> None:
@@ -185,3 +188,15 @@ def test_a_packed_journal_column_of_broken_pairs_is_one_line(tmp_path: Path) -> 
             journal.access_points(RUN)
     finally:
         journal.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_manifest_row_listed_twice_is_one_line(folder: Path) -> None:
+    """A second row for a path (a later one would silently replace the first)."""
+    manifest = folder / f"{RUN}.manifest.tsv"
+    lines = manifest.read_bytes().decode().rstrip("\n").split("\n")
+    row = next(line for line in lines[1:] if line.split("\t")[0] == f"{RUN}/RunInfo.xml")
+    manifest.write_bytes(("\n".join([*lines, row]) + "\n").encode())
+    proc = run_in_process("verify", str(folder / f"{RUN}.tar.gz"), cwd=folder)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    _one_line(proc, f"line {len(lines) + 1}", f"'{RUN}/RunInfo.xml' is listed twice", "the manifest is damaged")

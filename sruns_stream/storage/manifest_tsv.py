@@ -154,8 +154,18 @@ def parse(data: bytes, where: str) -> Rows:
         except (IndexError, ValueError):
             raise IntegrityError(f"{where} line {number} is unreadable: the manifest is damaged") from None
         _check(row, where, number)
+        if (row.kind == FILE) != bool(_CRC.fullmatch(cols[2])):
+            # Written for every file and for nothing else: a file row without one would
+            # pass every check that compares with it.
+            raise IntegrityError(f"{where} line {number}: crc32c {cols[2][:20]!r} is not 8 hex digits for a "
+                                 f"{'file' if row.kind == FILE else 'non-file'} row: the manifest is damaged")
+        if row.path in rows:
+            raise IntegrityError(f"{where} line {number}: {row.path!r} is listed twice: the manifest is damaged")
         rows[row.path] = row
     return rows
+
+
+_CRC = re.compile(r"[0-9a-f]{8}")
 
 
 def _check(row: ManifestRow, where: str, number: int) -> None:
