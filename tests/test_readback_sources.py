@@ -153,6 +153,16 @@ def test_a_firestore_record_naming_a_local_file_is_refused_and_the_file_never_re
     assert proc.returncode == 2 and proc.stderr.startswith(
         "sruns-stream: error: Firestore collection 'runs' says run 240101_NUMBER is stored at 42, not in GCS"
     ) and proc.stderr.count("\n") == 1, proc.stderr
+    # A gs:// name no GCS object has: a forged line, terminal escapes, or 200,000 bytes.
+    _firestore_documents(firestore, {
+        "240101_NEWLINE": {"storage": "bkt/x\nFAKE: verify OK\n/y.tar.gz", "workflow_status": "complete"},
+        "240101_ESCAPE": {"storage": "bkt/x\x1b[31mRED.tar.gz", "workflow_status": "complete"},
+        "240101_LONG": {"storage": "bkt/" + "a" * 200_000, "workflow_status": "complete"},
+    })
+    for run in ("240101_NEWLINE", "240101_ESCAPE", "240101_LONG"):
+        proc = run_in_process("verify", run, "--config", str(conf), cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and len(proc.stderr) < 600, proc.stderr
+        assert "not a GCS object name" in proc.stderr and "\x1b" not in proc.stderr and "FAKE" not in proc.stdout
 
 
 @pytest.mark.slow

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["resolve_source"]
 
+_MAX_URI = len("gs://") + 222 + 1 + 1024  # GCS's longest bucket and object names
+
 
 def _volume_parts(
     base: str, where: Callable[[str], str], found: dict[str, ByteSource], listing: ByteSource | None,
@@ -247,6 +249,14 @@ def _from_run_name(name: str, journal: Journal | None, collection: str | None) -
                         f"Firestore collection {collection!r} says run {name} is stored at {shown}, not in "
                         "GCS: a record shared by every host may only name a gs:// location, so it is not read; "
                         "give the archive's path if it is on this host"
+                    )
+                # A bucket name and an object name (at most 222 and 1,024 bytes), printable:
+                # a control character would reach every message that names the archive.
+                if len(uri.encode()) > _MAX_URI or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in uri):
+                    raise UsageError(
+                        f"Firestore collection {collection!r} says run {name} is stored at {uri[:200]!r}: not a "
+                        "GCS object name (control characters, or longer than GCS allows), so it is not read; "
+                        "correct the record, or give the archive's gs:// URL"
                     )
                 return uri
             why = f"Firestore collection {collection!r} says run {name} is {record.workflow_status}, not archived"
