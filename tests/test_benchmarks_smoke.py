@@ -160,6 +160,7 @@ def test_unavailable_tool_is_skipped_with_its_reason(tmp_path: Path) -> None:
     assert rows[0].samples == [] and rows[0].skipped == "no server here"
 
 
+@pytest.mark.slow  # real processes of every competitor
 @pytest.mark.timeout(180)
 def test_tiny_real_run_of_sruns_stream_and_the_ceiling(tmp_path: Path) -> None:
     ds = prepare(DatasetSpec("MiSeq", "miseq", 2 << 20), cache=tmp_path / "cache", log=lambda _: None)

@@ -213,6 +213,7 @@ def test_a_pattern_that_leaves_out_everything_below_the_top_is_refused_in_one_li
     assert not (tmp_path / "dest").exists()
 
 
+@pytest.mark.slow  # the daemon in a real process
 @pytest.mark.timeout(60)
 def test_a_config_whose_exclude_leaves_out_the_run_identity_is_refused_at_load(make_run, tmp_path: Path) -> None:
     run = make_run("miseq", 1 << 20)
@@ -280,6 +281,7 @@ def test_the_scan_check_refuses_a_run_without_its_identity_whatever_made_the_sca
     check_leaves_run(scan_run_folder(run, 1, ["Logs"]), ["Logs"])  # the usual: nothing to say
 
 
+@pytest.mark.slow  # the daemon in a real process
 @pytest.mark.timeout(120)
 def test_the_daemon_marks_a_run_failed_when_its_exclusions_leave_no_data(tmp_path: Path) -> None:
     import make_fake_run
