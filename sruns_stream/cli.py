@@ -372,6 +372,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed its usage line
         return int(exc.code or 0)
+    except KeyboardInterrupt:  # a SIGTERM or Ctrl-C while the arguments are read
+        print(_INTERRUPTED_LINE, file=err)
+        return EXIT_INTERRUPTED
     try:
         if args.command == "archive":
             return _archive(args, out, err)
@@ -410,9 +413,12 @@ def _die_with_parent() -> None:
 
 def main_cli() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    _die_with_parent()
     try:
+        _die_with_parent()
         code = main()
+    except KeyboardInterrupt:  # a stop before or after main's own handling: nothing was begun
+        print(_INTERRUPTED_LINE, file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a bug: still one line, and the traceback for a report
         import traceback
 
