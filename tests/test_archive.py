@@ -163,6 +163,7 @@ def test_second_archive_of_the_same_run_is_refused(make_run, tmp_path: Path) -> 
     assert run_in_process("archive", str(run), "--dest", str(tmp_path / "d"), cwd=tmp_path).returncode == 0
 
 
+@pytest.mark.slow  # a small filesystem filled for real, then resumed: seconds
 @pytest.mark.timeout(120)
 def test_disk_full_keeps_progress_and_resumes_once_there_is_space(make_run, tmp_path: Path) -> None:
     if os.geteuid() != 0:

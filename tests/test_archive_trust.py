@@ -296,6 +296,7 @@ def _bind_socket(path: Path) -> None:
                    cwd=path.parent, check=True)
 
 
+@pytest.mark.slow  # a real process paused at a member by its hook, five times
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("swap", ["file-to-symlink", "dir-to-symlink", "file-to-fifo", "file-to-dir", "file-to-socket"])
 def test_an_entry_swapped_mid_archive_is_never_read(tmp_path: Path, swap: str) -> None:

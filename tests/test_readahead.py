@@ -44,6 +44,7 @@ def _archive(run: Path, tmp_path: Path, label: str, *flags: str) -> bytes:
     return Path(json.loads(proc.stdout)["location"]).read_bytes()
 
 
+@pytest.mark.slow  # the same run archived five ways
 @pytest.mark.timeout(180)
 def test_the_archive_is_the_same_with_read_ahead_off_shallow_deep_and_on_many_threads(tmp_path: Path) -> None:
     run = _mixed_run(tmp_path)

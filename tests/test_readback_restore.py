@@ -235,6 +235,7 @@ def test_a_file_that_does_not_match_the_manifest_is_removed(novaseq: Path, tmp_p
 # --- the CLI (the lead wires `restore` into cli.py) --------------------------------------
 
 
+@pytest.mark.slow  # three restores of a NovaSeq-style archive
 @pytest.mark.timeout(60)
 def test_cli_restore_round_trip_include_and_force(novaseq: Path, tmp_path: Path) -> None:
     archive = archived(novaseq, str(tmp_path / "d"), tmp_path)
