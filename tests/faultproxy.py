@@ -262,14 +262,20 @@ class FaultProxy:
                     conn.close()
 
             def _answer(self, exchange: Exchange, status: int, headers: dict[str, str], payload: bytes) -> None:
+                # Logged before the bytes leave: a client that has read them may look at the
+                # log at once (in the test's own process, before this thread runs again).
                 exchange.status = status
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
                 exchange.sent = len(payload)
+                try:
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    exchange.sent = 0  # the client went away: nothing reached it
+                    raise
 
             def _wait_for_client_to_give_up(self) -> None:
                 while not proxy._stopping.is_set():
