@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from . import __version__, stopping
+from . import __version__, cpu, stopping
 from .archiver.run import archive_run, check_places
 from .config import ArchiveOptions, Config, load_config, with_overrides
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError, redact
@@ -196,7 +196,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         journal.close()
     if args.json:
-        print(json.dumps(result.as_dict(), sort_keys=True), file=out)
+        print(json.dumps({**result.as_dict(), "cpu": cpu.usage()}, sort_keys=True), file=out)
     else:
         print(result.summary(), file=out)
     return EXIT_OK
@@ -264,7 +264,8 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if journal is not None:
             journal.close()
-    print(json.dumps(report.as_dict(), sort_keys=True) if args.json else report.summary(), file=out)
+    summary = json.dumps({**report.as_dict(), "cpu": cpu.usage()}, sort_keys=True) if args.json else report.summary()
+    print(summary, file=out)
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
