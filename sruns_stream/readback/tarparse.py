@@ -184,6 +184,26 @@ class TarMembers:
             self._left -= len(piece)
             yield piece
 
+    def skip_data(self) -> None:
+        """Consume the current member's data without copying it (its checksum is known
+        from elsewhere: `pgunzip.ParallelGzipLayer.member_crc32c`)."""
+        while self._left:
+            if not self._avail and not self._more():
+                raise ArchiveDamaged(
+                    f"the tar stream ends at tar byte {self.raw_offset}, {self._left} bytes before the "
+                    f"end of member {self.last.name if self.last else '?'}: it is truncated"
+                )
+            head = self._pieces[0]
+            n = min(self._left, len(head) - self._off)
+            if self._off + n == len(head):
+                self._pieces.popleft()
+                self._off = 0
+            else:
+                self._off += n
+            self._avail -= n
+            self.raw_offset += n
+            self._left -= n
+
     def _skip_rest(self) -> None:
         for _ in self.data():
             pass
