@@ -40,8 +40,6 @@ nowhere else. Messages name a session by the first characters of its upload id.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import queue
@@ -55,7 +53,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from ... import __version__
+from ... import __version__, memory
 from ...config import GCS_CHUNK_QUANTUM, ArchiveOptions
 from ...errors import IntegrityError, UploadError, redact
 from ...stopping import STOP
@@ -87,18 +85,6 @@ from .client import (
 from .parts import Parts
 
 log = logging.getLogger(__name__)
-
-# Chunks are 16 MiB buffers allocated and freed on several threads. glibc keeps what a
-# thread's arena freed for that thread, so each upload stream held on to ~70 MiB more
-# than its two buffers (benchmarks/streams.py: 4 streams peaked at 425 MiB, 305-340 MiB
-# with malloc_trim after each chunk, at the same speed). Elsewhere it is a no-op.
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
-_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)
-
-
-def _give_back_freed_memory() -> None:
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 __all__ = ["SESSION_LIFETIME", "GcsSink"]
 
@@ -357,7 +343,7 @@ class GcsSink:
                 del chunk
                 while len(self._buf) >= self._chunk and not self._stop.is_set():
                     self._send(total=None)
-                _give_back_freed_memory()
+                memory.give_back()  # chunks are freed here, allocated on the stream's thread (`memory`)
                 if flush and len(self._buf) >= GCS_CHUNK_QUANTUM and not self._stop.is_set():
                     self._send(total=None, partial=True)
                 self._idle.set()
