@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 import random
-from itertools import pairwise
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
