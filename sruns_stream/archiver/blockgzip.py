@@ -21,8 +21,9 @@ from __future__ import annotations
 import struct
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,7 +31,9 @@ import google_crc32c
 from isal import isal_zlib
 
 from ..state.checkpoint import WINDOW, Checkpoint, Cursor
+from ..stopping import STOP
 from ..storage import gzipframe
+from ..storage.crc import crc32c_combine
 from ..storage.gzipframe import AccessPoint
 from .tarstream import RawBlock
 
@@ -38,11 +41,13 @@ __all__ = [
     "Codec",
     "CompressedBlock",
     "GzipCodec",
+    "Planned",
     "PlainTarCodec",
     "compressed_stream",
 ]
 
 _STORED_MAX = 0xFFFF
+_POLL = 0.1  # seconds between looks at the stop flag while a block is being made
 
 
 class Codec(Protocol):
@@ -188,8 +193,40 @@ class CompressedBlock:
         return AccessPoint(self.checkpoint.raw_offset - self.raw_len, self.checkpoint.gz_offset - len(self.data))
 
 
-def _encode(codec: Codec, block: RawBlock, dictionary: bytes) -> tuple[bytes, int]:
-    return codec.encode(block, dictionary), isal_zlib.crc32(block.data)
+Planned = tuple[int, "RawBlock | Future[RawBlock]"]  # a block's raw offset, and the block or its assembly
+
+
+@dataclass(slots=True)
+class _Encoded:
+    block: RawBlock
+    data: bytes
+    raw_crc32: int
+    crc32c: int  # of ``data``
+    window_crc32: int  # of the 32 KiB of raw stream that end this block
+
+
+def _get(source: RawBlock | Future[RawBlock]) -> RawBlock:
+    return source if isinstance(source, RawBlock) else source.result()
+
+
+def _encode(
+    codec: Codec, source: RawBlock | Future[RawBlock], previous: RawBlock | Future[RawBlock] | None,
+    first_dictionary: bytes, access: bool,
+) -> _Encoded:
+    """Everything per byte, on a worker: deflate, the raw crc32, the output's crc32c and
+    the window's crc32. The dictionary is the end of the block before (fixed-size blocks
+    of at least 64 KiB hold a whole window; only the stream's last block is shorter)."""
+    block = _get(source)
+    if previous is None:
+        dictionary = first_dictionary
+    else:
+        before = _get(previous).data
+        assert len(before) >= WINDOW, "a block before another holds a whole window"
+        dictionary = bytes(before[-WINDOW:])
+    data = codec.encode(block, b"" if access else dictionary)
+    raw = block.data
+    window = bytes(raw[-WINDOW:]) if len(raw) >= WINDOW else (dictionary + bytes(raw))[-WINDOW:]
+    return _Encoded(block, data, isal_zlib.crc32(raw), google_crc32c.value(data), isal_zlib.crc32(window))
 
 
 class _Running:
@@ -197,6 +234,22 @@ class _Running:
 
     def __init__(self, start: Checkpoint) -> None:
         self.cp = start
+        # The member the stream is in and its crc32c so far, for blocks that carry pieces.
+        self.member = (start.cursor.index, start.cursor.crc32c)
+
+    def members(self, block: RawBlock) -> tuple[list[tuple[int, int]], Cursor]:
+        """The members ``block`` finished and the cursor at its end."""
+        if block.pieces is None:
+            return block.files_done, block.cursor
+        index, crc = self.member
+        done = []
+        for piece in block.pieces:
+            crc = piece.crc32c if piece.first else crc32c_combine(crc, piece.crc32c, piece.length)
+            index = piece.index
+            if piece.last:
+                done.append((index, crc))
+        self.member = (index, crc)
+        return done, Cursor(block.end_index, crc if block.end_index == index else 0)
 
     def emit(
         self,
@@ -207,13 +260,17 @@ class _Running:
         files_done: list[tuple[int, int]] | None = None,
         stored_bytes: int = 0,
         window_crc32: int | None = None,
+        data_crc32c: int | None = None,
     ) -> CompressedBlock:
         cp = self.cp
         self.cp = Checkpoint(
             raw_offset=cp.raw_offset + raw_len,
             gz_offset=cp.gz_offset + len(data),
             crc32=isal_zlib.crc32_combine(cp.crc32, block_crc, raw_len),
-            crc32c=google_crc32c.extend(cp.crc32c, data),
+            crc32c=(
+                google_crc32c.extend(cp.crc32c, data) if data_crc32c is None
+                else crc32c_combine(cp.crc32c, data_crc32c, len(data))
+            ),
             cursor=cursor,
             window_crc32=cp.window_crc32 if window_crc32 is None else window_crc32,
         )
@@ -222,7 +279,7 @@ class _Running:
 
 def compressed_stream(
     codec: Codec,
-    blocks: Iterator[RawBlock],
+    blocks: Iterator[RawBlock] | Iterator[Planned],
     start: Checkpoint,
     dictionary: bytes,
     raw_size: int,
@@ -230,10 +287,14 @@ def compressed_stream(
     trailer: bool = True,
     access_interval: int = 0,
     block_size: int = 0,
-) -> Iterator[CompressedBlock]:
+    taken: Callable[[RawBlock], None] | None = None,
+) -> Generator[CompressedBlock, None, None]:
     """Encode ``blocks`` (which begin at ``start.raw_offset``) in order.
 
-    ``dictionary`` is the raw data just before the first block. The header is
+    ``blocks`` are blocks read in order (`tarstream.TarReader`), or (raw offset, future
+    of the block) pairs being assembled elsewhere (`blocks.Assembler`); ``taken`` is told
+    of each block once it is emitted, in order. ``dictionary`` is the raw data just before
+    the first block. The header is
     emitted when starting at the stream's very beginning and the trailer (unless
     ``trailer`` is False: a segment of the stream that another part ends) once
     ``raw_size`` is reached, each as a block of its own with its own checkpoint. A
@@ -241,6 +302,8 @@ def compressed_stream(
     and its raw crc32 from its first byte (``start.crc32``). The first block of ``block_size``
     at or after each multiple of ``access_interval`` (0: none) is an access point
     (`gzipframe.is_access_point`).
+
+    The main thread (this generator's) only orders: every per-byte step is on the workers.
     """
     running = _Running(start)
     if start.raw_offset == 0 and start.gz_offset == 0 and codec.header():
@@ -248,22 +311,21 @@ def compressed_stream(
 
     # Bounded in-flight work gives backpressure: at most two blocks per thread wait,
     # and output leaves in block order whatever order the threads finish in.
-    pending: deque[tuple[RawBlock, Future[tuple[bytes, int]], int, bool]] = deque()
+    pending: deque[tuple[Future[_Encoded], bool]] = deque()
+    previous: RawBlock | Future[RawBlock] | None = None
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate") as pool:
         try:
-            for block in blocks:
-                access = codec.header() != b"" and gzipframe.is_access_point(
-                    block.raw_offset, block_size, access_interval
-                )
-                future = pool.submit(_encode, codec, block, b"" if access else dictionary)
-                dictionary = (dictionary + bytes(block.data[-WINDOW:]))[-WINDOW:]
-                pending.append((block, future, isal_zlib.crc32(dictionary), access))
+            for item in blocks:
+                raw_offset, source = (item.raw_offset, item) if isinstance(item, RawBlock) else item
+                access = codec.header() != b"" and gzipframe.is_access_point(raw_offset, block_size, access_interval)
+                pending.append((pool.submit(_encode, codec, source, previous, dictionary, access), access))
+                previous = source
                 while len(pending) > 2 * threads:
-                    yield _finish(running, *pending.popleft())
+                    yield _finish(running, *pending.popleft(), taken)
             while pending:
-                yield _finish(running, *pending.popleft())
+                yield _finish(running, *pending.popleft(), taken)
         finally:
-            for _, fut, _, _ in pending:
+            for fut, _ in pending:
                 fut.cancel()
     if trailer and running.cp.raw_offset == raw_size:
         tail = codec.trailer(running.cp.crc32, raw_size)
@@ -272,17 +334,27 @@ def compressed_stream(
 
 
 def _finish(
-    running: _Running, block: RawBlock, fut: Future[tuple[bytes, int]], window_crc32: int, access: bool
+    running: _Running, fut: Future[_Encoded], access: bool, taken: Callable[[RawBlock], None] | None
 ) -> CompressedBlock:
-    data, block_crc = fut.result()
+    while True:
+        try:
+            enc = fut.result(timeout=_POLL)
+            break
+        except FutureTimeout:
+            STOP.check()  # a stop request is honoured while the pool reads (a slow share) or works
+    block = enc.block
+    files_done, cursor = running.members(block)
     out = running.emit(
-        data,
+        enc.data,
         len(block.data),
-        block_crc,
-        block.cursor,
-        block.files_done,
+        enc.raw_crc32,
+        cursor,
+        files_done,
         sum(end - start for start, end in block.stored),
-        window_crc32,
+        enc.window_crc32,
+        enc.crc32c,
     )
     out.access = access
+    if taken is not None:
+        taken(block)
     return out

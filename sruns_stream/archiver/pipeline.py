@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -32,6 +33,7 @@ from ..stopping import STOP
 from ..storage.gzipframe import AccessPoint
 from ..storage.stores import Sink
 from .blockgzip import Codec, compressed_stream
+from .blocks import Assembler
 from .tarstream import TarLayout, TarReader
 
 __all__ = ["CheckpointStore", "RangeResult", "Saved", "range_start", "stream_range"]
@@ -177,16 +179,22 @@ def stream_range(
     durable = _Durable(store, sink, start, files_crc, offset)
     skip = offset - start.gz_offset
     result = RangeResult(start=start, resumed_from=offset, discarded=skip, last=start, restarted=restarted)
-    with TarReader(
-        layout, start.raw_offset, start.cursor, store_precompressed=options.compression == "auto",
-        read_threads=options.read_threads or 0, read_ahead=options.read_ahead,
-    ) as reader:
-        for cb in compressed_stream(
-            codec, reader.blocks(options.block_size, raw_end), start, dictionary, raw_end,
-            deflate_threads or options.threads, trailer=trailer,
-            access_interval=options.access_interval if options.compression != "none" else 0,
-            block_size=options.block_size,
-        ):
+    threads = deflate_threads or options.threads
+    # Blocks are assembled (headers rendered, files read and checksummed) on a pool: on a
+    # share its many threads are the read-ahead (options.read_threads, decided per run);
+    # from the page cache as many as deflate, the blocks deflate waits for only.
+    readers = options.read_threads or threads
+    ahead = max(1, options.read_ahead // options.block_size) if options.read_threads else 0
+    assembler = Assembler(layout, store_precompressed=options.compression == "auto")
+    pool = ThreadPoolExecutor(readers, thread_name_prefix="assemble")
+    stream = compressed_stream(
+        codec, assembler.planned(pool, start.raw_offset, raw_end, options.block_size, ahead), start, dictionary,
+        raw_end, threads, trailer=trailer,
+        access_interval=options.access_interval if options.compression != "none" else 0,
+        block_size=options.block_size, taken=assembler.finished,
+    )
+    try:
+        for cb in stream:
             STOP.check()  # between blocks: the one place a stop request is honoured mid-stream
             data = cb.data
             if skip:
@@ -201,6 +209,10 @@ def stream_range(
             if on_block is not None:
                 on_block(cb.checkpoint, len(cb.files_done))
             result.last = cb.checkpoint
+    finally:
+        stream.close()  # its deflate pool first: its tasks wait on assemblies
+        pool.shutdown(wait=True, cancel_futures=True)
+        assembler.close()
     result.pending = [pair for _, files_done, _ in durable.pending for pair in files_done]
     result.pending_points = [point for _, _, point in durable.pending if point is not None]
     result.commit = durable.commit_durable

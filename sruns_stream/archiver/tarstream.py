@@ -23,9 +23,8 @@ from ..runfolder import classify, memberio
 from ..runfolder.safefs import DIR, FILE, SYMLINK, Tree
 from ..runfolder.scan import Entry, Manifest
 from ..state.checkpoint import Cursor
-from .readahead import ReadAhead
 
-__all__ = ["BLOCK", "RawBlock", "TarLayout", "TarReader", "render_header"]
+__all__ = ["BLOCK", "Piece", "RawBlock", "TarLayout", "TarReader", "add_range", "render_header"]
 
 BLOCK = 512
 _EOF = b"\0" * (2 * BLOCK)
@@ -143,7 +142,7 @@ def render_header(entry: Entry, pax: bytes | None = None) -> bytes:
     return pax_header + pax + b"\0" * _pad(len(pax)) + main
 
 
-def _add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
+def add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
     """Append [start, end) to sorted ranges, merging with the last when adjacent."""
     if ranges and ranges[-1][1] == start:
         ranges[-1] = (ranges[-1][0], end)
@@ -187,19 +186,41 @@ class TarLayout:
         return bisect_right(self.starts, offset) - 1 if offset < self.starts[-1] else len(self)
 
 
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A file member's data bytes within one block (an empty file: one empty piece)."""
+
+    index: int
+    crc32c: int  # of these bytes only
+    length: int
+    first: bool  # begins at the member's first data byte
+    last: bool  # ends at its last
+
+
 @dataclass(slots=True)
 class RawBlock:
-    """A fixed-size slice of the tar stream and what the compressor must know of it."""
+    """A fixed-size slice of the tar stream and what the compressor must know of it.
+
+    The sequential `TarReader` fills ``files_done`` and ``cursor`` itself; a block
+    assembled on its own (`blocks.Assembler`) has ``pieces`` instead, and the member at
+    its end (``end_index``), from which the stream derives both in order.
+    """
 
     raw_offset: int
     data: bytearray
     stored: list[tuple[int, int]] = field(default_factory=list)
     files_done: list[tuple[int, int]] = field(default_factory=list)
     cursor: Cursor = field(default_factory=Cursor)
+    pieces: list[Piece] | None = None
+    end_index: int = 0
 
 
 class TarReader:
-    """Reads the tar stream sequentially from ``start``, in blocks.
+    """Reads the tar stream sequentially from ``start``, in blocks, on one thread.
+
+    The archive is made of blocks assembled on a pool (`blocks.Assembler`); this reader
+    reads the 32 KiB dictionary before a resume, and is the reference the tests hold the
+    assembled blocks to.
 
     ``cursor`` carries the crc32c of the member being read at ``start`` (from a
     checkpoint); ``store_precompressed`` marks already-compressed member data in
@@ -212,8 +233,6 @@ class TarReader:
         start: int = 0,
         cursor: Cursor | None = None,
         store_precompressed: bool = False,
-        read_threads: int = 0,
-        read_ahead: int = 0,
     ) -> None:
         if not 0 <= start <= layout.size:
             raise ValueError(f"offset {start} outside the tar stream (size {layout.size})")
@@ -225,34 +244,19 @@ class TarReader:
             self._crc = cursor.crc32c
         self._store = store_precompressed
         self._tree: Tree | None = None
-        # The member being read: its bytes not yet consumed that are in memory (read
-        # ahead), then its descriptor for the rest (None once all of it is in memory).
+        # The member being read and its descriptor.
         self._member = -1
-        self._mem = b""
-        self._mem_pos = 0
         self._fd: int | None = None
         self._stored_member = False
-        self.bytes_read_from_files = 0
-        # Members after the one at ``start`` (a resume may start inside it) are read ahead.
-        first = self.index + 1 if start > layout.starts[min(self.index, len(layout))] else self.index
-        self._ahead = (
-            ReadAhead(layout.manifest, first, read_threads, read_ahead)
-            if read_threads > 0 and read_ahead > 0 and first < len(layout)
-            else None
-        )
 
     def close(self) -> None:
         self._close_member()
-        if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
-            ahead.close()
         if self._tree is not None:
             tree, self._tree = self._tree, None
             tree.close()
 
     def _close_member(self) -> None:
         self._member = -1
-        self._mem = b""
         if self._fd is not None:
             # Forget the fd before closing it: a signal between the two must not leave a
             # closed fd that the unwinding closes again (EBADF instead of "interrupted").
@@ -314,7 +318,7 @@ class TarReader:
                 take = min(data_end - self.pos, len(view) - filled)
                 self._read_data(i, self.pos - data_start, view[filled : filled + take])
                 if self._stored_member:
-                    _add_range(block.stored, filled, filled + take)
+                    add_range(block.stored, filled, filled + take)
                 filled += take
                 self.pos += take
                 if self.pos == data_end:
@@ -344,7 +348,7 @@ class TarReader:
             if self._store and entry.size >= classify.MIN_STORED_SIZE and not self._stored_member:
                 self._stored_member = classify.is_precompressed_magic(bytes(data[: classify.MAGIC_BYTES]))
             if self._stored_member:
-                _add_range(block.stored, data_at, data_at + entry.size)
+                add_range(block.stored, data_at, data_at + entry.size)
             self._finish_member(i)
         block.files_done.append((i, self._crc))
 
@@ -358,41 +362,25 @@ class TarReader:
         self._stored_member = bool(
             self._store and entry.size >= classify.MIN_STORED_SIZE and classify.is_precompressed_name(entry.path)
         )
-        ahead = self._ahead.take(i) if self._ahead is not None and offset == 0 else None
-        if ahead is not None:
-            if ahead.error is not None:
-                raise ahead.error
-            self._mem, self._mem_pos, self._fd = ahead.data, 0, ahead.fd
-        else:
-            if self._tree is None:
-                self._tree = memberio.open_tree(self.layout.manifest)
-            self._fd = memberio.open_member(self._tree, entry)
-            if small:
-                return
-            memberio.check(self._fd, entry, "before reading")  # fail before reading gigabytes of a changed file
-            if offset:
-                os.lseek(self._fd, offset, os.SEEK_SET)
+        if self._tree is None:
+            self._tree = memberio.open_tree(self.layout.manifest)
+        self._fd = memberio.open_member(self._tree, entry)
+        if small:
+            return
+        memberio.check(self._fd, entry, "before reading")  # fail before reading gigabytes of a changed file
+        if offset:
+            os.lseek(self._fd, offset, os.SEEK_SET)
         if self._store and entry.size >= classify.MIN_STORED_SIZE and not self._stored_member and not small:
-            first = self._mem[: classify.MAGIC_BYTES] if self._mem else None
-            if first is None and self._fd is not None:
-                first = os.pread(self._fd, classify.MAGIC_BYTES, 0)
-            self._stored_member = classify.is_precompressed_magic(first or b"")
+            assert self._fd is not None, "opened just above"
+            self._stored_member = classify.is_precompressed_magic(os.pread(self._fd, classify.MAGIC_BYTES, 0))
 
     def _read_data(self, i: int, offset: int, out: memoryview) -> None:
         if self._member != i:
             self._begin(i, offset)
-        got = 0
-        if self._mem_pos < len(self._mem):
-            piece = self._mem[self._mem_pos : self._mem_pos + len(out)]
-            out[: len(piece)] = piece
-            self._mem_pos += len(piece)
-            got = len(piece)
-        if got < len(out):
-            assert self._fd is not None, "a member read ahead whole is in memory whole"
-            memberio.read_into(self._fd, self.layout.manifest.entries[i], out[got:])
+        assert self._fd is not None, "opened by _begin"
+        memberio.read_into(self._fd, self.layout.manifest.entries[i], out)
         # google_crc32c takes only read-only bytes; the copy costs ~0.1 ms a MiB.
         self._crc = google_crc32c.extend(self._crc, bytes(out))
-        self.bytes_read_from_files += len(out)
 
     def _finish_member(self, i: int) -> None:
         if self._fd is not None:  # read here, or its tail was: the check after reading

@@ -11,13 +11,14 @@ not the stored object's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from ..progress import Progress
 from ..stopping import STOP
 from ..storage.gzipframe import AccessPoint
+from ..storage.manifest_tsv import ManifestRow
 from .gunzip import GzipLayer
-from .pgunzip import ParallelGzipLayer
+from .pgunzip import MemberSpans, ParallelGzipLayer
 from .report import Problems
 from .sources import ArchiveSource, ResumableReader
 from .tarparse import Member, TarMembers
@@ -31,15 +32,17 @@ class MemberStream:
     def __init__(
         self, src: ArchiveSource, progress: Progress, files_total: int | None = None,
         files_done: Callable[[], int] | None = None, points: list[AccessPoint] | None = None, threads: int = 1,
+        manifest: Mapping[str, ManifestRow] | None = None,
     ) -> None:
         """``points`` (the archive's access points) with ``threads`` > 1: inflated on
-        that many threads (`ParallelGzipLayer`); else in this one."""
+        that many threads (`ParallelGzipLayer`), which also checksum the members where
+        the ``manifest`` places them (`TarMembers.file_crc32c`); else in this one."""
         self.src = src
         self.reader = ResumableReader(src.data, note=progress.note)
         self.gzip: GzipLayer | ParallelGzipLayer | None = None
         if src.gzip and points and threads > 1:
             self.gzip = ParallelGzipLayer(self.reader.read_piece, src.location, points, src.data.size, threads,
-                                          src.index_location)
+                                          src.index_location, _spans(manifest))
         elif src.gzip:
             self.gzip = GzipLayer(self.reader.read_piece, lambda: self.reader.pos, src.location)
         inner = self.gzip.read_piece if self.gzip is not None else self.reader.read_piece
@@ -52,7 +55,7 @@ class MemberStream:
             progress.update(self.reader.pos, self.raw, files_done() if files_done is not None else None)
             return piece
 
-        self.members = TarMembers(pull)
+        self.members = TarMembers(pull, self.gzip if isinstance(self.gzip, ParallelGzipLayer) else None)
         # The bar counts stored bytes read out of the object's size (the only total known
         # before the end); its second figure is the tar bytes they inflated to.
         progress.start(src.data.size, 0, files_total)
@@ -92,3 +95,11 @@ class MemberStream:
                 f"{stored:08x}: the download was corrupted; run again"
             )
         return altered
+
+
+def _spans(manifest: Mapping[str, ManifestRow] | None) -> MemberSpans | None:
+    """Where the manifest places each member's data, if its rows have offsets."""
+    if not manifest or any(row.offset is None for row in manifest.values()):
+        return None
+    rows = sorted((row.offset or 0, row.size if row.kind == "f" else 0) for row in manifest.values())
+    return MemberSpans(rows, None)

@@ -42,7 +42,7 @@ from .report import KIND_NAMES, Problems, VerifyReport, show
 from .rowcheck import member_vs_row
 from .sources import PIECE, ArchiveSource
 from .stream import MemberStream
-from .tarparse import Member, TarMembers
+from .tarparse import Member
 
 if TYPE_CHECKING:
     from ..state.journal import Journal
@@ -109,11 +109,11 @@ def _verify(
     except IntegrityError as exc:
         problems.add(f"{exc}: the archive was read without it")
     content_differs = False  # a member's data unlike its manifest row
-    stream = MemberStream(src, progress, files_total, lambda: report.files, points, threads)
+    stream = MemberStream(src, progress, files_total, lambda: report.files, points, threads, manifest)
     try:
         for member in stream.members:
             top = top or (safe_name(member.name)[0] or "").split("/", 1)[0]
-            content_differs |= _verify_member(member, stream.members, expected, seen, manifest is not None,
+            content_differs |= _verify_member(member, stream, expected, seen, manifest is not None,
                                               against, rundir_fd, report, problems)
     except ArchiveDamaged as exc:
         report.damaged = True
@@ -138,7 +138,7 @@ def _verify(
 
 
 def _verify_member(
-    member: Member, tar: TarMembers, expected: dict[str, ManifestRow], seen: set[str], have_manifest: bool,
+    member: Member, stream: MemberStream, expected: dict[str, ManifestRow], seen: set[str], have_manifest: bool,
     against: Path | None, rundir_fd: int | None, report: VerifyReport, problems: Problems,
 ) -> bool:
     """Check one member; True if its data (size or crc32c) differs from its manifest row."""
@@ -146,9 +146,7 @@ def _verify_member(
     content_differs = False
     crc = None
     if member.kind == "f":
-        crc = 0
-        for piece in tar.data():
-            crc = google_crc32c.extend(crc, piece)
+        crc = stream.members.file_crc32c()
         report.files += 1
         report.data_bytes += member.size
     name = show(member.name)

@@ -1,7 +1,7 @@
 """Opening and reading one member of a run folder, checked against its manifest entry.
 
 Every read of a file's bytes goes through here, whoever does it (the tar stream itself,
-or `readahead` on its pool): through `safefs.Tree` (no link followed, no FIFO opened),
+or `archiver.blocks` on its pool): through `safefs.Tree` (no link followed, no FIFO opened),
 with the entry's type, inode, size, mtime and ctime checked before and after reading,
 and an early end of file reported. A member that fails a check raises RunFolderChanged;
 one we may not read raises UnreadableEntry.
@@ -24,7 +24,7 @@ from ..errors import RunFolderChanged, UnreadableEntry
 from .safefs import Tree
 from .scan import Entry, Manifest
 
-__all__ = ["check", "open_large", "open_member", "open_tree", "read_into", "read_small"]
+__all__ = ["check", "open_large", "open_member", "open_tree", "pread_into", "read_into", "read_small"]
 
 # Read once, at import: the hook costs nothing when it is not set.
 _pause_rel, _, _pause_gate = os.environ.get("SRUNS_TEST_PAUSE_BEFORE", "").partition("=")
@@ -119,6 +119,26 @@ def read_into(fd: int, entry: Entry, out: memoryview) -> None:
             if n == 0:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     check(fd, entry, "while being read")  # a FIFO or device reads as empty
+                raise RunFolderChanged(
+                    f"{entry.display} shrank while being read (expected {entry.size} bytes); "
+                    "a run folder must not change while it is archived"
+                )
+            got += n
+    except OSError as exc:
+        if exc.errno in (errno.EISDIR, errno.EAGAIN, errno.EINVAL):
+            check(fd, entry, "while being read")
+        raise UnreadableEntry(f"cannot read {entry.display}: {exc.strerror}") from exc
+
+
+def pread_into(fd: int, entry: Entry, offset: int, out: memoryview) -> None:
+    """Fill ``out`` from ``offset`` of ``fd`` (a descriptor several threads share: the
+    position is never moved); an early end of file is a changed folder."""
+    got = 0
+    try:
+        while got < len(out):
+            n = os.preadv(fd, [out[got:]], offset + got)
+            if n == 0:
+                check(fd, entry, "while being read")
                 raise RunFolderChanged(
                     f"{entry.display} shrank while being read (expected {entry.size} bytes); "
                     "a run folder must not change while it is archived"
