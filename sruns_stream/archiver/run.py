@@ -46,7 +46,7 @@ from ..state.journal import Journal, Task
 from ..state.process import start_time
 from ..storage.layout import Location, parse_location, storage_uri
 from ..storage.retry import RetryPolicy
-from ..storage.stores import Sink, make_sink, normalize_destination, probe_archive
+from ..storage.stores import Sink, Stored, make_sink, normalize_destination, probe_archive
 from .attempt import Attempt, Strategy
 from .blockgzip import Codec, GzipCodec, PlainTarCodec
 from .decide import Decision, Probe, decide, identity, stream_params
@@ -346,6 +346,7 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
         file_count=manifest.file_count,
         crc32c=f"{stored.crc32c:08x}",
         compression=codec.name,
+        compliance=_compliance(stored),
     )
     journal.update(name, status="complete", pid=None, finished_at=time.time())
     if task.legacy_tarfile:
@@ -372,6 +373,14 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
         streams=strategy.streams,
         volumes=len(stored.volumes) or 1,
     )
+
+
+def _compliance(stored: Stored) -> str | None:
+    """What GCS reported of the archive's class, key, retention and holds (journal JSON)."""
+    if not (stored.storage_class or stored.kms_key_name or stored.retain_until or stored.holds):
+        return None
+    return json.dumps({"storage_class": stored.storage_class, "kms_key_name": stored.kms_key_name,
+                       "retain_until": stored.retain_until, "holds": list(stored.holds)}, sort_keys=True)
 
 
 def _start_fresh(
@@ -405,7 +414,9 @@ def choose_strategy(where: Location, raw_size: int, options: ArchiveOptions, pro
             f"{name} needs several volumes (over {options.volume_size} bytes), which are composed from temporary "
             f"parts, but in bucket {where.bucket!r} {limits.undeletable}: archive it to another bucket"
         )
-    if needs_volumes and limits.billed:
+    if options.storage_class and not limits.undeletable:
+        pass  # parts are created STANDARD whatever the bucket's default (`parts.helper_class`)
+    elif needs_volumes and limits.billed:
         # Compose needs parts of the result's class: the only way past 5 TiB here.
         progress.note(f"{name}: bucket {where.bucket!r}: {limits.billed}; volumes need parts, so they are used")
     elif limits.first:
