@@ -19,6 +19,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,7 @@ class Exchange:
     # The body of a request that is no session PUT, up to 64 KiB (what a create, compose,
     # rewrite or patch asked for: class, key, holds), as the client sent it.
     body: bytes = b""
+    at: float = field(default_factory=time.time)  # when the request came in (wall clock, as the journal's)
 
     def json(self) -> Any:
         """The JSON the request carried (a multipart upload's metadata part), or None."""

@@ -14,13 +14,16 @@ the archive one stream makes to a local directory (byte equality), GNU tar.
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
+import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
 from faultproxy import Fault, FaultProxy
-from helpers import journal_row, run_in_process, untars_to_the_input
+from helpers import journal_row, run_cli, run_in_process, tree, untars_to_the_input
 
 from sruns_stream.config import parse_config
 from sruns_stream.errors import ConfigError, IntegrityError
@@ -248,3 +251,156 @@ def test_archive_in_archive_class_under_a_key_on_four_streams_leaves_only_the_ar
     assert len(deleted) >= 4
     view = json.loads(journal_row(db, run.name)["compliance"])
     assert (view["storage_class"], view["kms_key_name"]) == ("ARCHIVE", KEY)
+
+
+# -- a resumed run ----------------------------------------------------------------------------------
+
+
+def test_a_resumed_run_keeps_its_class_and_key(gcs, gcs_fields, make_run, tmp_path: Path) -> None:
+    run = _big_run(make_run)
+    db = tmp_path / "sruns.db"
+    flags = ("--streams", "1", "--storage-class", "COLDLINE", "--kms-key", KEY)
+    with FaultProxy(gcs.url) as proxy:
+        env = {"STORAGE_EMULATOR_HOST": proxy.url}
+        # The upload stops half-way (GCS refuses a chunk): the session stays in the journal.
+        proxy.add(Fault("status", status=400, target="chunk", nth=6))
+        first = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, *flags, env=env)
+        assert first.returncode == 1 and journal_row(db, run.name)["durable_offset"] > 0
+        proxy.epoch = 1
+        second = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, *flags, env=env)
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout)["resumed_from_archive"] > 0
+        # One session, created once, in COLDLINE under K, resumed: never created again.
+        (create,) = proxy.exchanges("create")
+        assert (create.epoch, create.json()["storageClass"], create.query("kmsKeyName")) == (0, "COLDLINE", KEY)
+        # Asked for another class, the next run does not finish the old session.
+        proxy.add(Fault("status", status=400, target="chunk", nth=6))
+        third = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--force", *flags, env=env)
+        assert third.returncode == 1
+        fourth = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--streams", "1", "--storage-class",
+                          "ARCHIVE", "--kms-key", KEY, env=env)
+        assert fourth.returncode == 0, fourth.stderr
+        assert "creates the object in another storage class or under another key than asked" in fourth.stderr
+    resource = gcs.resource(_blob(run))
+    assert (resource["storageClass"], resource["kmsKeyName"]) == ("ARCHIVE", KEY)
+    untars_to_the_input(gcs.download(_blob(run)), run, tmp_path)
+
+
+# -- retention and holds ----------------------------------------------------------------------------
+
+
+def test_retention_and_holds_are_set_on_the_archive_and_on_every_volume(
+    gcs, gcs_fields, make_run, tmp_path: Path
+) -> None:
+    run = _big_run(make_run)
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"retain_days": 30, "retention_mode": "locked", "event_based_hold": True,
+                                "temporary_hold": True}))
+    db = tmp_path / "sruns.db"
+    with FaultProxy(gcs.url) as proxy:
+        before = time.time()
+        proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--streams", "2", "--volume-size", "2M",
+                        "--config", str(conf), env={"STORAGE_EMULATOR_HOST": proxy.url})
+        after = time.time()
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["volumes"] >= 3
+    volumes = [n for n in gcs.names() if n.startswith(_blob(run) + ".") and n[-1].isdigit()]
+    assert len(volumes) == result["volumes"]
+    # What the client asked, one PATCH per volume: locked retention for 30 days, both holds.
+    asked = {e.path.split("/o/", 1)[1].split("?")[0]: e.json() for e in proxy.exchanges("patch")
+             if "retention" in (e.json() or {})}
+    assert sorted(urllib.parse.unquote(n) for n in asked) == volumes
+    for body in asked.values():
+        assert body["retention"]["mode"] == "Locked" and body["eventBasedHold"] and body["temporaryHold"]
+        until = datetime.datetime.fromisoformat(body["retention"]["retainUntilTime"].replace("Z", "+00:00"))
+        assert before + 30 * 86400 - 2 <= until.timestamp() <= after + 30 * 86400 + 2
+    for name in volumes:  # what the (taught) emulator keeps
+        kept = gcs.resource(name)
+        assert kept["eventBasedHold"] and kept["temporaryHold"] and kept["retention"]["mode"] == "Locked"
+    (view,) = json.loads(run_in_process("status", run.name, "--journal", str(db), "--json", cwd=tmp_path).stdout)
+    assert view["holds"] == ["event_based", "temporary"] and view["retain_until"]
+
+
+def test_a_hold_gcs_does_not_keep_fails_the_run_and_says_why(gcs, make_run, tmp_path: Path) -> None:
+    # The real emulator drops holds: GCS would keep them. The archive is not reported.
+    run = make_run("miseq", 2 << 20)
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"event_based_hold": True}))
+    db = tmp_path / "sruns.db"
+    proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--config", str(conf))
+    assert proc.returncode == 1
+    assert f"gs://{gcs.bucket}/{_blob(run)} reports no event-based hold after it was set" in proc.stderr
+    assert journal_row(db, run.name)["status"] != "complete" and _blob(run) not in gcs.names()
+
+
+def test_the_firestore_fields_carry_class_key_retention_and_holds(journal) -> None:  # type: ignore[no-untyped-def]
+    from sruns_stream.state.firestore import RunRecord, fields_from_task
+
+    journal.ensure("run1")
+    journal.update("run1", compliance=json.dumps({"storage_class": "ARCHIVE", "kms_key_name": KEY,
+                                                  "retain_until": "2036-12-07T00:00:00+00:00",
+                                                  "holds": ["event_based"]}))
+    fields = fields_from_task(journal.get("run1"))
+    assert (fields["storage_class"], fields["kms_key_name"], fields["retain_until"], fields["holds"]) == (
+        "ARCHIVE", KEY, "2036-12-07T00:00:00+00:00", ["event_based"])
+    times = {"created_at", "updated_at", "started_at", "finished_at"}
+    record = RunRecord.from_document("run1", {k: v for k, v in fields.items() if k not in times})
+    assert (record.storage_class, record.holds) == ("ARCHIVE", ["event_based"])
+
+
+# -- the daemon: holds in place before a run folder is moved ------------------------------------
+
+
+def _daemon_config(tmp_path: Path, bucket: str) -> Path:
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({
+        "watchdir": str(tmp_path / "watch"), "completed_runs_dir": str(tmp_path / "completed"),
+        "sqlite_db": str(tmp_path / "sruns.db"), "gcp_bucket_name": bucket, "gcp_bucket_basedir": PREFIX,
+        "cycle_pause_sec": 1, "sentinal_file_age_minutes": 0, "threads": 2, "chunk_size": CHUNK,
+        "retain_days": 7, "event_based_hold": True,
+    }))
+    return conf
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_daemon_moves_a_run_folder_only_once_its_archive_holds_are_in_place(
+    gcs, gcs_fields, tmp_path: Path
+) -> None:
+    import make_fake_run
+
+    run = tmp_path / "watch" / "240101_M00001_0001_000000000-HOLDS"
+    make_fake_run.make_run(run, "miseq", 2 << 20, seed=5)
+    copy = tree(run)
+    conf = _daemon_config(tmp_path, gcs.bucket)
+    with FaultProxy(gcs.url) as proxy:
+        proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path,
+                       env={"STORAGE_EMULATOR_HOST": proxy.url})
+        patches = [e for e in proxy.exchanges("patch") if "eventBasedHold" in (e.json() or {})]
+    assert proc.returncode == 0, proc.stderr
+    row = journal_row(tmp_path / "sruns.db", run.name)
+    assert row["status"] == "complete" and row["moved_at"] and not run.exists()
+    assert tree(tmp_path / "completed" / run.name) == copy
+    kept = gcs.resource(_blob(run))
+    assert kept["eventBasedHold"] and kept["retention"]["mode"] == "Unlocked"
+    # The hold and retention were asked for (and answered) before the folder was moved.
+    (patch,) = patches
+    assert patch.status == 200 and patch.at < row["moved_at"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_daemon_leaves_a_run_folder_whose_archive_did_not_keep_its_hold(gcs, tmp_path: Path) -> None:
+    # The real emulator drops the hold GCS would keep: the run is not archived, not moved.
+    import make_fake_run
+
+    run = tmp_path / "watch" / "240101_M00001_0001_000000000-NOHLD"
+    make_fake_run.make_run(run, "miseq", 2 << 20, seed=6)
+    copy = tree(run)
+    proc = run_cli("monitor", "--config", str(_daemon_config(tmp_path, gcs.bucket)), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = journal_row(tmp_path / "sruns.db", run.name)
+    assert row["status"] != "complete" and "reports no retention, no event-based hold" in row["last_error"]
+    assert not row["moved_at"] and tree(run) == copy
+    assert not (tmp_path / "completed" / run.name).exists()

@@ -70,14 +70,16 @@ def settle(
     missing = [
         what for what, asked, got in (
             ("retention", wants_retention, settled.retain_until is not None),
-            ("an event-based hold", options.event_based_hold, settled.event_based_hold),
-            ("a temporary hold", options.temporary_hold, settled.temporary_hold),
+            ("event-based hold", options.event_based_hold, settled.event_based_hold),
+            ("temporary hold", options.temporary_hold, settled.temporary_hold),
         ) if asked and not got
     ]
     if missing:
+        hint = ("the bucket must have object retention enabled (gcloud storage buckets create "
+                "--enable-per-object-retention)" if "retention" in missing else "it is not this run's archive")
         raise IntegrityError(
-            f"{where} reports no {' and no '.join(missing)} after they were set: the bucket must have object "
-            "retention enabled (gcloud storage buckets create --enable-per-object-retention)"
+            f"{where} reports no {', no '.join(missing)} after {'it was' if len(missing) == 1 else 'they were'} "
+            f"set: {hint}"
         )
     return settled
 
