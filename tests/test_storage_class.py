@@ -404,3 +404,22 @@ def test_the_daemon_leaves_a_run_folder_whose_archive_did_not_keep_its_hold(gcs,
     assert row["status"] != "complete" and "reports no retention, no event-based hold" in row["last_error"]
     assert not row["moved_at"] and tree(run) == copy
     assert not (tmp_path / "completed" / run.name).exists()
+
+
+def test_an_autoclass_bucket_is_refused_once_a_class_is_asked_for(gcs, make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    # The emulator has no Autoclass: the proxy answers the bucket's settings as GCS would.
+    settings = {"kind": "storage#bucket", "name": gcs.bucket, "storageClass": "STANDARD",
+                "autoclass": {"enabled": True, "toggleTime": "2026-01-01T00:00:00Z"}}
+    with FaultProxy(gcs.url) as proxy:
+        proxy.add(Fault("status", status=200, target="other", body=json.dumps(settings).encode(), times=100))
+        proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", tmp_path / "sruns.db", tmp_path,
+                        "--storage-class", "ARCHIVE", env={"STORAGE_EMULATOR_HOST": proxy.url})
+        asked = [e.path.split("?")[0] for e in proxy.exchanges("other")]
+    assert proc.returncode == 1
+    assert asked == [f"/storage/v1/b/{gcs.bucket}"]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == (f"sruns-stream: error: {run.name}: bucket {gcs.bucket!r} has Autoclass, which ignores the "
+                    "storage class asked for (ARCHIVE) and moves every object read back to STANDARD: leave "
+                    "storage_class unset there, or archive to a bucket without Autoclass")
+    assert gcs.names() == []

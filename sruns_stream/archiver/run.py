@@ -271,6 +271,8 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
     assert task is not None  # resumed, or just written by start_fresh
     layout = TarLayout(manifest)
     where = parse_location(destination)
+    if where.kind == "gcs" and options.storage_class:
+        _check_autoclass(where, options, name)
     strategy = choose_strategy(where, layout.size, options, progress, name)
     segmented = not isinstance(strategy, SingleStream)
     if not fresh and segmented != _in_segments(task):
@@ -423,6 +425,19 @@ def choose_strategy(where: Location, raw_size: int, options: ArchiveOptions, pro
         progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: {limits.first}")
         return SingleStream()
     return Segmented(streams)
+
+
+def _check_autoclass(where: Location, options: ArchiveOptions, name: str) -> None:
+    """An Autoclass bucket chooses each object's class itself: it would not keep the one
+    asked for, and moves an object read back to STANDARD (for 30 days at least)."""
+    from ..storage.gcs.parts import bucket_policy
+
+    if bucket_policy(where.bucket, retry=RetryPolicy.for_retries(options.upload_retries)).autoclass:
+        raise UploadError(
+            f"{name}: bucket {where.bucket!r} has Autoclass, which ignores the storage class asked for "
+            f"({options.storage_class}) and moves every object read back to STANDARD: leave storage_class unset "
+            "there, or archive to a bucket without Autoclass"
+        )
 
 
 def _in_segments(task: Task) -> bool:

@@ -8,8 +8,10 @@ objects: its operations cost cents). A facility with other prices sets
 read]}) in the config; those override the table.
 
 Source: https://cloud.google.com/storage/pricing ("Data storage" and "Retrieval
-fees"), as listed on PRICES_DATE; multi-region figures are the page's per-hour rates
-times 730 hours.
+fees"), as stored copies of that page list them (the regional per-GB-month table;
+multi-region figures are the page's per-GiB-hour rates times 730 hours), written down
+on PRICES_DATE from those copies, not from the live page: check them against it, and
+put your own in the config (``prices``) when they differ.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ class Constraints:
 
     undeletable: str | None  # a retention policy or default hold: parts would stay
     billed: str | None  # a class with a minimum storage duration: early deletion is billed
+    autoclass: bool = False  # GCS picks each object's class itself (and ignores one asked for)
 
     @property
     def first(self) -> str | None:
@@ -127,7 +128,7 @@ class Parts:
         billed = None
         if storage_class not in ("STANDARD", "MULTI_REGIONAL", "REGIONAL"):
             billed = f"its storage class is {storage_class}: deleting parts early is billed"
-        return Constraints(undeletable, billed)
+        return Constraints(undeletable, billed, bool(bucket.autoclass_enabled))
 
     def stat(self, name: str) -> ObjectInfo | None:
         return self._gcs.stat(name)
