@@ -416,13 +416,14 @@ def choose_strategy(where: Location, raw_size: int, options: ArchiveOptions, pro
             f"{name} needs several volumes (over {options.volume_size} bytes), which are composed from temporary "
             f"parts, but in bucket {where.bucket!r} {limits.undeletable}: archive it to another bucket"
         )
-    if options.storage_class and not limits.undeletable:
-        pass  # parts are created STANDARD whatever the bucket's default (`parts.helper_class`)
-    elif needs_volumes and limits.billed:
+    # With a class asked for, parts are STANDARD whatever the bucket's default (`parts.helper_class`).
+    billed = None if options.storage_class else limits.billed
+    if needs_volumes and billed:
         # Compose needs parts of the result's class: the only way past 5 TiB here.
-        progress.note(f"{name}: bucket {where.bucket!r}: {limits.billed}; volumes need parts, so they are used")
-    elif limits.first:
-        progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: {limits.first}")
+        progress.note(f"{name}: bucket {where.bucket!r}: {billed}; volumes need parts, so they are used")
+    elif limits.undeletable or billed:
+        progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: "
+                      f"{limits.undeletable or billed}")
         return SingleStream()
     return Segmented(streams)
 
