@@ -423,3 +423,24 @@ def test_an_autoclass_bucket_is_refused_once_a_class_is_asked_for(gcs, make_run,
                     "storage class asked for (ARCHIVE) and moves every object read back to STANDARD: leave "
                     "storage_class unset there, or archive to a bucket without Autoclass")
     assert gcs.names() == []
+
+
+def test_a_class_asked_for_in_a_cold_default_bucket_keeps_several_streams_with_standard_parts(
+    gcs, make_run, tmp_path: Path
+) -> None:
+    # The emulator's buckets are STANDARD: the proxy answers the bucket's settings (read
+    # twice: Autoclass, then the parts' constraints) as GCS would for a COLDLINE default.
+    run = _big_run(make_run)
+    settings = {"kind": "storage#bucket", "name": gcs.bucket, "storageClass": "COLDLINE"}
+    with FaultProxy(gcs.url) as proxy:
+        proxy.add(Fault("status", status=200, target="other", body=json.dumps(settings).encode(), times=2))
+        proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", tmp_path / "sruns.db", tmp_path, "--streams", "2",
+                        "--storage-class", "STANDARD", env={"STORAGE_EMULATOR_HOST": proxy.url})
+        creates = proxy.exchanges("create")
+        answered = [e for e in proxy.exchanges("other") if e.fault == "status"]
+    assert proc.returncode == 0, proc.stderr
+    assert len(answered) == 2 and all(e.path.split("?")[0] == f"/storage/v1/b/{gcs.bucket}" for e in answered)
+    assert json.loads(proc.stdout)["streams"] == 2 and "one upload stream" not in proc.stderr
+    assert len(creates) >= 2 and all(e.json()["storageClass"] == "STANDARD" for e in creates)
+    assert gcs.resource(_blob(run))["storageClass"] == "STANDARD"
+    assert gcs.names() == sorted([_blob(run), _blob(run, ".manifest.tsv"), _blob(run, ".index.tsv")])
