@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave out what matches this glob below the run folder, e.g. Thumbnail_Images or "
                         "'Logs/*' (repeatable; added to the config's exclude)")
+    a.add_argument("--storage-class", type=str.upper, choices=["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"],
+                   help="GCS: create the archive in this storage class (default: the bucket's)")
+    a.add_argument("--kms-key", metavar="projects/…/cryptoKeys/K",
+                   help="GCS: encrypt every object this run creates with this Cloud KMS key (CMEK)")
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
@@ -196,6 +200,8 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         upload_streams=args.streams,
         volume_size=args.volume_size,
         access_interval=args.access_interval,
+        storage_class=args.storage_class,
+        kms_key_name=args.kms_key,
         exclude=check_patterns([*config.archive.exclude, *args.exclude], "--exclude") if args.exclude else None,
     )
     dest = args.dest or config.destination or DEFAULT_DEST
@@ -350,9 +356,10 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(f"run {args.run!r} is not in the journal {journal.path}")
         now = time.time()
         done = {t.name: journal.progress(t) for t in tasks}
+        prices = (config.archive.price_region, config.archive.prices)
         if args.json:
-            return status.render_json(tasks, now, compact=args.watch, done=done)
-        return status.render_text(tasks, now, done)
+            return status.render_json(tasks, now, compact=args.watch, done=done, prices=prices)
+        return status.render_text(tasks, now, done, prices)
 
     try:
         if not args.watch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigError, UsageError
 from .runfolder.exclude import check_patterns
 from .storage.layout import Location
+from .storage.prices import REGIONS as PRICE_REGIONS
 
 __all__ = [
     "AUTO_READ_THREADS",
@@ -26,6 +28,7 @@ __all__ = [
     "DEFAULT_VOLUME_SIZE",
     "GCS_CHUNK_QUANTUM",
     "LOCAL_OPEN_SECONDS",
+    "STORAGE_CLASSES",
     "ArchiveOptions",
     "Config",
     "MailConfig",
@@ -62,6 +65,11 @@ AUTO_STREAMS = 4
 # (compressed) before it; the index holds one 42-byte line per point.
 DEFAULT_ACCESS_INTERVAL = 8 * MiB
 COMPRESSIONS = ("auto", "level", "none")
+# The archive's storage class (`storage_class`): GCS's four, set when each object is created.
+STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
+RETENTION_MODES = ("unlocked", "locked")
+# projects/P/locations/L/keyRings/R/cryptoKeys/K: a Cloud KMS key, as GCS names it.
+_KMS_KEY = re.compile(r"projects/[^/\s]+/locations/[^/\s]+/keyRings/[^/\s]+/cryptoKeys/[^/\s]+")
 
 
 def default_threads() -> int:
@@ -109,9 +117,40 @@ class ArchiveOptions:
     # Glob patterns below the run folder left out of the archive (see exclude.py); none
     # by default. Normalized (sorted, deduplicated) here: a resume compares them.
     exclude: tuple[str, ...] = ()
+    # Costs and compliance (GCS only; see the README). The archive and its volumes are
+    # created in storage_class (None: the bucket's default); everything else this run
+    # creates (parts, manifest, index, listing) in STANDARD when a class is asked for.
+    storage_class: str | None = None
+    # A Cloud KMS key every object this run creates is encrypted with (CMEK); None: Google's.
+    kms_key_name: str | None = None
+    # Object retention on the archive and its volumes, set right after finalize.
+    retain_days: int | None = None
+    retention_mode: str = "unlocked"
+    event_based_hold: bool = False
+    temporary_hold: bool = False
+    # The price table `dry-run` and `status` estimate the bill from (`storage.prices`):
+    # a region of the table, and per-class overrides {class: [$/GiB-month, $/GiB read]}.
+    price_region: str = "us-central1"
+    prices: tuple[tuple[str, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", check_patterns(self.exclude))
+        if self.storage_class is not None and self.storage_class not in STORAGE_CLASSES:
+            raise ConfigError(
+                f"storage_class must be one of {', '.join(STORAGE_CLASSES)}, not {self.storage_class!r}"
+            )
+        if self.kms_key_name is not None and not _KMS_KEY.fullmatch(self.kms_key_name):
+            raise ConfigError(
+                f"kms_key_name must be a Cloud KMS key, projects/P/locations/L/keyRings/R/cryptoKeys/K, "
+                f"not {self.kms_key_name!r}"
+            )
+        if self.retain_days is not None and not 1 <= self.retain_days <= 36500:
+            raise ConfigError(f"retain_days must be between 1 and 36500, not {self.retain_days!r}")
+        if self.retention_mode not in RETENTION_MODES:
+            raise ConfigError(f"retention_mode must be unlocked or locked, not {self.retention_mode!r}")
+        if self.price_region not in PRICE_REGIONS:
+            raise ConfigError(f"price_region must be one of {', '.join(sorted(PRICE_REGIONS))}, "
+                              f"not {self.price_region!r} (or give your own 'prices')")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {self.compression!r}")
         if self.level not in (1, 2, 3):
@@ -271,6 +310,35 @@ def _webhook_url(value: Any) -> str:
     return url
 
 
+_COMPLIANCE_KEYS = {"storage_class", "kms_key_name", "retain_days", "retention_mode", "event_based_hold",
+                    "temporary_hold", "price_region", "prices"}
+
+
+def _compliance(key: str, value: Any) -> Any:
+    """A storage class, key, retention or price key (checked again by ArchiveOptions)."""
+    if key in ("storage_class", "kms_key_name", "retain_days") and value is None:
+        return None
+    if key in ("event_based_hold", "temporary_hold"):
+        return _expect(key, value, bool, "true or false")
+    if key == "retain_days":
+        return _positive_int(key, value)
+    if key == "storage_class":
+        return str(_expect(key, value, str, "a storage class")).upper()
+    if key == "prices":
+        _expect(key, value, dict, "an object {CLASS: [dollars per GiB-month, dollars per GiB read]}")
+        rows = []
+        for cls, pair in value.items():
+            if (cls.upper() not in STORAGE_CLASSES or not isinstance(pair, list) or len(pair) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in pair)):
+                raise ConfigError(
+                    f"config key 'prices' must map a storage class to [dollars per GiB-month, dollars per "
+                    f"GiB read], not {cls!r}: {pair!r}"
+                )
+            rows.append((cls.upper(), float(pair[0]), float(pair[1])))
+        return tuple(sorted(rows))
+    return _expect(key, value, str, "a string")
+
+
 def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
     """Build a Config from parsed JSON (relative paths resolve against ``base``)."""
     base = base or Path.cwd()
@@ -317,6 +385,8 @@ def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
             kw[key] = _mail(value) if value else None
         elif key == "compression" and isinstance(value, int) and not isinstance(value, bool):
             archive["compression"], archive["level"] = "level", value  # "compression": 2
+        elif key in _COMPLIANCE_KEYS:
+            archive[key] = _compliance(key, value)
         elif key in ("read_threads", "upload_streams") and value is None:
             archive[key] = None  # decided per run
         elif key in _ARCHIVE_KEYS:

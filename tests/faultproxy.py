@@ -19,6 +19,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ class Fault:
     # Which request: "chunk" (a PUT with data, not the last), "final" (the PUT that
     # carries the total), "query" (a status query), "create" (the session-creating POST),
     # "compose" (a compose POST), "delete" (an object DELETE), "metadata" (a GET of an
-    # object's metadata, not of its bytes).
+    # object's metadata, not of its bytes), "rewrite" (a rewrite POST), "patch" (a PATCH).
     target: str = "chunk"
     nth: int = 1  # the nth such request from now on (1 = the next one)
     status: int = 503
@@ -78,6 +79,24 @@ class Exchange:
     sources: int | None = None  # a compose request's number of source objects
     path: str = ""  # the request's path and query
     sent: int = 0  # body bytes answered to the client (what a download costs)
+    # The body of a request that is no session PUT, up to 64 KiB (what a create, compose,
+    # rewrite or patch asked for: class, key, holds), as the client sent it.
+    body: bytes = b""
+    at: float = field(default_factory=time.time)  # when the request came in (wall clock, as the journal's)
+
+    def json(self) -> Any:
+        """The JSON the request carried (a multipart upload's metadata part), or None."""
+        text = self.body.decode("utf-8", "replace")
+        start = text.find("{")
+        if start < 0:
+            return None
+        try:
+            return json.JSONDecoder().raw_decode(text[start:])[0]
+        except ValueError:
+            return None
+
+    def query(self, key: str) -> str | None:
+        return parse_qs(urlsplit(self.path).query).get(key, [None])[0]
 
 
 @dataclass
@@ -92,6 +111,10 @@ def _classify(method: str, path: str, headers: Any) -> tuple[str, int | None]:
         return "create", None
     if method == "POST" and path.split("?", 1)[0].endswith("/compose"):
         return "compose", None
+    if method == "POST" and "/rewriteTo/" in path:
+        return "rewrite", None
+    if method == "PATCH":
+        return "patch", None
     if method == "DELETE":
         return "delete", None
     if method == "GET" and "/o/" in path and "alt=media" not in path and not path.startswith("/download/"):
@@ -215,6 +238,8 @@ class FaultProxy:
                     return
                 body = self.rfile.read(length)
                 exchange.received = len(body)
+                if "upload_id=" not in self.path and len(body) <= 64 << 10:
+                    exchange.body = body
                 if target == "compose":
                     exchange.sources = len(json.loads(body).get("sourceObjects") or [])
                 if fault is not None and kind == "status":

@@ -26,6 +26,7 @@ from ..runfolder.exclude import check_leaves_run
 from ..runfolder.scan import reading_threads, scan_run_folder
 from ..state.journal import Journal
 from ..storage.layout import archive_filename, blob_name, parse_location
+from ..storage.prices import estimate
 from ..storage.stores import normalize_destination, probe_archive
 from .decide import decide
 from .run import check_places, make_codec
@@ -55,6 +56,11 @@ class Plan:
     skipped: list[str] = field(default_factory=list)
     resume_raw: int = 0
     resume_archive: int = 0
+    # GCS: the class the archive would be created in (None: the bucket's default) and its
+    # bill (`storage.prices`), estimated on the tar stream's size: an upper bound.
+    storage_class: str | None = None
+    kms_key_name: str | None = None
+    cost: dict[str, Any] | None = None
     dry_run: bool = True
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,6 +89,13 @@ class Plan:
                             "if the destination still holds it")
         else:
             add("decision", "archive from the start" + (f": {self.reason}" if self.reason else ""))
+        if self.cost is not None:
+            shown = self.storage_class or "the bucket's default (estimated as STANDARD)"
+            add("class", shown + (f", encrypted with {self.kms_key_name}" if self.kms_key_name else ""))
+            minimum = f", billed at least {self.cost['minimum_days']} days" if self.cost["minimum_days"] else ""
+            add("cost", f"about ${self.cost['monthly_usd']:,.2f} a month, ${self.cost['read_back_usd']:,.2f} to read "
+                        f"it all back (for {human_bytes(self.tar_bytes)} uncompressed at {self.cost['region']} "
+                        f"list prices of {self.cost['prices_date']}{minimum})")
         add("journal", self.journal if self.journal_exists else f"{self.journal} (not there: archive would create it)")
         return "\n".join(lines)
 
@@ -148,7 +161,12 @@ def plan_archive(
     elif task_at is not None and not task_at.durable_offset:
         decision = "archive"  # nothing stored yet: the resume would start at byte 0
         task_at = None
+    cost = None
+    if parse_location(destination).kind == "gcs":
+        size = TarLayout(scan).size
+        cost = estimate(size, options.storage_class, options.price_region, options.prices).as_dict()
     return Plan(
+        storage_class=options.storage_class, kms_key_name=options.kms_key_name, cost=cost,
         run=name, rundir=str(root), archive=_archive_place(destination, name, make_codec(options).extension),
         journal=str(Path(journal_path).absolute()), journal_exists=exists, decision=decision, reason=reason,
         files=scan.file_count, data_bytes=scan.data_bytes, tar_bytes=TarLayout(scan).size, entries=len(scan.entries),

@@ -46,7 +46,7 @@ from ..state.journal import Journal, Task
 from ..state.process import start_time
 from ..storage.layout import Location, parse_location, storage_uri
 from ..storage.retry import RetryPolicy
-from ..storage.stores import Sink, make_sink, normalize_destination, probe_archive
+from ..storage.stores import Sink, Stored, make_sink, normalize_destination, probe_archive
 from .attempt import Attempt, Strategy
 from .blockgzip import Codec, GzipCodec, PlainTarCodec
 from .decide import Decision, Probe, decide, identity, stream_params
@@ -271,6 +271,8 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
     assert task is not None  # resumed, or just written by start_fresh
     layout = TarLayout(manifest)
     where = parse_location(destination)
+    if where.kind == "gcs" and options.storage_class:
+        _check_autoclass(where, options, name)
     strategy = choose_strategy(where, layout.size, options, progress, name)
     segmented = not isinstance(strategy, SingleStream)
     if not fresh and segmented != _in_segments(task):
@@ -346,6 +348,7 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
         file_count=manifest.file_count,
         crc32c=f"{stored.crc32c:08x}",
         compression=codec.name,
+        compliance=_compliance(stored),
     )
     journal.update(name, status="complete", pid=None, finished_at=time.time())
     if task.legacy_tarfile:
@@ -372,6 +375,14 @@ def _run(request: _Request, task: Task | None, decision: Decision) -> ArchiveRes
         streams=strategy.streams,
         volumes=len(stored.volumes) or 1,
     )
+
+
+def _compliance(stored: Stored) -> str | None:
+    """What GCS reported of the archive's class, key, retention and holds (journal JSON)."""
+    if not (stored.storage_class or stored.kms_key_name or stored.retain_until or stored.holds):
+        return None
+    return json.dumps({"storage_class": stored.storage_class, "kms_key_name": stored.kms_key_name,
+                       "retain_until": stored.retain_until, "holds": list(stored.holds)}, sort_keys=True)
 
 
 def _start_fresh(
@@ -405,13 +416,29 @@ def choose_strategy(where: Location, raw_size: int, options: ArchiveOptions, pro
             f"{name} needs several volumes (over {options.volume_size} bytes), which are composed from temporary "
             f"parts, but in bucket {where.bucket!r} {limits.undeletable}: archive it to another bucket"
         )
-    if needs_volumes and limits.billed:
+    # With a class asked for, parts are STANDARD whatever the bucket's default (`parts.helper_class`).
+    billed = None if options.storage_class else limits.billed
+    if needs_volumes and billed:
         # Compose needs parts of the result's class: the only way past 5 TiB here.
-        progress.note(f"{name}: bucket {where.bucket!r}: {limits.billed}; volumes need parts, so they are used")
-    elif limits.first:
-        progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: {limits.first}")
+        progress.note(f"{name}: bucket {where.bucket!r}: {billed}; volumes need parts, so they are used")
+    elif limits.undeletable or billed:
+        progress.note(f"{name}: one upload stream, not {streams}: bucket {where.bucket!r}: "
+                      f"{limits.undeletable or billed}")
         return SingleStream()
     return Segmented(streams)
+
+
+def _check_autoclass(where: Location, options: ArchiveOptions, name: str) -> None:
+    """An Autoclass bucket chooses each object's class itself: it would not keep the one
+    asked for, and moves an object read back to STANDARD (for 30 days at least)."""
+    from ..storage.gcs.parts import bucket_policy
+
+    if bucket_policy(where.bucket, retry=RetryPolicy.for_retries(options.upload_retries)).autoclass:
+        raise UploadError(
+            f"{name}: bucket {where.bucket!r} has Autoclass, which ignores the storage class asked for "
+            f"({options.storage_class}) and moves every object read back to STANDARD: leave storage_class unset "
+            "there, or archive to a bucket without Autoclass"
+        )
 
 
 def _in_segments(task: Task) -> bool:

@@ -44,7 +44,7 @@ from ..runfolder.safefs import FILE
 from ..state.checkpoint import Checkpoint
 from ..state.journal import SegmentRow, files_crc32c
 from ..storage.crc import crc32c_combine
-from ..storage.gcs.parts import COMPONENT_LIMIT, Parts
+from ..storage.gcs.parts import COMPONENT_LIMIT, Parts, helper_class, holds_of
 from ..storage.gcs.upload import GcsSink
 from ..storage.gzipframe import AccessPoint
 from ..storage.layout import (
@@ -119,7 +119,8 @@ class Segmented:
 
     def run(self, attempt: Attempt) -> Outcome:
         plan = plan_segments(attempt.layout.size, attempt.options, self.streams)
-        parts = Parts(attempt.where.bucket, retry=RetryPolicy.for_retries(attempt.options.upload_retries))
+        parts = Parts(attempt.where.bucket, retry=RetryPolicy.for_retries(attempt.options.upload_retries),
+                      kms_key=attempt.options.kms_key_name)
         try:
             upload = SegmentedUpload(attempt, self.streams, plan, parts)
 
@@ -154,6 +155,9 @@ class SegmentedUpload:
         self.archive = blob_name(self.where.path, self.name, self.codec.extension)
         self.prefix = parts_prefix(self.where.path, self.name)
         self.content_type = archive_content_type(self.codec.extension)
+        # Parts, trailer, intermediate composes and the composite itself: compose needs
+        # sources of the result's class, and a cold temporary is billed its minimum duration.
+        self.helper_class = helper_class(self.options)
         self.totals = _Totals()
         self._abort = threading.Event()
         self._lock = threading.Lock()
@@ -182,6 +186,8 @@ class SegmentedUpload:
         if state.get("phase") != "composed":
             state = {**state, "phase": "composed", "volumes": self._compose(rows, raw_crc32)}
             self._save(state)
+            # Temporaries go as soon as they are composed: each day kept is billed.
+            self.parts.delete(self.parts.names(self.prefix))
         stored = self._finish(rows, state["volumes"], raw_crc32)
         self.parts.delete(self.parts.names(self.prefix))
         return stored, raw_crc32
@@ -348,7 +354,7 @@ class SegmentedUpload:
         trailer = self.codec.trailer(raw_crc32, self.layout.size)
         if trailer:
             name = trailer_name(self.prefix)
-            info = self.parts.upload(name, trailer, self.content_type)
+            info = self.parts.upload(name, trailer, self.content_type, storage_class=self.helper_class)
             pieces.append((name, info.size, info.crc32c or 0))
         groups: list[list[tuple[str, int, int]]] = [[]]
         for piece in pieces:
@@ -359,7 +365,8 @@ class SegmentedUpload:
         volumes = []
         for v, (dest, group) in enumerate(zip(names, groups, strict=True)):
             size, crc = combined([(n, c) for _, n, c in group])
-            got = self.parts.compose([p[0] for p in group], dest, self.content_type, compose_scratch(self.prefix, v))
+            got = self.parts.compose([p[0] for p in group], dest, self.content_type, compose_scratch(self.prefix, v),
+                                     self.helper_class)
             if (got.size, got.crc32c) != (size, crc):
                 self.parts.delete([dest])
                 raise IntegrityError(
@@ -384,20 +391,34 @@ class SegmentedUpload:
             before += row.size or 0
         index = render_index(self.attempt, points)
         if index is not None:
-            self.parts.upload(index_next_to(self.archive, self.name), index, TSV_CONTENT_TYPE)
+            self.parts.upload(index_next_to(self.archive, self.name), index, TSV_CONTENT_TYPE,
+                              storage_class=self.helper_class)
         tsv = render_manifest(self.attempt, self._member_crcs(rows))
-        self.parts.upload(manifest_name, tsv, TSV_CONTENT_TYPE)
+        self.parts.upload(manifest_name, tsv, TSV_CONTENT_TYPE, storage_class=self.helper_class)
         if len(volumes) > 1:
             listing = render(Volume(v[0].rsplit("/", 1)[-1], v[1], v[2]) for v in volumes)
-            self.parts.upload(listing_name(self.archive), listing, TSV_CONTENT_TYPE)
+            self.parts.upload(listing_name(self.archive), listing, TSV_CONTENT_TYPE, storage_class=self.helper_class)
         metadata = archive_metadata(self.name, self.layout.size, self.manifest.file_count, raw_crc32,
                                     self.codec.name, __version__)
+        settled = []
         for i, (name, n, c) in enumerate(volumes):
             info = self.parts.stat(name)
             if info is None or (info.size, info.crc32c) != (n, c):
                 raise IntegrityError(f"gs://{self.where.bucket}/{name} is not the volume that was composed")
-            self.parts.patch_metadata(name, {**metadata, **volume_metadata(len(volumes), size, crc, i)},
-                                      info.generation)
+            wanted = self.options.storage_class
+            if wanted and info.storage_class != wanted:
+                # Composed in STANDARD: now into the class asked for, server-side. Done
+                # again after a crash here, since the class GCS reports says where it is.
+                info = self.parts.rewrite_class(name, wanted, info.generation)
+                if (info.size, info.crc32c) != (n, c):
+                    raise IntegrityError(f"gs://{self.where.bucket}/{name} changed when its class was changed")
+            info = self.parts.patch_metadata(name, {**metadata, **volume_metadata(len(volumes), size, crc, i)},
+                                             info.generation)
+            try:
+                settled.append(self.parts.settle(info, self.options))
+            except IntegrityError as exc:
+                self.parts.delete([name])  # kept otherwise than asked: not this run's archive
+                raise IntegrityError(f"{exc}; it was deleted") from None
         keep = [v[0] for v in volumes] + ([listing_name(self.archive)] if len(volumes) > 1 else [])
         left = self.parts.remove_stale(self.archive, keep)
         if left:
@@ -408,5 +429,9 @@ class SegmentedUpload:
             crc32c=crc,
             manifest_location=f"{self.where.bucket}/{manifest_name}",
             volumes=tuple(f"{self.where.bucket}/{v[0]}" for v in volumes) if len(volumes) > 1 else (),
+            storage_class=settled[0].storage_class,
+            kms_key_name=settled[0].kms_key_name,
+            retain_until=min((s.retain_until for s in settled if s.retain_until), default=None),
+            holds=holds_of(settled[0]),
         )
 

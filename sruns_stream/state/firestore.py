@@ -145,12 +145,18 @@ class RunFields(TypedDict, total=False):
     attempts: int | None
     last_error: str | None
     instrument_status: str | None
+    # GCS, as it reported the archive: class, Cloud KMS key, retention end (RFC 3339), holds.
+    storage_class: str | None
+    kms_key_name: str | None
+    retain_until: str | None
+    holds: list[str] | None
 
 
-_STRINGS = frozenset({"storage", "workflow_status", "crc32c", "host", "last_error", "instrument_status"})
+_STRINGS = frozenset({"storage", "workflow_status", "crc32c", "host", "last_error", "instrument_status",
+                      "storage_class", "kms_key_name", "retain_until"})
 _INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
 _FLOATS = frozenset({"throughput_mb_s"})
-_STRING_LISTS = frozenset({"volumes"})
+_STRING_LISTS = frozenset({"volumes", "holds"})
 _TIMESTAMPS = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
 
 
@@ -175,6 +181,10 @@ class RunRecord:
     attempts: int | None = None
     last_error: str | None = None
     instrument_status: str | None = None
+    storage_class: str | None = None
+    kms_key_name: str | None = None
+    retain_until: str | None = None
+    holds: list[str] | None = None
 
     @property
     def archived(self) -> bool:
@@ -214,7 +224,7 @@ class RunRecord:
 
 _INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
 _TIMES = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
-_TEXTS = frozenset({"host", "last_error", "instrument_status"})
+_TEXTS = frozenset({"host", "last_error", "instrument_status", "storage_class", "kms_key_name", "retain_until"})
 
 
 def _field_problem(key: str, value: Any) -> str | None:
@@ -241,6 +251,8 @@ def _field_problem(key: str, value: Any) -> str | None:
         not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 100_000
     ):
         return "expected a list of locations"
+    elif key == "holds" and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        return "expected a list of hold names"
     return None
 
 
@@ -269,6 +281,12 @@ def fields_from_task(
         "attempts": task.attempts,
         "last_error": task.last_error,
     }
+    if task.compliance:
+        view = task.compliance_view
+        out["storage_class"] = view["storage_class"]
+        out["kms_key_name"] = view["kms_key_name"]
+        out["retain_until"] = view["retain_until"]
+        out["holds"] = view["holds"]
     if host is not None:
         out["host"] = host
     if instrument_status is not None:

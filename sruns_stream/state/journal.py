@@ -140,7 +140,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     raw_total INTEGER,
     raw_resumed INTEGER,
     interrupted_at REAL,
-    manifest_identity TEXT
+    manifest_identity TEXT,
+    compliance TEXT
 );
 CREATE TABLE IF NOT EXISTS manifest (
     task TEXT NOT NULL,
@@ -249,6 +250,21 @@ class Task:
     # first byte leaves: with it a resume can take the entries from a new scan of the
     # folder when a crash came before `write_entries` committed them (see `archive`).
     manifest_identity: str | None = None
+    # GCS: the archive's storage class, Cloud KMS key, retention end and holds as GCS
+    # reported them once it was stored (JSON; `compliance_view`).
+    compliance: str | None = None
+
+    @property
+    def compliance_view(self) -> dict[str, Any]:
+        """storage_class, kms_key_name, retain_until and holds (None/[] when not known)."""
+        try:
+            found = json.loads(self.compliance) if self.compliance else {}
+        except ValueError:
+            found = {}
+        if not isinstance(found, dict):
+            found = {}
+        return {"storage_class": found.get("storage_class"), "kms_key_name": found.get("kms_key_name"),
+                "retain_until": found.get("retain_until"), "holds": list(found.get("holds") or [])}
 
     @property
     def volume_locations(self) -> tuple[str, ...]:
@@ -849,7 +865,7 @@ _COLUMNS = {
     "updated_at", "finished_at", "rundir_found", "run_id", "instrument", "instrument_status",
     "pid_start", "failures", "next_attempt_at", "gave_up_at", "moved_to", "moved_at", "swept_at",
     "published", "changed_at", "legacy_tarfile", "volumes", "raw_total", "raw_resumed", "interrupted_at",
-    "manifest_identity",
+    "manifest_identity", "compliance",
 }
 _TASK_FIELDS = frozenset(f.name for f in fields(Task))
 

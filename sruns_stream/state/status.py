@@ -14,18 +14,34 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from ..humanize import ago, crc32c_base64, hms, human_bytes, human_rate, iso_time, local_time
 from ..storage.layout import storage_uri
+from ..storage.prices import MINIMUM_DAYS, estimate
 from .journal import ARCHIVED, IN_PROGRESS, Task
 from .process import alive
 
 __all__ = ["render_json", "render_text", "run_view", "watch"]
 
 
-def run_view(task: Task, now: float, done: tuple[int, int] | None = None) -> dict[str, Any]:
+# The price table's region and per-class overrides (`storage.prices.estimate`).
+Prices = tuple[str, Sequence[tuple[str, float, float]]]
+DEFAULT_PRICES: Prices = ("us-central1", ())
+
+
+def _cost(task: Task, prices: Prices) -> dict[str, Any] | None:
+    """The stored archive's bill, from the class GCS reported (None: not a GCS archive)."""
+    storage_class = task.compliance_view["storage_class"]
+    if storage_class not in MINIMUM_DAYS or task.archive_bytes is None or task.status not in ARCHIVED:
+        return None
+    return estimate(task.archive_bytes, storage_class, prices[0], prices[1]).as_dict()
+
+
+def run_view(
+    task: Task, now: float, done: tuple[int, int] | None = None, prices: Prices = DEFAULT_PRICES,
+) -> dict[str, Any]:
     """One run as `status --json` shows it (times as epoch seconds here; see `render_json`).
     ``done`` is `Journal.progress` (raw bytes archived, archive bytes stored), which sums
     the segments of a run uploaded by several streams; without it, the row's checkpoint."""
@@ -78,6 +94,8 @@ def run_view(task: Task, now: float, done: tuple[int, int] | None = None) -> dic
         "swept_at": task.swept_at,
         "legacy_tarfile": task.legacy_tarfile,
         "pid": task.pid if running else None,
+        **task.compliance_view,  # storage_class, kms_key_name, retain_until, holds
+        "cost": _cost(task, prices),
     }
 
 
@@ -87,11 +105,12 @@ _TIMES = ("next_attempt_at", "gave_up_at", "created_at", "started_at", "updated_
 
 def render_json(
     tasks: list[Task], now: float, *, compact: bool = False, done: Mapping[str, tuple[int, int]] | None = None,
+    prices: Prices = DEFAULT_PRICES,
 ) -> str:
     """A JSON list, one object per run, times in ISO 8601 with the UTC offset."""
     rows = []
     for task in tasks:
-        row = run_view(task, now, (done or {}).get(task.name))
+        row = run_view(task, now, (done or {}).get(task.name), prices)
         for key in _TIMES:
             row[key] = iso_time(row[key])
         rows.append(row)
@@ -102,11 +121,13 @@ def _when(ts: float, now: float) -> str:
     return f"{local_time(ts)} ({ago(now - ts)})"
 
 
-def render_text(tasks: list[Task], now: float, done: Mapping[str, tuple[int, int]] | None = None) -> str:
+def render_text(
+    tasks: list[Task], now: float, done: Mapping[str, tuple[int, int]] | None = None, prices: Prices = DEFAULT_PRICES,
+) -> str:
     """A block per run: a headline, then only the lines that say something."""
     if not tasks:
         return "no runs in the journal yet\n"
-    return "\n".join(_block(task, now, (done or {}).get(task.name)) for task in tasks)
+    return "\n".join(_block(task, now, (done or {}).get(task.name), prices) for task in tasks)
 
 
 def _headline(task: Task, view: dict[str, Any]) -> str:
@@ -121,8 +142,8 @@ def _headline(task: Task, view: dict[str, Any]) -> str:
     return task.status
 
 
-def _block(task: Task, now: float, done: tuple[int, int] | None) -> str:
-    v = run_view(task, now, done)
+def _block(task: Task, now: float, done: tuple[int, int] | None, prices: Prices = DEFAULT_PRICES) -> str:
+    v = run_view(task, now, done, prices)
     lines = [f"{task.name}  {_headline(task, v)}"]
 
     def add(label: str, text: str) -> None:
@@ -142,6 +163,17 @@ def _block(task: Task, now: float, done: tuple[int, int] | None) -> str:
         add("archive", f"{v['location']} ({size}{files})")
         if task.crc32c:
             add("crc32c", f"{task.crc32c} (base64 {v['crc32c_base64']}, as gcloud shows it)")
+        if v["cost"] is not None:
+            cost = v["cost"]
+            minimum = f", billed at least {cost['minimum_days']} days" if cost["minimum_days"] else ""
+            add("class", f"{v['storage_class']}: about ${cost['monthly_usd']:,.2f} a month, "
+                         f"${cost['read_back_usd']:,.2f} to read it all back ({cost['region']} list prices "
+                         f"of {cost['prices_date']}{minimum})")
+        if v["kms_key_name"]:
+            add("key", v["kms_key_name"])
+        if v["retain_until"] or v["holds"]:
+            kept = [f"retained until {v['retain_until']}"] if v["retain_until"] else []
+            add("kept", ", ".join(kept + [f"{h.replace('_', '-')} hold" for h in v["holds"]]))
     elif v["location"]:
         add("last", f"{v['location']} (not this run's archive now)")
     if v["rundir"]:

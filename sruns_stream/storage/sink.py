@@ -33,6 +33,12 @@ class Stored:
     # When the archive is stored as several volumes: each one's location (in order, their
     # concatenation is the archive; ``location`` then names the archive they make up).
     volumes: tuple[str, ...] = ()
+    # GCS, as it reports them for the archive (each volume checked alike): its class, its
+    # Cloud KMS key (None: Google-managed), object retention's end (RFC 3339), holds.
+    storage_class: str | None = None
+    kms_key_name: str | None = None
+    retain_until: str | None = None
+    holds: tuple[str, ...] = ()
 
 
 class Sink(Protocol):

@@ -88,3 +88,73 @@ def gcs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
         yield Emulator(url=url, bucket=BUCKET, server=server)
     finally:
         server.stop()
+
+
+# Fields gcp-storage-emulator drops and GCS keeps: the Cloud KMS key an object is created
+# under, object retention and holds. Its rewrite also copies the source's resource whole,
+# ignoring the destination's storageClass and key, and always finishes in one call.
+_GCS_FIELDS = ("kmsKeyName", "retention", "eventBasedHold", "temporaryHold")
+
+
+@dataclass
+class RewriteLog:
+    calls: int = 0  # rewrite requests answered (each token continues one)
+
+
+@pytest.fixture
+def gcs_fields(gcs: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[RewriteLog]:
+    """`gcs`, with the emulator taught what GCS documents and it ignores: it keeps
+    ``kmsKeyName`` (as sent: GCS would add ``/cryptoKeyVersions/N``), ``retention``,
+    ``eventBasedHold`` and ``temporaryHold`` when an object is created or patched, and a
+    rewrite applies the destination's ``storageClass`` and ``destinationKmsKeyName``, in
+    two calls (the first answers a ``rewriteToken``, as GCS does for a large object that
+    changes class). A test using it says so; what the client sent is read from a
+    recording proxy (tests/faultproxy.py), never from here."""
+    from gcp_storage_emulator import server as emulator_server
+    from gcp_storage_emulator.handlers import objects
+
+    monkeypatch.setattr(objects, "_WRITABLE_FIELDS", (*objects._WRITABLE_FIELDS, *_GCS_FIELDS))
+    log = RewriteLog()
+    original = objects.rewrite
+
+    def rewrite(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> None:
+        log.calls += 1
+        if not request.query.get("rewriteToken"):
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response.json({"kind": "storage#rewriteResponse", "totalBytesRewritten": "0",
+                           "objectSize": str(obj["size"]), "done": False, "rewriteToken": "sruns-test-token"})
+            return
+        original(request, response, storage, *args, **kwargs)
+        bucket, name = request.params["dest_bucket_name"], request.params["dest_object_id"]
+        obj = storage.get_file_obj(bucket, name)
+        asked = request.data or {}
+        if asked.get("storageClass"):
+            obj["storageClass"] = asked["storageClass"]
+        key = (request.query.get("destinationKmsKeyName") or [None])[0]
+        if key:
+            obj["kmsKeyName"] = key
+        else:
+            obj.pop("kmsKeyName", None)
+        storage.patch_object(bucket, name, obj)
+        size = str(obj["size"])
+        response.json({"kind": "storage#rewriteResponse", "totalBytesRewritten": size, "objectSize": size,
+                       "done": True, "resource": obj})
+
+    original_insert = objects.insert
+
+    def insert(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> None:
+        # The library sends the key of an upload as a query parameter, not in the metadata.
+        key = (request.query.get("kmsKeyName") or [None])[0]
+        data = request.data
+        if key and isinstance(data, dict):
+            meta = data.get("meta")
+            (meta if isinstance(meta, dict) else data)["kmsKeyName"] = key
+        original_insert(request, response, storage, *args, **kwargs)
+
+    for _, handlers in emulator_server.HANDLERS:
+        for method, handler in list(handlers.items()):
+            if handler is original:
+                monkeypatch.setitem(handlers, method, rewrite)
+            elif handler is original_insert:
+                monkeypatch.setitem(handlers, method, insert)
+    yield log

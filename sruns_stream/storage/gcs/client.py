@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,11 +46,15 @@ __all__ = [
     "crc32c_from_b64",
     "exhausted",
     "is_transient",
+    "check_kept",
+    "info_from_resource",
+    "kms_denied",
     "make_client",
     "media_url",
     "probe_object",
     "reason",
     "request",
+    "same_key",
     "translate",
 ]
 
@@ -144,9 +149,21 @@ def reason(failure: Failure) -> str:
     return f"{type(failure).__name__}: {' '.join(str(failure).split())[:200]}"
 
 
+KMS_ROLE = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+
+
+def kms_denied(key: str, doing: str, where: str, why: str) -> str:
+    """The one line for a 403 from the Cloud KMS key: the key, the role, the command."""
+    return (
+        f"permission denied: {doing} {where}: GCS may not use Cloud KMS key {key} ({why}): the Cloud Storage "
+        f"service agent of the bucket's project needs {KMS_ROLE} on that key; grant it with "
+        f"`gcloud storage service-agent --project=BUCKET_PROJECT --authorize-cmek={key}`"
+    )
+
+
 def translate(
     failure: Failure, doing: str, where: str, error: type[DestinationError] = DestinationError,
-    missing: str | None = None,
+    missing: str | None = None, kms_key: str | None = None,
 ) -> DestinationError:
     """The error table: ``failure`` (a library error, or an HTTP answer that is not a
     success) while ``doing`` (``reading``, ``composing`` …) ``where`` (``gs://…``), as the
@@ -158,6 +175,8 @@ def translate(
     if is_transient(failure):
         return Transient(doing, where, why)
     status = _status(failure)
+    if status == 403 and kms_key and any(w in why.lower() for w in ("kms", "cryptokey", "encrypt")):
+        return error(kms_denied(kms_key, doing, where, why))
     if status in (401, 403):
         return error(f"permission denied: {doing} {where}: {why}")
     if status == 404:
@@ -214,11 +233,48 @@ class ObjectInfo:
     crc32c: int | None
     generation: int | None
     metadata: dict[str, str] = field(default_factory=dict)
+    storage_class: str | None = None
+    kms_key_name: str | None = None  # with GCS's /cryptoKeyVersions/N after the key
+    retain_until: str | None = None  # RFC 3339, as GCS reports it
+    retention_mode: str | None = None
+    event_based_hold: bool = False
+    temporary_hold: bool = False
+
+
+def info_from_resource(resource: dict[str, Any]) -> ObjectInfo:
+    """An object resource (GCS's JSON) as an ObjectInfo."""
+    retention = resource.get("retention") or {}
+    return ObjectInfo(
+        str(resource.get("name", "")), int(resource.get("size") or 0), crc32c_from_b64(resource.get("crc32c")),
+        int(resource.get("generation") or 0) or None, dict(resource.get("metadata") or {}),
+        resource.get("storageClass"), resource.get("kmsKeyName"), retention.get("retainUntilTime"),
+        retention.get("mode"), bool(resource.get("eventBasedHold")), bool(resource.get("temporaryHold")),
+    )
 
 
 def _info(blob: Any) -> ObjectInfo:
-    return ObjectInfo(blob.name, int(blob.size or 0), crc32c_from_b64(blob.crc32c), blob.generation,
-                      dict(blob.metadata or {}))
+    return info_from_resource(blob._properties)
+
+
+def same_key(reported: str | None, asked: str) -> bool:
+    """Whether GCS's kmsKeyName (a key version) is of the key asked for."""
+    return reported == asked or bool(reported and reported.startswith(asked + "/cryptoKeyVersions/"))
+
+
+def check_kept(where: str, info: ObjectInfo, storage_class: str | None, kms_key: str | None) -> None:
+    """The class and key GCS reports for a finished object must be the ones asked for,
+    as its size and crc32c must be ours: an archive in another class costs another bill,
+    one under another key fails a compliance audit."""
+    if storage_class and info.storage_class != storage_class:
+        raise IntegrityError(
+            f"{where} was created in storage class {info.storage_class or '(none reported)'}, not {storage_class} "
+            "as asked: check the bucket (an Autoclass bucket chooses classes itself)"
+        )
+    if kms_key and not same_key(info.kms_key_name, kms_key):
+        raise IntegrityError(
+            f"{where} is encrypted with {info.kms_key_name or 'a Google-managed key'}, not the Cloud KMS key "
+            f"{kms_key} asked for"
+        )
 
 
 class GcsBucket:
@@ -231,9 +287,10 @@ class GcsBucket:
     def __init__(
         self, bucket: str, client: Client, *, retry: RetryPolicy = RETRY,
         error: type[DestinationError] = UploadError, sleep: Callable[[float], None] = pause,
-        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT, kms_key: str | None = None,
     ) -> None:
         self.name = bucket
+        self.kms_key = kms_key  # every object this creates is encrypted with it (CMEK)
         self.client = client
         self.bucket = client.bucket(bucket)
         self.retry = retry
@@ -253,7 +310,7 @@ class GcsBucket:
             try:
                 return fn()
             except FAILURES as exc:
-                raise translate(exc, doing, where, self.error, missing) from exc
+                raise translate(exc, doing, where, self.error, missing, self.kms_key) from exc
 
         try:
             return self.retry.call(once, Transient, sleep=self._sleep)
@@ -285,9 +342,21 @@ class GcsBucket:
                                                               retry=None)],
         )
 
-    def upload(self, name: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """A small object, written whole, checked by its crc32c."""
+    def _new(self, name: str, storage_class: str | None) -> Any:
+        """A blob to create: in ``storage_class`` (None: the bucket's default), under the key."""
         blob = self.bucket.blob(name)
+        if storage_class:
+            blob.storage_class = storage_class
+        if self.kms_key:
+            blob.kms_key_name = self.kms_key
+        return blob
+
+    def upload(
+        self, name: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None,
+        storage_class: str | None = None,
+    ) -> ObjectInfo:
+        """A small object, written whole, checked by its crc32c."""
+        blob = self._new(name, storage_class)
         if metadata:
             blob.metadata = metadata
         self.call(
@@ -301,7 +370,7 @@ class GcsBucket:
                 f"{self.url(name)} reads back with crc32c {stored if stored is None else f'{stored:08x}'}, "
                 f"expected {expected:08x}"
             )
-        return ObjectInfo(name, len(data), stored, blob.generation, dict(blob.metadata or {}))
+        return _info(blob)
 
     def patch_metadata(
         self, name: str, metadata: dict[str, str], generation: int | None, missing: str | None = None
@@ -324,9 +393,11 @@ class GcsBucket:
 
         self.call("deleting", name, drop)
 
-    def compose(self, sources: Sequence[str], dest: str, content_type: str) -> ObjectInfo:
+    def compose(
+        self, sources: Sequence[str], dest: str, content_type: str, storage_class: str | None = None
+    ) -> ObjectInfo:
         """``dest`` as the concatenation of at most 32 ``sources`` (one request)."""
-        blob = self.bucket.blob(dest)
+        blob = self._new(dest, storage_class)
         blob.content_type = content_type
         self.call(
             "composing", dest,
@@ -334,11 +405,48 @@ class GcsBucket:
         )
         return _info(blob)
 
+    def rewrite_class(self, name: str, storage_class: str, generation: int | None) -> ObjectInfo:
+        """The object (of ``generation``) rewritten onto itself in ``storage_class`` (under the
+        key): server-side, no byte through this machine. GCS may answer a large object in
+        several calls, each returning a token to continue with; each call is retried on its own."""
+        source = self.bucket.blob(name, generation=generation)
+        dest = self._new(name, storage_class)
+        def step(token: str | None) -> Callable[[], tuple[str | None, int, int]]:
+            return lambda: dest.rewrite(source, token=token, if_generation_match=generation, timeout=self._timeout,
+                                        retry=None)
+
+        token: str | None = None
+        while True:
+            token, _, _ = self.call("changing the storage class of", name, step(token))
+            if token is None:
+                return _info(dest)
+
+    def hold_and_retain(
+        self, name: str, generation: int | None, *, retain_until: str | None, mode: str,
+        event_based_hold: bool, temporary_hold: bool,
+    ) -> ObjectInfo:
+        """Object retention (until ``retain_until``, RFC 3339; ``mode`` Unlocked or Locked)
+        and holds on a finished object: one PATCH, of that generation only."""
+        blob = self.bucket.blob(name)
+        if retain_until:
+            blob.retention.mode = mode
+            blob.retention.retain_until_time = datetime.datetime.fromisoformat(retain_until)
+        if event_based_hold:
+            blob.event_based_hold = True
+        if temporary_hold:
+            blob.temporary_hold = True
+        self.call(
+            "setting retention and holds on", name,
+            lambda: blob.patch(if_generation_match=generation, timeout=self._timeout, retry=None),
+        )
+        return _info(blob)
+
     def create_session(
-        self, name: str, content_type: str, metadata: dict[str, str], missing: str | None = None
+        self, name: str, content_type: str, metadata: dict[str, str], missing: str | None = None,
+        storage_class: str | None = None,
     ) -> str:
         """A new resumable upload session's URI (a bearer credential: see `gcs.upload`)."""
-        blob = self.bucket.blob(name)
+        blob = self._new(name, storage_class)
         blob.metadata = metadata
         blob.content_type = content_type
         uri: str = self.call(

@@ -73,16 +73,19 @@ from .client import (
     FAILURES,
     Client,
     GcsBucket,
+    ObjectInfo,
     Transient,
     b64_crc32c,
+    check_kept,
     crc32c_from_b64,
     exhausted,
+    info_from_resource,
     make_client,
     reason,
     request,
     translate,
 )
-from .parts import Parts
+from .parts import Parts, helper_class, holds_of, settle
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,10 @@ class GcsSink:
         self.compression = options.compression
         self.content_type = archive_content_type(extension)
         self._chunk = options.chunk_size
+        self._options = options
+        # A part is a temporary: STANDARD once a class is asked for (`parts.helper_class`).
+        self._storage_class = helper_class(options) if part else options.storage_class
+        self._kms = options.kms_key_name
         self._retry = RetryPolicy.for_retries(options.upload_retries)
         self._client = client
         self._gcs: GcsBucket | None = None  # every call on the bucket but the session's PUTs
@@ -183,7 +190,7 @@ class GcsSink:
             self._client = make_client()
         if self._gcs is None:
             self._gcs = GcsBucket(self.bucket_name, self._client, retry=self._retry, sleep=self._pause,
-                                  timeout=self._timeout)
+                                  timeout=self._timeout, kms_key=self._kms)
         self._buf = bytearray()
         self._fill, self._filled = [], 0
         self._finished = None
@@ -203,7 +210,10 @@ class GcsSink:
         if self._uri is None:
             return None
         return json.dumps(
-            {"session": self._uri, "created": self._created, "bucket": self.bucket_name, "blob": self.blob_name},
+            {"session": self._uri, "created": self._created, "bucket": self.bucket_name, "blob": self.blob_name,
+             # What the session creates the object as: a resume asked for another starts anew.
+             **({"storage_class": self._storage_class} if self._storage_class else {}),
+             **({"kms_key_name": self._kms} if self._kms else {})},
             sort_keys=True,
         )
 
@@ -267,10 +277,13 @@ class GcsSink:
         generation = int(resource.get("generation") or 0) or None
         if size != info.size or crc != info.crc32c:
             self._reject(size, crc, info, generation)
+        found = info_from_resource(resource)
         if self.manifest_name:
-            size, crc = self._set_metadata(info, generation)
+            found = self._set_metadata(info, generation)
+            size, crc = found.size, found.crc32c
             if size != info.size or crc != info.crc32c:
                 self._reject(size, crc, info, generation)
+        found = self._settle(found)
         assert crc is not None
         if self.manifest_name:
             self._remove_stale()
@@ -280,12 +293,34 @@ class GcsSink:
             size=size,
             crc32c=crc,
             manifest_location=manifest_location,
+            storage_class=found.storage_class,
+            kms_key_name=found.kms_key_name,
+            retain_until=found.retain_until,
+            holds=holds_of(found),
         )
+
+    def _settle(self, found: ObjectInfo) -> ObjectInfo:
+        """Class and key checked (a part's too), retention and holds set on the archive
+        (`parts.settle`). An object GCS keeps otherwise than asked goes, as a corrupt one
+        does: it is no archive of this run's to report."""
+        assert self._gcs is not None
+        try:
+            if not self.manifest_name:
+                check_kept(self.description, found, self._storage_class, self._kms)
+                return found
+            return settle(self._gcs, found, self._options, now=self._now())
+        except IntegrityError as exc:
+            try:
+                self._gcs.delete(self.blob_name, found.generation)
+                fate = "it was deleted"
+            except UploadError as gone:
+                fate = f"deleting it failed too ({gone})"
+            raise IntegrityError(f"{exc}; {fate}") from None
 
     def _remove_stale(self) -> None:
         """Volumes (and their listing) an earlier archive of this run was cut into go: the
         one object replaces them. Best effort: a bucket that keeps objects keeps them."""
-        left = Parts(self.bucket_name, client=self._client, retry=self._retry).remove_stale(
+        left = Parts(self.bucket_name, client=self._client, retry=self._retry, kms_key=self._kms).remove_stale(
             self.blob_name, [self.blob_name]
         )
         if left:
@@ -379,12 +414,19 @@ class GcsSink:
             saved = json.loads(state)
             uri, created = str(saved["session"]), float(saved["created"])
             same = saved.get("bucket") == self.bucket_name and saved.get("blob") == self.blob_name
+            kept = saved.get("storage_class") == self._storage_class and saved.get("kms_key_name") == self._kms
         except (ValueError, KeyError, TypeError):
             self._note(f"{self.run}: the journal's upload state is unreadable: starting a new upload session from zero")
             return None
         if not same:
             self._note(
                 f"{self.run}: the journal's upload session was for another object: starting a new session from zero"
+            )
+            return None
+        if not kept:
+            self._note(
+                f"{self.run}: the journal's upload session creates the object in another storage class or under "
+                "another key than asked: starting a new session from zero"
             )
             return None
         self._uri, self._created, self._fresh, self._base = uri, created, False, 0
@@ -419,6 +461,7 @@ class GcsSink:
         self._uri = self._gcs.create_session(
             self.blob_name, self.content_type, session_metadata(self.run, self.compression, __version__),
             missing=f"bucket {self.bucket_name!r} does not exist (cannot start the upload for {self.description})",
+            storage_class=self._storage_class,
         )
         self._created = self._now()
         self._fresh = True
@@ -564,13 +607,13 @@ class GcsSink:
             )
         except FAILURES as exc:
             # Not `from exc`, and the library's words scrubbed: they could carry the session URI.
-            failure = translate(exc, "writing", self.description, UploadError)
+            failure = translate(exc, "writing", self.description, UploadError, kms_key=self._kms)
             if isinstance(failure, Transient):
                 raise Transient(failure.doing, failure.where, self._scrub(failure.why)) from None
             raise type(failure)(self._scrub(str(failure))) from None
         if resp.status_code in (200, 201, _RESUME_INCOMPLETE):
             return resp
-        failure = translate(resp, "writing", self.description, UploadError)
+        failure = translate(resp, "writing", self.description, UploadError, kms_key=self._kms)
         if isinstance(failure, Transient):
             raise failure
         return resp
@@ -613,7 +656,7 @@ class GcsSink:
     def _upload_beside(self, name: str, data: bytes) -> str:
         """A small file beside the archive (manifest, access index), checked by crc32c."""
         assert self._gcs is not None
-        self._gcs.upload(name, data, TSV_CONTENT_TYPE)
+        self._gcs.upload(name, data, TSV_CONTENT_TYPE, storage_class=helper_class(self._options))
         return f"{self.bucket_name}/{name}"
 
     def _existing_object(self, info: ArchiveInfo) -> dict[str, Any]:
@@ -628,11 +671,12 @@ class GcsSink:
         # request committed them.
         if found is None or found.size != info.size or found.crc32c != info.crc32c:
             raise UploadError(missing)
-        return {"size": found.size, "crc32c": b64_crc32c(info.crc32c), "generation": found.generation}
+        return {"size": found.size, "crc32c": b64_crc32c(info.crc32c), "generation": found.generation,
+                "storageClass": found.storage_class, "kmsKeyName": found.kms_key_name, "name": found.name}
 
-    def _set_metadata(self, info: ArchiveInfo, generation: int | None) -> tuple[int, int | None]:
-        """Add what only the end knows to the object's metadata; returns (size, crc32c)
-        as GCS reports them in its answer: the read-back the run is judged by."""
+    def _set_metadata(self, info: ArchiveInfo, generation: int | None) -> ObjectInfo:
+        """Add what only the end knows to the object's metadata; returns the object as GCS
+        reports it in its answer (size, crc32c, class, key): the read-back the run is judged by."""
         assert self._gcs is not None
         metadata = archive_metadata(
             info.run, info.raw_bytes, info.file_count, info.tar_crc32, info.compression, info.tool_version
@@ -640,7 +684,7 @@ class GcsSink:
         found = self._gcs.patch_metadata(
             self.blob_name, metadata, generation, missing=f"{self.description} disappeared right after it was committed"
         )
-        return found.size, found.crc32c
+        return found
 
     def _reject(self, size: int, crc: int | None, info: ArchiveInfo, generation: int | None) -> NoReturn:
         """A committed object that is not what we streamed must not stay under its name."""
