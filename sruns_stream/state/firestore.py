@@ -145,13 +145,17 @@ class RunFields(TypedDict, total=False):
     attempts: int | None
     last_error: str | None
     instrument_status: str | None
+    run_id: str | None  # RunInfo.xml's id, which can differ from the folder name
+    moved_to: str | None  # where the daemon moved the run folder (completed_runs_dir)
+    moved_at: dt.datetime | float | None
 
 
-_STRINGS = frozenset({"storage", "workflow_status", "crc32c", "host", "last_error", "instrument_status"})
+_STRINGS = frozenset({"storage", "workflow_status", "crc32c", "host", "last_error", "instrument_status", "run_id",
+                      "moved_to"})
 _INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
 _FLOATS = frozenset({"throughput_mb_s"})
 _STRING_LISTS = frozenset({"volumes"})
-_TIMESTAMPS = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
+_TIMESTAMPS = frozenset({"created_at", "updated_at", "started_at", "finished_at", "moved_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,9 @@ class RunRecord:
     attempts: int | None = None
     last_error: str | None = None
     instrument_status: str | None = None
+    run_id: str | None = None
+    moved_to: str | None = None
+    moved_at: dt.datetime | None = None
 
     @property
     def archived(self) -> bool:
@@ -213,8 +220,8 @@ class RunRecord:
 
 
 _INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
-_TIMES = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
-_TEXTS = frozenset({"host", "last_error", "instrument_status"})
+_TIMES = frozenset({"created_at", "updated_at", "started_at", "finished_at", "moved_at"})
+_TEXTS = frozenset({"host", "last_error", "instrument_status", "run_id", "moved_to"})
 
 
 def _field_problem(key: str, value: Any) -> str | None:
@@ -268,6 +275,8 @@ def fields_from_task(
         "file_count": task.file_count,
         "attempts": task.attempts,
         "last_error": task.last_error,
+        "run_id": task.run_id,
+        "moved_to": task.moved_to,
     }
     if host is not None:
         out["host"] = host
@@ -280,9 +289,10 @@ def fields_from_task(
         ("updated_at", task.updated_at),
         ("started_at", task.session_started_at),
         ("finished_at", task.finished_at),
+        ("moved_at", task.moved_at),
     ):
         if value is not None:
-            out[key] = value  # type: ignore[literal-required]  # key is one of the four above
+            out[key] = value  # type: ignore[literal-required]  # key is one of the five above
     return out
 
 
