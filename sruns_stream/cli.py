@@ -22,8 +22,18 @@ from typing import TextIO
 
 from . import __version__, stopping
 from .archiver.run import archive_run, check_places
-from .config import ArchiveOptions, Config, load_config, with_overrides
+from .config import (
+    AUTO_READ_THREADS,
+    AUTO_STREAMS,
+    AUTO_STREAMS_FROM,
+    LOCAL_OPEN_SECONDS,
+    ArchiveOptions,
+    Config,
+    load_config,
+    with_overrides,
+)
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError, redact
+from .humanize import flag_size, parse_size
 from .progress import NoProgress, Progress, TerminalProgress
 from .runfolder.exclude import check_patterns
 from .state.journal import Journal
@@ -31,6 +41,9 @@ from .state.journal import Journal
 __all__ = ["main", "main_cli"]
 
 DEFAULT_DEST = "archives"
+# verify and restore inflate on the machine's cores, up to this many by default.
+READ_BACK_THREADS = 8
+_DEFAULTS = ArchiveOptions(threads=1)  # what --help says each archive flag defaults to
 _INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"
 _STOPPED_LINE = {
     "verify": "sruns-stream: interrupted; the archive was not fully verified",
@@ -40,12 +53,8 @@ _STOPPED_LINE = {
 
 
 def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
+        return parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1M, 256K, 16777216)") from None
 
@@ -63,23 +72,33 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--dest",
                    help=f"DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: config, else ./{DEFAULT_DEST})")
     a.add_argument("--threads", type=int, help="compression threads (default: all cores)")
-    a.add_argument("--level", type=int, help="gzip level 1-3 (ISA-L); alone it deflates every member")
+    a.add_argument("--level", type=int,
+                   help=f"gzip level 1-3 (ISA-L; default {_DEFAULTS.level}); alone it deflates every member")
     a.add_argument("--compression", choices=["auto", "level", "none"],
                    help="auto: store already-compressed members, deflate the rest (default); "
                         "level: deflate everything; none: plain .tar")
-    a.add_argument("--block-size", type=_size, help="raw block size (default 1M)")
-    a.add_argument("--sync-interval", type=_size, help="local destination: fsync every this many bytes (default 16M)")
-    a.add_argument("--chunk-size", type=_size, help="GCS upload chunk, a multiple of 256K (default 16M)")
+    a.add_argument("--block-size", type=_size, help=f"raw block size (default {flag_size(_DEFAULTS.block_size)})")
+    a.add_argument("--sync-interval", type=_size,
+                   help="local destination: fsync every this many bytes "
+                        f"(default {flag_size(_DEFAULTS.sync_interval)})")
+    a.add_argument("--chunk-size", type=_size,
+                   help=f"GCS upload chunk, a multiple of 256K (default {flag_size(_DEFAULTS.chunk_size)})")
     a.add_argument("--read-threads", type=int,
-                   help="threads that list directories and read files ahead (default 8; 0: none)")
-    a.add_argument("--read-ahead", type=_size, help="how far files are read ahead of the stream (default 64M; 0: off)")
+                   help="threads that list directories and read files ahead (default: decided per run, "
+                        f"{AUTO_READ_THREADS} where opening a file takes over {LOCAL_OPEN_SECONDS * 1e6:.0f} us, "
+                        "as on a share, else 0; 0: none)")
+    a.add_argument("--read-ahead", type=_size,
+                   help="how far files are read ahead of the stream "
+                        f"(default {flag_size(_DEFAULTS.read_ahead)}; 0: off)")
     a.add_argument("--streams", type=int,
                    help="GCS upload streams, each sending segments composed at the end "
-                        "(default: 4 from 2 GiB up, else 1)")
+                        f"(default: decided per run, {AUTO_STREAMS} from {flag_size(AUTO_STREAMS_FROM)} up, else 1)")
     a.add_argument("--volume-size", type=_size,
-                   help="store a larger archive as volumes of at most this (default: just under 5T)")
+                   help="store a larger archive as volumes of at most this "
+                        f"(default {flag_size(_DEFAULTS.volume_size)}: just under GCS's 5T object limit)")
     a.add_argument("--access-interval", type=_size,
-                   help="raw bytes between access points, where a reader can start (default 8M; 0: none)")
+                   help="raw bytes between access points, where a reader can start "
+                        f"(default {flag_size(_DEFAULTS.access_interval)}; 0: none)")
     a.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave out what matches this glob below the run folder, e.g. Thumbnail_Images or "
                         "'Logs/*' (repeatable; added to the config's exclude)")
@@ -102,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
     v.add_argument("--against", type=Path, help="also compare with the files in this run folder")
     v.add_argument("--threads", type=int, default=None,
-                   help="threads that inflate, through the archive's access index (default: the machine's cores)")
+                   help="threads that inflate, through the archive's access index "
+                        f"(default: the machine's cores, at most {READ_BACK_THREADS})")
     v.add_argument("--json", action="store_true")
     v.add_argument("--config", type=Path)
     v.add_argument("--journal", type=Path)
@@ -114,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="restore only members matching this pattern (repeatable), e.g. RUN/InterOp")
     r.add_argument("--force", action="store_true", help="overwrite existing files")
     r.add_argument("--threads", type=int, default=None,
-                   help="threads that inflate, through the archive's access index (default: the machine's cores)")
+                   help="threads that inflate, through the archive's access index "
+                        f"(default: the machine's cores, at most {READ_BACK_THREADS})")
     r.add_argument("--no-outside-links", action="store_true",
                    help="refuse symlinks that are absolute or resolve outside DEST (for archives from elsewhere)")
     r.add_argument("--json", action="store_true")
@@ -249,7 +270,7 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # A journal is only needed to find a run by name; never create one for a path or URL.
     journal = _lookup_journal(args, config)
     report: VerifyReport | RestoreReport
-    threads = args.threads if args.threads is not None else min(os.cpu_count() or 1, 8)
+    threads = args.threads if args.threads is not None else min(os.cpu_count() or 1, READ_BACK_THREADS)
     if threads < 1:
         raise UsageError(f"--threads must be 1 or more, not {threads}")
     stopping.install()  # a signal stops between pieces, and the temp files are cleaned up
