@@ -235,6 +235,7 @@ def _monitor(args: argparse.Namespace) -> int:
     daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
     config = load_config(args.config)
     Monitor.check(config, args.config)  # before the journal is created
+    Monitor.check_destination(config, args.config)
     journal = Journal(config.sqlite_db)
     # The optional parts: mail (none without a mail block), the Firestore mirror (none
     # without a collection) and run leases (only with Firestore: they live there).

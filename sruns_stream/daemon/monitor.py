@@ -130,6 +130,15 @@ class Monitor:
                     f"or fix 'watchdirs' in {config_path}"
                 )
 
+    @staticmethod
+    def check_destination(config: Config, config_path: Path) -> None:
+        """ConfigError unless the destination bucket exists and the credentials may archive
+        into it (found now, in one line, rather than run by run after backoffs)."""
+        if config.gcp_bucket_name:
+            from ..storage.gcs.client import check_bucket
+
+            check_bucket(config.gcp_bucket_name, f"gcp_bucket_name in {config_path}")
+
     # -- the loop -------------------------------------------------------------------
 
     def started_line(self) -> str:

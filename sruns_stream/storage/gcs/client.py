@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -29,10 +31,12 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # type: ignore[import-untyped]
 
-from ...errors import DestinationError, IntegrityError, UploadError
+from ...errors import ConfigError, DestinationError, IntegrityError, UploadError
 from ..retry import RETRY, RetryPolicy, pause
 
 __all__ = [
+    "ARCHIVE_PERMISSIONS",
+    "CREDENTIALS_VARIABLE",
     "DEFAULT_TIMEOUT",
     "FAILURES",
     "TRANSIENT_ERRORS",
@@ -42,6 +46,7 @@ __all__ = [
     "ObjectInfo",
     "Transient",
     "b64_crc32c",
+    "check_bucket",
     "crc32c_from_b64",
     "exhausted",
     "is_transient",
@@ -77,6 +82,8 @@ FAILURES: tuple[type[BaseException], ...] = (
     *TRANSIENT_ERRORS,
 )
 
+CREDENTIALS_VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
+
 T = TypeVar("T")
 Failure = BaseException | requests.Response
 
@@ -87,13 +94,79 @@ def make_client() -> Client:
         # The client sends every request to the emulator itself; it wants no credentials.
         project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "test"
         return Client(project=project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    named = os.environ.get(CREDENTIALS_VARIABLE)
+    if named:
+        _check_credentials_file(named)
     try:
         return Client()
     except auth_exceptions.DefaultCredentialsError as exc:
+        if named:
+            # The file is JSON with a type, but the library cannot use it (a service
+            # account key without its private key, an unknown type): its reason, redacted.
+            raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which Google's library cannot use: "
+                              f"{_library_reason(exc)}; point it at a working key file, or unset it") from exc
         raise DestinationError(
             "no Google credentials found: run on a VM with a service account, set "
-            "GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth application-default login`"
+            f"{CREDENTIALS_VARIABLE}, or run `gcloud auth application-default login`"
         ) from exc
+
+
+def _library_reason(exc: BaseException) -> str:
+    """google-auth's message on one line: its arguments (a message, the error under it)
+    joined, never their repr."""
+    text = ": ".join(str(a).rstrip(".") for a in exc.args) if exc.args else str(exc)
+    return " ".join(text.split())[:300]
+
+
+def _check_credentials_file(named: str) -> None:
+    """ConfigError naming the file and what is wrong with it, when the credentials
+    variable names one that is missing, unreadable, not JSON or not a credentials file:
+    without this the library's error reads as no credentials at all. Its contents (a
+    private key) are never quoted."""
+    fix = f"point {CREDENTIALS_VARIABLE} at the service account key file, or unset it"
+    path = Path(named)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which does not exist: {fix}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which is a directory: {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not text"
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which cannot be read ({why}): {fix}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which is not JSON ({exc.msg} at line {exc.lineno}): "
+                          f"{fix}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which is not a Google credentials file (no "
+                          f"\"type\" key, e.g. \"service_account\"): {fix}")
+
+
+# What archiving into a bucket needs: write objects and compose them, read them back to
+# check them, list them (resuming, volumes, stale forms) and delete temporaries.
+ARCHIVE_PERMISSIONS = ("storage.objects.create", "storage.objects.get", "storage.objects.list",
+                       "storage.objects.delete")
+
+
+def check_bucket(bucket: str, setting: str) -> None:
+    """ConfigError unless ``bucket`` exists and these credentials may archive into it:
+    what a daemon checks at start, rather than finding a mistyped bucket run by run
+    after backoffs. ``setting`` names where the bucket was given, for the message."""
+    gcs = GcsBucket(bucket, make_client(), error=DestinationError)
+    missing = f"bucket {bucket} does not exist ({setting}): correct the name, or create the bucket"
+    try:
+        granted = gcs.call("checking permissions on", "", lambda: gcs.bucket.test_iam_permissions(
+            list(ARCHIVE_PERMISSIONS), timeout=gcs._timeout, retry=None), missing=missing)
+    except DestinationError as exc:
+        if str(exc) == missing:
+            raise ConfigError(missing) from None
+        raise
+    lacking = [p for p in ARCHIVE_PERMISSIONS if p not in granted]
+    if lacking:
+        raise ConfigError(f"bucket {bucket} ({setting}): these credentials lack {', '.join(lacking)}: grant them "
+                          "(e.g. roles/storage.objectAdmin on the bucket) to the daemon's service account")
 
 
 class Transient(DestinationError):
