@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -164,8 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
     t.add_argument("--journal", type=Path, help="the journal (default: config sqlite_db, else ./sruns.db)")
 
-    s = sub.add_parser("status", help="runs in the journal (reads it; never creates one)")
-    s.add_argument("run", nargs="?", help="one run's name")
+    s = sub.add_parser("status", help="runs in the journal, one line each (reads it; never creates one)")
+    s.add_argument("run", nargs="?", metavar="RUN",
+                   help="a run's name (shown in full, as --long), or a glob such as '2401*' (quote it)")
+    s.add_argument("--long", action="store_true", help="a block per run: progress, archive, crc32c, times, error")
+    s.add_argument("--failed", action="store_true", help="only runs whose last attempt failed, or given up on")
+    s.add_argument("--active", action="store_true", help="only runs being archived now")
     s.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
     s.add_argument("--journal", type=Path, help="the journal (default: config sqlite_db, else ./sruns.db)")
     s.add_argument("--json", action="store_true", help="a JSON list, times in ISO 8601")
@@ -343,15 +348,26 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     config = _load(args)
     journal = _existing_journal(args, config)
 
+    one_run = args.run is not None and not any(c in args.run for c in "*?[")
+    terminal = out.isatty() and os.environ.get("TERM") != "dumb"
+
     def frame() -> str:
-        tasks = [t for t in journal.tasks() if args.run is None or t.name == args.run]
-        if args.run and not tasks:
+        every = journal.tasks()
+        tasks = status.select(every, args.run, failed=args.failed, active=args.active)
+        if one_run and not any(t.name == args.run for t in every):
             raise UsageError(f"run {args.run!r} is not in the journal {journal.path}")
         now = time.time()
         done = {t.name: journal.progress(t) for t in tasks}
         if args.json:
             return status.render_json(tasks, now, compact=args.watch, done=done)
-        return status.render_text(tasks, now, done)
+        if every and not tasks:
+            return "no run matches\n"
+        if args.long or one_run:
+            return status.render_text(tasks, now, done)
+        # A terminal's width (a long note cut); not a terminal, nothing is cut (grep sees it all).
+        size = shutil.get_terminal_size((120, 40))
+        return status.render_table(tasks, now, done, width=size.columns if terminal else 100_000,
+                                   height=size.lines - 1 if args.watch and terminal else None, terminal=terminal)
 
     try:
         if not args.watch:
