@@ -37,3 +37,17 @@ def test_sizes_given_are_binary_and_a_stated_default_reads_back_exactly() -> Non
     for bad in ("", "M", "1X", "nanM", "infG"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_the_readme_states_the_convention_the_code_follows() -> None:
+    """The README's one statement of the convention, against the code."""
+    from pathlib import Path
+
+    from sruns_stream.humanize import parse_size
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "Sizes and rates *shown*" in readme and "are SI: 1 MB = 10^6 bytes" in readme
+    assert human_bytes(10**6) == "1 MB" and human_rate(10**6) == "1.0 MB/s"
+    assert "`60M` = 62,914,560 bytes" in readme and parse_size("60M") == 62_914_560
+    assert "(`60MiB` and `60MB` read the same)" in readme and parse_size("60MiB") == parse_size("60MB")
+    assert "The compression ratio is raw / archive everywhere (1.68" in readme and ratio(168, 100) == "1.68"
