@@ -157,13 +157,11 @@ def check_bucket(bucket: str, setting: str) -> None:
     gcs = GcsBucket(bucket, make_client(), error=DestinationError)
     missing = f"bucket {bucket} does not exist ({setting}): correct the name, or create the bucket"
     try:
-        granted = gcs.call("checking permissions on", "", lambda: gcs.bucket.test_iam_permissions(
-            list(ARCHIVE_PERMISSIONS), timeout=gcs._timeout, retry=None), missing=missing)
+        lacking = gcs.lacking(ARCHIVE_PERMISSIONS, missing)
     except DestinationError as exc:
         if str(exc) == missing:
             raise ConfigError(missing) from None
         raise
-    lacking = [p for p in ARCHIVE_PERMISSIONS if p not in granted]
     if lacking:
         raise ConfigError(f"bucket {bucket} ({setting}): these credentials lack {', '.join(lacking)}: grant them "
                           "(e.g. roles/storage.objectAdmin on the bucket) to the daemon's service account")
@@ -332,6 +330,13 @@ class GcsBucket:
             return self.retry.call(once, Transient, sleep=self._sleep)
         except Transient as exc:
             raise exhausted(exc, self.retry.attempts, self.error) from None
+
+    def lacking(self, permissions: Sequence[str], missing: str) -> list[str]:
+        """Which of ``permissions`` these credentials do not have on the bucket (GCS's
+        testIamPermissions); ``missing`` is the error's line when there is no bucket."""
+        granted = self.call("checking permissions on", "", lambda: self.bucket.test_iam_permissions(
+            list(permissions), timeout=self._timeout, retry=None), missing=missing)
+        return [p for p in permissions if p not in granted]
 
     def settings(self) -> Any:
         """The bucket's own resource (retention policy, default hold, storage class)."""
