@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -21,7 +22,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__, stopping
+from .config import (
+    AUTO_READ_THREADS,
+    AUTO_STREAMS,
+    AUTO_STREAMS_FROM,
+    LOCAL_OPEN_SECONDS,
+    STORAGE_CLASSES,
+    ArchiveOptions,
+)
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError, redact
+from .humanize import flag_size, parse_size
 
 if TYPE_CHECKING:
     from .config import Config
@@ -34,6 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["main", "main_cli"]
 
 DEFAULT_DEST = "archives"
+# verify and restore inflate on the machine's cores, up to this many by default.
+READ_BACK_THREADS = 8
+_DEFAULTS = ArchiveOptions(threads=1)  # what --help says each archive flag defaults to
 _INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"
 _STOPPED_LINE = {
     "verify": "sruns-stream: interrupted; the archive was not fully verified",
@@ -43,12 +56,8 @@ _STOPPED_LINE = {
 
 
 def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
+        return parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1M, 256K, 16777216)") from None
 
@@ -66,27 +75,37 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--dest",
                    help=f"DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: config, else ./{DEFAULT_DEST})")
     a.add_argument("--threads", type=int, help="compression threads (default: all cores)")
-    a.add_argument("--level", type=int, help="gzip level 1-3 (ISA-L); alone it deflates every member")
+    a.add_argument("--level", type=int,
+                   help=f"gzip level 1-3 (ISA-L; default {_DEFAULTS.level}); alone it deflates every member")
     a.add_argument("--compression", choices=["auto", "level", "none"],
                    help="auto: store already-compressed members, deflate the rest (default); "
                         "level: deflate everything; none: plain .tar")
-    a.add_argument("--block-size", type=_size, help="raw block size (default 1M)")
-    a.add_argument("--sync-interval", type=_size, help="local destination: fsync every this many bytes (default 16M)")
-    a.add_argument("--chunk-size", type=_size, help="GCS upload chunk, a multiple of 256K (default 16M)")
+    a.add_argument("--block-size", type=_size, help=f"raw block size (default {flag_size(_DEFAULTS.block_size)})")
+    a.add_argument("--sync-interval", type=_size,
+                   help="local destination: fsync every this many bytes "
+                        f"(default {flag_size(_DEFAULTS.sync_interval)})")
+    a.add_argument("--chunk-size", type=_size,
+                   help=f"GCS upload chunk, a multiple of 256K (default {flag_size(_DEFAULTS.chunk_size)})")
     a.add_argument("--read-threads", type=int,
-                   help="threads that list directories and read files ahead (default 8; 0: none)")
-    a.add_argument("--read-ahead", type=_size, help="how far files are read ahead of the stream (default 64M; 0: off)")
+                   help="threads that list directories and read files ahead (default: decided per run, "
+                        f"{AUTO_READ_THREADS} where opening a file takes over {LOCAL_OPEN_SECONDS * 1e6:.0f} us, "
+                        "as on a share, else 0; 0: none)")
+    a.add_argument("--read-ahead", type=_size,
+                   help="how far files are read ahead of the stream "
+                        f"(default {flag_size(_DEFAULTS.read_ahead)}; 0: off)")
     a.add_argument("--streams", type=int,
                    help="GCS upload streams, each sending segments composed at the end "
-                        "(default: 4 from 2 GiB up, else 1)")
+                        f"(default: decided per run, {AUTO_STREAMS} from {flag_size(AUTO_STREAMS_FROM)} up, else 1)")
     a.add_argument("--volume-size", type=_size,
-                   help="store a larger archive as volumes of at most this (default: just under 5T)")
+                   help="store a larger archive as volumes of at most this "
+                        f"(default {flag_size(_DEFAULTS.volume_size)}: just under GCS's 5T object limit)")
     a.add_argument("--access-interval", type=_size,
-                   help="raw bytes between access points, where a reader can start (default 8M; 0: none)")
+                   help="raw bytes between access points, where a reader can start "
+                        f"(default {flag_size(_DEFAULTS.access_interval)}; 0: none)")
     a.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave out what matches this glob below the run folder, e.g. Thumbnail_Images or "
                         "'Logs/*' (repeatable; added to the config's exclude)")
-    a.add_argument("--storage-class", type=str.upper, choices=["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"],
+    a.add_argument("--storage-class", type=str.upper, choices=STORAGE_CLASSES,
                    help="GCS: create the archive in this storage class (default: the bucket's)")
     a.add_argument("--kms-key", metavar="projects/…/cryptoKeys/K",
                    help="GCS: encrypt every object this run creates with this Cloud KMS key (CMEK)")
@@ -109,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
     v.add_argument("--against", type=Path, help="also compare with the files in this run folder")
     v.add_argument("--threads", type=int, default=None,
-                   help="threads that inflate, through the archive's access index (default: the machine's cores)")
+                   help="threads that inflate, through the archive's access index "
+                        f"(default: the machine's cores, at most {READ_BACK_THREADS})")
     v.add_argument("--json", action="store_true")
     v.add_argument("--config", type=Path)
     v.add_argument("--journal", type=Path)
@@ -121,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="restore only members matching this pattern (repeatable), e.g. RUN/InterOp")
     r.add_argument("--force", action="store_true", help="overwrite existing files")
     r.add_argument("--threads", type=int, default=None,
-                   help="threads that inflate, through the archive's access index (default: the machine's cores)")
+                   help="threads that inflate, through the archive's access index "
+                        f"(default: the machine's cores, at most {READ_BACK_THREADS})")
     r.add_argument("--no-outside-links", action="store_true",
                    help="refuse symlinks that are absolute or resolve outside DEST (for archives from elsewhere)")
     r.add_argument("--json", action="store_true")
@@ -150,8 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
     t.add_argument("--journal", type=Path, help="the journal (default: config sqlite_db, else ./sruns.db)")
 
-    s = sub.add_parser("status", help="runs in the journal (reads it; never creates one)")
-    s.add_argument("run", nargs="?", help="one run's name")
+    s = sub.add_parser("status", help="runs in the journal, one line each (reads it; never creates one)")
+    s.add_argument("run", nargs="?", metavar="RUN",
+                   help="a run's name (shown in full, as --long), or a glob such as '2401*' (quote it)")
+    s.add_argument("--long", action="store_true", help="a block per run: progress, archive, crc32c, times, error")
+    s.add_argument("--failed", action="store_true", help="only runs whose last attempt failed, or given up on")
+    s.add_argument("--active", action="store_true", help="only runs being archived now")
     s.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
     s.add_argument("--journal", type=Path, help="the journal (default: config sqlite_db, else ./sruns.db)")
     s.add_argument("--json", action="store_true", help="a JSON list, times in ISO 8601")
@@ -239,6 +264,7 @@ def _monitor(args: argparse.Namespace) -> int:
     daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
     config = _load(args)
     Monitor.check(config, args.config)  # before the journal is created
+    Monitor.check_destination(config, args.config)
     journal = _journal(args, config)
     # The optional parts: mail (none without a mail block), the Firestore mirror (none
     # without a collection) and run leases (only with Firestore: they live there).
@@ -275,7 +301,7 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # A journal is only needed to find a run by name; never create one for a path or URL.
     journal = _lookup_journal(args, config)
     report: VerifyReport | RestoreReport
-    threads = args.threads if args.threads is not None else min(os.cpu_count() or 1, 8)
+    threads = args.threads if args.threads is not None else min(os.cpu_count() or 1, READ_BACK_THREADS)
     if threads < 1:
         raise UsageError(f"--threads must be 1 or more, not {threads}")
     stopping.install()  # a signal stops between pieces, and the temp files are cleaned up
@@ -350,16 +376,27 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     config = _load(args)
     journal = _existing_journal(args, config)
 
+    one_run = args.run is not None and not any(c in args.run for c in "*?[")
+    terminal = out.isatty() and os.environ.get("TERM") != "dumb"
+
     def frame() -> str:
-        tasks = [t for t in journal.tasks() if args.run is None or t.name == args.run]
-        if args.run and not tasks:
+        every = journal.tasks()
+        tasks = status.select(every, args.run, failed=args.failed, active=args.active)
+        if one_run and not any(t.name == args.run for t in every):
             raise UsageError(f"run {args.run!r} is not in the journal {journal.path}")
         now = time.time()
         done = {t.name: journal.progress(t) for t in tasks}
         prices = (config.archive.price_region, config.archive.prices)
         if args.json:
             return status.render_json(tasks, now, compact=args.watch, done=done, prices=prices)
-        return status.render_text(tasks, now, done, prices)
+        if every and not tasks:
+            return "no run matches\n"
+        if args.long or one_run:
+            return status.render_text(tasks, now, done, prices)
+        # A terminal's width (a long note cut); not a terminal, nothing is cut (grep sees it all).
+        size = shutil.get_terminal_size((120, 40))
+        return status.render_table(tasks, now, done, width=size.columns if terminal else 100_000,
+                                   height=size.lines - 1 if args.watch and terminal else None, terminal=terminal)
 
     try:
         if not args.watch:

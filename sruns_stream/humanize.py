@@ -1,7 +1,11 @@
 """How numbers, times and checksums are shown to people: one convention everywhere.
 
-- sizes and rates in SI units (1 MB = 10^6 bytes, MB/s), as the archive's summary line,
-  the mails and ``gcloud storage`` have them;
+- sizes and rates shown in SI units (1 MB = 10^6 bytes, MB/s), as the archive's summary
+  line, the mails and ``gcloud storage`` have them;
+- sizes given (flags such as ``--block-size 1M``) in binary units, K, M, G, T = KiB, MiB,
+  GiB, TiB (``1M`` = 1,048,576 bytes; ``1MiB`` and ``1MB`` are read the same), since
+  what they set must be multiples of 4 KiB or 256 KiB: `parse_size`, and `flag_size`
+  for a default shown in ``--help``;
 - a size where the exact count matters too (a mail, a webhook) as ``4.19 GB (4,194,304,000 bytes)``;
 - the compression ratio as raw / archive (``1.68``: how many times smaller), everywhere;
 - durations as ``h:mm:ss`` (ten hours is ``10:00:00``, never ``600:00``), and a time
@@ -19,7 +23,8 @@ import datetime as dt
 import math
 
 __all__ = [
-    "ago", "crc32c_base64", "exact_bytes", "hms", "human_bytes", "human_rate", "iso_time", "local_time", "ratio",
+    "ago", "crc32c_base64", "exact_bytes", "flag_size", "hms", "human_bytes", "human_rate", "iso_time", "local_time",
+    "parse_size", "ratio",
 ]
 
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
@@ -35,6 +40,28 @@ def human_bytes(n: float) -> str:
     if unit == "B":
         return f"{value:.0f} B"
     return f"{value:.3g} {unit}" if abs(value) >= 1 else f"{value:.2f} {unit}"
+
+
+_BINARY = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A size as flags give it: ``16777216``, ``256K``, ``1M``, ``1.5G``, ``5T`` (binary:
+    ``1M`` = 1 MiB; ``MiB``/``MB`` suffixes read the same). ValueError if it is not one."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    value = float(t[:-1]) * _BINARY[t[-1]] if t and t[-1] in _BINARY else float(int(t))
+    if not math.isfinite(value):  # a negative size is for the setting it is given to to refuse
+        raise ValueError(f"not a size: {text!r}")
+    return int(value)
+
+
+def flag_size(n: int) -> str:
+    """A size as a flag takes it (``1M``, ``64M``, ``5T``), exact: ``parse_size`` of it
+    gives ``n`` back (a size no unit divides stays in bytes)."""
+    for unit in ("T", "G", "M", "K"):
+        if n and n % _BINARY[unit] == 0:
+            return f"{n // _BINARY[unit]}{unit}"
+    return str(n)
 
 
 def exact_bytes(n: int) -> str:

@@ -51,7 +51,8 @@ class Fault:
     # Which request: "chunk" (a PUT with data, not the last), "final" (the PUT that
     # carries the total), "query" (a status query), "create" (the session-creating POST),
     # "compose" (a compose POST), "delete" (an object DELETE), "metadata" (a GET of an
-    # object's metadata, not of its bytes), "rewrite" (a rewrite POST), "patch" (a PATCH).
+    # object's metadata, not of its bytes), "rewrite" (a rewrite POST), "patch" (a PATCH),
+    # "permissions" (a bucket's testIamPermissions).
     target: str = "chunk"
     nth: int = 1  # the nth such request from now on (1 = the next one)
     status: int = 503
@@ -117,6 +118,8 @@ def _classify(method: str, path: str, headers: Any) -> tuple[str, int | None]:
         return "patch", None
     if method == "DELETE":
         return "delete", None
+    if method == "GET" and path.split("?", 1)[0].endswith("/iam/testPermissions"):
+        return "permissions", None
     if method == "GET" and "/o/" in path and "alt=media" not in path and not path.startswith("/download/"):
         return "metadata", None
     if method == "PUT" and "upload_id=" in path and content_range.startswith("bytes "):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -87,8 +88,20 @@ def test_human_summary_line_and_sruns_monitor_columns(make_run, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
     assert "\n" not in line
-    for word in ("files", "raw bytes", "archive bytes", "ratio", "crc32c", "MB/s"):
-        assert word in line
+    # Human sizes (SI) and the ratio raw / archive, checked against the file and the
+    # journal's exact counts (issue 24: the line printed raw byte counts).
+    archive = tmp_path / "d" / run.name / f"{run.name}.tar.gz"
+    journal = sqlite3.connect(tmp_path / "sruns.db")
+    raw_bytes, files = journal.execute("SELECT raw_bytes, file_count FROM tasks").fetchone()
+    journal.close()
+    m = re.fullmatch(rf"{re.escape(run.name)}: ([\d,]+) files, ([\d.]+) (kB|MB) raw -> ([\d.]+) (kB|MB) archive "
+                     r"\(ratio (\d+\.\d\d), auto \(level 1\)\), crc32c [0-9a-f]{8}, [\d.]+ MB/s -> (.+)", line)
+    assert m, line
+    unit = {"kB": 1e3, "MB": 1e6}
+    assert int(m[1].replace(",", "")) == files
+    assert float(m[2]) * unit[m[3]] == pytest.approx(raw_bytes, rel=0.006)
+    assert float(m[4]) * unit[m[5]] == pytest.approx(archive.stat().st_size, rel=0.006)
+    assert m[6] == f"{raw_bytes / archive.stat().st_size:.2f}" and m[7] == str(archive)
     db = sqlite3.connect(tmp_path / "sruns.db")
     name, pid, tarfile, gcp_tarfile, status = db.execute(
         "SELECT name, pid, tarfile, gcp_tarfile, status FROM tasks"

@@ -55,6 +55,9 @@ FULL: RunFields = {
     "attempts": 2,
     "last_error": None,
     "instrument_status": "RunErrored",
+    "run_id": "240101_M00001_0001_000000000-ABCDF",
+    "moved_to": f"/data/completed/{RUN}",
+    "moved_at": T0 + dt.timedelta(hours=3),
 }
 
 
@@ -96,6 +99,9 @@ def test_publish_then_flush_writes_every_field_under_sruns_monitor_names(
         "attempts": 2,
         "last_error": None,
         "instrument_status": "RunErrored",
+        "run_id": "240101_M00001_0001_000000000-ABCDF",
+        "moved_to": f"/data/completed/{RUN}",
+        "moved_at": T0 + dt.timedelta(hours=3),
     }
 
     rec = lookup(RUN, COLL)

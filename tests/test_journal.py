@@ -62,7 +62,7 @@ def test_an_sruns_monitor_journal_migrates_and_keeps_its_columns(tmp_path: Path,
     assert rows[FINISHED]["gcp_tarfile"] == f"bkt/runs/{FINISHED}/{FINISHED}.tar.gz"
     assert rows[HALFWAY]["status"] == "new" and rows[HALFWAY]["legacy_tarfile"].endswith(f"{HALFWAY}.tar.gz")
     assert rows[NEW]["status"] == "new" and rows[NEW]["legacy_tarfile"] is None
-    text = run_in_process("status", "--journal", str(db), cwd=tmp_path).stdout
+    text = run_in_process("status", "--journal", str(db), "--long", cwd=tmp_path).stdout
     assert "sruns-monitor's local tarball" in text and f"{HALFWAY}.tar.gz" in text
     assert f"gs://bkt/runs/{FINISHED}/{FINISHED}.tar.gz" in text
 
@@ -157,7 +157,7 @@ def test_a_status_none_of_ours_is_read_as_not_running_with_why_until_the_next_wr
         assert task is not None and task.status == "not_running"
         assert task.last_error == f"{why}; last error: disk hiccup"
     out, err = io.StringIO(), io.StringIO()
-    assert main(["status", "--journal", str(db)], out=out, err=err) == 0, err.getvalue()
+    assert main(["status", "--journal", str(db), "--long"], out=out, err=err) == 0, err.getvalue()
     assert "RUN1  not_running: failed\n" in out.getvalue() and f"  error      {why}; " in out.getvalue()
     journal.update("RUN1", status="new")
     task = journal.get("RUN1")

@@ -256,6 +256,32 @@ def test_daemon_with_gcs_firestore_and_mail_end_to_end(watch, gcs, firestore, sm
     assert firestore.document("sruns", late.name)["workflow_status"] == "complete"
 
 
+@pytest.mark.timeout(180)
+def test_the_firestore_document_says_where_the_run_was_moved_and_its_run_id(firestore, tmp_path: Path) -> None:
+    """`moved_to`, `moved_at` and `run_id` reach the document (the README lists them), with
+    a folder whose name is not the id in its RunInfo.xml (a renamed or copied run)."""
+    import xml.etree.ElementTree as ET
+
+    import make_fake_run
+
+    (tmp_path / "watch").mkdir()
+    made = tmp_path / "watch" / "240101_M00001_0013_000000000-RENAM"
+    make_fake_run.make_run(made, "miseq", 1 << 20, seed=14)
+    run = made.rename(made.with_name("renamed-run"))
+    run_id = ET.parse(run / "RunInfo.xml").getroot().find("Run").get("Id")  # the oracle: the XML itself
+    assert run_id and run_id != run.name
+    conf = _config(tmp_path, firestore_collection="sruns")
+    proc = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    moved = tmp_path / "completed" / run.name
+    assert moved.is_dir() and not run.exists()
+    doc = firestore.document("sruns", run.name)
+    assert doc is not None and doc["workflow_status"] == "complete", doc
+    assert doc["run_id"] == run_id and doc["moved_to"] == str(moved)
+    row = _rows(tmp_path)[run.name]
+    assert doc["moved_at"].timestamp() == pytest.approx(row["moved_at"], abs=1e-3)
+
+
 @pytest.mark.timeout(300)
 def test_kill_9_daemon_mid_upload_then_restart_finishes_without_resending(gcs, tmp_path: Path) -> None:
     import make_fake_run

@@ -61,6 +61,13 @@ def test_start_up_shutdown_and_verbose_waiting_lines(tmp_path: Path) -> None:
     assert _started_line(conf, tmp_path, "one pass (--once)").search(lines[0]), lines[0]
     assert lines[-1].endswith("sruns-stream monitor stopped (--once finished): no archive was running"), lines[-1]
     assert journal_row(tmp_path / "state" / "sruns.db", runs["done"].name)["status"] == "complete"
+    # One line says it is archived, where, how big (SI, as everywhere), its crc32c and how long.
+    archive = tmp_path / "archives" / runs["done"].name / f"{runs['done'].name}.tar.gz"
+    archived = [line for line in lines if " archived to " in line]
+    assert len(archived) == 1 and re.search(
+        rf" INFO sruns_stream\.daemon\.monitor: {runs['done'].name}: archived to {re.escape(str(archive))}: "
+        r"[\d.]+ [kM]B \(raw [\d.]+ [kM]B, ratio \d+\.\d\d\), crc32c [0-9a-f]{8}, [\d,]+ files, in \d:\d\d:\d\d$",
+        archived[0]), archived
 
     waiting = {name: [line.split(": waiting: ", 1)[1] for line in lines if f" {name}: waiting: " in line]
                for name in (runs["sequencing"].name, runs["copying"].name)}
@@ -109,3 +116,77 @@ def test_a_missing_watch_directory_is_a_configuration_error(tmp_path: Path) -> N
     assert proc.stderr == (f"sruns-stream: error: watch directory {tmp_path / 'nowhere'} does not exist or is not "
                            f"a directory: create (or mount) it, or fix 'watchdirs' in {conf}\n")
     assert sorted(os.listdir(tmp_path)) == ["conf.json"]  # no journal made
+
+
+def _archived_event_matches_the_file(entry: dict, run: Path, archive: Path) -> None:
+    """The archived line's facts against the archive file itself (size, and crc32c by
+    google-crc32c, not our code)."""
+    import google_crc32c
+
+    data = archive.read_bytes()
+    assert entry["severity"] == "INFO" and entry["run"] == run.name
+    assert entry["location"] == str(archive) and entry["archive_bytes"] == len(data)
+    assert entry["crc32c"] == f"{google_crc32c.value(data):08x}"
+    raw = sum(p.lstat().st_size for p in run.rglob("*") if p.is_file() and not p.is_symlink())
+    assert entry["raw_bytes"] >= raw and entry["files"] > 0 and entry["seconds"] >= 0
+    assert entry["message"].startswith(f"{run.name}: archived to {archive}: ")
+    assert f"crc32c {entry['crc32c']}" in entry["message"] and " in 0:" in entry["message"]
+
+
+@pytest.mark.timeout(180)
+def test_one_line_per_archived_moved_and_swept_run_with_its_facts_as_json_fields(tmp_path: Path) -> None:
+    conf, runs = _setup(tmp_path, completed_runs_dir=str(tmp_path / "completed"), sweep_age_sec=1)
+    run = runs["done"]
+    original = {p.relative_to(run): p.lstat().st_size for p in run.rglob("*")}
+    db = tmp_path / "state" / "sruns.db"
+    daemon = start_cli("monitor", "--config", str(conf), "--log-format", "json", cwd=tmp_path)
+    wait_until(lambda: journal_row(db, run.name).get("swept_at"), "the finished run archived, moved and swept",
+               proc=daemon, timeout=120)
+    daemon.send_signal(signal.SIGTERM)
+    _, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    entries = [json.loads(line) for line in err.splitlines()]
+    events = [e for e in entries if "event" in e]
+    assert [e["event"] for e in events] == ["started", "archived", "moved", "swept"], events
+    assert all(e["run"] == run.name for e in events)
+    archive = tmp_path / "archives" / run.name / f"{run.name}.tar.gz"
+    moved = tmp_path / "completed" / run.name
+    _archived_event_matches_the_file(events[1], _extracted(archive, tmp_path, original), archive)
+    assert events[2]["moved_to"] == str(moved) and events[2]["message"] == f"{run.name}: moved to {moved}"
+    assert events[3]["folder"] == str(moved) and events[3]["message"] == f"{run.name}: swept {moved}"
+    assert all(e["severity"] == "INFO" for e in events) and not moved.exists()
+
+
+def _extracted(archive: Path, tmp_path: Path, original: dict) -> Path:
+    """The run as GNU tar extracts it from the archive (the run folder itself is swept by now)."""
+    from helpers import gnu_untar
+
+    gnu_untar(archive, tmp_path / "out")
+    run = next((tmp_path / "out").iterdir())
+    assert {p.relative_to(run): p.lstat().st_size for p in run.rglob("*")} == original
+    return run
+
+
+@pytest.mark.timeout(180)
+def test_a_failed_attempt_and_giving_up_are_one_line_each_with_fields(tmp_path: Path) -> None:
+    conf, runs = _setup(tmp_path, max_attempts=2)
+    (tmp_path / "archives").write_text("not a directory")  # every attempt fails with a clear error
+    name = runs["done"].name
+    first = run_cli("monitor", "--config", str(conf), "--once", cwd=tmp_path)  # the text log
+    assert first.returncode == 0, first.stderr
+    failed = [line for line in first.stderr.splitlines() if " failed (" in line]
+    assert len(failed) == 1 and re.search(rf" WARNING sruns_stream\.daemon\.monitor: {name}: attempt 1 failed \(.*"
+                                          r"cannot write.*\); retrying in 60 s$", failed[0]), first.stderr
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "state" / "sruns.db")
+    db.execute("UPDATE tasks SET next_attempt_at = 0")
+    db.commit()
+    db.close()
+    second = run_cli("monitor", "--config", str(conf), "--once", "--log-format", "json", cwd=tmp_path)
+    events = [e for e in map(json.loads, second.stderr.splitlines()) if e.get("event") not in (None, "started")]
+    assert len(events) == 1, events
+    gave_up = events[0]
+    assert gave_up["event"] == "gave_up" and gave_up["severity"] == "ERROR" and gave_up["run"] == name
+    assert gave_up["attempts"] == 2 and "cannot write" in gave_up["error"]
+    assert gave_up["message"] == f"{name}: giving up after 2 failed attempts: {gave_up['error']}"

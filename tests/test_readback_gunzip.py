@@ -84,7 +84,11 @@ def test_flipped_byte_in_stored_cbcl_data_names_the_member(made: dict[str, Path]
     assert report.mismatched == 1 and report.missing == report.extra == 0
     assert any(p.startswith(f"{member}: crc32c ") and "in the manifest" in p for p in report.problems), report.problems
     assert any("gzip CRC32" in p for p in report.problems), report.problems
-    assert report.summary().startswith(f"FAILED: {archive}: 2 problems; first: {member}: crc32c")
+    # The damage first (issue 24: the member's crc32c, found first, was named first),
+    # then the member it hit.
+    assert report.summary().startswith(f"FAILED: {archive}: 2 problems; first: damaged archive: {archive}: the gzip "
+                                       "CRC32 is ")
+    assert report.problems[1].startswith(f"{member}: crc32c "), report.problems
 
 
 @pytest.mark.timeout(60)

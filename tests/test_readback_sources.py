@@ -430,6 +430,6 @@ def test_volume_names_are_written_and_read_by_one_parser() -> None:
                   "runs/R/R.manifest.tsv.000"):
         assert volume_number(archive, other) is None and volume_of(other) is None, other
     assert is_stored_form(archive, archive) and is_stored_form(archive, names[7])
-    assert is_stored_form(archive, "runs/R/R.tar.gz.volumes.tsv")
+    assert is_stored_form(archive, "runs/R/R.tar.gz.volumes.tsv") and is_stored_form(archive, "runs/R/R.volumes.tsv")
     assert not is_stored_form(archive, "runs/R/R.tar.gz.part") and not is_stored_form(archive, "runs/R/R.tar.gz.0a")
     assert local_temporary("R.tar.gz") == "R.tar.gz.part" and local_temporary("R.tar.gz", 2) == "R.tar.gz.part.2"

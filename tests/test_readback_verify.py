@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import run_in_process
+from helpers import run_cli, run_in_process
 from readback_helpers import RUN, archive, copy_archive, flip, one_run_archived_twice, verified
 
 from sruns_stream.state.journal import Journal
@@ -74,8 +74,9 @@ def test_flipped_data_byte_in_a_plain_tar_names_the_member(made: dict[str, Path]
     flip(archive, info.offset_data + info.size // 2)
     report = verified(str(archive))
     assert not report.ok
-    assert report.problem_count == 1 and report.mismatched == 1
-    assert report.problems[0].startswith(f"{member}: crc32c ")
+    assert report.problem_count == 1 and report.mismatched == 1 and report.damaged
+    # No stream checksum: the member's data is the evidence, and it is named as the damage.
+    assert report.problems[0].startswith(f"damaged archive: {member}: crc32c ")
 
 
 @pytest.mark.timeout(60)
@@ -171,7 +172,7 @@ def test_cli_verify_exit_codes_and_json(made: dict[str, Path], tmp_path: Path) -
     bad = run_in_process("verify", str(archive), "--json", cwd=tmp_path)
     assert bad.returncode == 1, bad.stderr
     doc = json.loads(bad.stdout)
-    assert doc["ok"] is False and doc["problems"][0].startswith(f"{member}: crc32c ")
+    assert doc["ok"] is False and doc["problems"][0].startswith(f"damaged archive: {member}: crc32c ")
 
     missing = run_in_process("verify", str(tmp_path / "none.tar.gz"), cwd=tmp_path)
     assert missing.returncode == 1 and missing.stdout == ""
@@ -295,6 +296,13 @@ def test_cli_json_says_damaged_for_altered_bytes_and_gives_crc32c_as_gcloud_does
     doc = json.loads(bad.stdout)
     assert doc["ok"] is False and doc["damaged"] is True and doc["mismatched"] == 1
     assert doc["problem_count"] == len(doc["problems"]) == 2  # the member's crc32c and the gzip CRC32
+    # The member's crc32c is found first, but the damage is named first, as the README says.
+    assert doc["problems"][0].startswith(f"damaged archive: {archive}: the gzip CRC32 is "), doc["problems"]
+    assert doc["problems"][0].endswith(": the compressed bytes were altered")
+    assert doc["problems"][1].startswith(f"{RUN}/") and ".cbcl: crc32c " in doc["problems"][1]
+    line = run_cli("verify", str(archive), cwd=tmp_path)  # a real process, its text output
+    assert line.returncode == 1
+    assert line.stdout.startswith(f"FAILED: {archive}: 2 problems; first: damaged archive: {archive}: the gzip CRC32 ")
 
     # A plain tar has no stream checksum: a member's data unlike its manifest row is the evidence.
     tar = copy_archive(made["tar"], tmp_path / "tar")

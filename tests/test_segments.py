@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import urllib.parse
@@ -345,13 +346,19 @@ def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_
     assert b"".join(p.read_bytes() for p in vols) == reference
     assert (folder / f"{run.name}.manifest.tsv").read_bytes() == manifest
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [*(p.name for p in vols), f"{run.name}.manifest.tsv", f"{run.name}.index.tsv", f"{run.name}.tar.gz.volumes.tsv"]
+        [*(p.name for p in vols), f"{run.name}.manifest.tsv", f"{run.name}.index.tsv", f"{run.name}.volumes.tsv"]
     )  # no part file left, no file under the archive's own name
-    listed = volumes.parse((folder / f"{run.name}.tar.gz.volumes.tsv").read_bytes(), "listing")
+    listed = volumes.parse((folder / f"{run.name}.volumes.tsv").read_bytes(), "listing")
     assert [(v.name, v.size, v.crc32c) for v in listed] == [
         (p.name, p.stat().st_size, google_crc32c.value(p.read_bytes())) for p in vols
     ]
     assert json.loads(journal_row(db, run.name)["volumes"]) == [str(p) for p in vols]
+    # The README's local recipe: the shell's glob of the volumes, GNU tar.
+    (tmp_path / "by-tar").mkdir()
+    untar = subprocess.run(["bash", "-o", "pipefail", "-c", f"cat {folder}/{run.name}.tar.gz.* | tar xz"],
+                           cwd=tmp_path / "by-tar", capture_output=True, text=True, timeout=120)
+    assert untar.returncode == 0 and untar.stderr == "", untar.stderr
+    assert tree(tmp_path / "by-tar" / run.name) == tree(run)
 
     verify = run_in_process("verify", run.name, "--journal", str(db), cwd=tmp_path)
     assert verify.returncode == 0, verify.stderr + verify.stdout
@@ -383,7 +390,10 @@ def test_the_volume_listing_reads_back_what_it_wrote_and_refuses_what_it_is_not(
     assert volumes.combined([(3, google_crc32c.value(b"abc")), (2, google_crc32c.value(b"de"))]) == (
         5, google_crc32c.value(b"abcde"))
     assert volumes.is_stored_form("R.tar.gz", "R.tar.gz.007") and volumes.is_stored_form("R.tar.gz", "R.tar.gz")
-    assert volumes.is_stored_form("R.tar.gz", "R.tar.gz.volumes.tsv")
+    assert volumes.is_stored_form("R.tar.gz", "R.volumes.tsv") and volumes.listing_name("R.tar.gz") == "R.volumes.tsv"
+    assert volumes.is_stored_form("R.tar.gz", "R.tar.gz.volumes.tsv")  # the listing's name before issue 24
+    assert volumes.listing_name("p/R/R.tar") == "p/R/R.volumes.tsv"
+    assert volumes.stored_forms_prefix("p/R/R.tar") == "p/R/R."
     assert not volumes.is_stored_form("R.tar.gz", "R.tar.gz.part") and not volumes.is_stored_form("R.tar.gz", "R.tar")
 
 
@@ -458,3 +468,56 @@ def test_a_bucket_that_would_keep_or_bill_parts_gets_one_stream_said_in_one_line
         assert "volumes need parts, so they are used" in proc.stderr
         vols = _volume_names(gcs.names(), _blob(run))
         assert len(vols) >= 3 and b"".join(gcs.download(v) for v in vols) == reference
+
+
+def _gcloud_env(gcs, tmp_path: Path) -> dict[str, str]:
+    """`gcloud storage` pointed at the emulator: its own config directory (the user's is
+    never touched), the storage endpoint overridden, no credentials asked for."""
+    return dict(os.environ, CLOUDSDK_CONFIG=str(tmp_path / "gcloud-config"),
+                CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE=gcs.url + "/", CLOUDSDK_AUTH_DISABLE_CREDENTIALS="True",
+                CLOUDSDK_CORE_PROJECT="test", CLOUDSDK_CORE_DISABLE_PROMPTS="1")
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the Google Cloud SDK's gcloud")
+@pytest.mark.timeout(300)
+def test_the_readmes_recipe_restores_volumes_with_gcloud_and_tar_alone(gcs, make_run, tmp_path: Path) -> None:
+    """Issue 24: the listing was `RUN.tar.gz.volumes.tsv`, which `RUN.tar.gz.*` matched, so
+    the README's recipe fed it to tar. Now the recipe, run as the README gives it (real
+    gcloud against the emulator, GNU tar, gzip -t), restores the run exactly; an archive
+    with the old listing name is still read, and archiving again removes that name."""
+    run = _run_with_a_big_file(make_run, size=4 << 20, big=3 << 20, seed=7)
+    db = tmp_path / "sruns.db"
+    proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--volume-size", "1M")
+    assert proc.returncode == 0, proc.stderr
+    vols = _volume_names(gcs.names(), _blob(run))
+    listing = f"{PREFIX}/{run.name}/{run.name}.volumes.tsv"
+    assert len(vols) >= 3 and gcs.names() == sorted([*vols, _manifest_blob(run), _index_blob(run), listing])
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    recipe = "gcloud storage cat 'gs://BUCKET/PREFIX/RUN/RUN.tar.gz.*' | tar xz"
+    assert f"\n  {recipe}\n" in readme
+    command = recipe.replace("BUCKET", gcs.bucket).replace("PREFIX", PREFIX).replace("RUN", run.name)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = _gcloud_env(gcs, tmp_path)
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=out, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert tree(out / run.name) == tree(run)
+    checked = subprocess.run(["bash", "-o", "pipefail", "-c", command.replace("tar xz", "gzip -t")], env=env,
+                             capture_output=True, text=True, timeout=240)
+    assert checked.returncode == 0, checked.stderr
+
+    # An archive from before the rename: its listing under the old name is still read.
+    old = f"{_blob(run)}.volumes.tsv"
+    _upload(gcs, old, gcs.download(listing))
+    _delete(gcs, listing)
+    verify = run_in_process("verify", f"gs://{gcs.bucket}/{_blob(run)}", cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    _upload(gcs, old, b"volume\tsize\tcrc32c\nnot-a-volume\t1\t00000000\n")  # and it is what was read
+    verify = run_in_process("verify", f"gs://{gcs.bucket}/{_blob(run)}", cwd=tmp_path)
+    assert verify.returncode == 1 and f"gs://{gcs.bucket}/{old} names 'not-a-volume'" in verify.stderr + verify.stdout
+    # Archived again, cut the same way: the old name goes, the new one is written.
+    proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--volume-size", "1M", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert gcs.names() == sorted([*vols, _manifest_blob(run), _index_blob(run), listing])

@@ -10,10 +10,12 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import INTERRUPTED_LINE, journal_row, run_cli, run_in_process, start_cli, wait_until
+from helpers import INTERRUPTED_LINE, journal_row, journal_rows, run_cli, run_in_process, start_cli, wait_until
 
 BLOCK_FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "1")
 
@@ -55,7 +57,7 @@ def test_a_running_archive_shows_percent_rate_and_eta_and_a_clean_stop_is_no_err
     try:
         row = journal_row(db, run.name)
         view = json.loads(run_in_process("status", run.name, "--json", cwd=tmp_path).stdout)[0]
-        text = run_in_process("status", "--journal", str(db), cwd=tmp_path).stdout
+        text = run_in_process("status", "--journal", str(db), "--long", cwd=tmp_path).stdout
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         os.kill(proc.pid, signal.SIGCONT)
@@ -120,7 +122,7 @@ def test_a_run_the_daemon_gave_up_on_is_retried_after_the_fix_and_completes(make
     assert view["attempts"] == 1  # the failed attempt counts, though it failed before its stream started
     assert view["last_error"] and "cannot write" in view["last_error"]
     dt.datetime.fromisoformat(view["gave_up_at"])
-    text = run_in_process("status", "--config", str(conf), cwd=tmp_path).stdout
+    text = run_in_process("status", "--config", str(conf), "--long", cwd=tmp_path).stdout
     assert "not_running: gave up" in text and f"sruns-stream retry {run.name}" in text
 
     # Given up: another pass leaves it alone, even with the cause fixed.
@@ -168,3 +170,129 @@ def test_the_archive_line_and_a_gone_process_follow_what_each_status_means(tmp_p
         in_progress = status in ("starting", "tarring", "tarring_complete", "uploading", "uploading_complete")
         assert block.startswith(f"RUN_{status}  {status} (its process is gone: resumed at the next attempt)\n") \
             == in_progress, block
+
+
+# --- a facility's journal: one line per run, filters, a --watch that fits the screen ---------
+
+
+def _facility(make_run, tmp_path: Path, extra: int = 0) -> tuple[Path, dict[str, str], subprocess.Popen[bytes]]:
+    """A journal with an archived run and a failed one (real `archive` processes), one
+    being archived now (its row names a live process: a real `sleep`), and ``extra``
+    more archived rows."""
+    from sruns_stream.state.journal import Journal
+    from sruns_stream.state.process import start_time
+
+    db = tmp_path / "sruns.db"
+    done = make_run("miseq", 1 << 20, seed=1)
+    failed = make_run("miseq", 1 << 20, seed=2, name="240102_M00001_0002_000000000-FAILD")
+    assert run_in_process("archive", str(done), "--dest", str(tmp_path / "dest"), "--journal", str(db),
+                          cwd=tmp_path).returncode == 0
+    (tmp_path / "blocked").write_text("a file where a directory should be")
+    assert run_in_process("archive", str(failed), "--dest", str(tmp_path / "blocked"), "--journal", str(db),
+                          cwd=tmp_path).returncode == 1
+    sleeper = subprocess.Popen(["sleep", "300"])
+    journal = Journal(db)
+    try:
+        journal.ensure("240103_M00001_0003_000000000-ACTIV", status="tarring", pid=sleeper.pid,
+                       pid_start=start_time(sleeper.pid), raw_total=1000, session_started_at=0.0)
+        for k in range(extra):
+            journal.ensure(f"2301{k:02d}_M00001_{k:04d}_000000000-OLDXX", status="complete", archive_bytes=1000 + k,
+                           location=f"/old/{k}.tar.gz")
+    finally:
+        journal.close()
+    names = {"done": done.name, "failed": failed.name, "active": "240103_M00001_0003_000000000-ACTIV"}
+    return db, names, sleeper
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.timeout(120)
+def test_status_is_one_line_per_run_with_filters(make_run, tmp_path: Path) -> None:
+    db, names, sleeper = _facility(make_run, tmp_path)
+    try:
+        row = journal_row(db, names["done"])
+        table = run_cli("status", "--journal", str(db), cwd=tmp_path)
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].split() == ["RUN", "STATUS", "DONE", "UPDATED", "NOTE"] and set(lines[1]) == {"─"}
+        by_name = {line.split()[0]: line for line in lines[2:]}
+        assert sorted(by_name) == sorted(names.values()) and len(lines) == 5, table.stdout
+        from sruns_stream.humanize import human_bytes
+
+        done = by_name[names["done"]].split()
+        assert done[1] == "complete" and done[2:4] == human_bytes(row["archive_bytes"]).split()
+        assert by_name[names["done"]].endswith(row["location"])
+        failed = by_name[names["failed"]]
+        assert failed.split()[1:3] == ["not_running:", "failed"] and "cannot write" in failed
+        assert by_name[names["active"]].split()[1] == "tarring"
+
+        def shown(*args: str) -> list[str]:
+            proc = run_cli("status", "--journal", str(db), *args, cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr
+            return [line.split()[0] for line in proc.stdout.splitlines()[2:]]
+
+        assert shown("--failed") == [names["failed"]]
+        assert shown("--active") == [names["active"]]
+        assert sorted(shown("2401*")) == sorted([names["done"], names["failed"], names["active"]])
+        assert shown("*FAILD") == [names["failed"]] and shown("*FAILD", "--active") == []
+        nothing = run_cli("status", "--journal", str(db), "--active", "*FAILD", cwd=tmp_path)
+        assert nothing.stdout == "no run matches\n"
+        # One run by its name, or --long: the block with everything.
+        one = run_cli("status", "--journal", str(db), names["done"], cwd=tmp_path).stdout
+        assert one.startswith(f"{names['done']}  complete\n  archive    {row['location']} (")
+        long = run_cli("status", "--journal", str(db), "--long", "--failed", cwd=tmp_path).stdout
+        assert long.startswith(f"{names['failed']}  not_running: failed\n") and "\n  error      cannot write" in long
+        as_json = json.loads(run_cli("status", "--journal", str(db), "--json", "--failed", cwd=tmp_path).stdout)
+        assert [r["name"] for r in as_json] == [names["failed"]]
+    finally:
+        _stop(sleeper)
+
+
+@pytest.mark.slow  # a real process on a pseudo-terminal, signalled
+@pytest.mark.timeout(120)
+def test_watch_fits_the_terminal_most_pressing_runs_first(make_run, tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    from helpers import child_env
+
+    db, names, sleeper = _facility(make_run, tmp_path, extra=30)
+    rows, cols = 8, 100
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "sruns_stream", "status", "--journal", str(db), "--watch",
+                             "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path,
+                            env=child_env({"TERM": "xterm", "COLUMNS": "", "LINES": ""}))
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while seen.count(b"\x1b[H\x1b[2J") < 3 and time.monotonic() < deadline:  # two whole frames
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 65536)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        os.close(master)
+        _stop(sleeper)
+    frame = seen.split(b"\x1b[H\x1b[2J")[1].decode()
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", frame).replace("\r", "")  # the colours aside
+    lines = plain.rstrip("\n").split("\n")
+    assert len(lines) <= rows - 1 and all(len(line) <= cols for line in lines), lines
+    assert lines[0].split() == ["RUN", "STATUS", "DONE", "UPDATED", "NOTE"]
+    listed = [line.split()[0] for line in lines[2:-1]]
+    # What matters most first: the running archive, then the failure, then the most
+    # recently updated (the journal's updated_at is the oracle).
+    updated = {name: row["updated_at"] for name, row in journal_rows(db).items()}
+    assert listed[:2] == [names["active"], names["failed"]], lines
+    assert listed[2:] == sorted(set(updated) - {names["active"], names["failed"]}, key=lambda n: -updated[n])[
+        : len(listed) - 2], lines
+    assert lines[-1].startswith(f"… and {33 - len(listed)} more: "), lines
+    assert "\x1b[" in frame  # on a terminal, with colour

@@ -39,6 +39,7 @@ from ..errors import (
     UploadError,
     UsageError,
 )
+from ..humanize import human_bytes, human_rate, ratio
 from ..progress import NoProgress, Progress
 from ..runfolder.exclude import check_leaves_run
 from ..runfolder.scan import Manifest, compare, reading_threads, resolve_run_folder, scan_run_folder
@@ -106,11 +107,13 @@ class ArchiveResult:
         if self.already_complete:
             note = f"; {self.note}" if self.note else ""
             return f"{self.run}: already archived at {storage_uri(self.location)} (crc32c {self.crc32c}){note}"
-        resumed = f", resumed at {self.resumed_from_archive} bytes" if self.resumed_from_archive else ""
+        # Sizes as people read them (humanize: SI); --json has the exact counts.
+        resumed = f", resumed at {human_bytes(self.resumed_from_archive)}" if self.resumed_from_archive else ""
         return (
-            f"{self.run}: {self.files} files, {self.raw_bytes} raw bytes -> {self.archive_bytes} "
-            f"archive bytes (ratio {self.ratio:.2f}, {self.compression}), crc32c {self.crc32c}, "
-            f"{self.mb_per_s:.1f} MB/s{resumed} -> {storage_uri(self.location) if self.location != 'null' else 'null'}"
+            f"{self.run}: {self.files:,} files, {human_bytes(self.raw_bytes)} raw -> {human_bytes(self.archive_bytes)} "
+            f"archive (ratio {ratio(self.raw_bytes, self.archive_bytes)}, {self.compression}), crc32c {self.crc32c}, "
+            f"{human_rate(self.mb_per_s * 1e6)}{resumed} -> "
+            f"{storage_uri(self.location) if self.location != 'null' else 'null'}"
         )
 
 

@@ -42,11 +42,13 @@ from typing import Any
 from .. import __version__
 from ..config import Config
 from ..errors import EXIT_CHANGED, EXIT_INTERRUPTED, ConfigError, RunLocked, UsageError
+from ..humanize import hms, human_bytes, ratio
 from ..runfolder.completion import CompletionRules, newest_change, run_state
 from ..state.firestore import NoMirror, StatusMirror, fields_from_task
-from ..state.journal import IN_PROGRESS, Journal
+from ..state.journal import IN_PROGRESS, Journal, Task
 from ..state.process import alive, start_time
 from ..storage.layout import storage_uri
+from .daemonlog import event
 from .leases import Leases
 from .notify import DEFAULT_SUBJECT_PREFIX, DeliveryQueue, MailEvent, Notifier, NullNotifier
 from .retention import Retention
@@ -127,6 +129,15 @@ class Monitor:
                     f"watch directory {watchdir} does not exist or is not a directory: create (or mount) it, "
                     f"or fix 'watchdirs' in {config_path}"
                 )
+
+    @staticmethod
+    def check_destination(config: Config, config_path: Path) -> None:
+        """ConfigError unless the destination bucket exists and the credentials may archive
+        into it (found now, in one line, rather than run by run after backoffs)."""
+        if config.gcp_bucket_name:
+            from ..storage.gcs.client import check_bucket
+
+            check_bucket(config.gcp_bucket_name, f"gcp_bucket_name in {config_path}")
 
     # -- the loop -------------------------------------------------------------------
 
@@ -229,13 +240,16 @@ class Monitor:
             if task is not None and task.status == "complete":
                 self.journal.update(name, failures=0, next_attempt_at=None, pid_start=None)
                 self._release_after_publishing(name)
+                seconds = (task.finished_at or 0) - (task.session_started_at or task.finished_at or 0)
+                location = storage_uri(task.gcp_tarfile or task.location or "") if task.location else ""
+                self._log_archived(task, location, seconds)
                 self.notifier.send(
                     MailEvent.archived(
                         name,
                         raw_bytes=task.raw_bytes or 0,
                         archive_bytes=task.archive_bytes or 0,
-                        seconds=(task.finished_at or 0) - (task.session_started_at or task.finished_at or 0),
-                        location=storage_uri(task.gcp_tarfile or task.location or "") if task.location else "",
+                        seconds=seconds,
+                        location=location,
                         crc32c=task.crc32c,
                         files=task.file_count,
                         instrument_status=task.instrument_status,
@@ -264,6 +278,16 @@ class Monitor:
                 error = f"killed after exceeding task_runtime_limit_sec ({self.config.task_runtime_limit_sec} s)"
             self._failed(name, error, child if child.killed else None)
 
+    @staticmethod
+    def _log_archived(task: Task, location: str, seconds: float) -> None:
+        """The line that says a run is archived: where, how big, its crc32c, how long."""
+        raw, size = task.raw_bytes or 0, task.archive_bytes or 0
+        files = f"{task.file_count:,} files, " if task.file_count is not None else ""
+        log.info("%s: archived to %s: %s (raw %s, ratio %s), crc32c %s, %sin %s", task.name, location,
+                 human_bytes(size), human_bytes(raw), ratio(raw, size), task.crc32c or "unknown", files, hms(seconds),
+                 extra=event("archived", task.name, location=location, archive_bytes=size, raw_bytes=raw,
+                             crc32c=task.crc32c, files=task.file_count, seconds=round(seconds, 3)))
+
     def _gone(self, name: str, rundir: Path) -> None:
         """The run folder was deleted (or moved away) while it was archived: nothing to
         wait for or retry. Forgetting where it was found stops every later cycle from
@@ -280,11 +304,14 @@ class Monitor:
         fields: dict[str, Any] = {"pid": None, "failures": failures, "last_error": error}
         if failures >= self.config.max_attempts:
             fields["gave_up_at"] = now
-            log.error("%s: giving up after %d failed attempts: %s", name, failures, error)
+            log.error("%s: giving up after %d failed attempts: %s", name, failures, error,
+                      extra=event("gave_up", name, error=error, attempts=failures))
         else:
             delay = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (failures - 1))
             fields["next_attempt_at"] = now + delay
-            log.warning("%s: attempt %d failed (%s); retrying in %.0f s", name, failures, error, delay)
+            log.warning("%s: attempt %d failed (%s); retrying in %.0f s", name, failures, error, delay,
+                        extra=event("failed", name, error=error, attempt=failures,
+                                    max_attempts=self.config.max_attempts, retry_in_sec=delay))
         self.journal.update(name, status="not_running", **fields)
         # Mail once per kill, on the first failure and on giving up: never every cycle.
         if killed is not None:
@@ -466,7 +493,7 @@ class Monitor:
         ticks = start_time(proc.pid)
         self.children[name] = _Child(name, rundir, proc, ticks, self.clock(), log_path)
         self.journal.update(name, pid_start=ticks, next_attempt_at=None)
-        log.info("%s: archiving (pid %d)", name, proc.pid)
+        log.info("%s: archiving (pid %d)", name, proc.pid, extra=event("started", name, pid=proc.pid))
         task = self.journal.get(name)
         self.notifier.send(
             MailEvent.started(

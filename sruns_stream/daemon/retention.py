@@ -41,6 +41,7 @@ from ..runfolder.scan import Entry, Manifest, compare, reading_threads, scan_run
 from ..state.journal import Journal, Task
 from ..storage.layout import parse_location
 from ..storage.stores import probe_archive
+from .daemonlog import event
 
 __all__ = ["Retention"]
 
@@ -108,7 +109,7 @@ class Retention:
                              f"not moved to {dst}: {exc.strerror}{fix} (the run folder stays where it is)")
                 continue
             self.journal.update(task.name, moved_to=str(dst), moved_at=self.clock())
-            log.info("%s: moved to %s", task.name, dst)
+            log.info("%s: moved to %s", task.name, dst, extra=event("moved", task.name, moved_to=str(dst)))
 
     def sweep(self) -> None:
         age = self.config.sweep_age_sec
@@ -151,7 +152,7 @@ class Retention:
                 self._swept_in_part(task, folder, left)
                 continue
             self.journal.update(task.name, swept_at=self.clock())
-            log.info("%s: swept %s", task.name, folder)
+            log.info("%s: swept %s", task.name, folder, extra=event("swept", task.name, folder=str(folder)))
 
     def _still_archived(
         self, task: Task, folder: Path, what: str, refused: set[str], sweeping: bool = False

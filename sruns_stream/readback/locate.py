@@ -45,15 +45,16 @@ _MAX_URI = len("gs://") + 222 + 1 + 1024  # GCS's longest bucket and object name
 
 
 def _volume_parts(
-    base: str, where: Callable[[str], str], found: dict[str, ByteSource], listing: ByteSource | None,
+    base: str, where: Callable[[str], str], found: dict[str, ByteSource], listing: tuple[str, ByteSource] | None,
 ) -> list[VolumePart]:
-    """The volumes of archive ``base`` in order: as its listing names them (each with the
-    size and crc32c listed), or else those ``found`` by name, a gap in their numbers
-    standing for a missing one. ``where`` makes a name a location for messages."""
+    """The volumes of archive ``base`` in order: as its listing (its name, its bytes) names
+    them (each with the size and crc32c listed), or else those ``found`` by name, a gap
+    in their numbers standing for a missing one. ``where`` makes a name a location for
+    messages."""
     if listing is not None:
-        at = where(volumes.listing_name(base))
+        at = where(listing[0])
         try:
-            listed = volumes.parse(read_all(listing), at)
+            listed = volumes.parse(read_all(listing[1]), at)
         except IntegrityError as exc:
             raise DestinationError(f"{exc}: the archive's volumes cannot be put in order") from None
         for v in listed:
@@ -80,11 +81,11 @@ def _local_volumes(path: Path) -> Volumes | None:
         name: LocalFile(folder / name) for name in names
         if volume_number(base, name) is not None and (folder / name).is_file()
     }
-    listing = folder / volumes.listing_name(base)
-    if not found and not listing.is_file():
+    listing = next((n for n in volumes.listing_names(base) if (folder / n).is_file()), None)
+    if not found and listing is None:
         return None
     parts = _volume_parts(base, lambda name: str(folder / name), found,
-                          LocalFile(listing) if listing.is_file() else None)
+                          (listing, LocalFile(folder / listing)) if listing is not None else None)
     return Volumes(str(path), parts)
 
 
@@ -197,16 +198,19 @@ def _gcs_volumes(gcs: GcsBucket, name: str) -> Volumes | None:
     bucket, client = gcs.name, gcs.client
     base = name.rsplit("/", 1)[-1]
     folder = name[: len(name) - len(base)]
-    objects = {b.name[len(folder):]: b for b in gcs.list(name + ".") if "/" not in b.name[len(folder):]}
+    objects = {b.name[len(folder):]: b for b in gcs.list(volumes.stored_forms_prefix(name))
+               if "/" not in b.name[len(folder):]}
     found: dict[str, ByteSource] = {
         n: GcsObject(client, bucket, b.name, b.size, b.generation)
         for n, b in objects.items() if volume_number(base, n) is not None
     }
-    listing_blob = objects.get(volumes.listing_name(base))
-    if not found and listing_blob is None:
+    listing_name = next((n for n in volumes.listing_names(base) if n in objects), None)
+    if not found and listing_name is None:
         return None
-    listing = (GcsObject(client, bucket, listing_blob.name, listing_blob.size, listing_blob.generation)
-               if listing_blob is not None else None)
+    listing = None
+    if listing_name is not None:
+        info = objects[listing_name]
+        listing = (listing_name, GcsObject(client, bucket, info.name, info.size, info.generation))
     parts = _volume_parts(base, lambda n: str(Location("gcs", bucket, folder + n)), found, listing)
     if listing is None:
         # No listing: each volume's own crc32c (GCS keeps one per object) checks its transfer.

@@ -61,6 +61,14 @@ class Problems:
         self.items.insert(0, text)
         del self.items[MAX_PROBLEMS:]
 
+    def promote(self, text: str, prefix: str) -> None:
+        """Show ``text``, found earlier, first and with ``prefix``: it turned out to be
+        what explains the others (counted once, as it was)."""
+        if text in self.items:
+            self.items.remove(text)
+        self.items.insert(0, prefix + text)
+        del self.items[MAX_PROBLEMS:]
+
 
 def _counted(n: int) -> str:
     return f"{n} problem" + ("" if n == 1 else "s")

@@ -80,10 +80,17 @@ class MemberStream:
         bytes altered (the gzip CRC32 or length does not match what was inflated)."""
         self.reader.close()
         altered = False
-        if self.gzip is not None:
-            for problem in self.gzip.problems:
-                problems.add(problem)
-                altered = True
+        if self.gzip is not None and self.gzip.problems:
+            # The altered bytes explain the members' mismatches found before the trailer
+            # was reached: named first, as a damaged stream is (unless one already is).
+            lines = [f"damaged archive: {problem}" for problem in self.gzip.problems]
+            if damaged:
+                for line in lines:
+                    problems.add(line)
+            else:
+                for line in reversed(lines):
+                    problems.first(line)
+            altered = True
         if self.members.trailing_garbage:
             problems.add(
                 f"{self.src.location}: {self.members.trailing_garbage} non-zero bytes after the end of the tar stream"

@@ -108,13 +108,14 @@ def _verify(
         points = parallel_points(src, threads, progress.note, manifest, check=True)
     except IntegrityError as exc:
         problems.add(f"{exc}: the archive was read without it")
-    content_differs = False  # a member's data unlike its manifest row
+    content_differs: str | None = None  # the first problem of a member's data unlike its manifest row
     stream = MemberStream(src, progress, files_total, lambda: report.files, points, threads, manifest)
     try:
         for member in stream.members:
             top = top or (safe_name(member.name)[0] or "").split("/", 1)[0]
-            content_differs |= _verify_member(member, stream, expected, seen, manifest is not None,
-                                              against, rundir_fd, report, problems)
+            differs = _verify_member(member, stream, expected, seen, manifest is not None,
+                                     against, rundir_fd, report, problems)
+            content_differs = content_differs or differs
     except ArchiveDamaged as exc:
         report.damaged = True
         problems.first(f"damaged archive: {exc}")
@@ -123,8 +124,10 @@ def _verify(
     altered = stream.finish(problems, report.damaged)
     # The stored bytes were altered if the gzip layer says so; a member's data unlike its
     # manifest row says so too, unless an intact gzip CRC32 proves the bytes as written
-    # (then the manifest is what differs).
-    report.damaged |= altered or (content_differs and not stream.gzip_checked)
+    # (then the manifest is what differs). Either way the damage is named first.
+    if content_differs is not None and not (report.damaged or altered or stream.gzip_checked):
+        problems.promote(content_differs, "damaged archive: ")
+    report.damaged |= altered or (content_differs is not None and not stream.gzip_checked)
     for row in expected.values():
         report.missing += 1
         problems.add(f"{show(row.path)}: listed in the manifest, missing from the archive")
@@ -140,10 +143,11 @@ def _verify(
 def _verify_member(
     member: Member, stream: MemberStream, expected: dict[str, ManifestRow], seen: set[str], have_manifest: bool,
     against: Path | None, rundir_fd: int | None, report: VerifyReport, problems: Problems,
-) -> bool:
-    """Check one member; True if its data (size or crc32c) differs from its manifest row."""
+) -> str | None:
+    """Check one member; the problem it adds if its data (size or crc32c) differs from its
+    manifest row, else None."""
     report.members += 1
-    content_differs = False
+    content_differs: str | None = None
     crc = None
     if member.kind == "f":
         crc = stream.members.file_crc32c()
@@ -161,10 +165,12 @@ def _verify_member(
         diffs = member_vs_row(member, crc, row)
         if diffs:
             report.mismatched += 1
-            problems.add(f"{name}: {'; '.join(diffs)}")
-            content_differs = member.kind == row.kind == "f" and (
+            problem = f"{name}: {'; '.join(diffs)}"
+            problems.add(problem)
+            if member.kind == row.kind == "f" and (
                 member.size != row.size or (crc is not None and row.crc32c is not None and crc != row.crc32c)
-            )
+            ):
+                content_differs = problem
         else:
             report.matched += 1
     if against is not None and rundir_fd is not None:

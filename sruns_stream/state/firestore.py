@@ -150,14 +150,17 @@ class RunFields(TypedDict, total=False):
     kms_key_name: str | None
     retain_until: str | None
     holds: list[str] | None
+    run_id: str | None  # RunInfo.xml's id, which can differ from the folder name
+    moved_to: str | None  # where the daemon moved the run folder (completed_runs_dir)
+    moved_at: dt.datetime | float | None
 
 
 _STRINGS = frozenset({"storage", "workflow_status", "crc32c", "host", "last_error", "instrument_status",
-                      "storage_class", "kms_key_name", "retain_until"})
+                      "storage_class", "kms_key_name", "retain_until", "run_id", "moved_to"})
 _INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
 _FLOATS = frozenset({"throughput_mb_s"})
 _STRING_LISTS = frozenset({"volumes", "holds"})
-_TIMESTAMPS = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
+_TIMESTAMPS = frozenset({"created_at", "updated_at", "started_at", "finished_at", "moved_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,9 @@ class RunRecord:
     kms_key_name: str | None = None
     retain_until: str | None = None
     holds: list[str] | None = None
+    run_id: str | None = None
+    moved_to: str | None = None
+    moved_at: dt.datetime | None = None
 
     @property
     def archived(self) -> bool:
@@ -223,8 +229,9 @@ class RunRecord:
 
 
 _INTS = frozenset({"raw_bytes", "archive_bytes", "file_count", "attempts"})
-_TIMES = frozenset({"created_at", "updated_at", "started_at", "finished_at"})
-_TEXTS = frozenset({"host", "last_error", "instrument_status", "storage_class", "kms_key_name", "retain_until"})
+_TIMES = frozenset({"created_at", "updated_at", "started_at", "finished_at", "moved_at"})
+_TEXTS = frozenset({"host", "last_error", "instrument_status", "storage_class", "kms_key_name", "retain_until",
+                    "run_id", "moved_to"})
 
 
 def _field_problem(key: str, value: Any) -> str | None:
@@ -280,6 +287,8 @@ def fields_from_task(
         "file_count": task.file_count,
         "attempts": task.attempts,
         "last_error": task.last_error,
+        "run_id": task.run_id,
+        "moved_to": task.moved_to,
     }
     if task.compliance:
         view = task.compliance_view
@@ -298,9 +307,10 @@ def fields_from_task(
         ("updated_at", task.updated_at),
         ("started_at", task.session_started_at),
         ("finished_at", task.finished_at),
+        ("moved_at", task.moved_at),
     ):
         if value is not None:
-            out[key] = value  # type: ignore[literal-required]  # key is one of the four above
+            out[key] = value  # type: ignore[literal-required]  # key is one of the five above
     return out
 
 

@@ -7,10 +7,18 @@ the daemon gave up (and how to retry); where the archive is as a URI that `verif
 `restore` and gcloud accept (``gs://…``, or a path), its crc32c in hex and as gcloud
 shows it (base64); times as dates and "ago" (``--json``: ISO 8601). Nothing here writes:
 the caller opens the journal (an existing one only) and `watch` redraws until Ctrl-C.
+
+A facility's journal holds hundreds of runs: by default they are a table, one line per
+run (`render_table`, drawn by rich, which fits it to the terminal's width; under
+``--watch`` also to its height, the runs that matter most first), and `render_text`'s
+block per run is ``--long``. `select` applies the filters (``--failed``, ``--active``, a
+run name or glob).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import io
 import json
 import os
 import threading
@@ -23,7 +31,7 @@ from ..storage.prices import MINIMUM_DAYS, estimate
 from .journal import ARCHIVED, IN_PROGRESS, Task
 from .process import alive
 
-__all__ = ["render_json", "render_text", "run_view", "watch"]
+__all__ = ["render_json", "render_table", "render_text", "run_view", "select", "watch"]
 
 
 # The price table's region and per-class overrides (`storage.prices.estimate`).
@@ -115,6 +123,133 @@ def render_json(
             row[key] = iso_time(row[key])
         rows.append(row)
     return json.dumps(rows, indent=None if compact else 2)
+
+
+def select(tasks: list[Task], pattern: str | None = None, *, failed: bool = False, active: bool = False) -> list[Task]:
+    """The runs a `status` asks for: named by ``pattern`` (a run name or an fnmatch
+    glob), that failed (the last attempt failed, or the daemon gave up) or that are
+    active (an archive of them is running now); the filters combine with "and"."""
+    out = []
+    for task in tasks:
+        if pattern is not None and not fnmatch.fnmatchcase(task.name, pattern):
+            continue
+        if failed and not _failed(task):
+            continue
+        if active and not (task.status in IN_PROGRESS and alive(task.pid, task.pid_start)):
+            continue
+        out.append(task)
+    return out
+
+
+def _failed(task: Task) -> bool:
+    return task.gave_up_at is not None or (
+        task.status == "not_running" and bool(task.last_error) and task.changed_at is None
+    )
+
+
+def _rank(task: Task, view: dict[str, Any]) -> tuple[int, float]:
+    """What matters most first: running, failed or given up, waiting, then done; the
+    most recently updated first within each."""
+    if view["running"]:
+        group = 0
+    elif _failed(task):
+        group = 1
+    elif task.status not in ARCHIVED:
+        group = 2
+    else:
+        group = 3
+    return group, -(task.updated_at or 0.0)
+
+
+def _short(task: Task, view: dict[str, Any]) -> str:
+    """The status column: the headline without its explanations."""
+    return _headline(task, view).split(" (", 1)[0]
+
+
+def _done(task: Task, view: dict[str, Any]) -> str:
+    if task.status in ARCHIVED and task.archive_bytes is not None:
+        return human_bytes(task.archive_bytes)
+    if view["percent"] is not None and view["raw_done"]:
+        return f"{view['percent']:.1f}%"
+    return ""
+
+
+def _note(task: Task, view: dict[str, Any], now: float) -> str:
+    """The one thing to know next, for the table's last column."""
+    if view["running"]:
+        rate = view["rate_mb_s"] * 1e6 if view["rate_mb_s"] is not None else None
+        return f"{human_rate(rate)}, ETA {hms(view['eta_seconds'])}"
+    if task.gave_up_at is not None:
+        return f"gave up: {task.last_error or 'no error recorded'}"
+    if task.last_error:
+        retry = (f" (retry {ago(now - task.next_attempt_at)})"
+                 if task.next_attempt_at is not None and task.status != "complete" else "")
+        return f"{task.last_error}{retry}"
+    if task.swept_at:
+        return f"{view['location']}; swept"
+    if task.moved_to:
+        return f"{view['location']}; moved to {task.moved_to}"
+    if view["location"] and task.status in ARCHIVED:
+        return str(view["location"])
+    return ""
+
+
+def render_table(
+    tasks: list[Task], now: float, done: Mapping[str, tuple[int, int]] | None = None, *, width: int = 120,
+    height: int | None = None, terminal: bool = False,
+) -> str:
+    """One line per run (RUN, STATUS, DONE, UPDATED, NOTE), at most ``width`` columns: a
+    long note is cut with an ellipsis, never wrapped. With ``height`` (``--watch`` on a
+    terminal) at most that many lines, the runs that matter most first, and a last line
+    saying how many more there are. ``terminal``: with colour."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if not tasks:
+        return "no runs in the journal yet\n"
+    views = {t.name: run_view(t, now, (done or {}).get(t.name)) for t in tasks}
+    ordered = sorted(tasks, key=lambda t: _rank(t, views[t.name])) if height is not None else tasks
+    shown = ordered
+    if height is not None and len(ordered) > max(1, height - 3):
+        shown = ordered[: max(1, height - 3)]  # the header, its rule and the "more" line
+    styles = {0: "cyan", 1: "red", 2: "yellow", 3: ""}
+    cells = []
+    for task in shown:
+        view = views[task.name]
+        cells.append((task.name, _short(task, view), _done(task, view),
+                       ago(now - task.updated_at) if task.updated_at else "", " ".join(_note(task, view, now).split()),
+                       styles[_rank(task, view)[0]] if terminal else ""))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+    # Only the note is ever cut (with an ellipsis); the run's name takes at most half the
+    # width. A terminal too narrow for them all loses UPDATED, then DONE, then NOTE.
+    headers = ["RUN", "STATUS", "DONE", "UPDATED", "NOTE"]
+    widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(headers)]
+    widths[0] = min(widths[0], width // 2)
+    keep = [0, 1, 2, 3, 4]
+    for dropped in (3, 2):
+        if sum(widths[k] for k in keep if k != 4) + 3 * (len(keep) - 1) + 8 <= width:
+            break
+        keep.remove(dropped)
+    if sum(widths[k] for k in keep if k != 4) + 3 * (len(keep) - 1) + 8 > width:
+        keep.remove(4)
+    room = width - sum(widths[k] for k in keep if k != 4) - 3 * (len(keep) - 1)
+    for k in keep:
+        table.add_column(headers[k], no_wrap=True, justify="right" if k == 2 else "left", overflow="ellipsis",
+                         min_width=widths[k] if k != 4 else None, max_width=min(widths[k], room) if k == 4 else None)
+    for cell in cells:
+        # Text, never markup: a run name or an error with [brackets] is shown as it is.
+        table.add_row(*(Text(cell[k], style=cell[5] if k == 1 else "") for k in keep))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=terminal, color_system="standard" if terminal else None,
+                      highlight=False, soft_wrap=False, legacy_windows=False)
+    console.print(table)
+    text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines() if line.strip()) + "\n"
+    if len(shown) < len(ordered):
+        more = f"… and {len(ordered) - len(shown)} more: a filter (--failed, --active, RUN-GLOB) or a bigger window"
+        text += more[:width] + "\n"
+    return text
 
 
 def _when(ts: float, now: float) -> str:

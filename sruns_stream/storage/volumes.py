@@ -3,8 +3,8 @@
 A GCS object holds at most 5 TiB, so an archive larger than ``volume_size`` is stored as
 ``<run>.tar.gz.000``, ``.001``, … (`layout.volume_names`): their concatenation in name
 order is, byte for byte, the one archive, so ``cat <run>.tar.gz.* | tar xz`` restores the
-run. Beside them, ``<run>.tar.gz.volumes.tsv`` lists each volume's name, size and
-crc32c (8 hex digits), under a header naming the columns::
+run. Beside them, ``<run>.volumes.tsv`` lists each volume's name, size and crc32c (8
+hex digits), under a header naming the columns::
 
     volume          size    crc32c
     R.tar.gz.000    1048576 1c2d3e4f
@@ -13,18 +13,28 @@ crc32c (8 hex digits), under a header naming the columns::
 so that a reader can name a missing, truncated or altered volume rather than report a
 damaged stream. The archive's own crc32c, which the journal and Firestore keep, is the
 combination of the volumes' (`combined`).
+
+The listing's name is outside every glob of the volumes (``<run>.tar.gz.*``,
+``<run>.tar.gz.0*``): archives made before that was so named it
+``<run>.tar.gz.volumes.tsv``, which ``gcloud storage cat '…/<run>.tar.gz.*' | tar xz``
+fed to tar with the volumes. Readers take either (`listing_names`); an archive stored
+afresh removes the old one with the other stale forms.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import IntegrityError
 from .crc import crc32c_combine
-from .layout import volume_number
+from .layout import READ_EXTENSIONS, volume_number
 
-__all__ = ["LISTING_SUFFIX", "Volume", "combined", "is_stored_form", "listing_name", "parse", "render"]
+__all__ = [
+    "LISTING_SUFFIX", "Volume", "combined", "is_stored_form", "listing_name", "listing_names", "parse", "render",
+    "stored_forms_prefix",
+]
 
 LISTING_SUFFIX = ".volumes.tsv"
 _HEADER = "volume\tsize\tcrc32c"
@@ -38,14 +48,30 @@ class Volume:
 
 
 def listing_name(archive: str) -> str:
-    """The listing's path or blob name beside an archive's (``<archive>.volumes.tsv``)."""
+    """The listing's path or blob name beside an archive's: ``<run>.volumes.tsv`` beside
+    ``<run>.tar.gz`` (or ``.tar``, ``.tgz``)."""
+    for extension in READ_EXTENSIONS:
+        if archive.endswith(extension):
+            return archive[: -len(extension)] + LISTING_SUFFIX
     return archive + LISTING_SUFFIX
+
+
+def listing_names(archive: str) -> tuple[str, ...]:
+    """The names a reader looks for, in order: the listing's, then the one archives made
+    before it had (``<run>.tar.gz.volumes.tsv``)."""
+    return tuple(dict.fromkeys((listing_name(archive), archive + LISTING_SUFFIX)))
+
+
+def stored_forms_prefix(archive: str) -> str:
+    """A name prefix shared by every stored form of ``archive`` (``…/<run>.``): what to
+    list to find them all."""
+    return os.path.commonprefix([archive, *listing_names(archive)])
 
 
 def is_stored_form(archive: str, name: str) -> bool:
     """Whether ``name`` is the archive stored as one file, one of its volumes or their
-    listing: what an archive stored afresh (cut another way) replaces."""
-    return name == archive or name == listing_name(archive) or volume_number(archive, name) is not None
+    listing (either name): what an archive stored afresh (cut another way) replaces."""
+    return name == archive or name in listing_names(archive) or volume_number(archive, name) is not None
 
 
 def render(volumes: Iterable[Volume]) -> bytes:

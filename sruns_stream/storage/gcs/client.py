@@ -16,9 +16,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -30,10 +32,12 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # type: ignore[import-untyped]
 
-from ...errors import DestinationError, IntegrityError, UploadError
+from ...errors import ConfigError, DestinationError, IntegrityError, UploadError
 from ..retry import RETRY, RetryPolicy, pause
 
 __all__ = [
+    "ARCHIVE_PERMISSIONS",
+    "CREDENTIALS_VARIABLE",
     "DEFAULT_TIMEOUT",
     "FAILURES",
     "TRANSIENT_ERRORS",
@@ -43,6 +47,7 @@ __all__ = [
     "ObjectInfo",
     "Transient",
     "b64_crc32c",
+    "check_bucket",
     "crc32c_from_b64",
     "exhausted",
     "is_transient",
@@ -82,6 +87,8 @@ FAILURES: tuple[type[BaseException], ...] = (
     *TRANSIENT_ERRORS,
 )
 
+CREDENTIALS_VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
+
 T = TypeVar("T")
 Failure = BaseException | requests.Response
 
@@ -92,13 +99,77 @@ def make_client() -> Client:
         # The client sends every request to the emulator itself; it wants no credentials.
         project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "test"
         return Client(project=project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    named = os.environ.get(CREDENTIALS_VARIABLE)
+    if named:
+        _check_credentials_file(named)
     try:
         return Client()
     except auth_exceptions.DefaultCredentialsError as exc:
+        if named:
+            # The file is JSON with a type, but the library cannot use it (a service
+            # account key without its private key, an unknown type): its reason, redacted.
+            raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which Google's library cannot use: "
+                              f"{_library_reason(exc)}; point it at a working key file, or unset it") from exc
         raise DestinationError(
             "no Google credentials found: run on a VM with a service account, set "
-            "GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth application-default login`"
+            f"{CREDENTIALS_VARIABLE}, or run `gcloud auth application-default login`"
         ) from exc
+
+
+def _library_reason(exc: BaseException) -> str:
+    """google-auth's message on one line: its arguments (a message, the error under it)
+    joined, never their repr."""
+    text = ": ".join(str(a).rstrip(".") for a in exc.args) if exc.args else str(exc)
+    return " ".join(text.split())[:300]
+
+
+def _check_credentials_file(named: str) -> None:
+    """ConfigError naming the file and what is wrong with it, when the credentials
+    variable names one that is missing, unreadable, not JSON or not a credentials file:
+    without this the library's error reads as no credentials at all. Its contents (a
+    private key) are never quoted."""
+    fix = f"point {CREDENTIALS_VARIABLE} at the service account key file, or unset it"
+    path = Path(named)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which does not exist: {fix}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which is a directory: {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not text"
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which cannot be read ({why}): {fix}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which is not JSON ({exc.msg} at line {exc.lineno}): "
+                          f"{fix}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ConfigError(f"{CREDENTIALS_VARIABLE} names {named}, which is not a Google credentials file (no "
+                          f"\"type\" key, e.g. \"service_account\"): {fix}")
+
+
+# What archiving into a bucket needs: write objects and compose them, read them back to
+# check them, list them (resuming, volumes, stale forms) and delete temporaries.
+ARCHIVE_PERMISSIONS = ("storage.objects.create", "storage.objects.get", "storage.objects.list",
+                       "storage.objects.delete")
+
+
+def check_bucket(bucket: str, setting: str) -> None:
+    """ConfigError unless ``bucket`` exists and these credentials may archive into it:
+    what a daemon checks at start, rather than finding a mistyped bucket run by run
+    after backoffs. ``setting`` names where the bucket was given, for the message."""
+    gcs = GcsBucket(bucket, make_client(), error=DestinationError)
+    missing = f"bucket {bucket} does not exist ({setting}): correct the name, or create the bucket"
+    try:
+        lacking = gcs.lacking(ARCHIVE_PERMISSIONS, missing)
+    except DestinationError as exc:
+        if str(exc) == missing:
+            raise ConfigError(missing) from None
+        raise
+    if lacking:
+        raise ConfigError(f"bucket {bucket} ({setting}): these credentials lack {', '.join(lacking)}: grant them "
+                          "(e.g. roles/storage.objectAdmin on the bucket) to the daemon's service account")
 
 
 class Transient(DestinationError):
@@ -316,6 +387,13 @@ class GcsBucket:
             return self.retry.call(once, Transient, sleep=self._sleep)
         except Transient as exc:
             raise exhausted(exc, self.retry.attempts, self.error) from None
+
+    def lacking(self, permissions: Sequence[str], missing: str) -> list[str]:
+        """Which of ``permissions`` these credentials do not have on the bucket (GCS's
+        testIamPermissions); ``missing`` is the error's line when there is no bucket."""
+        granted = self.call("checking permissions on", "", lambda: self.bucket.test_iam_permissions(
+            list(permissions), timeout=self._timeout, retry=None), missing=missing)
+        return [p for p in permissions if p not in granted]
 
     def settings(self) -> Any:
         """The bucket's own resource (retention policy, default hold, storage class)."""

@@ -26,7 +26,7 @@ from ...config import ArchiveOptions
 from ...errors import DestinationError, IntegrityError
 from ..layout import compose_temporary
 from ..retry import RETRY, RetryPolicy
-from ..volumes import is_stored_form
+from ..volumes import is_stored_form, stored_forms_prefix
 from .client import Client, GcsBucket, ObjectInfo, check_kept, make_client
 
 __all__ = [
@@ -141,7 +141,8 @@ class Parts:
         ``archive`` (`volumes.is_stored_form`); best effort (a bucket that keeps objects
         refuses): returns what could not be deleted."""
         try:
-            stale = [n for n in self.names(archive) if n not in keep and is_stored_form(archive, n)]
+            stale = [n for n in self.names(stored_forms_prefix(archive))
+                     if n not in keep and is_stored_form(archive, n)]
         except DestinationError:
             return []
         return [name for name in stale if not self._try_delete(name)]
