@@ -1,0 +1,204 @@
+"""The indexes other tools read, beside every archive: ``<archive>.gzidx`` (indexed_gzip,
+rapidgzip) and ``<archive>.index.sqlite`` (ratarmount).
+
+Oracles: the tools themselves, unmodified from PyPI (what they read with our index is
+compared with the run folder's bytes and with Python's gzip reading the whole archive),
+Python's tarfile for where each member's data is, and the access index parsed here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import run_in_process, tree
+
+RUN = "241128_M00001_0043_000000000-INDEX"
+ACCESS = ("--block-size", "256K", "--access-interval", "1M")
+INTERVAL = 1 << 20
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    rng = random.Random(3)
+    root = tmp_path / "runs" / RUN
+    (root / "Data" / "Intensities" / "L001").mkdir(parents=True)
+    (root / "InterOp").mkdir()
+    (root / "RunInfo.xml").write_bytes(b'<?xml version="1.0"?>\n<RunInfo/>\n')
+    words = b" ".join(b"cycle%d tile%d" % (rng.randrange(300), rng.randrange(2000)) for _ in range(400_000))
+    for i in range(6):
+        at = rng.randrange(len(words) // 2)
+        (root / "Data" / "Intensities" / "L001" / f"C{i}.1.cbcl").write_bytes(words[at : at + 900_000 + i])
+    (root / "Data" / "big.bin").write_bytes(words[: 4 << 20])
+    (root / "InterOp" / "TileMetrics.bin").write_bytes(rng.randbytes(300_000))  # stored blocks
+    (root / "empty.txt").write_bytes(b"")
+    os.symlink("RunInfo.xml", root / "RunInfo.link")
+    return root
+
+
+def _archive(run: Path, dest: str, cwd: Path, *extra: str) -> dict[str, Any]:
+    proc = run_in_process("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *ACCESS,
+                          *extra, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _points(index_tsv: bytes) -> list[tuple[int, int]]:
+    """The access points, parsed here: (raw, archive) per line after the header."""
+    return [tuple(int(v) for v in line.split("\t")) for line in index_tsv.decode().splitlines()[1:]]  # type: ignore[misc]
+
+
+def _members(archive: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(archive) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+class Counting(io.RawIOBase):
+    """A file that counts the bytes read from it: what a tool fetched."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self.f.readinto(b)
+        self.read_bytes += n or 0
+        return n or 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def _span(points: list[tuple[int, int]], start: int, end: int, size: int) -> int:
+    """Compressed bytes from the access point before raw ``start`` to the second point
+    after raw ``end``: what reading [start, end) may cost, the target's "the member + 2
+    access intervals"."""
+    before = max(a for r, a in points if r <= start)
+    after = [a for r, a in points if r >= end]
+    return (after[1] if len(after) > 1 else size) - before
+
+
+@pytest.fixture
+def archived(run: Path, tmp_path: Path) -> Path:
+    _archive(run, str(tmp_path / "dest"), tmp_path)
+    return tmp_path / "dest" / RUN / f"{RUN}.tar.gz"
+
+
+def test_the_indexes_land_beside_the_archive_and_gzidx_is_the_access_index(archived: Path) -> None:
+    from sruns_stream.storage import gzidx
+
+    points = _points(archived.with_name(f"{RUN}.index.tsv").read_bytes())
+    parsed = gzidx.parse(Path(f"{archived}.gzidx").read_bytes(), "test")
+    assert [(p.raw, p.archive) for p in parsed.points] == points and len(points) > 5
+    assert parsed.compressed_size == archived.stat().st_size
+    with gzip.open(archived) as f:
+        assert parsed.uncompressed_size == len(f.read())
+    assert Path(f"{archived}.index.sqlite").stat().st_size > 0
+
+
+def test_indexed_gzip_seeks_to_members_with_our_index_reading_about_the_member(archived: Path, run: Path) -> None:
+    indexed_gzip = pytest.importorskip("indexed_gzip")  # the test extra installs it; CI has it
+    points = _points(archived.with_name(f"{RUN}.index.tsv").read_bytes())
+    size = archived.stat().st_size
+    for name, m in _members(archived).items():
+        if not m.isfile() or not m.size:
+            continue
+        counting = Counting(archived)
+        f = indexed_gzip.IndexedGzipFile(fileobj=counting, readbuf_size=64 << 10, buffer_size=64 << 10)
+        try:
+            f.import_index(f"{archived}.gzidx")
+            f.seek(m.offset_data)
+            assert f.read(m.size) == (run.parent / name).read_bytes(), name
+        finally:
+            f.close()
+        bound = _span(points, m.offset_data, m.offset_data + m.size, size) + (64 << 10)
+        if m.offset_data > points[-1][0]:
+            # Past the last point indexed_gzip inflates the tail up to three times (to find
+            # where the stream ends, then for the read): still the tail, never the archive.
+            bound = 3 * (size - points[-1][1])
+        assert counting.read_bytes <= bound, name
+        counting.close()
+
+
+def test_rapidgzip_reads_random_ranges_byte_exact_with_our_index(archived: Path) -> None:
+    rapidgzip = pytest.importorskip("rapidgzip")
+    with gzip.open(archived) as f:
+        raw = f.read()
+    rng = random.Random(5)
+    with rapidgzip.RapidgzipFile(str(archived), parallelization=1) as f, open(f"{archived}.gzidx", "rb") as idx:
+        f.import_index(idx)
+        for _ in range(30):
+            at, n = rng.randrange(len(raw)), rng.randrange(1, 3 * INTERVAL)
+            f.seek(at)
+            assert f.read(n) == raw[at : at + n]
+
+
+def _ratarmount() -> str:
+    exe = shutil.which("ratarmount") or str(Path(sys.executable).parent / "ratarmount")
+    if not Path(exe).exists():
+        pytest.fail("ratarmount is not installed: pip install -e '.[test]'")
+    return exe
+
+
+def _unmount(mnt: Path) -> None:
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
+
+
+@pytest.mark.slow
+def test_ratarmount_mounts_with_our_index_and_reads_the_run(archived: Path, run: Path, tmp_path: Path) -> None:
+    index = Path(f"{archived}.index.sqlite")
+    before = index.read_bytes()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run([_ratarmount(), str(archived), str(mnt)], capture_output=True, text=True, timeout=120)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout + proc.stderr
+        assert f"Successfully loaded offset dictionary from {index}" in out, out
+        assert "Creating offset dictionary" not in out and "Writing out TAR index" not in out, out
+        assert "Warning" not in out, out
+        assert tree(mnt / RUN) == tree(run)
+    finally:
+        _unmount(mnt)
+    assert index.read_bytes() == before  # used as it is, not rebuilt
+
+
+def test_from_gcs_the_indexes_are_blobs_beside_the_archive(gcs: Any, run: Path, tmp_path: Path) -> None:
+    from sruns_stream.storage import gzidx, ratarmount_index
+
+    _archive(run, f"gs://{gcs.bucket}/runs", tmp_path)
+    base = f"runs/{RUN}/{RUN}.tar.gz"
+    points = _points(gcs.download(f"runs/{RUN}/{RUN}.index.tsv"))
+    parsed = gzidx.parse(gcs.download(f"{base}.gzidx"), "test")
+    assert [(p.raw, p.archive) for p in parsed.points] == points
+    assert parsed.compressed_size == int(gcs.resource(base)["size"])
+    files, metadata, blobs = ratarmount_index.read_tables(gcs.download(f"{base}.index.sqlite"), "test")
+    (tmp_path / "a.tar.gz").write_bytes(gcs.download(base))
+    members = _members(tmp_path / "a.tar.gz")
+    assert [(f"{p}/{n}".lstrip("/"), h, o) for p, n, h, o, *_ in files] == [
+        (m.name, m.offset, m.offset_data) for m in members.values()]
+    assert blobs == [gcs.download(f"{base}.gzidx")]
+    assert json.loads(metadata["tarstats"]) == {"st_size": parsed.compressed_size}
