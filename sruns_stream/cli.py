@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config", type=Path)
     c.add_argument("--journal", type=Path)
 
+    x = sub.add_parser("index", help="write the indexes ratarmount, indexed_gzip and rapidgzip read beside an "
+                                     "archive made before they were written (from its manifest and access index)")
+    x.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
+    x.add_argument("--config", type=Path)
+    x.add_argument("--journal", type=Path)
+
     t = sub.add_parser("retry", help="make a run the daemon gave up on eligible again (after fixing the cause)")
     t.add_argument("run", help="the run's name")
     t.add_argument("--config", type=Path, help="the daemon's config: its sqlite_db is the journal")
@@ -300,6 +306,22 @@ def _members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             journal.close()
 
 
+def _index(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .readback.reindex import write_indexes
+
+    config = _load(args)
+    journal = _lookup_journal(args, config)
+    stopping.install()
+    try:
+        for where in write_indexes(args.source, journal=journal, collection=config.firestore_collection,
+                                   progress=NoProgress(err)):
+            print(where, file=out)
+        return EXIT_OK
+    finally:
+        if journal is not None:
+            journal.close()
+
+
 def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
     """The journal a command only reads: one that is not there is a usage error, never
     created (status in an empty directory must not leave a ./sruns.db behind)."""
@@ -386,6 +408,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _members(args, out, err)
         if args.command == "retry":
             return _retry(args, out)
+        if args.command == "index":
+            return _index(args, out, err)
         return _status(args, out)
     except Interrupted:
         print(_STOPPED_LINE.get(args.command, _INTERRUPTED_LINE), file=err)

@@ -202,3 +202,61 @@ def test_from_gcs_the_indexes_are_blobs_beside_the_archive(gcs: Any, run: Path, 
         (m.name, m.offset, m.offset_data) for m in members.values()]
     assert blobs == [gcs.download(f"{base}.gzidx")]
     assert json.loads(metadata["tarstats"]) == {"st_size": parsed.compressed_size}
+
+
+def test_index_writes_the_same_files_for_an_archive_made_before(archived: Path, tmp_path: Path) -> None:
+    from sruns_stream.storage import ratarmount_index
+
+    gz, sq = Path(f"{archived}.gzidx"), Path(f"{archived}.index.sqlite")
+    want_gz, want_sq = gz.read_bytes(), ratarmount_index.read_tables(sq.read_bytes(), "written by archive")
+    gz.unlink()
+    sq.unlink()
+    proc = run_in_process("index", str(archived), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(gz), str(sq)]
+    assert gz.read_bytes() == want_gz
+    assert ratarmount_index.read_tables(sq.read_bytes(), "written by index") == want_sq
+
+
+def test_index_of_an_archive_without_offsets_is_one_line_naming_why(archived: Path, tmp_path: Path) -> None:
+    archived.with_name(f"{RUN}.index.tsv").unlink()
+    proc = run_in_process("index", str(archived), cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "no access index at" in proc.stderr, proc.stderr
+
+
+def test_verify_checks_the_indexes_beside_the_archive(archived: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    from readback_helpers import verified
+
+    assert verified(str(archived)).ok
+    gz = Path(f"{archived}.gzidx")
+    good = gz.read_bytes()
+    data = bytearray(good)
+    data[-18] ^= 1  # the last point's compressed offset
+    gz.write_bytes(bytes(data))
+    report = verified(str(archived))
+    assert not report.ok and any(f"{gz} is not the access index's points" in p for p in report.problems)
+    gz.write_bytes(good)
+    db = sqlite3.connect(f"{archived}.index.sqlite")
+    db.execute("UPDATE files SET offset = offset + 512 WHERE name = 'big.bin'")
+    db.commit()
+    db.close()
+    report = verified(str(archived))
+    assert not report.ok and any("big.bin is listed as" in p for p in report.problems), report.problems
+
+
+def test_index_writes_beside_a_gcs_archive(gcs: Any, run: Path, tmp_path: Path) -> None:
+    from google.cloud import storage  # type: ignore[import-untyped]
+
+    _archive(run, f"gs://{gcs.bucket}/runs", tmp_path)
+    base = f"runs/{RUN}/{RUN}.tar.gz"
+    want = {s: gcs.download(base + s) for s in (".gzidx", ".index.sqlite")}
+    bucket = storage.Client(project="test", credentials=None).bucket(gcs.bucket)
+    for s in want:
+        bucket.blob(base + s).delete()
+    proc = run_in_process("index", f"gs://{gcs.bucket}/{base}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"gs://{gcs.bucket}/{base}.gzidx", f"gs://{gcs.bucket}/{base}.index.sqlite"]
+    assert gcs.download(base + ".gzidx") == want[".gzidx"]

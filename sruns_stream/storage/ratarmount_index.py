@@ -220,8 +220,11 @@ def check(data: bytes, where: str, rows: Sequence[ManifestRow], tar_end: int, ar
     except IntegrityError as exc:
         return [str(exc)]
     problems = []
-    want = [(f.path, f.name, f.offsetheader, f.offset, f.size, f.mtime, f.mode, f.type, f.linkname)
-            for f in file_rows(rows, tar_end)]
+    try:
+        want = [(f.path, f.name, f.offsetheader, f.offset, f.size, f.mtime, f.mode, f.type, f.linkname)
+                for f in file_rows(rows, tar_end)]
+    except IntegrityError as exc:
+        return [f"{where} cannot be checked against the manifest: {exc}"]
     if len(files) != len(want):
         problems.append(f"{where} lists {len(files)} members, the manifest {len(want)}")
     else:
