@@ -295,7 +295,10 @@ def mount_archive(source: str, mountpoint: Path, *, cache_size: int, journal: Jo
             saved = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
             try:
                 fuse.FUSE(Operations(run, mounted), str(mountpoint), foreground=True, ro=True, nothreads=False,
-                          fsname=f"sruns-stream:{src.run}", kernel_cache=True, max_threads=_THREADS)
+                          fsname=f"sruns-stream:{src.run}", kernel_cache=True, max_threads=_THREADS,
+                          # An archive never changes under the mount: the kernel may keep
+                          # names, attributes and pages for as long as it likes.
+                          attr_timeout=3600, entry_timeout=3600, negative_timeout=3600)
             except RuntimeError as exc:
                 # libfuse's loop ends with an error code when a signal stopped it too: once
                 # the mount was up, that is the end asked for (it is unmounted by then).
