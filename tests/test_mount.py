@@ -180,6 +180,15 @@ def test_mount_from_gcs_reads_a_file_for_its_size_and_an_interval(gcs: Any, run:
             assert fetched <= len(big) + (16 << 20), fetched
 
 
+@pytest.mark.slow
+def test_an_archive_in_volumes_mounts_the_same(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    _archive(run, str(tmp_path / "dest"), tmp_path, "--volume-size", "1M")
+    folder = tmp_path / "dest" / RUN
+    assert not (folder / f"{RUN}.tar.gz").exists() and (folder / f"{RUN}.tar.gz.001").exists()
+    with Mounted(str(folder), tmp_path) as m:
+        assert tree(m.mnt) == tree(run)
+
+
 def test_no_fuse_is_one_line_with_the_fix(archived: Path, tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
     empty = tmp_path / "nobin"
