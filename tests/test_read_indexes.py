@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_in_process, tree
+from helpers import run_in_process, tree, wait_until
 
 RUN = "241128_M00001_0043_000000000-INDEX"
 ACCESS = ("--block-size", "256K", "--access-interval", "1M")
@@ -260,3 +260,34 @@ def test_index_writes_beside_a_gcs_archive(gcs: Any, run: Path, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [f"gs://{gcs.bucket}/{base}.gzidx", f"gs://{gcs.bucket}/{base}.index.sqlite"]
     assert gcs.download(base + ".gzidx") == want[".gzidx"]
+
+
+@pytest.mark.slow
+def test_ratarmount_mounts_a_gcs_archive_with_our_index_given_as_index_file(archived: Path, run: Path,
+                                                                             tmp_path: Path) -> None:
+    """ratarmount does not look beside a remote archive for its index (it builds one by
+    reading the archive whole, into ~/.ratarmount): given ``--index-file gs://…`` it
+    downloads ours and uses it. Through fsspec/gcsfs, from the loopback server."""
+    pytest.importorskip("gcsfs")
+    from loopback.gcs import LoopbackGcsServer
+
+    with LoopbackGcsServer() as server:
+        for f in archived.parent.iterdir():
+            server.add_file("bkt", f"runs/{RUN}/{f.name}", f)
+        url = f"gs://bkt/runs/{RUN}/{RUN}.tar.gz"
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": server.url, "HOME": str(tmp_path)}
+        proc = subprocess.Popen([_ratarmount(), "-f", "--index-file", f"{url}.index.sqlite", url, str(mnt)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            wait_until(lambda: (mnt / RUN).is_dir(), "ratarmount's mount", proc=proc)
+            # (No bound on the bytes here: on an archive this small rapidgzip's prefetch
+            # alone reads all of it; the benchmark measures ratarmount on a large one.)
+            assert (mnt / RUN / "Data" / "big.bin").read_bytes() == (run / "Data" / "big.bin").read_bytes()
+        finally:
+            _unmount(mnt)
+            out, _ = proc.communicate(timeout=60)
+        assert f"Successfully loaded offset dictionary from {url}.index.sqlite" in out, out
+        assert "Creating offset dictionary" not in out, out
+        assert not (tmp_path / ".ratarmount").exists()
