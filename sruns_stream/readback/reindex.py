@@ -57,8 +57,9 @@ def basis(src: ArchiveSource, manifest: dict[str, ManifestRow] | None, note: Cal
     """The manifest rows, access points and tar length of an archive; DestinationError
     saying what is missing when it lacks them."""
     if not src.gzip:
-        raise DestinationError(f"{src.location} is a plain tar: indexed_gzip and ratarmount need no gzip index "
-                               "for it (ratarmount indexes a .tar in one quick pass of its headers)")
+        raise DestinationError(f"{src.location} is a plain tar (compression none): it has no access points, which "
+                               "the gzip indexes and `mount` are made from; ratarmount mounts a .tar after one quick "
+                               "pass over its headers")
     if manifest is None or not has_offsets(manifest):
         raise DestinationError(f"{src.manifest_location} is missing or has no offset column (an archive from before "
                                "access points): there is nothing to build the indexes from; ratarmount builds its own "
