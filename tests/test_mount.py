@@ -190,6 +190,20 @@ def test_an_archive_in_volumes_mounts_the_same(run: Path, tmp_path: Path) -> Non
     assert not (folder / f"{RUN}.tar.gz").exists() and (folder / f"{RUN}.tar.gz.001").exists()
     with Mounted(str(folder), tmp_path) as m:
         assert tree(m.mnt) == tree(run)
+    # `index` writes the same files for it again, describing the volumes' concatenation.
+    written = {s: Path(f"{folder / RUN}.tar.gz{s}").read_bytes() for s in (".gzidx", ".index.sqlite")}
+    for s in written:
+        Path(f"{folder / RUN}.tar.gz{s}").unlink()
+    proc = run_in_process("index", str(folder), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(f"{folder / RUN}.tar.gz.gzidx").read_bytes() == written[".gzidx"]
+    assert verified_ok(folder)
+
+
+def verified_ok(source: Path) -> bool:
+    from readback_helpers import verified
+
+    return verified(str(source)).ok
 
 
 def test_no_fuse_is_one_line_with_the_fix(archived: Path, tmp_path: Path) -> None:
