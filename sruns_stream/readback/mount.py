@@ -125,8 +125,8 @@ class MountedRun:
         else:
             kind = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}[row.kind]
             # The archived modes as they are: the mount itself is read-only (EROFS).
-            mode, size, mtime = row.mode | kind, row.size if row.kind != "l" else len(
-                os.fsencode(row.link)), float(row.mtime)
+            mode, mtime = row.mode | kind, float(row.mtime)
+            size = len(os.fsencode(row.link)) if row.kind == "l" else row.size
         return {"st_mode": mode, "st_size": size, "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime,
                 "st_nlink": 2 + sum(c.is_dir for c in node.children.values()) if node.is_dir else 1,
                 "st_uid": self.uid, "st_gid": self.gid, "st_blocks": -(-size // 512)}
