@@ -38,7 +38,7 @@ from sruns_stream.archiver.run import archive_run
 from sruns_stream.config import ArchiveOptions
 from sruns_stream.errors import IntegrityError, Interrupted
 from sruns_stream.progress import NoProgress
-from sruns_stream.storage import volumes
+from sruns_stream.storage import gzidx, volumes
 from sruns_stream.storage.layout import PARTS_FOLDER
 
 CHUNK = 256 * 1024
@@ -81,6 +81,11 @@ def _index_blob(run: Path) -> str:
     return f"{PREFIX}/{run.name}/{run.name}.index.tsv"
 
 
+def _read_index_blobs(run: Path) -> list[str]:
+    """The indexes other tools read, beside the archive (`storage.read_indexes`)."""
+    return [f"{_blob(run)}.gzidx", f"{_blob(run)}.index.sqlite"]
+
+
 def _upload(gcs, name: str, data: bytes) -> None:
     url = f"{gcs.url}/upload/storage/v1/b/{gcs.bucket}/o?uploadType=media&name={urllib.parse.quote(name, safe='')}"
     urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST"), timeout=60).read()
@@ -108,8 +113,13 @@ def test_streams_1_2_and_7_give_the_same_object_which_untars_to_the_input(gcs, m
         assert data == reference, f"--streams {streams}"
         assert f"{google_crc32c.value(data):08x}" == result["crc32c"]
         assert gcs.download(_manifest_blob(run)) == manifest  # member crc32c joined across segments
+        # The GZIDX beside it holds the access index's points, joined across segments too.
+        points = [tuple(int(v) for v in line.split("\t")) for line in
+                  gcs.download(_index_blob(run)).decode().splitlines()[1:]]
+        parsed = gzidx.parse(gcs.download(_read_index_blobs(run)[0]), "gzidx")
+        assert [(p.raw, p.archive) for p in parsed.points] == points and parsed.compressed_size == len(data)
         # The temporaries are gone: the archive and its manifest are all that is left.
-        assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
+        assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run), *_read_index_blobs(run)])
         if streams > 1:
             segments = journal_rows_of(db, run.name)
             assert len(segments) >= 3
@@ -157,7 +167,7 @@ def test_kill_9_twice_during_a_parallel_upload_then_the_same_command_gives_the_s
     assert json.loads(proc.stdout)["resumed_from_raw"] > 0 or "resum" in proc.stderr
     data = gcs.download(_blob(run))
     assert data == reference
-    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
+    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run), *_read_index_blobs(run)])
     # Counted on the wire, per session: at most one chunk per stream went again.
     assert resent(proxy.log, 1) <= streams * CHUNK
     assert resent(proxy.log, 2) <= streams * CHUNK
@@ -213,7 +223,7 @@ def test_a_crash_after_compose_before_the_temporaries_are_deleted_leaves_no_orph
         # Composed already: the next run finishes the job, it does not upload again.
         assert not [e for e in proxy.exchanges("chunk", epoch=1)]
     assert gcs.download(_blob(run)) == reference
-    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
+    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run), *_read_index_blobs(run)])
     assert journal_row(db, run.name)["status"] == "complete"
 
 
@@ -238,7 +248,7 @@ def test_a_segment_whose_crc32c_does_not_match_fails_loudly_and_the_next_run_men
     proc = run_in_process(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert gcs.download(_blob(run)) == reference
-    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
+    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run), *_read_index_blobs(run)])
 
 
 # -- volumes ----------------------------------------------------------------------------------
@@ -271,7 +281,8 @@ def test_volumes_on_gcs_concatenate_to_the_archive_and_verify_and_restore_name_a
     task = journal_row(db, run.name)
     assert task["gcp_tarfile"] == f"{gcs.bucket}/{_blob(run)}"
     assert json.loads(task["volumes"]) == [f"{gcs.bucket}/{v}" for v in vols]
-    assert gcs.names() == sorted([*vols, _manifest_blob(run), _index_blob(run), volumes.listing_name(_blob(run))])
+    assert gcs.names() == sorted([*vols, _manifest_blob(run), _index_blob(run), volumes.listing_name(_blob(run)),
+                                  *_read_index_blobs(run)])
 
     # The same command again: already archived (every volume is looked at).
     again = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--streams", "2", "--volume-size", "1M")
@@ -311,7 +322,7 @@ def test_a_single_object_archive_replaces_earlier_volumes(gcs, make_run, tmp_pat
     proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--force")
     assert proc.returncode == 0, proc.stderr
     # `gcloud storage cat .../RUN.tar.gz.*` must never find an older archive's volumes.
-    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run)])
+    assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run), *_read_index_blobs(run)])
     assert gcs.download(_blob(run)) == reference
 
 
@@ -346,8 +357,10 @@ def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_
     assert b"".join(p.read_bytes() for p in vols) == reference
     assert (folder / f"{run.name}.manifest.tsv").read_bytes() == manifest
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [*(p.name for p in vols), f"{run.name}.manifest.tsv", f"{run.name}.index.tsv", f"{run.name}.volumes.tsv"]
-    )  # no part file left, no file under the archive's own name
+        [*(p.name for p in vols), f"{run.name}.manifest.tsv", f"{run.name}.index.tsv", f"{run.name}.volumes.tsv",
+         f"{run.name}.tar.gz.gzidx", f"{run.name}.tar.gz.index.sqlite"]
+    )  # no part file left, no file under the archive's own name (the indexes for other tools describe it)
+    assert gzidx.parse((folder / f"{run.name}.tar.gz.gzidx").read_bytes(), "gzidx").compressed_size == len(reference)
     listed = volumes.parse((folder / f"{run.name}.volumes.tsv").read_bytes(), "listing")
     assert [(v.name, v.size, v.crc32c) for v in listed] == [
         (p.name, p.stat().st_size, google_crc32c.value(p.read_bytes())) for p in vols

@@ -18,12 +18,12 @@ from typing import Protocol
 
 from .. import __version__
 from ..config import ArchiveOptions
-from ..errors import IntegrityError
+from ..errors import DestinationError, IntegrityError
 from ..progress import Progress
 from ..runfolder.scan import Manifest
 from ..state.checkpoint import Checkpoint
 from ..state.journal import Journal, Task
-from ..storage import access_index, manifest_tsv
+from ..storage import access_index, manifest_tsv, read_indexes
 from ..storage.gzipframe import AccessPoint
 from ..storage.layout import Location
 from ..storage.sink import ArchiveInfo, Sink, Stored
@@ -40,6 +40,7 @@ __all__ = [
     "check_stored",
     "render_index",
     "render_manifest",
+    "write_read_indexes",
 ]
 
 
@@ -118,6 +119,29 @@ def render_index(attempt: Attempt, points: list[AccessPoint]) -> bytes | None:
     if not attempt.codec.header() or not points or not options.access_interval:
         return None
     return access_index.render(sorted(set(points)), options.block_size, options.access_interval)
+
+
+def write_read_indexes(attempt: Attempt, stored: Stored, points: list[AccessPoint], manifest: bytes) -> None:
+    """The indexes other tools read (`read_indexes`: ``<archive>.gzidx``,
+    ``<archive>.index.sqlite``) beside a stored gzip archive, from its manifest and access
+    points. They are a convenience: a failure is a note naming the command that writes
+    them later (``sruns-stream index``), never a failed archive."""
+    options = attempt.options
+    if attempt.where.kind not in ("local", "gcs") or not attempt.codec.header() or not points \
+            or not options.access_interval:
+        return
+    archive = f"gs://{stored.location}" if attempt.where.kind == "gcs" else stored.location
+    try:
+        rows = list(manifest_tsv.parse(manifest, archive).values())
+        files = read_indexes.render(
+            rows, sorted(set(points)), options.access_interval, stored.size, attempt.layout.size,
+            [(e.uid, e.gid) for e in attempt.manifest.entries], __version__,
+        )
+        read_indexes.write_beside(archive, files)
+    except (DestinationError, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        attempt.progress.note(f"{attempt.name}: the indexes for other tools were not written ({why}); "
+                              f"`sruns-stream index {archive}` writes them")
 
 
 class JournalStore:

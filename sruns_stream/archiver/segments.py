@@ -64,7 +64,16 @@ from ..storage.layout import (
 from ..storage.retry import RetryPolicy
 from ..storage.sink import Stored
 from ..storage.volumes import Volume, combined, listing_name, render
-from .attempt import Attempt, JournalStore, Outcome, archive_info, check_stored, render_index, render_manifest
+from .attempt import (
+    Attempt,
+    JournalStore,
+    Outcome,
+    archive_info,
+    check_stored,
+    render_index,
+    render_manifest,
+    write_read_indexes,
+)
 from .pipeline import Saved, range_start, stream_range
 
 __all__ = ["SegmentPlan", "Segmented", "SegmentedUpload", "plan_segments"]
@@ -423,7 +432,7 @@ class SegmentedUpload:
         left = self.parts.remove_stale(self.archive, keep)
         if left:
             self.progress.note(f"{self.name}: an earlier archive's objects could not be deleted: {', '.join(left)}")
-        return Stored(
+        stored = Stored(
             location=f"{self.where.bucket}/{self.archive}",
             size=size,
             crc32c=crc,
@@ -434,4 +443,6 @@ class SegmentedUpload:
             retain_until=min((s.retain_until for s in settled if s.retain_until), default=None),
             holds=holds_of(settled[0]),
         )
+        write_read_indexes(self.attempt, stored, points, tsv)
+        return stored
 

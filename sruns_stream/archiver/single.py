@@ -5,7 +5,16 @@ with its manifest and access index beside it."""
 from __future__ import annotations
 
 from ..state.checkpoint import Checkpoint
-from .attempt import Attempt, JournalStore, Outcome, archive_info, check_stored, render_index, render_manifest
+from .attempt import (
+    Attempt,
+    JournalStore,
+    Outcome,
+    archive_info,
+    check_stored,
+    render_index,
+    render_manifest,
+    write_read_indexes,
+)
 from .pipeline import stream_range
 
 __all__ = ["SingleStream"]
@@ -41,8 +50,10 @@ class SingleStream:
         info = archive_info(attempt, last)
         journal.update(name, status="uploading")
         points = [*journal.access_points(name), *streamed.pending_points]
-        stored = attempt.sink.finalize(info, render_manifest(attempt, crcs), render_index(attempt, points))
+        manifest_tsv = render_manifest(attempt, crcs)
+        stored = attempt.sink.finalize(info, manifest_tsv, render_index(attempt, points))
         check_stored(stored, info)
+        write_read_indexes(attempt, stored, points, manifest_tsv)
         streamed.commit()
         start = streamed.start
         return Outcome(stored, last.crc32, start.raw_offset, streamed.resumed_from, layout.size - start.raw_offset,

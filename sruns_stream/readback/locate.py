@@ -123,6 +123,7 @@ def _local(path: Path) -> ArchiveSource:
         manifest=LocalFile(manifest_path) if manifest_path.is_file() else None,
         index=LocalFile(index_path) if gzip and index_path.is_file() else None,
         index_location=str(index_path),
+        beside=lambda where: LocalFile(Path(where)) if Path(where).is_file() else None,
     )
 
 
@@ -190,7 +191,15 @@ def _gcs_with(client: Client, where: Location, url: str) -> ArchiveSource:
         index=(GcsObject(client, bucket_name, index_name, index_blob.size, index_blob.generation)
                if index_blob is not None else None),
         index_location=str(Location("gcs", bucket_name, index_name)),
+        beside=lambda where: _gcs_beside(gcs, where),
     )
+
+
+def _gcs_beside(gcs: GcsBucket, where: str) -> ByteSource | None:
+    """The object at gs:// URL ``where`` in the archive's bucket, or None."""
+    name = parse_location(where, "object").path
+    found = gcs.stat(name)
+    return None if found is None else GcsObject(gcs.client, gcs.name, name, found.size, found.generation)
 
 
 def _gcs_volumes(gcs: GcsBucket, name: str) -> Volumes | None:

@@ -356,6 +356,9 @@ class ArchiveSource:
     closer: Callable[[], None] | None = None  # releases the GCS client's connections
     index: ByteSource | None = None  # <run>.index.tsv, the access points (`access_index`)
     index_location: str = ""
+    # Opens another file beside the archive by its location (a path or gs:// URL, as
+    # `layout` names it), or None when there is none: the indexes other tools read.
+    beside: Callable[[str], ByteSource | None] | None = None
 
     def close(self) -> None:
         if self.closer is not None:

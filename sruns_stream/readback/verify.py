@@ -38,6 +38,7 @@ from .confine import NotADir, open_dirs, safe_name
 from .damage import ArchiveDamaged
 from .locate import resolve_source
 from .ranged import parallel_points
+from .reindex import check_indexes
 from .report import KIND_NAMES, Problems, VerifyReport, show
 from .rowcheck import member_vs_row
 from .sources import PIECE, ArchiveSource
@@ -136,6 +137,9 @@ def _verify(
         # "on disk, not in the archive".
         report.exclude = list(manifest.exclude) if isinstance(manifest, Rows) else []
         _disk_extras(against, rundir_fd, top, seen, report, problems, matcher(report.exclude))
+    if not problems.count:  # the indexes other tools read, checked against a manifest found right
+        for problem in check_indexes(src, manifest, progress.note):
+            problems.add(problem)
     report.conclude(problems, stream.reader)
     return report
 

@@ -30,9 +30,11 @@ from typing import Literal
 from ..errors import UsageError
 
 __all__ = [
+    "GZIDX_SUFFIX",
     "INDEX_SUFFIX",
     "LOCAL_TEMPORARY_SUFFIX",
     "MANIFEST_SUFFIX",
+    "RATARMOUNT_SUFFIX",
     "READ_EXTENSIONS",
     "TSV_CONTENT_TYPE",
     "WRITE_EXTENSIONS",
@@ -46,6 +48,7 @@ __all__ = [
     "compose_temporary",
     "destination_of",
     "index_next_to",
+    "read_index_names",
     "is_url",
     "local_temporary",
     "manifest_filename",
@@ -65,6 +68,10 @@ __all__ = [
 
 MANIFEST_SUFFIX = ".manifest.tsv"
 INDEX_SUFFIX = ".index.tsv"  # the archive's access points (`access_index`)
+# The indexes other tools read, named as they look for them beside the archive itself
+# (`read_indexes`): indexed_gzip's / rapidgzip's GZIDX, ratarmount's SQLite.
+GZIDX_SUFFIX = ".gzidx"
+RATARMOUNT_SUFFIX = ".index.sqlite"
 # What a reader accepts as an archive's name (sruns-monitor and hand-made ones use .tgz).
 READ_EXTENSIONS = (".tar.gz", ".tgz", ".tar")
 # What sruns-stream writes, gzip first: the names a reader looks for in a run's folder.
@@ -196,6 +203,13 @@ def index_next_to(archive: str, run: str) -> str:
     """The access index's path or blob name beside an archive's (``<run>.index.tsv``)."""
     folder = archive.rsplit("/", 1)[0] + "/" if "/" in archive else ""
     return f"{folder}{run}{INDEX_SUFFIX}"
+
+
+def read_index_names(archive: str) -> tuple[str, str]:
+    """The GZIDX and ratarmount index paths or blob names of an archive (``<run>.tar.gz``:
+    ``<run>.tar.gz.gzidx``, ``<run>.tar.gz.index.sqlite``; an archive in volumes is named
+    by the archive they make up)."""
+    return archive + GZIDX_SUFFIX, archive + RATARMOUNT_SUFFIX
 
 
 def split_archive_filename(filename: str) -> tuple[str, bool] | None:
