@@ -321,7 +321,7 @@ def test_a_single_object_archive_replaces_earlier_volumes(gcs, make_run, tmp_pat
     assert len(_volume_names(gcs.names(), _blob(run))) >= 3
     proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--force")
     assert proc.returncode == 0, proc.stderr
-    # `gcloud storage cat .../RUN.tar.gz.*` must never find an older archive's volumes.
+    # `gcloud storage cat .../RUN.tar.gz.[0-9]*` must never find an older archive's volumes.
     assert gcs.names() == sorted([_blob(run), _manifest_blob(run), _index_blob(run), *_read_index_blobs(run)])
     assert gcs.download(_blob(run)) == reference
 
@@ -368,7 +368,7 @@ def test_local_volumes_concatenate_to_the_archive_resume_after_kill_9_and_a_bad_
     assert json.loads(journal_row(db, run.name)["volumes"]) == [str(p) for p in vols]
     # The README's local recipe: the shell's glob of the volumes, GNU tar.
     (tmp_path / "by-tar").mkdir()
-    untar = subprocess.run(["bash", "-o", "pipefail", "-c", f"cat {folder}/{run.name}.tar.gz.* | tar xz"],
+    untar = subprocess.run(["bash", "-o", "pipefail", "-c", f"cat {folder}/{run.name}.tar.gz.[0-9]* | tar xz"],
                            cwd=tmp_path / "by-tar", capture_output=True, text=True, timeout=120)
     assert untar.returncode == 0 and untar.stderr == "", untar.stderr
     assert tree(tmp_path / "by-tar" / run.name) == tree(run)
@@ -495,7 +495,8 @@ def _gcloud_env(gcs, tmp_path: Path) -> dict[str, str]:
 @pytest.mark.timeout(300)
 def test_the_readmes_recipe_restores_volumes_with_gcloud_and_tar_alone(gcs, make_run, tmp_path: Path) -> None:
     """Issue 24: the listing was `RUN.tar.gz.volumes.tsv`, which `RUN.tar.gz.*` matched, so
-    the README's recipe fed it to tar. Now the recipe, run as the README gives it (real
+    the README's recipe fed it to tar (and would feed the .gzidx and .index.sqlite beside
+    the volumes, issue 23). Now the recipe, which globs the numbered volumes only, run as the README gives it (real
     gcloud against the emulator, GNU tar, gzip -t), restores the run exactly; an archive
     with the old listing name is still read, and archiving again removes that name."""
     run = _run_with_a_big_file(make_run, size=4 << 20, big=3 << 20, seed=7)
@@ -504,10 +505,13 @@ def test_the_readmes_recipe_restores_volumes_with_gcloud_and_tar_alone(gcs, make
     assert proc.returncode == 0, proc.stderr
     vols = _volume_names(gcs.names(), _blob(run))
     listing = f"{PREFIX}/{run.name}/{run.name}.volumes.tsv"
-    assert len(vols) >= 3 and gcs.names() == sorted([*vols, _manifest_blob(run), _index_blob(run), listing])
+    beside = [_manifest_blob(run), _index_blob(run), listing, *_read_index_blobs(run)]
+    assert len(vols) >= 3 and gcs.names() == sorted([*vols, *beside])
+    # What a bare `RUN.tar.gz.*` would also take: the indexes other tools read.
+    assert [name for name in beside if name.startswith(f"{_blob(run)}.")] == _read_index_blobs(run)
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    recipe = "gcloud storage cat 'gs://BUCKET/PREFIX/RUN/RUN.tar.gz.*' | tar xz"
+    recipe = "gcloud storage cat 'gs://BUCKET/PREFIX/RUN/RUN.tar.gz.[0-9]*' | tar xz"
     assert f"\n  {recipe}\n" in readme
     command = recipe.replace("BUCKET", gcs.bucket).replace("PREFIX", PREFIX).replace("RUN", run.name)
     out = tmp_path / "out"
@@ -533,4 +537,4 @@ def test_the_readmes_recipe_restores_volumes_with_gcloud_and_tar_alone(gcs, make
     # Archived again, cut the same way: the old name goes, the new one is written.
     proc = _archive(run, f"gs://{gcs.bucket}/{PREFIX}", db, tmp_path, "--volume-size", "1M", "--force")
     assert proc.returncode == 0, proc.stderr
-    assert gcs.names() == sorted([*vols, _manifest_blob(run), _index_blob(run), listing])
+    assert gcs.names() == sorted([*vols, *beside])
