@@ -27,6 +27,7 @@ from .config import (
     AUTO_STREAMS,
     AUTO_STREAMS_FROM,
     LOCAL_OPEN_SECONDS,
+    MOUNT_CACHE_SIZE,
     STORAGE_CLASSES,
     ArchiveOptions,
 )
@@ -177,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     mt.add_argument("source", help="run name (journal, then Firestore), gs://BUCKET/BLOB or a local path")
     mt.add_argument("mountpoint", type=Path, help="an empty directory")
     mt.add_argument("--cache-size", type=_size, default=None, metavar="SIZE",
-                    help="memory for inflated pieces of the archive (default 512M)")
+                    help=f"memory for inflated pieces of the archive (default {flag_size(MOUNT_CACHE_SIZE)})")
     mt.add_argument("--config", type=Path)
     mt.add_argument("--journal", type=Path)
 
@@ -378,7 +379,7 @@ def _index(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     stopping.install()
     try:
         for where in write_indexes(args.source, journal=journal, collection=config.firestore_collection,
-                                   progress=NoProgress(err)):
+                                   progress=_progress(err, True)):
             print(where, file=out)
         return EXIT_OK
     finally:
@@ -387,13 +388,13 @@ def _index(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _mount(args: argparse.Namespace, err: TextIO) -> int:
-    from .readback.mount import DEFAULT_CACHE, mount_archive
+    from .readback.mount import mount_archive
 
     config = _load(args)
     journal = _lookup_journal(args, config)
-    progress = NoProgress(err)
+    progress = _progress(err, True)
     try:
-        line = mount_archive(args.source, args.mountpoint, cache_size=args.cache_size or DEFAULT_CACHE,
+        line = mount_archive(args.source, args.mountpoint, cache_size=args.cache_size or MOUNT_CACHE_SIZE,
                              journal=journal, collection=config.firestore_collection, progress=progress)
     finally:
         if journal is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_VOLUME_SIZE",
     "GCS_CHUNK_QUANTUM",
     "LOCAL_OPEN_SECONDS",
+    "MOUNT_CACHE_SIZE",
     "STORAGE_CLASSES",
     "ArchiveOptions",
     "Config",
@@ -64,6 +65,8 @@ AUTO_STREAMS = 4
 # style runs, 1 to 8 MiB): free. Fetching one member reads at most this much
 # (compressed) before it; the index holds one 42-byte line per point.
 DEFAULT_ACCESS_INTERVAL = 8 * MiB
+# `mount --cache-size`: memory for inflated pieces of the archive (64 access intervals).
+MOUNT_CACHE_SIZE = 512 * MiB
 COMPRESSIONS = ("auto", "level", "none")
 # The archive's storage class (`storage_class`): GCS's four, set when each object is created.
 STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")

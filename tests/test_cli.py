@@ -97,13 +97,17 @@ def test_every_default_the_help_states_is_the_codes() -> None:
         assert helps[(command, "--threads")].endswith("(default: the machine's cores, at most 8)")
         assert cli.READ_BACK_THREADS == 8
     assert code.storage_class is None and "(default: the bucket's)" in helps[("archive", "--storage-class")]
+    from sruns_stream.config import MOUNT_CACHE_SIZE
+
+    stated = re.search(r"\(default (\w+)\)", helps[("mount", "--cache-size")])
+    assert stated and parse_size(stated[1]) == MOUNT_CACHE_SIZE
     interval = next(a for a in _status_actions() if a.dest == "interval")
     assert "(default 2)" in helps[("status", "--interval")] and interval.default == 2.0
 
     # Nothing else claims a default unchecked (paths found through the config are another test's).
     checked = {("archive", f) for f in [*sizes, "--level", "--compression", "--threads", "--read-threads", "--streams",
                                         "--storage-class"]}
-    checked |= {("verify", "--threads"), ("restore", "--threads"), ("status", "--interval")}
+    checked |= {("verify", "--threads"), ("restore", "--threads"), ("status", "--interval"), ("mount", "--cache-size")}
     claims = {key for key, text in helps.items() if "default" in text and key[1] not in ("--dest", "--journal",
                                                                                           "--config")}
     assert claims <= checked, claims - checked

@@ -55,9 +55,8 @@ from .sources import ArchiveSource
 if TYPE_CHECKING:
     from ..state.journal import Journal
 
-__all__ = ["DEFAULT_CACHE", "MountedRun", "Node", "check_fuse", "mount_archive"]
+__all__ = ["MountedRun", "Node", "check_fuse", "mount_archive"]
 
-DEFAULT_CACHE = 512 << 20
 _THREADS = 16  # libfuse's threads serving callbacks at once
 READ_AHEAD = 4  # pieces fetched ahead of a sequential reader (and of a file's first check)
 _FIX_FUSE = ("mount needs FUSE: install it (Debian/Ubuntu: apt-get install fuse3) and make /dev/fuse available "
