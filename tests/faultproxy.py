@@ -80,8 +80,9 @@ class Exchange:
     sources: int | None = None  # a compose request's number of source objects
     path: str = ""  # the request's path and query
     sent: int = 0  # body bytes answered to the client (what a download costs)
-    # The body of a request that is no session PUT, up to 64 KiB (what a create, compose,
-    # rewrite or patch asked for: class, key, holds), as the client sent it.
+    # The body of a request that is no session PUT, its first 64 KiB (what a create, compose,
+    # rewrite or patch asked for: class, key, holds; a multipart upload's metadata part,
+    # which comes first), as the client sent it.
     body: bytes = b""
     at: float = field(default_factory=time.time)  # when the request came in (wall clock, as the journal's)
 
@@ -241,8 +242,8 @@ class FaultProxy:
                     return
                 body = self.rfile.read(length)
                 exchange.received = len(body)
-                if "upload_id=" not in self.path and len(body) <= 64 << 10:
-                    exchange.body = body
+                if "upload_id=" not in self.path:
+                    exchange.body = body[: 64 << 10]
                 if target == "compose":
                     exchange.sources = len(json.loads(body).get("sourceObjects") or [])
                 if fault is not None and kind == "status":

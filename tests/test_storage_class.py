@@ -147,7 +147,9 @@ def test_one_stream_creates_the_archive_in_the_class_asked_and_the_rest_in_stand
     assert create.json()["storageClass"] == "NEARLINE"
     # ... and the small files beside it STANDARD (multipart uploads: metadata part).
     small = [e for e in proxy.log if e.method == "POST" and "uploadType=multipart" in e.path]
-    assert sorted(e.json()["name"] for e in small) == [_blob(run, ".index.tsv"), _blob(run, ".manifest.tsv")]
+    assert sorted(e.json()["name"] for e in small) == [
+        _blob(run, ".index.tsv"), _blob(run, ".manifest.tsv"), _blob(run, ".tar.gz.gzidx"),
+        _blob(run, ".tar.gz.index.sqlite")]  # the indexes other tools read too (issue 23)
     assert all(e.json()["storageClass"] == "STANDARD" for e in small)
     # What GCS (the emulator honours the field on creation) keeps:
     assert gcs.resource(_blob(run))["storageClass"] == "NEARLINE"
@@ -223,12 +225,14 @@ def test_archive_in_archive_class_under_a_key_on_four_streams_leaves_only_the_ar
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["streams"] == 4
     archive, manifest, index = _blob(run), _blob(run, ".manifest.tsv"), _blob(run, ".index.tsv")
-    assert gcs.names() == sorted([archive, manifest, index])  # no part, trailer or scratch left
+    gzidx, sqlite = _blob(run, ".tar.gz.gzidx"), _blob(run, ".tar.gz.index.sqlite")  # for other tools (issue 23)
+    assert gcs.names() == sorted([archive, manifest, index, gzidx, sqlite])  # no part, trailer or scratch left
     assert gcs.download(archive) == reference
     untars_to_the_input(gcs.download(archive), run, tmp_path)
-    kept = {name: gcs.resource(name) for name in (archive, manifest, index)}
+    kept = {name: gcs.resource(name) for name in (archive, manifest, index, gzidx, sqlite)}
     assert {n: r["storageClass"] for n, r in kept.items()} == {archive: "ARCHIVE", manifest: "STANDARD",
-                                                                index: "STANDARD"}
+                                                                index: "STANDARD", gzidx: "STANDARD",
+                                                                sqlite: "STANDARD"}
     assert {r["kmsKeyName"] for r in kept.values()} == {KEY}
     # What the client sent: every session (each part) STANDARD under K ...
     creates = proxy.exchanges("create")
@@ -443,4 +447,5 @@ def test_a_class_asked_for_in_a_cold_default_bucket_keeps_several_streams_with_s
     assert json.loads(proc.stdout)["streams"] == 2 and "one upload stream" not in proc.stderr
     assert len(creates) >= 2 and all(e.json()["storageClass"] == "STANDARD" for e in creates)
     assert gcs.resource(_blob(run))["storageClass"] == "STANDARD"
-    assert gcs.names() == sorted([_blob(run), _blob(run, ".manifest.tsv"), _blob(run, ".index.tsv")])
+    assert gcs.names() == sorted([_blob(run), _blob(run, ".manifest.tsv"), _blob(run, ".index.tsv"),
+                                  _blob(run, ".tar.gz.gzidx"), _blob(run, ".tar.gz.index.sqlite")])

@@ -137,7 +137,12 @@ def write_read_indexes(attempt: Attempt, stored: Stored, points: list[AccessPoin
             rows, sorted(set(points)), options.access_interval, stored.size, attempt.layout.size,
             [(e.uid, e.gid) for e in attempt.manifest.entries], __version__,
         )
-        read_indexes.write_beside(archive, files)
+        if attempt.where.kind == "gcs":
+            from ..storage.gcs.parts import helper_class  # GCS's libraries load only for gs://
+
+            read_indexes.write_beside(archive, files, storage_class=helper_class(options), kms_key=options.kms_key_name)
+        else:
+            read_indexes.write_beside(archive, files)
     except (DestinationError, OSError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         attempt.progress.note(f"{attempt.name}: the indexes for other tools were not written ({why}); "

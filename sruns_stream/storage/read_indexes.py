@@ -48,18 +48,22 @@ def render(rows: Sequence[ManifestRow], points: Sequence[AccessPoint], access_in
     return ReadIndexes(blob, sqlite)
 
 
-def write_beside(archive: str, files: ReadIndexes, client_factory: Callable[[], Client] | None = None) -> list[str]:
+def write_beside(
+    archive: str, files: ReadIndexes, client_factory: Callable[[], Client] | None = None,
+    storage_class: str | None = None, kms_key: str | None = None,
+) -> list[str]:
     """Write both beside ``archive`` (a local path or gs://BUCKET/NAME), each whole or not
-    at all; returns where they went."""
+    at all; returns where they went. In GCS, created in ``storage_class`` (None: the
+    bucket's default) under the Cloud KMS key ``kms_key``, as the run's other small files."""
     where = parse_location(archive, "archive")
     names = read_index_names(where.path)
     pairs = list(zip(names, (files.gzidx, files.ratarmount), strict=True))
     if where.kind == "gcs":
         from .gcs.client import GcsBucket, make_client
 
-        bucket = GcsBucket(where.bucket, (client_factory or make_client)())
+        bucket = GcsBucket(where.bucket, (client_factory or make_client)(), kms_key=kms_key)
         for name, data in pairs:
-            bucket.upload(name, data, _CONTENT_TYPE)
+            bucket.upload(name, data, _CONTENT_TYPE, storage_class=storage_class)
         return [str(Location("gcs", where.bucket, n)) for n in names]
     for name, data in pairs:
         _write_local(Path(name), data)
