@@ -10,6 +10,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import signal
@@ -18,12 +19,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__, stopping
 from .archiver.run import archive_run, check_places
 from .config import ArchiveOptions, Config, load_config, with_overrides
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError, redact
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, SrunsError, UsageError, redact
 from .progress import NoProgress, Progress, TerminalProgress
 from .runfolder.exclude import check_patterns
 from .state.journal import Journal
@@ -50,8 +51,59 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1M, 256K, 16777216)") from None
 
 
+class _ArgumentsError(Exception):
+    """A bad command line, raised by `_Parser.error` so `main` prints it as one line."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(f"{parser.prog}: error: {message} (see {parser.prog} --help)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviations (`--thread 4` must not run as `--threads 4`), whose
+    errors are one line (not the usage block above it). Subcommands' parsers are of this
+    class too (argparse makes them with the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self._given: list[str] = []
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        # "RUN is required" after `verify --jsn` is the wrong turn to name: the flag is.
+        unknown = None if self._subparsers else self.unknown_flag(self._given)
+        raise _ArgumentsError(self, unknown or message)
+
+    def unknown_flag(self, given: Sequence[str]) -> str | None:
+        """"unknown flag --X; did you mean --Y?" for the first flag this parser does not
+        know, or None."""
+        known = [s for action in self._actions for s in action.option_strings]
+        for arg in given:
+            if arg == "--":
+                return None
+            flag = arg.split("=", 1)[0]
+            if flag.startswith("-") and len(flag) > 1 and not flag[1:2].isdigit() and flag not in known:
+                near = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                return f"unknown flag {flag}" + (f"; did you mean {near[0]}?" if near else "")
+        return None
+
+
+def _unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> _ArgumentsError:
+    """One line for what the command's parser left over: an unknown flag, or one argument
+    too many."""
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = subcommands.choices[args.command]
+    assert isinstance(command, _Parser)
+    return _ArgumentsError(command, command.unknown_flag(extras) or f"unexpected argument {extras[0]!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sruns-stream",
         description="Stream Illumina run folders as tar.gz to GCS or a local directory, resumably.",
     )
@@ -369,8 +421,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its usage line
+        parser = _parser()
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            raise _unknown(parser, args, extras)
+    except _ArgumentsError as exc:
+        print(exc, file=err)
+        return EXIT_USAGE
+    except SystemExit as exc:  # argparse has printed --help or --version
         return int(exc.code or 0)
     except KeyboardInterrupt:  # a SIGTERM or Ctrl-C while the arguments are read
         print(_INTERRUPTED_LINE, file=err)
