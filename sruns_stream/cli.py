@@ -10,6 +10,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
@@ -23,15 +24,34 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__, stopping
 from .archiver.run import archive_run, check_places
-from .config import ArchiveOptions, Config, load_config, with_overrides
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, SrunsError, UsageError, redact
+from .config import (
+    CONFIG_ENV,
+    SYSTEM_CONFIG,
+    ArchiveOptions,
+    Config,
+    find_config,
+    load_config,
+    system_config,
+    with_overrides,
+)
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Interrupted,
+    SrunsError,
+    UsageError,
+    redact,
+)
 from .progress import NoProgress, Progress, TerminalProgress
 from .runfolder.exclude import check_patterns
+from .runfolder.scan import resolve_run_folder
 from .state.journal import Journal
 
 __all__ = ["main", "main_cli"]
 
-DEFAULT_DEST = "archives"
 _INTERRUPTED_LINE = "sruns-stream: interrupted; run the same command again to resume"
 _STOPPED_LINE = {
     "verify": "sruns-stream: interrupted; the archive was not fully verified",
@@ -113,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("archive", help="archive one run folder (resumes an interrupted attempt)")
     a.add_argument("rundir", type=Path, help="the run folder")
     a.add_argument("--dest",
-                   help=f"DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: config, else ./{DEFAULT_DEST})")
+                   help="DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: the config's; none without one: "
+                        "--dest . archives into the current directory)")
     a.add_argument("--threads", type=int, help="compression threads (default: all cores)")
     a.add_argument("--level", type=int, help="gzip level 1-3 (ISA-L); alone it deflates every member")
     a.add_argument("--compression", choices=["auto", "level", "none"],
@@ -143,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print the result as JSON")
 
     m = sub.add_parser("monitor", help="the daemon: archive every finished run in the watch directories")
-    m.add_argument("--config", type=Path, required=True, help="JSON config file (sruns-monitor's works as it is)")
+    m.add_argument("--config", type=Path,
+                   help=f"JSON config file (sruns-monitor's works as it is; default: ${CONFIG_ENV}, else "
+                        f"{SYSTEM_CONFIG})")
     m.add_argument("--once", action="store_true", help="one cycle, wait for its archives, then exit")
     m.add_argument("-v", "--verbose", action="store_true",
                    help="also log, for each run seen, why it is not being archived yet")
@@ -206,7 +229,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config) if args.config else Config()
+    """The command's config, found as `find_config` says; from here ``args.config`` is the
+    file used (absolute) or None, and ``args.config_source`` says how it was found."""
+    source = find_config(args.config)
+    args.config, args.config_source = source.path, source
+    return load_config(source.path) if source.path else Config()
+
+
+def _retry_hint(args: argparse.Namespace, run: str, config: Config) -> str:
+    """`sruns-stream retry RUN` with what finds this journal, so it works pasted anywhere."""
+    from .state.status import retry_command
+
+    if args.config and not args.journal:
+        return retry_command(run, config=args.config)
+    return retry_command(run, config=args.config, journal=Path(args.journal or config.sqlite_db).absolute())
 
 
 def _journal(args: argparse.Namespace, config: Config) -> Journal:
@@ -231,7 +267,14 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         access_interval=args.access_interval,
         exclude=check_patterns([*config.archive.exclude, *args.exclude], "--exclude") if args.exclude else None,
     )
-    dest = args.dest or config.destination or DEFAULT_DEST
+    resolve_run_folder(args.rundir)  # a missing RUNDIR is the first thing to say
+    dest = args.dest or config.destination
+    if dest is None:
+        # Never a silent ./archives: on a VM that is the boot disk, under a multi-TB run.
+        raise UsageError(
+            f"no destination: give --dest DIR or gs://BUCKET[/PREFIX] (--dest . for the current directory), or a "
+            f"config with gcp_bucket_name or local_dest (--config FILE, ${CONFIG_ENV} or {system_config()})"
+        )
     if args.dry_run:
         from .archiver.dryrun import plan_archive
 
@@ -264,7 +307,9 @@ def _monitor(args: argparse.Namespace) -> int:
     from .state.firestore import open_mirror
 
     daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
-    config = load_config(args.config)
+    config = _load(args)
+    if args.config is None:
+        raise UsageError(f"monitor needs a config: give --config FILE, set ${CONFIG_ENV}, or write {system_config()}")
     Monitor.check(config, args.config)  # before the journal is created
     journal = Journal(config.sqlite_db)
     # The optional parts: mail (none without a mail block), the Firestore mirror (none
@@ -381,7 +426,10 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
         done = {t.name: journal.progress(t) for t in tasks}
         if args.json:
             return status.render_json(tasks, now, compact=args.watch, done=done)
-        return status.render_text(tasks, now, done)
+        # Which config (and so which journal) this is: `status` in the wrong place must not
+        # pass for the daemon's view.
+        source = f"config: {args.config_source.describe()}; journal: {Path(journal.path).absolute()}\n"
+        return source + status.render_text(tasks, now, done, retry=lambda run: _retry_hint(args, run, config))
 
     try:
         if not args.watch:
@@ -469,11 +517,23 @@ def _die_with_parent() -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+def _stdout_closed() -> int:
+    """stdout's reader went away (`cat … | head`): end quietly, as cat and gzip do. Python
+    flushes stdout once more at exit; pointed at /dev/null, that flush cannot fail."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def main_cli() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         _die_with_parent()
         code = main()
+        sys.stdout.flush()  # a closed pipe shows here when the output fit in the buffer
+    except BrokenPipeError:
+        code = _stdout_closed()
     except KeyboardInterrupt:  # a stop before or after main's own handling: nothing was begun
         print(_INTERRUPTED_LINE, file=sys.stderr)
         code = EXIT_INTERRUPTED

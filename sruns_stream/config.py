@@ -21,6 +21,7 @@ __all__ = [
     "AUTO_READ_THREADS",
     "AUTO_STREAMS",
     "AUTO_STREAMS_FROM",
+    "CONFIG_ENV",
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_VOLUME_SIZE",
@@ -28,8 +29,12 @@ __all__ = [
     "LOCAL_OPEN_SECONDS",
     "ArchiveOptions",
     "Config",
+    "ConfigSource",
     "MailConfig",
+    "SYSTEM_CONFIG",
+    "SYSTEM_CONFIG_ENV",
     "default_threads",
+    "find_config",
     "load_config",
     "parse_config",
     "with_overrides",
@@ -62,6 +67,12 @@ AUTO_STREAMS = 4
 # (compressed) before it; the index holds one 42-byte line per point.
 DEFAULT_ACCESS_INTERVAL = 8 * MiB
 COMPRESSIONS = ("auto", "level", "none")
+# Where a command finds its config without --config, in this order (as operators' tools
+# do): this variable, then the system-wide file. SYSTEM_CONFIG_ENV moves the system file
+# (for tests, and for packagers whose /etc is elsewhere).
+CONFIG_ENV = "SRUNS_STREAM_CONFIG"
+SYSTEM_CONFIG_ENV = "SRUNS_STREAM_SYSTEM_CONFIG"
+SYSTEM_CONFIG = Path("/etc/sruns-stream/config.json")
 
 
 def default_threads() -> int:
@@ -343,6 +354,43 @@ def load_config(path: Path | str) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return parse_config(raw, base=path.parent.absolute())
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Which config file a command uses and how it was found; ``path`` None: none, the
+    defaults (journal ./sruns.db, no destination)."""
+
+    path: Path | None
+    how: str  # "--config", "$SRUNS_STREAM_CONFIG", "system" or "none"
+
+    def describe(self) -> str:
+        if self.path is None:
+            return (f"none (no --config, no ${CONFIG_ENV}, no {system_config()}): "
+                    "the journal is ./sruns.db of the current directory")
+        found = {"--config": "given with --config", "system": "the system config"}.get(self.how, f"from {self.how}")
+        return f"{self.path} ({found})"
+
+
+def system_config() -> Path:
+    return Path(os.environ.get(SYSTEM_CONFIG_ENV) or SYSTEM_CONFIG)
+
+
+def find_config(given: Path | None) -> ConfigSource:
+    """--config, else $SRUNS_STREAM_CONFIG, else the system config if it exists, else none.
+    A file named by the flag or the variable must exist (a typo there is not "no config")."""
+    if given is not None:
+        return ConfigSource(given.absolute(), "--config")
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env).absolute()
+        if not path.is_file():
+            raise ConfigError(f"${CONFIG_ENV} names {path}, which is not a file: fix or unset it")
+        return ConfigSource(path, f"${CONFIG_ENV}")
+    system = system_config()
+    if os.path.lexists(system):
+        return ConfigSource(system.absolute(), "system")
+    return ConfigSource(None, "none")
 
 
 def with_overrides(options: ArchiveOptions, **changes: Any) -> ArchiveOptions:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_CHANGED",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
@@ -67,6 +68,9 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CHANGED = 3  # the run folder changed under the archive: not a failure, a "not yet"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+# stdout's reader went away (`| head`): 128 + SIGPIPE, what shells report for cat or gzip
+# in the same pipe, so `set -o pipefail` treats it as they do.
+EXIT_BROKEN_PIPE = 141
 
 
 # Query values that grant access to whoever holds the URL: a resumable upload session,

@@ -4,10 +4,14 @@ config or a journal from elsewhere does, in real processes (`run_cli`)."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import child_env, journal_row, run_cli, run_in_process
 
 from sruns_stream import cli
 
@@ -50,3 +54,128 @@ def test_an_unknown_flag_is_named_before_a_missing_argument_and_an_extra_argumen
     proc = run_cli("status", "a", "b", cwd=tmp_path)
     assert (proc.returncode, proc.stderr.splitlines()) == (
         2, ["sruns-stream status: error: unexpected argument 'b' (see sruns-stream status --help)"])
+
+
+# The process's stdout is a pipe whose reader is already gone: every write to it fails
+# (EPIPE), whatever the output's size, with no race against a reader that exits.
+_READER_GONE = (sys.executable, "-c",
+                "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); os.execv(sys.argv[1], sys.argv[1:])")
+
+
+@pytest.fixture
+def archived(make_run, tmp_path: Path) -> tuple[Path, Path]:
+    run = make_run("miseq", 1 << 20)
+    (run / "Data" / "big.bin").write_text(os.urandom(1 << 20).hex())  # 2 MiB, far above a pipe's buffer
+    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "dest"), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return run, Path(json.loads(proc.stdout)["location"])
+
+
+@pytest.mark.parametrize("argv", [["verify", "--json"], ["verify"], ["ls", "-l"], ["cat", "Data/big.bin"]])
+def test_a_closed_stdout_ends_quietly_with_exit_141(archived: tuple[Path, Path], tmp_path: Path,
+                                                   argv: list[str]) -> None:
+    _, archive = archived
+    proc = run_cli(argv[0], str(archive), *argv[1:], cwd=tmp_path, prefix=_READER_GONE)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_cat_into_head_ends_like_cat_does(archived: tuple[Path, Path], tmp_path: Path) -> None:
+    run, archive = archived
+    # bash's pipefail reports the writer's exit: 141 for `cat`, and for sruns-stream.
+    line = 'set -o pipefail; "$@" | head -c 10; echo " exit $?" >&2'
+    oracle = subprocess.run(["bash", "-c", line, "bash", "cat", str(run / "Data" / "big.bin")],
+                            capture_output=True, check=True)
+    proc = run_cli("cat", str(archive), "Data/big.bin", cwd=tmp_path, prefix=("bash", "-c", line, "bash"))
+    assert proc.stderr == oracle.stderr.decode() == " exit 141\n"
+    assert proc.stdout == (run / "Data" / "big.bin").read_text()[:10]
+
+
+def _config(path: Path, **keys: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(keys))
+    return path
+
+
+def _gave_up_journal(db: Path, run: str) -> None:
+    from sruns_stream.state.journal import Journal
+
+    journal = Journal(db)
+    journal.ensure(run, status="not_running")
+    journal.update(run, gave_up_at=1.0, failures=5, last_error="UploadError: 403")
+    journal.close()
+
+
+def test_the_config_is_found_flag_then_variable_then_system_file_and_status_says_which(tmp_path: Path) -> None:
+    confs = {}
+    for which in ("flag", "env", "system"):
+        confs[which] = _config(tmp_path / which / "config.json", sqlite_db="sruns.db")  # relative: beside it
+        _gave_up_journal(tmp_path / which / "sruns.db", f"RUN_{which}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    system = {"SRUNS_STREAM_SYSTEM_CONFIG": str(confs["system"])}
+    env = {**system, "SRUNS_STREAM_CONFIG": str(confs["env"])}
+    cases = [
+        ([], system, "system", "the system config"),
+        ([], env, "env", "from $SRUNS_STREAM_CONFIG"),
+        (["--config", str(confs["flag"])], env, "flag", "given with --config"),
+    ]
+    for flags, environment, which, how in cases:
+        proc = run_cli("status", *flags, cwd=elsewhere, env=environment)
+        assert proc.returncode == 0, proc.stderr
+        first = proc.stdout.splitlines()[0]
+        assert first == f"config: {confs[which]} ({how}); journal: {tmp_path / which / 'sruns.db'}"
+        assert f"RUN_{which}  not_running: gave up" in proc.stdout
+    # A variable naming no file is a mistake, not "no config".
+    proc = run_cli("status", cwd=elsewhere, env={"SRUNS_STREAM_CONFIG": str(tmp_path / "nope.json")})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "$SRUNS_STREAM_CONFIG names" in proc.stderr
+    # None at all: status says so, and reads ./sruns.db.
+    _gave_up_journal(elsewhere / "sruns.db", "RUN_here")
+    proc = run_cli("status", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("config: none (no --config, no $SRUNS_STREAM_CONFIG, no ")
+
+
+@pytest.mark.parametrize("where", ["config", "journal", "none"])
+def test_the_retry_hint_status_prints_works_pasted_in_another_directory(tmp_path: Path, where: str) -> None:
+    home = tmp_path / "home"
+    conf = _config(home / "config.json", sqlite_db="state/sruns.db")
+    (home / "state").mkdir()
+    _gave_up_journal(home / "state" / "sruns.db", "RUN 1")  # a name a shell would split
+    flags = {"config": ["--config", "config.json"], "journal": ["--journal", "state/sruns.db"], "none": []}[where]
+    cwd = home / "state" if where == "none" else home
+    proc = run_cli("status", *flags, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    hint = next(line for line in proc.stdout.splitlines() if "gave up" in line and "retry" in line)
+    command = hint.split("after fixing the cause: ", 1)[1]
+    assert command.startswith("sruns-stream retry 'RUN 1' ")
+    if where == "config":
+        assert command.endswith(f"--config {conf}")
+    # Pasted into a shell elsewhere (`sruns-stream` there is this checkout's).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sruns-stream").write_text(f'#!/bin/sh\nexec {sys.executable} -m sruns_stream "$@"\n')
+    (bin_dir / "sruns-stream").chmod(0o755)
+    pasted = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, check=False,
+                            env=child_env({"PATH": f"{bin_dir}:{os.environ['PATH']}"}))
+    assert pasted.returncode == 0, pasted.stderr
+    assert pasted.stdout.startswith("RUN 1: eligible again; the daemon had given up after 5 failed attempts")
+    assert journal_row(home / "state" / "sruns.db", "RUN 1")["gave_up_at"] is None
+
+
+def test_no_destination_and_no_config_is_refused_before_anything_is_written(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20)
+    work = tmp_path / "work"
+    work.mkdir()
+    for extra in ([], ["--dry-run"]):
+        proc = run_cli("archive", str(run), *extra, cwd=work)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("sruns-stream: error: no destination: give --dest DIR or gs://BUCKET")
+        assert "--dest . for the current directory" in proc.stderr
+        assert list(work.iterdir()) == []
+    proc = run_cli("archive", str(run), "--dest", ".", "--json", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    archive = Path(json.loads(proc.stdout)["location"])
+    assert archive == work / run.name / f"{run.name}.tar.gz" and archive.is_file()
+    # The daemon without any config: one line, exit 2.
+    proc = run_cli("monitor", "--once", cwd=work)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "monitor needs a config" in proc.stderr

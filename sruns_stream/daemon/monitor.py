@@ -46,6 +46,7 @@ from ..runfolder.completion import CompletionRules, newest_change, run_state
 from ..state.firestore import NoMirror, StatusMirror, fields_from_task
 from ..state.journal import IN_PROGRESS, Journal
 from ..state.process import alive, start_time
+from ..state.status import retry_command
 from ..storage.layout import storage_uri
 from .leases import Leases
 from .notify import DEFAULT_SUBJECT_PREFIX, DeliveryQueue, MailEvent, Notifier, NullNotifier
@@ -297,7 +298,8 @@ class Monitor:
                 )
             )
         if failures >= self.config.max_attempts:
-            self.notifier.send(MailEvent.gave_up(name, error=error, attempts=failures))
+            self.notifier.send(MailEvent.gave_up(name, error=error, attempts=failures,
+                                                retry=retry_command(name, config=self.config_path)))
         elif failures == 1 and killed is None:
             self.notifier.send(
                 MailEvent.failed(
@@ -406,7 +408,7 @@ class Monitor:
                 return
             if task.gave_up_at is not None:
                 return self._wait(name, f"gave up after {task.failures} failed attempts ({task.last_error}); "
-                                        f"after fixing the cause: sruns-stream retry {name}")
+                                        f"after fixing the cause: {retry_command(name, config=self.config_path)}")
             if task.next_attempt_at is not None and task.next_attempt_at > now:
                 return self._wait(name, f"attempt {task.failures} failed ({task.last_error}); retrying in "
                                         f"{task.next_attempt_at - now:.0f} s")
