@@ -368,7 +368,8 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _lookup_journal(args: argparse.Namespace, config: Config) -> Journal | None:
     """The journal a run name is looked up in, if there is one; never created for a path or URL."""
     db = args.journal or config.sqlite_db
-    return Journal(db) if "/" not in args.source and Path(db).exists() else None
+    # Read-only: a lookup writes nothing, and migrates no older journal (only writers do).
+    return Journal(db, readonly=True) if "/" not in args.source and Path(db).exists() else None
 
 
 def _members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -397,9 +398,10 @@ def _members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             journal.close()
 
 
-def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
-    """The journal a command only reads: one that is not there is a usage error, never
-    created (status in an empty directory must not leave a ./sruns.db behind)."""
+def _existing_journal(args: argparse.Namespace, config: Config, *, readonly: bool) -> Journal:
+    """The journal of `status` (``readonly``: the file is not changed, an older one not
+    migrated) or `retry`: one that is not there is a usage error, never created (status
+    in an empty directory must not leave a ./sruns.db behind)."""
     path = Path(args.journal or config.sqlite_db)
     if not path.is_file():
         given = "--journal" if args.journal else (f"sqlite_db in {args.config}" if args.config else "the default")
@@ -407,7 +409,7 @@ def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
             f"no journal at {path.absolute()} ({given}): give --journal FILE, or --config FILE whose sqlite_db "
             "names it"
         )
-    return Journal(path)
+    return Journal(path, readonly=readonly)
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
@@ -416,7 +418,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     if args.interval <= 0:
         raise UsageError(f"--interval must be more than 0 seconds, not {args.interval:g}")
     config = _load(args)
-    journal = _existing_journal(args, config)
+    journal = _existing_journal(args, config, readonly=True)
 
     def frame() -> str:
         tasks = [t for t in journal.tasks() if args.run is None or t.name == args.run]
@@ -449,7 +451,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
 def _retry(args: argparse.Namespace, out: TextIO) -> int:
     from .daemon.monitor import retry_run
 
-    journal = _existing_journal(args, _load(args))
+    journal = _existing_journal(args, _load(args), readonly=False)
     try:
         print(retry_run(journal, args.run), file=out)
     finally:

@@ -5,7 +5,8 @@
     SrunsError                       exit 1 unless stated
     ├── UsageError                   exit 2: bad arguments or configuration
     │   ├── ConfigError              a config key is missing, unknown or out of range
-    │   └── RunFolderMissing         RUNDIR does not exist or is not a directory
+    │   ├── RunFolderMissing         RUNDIR does not exist or is not a directory
+    │   └── JournalTooNew            the journal's schema is newer than this sruns-stream's
     ├── RunFolderError               a run folder cannot be read as it must be
     │   ├── UnreadableEntry          a file or directory cannot be read (names the path)
     │   └── RunFolderChanged         exit 3: an entry appeared, vanished or changed while the
@@ -51,6 +52,7 @@ __all__ = [
     "IntegrityError",
     "Interrupted",
     "JournalError",
+    "JournalTooNew",
     "RunFolderChanged",
     "RunFolderError",
     "RunFolderGone",
@@ -119,6 +121,10 @@ class ConfigError(UsageError):
 
 class RunFolderMissing(UsageError):
     pass
+
+
+class JournalTooNew(UsageError):
+    """Refused before anything is written: a newer sruns-stream made this journal."""
 
 
 class RunFolderError(SrunsError):

@@ -4,8 +4,11 @@ config or a journal from elsewhere does, in real processes (`run_cli`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +182,64 @@ def test_no_destination_and_no_config_is_refused_before_anything_is_written(make
     # The daemon without any config: one line, exit 2.
     proc = run_cli("monitor", "--once", cwd=work)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "monitor needs a config" in proc.stderr
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mode) for p in folder.iterdir()}
+
+
+def test_status_reads_an_sruns_monitor_journal_as_it_is_and_only_a_writer_migrates_it(tmp_path: Path) -> None:
+    from sruns_stream.state.journal import SCHEMA_VERSION
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db = state / "sruns.db"
+    with sqlite3.connect(db) as conn:  # sruns-monitor 0.1.9's table, as it leaves it
+        conn.execute("CREATE TABLE tasks (name text PRIMARY KEY, pid integer, tarfile text, gcp_tarfile text)")
+        conn.execute("INSERT INTO tasks VALUES ('RUN_DONE', 0, 'RUN_DONE.tar.gz', 'bkt/runs/RUN_DONE/RUN_DONE.tar.gz')")
+        conn.execute("INSERT INTO tasks VALUES ('RUN_NEW', 0, '', '')")
+    conn.close()
+    db.chmod(0o644)
+    before = _snapshot(state)
+    for flags in ([], ["--json"], ["RUN_DONE"]):
+        proc = run_cli("status", "--journal", str(db), *flags, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert _snapshot(state) == before  # same bytes, same mode, no -wal or -shm
+    rows = {r["name"]: r["status"] for r in json.loads(run_cli("status", "--journal", str(db), "--json",
+                                                               cwd=tmp_path).stdout)}
+    assert rows == {"RUN_DONE": "complete", "RUN_NEW": "new"}
+    # A command that writes migrates it, and records the schema's version.
+    proc = run_cli("retry", "RUN_NEW", "--journal", str(db), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert "status" in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+@pytest.mark.slow  # seven real processes
+def test_a_journal_from_a_newer_version_is_refused_in_one_line_and_left_untouched(make_run, tmp_path: Path) -> None:
+    from sruns_stream.state.journal import SCHEMA_VERSION, Journal
+
+    run = make_run("miseq", 1 << 20)
+    state = tmp_path / "state"
+    state.mkdir()
+    db = state / "sruns.db"
+    journal = Journal(db)
+    journal.ensure(run.name, status="not_running", last_error="boom")
+    journal.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = _snapshot(state)
+    assert set(before) == {"sruns.db"}
+    commands = [
+        ["status"], ["status", run.name, "--json"], ["retry", run.name],
+        ["archive", str(run), "--dest", str(tmp_path / "dest")], ["archive", str(run), "--dest", "null", "--dry-run"],
+        ["verify", run.name], ["ls", run.name],
+    ]
+    for argv in commands:
+        proc = run_cli(*argv, "--journal", str(db), cwd=tmp_path)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and f"journal {db} is from a newer sruns-stream (schema " \
+            f"{SCHEMA_VERSION + 1};" in proc.stderr, (argv, proc.stderr)
+        assert _snapshot(state) == before, argv
