@@ -46,6 +46,7 @@ from .errors import (
     redact,
 )
 from .progress import NoProgress, Progress, TerminalProgress
+from .runfolder.completion import CompletionRules, check_finished
 from .runfolder.exclude import check_patterns
 from .runfolder.scan import resolve_run_folder
 from .state.journal import Journal
@@ -159,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
+    a.add_argument("--not-finished", action="store_true",
+                   help="archive even if the run's completion markers (the daemon's rules) do not say it is "
+                        "finished, or it is no run folder")
     a.add_argument("--dry-run", action="store_true",
                    help="walk the folder and say what would be archived, excluded and decided; write nothing")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -267,7 +271,14 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         access_interval=args.access_interval,
         exclude=check_patterns([*config.archive.exclude, *args.exclude], "--exclude") if args.exclude else None,
     )
-    resolve_run_folder(args.rundir)  # a missing RUNDIR is the first thing to say
+    root = resolve_run_folder(args.rundir)  # a missing RUNDIR is the first thing to say
+    # The daemon's rules: an unfinished run (or a watch directory) is not archived by
+    # accident, with exit 0, and neither is it planned by --dry-run.
+    rules = CompletionRules.from_config(config.sentinal_file_age_minutes, config.quiet_period_sec)
+    state = check_finished(root, rules, time.time(), anyway=args.not_finished)
+    if state.errored and not args.json:
+        print(f"sruns-stream: the instrument reports {state.instrument_status} "
+              f"({state.instrument_error or 'no message'}); archiving it anyway", file=err)
     dest = args.dest or config.destination
     if dest is None:
         # Never a silent ./archives: on a VM that is the boot disk, under a multi-TB run.

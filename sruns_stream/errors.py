@@ -6,6 +6,7 @@
     ├── UsageError                   exit 2: bad arguments or configuration
     │   ├── ConfigError              a config key is missing, unknown or out of range
     │   ├── RunFolderMissing         RUNDIR does not exist or is not a directory
+    │   ├── RunNotFinished           `archive` of a run its completion markers do not call finished
     │   └── JournalTooNew            the journal's schema is newer than this sruns-stream's
     ├── RunFolderError               a run folder cannot be read as it must be
     │   ├── UnreadableEntry          a file or directory cannot be read (names the path)
@@ -58,6 +59,7 @@ __all__ = [
     "RunFolderGone",
     "RunFolderMissing",
     "RunLocked",
+    "RunNotFinished",
     "SrunsError",
     "UnreadableEntry",
     "UploadError",
@@ -121,6 +123,10 @@ class ConfigError(UsageError):
 
 class RunFolderMissing(UsageError):
     pass
+
+
+class RunNotFinished(UsageError):
+    """`archive` by hand of a folder the daemon's completion rules would not archive yet."""
 
 
 class JournalTooNew(UsageError):

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import child_env, journal_row, run_cli, run_in_process
+from helpers import child_env, gnu_untar, journal_row, run_cli, run_in_process, tree
 
 from sruns_stream import cli
 
@@ -243,3 +244,56 @@ def test_a_journal_from_a_newer_version_is_refused_in_one_line_and_left_untouche
         assert proc.stderr.count("\n") == 1 and f"journal {db} is from a newer sruns-stream (schema " \
             f"{SCHEMA_VERSION + 1};" in proc.stderr, (argv, proc.stderr)
         assert _snapshot(state) == before, argv
+
+
+@pytest.mark.slow  # six real processes
+def test_archive_applies_the_daemons_completion_rules_and_names_the_missing_marker(make_run, tmp_path: Path) -> None:
+    run = make_run("miseq", 1 << 20, markers=False)
+    dest = tmp_path / "dest"
+    db = tmp_path / "sruns.db"
+    for extra in ([], ["--dry-run"]):
+        proc = run_cli("archive", str(run), "--dest", str(dest), "--journal", str(db), *extra, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"sruns-stream: error: {run} is not a finished run: no completion marker yet "
+                                      "(none of RunCompletionStatus.xml, CopyComplete.txt, RTAComplete.txt")
+        assert proc.stderr.rstrip().endswith("--not-finished archives it anyway")
+        assert not dest.exists() and not db.exists()
+    # An RTA marker alone: the quiet period, as the daemon waits it (default 1800 s).
+    (run / "RTAComplete.txt").write_text("RTA 3.4.4\r\n")
+    proc = run_cli("archive", str(run), "--dest", str(dest), "--journal", str(db), cwd=tmp_path)
+    assert proc.returncode == 2 and re.search(r"RTAComplete.txt is \d+ s old; waiting until it is 1800 s old",
+                                              proc.stderr), proc.stderr
+    # Anyway, on purpose: archived, and GNU tar reads it back as the folder.
+    plan = run_cli("archive", str(run), "--dest", str(dest), "--journal", str(db), "--not-finished", "--dry-run",
+                   cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    proc = run_cli("archive", str(run), "--dest", str(dest), "--journal", str(db), "--not-finished", "--json",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    gnu_untar(Path(json.loads(proc.stdout)["location"]), tmp_path / "out")
+    assert tree(tmp_path / "out" / run.name) == tree(run)
+    # CopyComplete.txt: finished by the instrument's own word, archived without the flag.
+    (run / "CopyComplete.txt").write_text("")
+    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "dest2"), "--journal", str(tmp_path / "j2.db"),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow  # four real processes
+def test_a_folder_holding_run_folders_is_refused_even_with_not_finished(tmp_path: Path) -> None:
+    import make_fake_run
+
+    watch = tmp_path / "watch"
+    for n in (1, 2, 3, 4):
+        make_fake_run.make_run(watch / f"240101_M00001_000{n}_000000000-RUN0{n}", "miseq", 64 << 10, seed=n)
+    (watch / "completed").mkdir()  # what sruns-monitor's completed_runs_dir often is: no run
+    dest = tmp_path / "dest"
+    for extra in ([], ["--not-finished"], ["--dry-run"], ["--not-finished", "--dry-run"]):
+        proc = run_cli("archive", str(watch), "--dest", str(dest), "--journal", str(tmp_path / "sruns.db"), *extra,
+                       cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(
+            f"sruns-stream: error: {watch} holds run folders (240101_M00001_0001_000000000-RUN01, "
+            "240101_M00001_0002_000000000-RUN02, 240101_M00001_0003_000000000-RUN03 and 1 more), it is not one: "
+            "archive each run folder"), proc.stderr
+        assert not dest.exists() and not (tmp_path / "sruns.db").exists()

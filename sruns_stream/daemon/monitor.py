@@ -109,9 +109,7 @@ class Monitor:
         self._waiting: set[str] = set()  # runs waiting for a quiet folder, logged once
         self._why_waiting: dict[str, str] = {}  # -v: why each run seen is not started, logged when it changes
         self.retention = Retention(config, journal, clock=clock, busy=lambda name: name in self.children)
-        self.rules = CompletionRules(
-            marker_age_s=config.sentinal_file_age_minutes * 60.0, quiet_period_s=float(config.quiet_period_sec)
-        )
+        self.rules = CompletionRules.from_config(config.sentinal_file_age_minutes, config.quiet_period_sec)
         self.log_dir = Path(f"{journal.path}.logs")
         self._once = False
 
@@ -457,7 +455,10 @@ class Monitor:
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         cmd = [self.python, "-m", "sruns_stream", "archive", str(rundir), "--config", str(self.config_path),
-               "--journal", str(self.journal.path), "--json"]
+               "--journal", str(self.journal.path), "--json",
+               # The daemon applied the completion rules itself, with its own clock and
+               # quiet periods: the child does not judge the run again.
+               "--not-finished"]
         env = dict(os.environ, SRUNS_PARENT_PID=str(os.getpid()))
         # O_NOFOLLOW: a link planted at the log's name must not make us append elsewhere.
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
