@@ -1,10 +1,7 @@
 """`sruns-stream` command line: parses arguments, wires the parts, maps errors to exit codes.
 
-Exit codes (documented in the README):
-  0  success
-  1  failure: the run could not be archived (the journal keeps its progress)
-  2  usage or configuration error
-  130  interrupted (SIGINT/SIGTERM); run the same command again to resume
+Exit codes: `errors.EXIT_MEANINGS` (every command's --help prints it; the README's table
+says more).
 """
 
 from __future__ import annotations
@@ -13,11 +10,13 @@ import argparse
 import contextlib
 import difflib
 import json
+import logging
 import os
 import signal
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
@@ -38,6 +37,7 @@ from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_MEANINGS,
     EXIT_OK,
     EXIT_USAGE,
     Interrupted,
@@ -45,7 +45,7 @@ from .errors import (
     UsageError,
     redact,
 )
-from .progress import NoProgress, Progress, TerminalProgress
+from .progress import NoProgress, Progress, Silent, TerminalProgress
 from .runfolder.completion import CompletionRules, check_finished
 from .runfolder.exclude import check_patterns
 from .runfolder.scan import resolve_run_folder
@@ -229,7 +229,72 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="a JSON list, times in ISO 8601")
     s.add_argument("--watch", action="store_true", help="show it again every --interval seconds until Ctrl-C")
     s.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes (default 2)")
+    t.add_argument("--json", action="store_true", help="the run's name, what was cleared and the message, as JSON")
+    _finish_commands(sub.choices)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _config_and_exit_codes(sorted(EXIT_MEANINGS))
     return p
+
+
+# Per command: examples, and the exit codes it can end with (`--help`, the man page).
+_HELP: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "archive": (("sruns-stream archive /mnt/novaseq/RUN --dest gs://my-seq-archive/runs",
+                 "sruns-stream archive /mnt/miseq/RUN --dest /mnt/archive --dry-run",
+                 "sruns-stream archive ./RUN --dest . --not-finished    # no markers: archive it anyway"),
+                (0, 1, 2, 3, 75, 130)),
+    "monitor": (("sruns-stream monitor      # the config: $SRUNS_STREAM_CONFIG, else /etc/sruns-stream/config.json",
+                 "sruns-stream monitor --config conf.json --once -v"),
+                (0, 1, 2, 130)),
+    "verify": (("sruns-stream verify RUN",
+                "sruns-stream verify gs://my-seq-archive/runs/RUN/RUN.tar.gz --against /mnt/novaseq/RUN --json"),
+               (0, 1, 2, 75, 130, 141)),
+    "restore": (("sruns-stream restore RUN /scratch/restored",
+                 "sruns-stream restore RUN /scratch/restored --include RUN/InterOp"),
+                (0, 1, 2, 75, 130, 141)),
+    "ls": (("sruns-stream ls RUN -l",
+            "sruns-stream ls gs://my-seq-archive/runs/RUN/RUN.tar.gz --include RUN/InterOp"),
+           (0, 1, 2, 75, 130, 141)),
+    "cat": (("sruns-stream cat RUN RunInfo.xml > RunInfo.xml",
+             "sruns-stream cat RUN InterOp/TileMetricsOut.bin | head -c 100"),
+            (0, 1, 2, 75, 130, 141)),
+    "retry": (("sruns-stream retry RUN",
+               "sruns-stream retry RUN --config /etc/sruns-stream/config.json --json"),
+              (0, 1, 2, 75, 141)),
+    "status": (("sruns-stream status",
+                "sruns-stream status RUN --json",
+                "sruns-stream status --watch"),
+               (0, 1, 2, 130, 141)),
+}
+
+
+def _config_and_exit_codes(codes: Sequence[int]) -> str:
+    lines = [f"config: --config FILE, else ${CONFIG_ENV}, else {SYSTEM_CONFIG} if it exists", "", "exit codes:"]
+    lines += [textwrap.fill(EXIT_MEANINGS[code], 88, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+              for code in codes]
+    return "\n".join(lines)
+
+
+def _finish_commands(commands: Mapping[str, argparse.ArgumentParser]) -> None:
+    """What every command has: -q and --no-progress, and a --help that ends with
+    examples and the exit codes it can end with."""
+    for name, command in commands.items():
+        command.add_argument("-q", "--quiet", action="store_true",
+                             help="print only errors and the output asked for (no summary, notes or progress)")
+        command.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
+        examples, codes = _HELP[name]
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + \
+            _config_and_exit_codes(codes)
+
+
+def _progress(args: argparse.Namespace, err: TextIO) -> Progress:
+    """-q: nothing but errors; --no-progress, --json or no terminal: notes only; else a
+    progress line."""
+    if args.quiet:
+        return Silent(err)
+    if args.no_progress or getattr(args, "json", False) or not err.isatty():
+        return NoProgress(err)
+    return TerminalProgress(err)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -276,7 +341,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # accident, with exit 0, and neither is it planned by --dry-run.
     rules = CompletionRules.from_config(config.sentinal_file_age_minutes, config.quiet_period_sec)
     state = check_finished(root, rules, time.time(), anyway=args.not_finished)
-    if state.errored and not args.json:
+    if state.errored and not args.json and not args.quiet:
         print(f"sruns-stream: the instrument reports {state.instrument_status} "
               f"({state.instrument_error or 'no message'}); archiving it anyway", file=err)
     dest = args.dest or config.destination
@@ -290,9 +355,10 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from .archiver.dryrun import plan_archive
 
         plan = plan_archive(args.rundir, dest, options, args.journal or config.sqlite_db, force=args.force)
+        # With -q too: the plan is the output asked for.
         print(json.dumps(plan.as_dict(), sort_keys=True) if args.json else plan.summary(), file=out)
         return EXIT_OK
-    progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
+    progress = _progress(args, err)
     check_places(args.rundir, dest, args.journal or config.sqlite_db)  # before the journal is created
     journal = _journal(args, config)
     # From here a signal stops the archive at its next block, never mid-statement.
@@ -303,7 +369,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         journal.close()
     if args.json:
         print(json.dumps(result.as_dict(), sort_keys=True), file=out)
-    else:
+    elif not args.quiet:
         print(result.summary(), file=out)
     return EXIT_OK
 
@@ -318,6 +384,8 @@ def _monitor(args: argparse.Namespace) -> int:
     from .state.firestore import open_mirror
 
     daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
+    if args.quiet:  # warnings and errors only
+        logging.getLogger("sruns_stream").setLevel(logging.WARNING)
     config = _load(args)
     if args.config is None:
         raise UsageError(f"monitor needs a config: give --config FILE, set ${CONFIG_ENV}, or write {system_config()}")
@@ -353,7 +421,7 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .readback import RestoreReport, VerifyReport, restore_archive, verify_archive
 
     config = _load(args)
-    progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
+    progress = _progress(args, err)
     # A journal is only needed to find a run by name; never create one for a path or URL.
     journal = _lookup_journal(args, config)
     report: VerifyReport | RestoreReport
@@ -372,7 +440,10 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if journal is not None:
             journal.close()
-    print(json.dumps(report.as_dict(), sort_keys=True) if args.json else report.summary(), file=out)
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True), file=out)
+    elif not args.quiet:  # -q: the exit code says it
+        print(report.summary(), file=out)
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -392,10 +463,11 @@ def _members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         if args.command == "ls":
             _, rows = list_members(args.source, patterns=args.include, journal=journal,
-                                   collection=config.firestore_collection, progress=NoProgress(err))
+                                   collection=config.firestore_collection,
+                                   progress=Silent(err) if args.quiet else NoProgress(err))
             out.write(render_listing(rows, long=args.long, as_json=args.json))
             return EXIT_OK
-        progress: Progress = TerminalProgress(err) if err.isatty() else NoProgress(err)
+        progress = _progress(args, err)
         binary = getattr(out, "buffer", None)
         if binary is None:
             raise UsageError("cat writes bytes: its output must be a file or pipe")
@@ -461,12 +533,23 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 def _retry(args: argparse.Namespace, out: TextIO) -> int:
     from .daemon.monitor import retry_run
+    from .humanize import iso_time
 
     journal = _existing_journal(args, _load(args), readonly=False)
     try:
-        print(retry_run(journal, args.run), file=out)
+        before = journal.get(args.run)
+        message = retry_run(journal, args.run)
     finally:
         journal.close()
+    if args.json:
+        assert before is not None  # retry_run refuses a run that is not in the journal
+        print(json.dumps({
+            "run": args.run, "journal": str(Path(journal.path).absolute()), "message": message,
+            "failures_cleared": before.failures, "last_error": before.last_error,
+            "gave_up_at": iso_time(before.gave_up_at),
+        }, sort_keys=True), file=out)
+    elif not args.quiet:
+        print(message, file=out)
     return EXIT_OK
 
 

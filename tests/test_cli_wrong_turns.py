@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import child_env, gnu_untar, journal_row, run_cli, run_in_process, tree
+from helpers import REPO, child_env, gnu_untar, journal_row, run_cli, run_in_process, tree
 
 from sruns_stream import cli
 
@@ -297,3 +297,57 @@ def test_a_folder_holding_run_folders_is_refused_even_with_not_finished(tmp_path
             "240101_M00001_0002_000000000-RUN02, 240101_M00001_0003_000000000-RUN03 and 1 more), it is not one: "
             "archive each run folder"), proc.stderr
         assert not dest.exists() and not (tmp_path / "sruns.db").exists()
+
+
+def test_every_command_has_quiet_and_no_progress_and_retry_has_json() -> None:
+    for name, sub in _subparsers(cli._parser()).items():
+        flags = {s for action in sub._actions for s in action.option_strings}
+        assert {"-q", "--quiet", "--no-progress"} <= flags, name
+    assert "--json" in {s for a in _subparsers(cli._parser())["retry"]._actions for s in a.option_strings}
+
+
+@pytest.mark.slow  # six real processes
+def test_quiet_prints_only_what_was_asked_for_and_retry_speaks_json(archived: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    run, archive = archived
+    proc = run_cli("verify", str(archive), "-q", "--no-progress", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    proc = run_cli("verify", str(archive), "-q", "--json", cwd=tmp_path)  # -q --json: the JSON was asked for
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"] is True
+    proc = run_cli("archive", str(run), "--dest", str(tmp_path / "dest"), "-q", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")  # already archived: said by exit 0 alone
+    db = tmp_path / "gave_up.db"
+    _gave_up_journal(db, "RUN_X")
+    proc = run_cli("retry", "RUN_X", "--journal", str(db), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["run"] == "RUN_X" and answer["failures_cleared"] == 5 and answer["last_error"] == "UploadError: 403"
+    assert answer["gave_up_at"] == "1970-01-01T00:00:01+00:00" and answer["journal"] == str(db)
+    assert journal_row(db, "RUN_X")["gave_up_at"] is None
+    _gave_up_journal(tmp_path / "q.db", "RUN_Y")
+    proc = run_cli("retry", "RUN_Y", "--journal", str(tmp_path / "q.db"), "-q", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split(f"\n{title}\n", 1)[1].split("\n#", 1)[0]
+
+
+def test_the_exit_code_table_in_the_readme_is_the_one_the_code_has() -> None:
+    from sruns_stream.errors import EXIT_MEANINGS
+
+    rows = re.findall(r"^\| (\d+) \|", _readme_section("### Exit codes"), re.MULTILINE)
+    assert [int(r) for r in rows] == sorted(EXIT_MEANINGS)
+
+
+def test_every_commands_help_has_examples_and_its_exit_codes() -> None:
+    from sruns_stream.errors import EXIT_MEANINGS
+
+    for name, sub in _subparsers(cli._parser()).items():
+        text = sub.format_help()  # what `sruns-stream NAME --help` prints
+        examples = text.split("\nexamples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        assert examples and all(e.startswith(f"  sruns-stream {name}") for e in examples), (name, examples)
+        codes = re.findall(r"^  (\d+) +", text.split("\nexit codes:\n", 1)[1], re.MULTILINE)
+        assert codes and {int(c) for c in codes} <= set(EXIT_MEANINGS), name
+        assert 0 in {int(c) for c in codes} and 2 in {int(c) for c in codes}, name
