@@ -275,11 +275,22 @@ def _mail(value: Any) -> MailConfig:
 
 
 def _webhook_url(value: Any) -> str:
-    url = str(_expect("webhook_url", value, str, "a URL"))
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise ConfigError(f"config key 'webhook_url' must be an https:// (or http://) URL, not {url!r}")
-    return url
+    # The URL is a credential (a Slack or Teams webhook's path is its secret): an error
+    # shows its scheme and host at most, never the rest, whatever is wrong with it.
+    if not isinstance(value, str):
+        raise ConfigError(f"config key 'webhook_url' must be a URL (a string), not a {type(value).__name__} "
+                          "(its value is not shown: it holds a credential)")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError("config key 'webhook_url' is not a readable URL (its value is not shown: it holds a "
+                          "credential)") from None
+    if parts.scheme not in ("https", "http") or not host:
+        shown = f"{parts.scheme or '(no scheme)'}://{host or '(no host)'}/…"
+        raise ConfigError(f"config key 'webhook_url' must be an https:// (or http://) URL with a host, not {shown} "
+                          "(the rest is not shown: it holds a credential)")
+    return value
 
 
 def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:

@@ -351,3 +351,21 @@ def test_every_commands_help_has_examples_and_its_exit_codes() -> None:
         codes = re.findall(r"^  (\d+) +", text.split("\nexit codes:\n", 1)[1], re.MULTILINE)
         assert codes and {int(c) for c in codes} <= set(EXIT_MEANINGS), name
         assert 0 in {int(c) for c in codes} and 2 in {int(c) for c in codes}, name
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("ftp://hooks.example.org/services/T0/B0/SECRETXYZ", "not ftp://hooks.example.org/…"),
+    ("hooks.example.org/services/T0/B0/SECRETXYZ", "not (no scheme)://(no host)/…"),
+    ("https://[::1/services/SECRETXYZ", "is not a readable URL"),
+    ({"url": "https://hooks.example.org/services/SECRETXYZ"}, "not a dict"),
+])
+def test_a_bad_webhook_url_is_named_by_scheme_and_host_only(tmp_path: Path, value: object, shown: str) -> None:
+    conf = _config(tmp_path / "config.json", sqlite_db="sruns.db", webhook_url=value)
+    commands = [["status", "--config", str(conf)]]
+    if isinstance(value, str) and value.startswith("ftp:"):  # the daemon's start-up reads it the same way
+        commands.append(["monitor", "--config", str(conf), "--once"])
+    for argv in commands:
+        proc = run_cli(*argv, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "webhook_url" in proc.stderr and shown in proc.stderr, proc.stderr
+        assert "SECRET" not in proc.stderr and "services" not in proc.stderr and proc.stdout == ""
