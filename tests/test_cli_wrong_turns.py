@@ -369,3 +369,18 @@ def test_a_bad_webhook_url_is_named_by_scheme_and_host_only(tmp_path: Path, valu
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert "webhook_url" in proc.stderr and shown in proc.stderr, proc.stderr
         assert "SECRET" not in proc.stderr and "services" not in proc.stderr and proc.stdout == ""
+
+
+def test_the_man_page_checked_in_is_the_one_the_parser_makes() -> None:
+    import make_manpage  # scripts/, on the path (conftest)
+
+    text = make_manpage.render()
+    assert make_manpage.MANPAGE.read_text() == text, "run python scripts/make_manpage.py"
+    # What it is made from, all there: every command and every flag, the examples, the exit codes.
+    for name, sub in _subparsers(cli._parser()).items():
+        assert f".SH COMMAND \\fI\\,'sruns\\-stream {name}'\\/\\fR" in text, name
+        for action in sub._actions:
+            for flag in action.option_strings:
+                assert flag.replace("-", "\\-") in text, (name, flag)
+    for code in (0, 1, 2, 3, 75, 130, 141):
+        assert f".TP\n\\fB{code}\\fR\n" in text
