@@ -341,7 +341,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # accident, with exit 0, and neither is it planned by --dry-run.
     rules = CompletionRules.from_config(config.sentinal_file_age_minutes, config.quiet_period_sec)
     state = check_finished(root, rules, time.time(), anyway=args.not_finished)
-    if state.errored and not args.json and not args.quiet:
+    if state is not None and state.errored and not args.json and not args.quiet:
         print(f"sruns-stream: the instrument reports {state.instrument_status} "
               f"({state.instrument_error or 'no message'}); archiving it anyway", file=err)
     dest = args.dest or config.destination

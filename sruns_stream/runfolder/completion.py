@@ -267,18 +267,22 @@ def run_folders_in(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def check_finished(rundir: Path, rules: CompletionRules, now: float, *, anyway: bool = False) -> RunState:
+def check_finished(rundir: Path, rules: CompletionRules, now: float, *, anyway: bool = False) -> RunState | None:
     """The daemon's completion rules (`run_state`) applied to a run archived by hand.
     A folder holding run folders (a watch directory) is refused whatever ``anyway`` says:
     one archive of several runs is never what is wanted. An unfinished run, or a folder
-    that is no run, is refused unless ``anyway`` (`--not-finished`)."""
+    that is no run, is refused unless ``anyway`` (`--not-finished`, which the daemon
+    passes: it judged already); then the rules are not applied at all (None), since an
+    RTA-only run's quiet period walks the whole folder."""
     runs = run_folders_in(rundir)
     if runs and _marker_stat(rundir, "RunInfo.xml") is None:
         shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
         raise UsageError(f"{rundir} holds run folders ({shown}), it is not one: archive each run folder "
                          "(or let the daemon watch this directory)")
+    if anyway:
+        return None
     state = run_state(rundir, rules, now)
-    if not state.complete and not anyway:
+    if not state.complete:
         what = "is not a run folder" if state.run_info is None else "is not a finished run"
         raise RunNotFinished(f"{rundir} {what}: {state.reason}; the daemon would not archive it yet. "
                              "--not-finished archives it anyway")
