@@ -504,6 +504,12 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     journal = _existing_journal(args, config, readonly=True)
 
     def frame() -> str:
+        nonlocal journal
+        if args.watch:
+            # Read-only, perhaps `immutable` (no WAL when it was opened): opened afresh for
+            # each frame, it sees what a daemon started since has written.
+            journal.close()
+            journal = _existing_journal(args, config, readonly=True)
         tasks = [t for t in journal.tasks() if args.run is None or t.name == args.run]
         if args.run and not tasks:
             raise UsageError(f"run {args.run!r} is not in the journal {journal.path}")

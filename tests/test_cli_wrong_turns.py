@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, child_env, gnu_untar, journal_row, run_cli, run_in_process, tree
+from helpers import REPO, child_env, gnu_untar, journal_row, run_cli, run_in_process, start_cli, tree, wait_until
 
 from sruns_stream import cli
 
@@ -384,3 +385,26 @@ def test_the_man_page_checked_in_is_the_one_the_parser_makes() -> None:
                 assert flag.replace("-", "\\-") in text, (name, flag)
     for code in (0, 1, 2, 3, 75, 130, 141):
         assert f".TP\n\\fB{code}\\fR\n" in text
+
+
+@pytest.mark.slow  # signals a real process
+@pytest.mark.timeout(60)
+def test_status_watch_reads_read_only_and_still_sees_what_is_written_after_it_started(tmp_path: Path) -> None:
+    from sruns_stream.state.journal import Journal
+
+    db = tmp_path / "sruns.db"
+    _gave_up_journal(db, "RUN_A")
+    assert not Path(f"{db}-wal").exists()  # closed: opened read-only, it is `immutable`
+    proc = start_cli("status", "--watch", "--json", "--interval", "0.05", "--journal", str(db), cwd=tmp_path)
+    assert proc.stdout is not None
+    assert [r["name"] for r in json.loads(proc.stdout.readline())] == ["RUN_A"]
+    writer = Journal(db)  # a daemon starting meanwhile
+    try:
+        writer.ensure("RUN_B", status="new")
+        wait_until(lambda: [r["name"] for r in json.loads(proc.stdout.readline())] == ["RUN_A", "RUN_B"],
+                   "a frame with the run written after status started", proc=proc)
+    finally:
+        writer.close()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == ""
