@@ -500,7 +500,7 @@ def test_a_second_writer_with_another_journal_is_told_so(tmp_path: Path) -> None
         second = _archive(run, dest, tmp_path, db=tmp_path / "b.db")
     finally:
         first.send_signal(signal.SIGCONT)
-    _one_error(second, 1, "another process is writing")
+    _one_error(second, 75, "another process is writing")  # temporary: once the first is done, it works
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     gnu_untar(Path(json.loads(out)["location"]), tmp_path / "out")
