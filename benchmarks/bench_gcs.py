@@ -64,7 +64,8 @@ def _run_once(row: Row[GcsCase], run: Path, server: LoopbackGcsServer, work: Pat
     case = row.case
     scratch = work / f"{case.name.replace(' ', '_')}-{rep}"
     scratch.mkdir(parents=True)
-    argv = [sys.executable, "-m", "sruns_stream", "archive", str(run), "--journal", str(scratch / "journal.db"),
+    argv = [sys.executable, "-m", "sruns_stream", "archive", "--not-finished",
+            str(run), "--journal", str(scratch / "journal.db"),
             "--json", *extra]
     env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if case.dest == "gs":

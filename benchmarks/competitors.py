@@ -88,7 +88,7 @@ def _tar(ds: Dataset) -> tuple[str, ...]:
 
 def sruns_stream_command(ds: Dataset, tools: Tools, scratch: Path, dest: str, *options: str) -> Command:
     """``sruns-stream archive`` with its own journal; ``dest`` is local, null or loopback-gs."""
-    argv = [sys.executable, "-m", "sruns_stream", "archive", str(ds.path), "--journal",
+    argv = [sys.executable, "-m", "sruns_stream", "archive", "--not-finished", str(ds.path), "--journal",
             str(scratch / "journal.db"), "--json", *options]
     env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     output = None

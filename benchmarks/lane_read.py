@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lane-read-") as tmp_s:
         tmp = Path(tmp_s)
         dest = tmp / "dest"
-        subprocess.run([sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", str(dest), "--journal",
-                        str(tmp / "j.db")], check=True, env=env, capture_output=True)
+        subprocess.run([sys.executable, "-m", "sruns_stream", "archive", "--not-finished", str(run), "--dest",
+                        str(dest), "--journal", str(tmp / "j.db")], check=True, env=env, capture_output=True)
         folder = dest / run.name
         archive = folder / f"{run.name}.tar.gz"
         print(f"{ds.describe()}; archive {archive.stat().st_size / MB:,.0f} MB; lane 1 of {lanes}: "

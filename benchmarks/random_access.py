@@ -314,7 +314,8 @@ def access_point_cost(ds: Dataset, workdir: Path) -> tuple[int, int] | str:
     or why they could not be measured. The bytes are deterministic: one run each."""
     sizes: list[int] = []
     for options in ((), ("--access-interval", "0")):
-        argv = [sys.executable, "-m", "sruns_stream", "archive", str(ds.path), "--dest", "null", "--journal",
+        argv = [sys.executable, "-m", "sruns_stream", "archive", "--not-finished",
+                str(ds.path), "--dest", "null", "--journal",
                 str(workdir / f"journal{len(sizes)}.db"), "--force", "--json", *options]
         workdir.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **_ENV}, check=False)

@@ -133,7 +133,8 @@ def command(row: ShareCase, run: Path, scratch: Path, threads: int) -> Command:
     out = scratch / "out.tar.gz"
     tar = ("tar", "-cf", "-", "-C", str(run.parent), run.name)
     if row.build in ("sruns", "sruns-serial"):
-        argv = [sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", str(scratch / "dest"),
+        argv = [sys.executable, "-m", "sruns_stream", "archive", "--not-finished",
+                str(run), "--dest", str(scratch / "dest"),
                 "--journal", str(scratch / "sruns.db"), "--force", "--json"]
         if row.build == "sruns-serial":
             argv += ["--read-threads", "0"]

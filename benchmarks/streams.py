@@ -138,7 +138,7 @@ def row_from_dict(saved: dict[str, Any]) -> Row[StreamsCase]:
 
 def _command(row: StreamsCase, run: Path, scratch: Path, server: LoopbackGcsServer, prefix: str,
              extra: Sequence[str]) -> Command:
-    argv = (sys.executable, "-m", "sruns_stream", "archive", str(run), "--dest", f"gs://{BUCKET}/{prefix}",
+    argv = (sys.executable, "-m", "sruns_stream", "archive", "--not-finished", str(run), "--dest", f"gs://{BUCKET}/{prefix}",
             "--streams", str(row.streams), "--journal", str(scratch / "sruns.db"), "--json", *extra)
     env = {"PYTHONPATH": str(REPO), "STORAGE_EMULATOR_HOST": server.url, "GOOGLE_CLOUD_PROJECT": "bench"}
     return Command((argv,), env=env)

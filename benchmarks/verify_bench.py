@@ -47,7 +47,8 @@ def has_option(subcommand: str, option: str) -> bool:
 def make_archive(ds: Dataset, where: Path, *options: str) -> tuple[Path, dict[str, Any]]:
     """``sruns-stream archive`` to a local directory (untimed); the archive's path and --json."""
     where.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "sruns_stream", "archive", str(ds.path), "--dest", str(where / "dest"),
+    argv = [sys.executable, "-m", "sruns_stream", "archive", "--not-finished",
+            str(ds.path), "--dest", str(where / "dest"),
             "--journal", str(where / "journal.db"), "--force", "--json", *options]
     proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **_ENV}, check=False)
     summary = sruns_json(proc.stdout)

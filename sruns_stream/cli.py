@@ -1,50 +1,67 @@
 """`sruns-stream` command line: parses arguments, wires the parts, maps errors to exit codes.
 
-Exit codes (documented in the README):
-  0  success
-  1  failure: the run could not be archived (the journal keeps its progress)
-  2  usage or configuration error
-  130  interrupted (SIGINT/SIGTERM); run the same command again to resume
+Exit codes: `errors.EXIT_MEANINGS` (every command's --help prints it; the README's table
+says more).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import json
+import logging
 import os
 import shutil
 import signal
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__, stopping
 from .config import (
     AUTO_READ_THREADS,
     AUTO_STREAMS,
     AUTO_STREAMS_FROM,
+    CONFIG_ENV,
     LOCAL_OPEN_SECONDS,
     MOUNT_CACHE_SIZE,
     STORAGE_CLASSES,
+    SYSTEM_CONFIG,
     ArchiveOptions,
+    Config,
+    find_config,
+    load_config,
+    system_config,
+    with_overrides,
 )
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError, redact
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_MEANINGS,
+    EXIT_OK,
+    EXIT_USAGE,
+    Interrupted,
+    SrunsError,
+    UsageError,
+    redact,
+)
 from .humanize import flag_size, parse_size
+from .progress import NoProgress, Progress, Silent, TerminalProgress
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .progress import Progress
     from .state.journal import Journal
 
-# Each command imports what it uses when it runs (the archiver, GCS, the journal):
-# `--version`, `--help` and a usage error start in a few tens of milliseconds.
+# Each command imports the rest of what it uses when it runs (the archiver, the journal,
+# GCS): `--version`, `--help` and a usage error start in a few tens of milliseconds.
 
 __all__ = ["main", "main_cli"]
 
-DEFAULT_DEST = "archives"
 # verify and restore inflate on the machine's cores, up to this many by default.
 READ_BACK_THREADS = 8
 _DEFAULTS = ArchiveOptions(threads=1)  # what --help says each archive flag defaults to
@@ -63,8 +80,59 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1M, 256K, 16777216)") from None
 
 
+class _ArgumentsError(Exception):
+    """A bad command line, raised by `_Parser.error` so `main` prints it as one line."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(f"{parser.prog}: error: {message} (see {parser.prog} --help)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviations (`--thread 4` must not run as `--threads 4`), whose
+    errors are one line (not the usage block above it). Subcommands' parsers are of this
+    class too (argparse makes them with the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self._given: list[str] = []
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        # "RUN is required" after `verify --jsn` is the wrong turn to name: the flag is.
+        unknown = None if self._subparsers else self.unknown_flag(self._given)
+        raise _ArgumentsError(self, unknown or message)
+
+    def unknown_flag(self, given: Sequence[str]) -> str | None:
+        """"unknown flag --X; did you mean --Y?" for the first flag this parser does not
+        know, or None."""
+        known = [s for action in self._actions for s in action.option_strings]
+        for arg in given:
+            if arg == "--":
+                return None
+            flag = arg.split("=", 1)[0]
+            if flag.startswith("-") and len(flag) > 1 and not flag[1:2].isdigit() and flag not in known:
+                near = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                return f"unknown flag {flag}" + (f"; did you mean {near[0]}?" if near else "")
+        return None
+
+
+def _unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> _ArgumentsError:
+    """One line for what the command's parser left over: an unknown flag, or one argument
+    too many."""
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = subcommands.choices[args.command]
+    assert isinstance(command, _Parser)
+    return _ArgumentsError(command, command.unknown_flag(extras) or f"unexpected argument {extras[0]!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sruns-stream",
         description="Stream Illumina run folders as tar.gz to GCS or a local directory, resumably.",
     )
@@ -74,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("archive", help="archive one run folder (resumes an interrupted attempt)")
     a.add_argument("rundir", type=Path, help="the run folder")
     a.add_argument("--dest",
-                   help=f"DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: config, else ./{DEFAULT_DEST})")
+                   help="DIR, file://DIR, gs://BUCKET[/PREFIX] or null (default: the config's; none without one: "
+                        "--dest . archives into the current directory)")
     a.add_argument("--threads", type=int, help="compression threads (default: all cores)")
     a.add_argument("--level", type=int,
                    help=f"gzip level 1-3 (ISA-L; default {_DEFAULTS.level}); alone it deflates every member")
@@ -113,12 +182,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--config", type=Path, help="JSON config file (sruns-monitor keys accepted)")
     a.add_argument("--journal", type=Path, help="SQLite journal (default: config sqlite_db, else ./sruns.db)")
     a.add_argument("--force", action="store_true", help="archive again from zero even if done or resumable")
+    a.add_argument("--not-finished", action="store_true",
+                   help="archive even if the run's completion markers (the daemon's rules) do not say it is "
+                        "finished, or it is no run folder")
     a.add_argument("--dry-run", action="store_true",
                    help="walk the folder and say what would be archived, excluded and decided; write nothing")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
 
     m = sub.add_parser("monitor", help="the daemon: archive every finished run in the watch directories")
-    m.add_argument("--config", type=Path, required=True, help="JSON config file (sruns-monitor's works as it is)")
+    m.add_argument("--config", type=Path,
+                   help=f"JSON config file (sruns-monitor's works as it is; default: ${CONFIG_ENV}, else "
+                        f"{SYSTEM_CONFIG})")
     m.add_argument("--once", action="store_true", help="one cycle, wait for its archives, then exit")
     m.add_argument("-v", "--verbose", action="store_true",
                    help="also log, for each run seen, why it is not being archived yet")
@@ -198,13 +272,97 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="a JSON list, times in ISO 8601")
     s.add_argument("--watch", action="store_true", help="show it again every --interval seconds until Ctrl-C")
     s.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes (default 2)")
+    t.add_argument("--json", action="store_true", help="the run's name, what was cleared and the message, as JSON")
+    _finish_commands(sub.choices)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _config_and_exit_codes(sorted(EXIT_MEANINGS))
     return p
 
 
-def _load(args: argparse.Namespace) -> Config:
-    from .config import Config, load_config
+# Per command: examples, and the exit codes it can end with (`--help`, the man page).
+_HELP: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "archive": (("sruns-stream archive /mnt/novaseq/RUN --dest gs://my-seq-archive/runs",
+                 "sruns-stream archive /mnt/miseq/RUN --dest /mnt/archive --dry-run",
+                 "sruns-stream archive ./RUN --dest . --not-finished    # no markers: archive it anyway"),
+                (0, 1, 2, 3, 75, 130)),
+    "monitor": (("sruns-stream monitor      # the config: $SRUNS_STREAM_CONFIG, else /etc/sruns-stream/config.json",
+                 "sruns-stream monitor --config config.json --once -v"),
+                (0, 1, 2, 130)),
+    "verify": (("sruns-stream verify RUN",
+                "sruns-stream verify gs://my-seq-archive/runs/RUN/RUN.tar.gz --against /mnt/novaseq/RUN --json"),
+               (0, 1, 2, 75, 130, 141)),
+    "restore": (("sruns-stream restore RUN /scratch/restored",
+                 "sruns-stream restore RUN /scratch/restored --include RUN/InterOp"),
+                (0, 1, 2, 75, 130, 141)),
+    "ls": (("sruns-stream ls RUN -l",
+            "sruns-stream ls gs://my-seq-archive/runs/RUN/RUN.tar.gz --include RUN/InterOp"),
+           (0, 1, 2, 75, 130, 141)),
+    "cat": (("sruns-stream cat RUN RunInfo.xml > RunInfo.xml",
+             "sruns-stream cat RUN InterOp/TileMetricsOut.bin | head -c 100"),
+            (0, 1, 2, 75, 130, 141)),
+    "retry": (("sruns-stream retry RUN",
+               "sruns-stream retry RUN --config /etc/sruns-stream/config.json --json"),
+              (0, 1, 2, 75, 141)),
+    "status": (("sruns-stream status",
+                "sruns-stream status RUN --json",
+                "sruns-stream status --failed",
+                "sruns-stream status --watch"),
+               (0, 1, 2, 130, 141)),
+    "index": (("sruns-stream index gs://my-seq-archive/runs/RUN/RUN.tar.gz    # an archive made before indexes",
+               "sruns-stream index /mnt/archive/RUN/RUN.tar.gz    # then: ratarmount /mnt/archive/RUN/RUN.tar.gz MNT"),
+              (0, 1, 2, 75, 130)),
+    "mount": (("sruns-stream mount RUN /mnt/RUN    # Ctrl-C or fusermount3 -u /mnt/RUN unmounts",
+               "sruns-stream mount gs://my-seq-archive/runs/RUN/RUN.tar.gz /mnt/RUN --cache-size 2G"),
+              (0, 1, 2, 75, 130)),
+}
 
-    return load_config(args.config) if args.config else Config()
+
+def _config_and_exit_codes(codes: Sequence[int]) -> str:
+    lines = [f"config: --config FILE, else ${CONFIG_ENV}, else {SYSTEM_CONFIG} if it exists", "", "exit codes:"]
+    lines += [textwrap.fill(EXIT_MEANINGS[code], 88, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+              for code in codes]
+    return "\n".join(lines)
+
+
+def _finish_commands(commands: Mapping[str, argparse.ArgumentParser]) -> None:
+    """What every command has: -q and --no-progress, and a --help that ends with
+    examples and the exit codes it can end with."""
+    for name, command in commands.items():
+        command.add_argument("-q", "--quiet", action="store_true",
+                             help="print only errors and the output asked for (no summary, notes or progress)")
+        command.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
+        # A command missing from _HELP still works (a test asks for its examples).
+        examples, codes = _HELP.get(name, ((), tuple(sorted(EXIT_MEANINGS))))
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        shown = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" if examples else ""
+        command.epilog = shown + _config_and_exit_codes(codes)
+
+
+def _progress(args: argparse.Namespace, err: TextIO) -> Progress:
+    """-q: nothing but errors; --no-progress, --json or no terminal: notes only; else a
+    progress line."""
+    if args.quiet:
+        return Silent(err)
+    if args.no_progress or getattr(args, "json", False) or not err.isatty():
+        return NoProgress(err)
+    return TerminalProgress(err)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """The command's config, found as `find_config` says; from here ``args.config`` is the
+    file used (absolute) or None, and ``args.config_source`` says how it was found."""
+    source = find_config(args.config)
+    args.config, args.config_source = source.path, source
+    return load_config(source.path) if source.path else Config()
+
+
+def _retry_hint(args: argparse.Namespace, run: str, config: Config) -> str:
+    """`sruns-stream retry RUN` with what finds this journal, so it works pasted anywhere."""
+    from .state.status import retry_command
+
+    if args.config and not args.journal:
+        return retry_command(run, config=args.config)
+    return retry_command(run, config=args.config, journal=Path(args.journal or config.sqlite_db).absolute())
 
 
 def _journal(args: argparse.Namespace, config: Config) -> Journal:
@@ -213,18 +371,12 @@ def _journal(args: argparse.Namespace, config: Config) -> Journal:
     return Journal(getattr(args, "journal", None) or config.sqlite_db)
 
 
-def _progress(err: TextIO, quiet: bool) -> Progress:
-    """A live bar on a terminal, unless the output is for a program."""
-    from .progress import NoProgress, TerminalProgress
-
-    return TerminalProgress(err) if err.isatty() and not quiet else NoProgress(err)
-
-
 def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from . import cpu
     from .archiver.run import archive_run, check_places
-    from .config import with_overrides
+    from .runfolder.completion import CompletionRules, check_finished
     from .runfolder.exclude import check_patterns
+    from .runfolder.scan import resolve_run_folder
 
     config = _load(args)
     compression = args.compression or ("level" if args.level is not None else None)
@@ -245,14 +397,29 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         kms_key_name=args.kms_key,
         exclude=check_patterns([*config.archive.exclude, *args.exclude], "--exclude") if args.exclude else None,
     )
-    dest = args.dest or config.destination or DEFAULT_DEST
+    root = resolve_run_folder(args.rundir)  # a missing RUNDIR is the first thing to say
+    # The daemon's rules: an unfinished run (or a watch directory) is not archived by
+    # accident, with exit 0, and neither is it planned by --dry-run.
+    rules = CompletionRules.from_config(config.sentinal_file_age_minutes, config.quiet_period_sec)
+    state = check_finished(root, rules, time.time(), anyway=args.not_finished)
+    if state is not None and state.errored and not args.json and not args.quiet:
+        print(f"sruns-stream: the instrument reports {state.instrument_status} "
+              f"({state.instrument_error or 'no message'}); archiving it anyway", file=err)
+    dest = args.dest or config.destination
+    if dest is None:
+        # Never a silent ./archives: on a VM that is the boot disk, under a multi-TB run.
+        raise UsageError(
+            f"no destination: give --dest DIR or gs://BUCKET[/PREFIX] (--dest . for the current directory), or a "
+            f"config with gcp_bucket_name or local_dest (--config FILE, ${CONFIG_ENV} or {system_config()})"
+        )
     if args.dry_run:
         from .archiver.dryrun import plan_archive
 
         plan = plan_archive(args.rundir, dest, options, args.journal or config.sqlite_db, force=args.force)
+        # With -q too: the plan is the output asked for.
         print(json.dumps(plan.as_dict(), sort_keys=True) if args.json else plan.summary(), file=out)
         return EXIT_OK
-    progress = _progress(err, args.json)
+    progress = _progress(args, err)
     check_places(args.rundir, dest, args.journal or config.sqlite_db)  # before the journal is created
     journal = _journal(args, config)
     # From here a signal stops the archive at its next block, never mid-statement.
@@ -263,7 +430,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         journal.close()
     if args.json:
         print(json.dumps({**result.as_dict(), "cpu": cpu.usage()}, sort_keys=True), file=out)
-    else:
+    elif not args.quiet:
         print(result.summary(), file=out)
     return EXIT_OK
 
@@ -278,7 +445,11 @@ def _monitor(args: argparse.Namespace) -> int:
     from .state.firestore import open_mirror
 
     daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
+    if args.quiet:  # warnings and errors only
+        logging.getLogger("sruns_stream").setLevel(logging.WARNING)
     config = _load(args)
+    if args.config is None:
+        raise UsageError(f"monitor needs a config: give --config FILE, set ${CONFIG_ENV}, or write {system_config()}")
     Monitor.check(config, args.config)  # before the journal is created
     Monitor.check_destination(config, args.config)
     journal = _journal(args, config)
@@ -313,7 +484,7 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .readback import RestoreReport, VerifyReport, restore_archive, verify_archive
 
     config = _load(args)
-    progress = _progress(err, args.json)
+    progress = _progress(args, err)
     # A journal is only needed to find a run by name; never create one for a path or URL.
     journal = _lookup_journal(args, config)
     report: VerifyReport | RestoreReport
@@ -332,17 +503,20 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if journal is not None:
             journal.close()
-    summary = json.dumps({**report.as_dict(), "cpu": cpu.usage()}, sort_keys=True) if args.json else report.summary()
-    print(summary, file=out)
+    if args.json:
+        print(json.dumps({**report.as_dict(), "cpu": cpu.usage()}, sort_keys=True), file=out)
+    elif not args.quiet:  # -q: the exit code says it
+        print(report.summary(), file=out)
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def _lookup_journal(args: argparse.Namespace, config: Config) -> Journal | None:
+    """The journal a run name is looked up in, if there is one; never created for a path or URL."""
     from .state.journal import Journal
 
-    """The journal a run name is looked up in, if there is one; never created for a path or URL."""
     db = args.journal or config.sqlite_db
-    return Journal(db) if "/" not in args.source and Path(db).exists() else None
+    # Read-only: a lookup writes nothing, and migrates no older journal (only writers do).
+    return Journal(db, readonly=True) if "/" not in args.source and Path(db).exists() else None
 
 
 def _members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -354,10 +528,11 @@ def _members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         if args.command == "ls":
             _, rows = list_members(args.source, patterns=args.include, journal=journal,
-                                   collection=config.firestore_collection, progress=_progress(err, True))
+                                   collection=config.firestore_collection,
+                                   progress=Silent(err) if args.quiet else NoProgress(err))
             out.write(render_listing(rows, long=args.long, as_json=args.json))
             return EXIT_OK
-        progress = _progress(err, False)
+        progress = _progress(args, err)
         binary = getattr(out, "buffer", None)
         if binary is None:
             raise UsageError("cat writes bytes: its output must be a file or pipe")
@@ -379,7 +554,7 @@ def _index(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     stopping.install()
     try:
         for where in write_indexes(args.source, journal=journal, collection=config.firestore_collection,
-                                   progress=_progress(err, True)):
+                                   progress=Silent(err) if args.quiet else NoProgress(err)):
             print(where, file=out)
         return EXIT_OK
     finally:
@@ -392,7 +567,7 @@ def _mount(args: argparse.Namespace, err: TextIO) -> int:
 
     config = _load(args)
     journal = _lookup_journal(args, config)
-    progress = _progress(err, True)
+    progress = Silent(err) if args.quiet else NoProgress(err)
     try:
         line = mount_archive(args.source, args.mountpoint, cache_size=args.cache_size or MOUNT_CACHE_SIZE,
                              journal=journal, collection=config.firestore_collection, progress=progress)
@@ -403,9 +578,10 @@ def _mount(args: argparse.Namespace, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
-    """The journal a command only reads: one that is not there is a usage error, never
-    created (status in an empty directory must not leave a ./sruns.db behind)."""
+def _existing_journal(args: argparse.Namespace, config: Config, *, readonly: bool) -> Journal:
+    """The journal of `status` (``readonly``: the file is not changed, an older one not
+    migrated) or `retry`: one that is not there is a usage error, never created (status
+    in an empty directory must not leave a ./sruns.db behind)."""
     path = Path(args.journal or config.sqlite_db)
     if not path.is_file():
         given = "--journal" if args.journal else (f"sqlite_db in {args.config}" if args.config else "the default")
@@ -413,7 +589,9 @@ def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
             f"no journal at {path.absolute()} ({given}): give --journal FILE, or --config FILE whose sqlite_db "
             "names it"
         )
-    return _journal(args, config)
+    from .state.journal import Journal
+
+    return Journal(path, readonly=readonly)
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
@@ -422,12 +600,18 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     if args.interval <= 0:
         raise UsageError(f"--interval must be more than 0 seconds, not {args.interval:g}")
     config = _load(args)
-    journal = _existing_journal(args, config)
+    journal = _existing_journal(args, config, readonly=True)
 
     one_run = args.run is not None and not any(c in args.run for c in "*?[")
     terminal = out.isatty() and os.environ.get("TERM") != "dumb"
 
     def frame() -> str:
+        nonlocal journal
+        if args.watch:
+            # Read-only, perhaps `immutable` (no WAL when it was opened): opened afresh for
+            # each frame, it sees what a daemon started since has written.
+            journal.close()
+            journal = _existing_journal(args, config, readonly=True)
         every = journal.tasks()
         tasks = status.select(every, args.run, failed=args.failed, active=args.active)
         if one_run and not any(t.name == args.run for t in every):
@@ -437,14 +621,19 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
         prices = (config.archive.price_region, config.archive.prices)
         if args.json:
             return status.render_json(tasks, now, compact=args.watch, done=done, prices=prices)
+        # Which config (and so which journal) this is: `status` in the wrong place must not
+        # pass for the daemon's view.
+        source = f"config: {args.config_source.describe()}; journal: {Path(journal.path).absolute()}\n"
         if every and not tasks:
-            return "no run matches\n"
+            return source + "no run matches\n"
         if args.long or one_run:
-            return status.render_text(tasks, now, done, prices)
+            return source + status.render_text(tasks, now, done, prices,
+                                               retry=lambda run: _retry_hint(args, run, config))
         # A terminal's width (a long note cut); not a terminal, nothing is cut (grep sees it all).
         size = shutil.get_terminal_size((120, 40))
-        return status.render_table(tasks, now, done, width=size.columns if terminal else 100_000,
-                                   height=size.lines - 1 if args.watch and terminal else None, terminal=terminal)
+        return source + status.render_table(tasks, now, done, width=size.columns if terminal else 100_000,
+                                            height=size.lines - 2 if args.watch and terminal else None,
+                                            terminal=terminal)
 
     try:
         if not args.watch:
@@ -463,12 +652,23 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 def _retry(args: argparse.Namespace, out: TextIO) -> int:
     from .daemon.monitor import retry_run
+    from .humanize import iso_time
 
-    journal = _existing_journal(args, _load(args))
+    journal = _existing_journal(args, _load(args), readonly=False)
     try:
-        print(retry_run(journal, args.run), file=out)
+        before = journal.get(args.run)
+        message = retry_run(journal, args.run)
     finally:
         journal.close()
+    if args.json:
+        assert before is not None  # retry_run refuses a run that is not in the journal
+        print(json.dumps({
+            "run": args.run, "journal": str(Path(journal.path).absolute()), "message": message,
+            "failures_cleared": before.failures, "last_error": before.last_error,
+            "gave_up_at": iso_time(before.gave_up_at),
+        }, sort_keys=True), file=out)
+    elif not args.quiet:
+        print(message, file=out)
     return EXIT_OK
 
 
@@ -484,8 +684,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its usage line
+        parser = _parser()
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            raise _unknown(parser, args, extras)
+    except _ArgumentsError as exc:
+        print(exc, file=err)
+        return EXIT_USAGE
+    except SystemExit as exc:  # argparse has printed --help or --version
         return int(exc.code or 0)
     except KeyboardInterrupt:  # a SIGTERM or Ctrl-C while the arguments are read
         print(_INTERRUPTED_LINE, file=err)
@@ -534,11 +740,23 @@ def _die_with_parent() -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+def _stdout_closed() -> int:
+    """stdout's reader went away (`cat … | head`): end quietly, as cat and gzip do. Python
+    flushes stdout once more at exit; pointed at /dev/null, that flush cannot fail."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def main_cli() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         _die_with_parent()
         code = main()
+        sys.stdout.flush()  # a closed pipe shows here when the output fit in the buffer
+    except BrokenPipeError:
+        code = _stdout_closed()
     except KeyboardInterrupt:  # a stop before or after main's own handling: nothing was begun
         print(_INTERRUPTED_LINE, file=sys.stderr)
         code = EXIT_INTERRUPTED

@@ -23,6 +23,7 @@ __all__ = [
     "AUTO_READ_THREADS",
     "AUTO_STREAMS",
     "AUTO_STREAMS_FROM",
+    "CONFIG_ENV",
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_VOLUME_SIZE",
@@ -32,8 +33,12 @@ __all__ = [
     "STORAGE_CLASSES",
     "ArchiveOptions",
     "Config",
+    "ConfigSource",
     "MailConfig",
+    "SYSTEM_CONFIG",
+    "SYSTEM_CONFIG_ENV",
     "default_threads",
+    "find_config",
     "load_config",
     "parse_config",
     "with_overrides",
@@ -73,6 +78,12 @@ STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 RETENTION_MODES = ("unlocked", "locked")
 # projects/P/locations/L/keyRings/R/cryptoKeys/K: a Cloud KMS key, as GCS names it.
 _KMS_KEY = re.compile(r"projects/[^/\s]+/locations/[^/\s]+/keyRings/[^/\s]+/cryptoKeys/[^/\s]+")
+# Where a command finds its config without --config, in this order (as operators' tools
+# do): this variable, then the system-wide file. SYSTEM_CONFIG_ENV moves the system file
+# (for tests, and for packagers whose /etc is elsewhere).
+CONFIG_ENV = "SRUNS_STREAM_CONFIG"
+SYSTEM_CONFIG_ENV = "SRUNS_STREAM_SYSTEM_CONFIG"
+SYSTEM_CONFIG = Path("/etc/sruns-stream/config.json")
 
 
 def default_threads() -> int:
@@ -306,11 +317,22 @@ def _mail(value: Any) -> MailConfig:
 
 
 def _webhook_url(value: Any) -> str:
-    url = str(_expect("webhook_url", value, str, "a URL"))
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise ConfigError(f"config key 'webhook_url' must be an https:// (or http://) URL, not {url!r}")
-    return url
+    # The URL is a credential (a Slack or Teams webhook's path is its secret): an error
+    # shows its scheme and host at most, never the rest, whatever is wrong with it.
+    if not isinstance(value, str):
+        raise ConfigError(f"config key 'webhook_url' must be a URL (a string), not a {type(value).__name__} "
+                          "(its value is not shown: it holds a credential)")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError("config key 'webhook_url' is not a readable URL (its value is not shown: it holds a "
+                          "credential)") from None
+    if parts.scheme not in ("https", "http") or not host:
+        shown = f"{parts.scheme or '(no scheme)'}://{host or '(no host)'}/…"
+        raise ConfigError(f"config key 'webhook_url' must be an https:// (or http://) URL with a host, not {shown} "
+                          "(the rest is not shown: it holds a credential)")
+    return value
 
 
 _COMPLIANCE_KEYS = {"storage_class", "kms_key_name", "retain_days", "retention_mode", "event_based_hold",
@@ -416,6 +438,43 @@ def load_config(path: Path | str) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return parse_config(raw, base=path.parent.absolute())
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Which config file a command uses and how it was found; ``path`` None: none, the
+    defaults (journal ./sruns.db, no destination)."""
+
+    path: Path | None
+    how: str  # "--config", "$SRUNS_STREAM_CONFIG", "system" or "none"
+
+    def describe(self) -> str:
+        if self.path is None:
+            return (f"none (no --config, no ${CONFIG_ENV}, no {system_config()}): "
+                    "the journal is ./sruns.db of the current directory")
+        found = {"--config": "given with --config", "system": "the system config"}.get(self.how, f"from {self.how}")
+        return f"{self.path} ({found})"
+
+
+def system_config() -> Path:
+    return Path(os.environ.get(SYSTEM_CONFIG_ENV) or SYSTEM_CONFIG)
+
+
+def find_config(given: Path | None) -> ConfigSource:
+    """--config, else $SRUNS_STREAM_CONFIG, else the system config if it exists, else none.
+    A file named by the flag or the variable must exist (a typo there is not "no config")."""
+    if given is not None:
+        return ConfigSource(given.absolute(), "--config")
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env).absolute()
+        if not path.is_file():
+            raise ConfigError(f"${CONFIG_ENV} names {path}, which is not a file: fix or unset it")
+        return ConfigSource(path, f"${CONFIG_ENV}")
+    system = system_config()
+    if os.path.lexists(system):
+        return ConfigSource(system.absolute(), "system")
+    return ConfigSource(None, "none")
 
 
 def with_overrides(options: ArchiveOptions, **changes: Any) -> ArchiveOptions:

@@ -22,7 +22,7 @@ from .humanize import hms, human_bytes, human_rate
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-__all__ = ["NoProgress", "Progress", "TerminalProgress", "human_bytes", "progress_line"]
+__all__ = ["NoProgress", "Progress", "Silent", "TerminalProgress", "human_bytes", "progress_line"]
 
 
 class Progress(Protocol):
@@ -51,6 +51,13 @@ class NoProgress:
         print(f"sruns-stream: {message}", file=self._stream)
 
     def close(self) -> None:
+        pass
+
+
+class Silent(NoProgress):
+    """``-q``: not even the notes; errors still reach stderr (they are not notes)."""
+
+    def note(self, message: str) -> None:
         pass
 
 

@@ -11,6 +11,7 @@ process (``helpers.run_in_process``) unless a real process is the point.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,6 +32,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # default in every process the tests start.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # No command in a test finds this machine's config (`config.find_config`): a test
+    # that wants one gives it, or points these at its own.
+    os.environ.pop("SRUNS_STREAM_CONFIG", None)
+    os.environ["SRUNS_STREAM_SYSTEM_CONFIG"] = str(Path(__file__).resolve().parent / "no-system-config.json")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -36,7 +36,8 @@ from helpers import (
 
 from sruns_stream.state.journal import Journal
 
-FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--json")
+# --not-finished: these folders are made to test trust, not completion markers.
+FLAGS = ("--block-size", "64K", "--sync-interval", "1M", "--threads", "2", "--json", "--not-finished")
 
 
 def _archive(
@@ -499,7 +500,7 @@ def test_a_second_writer_with_another_journal_is_told_so(tmp_path: Path) -> None
         second = _archive(run, dest, tmp_path, db=tmp_path / "b.db")
     finally:
         first.send_signal(signal.SIGCONT)
-    _one_error(second, 1, "another process is writing")
+    _one_error(second, 75, "another process is writing")  # temporary: once the first is done, it works
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     gnu_untar(Path(json.loads(out)["location"]), tmp_path / "out")

@@ -16,7 +16,7 @@ class _StoppedWhileParsing:
     real process the signal lands in argument parsing only when start-up is slow (a
     loaded machine did it once in a whole-suite run), a moment no test can aim at."""
 
-    def parse_args(self, argv: object) -> object:
+    def parse_known_args(self, argv: object) -> object:
         cli._raise_interrupt(signal.SIGTERM, None)
         raise AssertionError("unreachable")
 

@@ -30,7 +30,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "RunInfo.xml").write_bytes(b'<?xml version="1.0"?>\n<RunInfo/>\n')
     (root / "Data" / "random.bin").write_bytes(random.Random(3).randbytes(3 << 20))
     proc = run_in_process("archive", str(root), "--dest", str(base / "dest"), "--journal", str(base / "sruns.db"),
-                          "--json", *ACCESS, cwd=base)
+                          "--json", "--not-finished", *ACCESS, cwd=base)  # a folder with no markers
     assert proc.returncode == 0, proc.stderr
     return Path(json.loads(proc.stdout)["location"]).parent
 
@@ -161,7 +161,7 @@ def test_a_journal_checkpoint_out_of_range_is_one_line(made: Path, tmp_path: Pat
     _one_line(proc, f"run {RUN!r}", repr(value), "damaged")
     root = made.parent.parent / "runs" / RUN
     proc = run_in_process("archive", str(root), "--dest", str(tmp_path / "dest"), "--journal", str(journal), *ACCESS,
-                          cwd=tmp_path)
+                          "--not-finished", cwd=tmp_path)
     assert proc.returncode == 1 and not (tmp_path / "dest").exists()
     _one_line(proc, f"run {RUN!r}", repr(value), "damaged")
 

@@ -47,8 +47,8 @@ def run(tmp_path: Path) -> Path:
 
 
 def _archive(run: Path, dest: str, cwd: Path, *extra: str) -> dict[str, Any]:
-    proc = run_in_process("archive", str(run), "--dest", dest, "--journal", str(cwd / "sruns.db"), "--json", *ACCESS,
-                          *extra, cwd=cwd)
+    proc = run_in_process("archive", str(run), "--not-finished", "--dest", dest, "--journal", str(cwd / "sruns.db"),
+                          "--json", *ACCESS, *extra, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

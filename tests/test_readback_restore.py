@@ -62,10 +62,11 @@ def novaseq(make_run) -> Path:
 @pytest.mark.timeout(60)
 def test_realruns_pieces_round_trip(tmp_path: Path) -> None:
     assert REALRUNS is not None
-    # Every piece in one folder: one archive and one restore keep the test quick.
+    # Every piece in one folder: one archive and one restore keep the test quick. One
+    # level down: a folder whose own folders are runs is refused (a watch directory).
     run = tmp_path / "src" / "REALRUNS_ALL"
     for piece in sorted(p for p in REALRUNS.iterdir() if p.is_dir()):
-        shutil.copytree(piece, run / piece.name, symlinks=True)
+        shutil.copytree(piece, run / "pieces" / piece.name, symlinks=True)
     archive = archived(run, str(tmp_path / "d"), tmp_path)
     report = _restore(str(archive), tmp_path / "out")
     assert report.ok, report.problems

@@ -147,7 +147,7 @@ def test_a_failed_manifest_upload_names_no_session_on_stderr_or_in_the_journal(g
                        "--config", str(conf), "--journal", str(db), cwd=tmp_path,
                        env={"STORAGE_EMULATOR_HOST": proxy.url}, timeout=150)
         ids = _manifest_sessions(proxy)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 75, proc.stderr  # a 503 that outlasted its retries: temporary
     last_error = journal_row(db, RUN)["last_error"]
     outlets = {"stderr": proc.stderr, "stdout": proc.stdout, "journal": last_error}
     assert not _leaks(ids, **outlets), sorted(_leaks(ids, **outlets))

@@ -512,7 +512,7 @@ def test_a_403_is_the_same_line_for_an_upload_a_compose_a_list_and_a_read(
         proxy.add(Fault("status", status=403, target="chunk", body=_DENIED))
         proc = run_cli("archive", str(other), "--dest", dest, *FLAGS, "--journal", str(tmp_path / "b.db"),
                        cwd=tmp_path, env=env)
-        assert proc.returncode == 1
+        assert proc.returncode == 1  # not 75: this will not work until someone grants the permission
         lines["writing"] = proc.stderr.strip().splitlines()[-1].removeprefix("sruns-stream: error: ")
         # A read: verify looks the archive up (a call through google-cloud-storage).
         proxy.clear()
@@ -559,7 +559,7 @@ def test_the_upload_retries_setting_bounds_the_retries_of_a_compose(gcs, make_ru
                        "--config", str(conf), "--journal", str(tmp_path / "sruns.db"),
                        cwd=tmp_path, env={"STORAGE_EMULATOR_HOST": proxy.url})
         composes = proxy.exchanges("compose")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 75, proc.stderr  # temporary: the same command, later, may well work
     assert len(composes) == 3 and all(e.status == 503 for e in composes)
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith(f"sruns-stream: error: composing gs://{gcs.bucket}/{_blob(run)} failed 3 times, "

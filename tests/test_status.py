@@ -216,7 +216,8 @@ def test_status_is_one_line_per_run_with_filters(make_run, tmp_path: Path) -> No
         row = journal_row(db, names["done"])
         table = run_cli("status", "--journal", str(db), cwd=tmp_path)
         assert table.returncode == 0, table.stderr
-        lines = table.stdout.splitlines()
+        config, *lines = table.stdout.splitlines()  # first, which config and journal (issue 24, item 3)
+        assert config.startswith("config: ") and config.endswith(f"journal: {db}")
         assert lines[0].split() == ["RUN", "STATUS", "DONE", "UPDATED", "NOTE"] and set(lines[1]) == {"─"}
         by_name = {line.split()[0]: line for line in lines[2:]}
         assert sorted(by_name) == sorted(names.values()) and len(lines) == 5, table.stdout
@@ -232,14 +233,14 @@ def test_status_is_one_line_per_run_with_filters(make_run, tmp_path: Path) -> No
         def shown(*args: str) -> list[str]:
             proc = run_cli("status", "--journal", str(db), *args, cwd=tmp_path)
             assert proc.returncode == 0, proc.stderr
-            return [line.split()[0] for line in proc.stdout.splitlines()[2:]]
+            return [line.split()[0] for line in proc.stdout.splitlines()[3:]]
 
         assert shown("--failed") == [names["failed"]]
         assert shown("--active") == [names["active"]]
         assert sorted(shown("2401*")) == sorted([names["done"], names["failed"], names["active"]])
         assert shown("*FAILD") == [names["failed"]] and shown("*FAILD", "--active") == []
         nothing = run_cli("status", "--journal", str(db), "--active", "*FAILD", cwd=tmp_path)
-        assert nothing.stdout == "no run matches\n"
+        assert nothing.stdout.splitlines()[1:] == ["no run matches"]  # after the config line
         # One run by its name, or --long: the block with everything.
         one = run_cli("status", "--journal", str(db), names["done"], cwd=tmp_path).stdout
         assert one.startswith(f"{names['done']}  complete\n  archive    {row['location']} (")

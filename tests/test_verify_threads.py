@@ -41,8 +41,9 @@ def _verify(archive: Path, threads: int, cwd: Path) -> tuple[int, dict]:
 @pytest.fixture
 def archived(tmp_path: Path) -> Path:
     run = _run(tmp_path)
-    proc = run_in_process("archive", str(run), "--dest", str(tmp_path / "out"), "--journal", str(tmp_path / "j.db"),
-                          "--block-size", "64K", "--access-interval", "128K", "--json", cwd=tmp_path)
+    proc = run_in_process("archive", str(run), "--not-finished", "--dest", str(tmp_path / "out"),
+                          "--journal", str(tmp_path / "j.db"), "--block-size", "64K", "--access-interval", "128K",
+                          "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return Path(json.loads(proc.stdout)["location"])
 

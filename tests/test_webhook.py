@@ -64,7 +64,8 @@ def test_archived_failed_and_gave_up_are_posted(webhook, tmp_path: Path) -> None
     assert failed["text"].startswith(f"[seq-lab] {bad.name}: failed (attempt 1 of 2)\n")
     assert "cannot write" in failed["facts"]["error"]
     assert gave_up["text"].startswith(f"[seq-lab] {bad.name}: gave up after 2 attempts\n")
-    assert f"sruns-stream retry {bad.name}" in gave_up["text"]
+    # The hint works pasted anywhere: it names the daemon's config.
+    assert f"sruns-stream retry {bad.name} --config {tmp_path / 'conf.json'}" in gave_up["text"]
 
 
 @pytest.mark.timeout(180)

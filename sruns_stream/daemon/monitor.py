@@ -47,6 +47,7 @@ from ..runfolder.completion import CompletionRules, newest_change, run_state
 from ..state.firestore import NoMirror, StatusMirror, fields_from_task
 from ..state.journal import IN_PROGRESS, Journal, Task
 from ..state.process import alive, start_time
+from ..state.status import retry_command
 from ..storage.layout import storage_uri
 from .daemonlog import event
 from .leases import Leases
@@ -110,9 +111,7 @@ class Monitor:
         self._waiting: set[str] = set()  # runs waiting for a quiet folder, logged once
         self._why_waiting: dict[str, str] = {}  # -v: why each run seen is not started, logged when it changes
         self.retention = Retention(config, journal, clock=clock, busy=lambda name: name in self.children)
-        self.rules = CompletionRules(
-            marker_age_s=config.sentinal_file_age_minutes * 60.0, quiet_period_s=float(config.quiet_period_sec)
-        )
+        self.rules = CompletionRules.from_config(config.sentinal_file_age_minutes, config.quiet_period_sec)
         self.log_dir = Path(f"{journal.path}.logs")
         self._once = False
 
@@ -324,7 +323,8 @@ class Monitor:
                 )
             )
         if failures >= self.config.max_attempts:
-            self.notifier.send(MailEvent.gave_up(name, error=error, attempts=failures))
+            self.notifier.send(MailEvent.gave_up(name, error=error, attempts=failures,
+                                                retry=retry_command(name, config=self.config_path)))
         elif failures == 1 and killed is None:
             self.notifier.send(
                 MailEvent.failed(
@@ -433,7 +433,7 @@ class Monitor:
                 return
             if task.gave_up_at is not None:
                 return self._wait(name, f"gave up after {task.failures} failed attempts ({task.last_error}); "
-                                        f"after fixing the cause: sruns-stream retry {name}")
+                                        f"after fixing the cause: {retry_command(name, config=self.config_path)}")
             if task.next_attempt_at is not None and task.next_attempt_at > now:
                 return self._wait(name, f"attempt {task.failures} failed ({task.last_error}); retrying in "
                                         f"{task.next_attempt_at - now:.0f} s")
@@ -482,7 +482,10 @@ class Monitor:
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         cmd = [self.python, "-m", "sruns_stream", "archive", str(rundir), "--config", str(self.config_path),
-               "--journal", str(self.journal.path), "--json"]
+               "--journal", str(self.journal.path), "--json",
+               # The daemon applied the completion rules itself, with its own clock and
+               # quiet periods: the child does not judge the run again.
+               "--not-finished"]
         env = dict(os.environ, SRUNS_PARENT_PID=str(os.getpid()))
         # O_NOFOLLOW: a link planted at the log's name must not make us append elsewhere.
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

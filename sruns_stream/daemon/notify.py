@@ -37,6 +37,7 @@ from typing import Protocol, runtime_checkable
 from .. import __version__
 from ..config import MailConfig
 from ..humanize import ago, exact_bytes, hms, human_rate, ratio
+from ..state.status import retry_command
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -210,14 +211,15 @@ class MailEvent:
         )
 
     @classmethod
-    def gave_up(cls, run: str, *, error: str, attempts: int) -> MailEvent:
-        """Retries for ``run`` are exhausted; the daemon mails this once and stops trying."""
+    def gave_up(cls, run: str, *, error: str, attempts: int, retry: str | None = None) -> MailEvent:
+        """Retries for ``run`` are exhausted; the daemon mails this once and stops trying.
+        ``retry`` is the command that makes it eligible again (`status.retry_command`)."""
         return cls(
             EventKind.GAVE_UP,
             run,
             f"gave up after {attempts} attempts",
             f"Archiving run {run} failed {attempts} times. It will not be retried automatically, "
-            f"and this is the only mail about it. Once the cause is fixed, `sruns-stream retry {run}` "
+            f"and this is the only mail about it. Once the cause is fixed, `{retry or retry_command(run)}` "
             "makes it eligible again.",
             (("run", run), ("last error", _one_line(error)), ("attempts", str(attempts))),
         )

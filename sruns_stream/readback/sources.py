@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import google_crc32c
 
-from ..errors import DestinationError
+from ..errors import DestinationError, temporary
 from ..storage import manifest_tsv
 from ..storage.layout import Location
 from ..storage.manifest_tsv import ManifestRow
@@ -301,10 +301,10 @@ class ResumableReader:
         try:
             piece: bytes = policy.call(lambda _: self._next(), ConnectionDropped, sleep=self._sleep)
         except ConnectionDropped as exc:
-            raise DestinationError(
+            raise temporary(DestinationError(
                 f"reading {self.source.description} failed {self._attempts} times at byte {self.pos} "
                 f"of {self.source.size}, last: {exc}; run the same command again"
-            ) from None
+            )) from None
         piece = piece[: self.end - self.pos]  # never past the size we were told, or the range
         self.pos += len(piece)
         self.crc32c = google_crc32c.extend(self.crc32c, piece)

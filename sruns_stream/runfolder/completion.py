@@ -1,4 +1,5 @@
-"""Is a run folder finished, by its instrument's rules? (Used by the daemon only.)
+"""Is a run folder finished, by its instrument's rules? (The daemon's test before it starts
+a run, and `archive`'s before it archives one by hand: `check_finished`.)
 
 Precedence, covering every Illumina family: ``RunCompletionStatus.xml`` when present
 (``RunCompleted``/``CompletedAsPlanned`` succeed; ``RunErrored``, ``UserEndedEarly``…
@@ -20,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import RunNotFinished, UsageError
 from .safefs import Tree
 
 __all__ = [
     "SUCCESS_STATUSES",
+    "check_finished",
+    "run_folders_in",
     "CompletionRules",
     "RunInfo",
     "RunState",
@@ -54,6 +58,11 @@ class CompletionRules:
         "SequenceComplete.txt",
         "SequencingComplete.txt",
     )
+
+    @classmethod
+    def from_config(cls, sentinal_file_age_minutes: int, quiet_period_sec: int) -> CompletionRules:
+        """The rules the config's keys set: for the daemon, and for `archive` by hand."""
+        return cls(marker_age_s=sentinal_file_age_minutes * 60.0, quiet_period_s=float(quiet_period_sec))
 
 
 @dataclass(frozen=True)
@@ -242,3 +251,39 @@ def run_state(rundir: Path, rules: CompletionRules, now: float) -> RunState:
             return RunState(True, f"{name} present and quiet for {quiet_for:.0f} s", info, family, marker=name)
     markers = ", ".join((rules.status_file, *rules.copy_markers, *rules.rta_markers))
     return RunState(False, f"no completion marker yet (none of {markers})", info, family)
+
+
+def run_folders_in(folder: Path) -> list[str]:
+    """The names of the directories directly in ``folder`` that hold a RunInfo.xml: run
+    folders, so ``folder`` is a watch directory, not a run (links are not followed)."""
+    found = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and _marker_stat(Path(entry.path), "RunInfo.xml"):
+                    found.append(entry.name)
+    except OSError:
+        return []
+    return sorted(found)
+
+
+def check_finished(rundir: Path, rules: CompletionRules, now: float, *, anyway: bool = False) -> RunState | None:
+    """The daemon's completion rules (`run_state`) applied to a run archived by hand.
+    A folder holding run folders (a watch directory) is refused whatever ``anyway`` says:
+    one archive of several runs is never what is wanted. An unfinished run, or a folder
+    that is no run, is refused unless ``anyway`` (`--not-finished`, which the daemon
+    passes: it judged already); then the rules are not applied at all (None), since an
+    RTA-only run's quiet period walks the whole folder."""
+    runs = run_folders_in(rundir)
+    if runs and _marker_stat(rundir, "RunInfo.xml") is None:
+        shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        raise UsageError(f"{rundir} holds run folders ({shown}), it is not one: archive each run folder "
+                         "(or let the daemon watch this directory)")
+    if anyway:
+        return None
+    state = run_state(rundir, rules, now)
+    if not state.complete:
+        what = "is not a run folder" if state.run_info is None else "is not a finished run"
+        raise RunNotFinished(f"{rundir} {what}: {state.reason}; the daemon would not archive it yet. "
+                             "--not-finished archives it anyway")
+    return state

@@ -19,6 +19,12 @@ may read them again after a roll-back) and read where they help. A row it finish
 (``gcp_tarfile`` set) is ``complete``; a row it left half-way (``tarfile`` set: a local
 tarball may still be on disk, perhaps partial) is archived afresh, and the old
 tarball's path is kept in ``legacy_tarfile`` so `status` can say it may be deleted.
+
+The schema's version is SQLite's ``user_version`` (`SCHEMA_VERSION`; 0 in journals from
+before it was recorded, and in sruns-monitor's). A journal from a newer sruns-stream is
+refused before anything is written (`JournalTooNew`). Only a command that writes migrates:
+`Journal(readonly=True)` (status, lookups, dry runs) reads an older journal as it is, its
+missing tables and columns filled in a copy in memory, the file untouched.
 """
 
 from __future__ import annotations
@@ -40,15 +46,15 @@ from typing import Any, Literal, get_args
 
 import google_crc32c
 
-from ..errors import JournalError, redact
+from ..errors import JournalError, JournalTooNew, redact
 from ..runfolder.scan import Entry
 from ..storage.gzipframe import AccessPoint
 from ..storage.layout import destination_of
 from .checkpoint import Checkpoint, Cursor
 
 __all__ = [
-    "ARCHIVED", "IN_PROGRESS", "STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal", "OutboxItem", "SegmentRow",
-    "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c",
+    "ARCHIVED", "IN_PROGRESS", "SCHEMA_VERSION", "STATUSES", "STATUS_MEANINGS", "EntriesWriter", "Journal",
+    "OutboxItem", "SegmentRow", "Task", "WorkflowStatus", "checkpoint_sum", "files_crc32c",
 ]
 
 # sruns-monitor's workflow_status values, in their order.
@@ -88,6 +94,8 @@ IN_PROGRESS: frozenset[WorkflowStatus] = frozenset(
 # be read back. Only `complete` lets the daemon move the run folder.
 ARCHIVED: frozenset[WorkflowStatus] = frozenset({"uploading_complete", "complete"})
 
+# Bumped with every change to _SCHEMA; recorded in the journal as user_version.
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
@@ -327,15 +335,20 @@ def checkpoint_sum(
 class Journal:
     def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         """Open (or create) the journal and bring it up to this schema. ``readonly``
-        writes nothing at all, not even SQLite's ``-wal`` and ``-shm`` files
-        (`archive --dry-run`); it reads a journal of this schema only."""
+        writes nothing at all, not even SQLite's ``-wal`` and ``-shm`` files (`status`,
+        `archive --dry-run`); an older journal is read as this schema, from a migrated copy
+        in memory. A journal of a newer schema is refused either way, before any write."""
         self.path = Path(path)
         self._lock = threading.RLock()
         try:
             if readonly:
                 self._db = _connect_read_only(self.path)
+                if _lacks_schema(self._db):
+                    self._db = _migrated_copy(self._db, self.path)
                 return
-            if not self.path.exists():
+            if self.path.exists():
+                _connect_read_only(self.path).close()  # a newer schema is refused here, untouched
+            else:
                 # Create it 0600 before SQLite does: it will hold session URIs.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             # One connection, shared by the threads of a parallel upload under self._lock.
@@ -346,6 +359,7 @@ class Journal:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._migrate()
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # After the first statements: SQLite has made -wal and -shm by now. A journal
             # that sruns-monitor (or an older sruns-stream) made is 0644 until here.
             self._restrict()
@@ -369,11 +383,9 @@ class Journal:
         """Add the columns of ``table`` in _SCHEMA that an older journal lacks; returns
         the columns it had before."""
         have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-        body = _SCHEMA.split(f"CREATE TABLE IF NOT EXISTS {table} (", 1)[1].split("\n)", 1)[0]
-        for line in body.strip().splitlines():
-            m = re.match(r"\s*(\w+) (.*?),?$", line)
-            if m and m.group(1) not in have and "PRIMARY KEY" not in m.group(2) and m.group(1) != "PRIMARY":
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {m.group(1)} {m.group(2)}")
+        for name, decl in _schema_columns(table):
+            if name not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         return have
 
     def _migrate(self) -> None:
@@ -881,20 +893,58 @@ def files_crc32c(crc: int, files_done: list[tuple[int, int]]) -> int:
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     """A connection that creates no file. Beside a WAL (a process has the journal open, or
     it was not checkpointed) SQLite reads both read-only; without one the file holds every
-    committed transaction, and ``immutable`` keeps SQLite from creating ``-wal``/``-shm``."""
+    committed transaction, and ``immutable`` keeps SQLite from creating ``-wal``/``-shm``.
+    A journal of a newer schema than this one is refused (`JournalTooNew`)."""
     if not path.is_file():
         raise sqlite3.OperationalError("no such file")
     wal = all(os.path.exists(f"{path}{suffix}") for suffix in ("-wal", "-shm"))
     uri = f"{path.absolute().as_uri()}?{'mode=ro' if wal else 'immutable=1'}"
-    db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-    if "status" not in columns:
+    db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
         db.close()
-        raise sqlite3.OperationalError(
-            "it is not an sruns-stream journal yet (sruns-monitor's are migrated by the first command that "
-            "writes them, e.g. `sruns-stream status`)"
+        from .. import __version__
+
+        raise JournalTooNew(
+            f"journal {path} is from a newer sruns-stream (schema {version}; sruns-stream {__version__} knows "
+            f"up to {SCHEMA_VERSION}): upgrade sruns-stream, or give another --journal; the journal was not changed"
         )
     return db
+
+
+def _schema_columns(table: str) -> list[tuple[str, str]]:
+    """``table``'s columns in _SCHEMA, as (name, declaration), its primary key left out."""
+    body = _SCHEMA.split(f"CREATE TABLE IF NOT EXISTS {table} (", 1)[1].split("\n)", 1)[0]
+    columns = []
+    for line in body.strip().splitlines():
+        m = re.match(r"\s*(\w+) (.*?),?$", line)
+        if m and "PRIMARY KEY" not in m.group(2) and m.group(1) != "PRIMARY":
+            columns.append((m.group(1), m.group(2)))
+    return columns
+
+
+def _lacks_schema(db: sqlite3.Connection) -> bool:
+    """Whether a table or column of this schema is missing (a journal an older tool made)."""
+    for table in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \(", _SCHEMA):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have or any(name not in have for name, _ in _schema_columns(table)):
+            return True
+    return False
+
+
+def _migrated_copy(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
+    """An older journal, copied into memory and migrated there: what `status` shows of a
+    journal sruns-monitor made, with the file left as it is."""
+    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    try:
+        db.backup(memory)
+    finally:
+        db.close()
+    copy = Journal.__new__(Journal)
+    copy.path, copy._lock, copy._db = path, threading.RLock(), memory
+    memory.executescript(_SCHEMA)
+    copy._migrate()
+    return memory
 
 
 # Each checkpoint field's range, in Checkpoint's order (raw and archive offsets, crc32,

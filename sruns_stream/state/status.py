@@ -21,8 +21,10 @@ import fnmatch
 import io
 import json
 import os
+import shlex
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from ..humanize import ago, crc32c_base64, hms, human_bytes, human_rate, iso_time, local_time
@@ -31,7 +33,19 @@ from ..storage.prices import MINIMUM_DAYS, estimate
 from .journal import ARCHIVED, IN_PROGRESS, Task
 from .process import alive
 
-__all__ = ["render_json", "render_table", "render_text", "run_view", "select", "watch"]
+__all__ = ["render_json", "render_table", "render_text", "retry_command", "run_view", "select", "watch"]
+
+
+def retry_command(run: str, config: Path | None = None, journal: Path | None = None) -> str:
+    """The `sruns-stream retry` command a hint prints (status, the daemon's log, the
+    gave-up mail and webhook): with the config or journal it needs, so that pasted in any
+    directory it acts on the same journal; quoted for a POSIX shell."""
+    words = ["sruns-stream", "retry", run]
+    if config is not None:
+        words += ["--config", str(config)]
+    if journal is not None:
+        words += ["--journal", str(journal)]
+    return shlex.join(words)
 
 
 # The price table's region and per-class overrides (`storage.prices.estimate`).
@@ -258,11 +272,13 @@ def _when(ts: float, now: float) -> str:
 
 def render_text(
     tasks: list[Task], now: float, done: Mapping[str, tuple[int, int]] | None = None, prices: Prices = DEFAULT_PRICES,
+    retry: Callable[[str], str] = retry_command,
 ) -> str:
-    """A block per run: a headline, then only the lines that say something."""
+    """A block per run: a headline, then only the lines that say something. ``retry``
+    gives the retry command for a run the daemon gave up on."""
     if not tasks:
         return "no runs in the journal yet\n"
-    return "\n".join(_block(task, now, (done or {}).get(task.name), prices) for task in tasks)
+    return "\n".join(_block(task, now, (done or {}).get(task.name), prices, retry) for task in tasks)
 
 
 def _headline(task: Task, view: dict[str, Any]) -> str:
@@ -277,7 +293,7 @@ def _headline(task: Task, view: dict[str, Any]) -> str:
     return task.status
 
 
-def _block(task: Task, now: float, done: tuple[int, int] | None, prices: Prices = DEFAULT_PRICES) -> str:
+def _block(task: Task, now: float, done: tuple[int, int] | None, prices: Prices, retry: Callable[[str], str]) -> str:
     v = run_view(task, now, done, prices)
     lines = [f"{task.name}  {_headline(task, v)}"]
 
@@ -325,7 +341,7 @@ def _block(task: Task, now: float, done: tuple[int, int] | None, prices: Prices 
     if v["interrupted"]:
         add("stopped", _when(task.interrupted_at or now, now))
     if task.gave_up_at is not None:
-        add("gave up", f"{_when(task.gave_up_at, now)}; after fixing the cause: sruns-stream retry {task.name}")
+        add("gave up", f"{_when(task.gave_up_at, now)}; after fixing the cause: {retry(task.name)}")
     elif task.next_attempt_at is not None and task.status != "complete":
         add("retry", f"{local_time(task.next_attempt_at)} ({ago(now - task.next_attempt_at)})")
     if task.session_started_at and task.status != "complete":

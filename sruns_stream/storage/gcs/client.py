@@ -32,7 +32,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse  # type: ignore[import-untyped]
 
-from ...errors import ConfigError, DestinationError, IntegrityError, UploadError
+from ...errors import EXIT_TEMPORARY, ConfigError, DestinationError, IntegrityError, UploadError, temporary
 from ..retry import RETRY, RetryPolicy, pause
 
 __all__ = [
@@ -177,6 +177,8 @@ class Transient(DestinationError):
     last attempt it becomes the caller's error class, saying how often it was tried
     (`exhausted`). ``doing``, ``where`` and ``why`` are the parts of its one line."""
 
+    exit_code = EXIT_TEMPORARY  # should one ever reach the CLI unconverted
+
     def __init__(self, doing: str, where: str, why: str) -> None:
         super().__init__(f"{doing} {where}: {why}")
         self.doing, self.where, self.why = doing, where, why
@@ -263,7 +265,9 @@ def translate(
 
 def exhausted(last: Transient, attempts: int, error: type[DestinationError] = DestinationError) -> DestinationError:
     """What a transient failure becomes once the retries are spent."""
-    return error(f"{last.doing} {last.where} failed {attempts} times, last: {last.why}; run the same command again")
+    return temporary(
+        error(f"{last.doing} {last.where} failed {attempts} times, last: {last.why}; run the same command again")
+    )
 
 
 def request(client: Client, method: str, url: str, **kwargs: Any) -> requests.Response:
