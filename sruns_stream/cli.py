@@ -623,14 +623,17 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
             return status.render_json(tasks, now, compact=args.watch, done=done, prices=prices)
         # Which config (and so which journal) this is: `status` in the wrong place must not
         # pass for the daemon's view.
-        source = f"config: {args.config_source.describe()}; journal: {Path(journal.path).absolute()}\n"
+        source = f"config: {args.config_source.describe()}; journal: {Path(journal.path).absolute()}"
+        size = shutil.get_terminal_size((120, 40))
+        if terminal and len(source) > size.columns:  # one line on a terminal, as the table's notes
+            source = source[: size.columns - 1] + "…"
+        source += "\n"
         if every and not tasks:
             return source + "no run matches\n"
         if args.long or one_run:
             return source + status.render_text(tasks, now, done, prices,
                                                retry=lambda run: _retry_hint(args, run, config))
         # A terminal's width (a long note cut); not a terminal, nothing is cut (grep sees it all).
-        size = shutil.get_terminal_size((120, 40))
         return source + status.render_table(tasks, now, done, width=size.columns if terminal else 100_000,
                                             height=size.lines - 2 if args.watch and terminal else None,
                                             terminal=terminal)

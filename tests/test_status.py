@@ -242,9 +242,9 @@ def test_status_is_one_line_per_run_with_filters(make_run, tmp_path: Path) -> No
         nothing = run_cli("status", "--journal", str(db), "--active", "*FAILD", cwd=tmp_path)
         assert nothing.stdout.splitlines()[1:] == ["no run matches"]  # after the config line
         # One run by its name, or --long: the block with everything.
-        one = run_cli("status", "--journal", str(db), names["done"], cwd=tmp_path).stdout
+        one = run_cli("status", "--journal", str(db), names["done"], cwd=tmp_path).stdout.split("\n", 1)[1]
         assert one.startswith(f"{names['done']}  complete\n  archive    {row['location']} (")
-        long = run_cli("status", "--journal", str(db), "--long", "--failed", cwd=tmp_path).stdout
+        long = run_cli("status", "--journal", str(db), "--long", "--failed", cwd=tmp_path).stdout.split("\n", 1)[1]
         assert long.startswith(f"{names['failed']}  not_running: failed\n") and "\n  error      cannot write" in long
         as_json = json.loads(run_cli("status", "--journal", str(db), "--json", "--failed", cwd=tmp_path).stdout)
         assert [r["name"] for r in as_json] == [names["failed"]]
@@ -287,8 +287,9 @@ def test_watch_fits_the_terminal_most_pressing_runs_first(make_run, tmp_path: Pa
     plain = re.sub(r"\x1b\[[0-9;]*m", "", frame).replace("\r", "")  # the colours aside
     lines = plain.rstrip("\n").split("\n")
     assert len(lines) <= rows - 1 and all(len(line) <= cols for line in lines), lines
-    assert lines[0].split() == ["RUN", "STATUS", "DONE", "UPDATED", "NOTE"]
-    listed = [line.split()[0] for line in lines[2:-1]]
+    assert lines[0].startswith("config: ")  # which config and journal, cut to the width (issue 24, item 3)
+    assert lines[1].split() == ["RUN", "STATUS", "DONE", "UPDATED", "NOTE"]
+    listed = [line.split()[0] for line in lines[3:-1]]
     # What matters most first: the running archive, then the failure, then the most
     # recently updated (the journal's updated_at is the oracle).
     updated = {name: row["updated_at"] for name, row in journal_rows(db).items()}
