@@ -450,8 +450,7 @@ class ConfigSource:
 
     def describe(self) -> str:
         if self.path is None:
-            return (f"none (no --config, no ${CONFIG_ENV}, no {system_config()}): "
-                    "the journal is ./sruns.db of the current directory")
+            return f"none (no --config, no ${CONFIG_ENV}, no {system_config()})"
         found = {"--config": "given with --config", "system": "the system config"}.get(self.how, f"from {self.how}")
         return f"{self.path} ({found})"
 
