@@ -88,8 +88,8 @@ def test_a_credentials_file_that_is_missing_or_broken_is_named(tmp_path: Path, c
     run = tmp_path / "watch" / "RUN"
     run.mkdir()
     (run / "RunInfo.xml").write_text("<RunInfo/>")
-    archive = run_cli("archive", str(run), "--dest", "gs://some-bucket/runs", "--journal", str(tmp_path / "a.db"),
-                      cwd=tmp_path, env=env)
+    archive = run_cli("archive", str(run), "--not-finished", "--dest", "gs://some-bucket/runs",
+                      "--journal", str(tmp_path / "a.db"), cwd=tmp_path, env=env)
     # (google-auth lists the missing fields of a key in no fixed order)
     assert archive.returncode == 2 and archive.stderr.count("\n") == 1, archive.stderr
     assert archive.stderr.split(" missing fields")[0] == proc.stderr.split(" missing fields")[0]
