@@ -18,15 +18,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from . import __version__, cpu, stopping
-from .archiver.run import archive_run, check_places
-from .config import ArchiveOptions, Config, load_config, with_overrides
+from . import __version__, stopping
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Interrupted, SrunsError, UsageError, redact
-from .progress import NoProgress, Progress, TerminalProgress
-from .runfolder.exclude import check_patterns
-from .state.journal import Journal
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .progress import Progress
+    from .state.journal import Journal
+
+# Each command imports what it uses when it runs (the archiver, GCS, the journal):
+# `--version`, `--help` and a usage error start in a few tens of milliseconds.
 
 __all__ = ["main", "main_cli"]
 
@@ -154,17 +157,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from .config import Config, load_config
+
     return load_config(args.config) if args.config else Config()
 
 
 def _journal(args: argparse.Namespace, config: Config) -> Journal:
-    return Journal(args.journal or config.sqlite_db)
+    from .state.journal import Journal
+
+    return Journal(getattr(args, "journal", None) or config.sqlite_db)
+
+
+def _progress(err: TextIO, quiet: bool) -> Progress:
+    """A live bar on a terminal, unless the output is for a program."""
+    from .progress import NoProgress, TerminalProgress
+
+    return TerminalProgress(err) if err.isatty() and not quiet else NoProgress(err)
 
 
 def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import cpu
+    from .archiver.run import archive_run, check_places
+    from .config import with_overrides
+    from .runfolder.exclude import check_patterns
+
     config = _load(args)
     compression = args.compression or ("level" if args.level is not None else None)
-    options: ArchiveOptions = with_overrides(
+    options = with_overrides(
         config.archive,
         threads=args.threads,
         level=args.level,
@@ -186,7 +205,7 @@ def _archive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         plan = plan_archive(args.rundir, dest, options, args.journal or config.sqlite_db, force=args.force)
         print(json.dumps(plan.as_dict(), sort_keys=True) if args.json else plan.summary(), file=out)
         return EXIT_OK
-    progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
+    progress = _progress(err, args.json)
     check_places(args.rundir, dest, args.journal or config.sqlite_db)  # before the journal is created
     journal = _journal(args, config)
     # From here a signal stops the archive at its next block, never mid-statement.
@@ -212,9 +231,9 @@ def _monitor(args: argparse.Namespace) -> int:
     from .state.firestore import open_mirror
 
     daemonlog.configure(verbose=args.verbose, fmt=args.log_format)
-    config = load_config(args.config)
+    config = _load(args)
     Monitor.check(config, args.config)  # before the journal is created
-    journal = Journal(config.sqlite_db)
+    journal = _journal(args, config)
     # The optional parts: mail (none without a mail block), the Firestore mirror (none
     # without a collection) and run leases (only with Firestore: they live there).
     prefix = config.name or DEFAULT_SUBJECT_PREFIX
@@ -242,10 +261,11 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import cpu
     from .readback import RestoreReport, VerifyReport, restore_archive, verify_archive
 
     config = _load(args)
-    progress: Progress = TerminalProgress(err) if err.isatty() and not args.json else NoProgress(err)
+    progress = _progress(err, args.json)
     # A journal is only needed to find a run by name; never create one for a path or URL.
     journal = _lookup_journal(args, config)
     report: VerifyReport | RestoreReport
@@ -270,6 +290,8 @@ def _read_back(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _lookup_journal(args: argparse.Namespace, config: Config) -> Journal | None:
+    from .state.journal import Journal
+
     """The journal a run name is looked up in, if there is one; never created for a path or URL."""
     db = args.journal or config.sqlite_db
     return Journal(db) if "/" not in args.source and Path(db).exists() else None
@@ -284,10 +306,10 @@ def _members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         if args.command == "ls":
             _, rows = list_members(args.source, patterns=args.include, journal=journal,
-                                   collection=config.firestore_collection, progress=NoProgress(err))
+                                   collection=config.firestore_collection, progress=_progress(err, True))
             out.write(render_listing(rows, long=args.long, as_json=args.json))
             return EXIT_OK
-        progress: Progress = TerminalProgress(err) if err.isatty() else NoProgress(err)
+        progress = _progress(err, False)
         binary = getattr(out, "buffer", None)
         if binary is None:
             raise UsageError("cat writes bytes: its output must be a file or pipe")
@@ -311,7 +333,7 @@ def _existing_journal(args: argparse.Namespace, config: Config) -> Journal:
             f"no journal at {path.absolute()} ({given}): give --journal FILE, or --config FILE whose sqlite_db "
             "names it"
         )
-    return Journal(path)
+    return _journal(args, config)
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_in_process
+from helpers import run_in_process, tree
 
 from sruns_stream.storage.manifest_tsv import parse
 
@@ -76,3 +76,22 @@ def test_a_flipped_byte_in_a_member_spanning_access_points_is_named(archived: Pa
         assert code == 1 and not report["ok"] and report["damaged"], threads
         assert any("big.bin" in p and "crc32c" in p for p in report["problems"]), report["problems"]
     os.unlink(archived)
+
+
+def test_restore_on_threads_checks_each_member_with_the_workers_crc32c(archived: Path, tmp_path: Path) -> None:
+    """Restore on two threads: the tree is the run folder's, byte for byte; with a byte
+    flipped in big.bin's data (it spans access points), big.bin is removed, not restored."""
+    run = tmp_path / "240101_M00001_0001_000000000-VTHRD"
+    proc = run_in_process("restore", str(archived), str(tmp_path / "back"), "--threads", "2", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert tree(tmp_path / "back" / run.name) == tree(run)
+    member = (run / "big.bin").read_bytes()
+    data = bytearray(archived.read_bytes())
+    data[data.index(member[400_000:400_064]) + 10] ^= 0x5A
+    archived.write_bytes(bytes(data))
+    proc = run_in_process("restore", str(archived), str(tmp_path / "again"), "--threads", "2", "--json", cwd=tmp_path)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["failed"] == 1 and any("big.bin" in p and "removed" in p for p in report["problems"])
+    assert not (tmp_path / "again" / run.name / "big.bin").exists()
+    assert (tmp_path / "again" / run.name / "RunInfo.xml").read_bytes() == (run / "RunInfo.xml").read_bytes()

@@ -19,10 +19,23 @@ pipeline, one module per layer:
 
 from __future__ import annotations
 
-from . import restore, verify
-from .report import RestoreReport, VerifyReport
+from typing import TYPE_CHECKING, Any
 
-restore_archive = restore.restore_archive
-verify_archive = verify.verify_archive
+if TYPE_CHECKING:
+    from .report import RestoreReport, VerifyReport
+    from .restore import restore_archive
+    from .verify import verify_archive
 
 __all__ = ["RestoreReport", "VerifyReport", "restore_archive", "verify_archive"]
+
+_HOMES = {"RestoreReport": "report", "VerifyReport": "report", "restore_archive": "restore",
+          "verify_archive": "verify"}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported when first used (PEP 562): `ls` and `cat` load neither verify nor restore.
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

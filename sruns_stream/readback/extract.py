@@ -31,8 +31,6 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import google_crc32c
-
 from ..errors import DestinationNotWritable, DiskFull
 from ..runfolder.safefs import DIR_MODE
 from ..storage.manifest_tsv import ManifestRow
@@ -222,11 +220,8 @@ class Extractor:
         fd = os.open(tmp, flags, 0o600, dir_fd=parent)
         placed = False
         try:
-            crc = 0
             out = _HoleyWriter(fd)
-            for piece in tar.data():
-                out.write(piece)
-                crc = google_crc32c.extend(crc, piece)
+            crc = tar.file_crc32c(out.write)
             out.finish()
             if row is not None:
                 bad = content_vs_row(member, crc, row)

@@ -162,7 +162,7 @@ def _restore(
                 progress.note(f"{exc}: reading the archive without it")
                 points = None
             stream = MemberStream(src, progress, files_total if manifest is not None else None, lambda: report.files,
-                                  points, threads)
+                                  points, threads, manifest)
         try:
             for member, tar in stream.walk():
                 report.members += 1

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-import google_crc32c
-
 from ..progress import Progress
 from ..stopping import STOP
 from ..storage.gzipframe import AccessPoint
@@ -38,7 +36,7 @@ class MemberStream:
     ) -> None:
         """``points`` (the archive's access points) with ``threads`` > 1: inflated on
         that many threads (`ParallelGzipLayer`), which also checksum the members where
-        the ``manifest`` places them (`file_crc32c`); else in this one."""
+        the ``manifest`` places them (`TarMembers.file_crc32c`); else in this one."""
         self.src = src
         self.reader = ResumableReader(src.data, note=progress.note)
         self.gzip: GzipLayer | ParallelGzipLayer | None = None
@@ -57,7 +55,7 @@ class MemberStream:
             progress.update(self.reader.pos, self.raw, files_done() if files_done is not None else None)
             return piece
 
-        self.members = TarMembers(pull)
+        self.members = TarMembers(pull, self.gzip if isinstance(self.gzip, ParallelGzipLayer) else None)
         # The bar counts stored bytes read out of the object's size (the only total known
         # before the end); its second figure is the tar bytes they inflated to.
         progress.start(src.data.size, 0, files_total)
@@ -66,19 +64,6 @@ class MemberStream:
         """Each member, with the parser its data is read from."""
         for member in self.members:
             yield member, self.members
-
-    def file_crc32c(self, member: Member) -> int:
-        """The crc32c of the data of ``member``, the file just parsed, which it consumes:
-        from the inflating workers where they checksummed it, else computed here."""
-        tar = self.members
-        start = tar.raw_offset  # the header is consumed: the data starts here
-        if isinstance(self.gzip, ParallelGzipLayer) and self.gzip.planned(start, member.size):
-            tar.skip_data()
-            return self.gzip.member_crc32c(start, member.size)
-        crc = 0
-        for piece in tar.data():
-            crc = google_crc32c.extend(crc, piece)
-        return crc
 
     def close(self) -> None:
         if isinstance(self.gzip, ParallelGzipLayer):

@@ -15,7 +15,9 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
+
+import google_crc32c
 
 from .damage import MAX_EXTENDED, ArchiveDamaged
 
@@ -111,6 +113,15 @@ def _pax_records(data: bytes, offset: int) -> dict[bytes, bytes]:
     return records
 
 
+class Checksums(Protocol):
+    """Who computed member data crc32c elsewhere (`pgunzip.ParallelGzipLayer`), by the
+    member data's tar offset and size."""
+
+    def planned(self, start: int, size: int) -> bool: ...
+
+    def member_crc32c(self, start: int, size: int) -> int: ...
+
+
 class TarMembers:
     """Iterate a tar stream's members; after each one, `data()` yields its bytes.
 
@@ -123,8 +134,9 @@ class TarMembers:
     uncopied unless a piece straddles a member boundary.
     """
 
-    def __init__(self, pull: Callable[[], bytes]) -> None:
+    def __init__(self, pull: Callable[[], bytes], checksums: Checksums | None = None) -> None:
         self._pull = pull
+        self._checksums = checksums
         self._pieces: deque[bytes] = deque()
         self._off = 0  # bytes of _pieces[0] already consumed
         self._avail = 0  # bytes in _pieces not yet consumed
@@ -184,9 +196,27 @@ class TarMembers:
             self._left -= len(piece)
             yield piece
 
+    def file_crc32c(self, sink: Callable[[bytes], object] | None = None) -> int:
+        """Consume the current member's data, handing each piece to ``sink`` if given, and
+        return its crc32c: from the inflating workers where they checksummed it
+        (``checksums``), else computed here."""
+        start, size = self.raw_offset, self._left
+        if self._checksums is not None and self._checksums.planned(start, size):
+            if sink is None:
+                self.skip_data()
+            else:
+                for piece in self.data():
+                    sink(piece)
+            return self._checksums.member_crc32c(start, size)
+        crc = 0
+        for piece in self.data():
+            if sink is not None:
+                sink(piece)
+            crc = google_crc32c.extend(crc, piece)
+        return crc
+
     def skip_data(self) -> None:
-        """Consume the current member's data without copying it (its checksum is known
-        from elsewhere: `pgunzip.ParallelGzipLayer.member_crc32c`)."""
+        """Consume the current member's data without copying it."""
         while self._left:
             if not self._avail and not self._more():
                 raise ArchiveDamaged(

@@ -146,7 +146,7 @@ def _verify_member(
     content_differs = False
     crc = None
     if member.kind == "f":
-        crc = stream.file_crc32c(member)
+        crc = stream.members.file_crc32c()
         report.files += 1
         report.data_bytes += member.size
     name = show(member.name)
