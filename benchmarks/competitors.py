@@ -136,7 +136,9 @@ def sruns_stream(compression: str, dest: str, *options: str, setting: str | None
 def _before(ds: Dataset, tools: Tools, scratch: Path) -> Command:
     assert tools.before_tree is not None
     cmd = sruns_stream_command(ds, tools, scratch, "local")
-    return dataclasses.replace(cmd, env={**cmd.env, "PYTHONPATH": str(tools.before_tree)})
+    # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (this checkout,
+    # today's code) ahead of PYTHONPATH on sys.path.
+    return dataclasses.replace(cmd, env={**cmd.env, "PYTHONPATH": str(tools.before_tree), "PYTHONSAFEPATH": "1"})
 
 
 def _ceiling(threads: int | None = None) -> Builder:

@@ -356,3 +356,23 @@ def test_serial_share_net_of_the_fixed_cost(tmp_path: Path) -> None:
     share = net_share(row, fixed)
     assert share is not None and abs(share - 0.10) < 1e-9
     assert net_share(row, None) is None
+
+
+def test_the_before_row_runs_the_code_before_issue_21(tmp_path: Path) -> None:
+    """Oracle: the sruns_stream package the BEFORE row's environment imports, from this
+    checkout's working directory (where `python -m` would find today's code first), is the
+    one `git archive` exported, and git has that commit."""
+    import os
+    import subprocess
+
+    from benchmarks.competitors import export_before
+
+    tools = Tools(threads=1, scratch=tmp_path)
+    export_before(tools)
+    if "before" in tools.missing:
+        pytest.skip(tools.missing["before"])  # a shallow clone has no such commit
+    by_name = {c.name: c for c in main_competitors()}
+    cmd = by_name[BEFORE].build(_fake_dataset(tmp_path, "MiSeq"), tools, tmp_path / "x")
+    found = subprocess.run([sys.executable, "-c", "import sruns_stream; print(sruns_stream.__file__)"],
+                           cwd=REPO, env={**os.environ, **cmd.env}, capture_output=True, text=True, check=True)
+    assert tools.before_tree is not None and Path(found.stdout.strip()).is_relative_to(tools.before_tree)
