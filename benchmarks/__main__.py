@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Throughput of sruns-stream against every alternative, on the same generated data.",
     )
     p.add_argument("--quick", action="store_true",
-                   help="every scenario on smaller data, fewer rows (about 7 minutes on 2 cores)")
+                   help="every scenario on smaller data, fewer rows (about 10 minutes on 2 cores)")
     p.add_argument("--reps", type=int, help="interleaved repetitions per row (default 3)")
     p.add_argument("--threads", type=int, help="threads for pigz and the ceiling (default: all usable cores)")
     p.add_argument("--label", help="names the results file (default: the host name)")
