@@ -4,9 +4,10 @@ Quick mode (about 10 minutes on this loaded 2-core VM) runs every scenario of th
 once, each with the competitors its targets need, on data sized so that the rows of the
 page-cache table take seconds, not tenths: a 218 MB, 5,500-file MiSeq-style run, a
 256 MiB NovaSeq-style run and 55,000 files of ~4 KB (issue 21's 50k+ small files); and the
-thread scaling at 1..cores threads on the last two, which issue 21 asks of every run. On this VM those rows still last only 1-2 s, so start-up
-(~0.2-0.3 s, reported separately and checked against every row) is 10-25 % of the
-fastest; no quick mode of ~5 minutes can hold every row above 10 s here. Where a
+thread scaling at 1..cores threads on the last two, which issue 21 asks of every run. On
+this VM those rows still last only 1-2 s, so start-up (~0.1 s since issue 21, reported
+separately and checked against every row) is up to ~10 % of the fastest; no quick mode of
+~5 minutes can hold every row above 10 s here. Where a
 scenario's slowest competitor sets its length (GNU tar on a share at 2 ms per operation:
 ~8 ms per file), quick mode uses a smaller run and the page says so. The
 rows it leaves out are listed in the report as "not run in --quick", never dropped
