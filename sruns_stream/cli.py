@@ -398,6 +398,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except KeyboardInterrupt:  # a SIGTERM or Ctrl-C while the arguments are read
         print(_INTERRUPTED_LINE, file=err)
         return EXIT_INTERRUPTED
+    if args.command in ("archive", "monitor", "verify", "restore"):
+        from . import memory
+
+        memory.one_arena()  # before their threads start
     try:
         if args.command == "archive":
             return _archive(args, out, err)

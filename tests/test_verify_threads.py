@@ -9,6 +9,7 @@ import json
 import os
 import random
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,19 @@ def test_restore_on_threads_checks_each_member_with_the_workers_crc32c(archived:
     assert report["failed"] == 1 and any("big.bin" in p and "removed" in p for p in report["problems"])
     assert not (tmp_path / "again" / run.name / "big.bin").exists()
     assert (tmp_path / "again" / run.name / "RunInfo.xml").read_bytes() == (run / "RunInfo.xml").read_bytes()
+
+
+def test_hints_from_a_lying_manifest_never_decide_a_checksum() -> None:
+    """Spans from a manifest whose rows overlap or run backwards are dropped: every span
+    kept is in order and apart, so the workers checksum all of any member the walk
+    takes a hint for (`within` finds every span a piece overlaps)."""
+    from sruns_stream.readback.pgunzip import MemberSpans
+
+    # (header offset, size), sorted by offset as the walk sorts them: a member larger
+    # than the room before the next row, rows close together, a last one.
+    spans = MemberSpans([(0, 10_000_000), (512, 100), (2048, 50), (4096, 0), (20_000_000, 700)], None)
+    assert all(a + spans.sizes[a] <= b for a, b in pairwise(spans.starts))
+    for lo in range(0, 21_000_000, 999_983):
+        hits = spans.within(lo, lo + 999_983)
+        every = [(a, a + spans.sizes[a]) for a in spans.starts if a < lo + 999_983 and a + spans.sizes[a] > lo]
+        assert hits == every

@@ -173,7 +173,7 @@ class Assembler:
         """The stream took ``block`` in order: every piece before it has been read, so
         a member it ends is checked after reading and its shared descriptor closed."""
         for piece in block.pieces or ():
-            if piece.last:
+            if piece.last and not piece.first:  # a member read whole here was never shared
                 with self._lock:
                     fd = self._open.pop(piece.index, None)
                     self._opening.pop(piece.index, None)

@@ -71,15 +71,19 @@ class MemberSpans:
         non-files as 0."""
         starts: list[int] = []
         sizes: list[int] = []
+        end = 0  # where the last span kept ends
         for k, (offset, size) in enumerate(rows):
             if not size:
                 continue
             following = rows[k + 1][0] if k + 1 < len(rows) else raw_end
             padded = -(-size // 512) * 512
             data = following - padded if following is not None else offset + 512
-            if data >= offset + 512:
+            # Spans in order and apart, as a real archive's are: a manifest that says
+            # otherwise gets no hint there (its members are checksummed by the walk).
+            if data >= offset + 512 and data >= end:
                 starts.append(data)
                 sizes.append(size)
+                end = data + size
         self.starts = starts
         self.sizes = dict(zip(starts, sizes, strict=True))
 

@@ -40,8 +40,6 @@ nowhere else. Messages name a session by the first characters of its upload id.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import queue
@@ -55,7 +53,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from ... import __version__
+from ... import __version__, memory
 from ...config import GCS_CHUNK_QUANTUM, ArchiveOptions
 from ...errors import IntegrityError, UploadError, redact
 from ...stopping import STOP
@@ -87,18 +85,6 @@ from .client import (
 from .parts import Parts
 
 log = logging.getLogger(__name__)
-
-# Chunks are 16 MiB buffers allocated and freed on several threads. glibc keeps what a
-# thread's arena freed for that thread, so each upload stream held on to ~70 MiB more
-# than its two buffers (benchmarks/streams.py: 4 streams peaked at 425 MiB, 305-340 MiB
-# with malloc_trim after each chunk, at the same speed). Elsewhere it is a no-op.
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
-_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)
-
-
-def _give_back_freed_memory() -> None:
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 __all__ = ["SESSION_LIFETIME", "GcsSink"]
 
@@ -173,11 +159,13 @@ class GcsSink:
         self._base = 0  # bytes the server acknowledged; self._buf starts there
         self._buf = bytearray()
         self._base_lock = threading.Lock()  # durable_offset is read from the caller's thread
-        # Caller state: bytes written since the last hand-over; they follow self._buf.
-        self._fill = bytearray()
-        # (bytes, flush): with flush, the uploader also sends what whole 256 KiB units it
+        # Caller state: bytes written since the last hand-over, as written (they follow
+        # self._buf): the stream's thread never copies them; the uploader joins them.
+        self._fill: list[bytes] = []
+        self._filled = 0
+        # (pieces, flush): with flush, the uploader also sends what whole 256 KiB units it
         # holds beyond the last full chunk, so the next checkpoint need not wait for one.
-        self._queue: queue.Queue[tuple[bytearray, bool]] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[tuple[list[bytes], bool]] = queue.Queue(maxsize=1)
         self._idle = threading.Event()  # the uploader holds no chunk it has not sent
         self._idle.set()
         self._stop = threading.Event()
@@ -197,7 +185,7 @@ class GcsSink:
             self._gcs = GcsBucket(self.bucket_name, self._client, retry=self._retry, sleep=self._pause,
                                   timeout=self._timeout)
         self._buf = bytearray()
-        self._fill = bytearray()
+        self._fill, self._filled = [], 0
         self._finished = None
         if state is not None:
             resumed = self._resume(state)
@@ -233,8 +221,9 @@ class GcsSink:
                 f"{self.description} was already committed with {self.durable_offset} bytes, but the "
                 "stream goes on: the stored object is not this archive"
             )
-        self._fill += data
-        if len(self._fill) >= self._chunk:
+        self._fill.append(data)
+        self._filled += len(data)
+        if self._filled >= self._chunk:
             self._hand_over()
 
     def request_durable(self) -> None:
@@ -250,8 +239,8 @@ class GcsSink:
         self._stop_uploader()
         self._raise_error()
         if self._fill:
-            self._buf = self._fill if not self._buf else self._buf + self._fill
-            self._fill = bytearray()
+            self._buf += b"".join(self._fill)
+            self._fill, self._filled = [], 0
         if self._finished is None and self._base + len(self._buf) != info.size:
             raise IntegrityError(
                 f"{self.description}: {self._base + len(self._buf)} bytes were streamed, "
@@ -307,7 +296,7 @@ class GcsSink:
         # Safe to call twice: the uploader is stopped once, the client closed once.
         self._stop_uploader()
         self._buf = bytearray()
-        self._fill = bytearray()
+        self._fill, self._filled = [], 0
         self._close_client()
 
     # -- the uploader thread -----------------------------------------------------------
@@ -332,7 +321,7 @@ class GcsSink:
             self._stop.clear()
             self._thread = threading.Thread(target=self._upload_loop, name=f"gcs-upload-{self.run}", daemon=True)
             self._thread.start()
-        chunk, self._fill = self._fill, bytearray()
+        chunk, self._fill, self._filled = self._fill, [], 0
         self._idle.clear()
         while True:
             try:
@@ -349,11 +338,12 @@ class GcsSink:
                     chunk, flush = self._queue.get(timeout=_POLL)
                 except queue.Empty:
                     continue
-                self._buf = chunk if not self._buf else self._buf + chunk
+                for piece in chunk:
+                    self._buf += piece
                 del chunk
                 while len(self._buf) >= self._chunk and not self._stop.is_set():
                     self._send(total=None)
-                _give_back_freed_memory()
+                memory.give_back()  # chunks are freed here, allocated on the stream's thread (`memory`)
                 if flush and len(self._buf) >= GCS_CHUNK_QUANTUM and not self._stop.is_set():
                     self._send(total=None, partial=True)
                 self._idle.set()
