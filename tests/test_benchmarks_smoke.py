@@ -376,3 +376,21 @@ def test_the_before_row_runs_the_code_before_issue_21(tmp_path: Path) -> None:
     found = subprocess.run([sys.executable, "-c", "import sruns_stream; print(sruns_stream.__file__)"],
                            cwd=REPO, env={**os.environ, **cmd.env}, capture_output=True, text=True, check=True)
     assert tools.before_tree is not None and Path(found.stdout.strip()).is_relative_to(tools.before_tree)
+
+
+def test_amdahl_and_the_scaling_page_is_rendered_from_the_page_it_names() -> None:
+    """docs/scaling.md is `python -m benchmarks.scaling_doc` of the results page it links:
+    change the page, redo the doc (and the template has no number the page cannot give)."""
+    import json
+    import re
+
+    from benchmarks.scaling_doc import TEMPLATE, amdahl, render
+
+    assert amdahl(0.0, 32) == 32 and amdahl(1.0, 32) == 1
+    assert abs(amdahl(0.25, 2) - 1.6) < 1e-9 and abs(amdahl(0.25, 1e12) - 4.0) < 1e-6
+    doc = (REPO / "docs" / "scaling.md").read_text()
+    named = re.search(r"benchmarks/results/([\w.-]+)\.json", doc)
+    assert named, "docs/scaling.md names the page it was computed from"
+    page = REPO / "benchmarks" / "results" / f"{named.group(1)}.json"
+    text = render(json.loads(page.read_text()), page.with_suffix(".md").read_text(), page.stem, TEMPLATE.read_text())
+    assert text == doc
