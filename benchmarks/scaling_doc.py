@@ -114,11 +114,15 @@ def render(page: dict[str, Any], md: str, stem: str, template: str) -> str:
         scaled.append(f"{one['median_seconds'] / two['median_seconds']:.2f}× on {NAMES[label]}")
     v["SCALE12"] = " and ".join(scaled)
     ceiling_nova = raw["NovaSeq"] / MB / _median(ceil, "proc_cpu_s")
-    v["NOVA_VS_CEIL"] = (("less" if rate_nova >= ceiling_nova else "more") + " CPU per byte than the ceiling "
-                         f"({rate_nova:.0f} MB per CPU s net, against {ceiling_nova:.0f})")
+    how = ("about as much CPU per byte as" if abs(rate_nova / ceiling_nova - 1) < 0.05 else
+           "less CPU per byte than" if rate_nova > ceiling_nova else "more CPU per byte than")
+    v["NOVA_VS_CEIL"] = f"{how} the ceiling ({rate_nova:.0f} MB per CPU s net, against {ceiling_nova:.0f})"
     v["NOVA_BEFORE"] = (f"{_median(_row(page, 'main/NovaSeq', BEFORE), 'main_share'):.0%} of it, start-up included, "
                         f"against {_median(ref, 'main_share'):.0%} now")
     v["NOVA_NET"] = f"{s_nova:.0%}"
+    null = _row(page, "scaling/NovaSeq", "sruns-stream auto, 2 threads → null")
+    null_share = (max(_median(null, "main_cpu_s") - fixed_main, 0.0) / (_median(null, "proc_cpu_s") - fixed_proc))
+    v["NOVA_NULL"] = f"{null_share:.0%} at 2 threads"
     ceiling_small = raw["many small files"] / MB / _median(_row(page, "main/many small files", CEILING), "proc_cpu_s")
     v["SMALL_VS_CEIL"] = f"{ceiling_small / rate_small:.1f}"
     v["SMALL_US"], v["SMALL_MAIN_US"] = f"{us_small:.0f}", f"{us_main_small:.0f}"
