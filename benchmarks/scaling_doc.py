@@ -153,6 +153,13 @@ def render(page: dict[str, Any], md: str, stem: str, template: str) -> str:
                       f"{runs * per_run * STREAM_MB_S:,} MB/s | {cpu('MiSeq (many files)', cores, runs):,.0f} MB/s | "
                       f"{cpu('many small files', cores, runs):,.0f} MB/s |")
     v["TABLE5"] = "\n".join(table5)
+    bound_at = []
+    kinds = (("NovaSeq", "CBCL data"), ("MiSeq (many files)", "raw BCL"), ("many small files", "small files"))
+    for label, what in kinds:
+        first = next(((c, r) for c, r, k in VMS if min(cpu(label, c, r), r * k * STREAM_MB_S) > SHARE_MB_S), None)
+        bound_at.append(f"{what} from {first[0]} cores with {first[1]} run{'s' if first[1] > 1 else ''} at once"
+                        if first else f"{what} never in this table (the cores stay the limit)")
+    v["SHAREBOUND"] = "**the share, not the cores, is the limit** for " + "; for ".join(bound_at)
     alone16 = min(rate_nova * amdahl(s_nova, 16), 4 * STREAM_MB_S)
     v["NOVA16"], v["NOVA16_H"] = f"{alone16:,.0f}", f"{11.1e6 / alone16 / 3600:.1f}"
     vm16 = min(cpu("NovaSeq", 16, 4), 4 * 4 * STREAM_MB_S, SHARE_MB_S)
