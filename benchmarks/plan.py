@@ -76,7 +76,7 @@ def thread_counts(cores: int) -> list[int]:
 # The many-files run of issue 11 (5,500 files of ~40 KB, 218 MB) and a NovaSeq-style run.
 MISEQ = DatasetSpec("MiSeq (many files)", "miseq", 218_000_000, seed=11, files=5500)
 NOVASEQ_QUICK = DatasetSpec("NovaSeq", "novaseq", 256 * MiB, seed=12)
-# Issue 21's 50k+ small files: 55,000 files of ~4 KB (~230 MB; generated in ~15 s). Per-file
+# Issue 21's 50k+ small files: 55,000 files of ~4 KB (220 MB; generated in ~15 s). Per-file
 # work dominates here, so the main thread's share on it is what the per-member batching buys.
 MANY_SMALL = DatasetSpec("many small files", "miseq", 220_000_000, seed=21, files=55_000)
 # A 64 KiB run: what every archive costs whatever its size (interpreter, imports, the
