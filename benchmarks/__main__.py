@@ -27,11 +27,22 @@ from pathlib import Path
 
 from . import share, streams
 from .charts import write_scenario_charts
-from .competitors import Competitor, Tools, check_local_tools, probe_gcloud
+from .competitors import Competitor, Tools, check_local_tools, export_before, probe_gcloud
 from .data import DEFAULT_CACHE, REPO, Dataset, GeneratorMissing, prepare, warm_page_cache
 from .machine import describe_machine
 from .measure import RssProbe, interpreter_startup, median
-from .plan import ALL_SECTIONS, MISEQ, Plan, block_rows, chunk_rows, make_plan, scaling_rows
+from .plan import (
+    ALL_SECTIONS,
+    MANY_SMALL,
+    MISEQ,
+    TINY,
+    Plan,
+    block_rows,
+    chunk_rows,
+    fixed_cost_rows,
+    make_plan,
+    scaling_rows,
+)
 from .random_access import access_point_cost, measure_random_access
 from .report import Report, evaluate_targets, render_markdown, slug, write_charts
 from .resume import ResumeSetting, measure_resume
@@ -55,12 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Throughput of sruns-stream against every alternative, on the same generated data.",
     )
     p.add_argument("--quick", action="store_true",
-                   help="every scenario on smaller data, fewer rows (about 7 minutes on 2 cores)")
+                   help="every scenario on smaller data, fewer rows (about 10 minutes on 2 cores)")
     p.add_argument("--reps", type=int, help="interleaved repetitions per row (default 3)")
     p.add_argument("--threads", type=int, help="threads for pigz and the ceiling (default: all usable cores)")
     p.add_argument("--label", help="names the results file (default: the host name)")
     p.add_argument("--only", help=f"comma-separated sections to run ({','.join(SECTIONS)}; default: all the "
-                                  "mode runs; --quick leaves out scaling, blocks and chunks)")
+                                  "mode runs; --quick leaves out blocks and chunks)")
     p.add_argument("--datasets", help="comma-separated data set kinds for the page-cache table (miseq,novaseq)")
     p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated run folders are kept")
@@ -211,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tools = Tools(threads=args.threads or cores, scratch=workroot / "tools")
             tools.scratch.mkdir(parents=True)
             check_local_tools(tools)
+            export_before(tools)
             _check_sruns_gs(tools)
             server = _start_loopback(stack, tools)
             if server is not None:
@@ -232,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         report.left_out[ds.spec.label] = plan.left_out[ds.spec.label]
             scenarios = _run_scenarios(plan, sections, by_label, tools, probe, workroot, args.cache)
             if "scaling" in sections:
+                tiny = prepare(TINY, args.cache, log=_log)
+                _log(f"\n== the fixed cost: {tiny.describe()}")
+                report.fixed = run(fixed_cost_rows(), tiny)
+                sections_rows["fixed cost"] = report.fixed
                 for name in plan.scaling_on:
                     if name in by_label:
                         _log(f"\n== thread scaling on {name}: threads {plan.threads}")
@@ -269,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     drawn, chart_notes = write_scenario_charts(scenarios, report.main, args.results_dir, stem, label)
     report.charts.update(drawn)
     report.notes += chart_notes
-    targets = evaluate_targets(report, MISEQ.label, "NovaSeq") + scenario_targets(
+    targets = evaluate_targets(report, MISEQ.label, "NovaSeq", MANY_SMALL.label) + scenario_targets(
         scenarios, report.main, report.wall_seconds, plan.quick, median(startup))
     startup_lines = [
         (f"`python -m sruns_stream --version` (interpreter and the CLI's imports, nothing else): median "

@@ -8,6 +8,7 @@ skipped with the reason by ``Tools``: nothing is dropped silently.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -20,16 +21,24 @@ from .data import REPO, Dataset
 from .measure import Command
 
 __all__ = [
+    "BEFORE",
+    "BEFORE_REV",
     "BUCKET",
     "Competitor",
     "Tools",
     "main_competitors",
     "sruns_stream",
+    "export_before",
     "sruns_stream_command",
 ]
 
 BUCKET = "bench-bucket"
 REFERENCE = "sruns-stream auto → local"
+# The last commit before issue 21's code (the main thread doing the per-byte work): its row
+# runs interleaved with today's, so "peak RSS within 10 % of before" and the serial share
+# before and after are measured in the same run, not taken from an older page.
+BEFORE_REV = "bb80d58"
+BEFORE = f"sruns-stream before #21 ({BEFORE_REV}) → local"
 
 
 @dataclass
@@ -39,6 +48,7 @@ class Tools:
     threads: int
     scratch: Path  # under the run's one temporary directory
     loopback_url: str | None = None
+    before_tree: Path | None = None  # BEFORE_REV's files (export_before)
     missing: dict[str, str] = field(default_factory=dict)  # need -> reason it is unavailable
 
     def env_gs(self) -> dict[str, str]:
@@ -123,6 +133,14 @@ def sruns_stream(compression: str, dest: str, *options: str, setting: str | None
     )
 
 
+def _before(ds: Dataset, tools: Tools, scratch: Path) -> Command:
+    assert tools.before_tree is not None
+    cmd = sruns_stream_command(ds, tools, scratch, "local")
+    # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (this checkout,
+    # today's code) ahead of PYTHONPATH on sys.path.
+    return dataclasses.replace(cmd, env={**cmd.env, "PYTHONPATH": str(tools.before_tree), "PYTHONSAFEPATH": "1"})
+
+
 def _ceiling(threads: int | None = None) -> Builder:
     def build(ds: Dataset, tools: Tools, scratch: Path) -> Command:
         n = threads or tools.threads
@@ -166,6 +184,7 @@ def main_competitors() -> list[Competitor]:
     rows = [sruns_stream(s, d) for d in ("local", "null", "loopback-gs") for s in ("auto", "level 1", "none")]
     assert rows[0].name == REFERENCE
     rows += [
+        Competitor(BEFORE, "sruns-stream", "before", "local", _before, ("before",)),
         Competitor("tar | isal igzip_threaded -1 (ceiling)", "tar | igzip_threaded", "level 1", "local", _ceiling()),
         Competitor("tar | pigz -1", "tar | pigz", "-1", "local", _pigz, ("pigz",)),
         Competitor("tar -czf", "tar -czf", "gzip -6", "local", _tar_czf, ("gzip",)),
@@ -190,6 +209,25 @@ def check_local_tools(tools: Tools) -> None:
             tools.missing[need] = f"{program} is not installed{hint}"
     if shutil.which("tar") is None:
         raise SystemExit("GNU tar is required by every competitor but sruns-stream")
+
+
+def export_before(tools: Tools) -> None:
+    """``git archive BEFORE_REV`` of this checkout into the scratch directory, for the
+    BEFORE row; when it cannot (no git, a shallow clone) the row is skipped with why."""
+    where = tools.scratch / "before"
+    where.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_REV, "sruns_stream"],
+                                 capture_output=True, check=False)
+    except OSError as exc:
+        tools.missing["before"] = f"git cannot run ({exc.strerror}): no {BEFORE_REV} to compare with"
+        return
+    if archive.returncode != 0:
+        why = archive.stderr.decode(errors="replace").strip().splitlines()
+        tools.missing["before"] = f"git archive {BEFORE_REV} failed: {why[-1] if why else archive.returncode}"
+        return
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True)
+    tools.before_tree = where
 
 
 def probe_gcloud(tools: Tools, timeout: float = 120.0) -> None:

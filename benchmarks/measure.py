@@ -11,6 +11,16 @@ interpreter, imports, the scan) is read by polling the command's local output fi
 its ``.part``) every couple of milliseconds while it runs; commands without a local
 output have none.
 
+CPU and the serial share (issue 21): the command's CPU is ``getrusage(RUSAGE_CHILDREN)``
+around it (exact, every process and thread, ended or not). Its serial part is read two
+ways. sruns-stream reports its own with ``--json`` (``"cpu"``: getrusage and the main
+thread's ``thread_time``, exact); for every other command a thread here polls
+``/proc/PID/task/TID/stat`` of each of the pipeline's processes every 20 ms and keeps each
+thread's last reading, and the busiest single thread of the pipeline is its serial part
+(tar's one thread, a gzip writer's main loop): nothing else can make it go faster. The poll
+misses at most a thread's last 20 ms and counts in clock ticks (10 ms). ``1 / share`` is
+the cap Amdahl puts on the speed-up from any number of cores.
+
 Peak RSS comes from GNU ``/usr/bin/time -f %M`` around each process of the pipeline when
 it is installed, else from a tiny Python wrapper reading ``getrusage(RUSAGE_CHILDREN)``
 after its one child exits. A pipeline's processes run at the same time, so its peak is
@@ -35,7 +45,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Command", "RssProbe", "Sample", "interpreter_startup", "median", "run_command", "sruns_json"]
+__all__ = [
+    "Command",
+    "RssProbe",
+    "Sample",
+    "ThreadCpu",
+    "cpu_measures",
+    "interpreter_startup",
+    "median",
+    "run_command",
+    "sruns_json",
+]
 
 _RUSAGE_WRAPPER = (
     "import resource, subprocess, sys\n"
@@ -131,6 +151,7 @@ class Sample:
     # What a scenario measured beside time and memory, by name: "cpu_s" and "server_cpu_s"
     # (from `run_command`), "archive_bytes", "bytes_sent", "requests", "streams_used", …
     measures: dict[str, float] = field(default_factory=dict)
+    busiest_thread: str = ""  # name of the pipeline's busiest thread (/proc poll), e.g. "tar"
 
     @property
     def ok(self) -> bool:
@@ -182,6 +203,102 @@ class _FirstByte:
         self._thread.join()
 
 
+_CPU_POLL = 0.02
+_TICK = float(os.sysconf("SC_CLK_TCK"))
+
+
+def _tasks_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of ``pid``: its name and CPU seconds (utime + stime) so far."""
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue  # the thread ended between the listing and the read
+        name = stat[stat.find("(") + 1: stat.rfind(")")]
+        fields = stat[stat.rfind(")") + 2:].split()
+        # After the name: state is field 3, utime 14 and stime 15 (proc(5)).
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / _TICK)
+    return out
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it (each thread's ``children`` file, proc(5))."""
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except OSError:
+                continue
+    return found
+
+
+class ThreadCpu:
+    """Every ``_CPU_POLL`` seconds, each thread of ``root``'s process tree: its last CPU
+    reading is kept, so a thread that has ended still counts (all but its last poll)."""
+
+    def __init__(self, root: int, interval: float = _CPU_POLL) -> None:
+        self.threads: dict[tuple[int, int], tuple[str, float]] = {}
+        self._root = root
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="thread-cpu", daemon=True)
+        self._thread.start()
+
+    def poll_once(self) -> None:
+        for pid in _descendants(self._root):
+            for tid, reading in _tasks_cpu(pid).items():
+                self.threads[(pid, tid)] = reading
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+            self._stop.wait(self._interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def busiest(self) -> tuple[str, float]:
+        """The name and CPU seconds of the pipeline's busiest single thread."""
+        return max(self.threads.values(), key=lambda t: t[1], default=("", 0.0))
+
+    @property
+    def total(self) -> float:
+        return sum(cpu for _, cpu in self.threads.values())
+
+
+def cpu_measures(stdout: str, cpu_s: float, busiest_s: float) -> dict[str, float]:
+    """The row's process CPU, its serial thread's CPU and their ratio, as ``Sample.measures``.
+
+    From sruns-stream's own ``--json`` ``"cpu"`` when it printed one (``cpu_from_json`` 1),
+    else the command's total CPU and the busiest polled thread (``cpu_from_json`` 0).
+    """
+    summary = sruns_json(stdout)
+    own = summary.get("cpu") if summary else None
+    if isinstance(own, dict) and own.get("process_cpu_s"):
+        proc, main = float(own["process_cpu_s"]), float(own["main_thread_cpu_s"])
+        return {"proc_cpu_s": proc, "main_cpu_s": main, "main_share": main / proc, "cpu_from_json": 1.0}
+    if cpu_s <= 0:
+        return {}
+    return {"proc_cpu_s": cpu_s, "main_cpu_s": busiest_s, "main_share": min(busiest_s / cpu_s, 1.0),
+            "cpu_from_json": 0.0}
+
+
 def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3600.0) -> Sample:
     """Run ``cmd`` once under bash (``pipefail``), timed, with per-process peak RSS."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -205,6 +322,7 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
             env=env,
             start_new_session=True,
         )
+        threads = ThreadCpu(proc.pid)
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -216,6 +334,7 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
             proc.wait()
             raise
         finally:
+            threads.close()
             if watch is not None:
                 watch.close()
         size = None
@@ -239,7 +358,10 @@ def run_command(cmd: Command, scratch: Path, probe: RssProbe, timeout: float = 3
     # The command's processes (bash waits for each, so they count as our children), and
     # this process meanwhile: the in-process loopback GCS server's work, when one runs.
     cpu = {"cpu_s": _cpu(resource.RUSAGE_CHILDREN) - children, "server_cpu_s": _cpu(resource.RUSAGE_SELF) - own}
-    return Sample(seconds, peak, stage_rss, size, out.decode(errors="replace"), error, first, cpu)
+    busiest_name, busiest_s = threads.busiest
+    cpu.update(busiest_thread_cpu_s=busiest_s, polled_cpu_s=threads.total)
+    cpu.update(cpu_measures(out.decode(errors="replace"), cpu["cpu_s"], busiest_s))
+    return Sample(seconds, peak, stage_rss, size, out.decode(errors="replace"), error, first, cpu, busiest_name)
 
 
 def interpreter_startup(argv: Sequence[str], reps: int, env: Mapping[str, str] | None = None) -> list[float]:

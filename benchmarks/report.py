@@ -13,19 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .competitors import REFERENCE, Competitor
+from .competitors import BEFORE, BEFORE_REV, REFERENCE, Competitor
 from .data import MB, Dataset
 from .measure import median, sruns_json
 from .resume import ResumeResult
 from .scenario import Row
 
 __all__ = [
+    "CPU_HEADERS",
     "Report",
     "Target",
+    "cpu_cells",
     "evaluate_targets",
     "markdown_table",
+    "fixed_cpu",
+    "net_share",
     "ratio",
     "render_markdown",
+    "scaling_by_threads",
     "slug",
     "write_charts",
 ]
@@ -34,6 +39,9 @@ CEILING = "tar | isal igzip_threaded -1 (ceiling)"
 PIGZ = "tar | pigz -1"
 MONITOR = "sruns-monitor's way (tarfile w:gz 9)"
 RSS_LIMIT_MIB = 300
+RSS_GROWTH_LIMIT = 1.10  # issue 21: peak RSS at defaults within 10 % of before it
+# Issue 21: the main thread's share of the process's CPU, per data set label (at most).
+SERIAL_SHARE_LIMITS = {"NovaSeq": 0.15, "many small files": 0.25}
 
 
 def slug(text: str) -> str:
@@ -76,6 +84,25 @@ def _mib(kib: int | None) -> str:
     return "–" if kib is None else f"{kib / 1024:.0f}"
 
 
+CPU_HEADERS = ["CPU s", "serial thread CPU s", "serial share", "cap 1/share"]
+
+
+def cpu_cells(row: Row[Any]) -> list[str]:
+    """Medians of the row's process CPU, its serial thread's CPU (sruns-stream: its main
+    thread from ``--json``; a pipeline: its busiest thread, named, from the /proc poll),
+    the serial share and the cap 1/share (`measure.cpu_measures`)."""
+    proc, main, share = row.median_of("proc_cpu_s"), row.median_of("main_cpu_s"), row.median_of("main_share")
+    if proc is None or main is None or share is None:
+        return ["–"] * len(CPU_HEADERS)
+    from_json = [s.measures.get("cpu_from_json") for s in row.ok_samples]
+    if from_json and all(x == 1.0 for x in from_json):
+        who = "main"
+    else:
+        names = [s.busiest_thread for s in row.ok_samples if s.busiest_thread]
+        who = max(set(names), key=names.count) if names else "?"
+    return [f"{proc:.2f}", f"{main:.2f} ({who})", f"{share:.0%}", _f(1 / share if share > 0 else None, ".1f") + "×"]
+
+
 @dataclass
 class Target:
     text: str
@@ -106,6 +133,7 @@ class Report:
     main: dict[str, list[Row[Competitor]]]  # data set label -> rows
     left_out: dict[str, list[str]]
     scaling: dict[str, list[Row[Competitor]]] = field(default_factory=dict)
+    fixed: list[Row[Competitor]] = field(default_factory=list)  # sruns-stream on a tiny run (plan.TINY)
     blocks: list[Row[Competitor]] = field(default_factory=list)
     chunks: list[Row[Competitor]] = field(default_factory=list)
     resume: list[ResumeResult] = field(default_factory=list)
@@ -134,16 +162,58 @@ def _ratio_target(report: Report, dataset: str, other: str, limit: float, text: 
     return Target(text, value, limit, f"{_f(value, '.2f')}× ({ref.seconds:.2f} s vs {row.seconds:.2f} s)")
 
 
-def evaluate_targets(report: Report, miseq: str = "MiSeq", novaseq: str = "NovaSeq") -> list[Target]:
-    """The page-cache table's targets: issue 11's (the many-files run ≥ 1.0× the ceiling, no
+def _serial_share_target(report: Report, label: str, limit: float) -> Target:
+    text = (f"#21 page cache, {label}: sruns-stream's main thread ≤ {limit:.0%} of its process's CPU "
+            f"(cap 1/share ≥ {1 / limit:.1f}×)")
+    ref = _find(report.main.get(label, []), REFERENCE)
+    if ref is None or not ref.complete:
+        return Target(text, None, limit * 100, "", f"{REFERENCE} has no samples on {label}", at_most=True)
+    share = ref.median_of("main_share")
+    if share is None or not ref.measured("cpu_from_json"):
+        return Target(text, None, limit * 100, "", "sruns-stream's --json has no \"cpu\"", at_most=True)
+    before = _find(report.main.get(label, []), BEFORE)
+    was = before.median_of("main_share") if before is not None and before.complete else None
+    shown = (f"{share:.1%} (cap {1 / share:.1f}×; main {ref.median_of('main_cpu_s'):.2f} of "
+             f"{ref.median_of('proc_cpu_s'):.2f} CPU s)" + (f"; before #21 {was:.0%} (busiest thread, polled)"
+                                                              if was else ""))
+    return Target(text, share * 100, limit * 100, shown, at_most=True)
+
+
+def _rss_growth_target(report: Report) -> Target:
+    """Peak RSS of the reference against the BEFORE row, on every data set; the worst ratio."""
+    text = f"#21 peak RSS at defaults within {RSS_GROWTH_LIMIT - 1:.0%} of before #21 ({BEFORE_REV})"
+    pairs = []
+    for label, rows in report.main.items():
+        ref, before = _find(rows, REFERENCE), _find(rows, BEFORE)
+        if ref and before and ref.peak_rss_kib and before.peak_rss_kib:
+            pairs.append((ref.peak_rss_kib / before.peak_rss_kib, label, ref.peak_rss_kib, before.peak_rss_kib))
+    if not pairs:
+        return Target(text, None, RSS_GROWTH_LIMIT, "", f"no data set has both {REFERENCE} and {BEFORE} "
+                      "with an RSS sample", at_most=True)
+    worst = max(pairs)
+    shown = "; ".join(f"{lbl}: {now / 1024:.0f} vs {was / 1024:.0f} MiB ({r:.2f}×)" for r, lbl, now, was in pairs)
+    return Target(text, worst[0], RSS_GROWTH_LIMIT, shown, at_most=True)
+
+
+def evaluate_targets(report: Report, miseq: str = "MiSeq", novaseq: str = "NovaSeq",
+                     many: str = "many small files") -> list[Target]:
+    """The page-cache table's targets: issue 21's (the serial share, the ceiling ratios,
+    RSS against the code before it), issue 11's (the many-files run ≥ 1.0× the ceiling, no
     regression on large files) and issue 5's, which the suite has always reported."""
     targets = [
+        _serial_share_target(report, novaseq, SERIAL_SHARE_LIMITS["NovaSeq"]),
+        _serial_share_target(report, many, SERIAL_SHARE_LIMITS["many small files"]),
+        _ratio_target(report, many, CEILING, 1.0,
+                      f"#21 page cache, {many}: sruns-stream (auto, local) ≥ 1.0× tar | isal igzip_threaded"),
+        _ratio_target(report, novaseq, CEILING, 1.5,
+                      f"#21 (and #5) page cache, {novaseq}: sruns-stream (auto, local) ≥ 1.5× the isal ceiling"),
+        _ratio_target(report, miseq, CEILING, 0.95,
+                      f"#21 page cache, {miseq}: sruns-stream (auto, local) ≥ 0.95× the isal ceiling"),
+        _rss_growth_target(report),
         _ratio_target(report, miseq, CEILING, 1.0,
                       f"#11 page cache, {miseq}: sruns-stream (auto, local) ≥ 1.0× tar | isal igzip_threaded"),
         _ratio_target(report, novaseq, CEILING, 1.0,
                       f"#11 page cache, {novaseq} (large files): no regression, ≥ 1.0× the isal ceiling"),
-        _ratio_target(report, novaseq, CEILING, 1.5,
-                      f"#5 {novaseq}: sruns-stream (auto, local) ≥ 1.5× the isal ceiling"),
         _ratio_target(report, miseq, PIGZ, 4.0, f"#5 {miseq}: sruns-stream (auto, local) ≥ 4× tar | pigz -1"),
         _ratio_target(report, miseq, MONITOR, 8.0, f"#5 {miseq}: sruns-stream (auto, local) ≥ 8× sruns-monitor's way"),
     ]
@@ -199,7 +269,7 @@ def _main_table(report: Report, ds: Dataset) -> str:
     for r in rows:
         c = r.case
         if not r.ok_samples:
-            body.append([c.name, c.dest, f"skipped: {_short(r.skipped)}", "", "", "", "", "", "", "", ""])
+            body.append([c.name, c.dest, f"skipped: {_short(r.skipped)}", *[""] * (8 + len(CPU_HEADERS))])
             continue
         lo, hi = r.spread or (0.0, 0.0)
         name = c.name + (f" ⚠ {_short(r.skipped, 50)}" if r.skipped else "")
@@ -209,12 +279,12 @@ def _main_table(report: Report, ds: Dataset) -> str:
             _f(_own_mb_per_s(r), ".0f"),
             (f"{r.first_byte_s:.2f} ({r.first_byte_s / r.seconds:.0%})" if r.first_byte_s and r.seconds else "–"),
             _f(arch / MB if arch else None, ",.1f"), _f(ds.raw_bytes / arch if arch else None, ".2f"),
-            _mib(r.peak_rss_kib), _f(ratio(r.seconds, ref_s), ".2f"), str(len(r.ok_samples)),
+            _mib(r.peak_rss_kib), _f(ratio(r.seconds, ref_s), ".2f"), *cpu_cells(r), str(len(r.ok_samples)),
         ])
     table = markdown_table(
         ["competitor", "dest", "median s (min–max)", "MB/s", "own MB/s", "first byte s (share)", "archive MB",
-         "ratio", "peak RSS MiB", "sruns-stream ×", "n"],
-        body, "llrrrrrrrrr",
+         "ratio", "peak RSS MiB", "sruns-stream ×", *CPU_HEADERS, "n"],
+        body, "llrrrrrrrr" + "r" * len(CPU_HEADERS) + "r",
     )
     left_out = report.left_out.get(ds.spec.label, [])
     if left_out:
@@ -228,32 +298,70 @@ def _sweep_table(rows: Sequence[Row[Competitor]], first: str) -> str:
     body = []
     for r in rows:
         if not r.ok_samples:
-            body.append([r.case.setting, f"skipped: {_short(r.skipped)}", "", "", "", ""])
+            body.append([r.case.setting, f"skipped: {_short(r.skipped)}", *[""] * (4 + len(CPU_HEADERS))])
             continue
         lo, hi = r.spread or (0.0, 0.0)
         arch = r.archive_bytes
         body.append([r.case.setting, f"{r.seconds:.2f} ({lo:.2f}–{hi:.2f})", f"{r.mb_per_s:.0f}",
-                     _f(arch / MB if arch else None, ",.1f"), _mib(r.peak_rss_kib), str(len(r.ok_samples))])
-    return markdown_table([first, "median s (min–max)", "MB/s", "archive MB", "peak RSS MiB", "n"], body)
+                     _f(arch / MB if arch else None, ",.1f"), _mib(r.peak_rss_kib), *cpu_cells(r),
+                     str(len(r.ok_samples))])
+    return markdown_table([first, "median s (min–max)", "MB/s", "archive MB", "peak RSS MiB", *CPU_HEADERS, "n"],
+                          body)
 
 
-def _scaling_table(rows: Sequence[Row[Competitor]]) -> str:
+def scaling_by_threads(rows: Sequence[Row[Competitor]]) -> dict[int, dict[str, Row[Competitor]]]:
+    """threads -> tool ("sruns-stream", "tar | igzip_threaded") -> row, from the sweep's settings."""
     by_threads: dict[int, dict[str, Row[Competitor]]] = {}
     for r in rows:
         t = int("".join(ch for ch in r.case.setting if ch.isdigit()) or 0)
         by_threads.setdefault(t, {})[r.case.tool] = r
+    return by_threads
+
+
+def _per_cpu_s(r: Row[Competitor] | None) -> float | None:
+    """MB of raw input per CPU second of the whole process (all its threads)."""
+    cpu = r.median_of("proc_cpu_s") if r else None
+    return r.dataset.raw_bytes / MB / cpu if r and r.dataset and cpu else None
+
+
+def fixed_cpu(fixed: Sequence[Row[Competitor]]) -> tuple[float, float] | None:
+    """Median (process, main thread) CPU seconds of sruns-stream's run on the tiny run."""
+    row = fixed[0] if fixed else None
+    proc, main = (row.median_of("proc_cpu_s"), row.median_of("main_cpu_s")) if row else (None, None)
+    return (proc, main) if proc is not None and main is not None else None
+
+
+def net_share(row: Row[Competitor] | None, fixed: tuple[float, float] | None) -> float | None:
+    """The main thread's share of the CPU that grows with the run: (main − fixed main) ÷
+    (process − fixed process); what 1/share converges to on a run many times larger."""
+    if row is None or fixed is None:
+        return None
+    proc, main = row.median_of("proc_cpu_s"), row.median_of("main_cpu_s")
+    if proc is None or main is None or proc - fixed[0] <= 0:
+        return None
+    return max(main - fixed[1], 0.0) / (proc - fixed[0])
+
+
+def _scaling_table(rows: Sequence[Row[Competitor]], fixed: tuple[float, float] | None = None) -> str:
+    by_threads = scaling_by_threads(rows)
     body = []
-    one = by_threads.get(1, {}).get("sruns-stream")
+    first = by_threads.get(min(by_threads), {}) if by_threads else {}
     for t in sorted(by_threads):
-        s, c = by_threads[t].get("sruns-stream"), by_threads[t].get("tar | igzip_threaded")
-        speedup = (one.seconds / s.seconds) if (one and s and one.seconds and s.seconds) else None
-        body.append([
-            str(t), _f(s.mb_per_s if s else None, ".0f"), _f(speedup, ".2f"),
-            _mib(s.peak_rss_kib if s else None), _f(c.mb_per_s if c else None, ".0f"),
-            _mib(c.peak_rss_kib if c else None),
-        ])
-    return markdown_table(["threads", "sruns-stream MB/s", "speed-up vs 1", "peak RSS MiB",
-                           "ceiling MB/s", "ceiling peak RSS MiB"], body)
+        for tool, who in (("sruns-stream", "sruns-stream auto → null"), ("tar | igzip_threaded", "ceiling")):
+            r, one = by_threads[t].get(tool), first.get(tool)
+            if r is None or not r.ok_samples:
+                body.append([str(t), who, f"skipped: {_short(r.skipped if r else 'not run')}",
+                             *[""] * (5 + len(CPU_HEADERS))])
+                continue
+            speedup = (one.seconds / r.seconds) if (one and one.seconds and r.seconds) else None
+            net = net_share(r, fixed) if tool == "sruns-stream" else None
+            body.append([str(t), who, f"{r.seconds:.2f}", _f(r.mb_per_s, ".0f"), _f(speedup, ".2f") + "×",
+                         _f(_per_cpu_s(r), ".0f"), *cpu_cells(r),
+                         f"{net:.0%} ({1 / net:.1f}×)" if net else "–",
+                         _mib(r.peak_rss_kib), str(len(r.ok_samples))])
+    return markdown_table(["threads", "row", "median s", "MB/s", "speed-up vs fewest threads", "MB per CPU s",
+                           *CPU_HEADERS, "share net of the fixed cost (cap)", "peak RSS MiB", "n"], body,
+                          "ll" + "r" * (7 + len(CPU_HEADERS)))
 
 
 def _resume_table(results: Sequence[ResumeResult]) -> str:
@@ -324,7 +432,14 @@ def render_markdown(report: Report, targets: Sequence[Target], scenarios: str = 
         "from `--json` (tar bytes ÷ its seconds from manifest to verified archive, without the ~0.3 s "
         "of interpreter start-up that the wall clock includes). first byte s (share): median seconds until "
         "the local output held its first byte (start-up and the scan), and its share of the median time. "
-        "n = successful repetitions.\n"
+        "n = successful repetitions. CPU s = the process's (a pipeline's: all its processes') CPU seconds; "
+        "serial thread = sruns-stream's main thread (exact, from its `--json` \"cpu\": getrusage and "
+        "`thread_time`), or for any other command the busiest single thread of the pipeline (tar, a "
+        "gzip writer's main loop; /proc/PID/task/*/stat of every process polled every 20 ms); serial "
+        "share = its CPU ÷ the process's; cap 1/share = the most any number of cores could speed that "
+        "command up over one core (Amdahl). Before #21: the same sruns-stream command from the commit "
+        "before issue 21's code, interleaved with today's (its serial thread is polled: it has no "
+        "\"cpu\" in its `--json`).\n"
     )
     for ds in report.datasets:
         out.append(f"### {ds.describe()}\n")
@@ -339,9 +454,23 @@ def render_markdown(report: Report, targets: Sequence[Target], scenarios: str = 
         out.append("")
     if report.scaling:
         out.append("## Thread scaling (sruns-stream auto → null; ceiling = tar | igzip_threaded -T N)\n")
+        out.append(
+            "`archive --threads N --dest null` and `tar | igzip_threaded -T N`, interleaved. MB per CPU s = the "
+            "data set's MB ÷ the process's CPU seconds (all threads): the throughput one core buys. serial "
+            "share = the main thread's CPU ÷ the process's (sruns-stream, from its `--json`), or the busiest "
+            "thread's ÷ the pipeline's (the ceiling: /proc poll); whatever the core count, the speed-up over "
+            "one core is at most cap = 1/share (Amdahl). See docs/scaling.md for what it implies on larger VMs.\n")
+        fixed = fixed_cpu(report.fixed)
+        if fixed is not None and report.fixed[0].dataset is not None:
+            out.append(
+                f"The fixed cost, `archive --dest null` at defaults on {report.fixed[0].dataset.describe()}: "
+                f"median {fixed[0]:.2f} CPU s, {fixed[1]:.2f} of them on the main thread (start-up, imports, "
+                "journal, pool), paid once per run whatever its size. share net of the fixed cost = (main − "
+                f"{fixed[1]:.2f}) ÷ (process − {fixed[0]:.2f}): the share on a run many times larger, and its "
+                "cap.\n")
         for label, rows in report.scaling.items():
             out.append(f"### {label}\n")
-            out.append(_scaling_table(rows) + "\n")
+            out.append(_scaling_table(rows, fixed) + "\n")
         if "scaling" in report.charts:
             out.append(f"![thread scaling]({report.charts['scaling']})\n")
     if report.blocks:

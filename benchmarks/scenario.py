@@ -112,6 +112,7 @@ class Row(Generic[C]):
             "peak_rss_kib": [s.peak_rss_kib for s in self.samples],
             "stage_rss_kib": [s.stage_rss_kib for s in self.samples],
             "first_byte_s": [s.first_byte_s for s in self.samples],
+            "busiest_thread": [s.busiest_thread for s in self.samples],
             "measures": {k: [s.measures.get(k) for s in self.samples] for k in keys},
             "median_seconds": self.seconds, "mb_per_s": self.mb_per_s,
             "sruns_json": [sruns_json(s.stdout) for s in self.samples if s.stdout.strip()],

@@ -15,7 +15,7 @@ from .competitors import Competitor
 from .data import MB
 from .measure import median
 from .random_access import ACCESS_COST_LIMIT, RandomAccessResult
-from .report import Target, markdown_table
+from .report import CPU_HEADERS, Target, cpu_cells, markdown_table
 from .scenario import Row
 from .share import ROWS as SHARE_ROWS
 from .share import ShareResult
@@ -27,6 +27,8 @@ __all__ = ["Scenarios", "render_scenarios", "scenario_targets", "startup_share_t
 SRUNS, SERIAL, PIGZ, ISAL = (r.name for r in SHARE_ROWS)
 SHARE_TARGET = 4.0  # issue 11: many files at 0.5 ms ≥ 4× both serial pipelines
 STARTUP_LIMIT = 0.10  # issue 15: start-up under 10 % of every timed row
+VERSION_LIMIT_S = 0.15  # issue 21: `sruns-stream --version` at most this
+VERSION_TEXT = f"#21 `sruns-stream --version` ≤ {VERSION_LIMIT_S} s (median, `python -m sruns_stream --version`)"
 QUICK_LIMIT_S = 5.5 * 60  # "about 5 minutes"
 FULL_LIMIT_S = 60 * 60
 
@@ -122,16 +124,29 @@ def _random_targets(sc: Scenarios) -> list[Target]:
 
 def _verify_targets(sc: Scenarios) -> list[Target]:
     v = sc.verify
-    text = f"#13 verify of a local MiSeq-style archive: N threads ≥ {VERIFY_TARGET:g}× one thread"
+    text = f"#13, #21 verify of a local MiSeq-style archive: N threads ≥ {VERIFY_TARGET:g}× one thread"
+    text_gzip = "#21 verify of a local MiSeq-style archive: one thread ≥ `gzip -t`'s speed"
     if v is None or v.error:
-        return [_not(text, VERIFY_TARGET, (v.error if v else None) or sc.skipped.get("verify", "not run"))]
+        why = (v.error if v else None) or sc.skipped.get("verify", "not run")
+        return [_not(text, VERIFY_TARGET, why), _not(text_gzip, 1.0, why)]
     if not v.has_threads_option:
-        return [_not(text, VERIFY_TARGET, "this sruns-stream's verify has no --threads option (issue 13 not landed)")]
+        why = "this sruns-stream's verify has no --threads option (issue 13 not landed)"
+        return [_not(text, VERIFY_TARGET, why), _not(text_gzip, 1.0, why)]
     value = v.speedup()
     med = v.median_s
-    return [Target(text, value, VERIFY_TARGET,
-                   f"{_f(value, '.2f')}× with {v.threads} threads ({med.get(v.one, 0):.2f} s → "
-                   f"{med.get(v.many, 0):.2f} s)")]
+    many = next((r for r in v.rows if r.name == v.many), None)
+    share = many.median_of("main_share") if many else None
+    out = [Target(text, value, VERIFY_TARGET,
+                  f"{_f(value, '.2f')}× with {v.threads} threads ({med.get(v.one, 0):.2f} s → "
+                  f"{med.get(v.many, 0):.2f} s; main thread {_f(share, '.0%')} of the CPU at {v.threads})")]
+    over = v.over_gzip()
+    gz = med.get("gzip -t")
+    if over is None:
+        out.append(_not(text_gzip, 1.0, "gzip -t was not run (not installed?)"))
+    else:
+        both = f"; {v.threads} threads {gz / med[v.many]:.2f}×" if v.many in med and gz else ""
+        out.append(Target(text_gzip, over, 1.0, f"{over:.2f}× ({med[v.one]:.2f} s vs gzip -t {gz:.2f} s{both})"))
+    return out
 
 
 def _access_cost_targets(sc: Scenarios) -> list[Target]:
@@ -193,6 +208,8 @@ def scenario_targets(sc: Scenarios, main: dict[str, list[Row[Competitor]]], wall
         *_verify_targets(sc),
         *_access_cost_targets(sc),
         startup_share_target(sc, main, startup_s),
+        (Target(VERSION_TEXT, startup_s, VERSION_LIMIT_S, f"{startup_s:.3f} s", at_most=True)
+         if startup_s is not None else _not(VERSION_TEXT, VERSION_LIMIT_S, "start-up not measured", True)),
         Target(f"#15 the suite's own run time: {mode}", wall_s / 60, limit / 60, f"{wall_s / 60:.1f} min",
                at_most=True),
     ]
@@ -207,7 +224,8 @@ def _share_section(results: Sequence[ShareResult]) -> list[str]:
            "read and readdir waits the latency; 128 requests served at once; attributes and names cached 1 s, "
            "file pages not), each archive written to local disk. Speed-up = the competitor's median seconds ÷ "
            "sruns-stream's. First byte: sruns-stream's median time to the first byte of its archive (start-up "
-           "and the scan through the share).\n")]
+           "and the scan through the share). Serial share: sruns-stream's main thread's CPU ÷ its process's "
+           "(its `--json`), and the cap 1/share that puts on any speed-up.\n")]
     for ds in dict.fromkeys(r.dataset for r in results):
         rows = [r for r in results if r.dataset == ds]
         out.append(f"### {ds}: {rows[0].files:,} files, {rows[0].raw_bytes / MB:,.0f} MB\n")
@@ -219,8 +237,10 @@ def _share_section(results: Sequence[ShareResult]) -> list[str]:
             body.append([f"{r.latency_ms:g} ms", *[_f(med.get(n), ".2f") for n in names],
                          _f(r.speedup(PIGZ), ".2f") + "×", _f(r.speedup(ISAL), ".2f") + "×",
                          _f(ours.first_byte_s if ours else None, ".2f"),
-                         f"{((ours.peak_rss_kib if ours else None) or 0) / 1024:.0f}"])
-        head = ["latency/op", *[f"{n} s" for n in names], "× pigz", "× isal", "first byte s", "peak RSS MiB"]
+                         f"{((ours.peak_rss_kib if ours else None) or 0) / 1024:.0f}",
+                         *(cpu_cells(ours)[2:] if ours else ["–", "–"])])
+        head = ["latency/op", *[f"{n} s" for n in names], "× pigz", "× isal", "first byte s", "peak RSS MiB",
+                "sruns-stream serial share", "cap 1/share"]
         out.append(markdown_table(head, body) + "\n")
     return out
 
@@ -239,10 +259,12 @@ def _streams_section(sc: Scenarios) -> list[str]:
         by_median, paired = speedup(s, baseline(sc.streams, s.case.cap))
         body.append([s.name, f"{seconds(s):.2f}", f"{(s.archive_bytes or 0) / MB / seconds(s):.0f}",
                      _f(by_median, ".2f") + "×", _f(paired, ".2f") + "×", f"{max(s.measured('streams_used')):.0f}",
-                     f"{median(s.measured('cpu_s')):.1f}", f"{(s.peak_rss_kib or 0) / 1024:.0f}",
+                     f"{median(s.measured('cpu_s')):.1f}", *cpu_cells(s)[2:], f"{(s.peak_rss_kib or 0) / 1024:.0f}",
                      ", ".join(f"{x:.1f}" for x in s.all_seconds)])
     out.append(markdown_table(["row", "median s", "MB/s", "speed-up", "paired", "streams used", "CPU s",
-                               "peak RSS MiB", "runs (s)"], body, "lrrrrrrrl") + "\n")
+                               *CPU_HEADERS[2:], "peak RSS MiB", "runs (s)"], body, "lrrrrrrrrrl") + "\n")
+    out.append("Serial share: the main thread's CPU ÷ the process's (sruns-stream's `--json`): whether more "
+               "streams multiply the main thread's work.\n")
     return out
 
 
@@ -258,10 +280,12 @@ def _verify_section(v: VerifyResult) -> list[str]:
     med = v.median_s
     one = med.get(v.one)
     body = [[row.name, f"{s:.2f}", f"{v.raw_bytes / MB / s:.0f}", _f(one / s if one else None, ".2f") + "×",
-             f"{(row.peak_rss_kib or 0) / 1024:.0f}", ", ".join(f"{x:.2f}" for x in row.all_seconds)]
+             f"{(row.peak_rss_kib or 0) / 1024:.0f}", *cpu_cells(row), ", ".join(f"{x:.2f}" for x in row.all_seconds)]
             for row in v.rows if (s := row.seconds) is not None]
-    out.append(markdown_table(["command", "median s", "MB/s", f"× `{v.one}`", "peak RSS MiB", "runs (s)"],
-                              body, "lrrrrl") + "\n")
+    out.append(markdown_table(["command", "median s", "MB/s", f"× `{v.one}`", "peak RSS MiB", *CPU_HEADERS,
+                               "runs (s)"], body, "lrrrr" + "r" * len(CPU_HEADERS) + "l") + "\n")
+    out.append("CPU: sruns-stream's from its `--json` (serial thread = its main thread); gzip and tar's from a "
+               "/proc poll (serial thread = the busiest one).\n")
     return out
 
 
@@ -279,15 +303,15 @@ def _random_section(r: RandomAccessResult) -> list[str]:
     body = []
     for row in r.rows:
         if row.seconds is None:
-            body.append([row.name, f"skipped: {row.skipped}", "", "", ""])
+            body.append([row.name, f"skipped: {row.skipped}", "", "", "", *[""] * len(CPU_HEADERS)])
             continue
         span = r.spans.get(row.case.label)
         wire = row.median_of("bytes_sent")
         ok = "–" if span is None or wire is None else ("yes" if wire <= span.limit else "**no**")
         body.append([row.name, f"{row.seconds:.2f}", f"{(wire or 0) / MB:,.2f}",
-                     str(int(row.median_of("requests") or 0)), ok])
-    out.append(markdown_table(["command", "median s", "MB on the wire", "requests", "≤ span + 16 MiB"],
-                              body, "lrrrl") + "\n")
+                     str(int(row.median_of("requests") or 0)), ok, *cpu_cells(row)])
+    out.append(markdown_table(["command", "median s", "MB on the wire", "requests", "≤ span + 16 MiB", *CPU_HEADERS],
+                              body, "lrrrl" + "r" * len(CPU_HEADERS)) + "\n")
     out.extend(f"- {n}" for n in r.notes)
     if r.notes:
         out.append("")

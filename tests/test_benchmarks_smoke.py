@@ -17,10 +17,18 @@ if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import
     sys.path.insert(0, str(REPO))
 
 # Imports after code, so noqa: E402 on each: they need the sys.path entry made just above.
-from benchmarks.competitors import REFERENCE, Competitor, Tools, main_competitors, sruns_stream  # noqa: E402
+from benchmarks.competitors import BEFORE, REFERENCE, Competitor, Tools, main_competitors, sruns_stream  # noqa: E402
 from benchmarks.data import Dataset, DatasetSpec, parse_size, prepare  # noqa: E402
-from benchmarks.measure import Command, RssProbe, Sample, median, run_command, sruns_json  # noqa: E402
-from benchmarks.plan import make_plan, thread_counts  # noqa: E402
+from benchmarks.measure import (  # noqa: E402
+    Command,
+    RssProbe,
+    Sample,
+    cpu_measures,
+    median,
+    run_command,
+    sruns_json,
+)
+from benchmarks.plan import MANY_SMALL, make_plan, thread_counts  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     Report,
     evaluate_targets,
@@ -73,6 +81,11 @@ def test_quick_plan_lists_what_it_leaves_out() -> None:
         assert rows[0].name == REFERENCE
         assert {c.name for c in rows} | set(plan.left_out[label]) == everyone
     assert plan.reps >= 3
+    # Issue 21: 1 and 2 threads on a NovaSeq-style and a 50k+ small-files run, in --quick too.
+    assert "scaling" in plan.sections and plan.threads == [1, 2]
+    assert MANY_SMALL.label in labels and MANY_SMALL.files is not None and MANY_SMALL.files >= 50_000
+    assert set(plan.scaling_on) == {"NovaSeq", MANY_SMALL.label}
+    assert all(BEFORE in {c.name for c in rows} for rows in plan.rows.values())
 
 
 def _fake_dataset(tmp_path: Path, label: str) -> Dataset:
@@ -83,14 +96,17 @@ def _sample(seconds: float, rss_kib: int | None = 50_000, **measures: float) -> 
     return Sample(seconds, rss_kib, [rss_kib], 1000, "", measures=measures)
 
 
-def _row(competitor: Competitor, ds: Dataset, seconds: list[float], rss_kib: int = 50_000) -> Row[Competitor]:
-    return Row(competitor, ds, [_sample(s, rss_kib, archive_bytes=50_000_000) for s in seconds])
+def _row(competitor: Competitor, ds: Dataset, seconds: list[float], rss_kib: int = 50_000,
+         **cpu: float) -> Row[Competitor]:
+    return Row(competitor, ds, [_sample(s, rss_kib, archive_bytes=50_000_000, **cpu) for s in seconds])
 
 
 def test_targets_met_not_met_and_not_measured(tmp_path: Path) -> None:
     by_name = {c.name: c for c in main_competitors()}
     miseq, nova = _fake_dataset(tmp_path, "MiSeq"), _fake_dataset(tmp_path, "NovaSeq")
+    many = _fake_dataset(tmp_path, "many small files")
     failed = _row(by_name["sruns-stream auto → loopback-gs"], miseq, [])
+    own = {"proc_cpu_s": 4.0, "main_cpu_s": 0.4, "main_share": 0.1, "cpu_from_json": 1.0}
     failed.skipped = "no loopback GCS server"
     report = Report(
         label="t", date="2024-01-01", command="python -m benchmarks", machine={"cores": "2"},
@@ -103,7 +119,14 @@ def test_targets_met_not_met_and_not_measured(tmp_path: Path) -> None:
                 _row(by_name["sruns-stream auto → null"], miseq, [0.9, 0.9, 0.9], rss_kib=400 * 1024),
                 failed,
             ],
-            "NovaSeq": [_row(by_name[REFERENCE], nova, [1.0, 1.0, 1.0])],
+            "NovaSeq": [_row(by_name[REFERENCE], nova, [1.0, 1.0, 1.0], **own)],
+            "many small files": [
+                _row(by_name[REFERENCE], many, [2.0, 2.0, 2.0], rss_kib=120 * 1024,
+                     **{**own, "main_share": 0.3}),
+                _row(by_name[BEFORE], many, [3.0, 3.0, 3.0], rss_kib=100 * 1024, proc_cpu_s=3.0, main_cpu_s=1.5,
+                     main_share=0.5, cpu_from_json=0.0),
+                _row(by_name["tar | isal igzip_threaded -1 (ceiling)"], many, [2.0, 2.1, 1.9]),
+            ],
         },
     )
     status = {t.text: t.status for t in evaluate_targets(report)}
@@ -111,7 +134,16 @@ def test_targets_met_not_met_and_not_measured(tmp_path: Path) -> None:
         "**NOT met**"  # 1.0 s vs 0.95 s
     assert status["#5 MiSeq: sruns-stream (auto, local) ≥ 4× tar | pigz -1"] == "**NOT met**"
     assert status["#5 MiSeq: sruns-stream (auto, local) ≥ 8× sruns-monitor's way"].startswith("not measured")
-    assert "not run on NovaSeq" in status["#5 NovaSeq: sruns-stream (auto, local) ≥ 1.5× the isal ceiling"]
+    assert "not run on NovaSeq" in status[
+        "#21 (and #5) page cache, NovaSeq: sruns-stream (auto, local) ≥ 1.5× the isal ceiling"]
+    assert status["#21 page cache, MiSeq: sruns-stream (auto, local) ≥ 0.95× the isal ceiling"] == "met"
+    assert status["#21 page cache, many small files: sruns-stream (auto, local) ≥ 1.0× tar | isal "
+                  "igzip_threaded"] == "met"  # 2.0 s vs 2.0 s
+    assert status["#21 page cache, NovaSeq: sruns-stream's main thread ≤ 15% of its process's CPU "
+                  "(cap 1/share ≥ 6.7×)"] == "met"  # 10 %
+    assert status["#21 page cache, many small files: sruns-stream's main thread ≤ 25% of its process's CPU "
+                  "(cap 1/share ≥ 4.0×)"] == "**NOT met**"  # 30 %
+    assert status["#21 peak RSS at defaults within 10% of before #21 (bb80d58)"] == "**NOT met**"  # 120 vs 100 MiB
     assert status["#11 peak RSS ≤ 300 MiB at defaults (page-cache rows)"] == "**NOT met**"
     assert "no loopback GCS server" in status["#5 MiSeq: sruns-stream auto → loopback-gs ≥ 0.8× → null"]
     text = render_markdown(report, evaluate_targets(report))
@@ -227,6 +259,11 @@ def test_scenario_targets_met_not_met_and_not_measured() -> None:
         "not measured")
     assert status["#13 access points grow the MiSeq archive by ≤ 0.5%"] == "met"
     assert status["#15 the suite's own run time: quick mode ≤ ~5 min"] == "met"
+    assert status["#21 `sruns-stream --version` ≤ 0.15 s (median, `python -m sruns_stream --version`)"].startswith(
+        "not measured")
+    status = {t.text: t.status for t in scenario_targets(sc, {}, 200.0, quick=True, startup_s=0.2)}
+    assert status["#21 `sruns-stream --version` ≤ 0.15 s (median, `python -m sruns_stream --version`)"] == \
+        "**NOT met**"
     text = render_scenarios(sc, {})
     assert "| cap 20 MB/s, 4 streams" in text and "| sruns-stream cat (RunInfo.xml)" in text
 
@@ -269,3 +306,91 @@ def test_streams_rows_render_again_from_their_json() -> None:
     assert saved["seconds"] == [3.0, 2.0, 4.0] and saved["median_s"] == 3.0 and saved["archive_bytes"] == 900
     again = row_from_dict(saved)
     assert again.case == row.case and row_as_dict(again) == saved
+
+
+def test_verify_targets_against_one_thread_and_gzip() -> None:
+    from benchmarks.scenario_report import Scenarios, scenario_targets
+    from benchmarks.verify_bench import VerifyCase, VerifyResult
+
+    v = VerifyResult("MiSeq", 100, 200, threads=2, has_threads_option=True)
+    for name, seconds in (("sruns-stream verify --threads 1", 2.0), ("sruns-stream verify --threads 2", 1.1),
+                          ("gzip -t", 1.8)):
+        v.rows.append(Row(VerifyCase(name, Command(())), None, [_sample(seconds) for _ in range(3)]))
+    status = {t.text: t.status for t in scenario_targets(Scenarios(verify=v), {}, 1.0, quick=True)}
+    assert status["#13, #21 verify of a local MiSeq-style archive: N threads ≥ 1.7× one thread"] == "met"  # 1.82×
+    assert status["#21 verify of a local MiSeq-style archive: one thread ≥ `gzip -t`'s speed"] == "**NOT met**"
+
+
+def test_cpu_share_from_sruns_json_or_the_busiest_polled_thread(tmp_path: Path) -> None:
+    """sruns-stream's own --json "cpu" wins; any other command gets its busiest thread from
+    /proc. Oracle: two threads that each burn ~0.4 s of their own CPU (thread_time) while the
+    main thread waits: the busiest thread is about half of the process's CPU (getrusage)."""
+    summary = '{"cpu": {"process_cpu_s": 4.0, "main_thread_cpu_s": 1.0, "main_thread_share": 0.25}}'
+    assert cpu_measures("progress\n" + summary + "\n", 9.0, 3.0) == {
+        "proc_cpu_s": 4.0, "main_cpu_s": 1.0, "main_share": 0.25, "cpu_from_json": 1.0}
+    assert cpu_measures("", 2.0, 0.5)["main_share"] == 0.25
+    burn = ("import threading, time\n"
+            "def spin():\n"
+            "    while time.thread_time() < 0.4: pass\n"
+            "ts = [threading.Thread(target=spin) for _ in range(2)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n")
+    sample = run_command(Command(((sys.executable, "-c", burn), ("cat",)), stdout_file=Path("/dev/null")),
+                         tmp_path / "s", RssProbe())
+    assert sample.ok, sample.error
+    m = sample.measures
+    assert m["cpu_from_json"] == 0.0 and m["proc_cpu_s"] >= 0.8
+    assert 0.3 <= m["main_cpu_s"] <= 0.6 and sample.busiest_thread
+    assert 0.3 <= m["main_share"] <= 0.75
+    assert m["polled_cpu_s"] <= m["proc_cpu_s"] + 0.05
+
+
+def test_serial_share_net_of_the_fixed_cost(tmp_path: Path) -> None:
+    """(main − fixed main) ÷ (process − fixed process): start-up is all main thread, so the
+    share on a large run is below the share measured with it."""
+    from benchmarks.report import fixed_cpu, net_share
+
+    ds = _fake_dataset(tmp_path, "NovaSeq")
+    fixed = fixed_cpu([_row(sruns_stream("auto", "null"), ds, [0.5], proc_cpu_s=0.25, main_cpu_s=0.23)])
+    assert fixed == (0.25, 0.23)
+    row = _row(sruns_stream("auto", "null"), ds, [2.0], proc_cpu_s=1.25, main_cpu_s=0.33)
+    share = net_share(row, fixed)
+    assert share is not None and abs(share - 0.10) < 1e-9
+    assert net_share(row, None) is None
+
+
+def test_the_before_row_runs_the_code_before_issue_21(tmp_path: Path) -> None:
+    """Oracle: the sruns_stream package the BEFORE row's environment imports, from this
+    checkout's working directory (where `python -m` would find today's code first), is the
+    one `git archive` exported, and git has that commit."""
+    import os
+    import subprocess
+
+    from benchmarks.competitors import export_before
+
+    tools = Tools(threads=1, scratch=tmp_path)
+    export_before(tools)
+    if "before" in tools.missing:
+        pytest.skip(tools.missing["before"])  # a shallow clone has no such commit
+    by_name = {c.name: c for c in main_competitors()}
+    cmd = by_name[BEFORE].build(_fake_dataset(tmp_path, "MiSeq"), tools, tmp_path / "x")
+    found = subprocess.run([sys.executable, "-c", "import sruns_stream; print(sruns_stream.__file__)"],
+                           cwd=REPO, env={**os.environ, **cmd.env}, capture_output=True, text=True, check=True)
+    assert tools.before_tree is not None and Path(found.stdout.strip()).is_relative_to(tools.before_tree)
+
+
+def test_amdahl_and_the_scaling_page_is_rendered_from_the_page_it_names() -> None:
+    """docs/scaling.md is `python -m benchmarks.scaling_doc` of the results page it links:
+    change the page, redo the doc (and the template has no number the page cannot give)."""
+    import json
+    import re
+
+    from benchmarks.scaling_doc import TEMPLATE, amdahl, render
+
+    assert amdahl(0.0, 32) == 32 and amdahl(1.0, 32) == 1
+    assert abs(amdahl(0.25, 2) - 1.6) < 1e-9 and abs(amdahl(0.25, 1e12) - 4.0) < 1e-6
+    doc = (REPO / "docs" / "scaling.md").read_text()
+    named = re.search(r"benchmarks/results/([\w.-]+)\.json", doc)
+    assert named, "docs/scaling.md names the page it was computed from"
+    page = REPO / "benchmarks" / "results" / f"{named.group(1)}.json"
+    text = render(json.loads(page.read_text()), page.with_suffix(".md").read_text(), page.stem, TEMPLATE.read_text())
+    assert text == doc
