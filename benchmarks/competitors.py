@@ -136,9 +136,13 @@ def sruns_stream(compression: str, dest: str, *options: str, setting: str | None
 def _before(ds: Dataset, tools: Tools, scratch: Path) -> Command:
     assert tools.before_tree is not None
     cmd = sruns_stream_command(ds, tools, scratch, "local")
+    # That code has no completion rules in `archive`, so no --not-finished either.
+    (argv,) = cmd.stages
+    argv = tuple(a for a in argv if a != "--not-finished")
     # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (this checkout,
     # today's code) ahead of PYTHONPATH on sys.path.
-    return dataclasses.replace(cmd, env={**cmd.env, "PYTHONPATH": str(tools.before_tree), "PYTHONSAFEPATH": "1"})
+    return dataclasses.replace(cmd, stages=(argv,),
+                               env={**cmd.env, "PYTHONPATH": str(tools.before_tree), "PYTHONSAFEPATH": "1"})
 
 
 def _ceiling(threads: int | None = None) -> Builder:

@@ -376,6 +376,11 @@ def test_the_before_row_runs_the_code_before_issue_21(tmp_path: Path) -> None:
     found = subprocess.run([sys.executable, "-c", "import sruns_stream; print(sruns_stream.__file__)"],
                            cwd=REPO, env={**os.environ, **cmd.env}, capture_output=True, text=True, check=True)
     assert tools.before_tree is not None and Path(found.stdout.strip()).is_relative_to(tools.before_tree)
+    # And that code's parser knows every flag the row passes (it has no --not-finished).
+    helped = subprocess.run([sys.executable, "-m", "sruns_stream", "archive", "--help"], cwd=REPO,
+                            env={**os.environ, **cmd.env}, capture_output=True, text=True, check=True).stdout
+    (argv,) = cmd.stages
+    assert all(flag in helped for flag in argv if flag.startswith("--")), argv
 
 
 def test_amdahl_and_the_scaling_page_is_rendered_from_the_page_it_names() -> None:
