@@ -132,7 +132,7 @@ def write_read_indexes(attempt: Attempt, stored: Stored, points: list[AccessPoin
         return
     archive = f"gs://{stored.location}" if attempt.where.kind == "gcs" else stored.location
     try:
-        rows = list(manifest_tsv.parse(manifest, archive).values())
+        rows = manifest_tsv.rows_of(attempt.manifest.entries, attempt.layout.starts)
         files = read_indexes.render(
             rows, sorted(set(points)), options.access_interval, stored.size, attempt.layout.size,
             [(e.uid, e.gid) for e in attempt.manifest.entries], __version__,

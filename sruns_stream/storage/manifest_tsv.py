@@ -36,7 +36,7 @@ from ..errors import IntegrityError
 from ..runfolder.safefs import FILE
 from ..runfolder.scan import Entry
 
-__all__ = ["COLUMNS", "OFFSET", "ManifestRow", "Rows", "parse", "render"]
+__all__ = ["COLUMNS", "OFFSET", "ManifestRow", "Rows", "parse", "render", "rows_of"]
 
 COLUMNS = ("path", "size", "crc32c", "type", "mode", "mtime", "link")
 OFFSET = "offset"
@@ -115,6 +115,16 @@ def render(
         )
     lines.append(b"")
     return b"\n".join(lines)
+
+
+def rows_of(entries: Sequence[Entry], offsets: Sequence[int]) -> list[ManifestRow]:
+    """The rows `parse` gives for `render`'s output, less the crc32c, straight from the
+    entries (the archiver's indexes for other tools need no second pass over the text)."""
+    def text(name: bytes) -> str:
+        return name.decode("utf-8", "surrogateescape")
+
+    return [ManifestRow(text(e.path), e.size, None, e.kind, e.mode, e.mtime_ns // 1_000_000_000, text(e.linkname),
+                        offset) for e, offset in zip(entries, offsets[: len(entries)], strict=True)]
 
 
 def parse(data: bytes, where: str) -> Rows:

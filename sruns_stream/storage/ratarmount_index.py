@@ -95,6 +95,8 @@ class FileRow:
 def _text(s: str) -> str:
     # A name that is not UTF-8 is kept in the manifest as surrogate escapes, which SQLite
     # cannot store: ratarmount escapes such names the same way when it indexes.
+    if s.isascii():
+        return s
     try:
         s.encode()
         return s
@@ -103,8 +105,13 @@ def _text(s: str) -> str:
 
 
 def _split(path: str, is_dir: bool) -> tuple[str, str]:
-    # ratarmountcore SQLiteIndex.normpath: a leading "/", no trailing one.
-    full = "/" + posixpath.normpath("/" + path + ("/" if is_dir else "")).lstrip("/")
+    # ratarmountcore SQLiteIndex.normpath: a leading "/", no trailing one. A manifest's
+    # paths are nearly all normal already; normpath only for those that may not be.
+    wrapped = "/" + path + "/"
+    if path and "//" not in wrapped and "/./" not in wrapped and "/../" not in wrapped:
+        full = "/" + path
+    else:
+        full = "/" + posixpath.normpath("/" + path + ("/" if is_dir else "")).lstrip("/")
     parent, name = full.rsplit("/", 1)
     return parent, name
 
@@ -139,7 +146,11 @@ def _parents(files: list[FileRow]) -> list[FileRow]:
     when it indexes: mode r-x, no header)."""
     have = {(f.path, f.name) for f in files if f.mode & stat.S_IFDIR}
     out = []
+    seen: set[str] = set()  # parent folders already walked up from: most members share one
     for f in files:
+        if f.path in seen:
+            continue
+        seen.add(f.path)
         parts = f.path.split("/")
         for i in range(1, len(parts)):
             key = ("/".join(parts[:i]), parts[i])
