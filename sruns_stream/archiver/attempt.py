@@ -11,7 +11,8 @@ nothing of how many streams there are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,10 +21,10 @@ from .. import __version__
 from ..config import ArchiveOptions
 from ..errors import DestinationError, IntegrityError
 from ..progress import Progress
-from ..runfolder.scan import Manifest
+from ..runfolder.scan import Entry, Manifest
 from ..state.checkpoint import Checkpoint
 from ..state.journal import Journal, Task
-from ..storage import access_index, manifest_tsv, read_indexes
+from ..storage import access_index, manifest_tsv, ratarmount_index, read_indexes
 from ..storage.gzipframe import AccessPoint
 from ..storage.layout import Location
 from ..storage.sink import ArchiveInfo, Sink, Stored
@@ -40,6 +41,7 @@ __all__ = [
     "check_stored",
     "render_index",
     "render_manifest",
+    "start_read_indexes",
     "write_read_indexes",
 ]
 
@@ -121,29 +123,52 @@ def render_index(attempt: Attempt, points: list[AccessPoint]) -> bytes | None:
     return access_index.render(sorted(set(points)), options.block_size, options.access_interval)
 
 
-def write_read_indexes(attempt: Attempt, stored: Stored, points: list[AccessPoint], manifest: bytes) -> None:
+def _read_indexes_wanted(attempt: Attempt) -> bool:
+    return attempt.where.kind in ("local", "gcs") and bool(attempt.codec.header()) \
+        and bool(attempt.options.access_interval)
+
+
+def start_read_indexes(attempt: Attempt) -> Future[ratarmount_index.Table] | None:
+    """Begin ratarmount's ``files`` rows for the indexes other tools read, on a thread of
+    their own while the stream runs: they need only the manifest and the layout, and on
+    55,000 small files they are about a second of Python that would otherwise follow
+    the stream on its one main thread (benchmarks: the main thread's share)."""
+    if not _read_indexes_wanted(attempt):
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="read-indexes")
+    try:
+        return pool.submit(_files_table, attempt.manifest.entries, attempt.layout.starts,
+                           attempt.layout.size - read_indexes.EOF_MARKER)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _files_table(entries: Sequence[Entry], starts: Sequence[int], tar_end: int) -> ratarmount_index.Table:
+    return ratarmount_index.table(manifest_tsv.rows_of(entries, starts), tar_end, [(e.uid, e.gid) for e in entries])
+
+
+def write_read_indexes(attempt: Attempt, stored: Stored, points: list[AccessPoint],
+                       files: Future[ratarmount_index.Table] | None) -> None:
     """The indexes other tools read (`read_indexes`: ``<archive>.gzidx``,
     ``<archive>.index.sqlite``) beside a stored gzip archive, from its manifest and access
-    points. They are a convenience: a failure is a note naming the command that writes
-    them later (``sruns-stream index``), never a failed archive."""
+    points (``files``: `start_read_indexes`). They are a convenience: a failure is a note
+    naming the command that writes them later (``sruns-stream index``), never a failed
+    archive."""
     options = attempt.options
-    if attempt.where.kind not in ("local", "gcs") or not attempt.codec.header() or not points \
-            or not options.access_interval:
+    if files is None or not points or not _read_indexes_wanted(attempt):
         return
     archive = f"gs://{stored.location}" if attempt.where.kind == "gcs" else stored.location
     try:
-        rows = manifest_tsv.rows_of(attempt.manifest.entries, attempt.layout.starts)
-        files = read_indexes.render(
-            rows, sorted(set(points)), options.access_interval, stored.size, attempt.layout.size,
-            [(e.uid, e.gid) for e in attempt.manifest.entries], __version__,
-        )
+        rendered = read_indexes.render_with(files.result(), sorted(set(points)), options.access_interval,
+                                            stored.size, attempt.layout.size, __version__)
         if attempt.where.kind == "gcs":
             from ..storage.gcs.parts import helper_class  # GCS's libraries load only for gs://
 
-            read_indexes.write_beside(archive, files, storage_class=helper_class(options), kms_key=options.kms_key_name)
+            read_indexes.write_beside(archive, rendered, storage_class=helper_class(options),
+                                      kms_key=options.kms_key_name)
         else:
-            read_indexes.write_beside(archive, files)
-    except (DestinationError, OSError) as exc:
+            read_indexes.write_beside(archive, rendered)
+    except (DestinationError, IntegrityError, OSError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         attempt.progress.note(f"{attempt.name}: the indexes for other tools were not written ({why}); "
                               f"`sruns-stream index {archive}` writes them")

@@ -72,6 +72,7 @@ from .attempt import (
     check_stored,
     render_index,
     render_manifest,
+    start_read_indexes,
     write_read_indexes,
 )
 from .pipeline import Saved, range_start, stream_range
@@ -159,6 +160,7 @@ class SegmentedUpload:
         self.where = attempt.where
         self.streams = streams
         self.plan = plan
+        self.read_index_files = start_read_indexes(attempt)  # beside the segments, on a thread of its own
         self.progress = attempt.progress
         self.parts = parts
         self.archive = blob_name(self.where.path, self.name, self.codec.extension)
@@ -443,6 +445,6 @@ class SegmentedUpload:
             retain_until=min((s.retain_until for s in settled if s.retain_until), default=None),
             holds=holds_of(settled[0]),
         )
-        write_read_indexes(self.attempt, stored, points, tsv)
+        write_read_indexes(self.attempt, stored, points, self.read_index_files)
         return stored
 

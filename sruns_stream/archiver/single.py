@@ -13,6 +13,7 @@ from .attempt import (
     check_stored,
     render_index,
     render_manifest,
+    start_read_indexes,
     write_read_indexes,
 )
 from .pipeline import stream_range
@@ -35,6 +36,7 @@ class SingleStream:
             files_shown += files
             progress.update(cp.raw_offset, cp.gz_offset, files_shown)
 
+        read_index_files = start_read_indexes(attempt)  # beside the stream, on a thread of its own
         streamed = stream_range(
             layout=layout, codec=attempt.codec, options=attempt.options, sink=attempt.sink,
             store=JournalStore(journal, attempt.task), saved=saved, initial=Checkpoint.start(), raw_end=layout.size,
@@ -53,7 +55,7 @@ class SingleStream:
         manifest_tsv = render_manifest(attempt, crcs)
         stored = attempt.sink.finalize(info, manifest_tsv, render_index(attempt, points))
         check_stored(stored, info)
-        write_read_indexes(attempt, stored, points, manifest_tsv)
+        write_read_indexes(attempt, stored, points, read_index_files)
         streamed.commit()
         start = streamed.start
         return Outcome(stored, last.crc32, start.raw_offset, streamed.resumed_from, layout.size - start.raw_offset,

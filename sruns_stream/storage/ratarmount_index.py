@@ -160,17 +160,32 @@ def _parents(files: list[FileRow]) -> list[FileRow]:
     return out
 
 
+Table = list[tuple[object, ...]]  # the ``files`` table's rows, sorted as ratarmount writes them
+
+
 def render(rows: Sequence[ManifestRow], tar_end: int, owners: Sequence[tuple[int, int]] | tuple[int, int],
            archive_size: int, gzidx: bytes, tool_version: str) -> bytes:
     """The SQLite file. ``owners``: each row's (uid, gid), or one pair for all."""
+    return render_table(table(rows, tar_end, owners), archive_size, gzidx, tool_version)
+
+
+def table(rows: Sequence[ManifestRow], tar_end: int, owners: Sequence[tuple[int, int]] | tuple[int, int]) -> Table:
+    """The ``files`` rows: what needs only the manifest and the tar stream's layout (the
+    archiver makes it while the stream runs)."""
     files = file_rows(rows, tar_end)
     each = [owners] * len(files) if isinstance(owners, tuple) else list(owners)
-    table: list[tuple[object, ...]] = [
+    table: Table = [
         (f.path, f.name, f.offsetheader, f.offset, f.size, f.mtime, f.mode, f.type, f.linkname, uid, gid,
               False, False, False, 0) for f, (uid, gid) in zip(files, each, strict=True)]
     table += [(f.path, f.name, None, None, 0, 0.0, f.mode, int(f.type), "", 0, 0, False, False, True, 0)
               for f in _parents(files)]
     table.sort(key=lambda r: (r[0], r[1]))
+    return table
+
+
+def render_table(table: Table, archive_size: int, gzidx: bytes, tool_version: str) -> bytes:
+    """The SQLite file from its ``files`` rows (`table`) and what only the stored archive
+    gives: its size and its GZIDX."""
     fd, tmp = tempfile.mkstemp(suffix=".sqlite")
     os.close(fd)
     try:

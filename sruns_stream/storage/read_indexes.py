@@ -26,7 +26,7 @@ from .manifest_tsv import ManifestRow
 if TYPE_CHECKING:
     from google.cloud.storage import Client  # type: ignore[import-untyped]  # the library ships no type information
 
-__all__ = ["EOF_MARKER", "ReadIndexes", "render", "write_beside"]
+__all__ = ["EOF_MARKER", "ReadIndexes", "render", "render_with", "write_beside"]
 
 EOF_MARKER = 1024  # the two zero blocks a tar stream ends with
 _CONTENT_TYPE = "application/octet-stream"
@@ -42,10 +42,15 @@ def render(rows: Sequence[ManifestRow], points: Sequence[AccessPoint], access_in
            raw_size: int, owners: Sequence[tuple[int, int]] | tuple[int, int], tool_version: str) -> ReadIndexes:
     """Both files for an archive of ``archive_size`` bytes holding a tar stream of
     ``raw_size`` bytes, from its manifest rows (with offsets) and access points."""
+    return render_with(ratarmount_index.table(rows, raw_size - EOF_MARKER, owners), points, access_interval,
+                       archive_size, raw_size, tool_version)
+
+
+def render_with(files: ratarmount_index.Table, points: Sequence[AccessPoint], access_interval: int,
+                archive_size: int, raw_size: int, tool_version: str) -> ReadIndexes:
+    """As `render`, with ratarmount's ``files`` rows made already (`ratarmount_index.table`)."""
     blob = gzidx.render(points, archive_size, raw_size, access_interval)
-    sqlite = ratarmount_index.render(rows, raw_size - EOF_MARKER, owners, archive_size, blob,
-                                     tool_version)
-    return ReadIndexes(blob, sqlite)
+    return ReadIndexes(blob, ratarmount_index.render_table(files, archive_size, blob, tool_version))
 
 
 def write_beside(
