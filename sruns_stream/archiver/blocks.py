@@ -94,7 +94,7 @@ class Assembler:
             finally:
                 os.close(fd)
         else:
-            memberio.pread_into(self._shared(i, entry), entry, offset, out)
+            memberio.read_into(self._shared(i, entry), entry, out, offset)
         # google_crc32c takes only read-only bytes; the copy costs ~0.1 ms a MiB.
         crc = google_crc32c.value(out.tobytes())
         assert block.pieces is not None, "made by assemble"

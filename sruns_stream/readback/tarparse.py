@@ -156,9 +156,14 @@ class TarMembers:
 
     def _piece(self, limit: int) -> bytes:
         """Up to ``limit`` buffered bytes, from the first piece only (at least one is buffered)."""
+        head, at = self._pieces[0], self._off
+        n = self._advance(limit)
+        return head if at == 0 and n == len(head) else head[at : at + n]
+
+    def _advance(self, limit: int) -> int:
+        """Consume up to ``limit`` buffered bytes of the first piece; how many."""
         head = self._pieces[0]
         n = min(limit, len(head) - self._off)
-        out = head if self._off == 0 and n == len(head) else head[self._off : self._off + n]
         if self._off + n == len(head):
             self._pieces.popleft()
             self._off = 0
@@ -166,7 +171,7 @@ class TarMembers:
             self._off += n
         self._avail -= n
         self.raw_offset += n
-        return out
+        return n
 
     def _take(self, n: int, where: str) -> bytes:
         while self._avail < n:
@@ -223,16 +228,7 @@ class TarMembers:
                     f"the tar stream ends at tar byte {self.raw_offset}, {self._left} bytes before the "
                     f"end of member {self.last.name if self.last else '?'}: it is truncated"
                 )
-            head = self._pieces[0]
-            n = min(self._left, len(head) - self._off)
-            if self._off + n == len(head):
-                self._pieces.popleft()
-                self._off = 0
-            else:
-                self._off += n
-            self._avail -= n
-            self.raw_offset += n
-            self._left -= n
+            self._left -= self._advance(self._left)
 
     def _skip_rest(self) -> None:
         for _ in self.data():

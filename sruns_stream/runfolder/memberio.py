@@ -24,7 +24,7 @@ from ..errors import RunFolderChanged, UnreadableEntry
 from .safefs import Tree
 from .scan import Entry, Manifest
 
-__all__ = ["check", "open_large", "open_member", "open_tree", "pread_into", "read_into", "read_small"]
+__all__ = ["check", "open_large", "open_member", "open_tree", "read_into", "read_small"]
 
 # Read once, at import: the hook costs nothing when it is not set.
 _pause_rel, _, _pause_gate = os.environ.get("SRUNS_TEST_PAUSE_BEFORE", "").partition("=")
@@ -110,35 +110,17 @@ def check(fd: int, entry: Entry, when: str) -> None:
     )
 
 
-def read_into(fd: int, entry: Entry, out: memoryview) -> None:
-    """Fill ``out`` from ``fd``'s position; an early end of file is a changed folder."""
+def read_into(fd: int, entry: Entry, out: memoryview, offset: int | None = None) -> None:
+    """Fill ``out`` from ``fd``'s position, or from ``offset`` without moving it (a
+    descriptor several threads share); an early end of file is a changed folder."""
     got = 0
     try:
         while got < len(out):
-            n = os.readv(fd, [out[got:]])
+            n = os.readv(fd, [out[got:]]) if offset is None else os.preadv(fd, [out[got:]], offset + got)
             if n == 0:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    check(fd, entry, "while being read")  # a FIFO or device reads as empty
-                raise RunFolderChanged(
-                    f"{entry.display} shrank while being read (expected {entry.size} bytes); "
-                    "a run folder must not change while it is archived"
-                )
-            got += n
-    except OSError as exc:
-        if exc.errno in (errno.EISDIR, errno.EAGAIN, errno.EINVAL):
-            check(fd, entry, "while being read")
-        raise UnreadableEntry(f"cannot read {entry.display}: {exc.strerror}") from exc
-
-
-def pread_into(fd: int, entry: Entry, offset: int, out: memoryview) -> None:
-    """Fill ``out`` from ``offset`` of ``fd`` (a descriptor several threads share: the
-    position is never moved); an early end of file is a changed folder."""
-    got = 0
-    try:
-        while got < len(out):
-            n = os.preadv(fd, [out[got:]], offset + got)
-            if n == 0:
-                check(fd, entry, "while being read")
+                # A FIFO or device reads as empty; a shared descriptor's file, as it is now.
+                if offset is not None or not stat.S_ISREG(os.fstat(fd).st_mode):
+                    check(fd, entry, "while being read")
                 raise RunFolderChanged(
                     f"{entry.display} shrank while being read (expected {entry.size} bytes); "
                     "a run folder must not change while it is archived"
